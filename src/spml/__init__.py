@@ -1,0 +1,3 @@
+"""spml: multi-label image classifiers from weak labels."""
+
+__version__ = "0.1.0"

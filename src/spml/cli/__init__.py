@@ -1,0 +1,1 @@
+"""Command-line interface: argument parsing at the edge, typed library calls underneath."""

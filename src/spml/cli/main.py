@@ -1,0 +1,41 @@
+"""``spml`` entry point: one module per sub-command, each exposing ``register(subparsers)``.
+
+A sub-command module adds its parser and sets ``func`` to a callable taking the parsed namespace
+and returning an exit code. :class:`spml.errors.SpmlError` becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from spml import __version__
+from spml.errors import SpmlError
+
+COMMANDS = ("prepare", "observe", "synth", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spml", description="Multi-label classifiers from weak labels.")
+    parser.add_argument("--version", action="version", version=f"spml {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"spml.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpmlError as err:
+        print(f"spml {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spml {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The prepared on-disk layout that every dataset format is turned into.
+
+::
+
+    DATA_DIR/classes.txt             one class name per line
+    DATA_DIR/{split}_images.txt      one absolute image path per line, split in {train, val, test}
+    DATA_DIR/{split}_labels.npy      uint8 N x L true labels (1 present, 0 absent), rows as the images file
+    DATA_DIR/manifest.json           source format, raw root, counts, seed, spml version
+    DATA_DIR/observed/*.npy          int8 N x L observed train labels written by ``spml observe``
+    DATA_DIR/cache/                  frozen work (features, VLM scores), keyed by what produced it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from spml.data.labels import TRUE_DTYPE, check_true
+from spml.errors import SpmlError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split of a prepared dataset: image paths and their true labels."""
+
+    name: str
+    images: list[Path]
+    labels: np.ndarray  # uint8 N x L
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the image list and labels: part of every cache key built on this split."""
+        h = hashlib.sha256()
+        h.update("\n".join(str(p) for p in self.images).encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset folder, read lazily split by split."""
+
+    root: Path
+    classes: list[str]
+    manifest: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: str | Path) -> PreparedData:
+        root = Path(root)
+        classes_file = root / "classes.txt"
+        if not classes_file.is_file():
+            raise SpmlError("not a prepared data folder (no classes.txt); run `spml prepare` first", root)
+        classes = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        manifest_file = root / "manifest.json"
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        return cls(root=root, classes=classes, manifest=manifest)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def observed_dir(self) -> Path:
+        return self.root / "observed"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise SpmlError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
+        images_file = self.root / f"{name}_images.txt"
+        labels_file = self.root / f"{name}_labels.npy"
+        if not images_file.is_file() or not labels_file.is_file():
+            raise SpmlError(f"split {name!r} is missing ({images_file.name} / {labels_file.name})", self.root)
+        images = [Path(line) for line in images_file.read_text().splitlines() if line]
+        labels = np.load(labels_file)
+        try:
+            check_true(labels, what=str(labels_file))
+        except ValueError as err:
+            raise SpmlError(str(err), labels_file) from None
+        if labels.shape != (len(images), self.num_classes):
+            raise SpmlError(
+                f"labels have shape {labels.shape}, expected ({len(images)}, {self.num_classes})", labels_file
+            )
+        return Split(name=name, images=images, labels=labels)
+
+
+def write_prepared(
+    out_dir: Path,
+    classes: list[str],
+    splits: dict[str, tuple[list[Path], np.ndarray]],
+    manifest: dict,
+) -> None:
+    """Write the layout's files into ``out_dir`` (an empty folder, typically an atomic_dir)."""
+    out_dir = Path(out_dir)
+    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    for name, (images, labels) in splits.items():
+        (out_dir / f"{name}_images.txt").write_text("".join(f"{Path(p)}\n" for p in images))
+        np.save(out_dir / f"{name}_labels.npy", np.asarray(labels, dtype=TRUE_DTYPE))
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
