@@ -1,0 +1,53 @@
+"""``spml prepare FORMAT --raw RAW_DIR --out DATA_DIR``: official layout -> prepared DATA_DIR."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spml.data.formats import FORMATS
+from spml.data.prepare import DEFAULT_SEED, DEFAULT_VAL_FRACTION, prepare
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``prepare`` sub-command."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="turn an official dataset layout into a prepared DATA_DIR",
+        description="Read a dataset in its official layout, drop train-pool images without labels, "
+        "split val off the train pool and write the prepared layout atomically.",
+        epilog="formats: " + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
+    )
+    p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=", ".join(FORMATS))
+    p.add_argument("--raw", type=Path, required=True, metavar="RAW_DIR", help="the raw dataset root")
+    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR", help="the prepared folder to write")
+    p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help=f"default {DEFAULT_VAL_FRACTION}")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"train/val split seed (default {DEFAULT_SEED})")
+    p.add_argument("--verify", action="store_true", help="decode every image (slow on large sets)")
+    p.add_argument(
+        "--classes", type=Path, default=None, metavar="FILE", help="class names, one per line (csv, nuswide)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the data, print warnings (stderr) and a short summary."""
+    result = prepare(
+        args.format,
+        args.raw,
+        args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        verify=args.verify,
+        classes_file=args.classes,
+    )
+    for warning in result.warnings:
+        print(f"spml prepare: warning: {warning}", file=sys.stderr)
+    c = result.counts
+    print(
+        f"{args.format}: train pool {c['pool']} images, {c['dropped_unlabelled']} without labels dropped; "
+        f"train {c['train']}, val {c['val']}, test {c['test']}"
+    )
+    print(result.path)
+    return 0

@@ -1,0 +1,114 @@
+"""What every format reader returns, and the checks that readers share.
+
+A reader turns one official archive layout into a :class:`RawDataset`: class names, the *train
+pool* (later split into train and val) and the *test* set, each as image paths with uint8 true
+labels. Readers raise :class:`spml.errors.SpmlError` naming the file for every problem in the raw
+data; dropping label-less pool images and splitting are left to :mod:`spml.data.prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spml.data.labels import PRESENT, TRUE_DTYPE
+from spml.errors import SpmlError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class RawSplit:
+    """Images (absolute paths) and their uint8 N x L true labels."""
+
+    images: list[Path]
+    labels: np.ndarray
+
+
+@dataclass
+class RawDataset:
+    """A dataset as read from its official layout, before val is split off the train pool."""
+
+    root: Path
+    classes: list[str]
+    pool: RawSplit
+    test: RawSplit
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Options that only some formats use.
+
+    Args:
+        classes_file: A file with one class name per line (csv: the class list and its order).
+    """
+
+    classes_file: Path | None = None
+
+
+def require_dir(path: Path, what: str = "folder") -> Path:
+    """``path`` if it is a folder, else SpmlError naming it."""
+    if not path.is_dir():
+        raise SpmlError(f"{what} does not exist", path)
+    return path
+
+
+def require_file(path: Path, what: str = "file") -> Path:
+    """``path`` if it is a file, else SpmlError naming it."""
+    if not path.is_file():
+        raise SpmlError(f"{what} does not exist", path)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; SpmlError naming it if it is missing or does not parse."""
+    require_file(path, "annotation file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpmlError(f"does not parse as JSON ({err})", path) from None
+
+
+def read_lines(path: Path, what: str = "file") -> list[str]:
+    """Non-empty stripped lines of a text file; SpmlError naming it if missing or not text."""
+    require_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpmlError("is not a UTF-8 text file", path) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_class_list(path: Path) -> list[str]:
+    """One class name per line, all distinct; SpmlError naming the file otherwise."""
+    classes = read_lines(path, "class list")
+    if not classes:
+        raise SpmlError("class list is empty", path)
+    seen: set[str] = set()
+    for name in classes:
+        if name in seen:
+            raise SpmlError(f"class {name!r} is listed twice", path)
+        seen.add(name)
+    return classes
+
+
+def check_images_exist(images: Iterable[Path], listed_in: Path) -> None:
+    """SpmlError naming the first image that does not exist (and the file that lists it)."""
+    for image in images:
+        if not image.is_file():
+            raise SpmlError(f"image listed in {listed_in} does not exist", image)
+
+
+def multi_hot(rows: list[Iterable[int]], num_classes: int) -> np.ndarray:
+    """uint8 N x L matrix with a 1 at every (row, class) pair of ``rows``."""
+    labels = np.zeros((len(rows), num_classes), dtype=TRUE_DTYPE)
+    for i, ids in enumerate(rows):
+        labels[i, list(ids)] = PRESENT
+    return labels

@@ -1,0 +1,161 @@
+"""Observed training labels simulated from the true ones (int8: 1 positive, 0 unknown, -1 negative).
+
+Modes:
+
+* ``single-positive`` (Cole et al.): exactly one positive per image, drawn uniformly from its true
+  positives; every other label unknown.
+* ``partial``: each label is observed with probability ``keep`` (present as +1, absent as -1) and
+  unknown otherwise.
+* ``none``: every label unknown (annotation-free methods such as CCD).
+
+:func:`observe` writes ``DATA_DIR/observed/<name>.npy`` and a JSON sidecar with the settings and
+the fingerprint of the train split they were drawn for; the name encodes the settings that matter
+for the mode, so the same settings always give the same file and the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spml import __version__
+from spml.data.atomic import save_npy, write_json
+from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, PRESENT, UNKNOWN
+from spml.data.layout import PreparedData
+from spml.errors import SpmlError
+
+MODES = ("single-positive", "partial", "none")
+
+
+def _check_mode(mode: str, keep: float) -> None:
+    if mode not in MODES:
+        raise SpmlError(f"unknown observation mode {mode!r}; valid: {', '.join(MODES)}")
+    if mode == "partial" and not 0.0 <= keep <= 1.0:
+        raise SpmlError(f"--keep must be in [0, 1], got {keep}")
+
+
+def simulate_observed(true_labels: np.ndarray, mode: str, keep: float, rng: np.random.Generator) -> np.ndarray:
+    """Observed labels (int8 N x L) drawn from uint8 true labels (N x L) with ``rng``.
+
+    Args:
+        true_labels: 0/1 true labels.
+        mode: ``single-positive``, ``partial`` or ``none``.
+        keep: Probability of observing a label in ``partial`` mode (ignored otherwise).
+        rng: The generator; the result depends only on its state and the inputs.
+
+    Raises:
+        SpmlError: Unknown mode, ``keep`` outside [0, 1], or (single-positive) a row without positives.
+    """
+    _check_mode(mode, keep)
+    true = np.asarray(true_labels) == PRESENT
+    n, _ = true.shape
+    if mode == "none":
+        return np.full(true.shape, UNKNOWN, dtype=OBSERVED_DTYPE)
+    if mode == "partial":
+        seen = rng.random(true.shape) < keep
+        return np.where(seen, np.where(true, POSITIVE, NEGATIVE), UNKNOWN).astype(OBSERVED_DTYPE)
+    counts = true.sum(axis=1)
+    if (counts == 0).any():
+        row = int(np.flatnonzero(counts == 0)[0])
+        raise SpmlError(f"image {row} has no true positive, so it cannot get a single positive label")
+    # Rank r (0-based) among the row's positives, uniform; the chosen column is where the running
+    # count of positives first reaches r + 1.
+    rank = np.minimum((rng.random(n) * counts).astype(np.int64), counts - 1)
+    chosen = np.argmax(true & (np.cumsum(true, axis=1) == (rank + 1)[:, None]), axis=1)
+    out = np.full(true.shape, UNKNOWN, dtype=OBSERVED_DTYPE)
+    out[np.arange(n), chosen] = POSITIVE
+    return out
+
+
+def observed_name(mode: str, keep: float = 0.1, seed: int = 0) -> str:
+    """File stem for the settings: ``single-positive-seed0``, ``partial-keep0.1-seed0``, ``none``."""
+    _check_mode(mode, keep)
+    if mode == "none":
+        return "none"
+    if mode == "partial":
+        return f"partial-keep{keep:g}-seed{seed}"
+    return f"single-positive-seed{seed}"
+
+
+def _settings(data: PreparedData, mode: str, keep: float, seed: int) -> dict:
+    train = data.split("train")
+    settings = {"mode": mode, "train_fingerprint": train.fingerprint, "shape": list(train.labels.shape)}
+    if mode != "none":
+        settings["seed"] = seed
+    if mode == "partial":
+        settings["keep"] = keep
+    return settings
+
+
+def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> Path:
+    """Write (or reuse) observed train labels for ``data`` and return the ``.npy`` path.
+
+    An existing file with the same settings for the same train split is reused; one whose sidecar
+    records other settings (e.g. the data folder was prepared again) is never overwritten.
+
+    Raises:
+        SpmlError: Bad mode or keep, or an existing file made with other settings.
+    """
+    path = data.observed_dir / f"{observed_name(mode, keep, seed)}.npy"
+    sidecar = path.with_suffix(".json")
+    settings = _settings(data, mode, keep, seed)
+    if path.exists() or sidecar.exists():
+        try:
+            old = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if not path.is_file() or old is None or {k: old.get(k) for k in settings} != settings:
+            raise SpmlError(
+                "exists but was made with other settings or for another train split (see its .json); "
+                "delete it to draw again",
+                path,
+            )
+        return path
+    rng = np.random.default_rng(seed)
+    labels = simulate_observed(data.split("train").labels, mode, keep, rng)
+    # Sidecar first: a crash between the two writes leaves a sidecar without labels, which the next
+    # run rejects instead of trusting labels without settings.
+    write_json(sidecar, {**settings, "spml_version": __version__})
+    save_npy(path, labels)
+    return path
+
+
+def load_observed(data: PreparedData, path: str | Path) -> np.ndarray:
+    """Load observed train labels, checking dtype, values, shape and (if present) the sidecar.
+
+    Args:
+        data: The prepared data the labels belong to.
+        path: The ``.npy`` file; a bare name is looked up in ``data.observed_dir``.
+
+    Raises:
+        SpmlError: naming the file, if it is missing, unreadable, not int8 -1/0/1, of another shape
+            than the train split, or recorded (sidecar) for another train split.
+    """
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (data.observed_dir / path).exists():
+        path = data.observed_dir / path
+    if not path.is_file():
+        raise SpmlError("observed labels file does not exist", path)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SpmlError(f"not a readable .npy file ({err})", path) from None
+    if labels.dtype != OBSERVED_DTYPE:
+        raise SpmlError(f"observed labels must be int8, got {labels.dtype}", path)
+    bad = ~np.isin(labels, (NEGATIVE, UNKNOWN, POSITIVE))
+    if bad.any():
+        raise SpmlError(f"observed labels must be -1/0/1, found {np.unique(labels[bad])[:5].tolist()}", path)
+    train = data.split("train")
+    if labels.shape != train.labels.shape:
+        raise SpmlError(f"observed labels have shape {labels.shape}, train split has {train.labels.shape}", path)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            recorded = json.loads(sidecar.read_text()).get("train_fingerprint")
+        except json.JSONDecodeError:
+            raise SpmlError("sidecar does not parse as JSON", sidecar) from None
+        if recorded is not None and recorded != train.fingerprint:
+            raise SpmlError("observed labels were drawn for another train split; run `spml observe` again", path)
+    return labels

@@ -1,0 +1,136 @@
+"""Turn an official dataset layout into a prepared DATA_DIR (see :mod:`spml.data.layout`).
+
+Steps: read the raw layout with its format's reader; drop train-pool images without any true label
+(they cannot get a single positive label; test images are all kept); optionally decode every image
+(``verify``); split val off the train pool once with ``seed``; write everything atomically, so a
+failure leaves DATA_DIR exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from spml import __version__
+from spml.data.atomic import atomic_dir
+from spml.data.dataset import load_image
+from spml.data.formats import FormatOptions, get_format
+from spml.data.labels import TRUE_DTYPE
+from spml.data.layout import write_prepared
+from spml.errors import SpmlError
+
+DEFAULT_SEED = 1200  # Cole et al.'s split seed
+DEFAULT_VAL_FRACTION = 0.2
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare` wrote: the folder, its manifest counts, and warnings about the raw data."""
+
+    path: Path
+    counts: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_pool(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and val row indices of a pool of ``n`` images.
+
+    Val has ``round(n * val_fraction)`` rows, at least one when the fraction is positive, and train
+    keeps at least one row. The rows are drawn once from ``numpy.random.default_rng(seed)``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise SpmlError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, int(round(n * val_fraction))))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse to replace a non-empty folder that is not a prepared data folder (it may be user data)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpmlError("exists and is not a folder", out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "classes.txt").is_file():
+        raise SpmlError("folder is not empty and not a prepared data folder; refusing to replace it", out_dir)
+
+
+def verify_images(images: list[Path], desc: str = "verify") -> None:
+    """Decode every image (tqdm bar); SpmlError naming the first that does not decode."""
+    for image in tqdm(images, desc=desc, unit="img"):
+        load_image(image)
+
+
+def prepare(
+    format_name: str,
+    raw: str | Path,
+    out_dir: str | Path,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = DEFAULT_SEED,
+    verify: bool = False,
+    classes_file: str | Path | None = None,
+) -> PrepareResult:
+    """Prepare ``raw`` (in format ``format_name``) as the DATA_DIR ``out_dir``.
+
+    Args:
+        format_name: A name of :data:`spml.data.formats.FORMATS`.
+        raw: The raw dataset root.
+        out_dir: The DATA_DIR to write; an earlier prepared folder there is replaced.
+        val_fraction: Fraction of the (labelled) train pool used as val, in [0, 1).
+        seed: Seed of the train/val split.
+        verify: Decode every image, failing on the first that does not decode.
+        classes_file: One class name per line (csv: the class list; nuswide: the column names).
+
+    Returns:
+        The folder, its counts and the readers' warnings.
+
+    Raises:
+        SpmlError: naming the file at fault, for any problem in the raw data; DATA_DIR is untouched.
+    """
+    fmt = get_format(format_name)
+    raw = Path(raw)
+    out_dir = Path(out_dir).resolve()
+    if not 0.0 <= val_fraction < 1.0:
+        raise SpmlError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not raw.exists():
+        raise SpmlError("raw folder does not exist", raw)
+    options = FormatOptions(classes_file=None if classes_file is None else Path(classes_file))
+    if options.classes_file is not None and not options.classes_file.is_file():
+        raise SpmlError("classes file does not exist", options.classes_file)
+    check_output_dir(out_dir)
+
+    data = fmt.read(raw, options)
+    labelled = np.flatnonzero(data.pool.labels.sum(axis=1) > 0)
+    if len(labelled) == 0:
+        raise SpmlError(f"the train pool has no image with a label ({len(data.pool.images)} images)", data.root)
+    pool_images = [data.pool.images[i] for i in labelled]
+    pool_labels = data.pool.labels[labelled]
+    if verify:
+        verify_images(pool_images + data.test.images)
+    train_rows, val_rows = split_pool(len(pool_images), val_fraction, seed)
+    splits = {
+        "train": ([pool_images[i] for i in train_rows], pool_labels[train_rows]),
+        "val": ([pool_images[i] for i in val_rows], pool_labels[val_rows]),
+        "test": (data.test.images, data.test.labels.astype(TRUE_DTYPE)),
+    }
+    counts = {
+        "pool": len(data.pool.images),
+        "dropped_unlabelled": len(data.pool.images) - len(labelled),
+        **{name: len(images) for name, (images, _) in splits.items()},
+    }
+    manifest = {
+        "format": fmt.name,
+        "raw_root": str(data.root),
+        "classes_file": None if options.classes_file is None else str(options.classes_file.resolve()),
+        "num_classes": len(data.classes),
+        "counts": counts,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "verified": verify,
+        "warnings": data.warnings,
+        "spml_version": __version__,
+    }
+    with atomic_dir(out_dir) as tmp:
+        write_prepared(tmp, data.classes, splits, manifest)
+    return PrepareResult(path=out_dir, counts=counts, warnings=data.warnings)

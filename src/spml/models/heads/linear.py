@@ -1,0 +1,61 @@
+"""The linear head: global average pooling then one Linear layer (Cole et al.'s classifier)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spml.models.heads.registry import register_head
+
+
+@register_head("linear")
+class LinearHead(nn.Module):
+    """Global-average-pooled features -> ``Linear(num_features, num_classes)``.
+
+    Accepts the spatial map ``B x C x H x W`` or already pooled ``B x C`` features (cached features
+    of a linear probe), so the same weights serve both regimes.
+
+    Args:
+        num_features: Channels ``C``.
+        num_classes: Labels ``L``.
+        drop_rate: Dropout on the pooled features (0 disables).
+    """
+
+    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``B x L`` logits (``B x C`` pooled features when ``pre_logits``)."""
+        if features.ndim == 4:
+            features = features.mean(dim=(2, 3))
+        elif features.ndim != 2:
+            raise ValueError(f"linear head takes B x C x H x W or B x C features, got {tuple(features.shape)}")
+        features = self.drop(features)
+        return features if pre_logits else self.fc(features)
+
+    def cam(self, features: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
+        """Class activation maps (CCD eq. 4): ``G_c(x) = sum_i w^c_i g_i(x)``, no bias.
+
+        Because pooling and the Linear layer commute, the mean of ``G_c`` over H x W plus the bias
+        of class ``c`` is exactly the logit of class ``c``.
+
+        Args:
+            features: ``B x C x H x W`` map.
+            class_indices: Classes to map, ``K`` (same for every image) or ``B x K`` (per image).
+
+        Returns:
+            ``B x K x H x W`` maps, same dtype as ``features``.
+        """
+        if features.ndim != 4:
+            raise ValueError(f"CAM needs a B x C x H x W map, got {tuple(features.shape)}")
+        idx = torch.as_tensor(class_indices, device=features.device, dtype=torch.long)
+        weight = self.fc.weight.to(features.dtype)
+        if idx.ndim == 1:
+            return torch.einsum("bchw,kc->bkhw", features, weight[idx])
+        if idx.ndim == 2 and idx.shape[0] == features.shape[0]:
+            return torch.einsum("bchw,bkc->bkhw", features, weight[idx])
+        raise ValueError(f"class_indices must be K or B x K, got {tuple(idx.shape)}")

@@ -1,0 +1,93 @@
+"""The data sub-commands through ``spml.cli.main.main`` and the installed ``spml`` script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spml.cli.main import main
+from spml.data.layout import PreparedData
+
+
+def test_synth_command(tmp_path, capsys):
+    out = tmp_path / "syn"
+    argv = ["synth", str(out), "--images", "10", "--size", "16", "--classes", "3", "--seed", "2", "--val-fraction", "0.3"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "synthetic set: 3 classes (red circle, blue cross, green triangle)",
+        "images: train 7, val 3, test 2 at 16 px",
+        str(out.resolve()),
+    ]
+    data = PreparedData.open(out)
+    assert data.manifest["seed"] == 2 and data.manifest["val_fraction"] == 0.3
+
+
+def test_observe_command_last_line_is_path(tmp_path, capsys):
+    out = tmp_path / "syn"
+    main(["synth", str(out), "--images", "12", "--size", "16", "--classes", "4"])
+    capsys.readouterr()
+    assert main(["observe", str(out), "--mode", "partial", "--keep", "0.5", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    path = Path(lines[-1])
+    assert path == out.resolve() / "observed" / "partial-keep0.5-seed3.npy"
+    assert lines[0] == "observed labels (partial): 10 train images x 4 classes"
+    obs = np.load(path)
+    assert obs.dtype == np.int8 and obs.shape == (10, 4)
+    assert json.loads(path.with_suffix(".json").read_text())["keep"] == 0.5
+
+
+def test_observe_errors_are_one_line(tmp_path, capsys):
+    assert main(["observe", str(tmp_path), "--mode", "none"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"spml observe: error: {tmp_path}: not a prepared data folder (no classes.txt); run `spml prepare` first"
+    ]
+    out = tmp_path / "syn"
+    main(["synth", str(out), "--images", "6", "--size", "16", "--classes", "2"])
+    main(["observe", str(out), "--mode", "none"])
+    sidecar = out / "observed" / "none.json"
+    sidecar.write_text(sidecar.read_text().replace('"none"', '"partial"'))
+    capsys.readouterr()
+    assert main(["observe", str(out), "--mode", "none"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"spml observe: error: {out.resolve() / 'observed' / 'none.npy'}: exists but was made")
+
+
+def test_demo_command(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "classes (6): red circle, blue cross, green triangle, yellow square, purple diamond, orange star" in out
+    assert "train:  192 images" in out and "  val:   48 images" in out and " test:   60 images" in out
+    assert "observed: 1.00 positive per train image, the rest unknown" in out
+    examples = [line for line in out.splitlines() if " -> observed " in line]
+    assert len(examples) == 5
+    for line in examples:
+        true, seen = line.split(": true ")[1].split(" -> observed ")
+        assert seen in true.split(", ")
+    assert (tmp_path / "demo" / "data" / "observed" / "single-positive-seed0.npy").is_file()
+
+
+def test_demo_in_temporary_folder(capsys):
+    assert main(["demo", "--seed", "1"]) == 0
+    data_line = capsys.readouterr().out.splitlines()[0]
+    assert data_line.startswith("synthetic data: ")
+    assert not Path(data_line.removeprefix("synthetic data: ")).exists()  # removed afterwards
+
+
+@pytest.mark.skipif(shutil.which("spml") is None, reason="the spml console script is not installed")
+def test_console_script(tmp_path):
+    """One real process: exit status 2, one line on stderr, nothing written."""
+    bad = subprocess.run(
+        ["spml", "prepare", "yolo", "--raw", str(tmp_path / "missing"), "--out", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [f"spml prepare: error: {tmp_path / 'missing'}: raw folder does not exist"]
+    assert not (tmp_path / "d").exists()
