@@ -1,0 +1,24 @@
+"""Registry of single-positive and pseudo-label multi-label losses.
+
+``create(name, num_classes=L, **hparams)`` returns an ``nn.Module`` called as
+``loss(logits, observed, **inputs)`` (observed: 1 positive, 0 unknown, -1 negative) that returns the
+N x L loss matrix summed and divided by N x L, plus the loss's regulariser. See docs/losses.md for
+every loss's formula, inputs, hyperparameters, hooks and deviations from the released code.
+"""
+
+from spml.losses import cole, entropy, focal, large_loss  # noqa: F401  (modules register their losses)
+from spml.losses.base import INPUT_NAMES, LOG_EPSILON, LossTerms, SpmlLoss, neg_log
+from spml.losses.registry import LossInfo, create, get_loss_info, list_losses, register_loss
+
+__all__ = [
+    "INPUT_NAMES",
+    "LOG_EPSILON",
+    "LossInfo",
+    "LossTerms",
+    "SpmlLoss",
+    "create",
+    "get_loss_info",
+    "list_losses",
+    "neg_log",
+    "register_loss",
+]

@@ -1,0 +1,199 @@
+"""The loss base class: input checking, the Cole et al. reduction, and the trainer hooks.
+
+Every spml loss maps ``(logits, observed, **inputs)`` to a per-entry N x L loss matrix plus an
+optional scalar regulariser, and reduces them like Cole et al.'s ``compute_batch_loss``: the matrix
+summed and divided by N x L, plus the regulariser as is. Subclasses implement :meth:`SpmlLoss.terms`.
+
+Stateful losses talk to the trainer through three hooks that every loss has (no-ops by default);
+:attr:`LossInfo.hooks <spml.losses.registry.LossInfo>` names the ones a loss really uses, so the
+trainer only pays for what is needed (``on_epoch_end`` needs predictions on the whole train set):
+
+* ``on_train_start(observed)``: once, before the first epoch and before a resumed ``state_dict`` is
+  loaded, with the training set's full observed label matrix (ROLE initialises its estimator).
+* ``set_epoch(epoch)``: at the start of every training epoch, 1-based (the Large Loss schedule).
+* ``on_epoch_end(epoch, train_probs, observed)``: after the training phase of every epoch, with the
+  model's probabilities on the whole train set in index order (EM+APL pseudo-labelling).
+
+State that must survive a resume (ROLE's estimator, APL pseudo-labels, LL-Cp corrections) lives in
+parameters and buffers, so it is part of ``loss.state_dict()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from spml.data.labels import ABSENT, NEGATIVE, POSITIVE, PRESENT, UNKNOWN
+from spml.errors import SpmlError
+
+#: Added inside the log by the reference implementations (Cole, AckTheUnknown, VLPL): -log(x + 1e-5).
+LOG_EPSILON = 1e-5
+
+#: Every per-batch input a loss may ask for, beyond logits and observed labels.
+INPUT_NAMES = ("index", "labels", "pseudo")
+
+
+def neg_log(x: torch.Tensor) -> torch.Tensor:
+    """``-log(x + 1e-5)``, the references' numerics (the epsilon is added, not clamped)."""
+    return -torch.log(x + LOG_EPSILON)
+
+
+def check_range(
+    loss: str,
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise :class:`SpmlError` naming ``name`` unless ``value`` lies in the given interval."""
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        raise SpmlError(f"loss {loss!r}: hyperparameter {name}={value!r} must lie in {lo}, {hi}")
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """What a loss computes before the reduction.
+
+    Attributes:
+        matrix: N x L per-entry losses (before the division by N x L).
+        reg: Scalar regulariser added after the reduction, or None.
+    """
+
+    matrix: torch.Tensor
+    reg: torch.Tensor | None = None
+
+    def reduce(self) -> torch.Tensor:
+        """Cole et al.'s reduction: ``matrix.sum() / (N * L) + reg``."""
+        total = self.matrix.sum() / self.matrix.numel()
+        return total if self.reg is None else total + self.reg
+
+
+class SpmlLoss(nn.Module):
+    """Base class of the registered losses.
+
+    Args:
+        num_classes: L, the number of classes of the dataset (checked against the logits).
+        validate: Check shapes, dtypes and label values on every call. Each value check costs one
+            host synchronisation; pass False in a trusted hot loop (like torchmetrics' ``validate_args``).
+
+    Call as ``loss(logits, observed, **inputs)`` with ``logits`` N x L (float) and ``observed`` N x L
+    (integer: 1 positive, 0 unknown, -1 negative); ``inputs`` are the names in :data:`INPUT_NAMES`
+    that the loss needs (``self.inputs``); the other known names are accepted and ignored, so a
+    trainer may pass everything it has. Returns a scalar.
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ()
+    hooks: ClassVar[tuple[str, ...]] = ()
+    #: Learning-rate multiplier for the loss's own parameters (ROLE's label estimator).
+    param_lr_mult: float = 1.0
+
+    def __init__(self, num_classes: int, *, validate: bool = True) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise SpmlError(f"loss {self.name!r}: num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.validate = validate
+
+    # -- hooks (no-ops unless a subclass lists them in ``hooks``) --------------------------------
+    def on_train_start(self, observed: torch.Tensor) -> None:
+        """Called once before training with the full N_train x L observed label matrix."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch with the 1-based epoch number."""
+
+    def on_epoch_end(self, epoch: int, train_probs: torch.Tensor, observed: torch.Tensor) -> None:
+        """Called after each training phase with probabilities on the whole train set (index order)."""
+
+    # -- computation ------------------------------------------------------------------------------
+    def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry loss matrix and regulariser; no state is changed. Subclasses implement this."""
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        logits, inputs = self.prepare(logits, observed, inputs)
+        return self.terms(logits, observed, **inputs).reduce()
+
+    def updates_state(self) -> bool:
+        """Whether a call may change training state: in training mode with autograd on.
+
+        Evaluation (``loss.eval()`` or ``torch.no_grad()``) never changes the state of a loss.
+        """
+        return self.training and torch.is_grad_enabled()
+
+    def prepare(
+        self, logits: torch.Tensor, observed: torch.Tensor, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Check the call and keep only the inputs this loss needs.
+
+        Missing or unknown input names raise TypeError (always: it costs nothing); with
+        ``validate`` on, wrong shapes, dtypes or values raise ValueError.
+        """
+        unknown = sorted(set(inputs) - set(INPUT_NAMES))
+        if unknown:
+            raise TypeError(f"loss {self.name!r}: unknown input(s) {unknown}; known inputs are {list(INPUT_NAMES)}")
+        missing = [k for k in self.inputs if inputs.get(k) is None]
+        if missing:
+            raise TypeError(
+                f"loss {self.name!r} needs input(s) {', '.join(f'{k}=' for k in missing)} "
+                f"(see docs/losses.md); got {sorted(k for k in inputs if inputs[k] is not None) or 'none'}"
+            )
+        needed = {k: inputs[k] for k in self.inputs}
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            # The +1e-5 inside the logs is below half precision's resolution near 1.
+            logits = logits.float()
+        if self.validate:
+            self.check(logits, observed, needed)
+        return logits, needed
+
+    def check(self, logits: torch.Tensor, observed: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+        """Shape, dtype and value checks (run when ``validate`` is on); raise ValueError."""
+        who = f"loss {self.name!r}"
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"{who}: logits must be N x {self.num_classes}, got shape {tuple(logits.shape)}")
+        if not logits.is_floating_point():
+            raise ValueError(f"{who}: logits must be floating point, got {logits.dtype}")
+        shape = tuple(logits.shape)
+        _check_labels(who, "observed", observed, shape, (NEGATIVE, UNKNOWN, POSITIVE))
+        if "pseudo" in inputs:
+            _check_labels(who, "pseudo", inputs["pseudo"], shape, (NEGATIVE, UNKNOWN, POSITIVE))
+        if "labels" in inputs:
+            _check_labels(who, "labels (true labels 0/1)", inputs["labels"], shape, (ABSENT, PRESENT))
+        if "index" in inputs:
+            index = inputs["index"]
+            if index.shape != (shape[0],) or index.is_floating_point() or index.dtype == torch.bool:
+                raise ValueError(
+                    f"{who}: index must be a length-{shape[0]} integer tensor, got {index.dtype} {tuple(index.shape)}"
+                )
+            size = self.num_examples()
+            if size is not None and index.numel() and bool(((index < 0) | (index >= size)).any()):
+                raise ValueError(f"{who}: index values must lie in [0, {size}) (num_examples={size})")
+
+    def num_examples(self) -> int | None:
+        """Size of the training set that ``index`` refers to, for losses with per-example state."""
+        return None
+
+
+def _check_labels(
+    who: str, what: str, labels: torch.Tensor, shape: tuple[int, ...], allowed: tuple[int, ...]
+) -> None:
+    if tuple(labels.shape) != shape:
+        raise ValueError(f"{who}: {what} must have the logits' shape {shape}, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"{who}: {what} must be an integer tensor, got {labels.dtype}")
+    bad = torch.ones_like(labels, dtype=torch.bool)
+    for value in allowed:
+        bad &= labels != value
+    if bool(bad.any()):
+        found = torch.unique(labels[bad])[:5].tolist()
+        raise ValueError(f"{who}: {what} must take values {list(allowed)}, found {found}")

@@ -1,0 +1,169 @@
+"""Large Loss Matters (Kim et al. CVPR 2022): LL-R, LL-Ct and LL-Cp.
+
+Released code: github.com/snucml/LargeLossMatters ``losses.py`` compute_batch_loss and ``train.py``.
+Assume-negative BCE computed with ``binary_cross_entropy_with_logits`` (no epsilon). From epoch 2 on,
+the k largest losses among the batch's unknown entries (over the whole flattened batch) are
+rejected (LL-R: loss 0, still counted in the mean) or corrected (LL-Ct / LL-Cp: target 1 instead).
+``delta_rel`` is in percent like the authors' CLI: the clean rate starts at 1 and loses
+``delta_rel / 100`` after every epoch, ``k = ceil(N L (1 - clean_rate))``. LL-Cp uses the fixed
+``k = ceil(N L delta_rel / 100)`` and makes its corrections permanent for later epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from spml.data.labels import POSITIVE, UNKNOWN
+from spml.losses.base import LossTerms, SpmlLoss, check_range
+from spml.losses.registry import register_loss
+
+class LargeLossSelection(NamedTuple):
+    """What the Large Loss rule picked in a batch.
+
+    Attributes:
+        loss: N x L assume-negative BCE-with-logits losses.
+        modified: Unknown entries whose loss reaches the k-th largest (rejected or corrected).
+        strict: Unknown entries strictly above it (LL-Cp's permanent corrections; k - 1 without ties).
+    """
+
+    loss: torch.Tensor
+    modified: torch.Tensor
+    strict: torch.Tensor
+
+
+_LL = "Kim et al. CVPR 2022, snucml/LargeLossMatters losses.py compute_batch_loss"
+
+
+class _LargeLoss(SpmlLoss):
+    """Shared schedule and selection of the three Large Loss variants.
+
+    Args:
+        delta_rel: Clean-rate decrement per epoch, in percent (the authors' README grid: 0.1 to 0.5;
+            no default in the release, so none here).
+    """
+
+    hooks = ("set_epoch",)
+    correct: bool = True
+
+    def __init__(self, num_classes: int, *, delta_rel: float, validate: bool = True) -> None:
+        super().__init__(num_classes, validate=validate)
+        check_range(self.name, "delta_rel", delta_rel, 0.0, 100.0, low_open=True)
+        self.delta_rel = delta_rel
+        #: Fraction of entries kept as is; 1 in epoch 1 (plain assume-negative). Set by set_epoch.
+        self.clean_rate = 1.0
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Enter the 1-based ``epoch``: ``clean_rate`` = 1 minus ``delta_rel / 100`` per finished epoch."""
+        if epoch < 1:
+            raise ValueError(f"loss {self.name!r}: epochs are 1-based, got {epoch}")
+        rate = 1.0
+        # Repeated subtraction, exactly as train.py, so that k = ceil(...) matches the reference.
+        for _ in range(epoch - 1):
+            rate -= self.delta_rel / 100
+        self.epoch, self.clean_rate = epoch, rate
+
+    def num_modified(self, numel: int) -> int:
+        """k, the number of unknown entries rejected or corrected in a batch of ``numel`` entries."""
+        if self.clean_rate == 1:
+            return 0
+        return min(numel, max(0, math.ceil(numel * (1 - self.clean_rate))))
+
+    def select(self, logits: torch.Tensor, observed: torch.Tensor) -> LargeLossSelection:
+        """The batch's assume-negative losses and the entries rejected/corrected at the current epoch."""
+        positive = (observed == POSITIVE).to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, positive, reduction="none")
+        unknown = observed == UNKNOWN
+        k = self.num_modified(loss.numel())
+        if k == 0:
+            none = torch.zeros_like(unknown)
+            return LargeLossSelection(loss, none, none)
+        unknown_loss = torch.where(unknown, loss, torch.zeros_like(loss))
+        threshold = torch.topk(unknown_loss.detach().flatten(), k).values[-1]
+        # Restricted to unknowns: if k exceeded their count the reference would also hit positives.
+        modified = unknown & (unknown_loss >= threshold)
+        strict = unknown & (unknown_loss > threshold)
+        return LargeLossSelection(loss, modified, strict)
+
+    def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        sel = self.select(logits, observed)
+        return LossTerms(self._final_matrix(logits, sel))
+
+    def _final_matrix(self, logits: torch.Tensor, sel: LargeLossSelection) -> torch.Tensor:
+        if self.correct:
+            corrected = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+            return torch.where(sel.modified, corrected, sel.loss)
+        return torch.where(sel.modified, torch.zeros_like(sel.loss), sel.loss)
+
+
+@register_loss(
+    "ll_r",
+    description="Large loss rejection: the k largest unknown-entry losses of the batch are zeroed.",
+    reference=f"{_LL} (mod_scheme LL-R)",
+)
+class LargeLossRejection(_LargeLoss):
+    """LL-R."""
+
+    correct = False
+
+
+@register_loss(
+    "ll_ct",
+    description="Large loss temporary correction: the k largest unknown-entry losses use target 1.",
+    reference=f"{_LL} (mod_scheme LL-Ct)",
+)
+class LargeLossCorrectionTemporary(_LargeLoss):
+    """LL-Ct."""
+
+
+@register_loss(
+    "ll_cp",
+    description="Large loss permanent correction: fixed k per batch, corrected labels kept as positives.",
+    reference=f"{_LL} (mod_scheme LL-Cp, intended: the release's `is` test makes it LL-Ct)",
+)
+class LargeLossCorrectionPermanent(_LargeLoss):
+    """LL-Cp: from epoch 2, ``k = ceil(N L delta_rel / 100)`` entries per batch are corrected to
+    target 1, and those strictly above the threshold become positives for the rest of training
+    (the release's ``label_matrix_obs[...] = 1``). The corrections are a buffer over the training set
+    (in ``state_dict``), so the loss needs ``index=``; they change only in training mode with autograd on.
+
+    Args:
+        num_examples: N_train, rows of the correction state.
+        delta_rel: Share of a batch's entries corrected per batch, in percent.
+    """
+
+    inputs = ("index",)
+
+    def __init__(self, num_classes: int, *, num_examples: int, delta_rel: float, validate: bool = True) -> None:
+        super().__init__(num_classes, delta_rel=delta_rel, validate=validate)
+        check_range(self.name, "num_examples", num_examples, 1)
+        self.register_buffer("corrected", torch.zeros(num_examples, num_classes, dtype=torch.bool))
+
+    def num_examples(self) -> int:
+        return self.corrected.shape[0]
+
+    def num_modified(self, numel: int) -> int:
+        if self.clean_rate == 1:
+            return 0
+        return min(numel, math.ceil(numel * self.delta_rel / 100))
+
+    def _effective(self, observed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        done = self.corrected[index.to(self.corrected.device)].to(observed.device)
+        return torch.where(done, torch.full_like(observed, POSITIVE), observed)
+
+    def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        return super().terms(logits, self._effective(observed, inputs["index"]))
+
+    def forward(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        logits, inputs = self.prepare(logits, observed, inputs)
+        index = inputs["index"]
+        observed = self._effective(observed, index)
+        sel = self.select(logits, observed)
+        if self.updates_state():
+            rows = index.to(self.corrected.device)
+            self.corrected[rows] |= sel.strict.to(self.corrected.device)
+        return LossTerms(self._final_matrix(logits, sel)).reduce()
