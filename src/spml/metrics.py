@@ -30,16 +30,17 @@ def average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
 
     Returns a float64 array of length L with NaN for classes that have no positive.
     """
-    s = _as_numpy(scores, "scores").astype(np.float64)
+    s = _as_numpy(scores, "scores")
     y = _as_numpy(labels, "labels")
     if s.shape != y.shape:
         raise ValueError(f"scores {s.shape} and labels {y.shape} must have the same shape")
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or infinite values")
-    y = (y > 0).astype(np.int64)  # accepts {0,1} true labels and {-1,0,1} fully observed labels
+    y = y > 0  # accepts {0,1} true labels and {-1,0,1} fully observed labels
     ap = np.full(s.shape[1], np.nan)
-    for j in np.flatnonzero(y.sum(axis=0) > 0):
-        ap[j] = average_precision_score(y[:, j], s[:, j])
+    # Column by column: whole-matrix float64/int64 copies would cost 16 bytes per entry at once.
+    for j in np.flatnonzero(y.any(axis=0)):
+        ap[j] = average_precision_score(y[:, j].astype(np.int64), s[:, j].astype(np.float64))
     return ap
 
 

@@ -13,7 +13,7 @@ import sys
 from spml import __version__
 from spml.errors import SpmlError
 
-COMMANDS = ("prepare", "observe", "synth", "demo")
+COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,32 @@
+"""``spml evaluate RUN_DIR [--split test]``: reload a run's best weights and recompute mAP."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spml.data.layout import SPLITS
+from spml.training import evaluate_run
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = evaluate_run(args.run_dir, args.split, args.data)
+    skipped = report["skipped_classes"]
+    print(
+        f"{args.split} mAP {100 * report['map']:.2f} (best epoch {report['best_epoch']}, "
+        f"{len(report['per_class_ap'])} classes, {len(skipped)} without positives skipped"
+        f"{': ' + ', '.join(skipped) if skipped else ''})"
+    )
+    if args.per_class:
+        for name, ap in report["per_class_ap"].items():
+            print(f"  {name:30s} {'-' if ap is None else f'{100 * ap:.2f}'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="recompute a finished run's mAP from its best weights")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--data", type=Path, metavar="DATA_DIR", help="data folder (default: the run's own)")
+    parser.add_argument("--per-class", action="store_true", help="also print every class's AP")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,43 @@
+"""``spml micro-clip``: train the tiny offline CLIP on a synthetic DATA_DIR (test fixture / demo only)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spml.vlm.micro_clip import DEFAULT_NAME, train_micro_clip
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "micro-clip",
+        help="train a micro CLIP on a synthetic set (offline demo; not for real data)",
+        description=(
+            "Train a tiny open_clip CLIP contrastively on the train split of a DATA_DIR made by `spml synth`, "
+            "with captions generated from the labels. It stands in for a real CLIP where no weights can be "
+            "downloaded; it knows only the synthetic classes."
+        ),
+    )
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="prepared synthetic data folder")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for NAME.safetensors and NAME.json")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while training")
+    p.add_argument("--name", default=DEFAULT_NAME, help="model name (the spec is open_clip:NAME)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint, config = train_micro_clip(
+        args.data_dir, args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
+        name=args.name, threads=args.threads,
+    )
+    print(f"config: {config}")
+    print(
+        f"use: spml pseudolabel {args.data_dir} --vlm open_clip:{args.name} "
+        f"--vlm-checkpoint {checkpoint} --vlm-config {config}"
+    )
+    print(checkpoint)
+    return 0

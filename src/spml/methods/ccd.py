@@ -1,0 +1,509 @@
+"""Classifier-guided CLIP Distillation (Kim and Shim) and its CDUL grid baseline: ``--method ccd``.
+
+Annotation-free training (no observed labels are used):
+
+1. CLIP scores every training image once (cached); the softmax over classes is the initial label
+   (eq. 1-3), calibrated by the inverse CLIP class bias (sec. 3.3, :mod:`spml.methods.ccd_labels`).
+2. Warm-up: ``warmup_epochs`` of BCE to the initial soft labels.
+3. Label update, once, after the warm-up: for every class the classifier accepts, the CAM box
+   (enlarged, clipped) is cropped and scored by CLIP (``view_policy: cam``), or the image is cut in
+   a uniform grid (``view_policy: grid``, CDUL); the local label is the class-wise maximum over an
+   image's views, debiased, mixed with the initial label by ``alpha`` (eq. 5-7).
+4. Main training: BCE to the updated labels plus the consistency loss between a weak view (resize,
+   flip) and a strong one (plus colour jitter), weight ``beta = 1`` after the warm-up (eq. 8).
+   Early stopping when the gradient of the training-label mAP passes its first local minimum.
+
+Diagnostics land in the run folder: ``ccd_bias.json`` / ``ccd_bias.png`` (figure 2d),
+``ccd_labels.json`` (mAP of the initial and updated pseudo-labels against the full training labels,
+per-class AP with and without debiasing) and ``ccd_views.npy`` (the local views).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from spml.data.atomic import save_npy, write_json
+from spml.data.cache import ArrayCache, hash_material
+from spml.data.dataset import ImageTransform, SplitDataset, load_image
+from spml.data.layout import Split
+from spml.errors import SpmlError
+from spml.metrics import mean_average_precision
+from spml.methods.ccd_labels import (
+    ClipBias,
+    clip_probabilities,
+    debias,
+    early_stop_epoch,
+    estimate_clip_bias,
+    mix_labels,
+    threshold_for_mean_views,
+)
+from spml.methods.ccd_report import label_diagnostics, plot_bias
+from spml.methods.local_views import (
+    boxes_array,
+    cam_box,
+    crop_resized,
+    grid_boxes,
+    max_over_views,
+)
+from spml.models import backbone_data_config
+from spml.training.config import FULL_OBSERVED, _build
+from spml.vlm.model import VLM, load_vlm
+from spml.vlm.scores import score_images, score_split
+from spml.vlm.text import check_templates, text_embeddings
+from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks, register_method
+
+VIEW_POLICIES = ("cam", "grid")
+CROP_RESIZE_MODES = ("longest", "shortest", "squash")
+# A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
+# is computed; the reference counts only labels equal to 1 after clipping, which without debiasing
+# almost never happens.
+PSEUDO_POSITIVE = 0.5
+
+
+@dataclass
+class CCDParams:
+    """CCD's ``method_params`` (defaults: the paper's settings).
+
+    Attributes:
+        vlm: CLIP spec for :func:`spml.vlm.load_vlm` (the paper: ``open_clip:RN50x64/openai``).
+        vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
+        vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
+        prompt: The one prompt template (paper: "a photo of the {}"; NUS-WIDE: "a photo of a {}").
+        clip_image_size: Resolution of the whole-image CLIP pass; None = the model's native size. The
+            paper used 640 with a CLIP patched to take any size; open_clip can resize ViTs only
+            (a CLIP ResNet's attention pool is fixed), so the default is native.
+        vlm_batch_size: Images or crops per CLIP forward pass.
+        entropy_threshold: Predictions below this entropy (nats) estimate the bias (paper: 0.5).
+        debias: Calibrate CLIP probabilities by the inverse class bias (table 2).
+        debias_floor: Probabilities below it are raised to it before calibration (code: 1/80).
+        warmup_epochs: Epochs of BCE to the initial labels before the label update (paper: 2).
+        update_labels: Refine the labels with local views after the warm-up (table 2).
+        view_policy: ``cam`` (CCD: classifier-guided boxes) or ``grid`` (CDUL: uniform grid).
+        class_threshold: Classes whose classifier probability exceeds it get a CAM view (paper: 0.5).
+        mean_views: When set, ``class_threshold`` is replaced by the threshold that gives this mean
+            number of CAM views per image (figure 6a sweep: 4, 6, 10, 14).
+        cam_threshold: Threshold on the min-max normalised CAM (code and supplementary fig. 7: 0.95).
+        box_offset: Pixels added on each side of a CAM box, in original image pixels (paper: 80).
+        crop_long_side: Crops are resized to this longer side, aspect kept (paper: 640).
+        crop_resize_mode: How CLIP's preprocessing fits a crop to its square input: ``longest``
+            (letterbox: the whole view is seen, as in the paper), ``shortest`` (centre crop) or
+            ``squash``.
+        grid_rows: Rows of the CDUL grid.
+        grid_cols: Columns of the CDUL grid.
+        alpha: Weight of the initial label in the updated label (eq. 7, paper: 0.4).
+        consistency: Add the weak/strong consistency loss after the warm-up (eq. 8, table 2).
+        consistency_weight: beta after the warm-up (paper: 1).
+        color_jitter: Strength of the strong view's colour jitter (code: 0.5 for brightness,
+            contrast, saturation and hue).
+        early_stopping: Stop at the first local minimum of the training-label mAP gradient (sec. 4.1).
+    """
+
+    vlm: str = "open_clip:RN50x64/openai"
+    vlm_checkpoint: str | None = None
+    vlm_model_config: str | None = None
+    prompt: str = "a photo of the {}"
+    clip_image_size: int | None = None
+    vlm_batch_size: int = 32
+    entropy_threshold: float = 0.5
+    debias: bool = True
+    debias_floor: float = 0.0125
+    warmup_epochs: int = 2
+    update_labels: bool = True
+    view_policy: str = "cam"
+    class_threshold: float = 0.5
+    mean_views: float | None = None
+    cam_threshold: float = 0.95
+    box_offset: int = 80
+    crop_long_side: int = 640
+    crop_resize_mode: str = "longest"
+    grid_rows: int = 3
+    grid_cols: int = 3
+    alpha: float = 0.4
+    consistency: bool = True
+    consistency_weight: float = 1.0
+    color_jitter: float = 0.5
+    early_stopping: bool = True
+
+    def __post_init__(self) -> None:
+        if self.view_policy not in VIEW_POLICIES:
+            raise SpmlError(f"method_params.view_policy must be one of {', '.join(VIEW_POLICIES)}; got {self.view_policy!r}")
+        if self.crop_resize_mode not in CROP_RESIZE_MODES:
+            raise SpmlError(
+                f"method_params.crop_resize_mode must be one of {', '.join(CROP_RESIZE_MODES)}; got {self.crop_resize_mode!r}"
+            )
+        check_templates([self.prompt])
+        for key in ("alpha", "class_threshold", "cam_threshold", "color_jitter", "debias_floor"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise SpmlError(f"method_params.{key} must be in [0, 1], got {value}")
+        for key in ("vlm_batch_size", "crop_long_side", "grid_rows", "grid_cols", "entropy_threshold"):
+            if not getattr(self, key) > 0:
+                raise SpmlError(f"method_params.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("warmup_epochs", "box_offset", "consistency_weight"):
+            if getattr(self, key) < 0:
+                raise SpmlError(f"method_params.{key} must be >= 0, got {getattr(self, key)}")
+        if self.mean_views is not None and not self.mean_views > 0:
+            raise SpmlError(f"method_params.mean_views must be > 0 or null, got {self.mean_views}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> CCDParams:
+        """Typed params from a config's ``method_params`` (unknown keys and wrong types: SpmlError)."""
+        return _build(cls, params, "method_params.", None)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header (no decoding)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except OSError as err:
+        raise SpmlError(f"image does not open ({err})", path) from None
+    return height, width
+
+
+def soft_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE with soft targets in [0, 1], averaged over the N x L entries (Cole et al.'s reduction)."""
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def consistency_loss(strong_logits: torch.Tensor, weak_logits: torch.Tensor) -> torch.Tensor:
+    """BCE of the strong view's logits to the weak view's (detached) probabilities (code: ``loss_consist``)."""
+    return soft_bce(strong_logits, torch.sigmoid(weak_logits.detach()))
+
+
+class StrongView:
+    """The strong augmentation of a normalised batch: colour jitter on top of the weak view.
+
+    The batch already went through resize and flip (the weak view); the jitter is applied per
+    image in pixel space, between un-normalising and re-normalising with the run's statistics.
+    """
+
+    def __init__(self, transform: ImageTransform, strength: float, seed: int) -> None:
+        self.mean = torch.tensor(transform.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(transform.std).view(1, 3, 1, 1)
+        self.jitter = v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=min(strength, 0.5))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(images), self.std.to(images)
+        pixels = (images * std + mean).clamp(0, 1)
+        # torchvision draws jitter parameters from the global RNG; fork it so runs stay reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+            jittered = torch.stack([self.jitter(img) for img in pixels.cpu()]).to(images)
+        return (jittered - mean) / std
+
+
+def select_cam_views(
+    model: nn.Module,
+    split: Split,
+    transform: ImageTransform,
+    probs: np.ndarray,
+    threshold: float,
+    cam_threshold: float,
+    offset: int,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CCD's local views: a CAM box for every (image, class) with classifier probability > ``threshold``.
+
+    Args:
+        model: The warmed-up classifier (``forward_features`` and ``head.cam``).
+        split: The training split.
+        transform: The run's evaluation transform (no flip): the CAM is computed on its input.
+        probs: ``N x L`` classifier probabilities on the split (unflipped).
+        threshold, cam_threshold, offset: See :class:`CCDParams`.
+        batch_size: Images per forward pass.
+        device: Where the model lives.
+
+    Returns:
+        ``(views, view_class)``: ``M x 5`` int64 ``(image, x0, y0, x1, y1)`` in original pixels and
+        the ``M`` class index that proposed each view.
+    """
+    selected = np.asarray(probs) > threshold
+    images = np.flatnonzero(selected.any(axis=1))
+    view_image: list[int] = []
+    view_class: list[int] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    if len(images) == 0:
+        return boxes_array(view_image, boxes), np.zeros(0, dtype=np.int64)
+    loader = DataLoader(Subset(SplitDataset(split, transform), images.tolist()), batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="ccd CAM views", unit="batch"):
+            features = model.forward_features(batch["image"].to(device))
+            for row, index in zip(range(features.shape[0]), batch["index"].tolist()):
+                classes = np.flatnonzero(selected[index])
+                cams = model.cam(features[row : row + 1], torch.from_numpy(classes))[0].float().cpu()
+                size = image_size(split.images[index])
+                for k, cam in zip(classes.tolist(), cams):
+                    view_image.append(index)
+                    view_class.append(k)
+                    boxes.append(cam_box(cam, size, cam_threshold, offset))
+    model.train(was_training)
+    return boxes_array(view_image, boxes), np.asarray(view_class, dtype=np.int64)
+
+
+def select_grid_views(split: Split, rows: int, cols: int) -> np.ndarray:
+    """CDUL's local views: a ``rows x cols`` grid on every image, ``M x 5`` as :func:`select_cam_views`."""
+    view_image: list[int] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    for index, path in enumerate(split.images):
+        cells = grid_boxes(image_size(path), rows, cols)
+        view_image.extend([index] * len(cells))
+        boxes.extend(cells)
+    return boxes_array(view_image, boxes)
+
+
+class CCDHooks(TrainingHooks):
+    """The CCD / CDUL method: pseudo-labels from CLIP, refined once after the warm-up.
+
+    Args:
+        ctx: The run's context; ``ctx.config.method_params`` holds the :class:`CCDParams`.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.params = CCDParams.from_params(ctx.config.method_params)
+        if ctx.config.regime != "finetune":
+            raise SpmlError(f"method ccd trains on images (CAMs, augmented views): set regime=finetune, not {ctx.config.regime!r}")
+        if ctx.config.observed != FULL_OBSERVED:
+            warnings.warn(
+                f"ccd is annotation-free: the observed labels {ctx.config.observed!r} are ignored "
+                "(it trains on CLIP pseudo-labels only)",
+                stacklevel=2,
+            )
+        self.split = ctx.data.split("train")
+        self.classes = ctx.data.classes
+        # Both set in setup(), from the backbone's own normalisation (as the engine's transforms).
+        self.transform = ImageTransform(size=ctx.config.image_size)
+        self.strong = StrongView(self.transform, self.params.color_jitter, ctx.config.seed)
+        self.epoch = 0
+        self.bias: ClipBias | None = None
+        self.labels = torch.zeros(0)  # N x L current soft targets, set in setup()
+        self.initial = np.zeros(0)
+        self.train_maps: list[float] = []
+        self.stop_epoch: int | None = None
+        self.facts: dict[str, Any] = {}
+        self.vlm: VLM | None = None
+
+    # -- CLIP -------------------------------------------------------------------------------
+
+    def _load_vlm(self) -> VLM:
+        if self.vlm is None:
+            self.vlm = load_vlm(
+                self.params.vlm,
+                checkpoint=self.params.vlm_checkpoint,
+                model_config=self.params.vlm_model_config,
+                device=self.ctx.device,
+            )
+        return self.vlm
+
+    def _calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """Debiased (unclipped) probabilities, or the raw ones when debiasing is off."""
+        if not self.params.debias or self.bias is None:
+            return np.asarray(probs, dtype=np.float32)
+        return debias(probs, self.bias.bias, self.params.debias_floor)
+
+    def setup(self, model: nn.Module, loss: nn.Module) -> None:
+        """Score the training images with CLIP, estimate the bias, set the initial labels."""
+        mean, std = backbone_data_config(model)
+        self.transform = ImageTransform(self.ctx.config.image_size, mean, std, flip_prob=0.0)
+        self.strong = StrongView(self.transform, self.params.color_jitter, self.ctx.config.seed)
+        p = self.params
+        vlm = self._load_vlm()
+        scores = score_split(
+            vlm,
+            self.split,
+            self.classes,
+            [p.prompt],
+            cache_root=self.ctx.data.cache_dir,
+            batch_size=p.vlm_batch_size,
+            device=self.ctx.device,
+            image_size=p.clip_image_size,
+            num_workers=self.ctx.config.num_workers,
+        )
+        self.logit_scale = vlm.logit_scale
+        self.raw_initial = clip_probabilities(np.asarray(scores[:, 0]), self.logit_scale)
+        self.bias = estimate_clip_bias(self.raw_initial, p.entropy_threshold)
+        if self.bias.fallback:
+            names = ", ".join(self.classes[i] for i in self.bias.fallback)
+            warnings.warn(f"ccd: classes never a confident CLIP top-1 get the mean bias: {names}", stacklevel=2)
+        write_json(self.ctx.run_dir / "ccd_bias.json", self.bias.to_dict(self.classes))
+        plot_bias(self.bias, self.classes, self.ctx.run_dir / "ccd_bias.png")
+        self.initial = np.clip(self._calibrate(self.raw_initial), 0.0, 1.0)
+        self.labels = torch.from_numpy(self.initial.copy())
+        self.facts.update(
+            clip_bias_fallback_classes=[self.classes[i] for i in self.bias.fallback],
+            clip_bias_confident_images=self.bias.num_confident,
+        )
+
+    # -- training -----------------------------------------------------------------------------
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        self.epoch = epoch
+
+    def batch_loss(self, model: nn.Module, batch: Batch, loss: nn.Module) -> torch.Tensor | None:
+        """BCE to the current soft labels, plus beta x consistency after the warm-up (eq. 8)."""
+        images = batch["image"]
+        logits = model(images)
+        targets = self.labels[batch["index"].cpu()].to(logits.device)
+        total = soft_bce(logits, targets)
+        if self.params.consistency and self.epoch > self.params.warmup_epochs and self.params.consistency_weight > 0:
+            strong_logits = model(self.strong(images))
+            total = total + self.params.consistency_weight * consistency_loss(strong_logits, logits)
+        return total
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, train_scores: np.ndarray) -> None:
+        """Track the training-label mAP (early stopping); update the labels after the warm-up."""
+        positives = (self.labels.numpy() >= PSEUDO_POSITIVE).astype(np.uint8)
+        self.train_maps.append(mean_average_precision(train_scores, positives))
+        if epoch == self.params.warmup_epochs and self.params.update_labels:
+            self.update_labels(model, train_scores)
+        if self.params.early_stopping and self.stop_epoch is None:
+            stop = early_stop_epoch(self.train_maps)
+            if stop is not None:
+                self.stop_epoch = stop + 1  # train_maps[0] is epoch 1
+
+    def should_stop(self, epoch: int) -> bool:
+        """True once the early-stopping epoch has been reached (checked by the engine after each epoch)."""
+        return self.stop_epoch is not None and epoch >= self.stop_epoch
+
+    # -- label update ---------------------------------------------------------------------------
+
+    def update_labels(self, model: nn.Module, train_scores: np.ndarray) -> None:
+        """Local views -> local labels -> updated labels (sec. 3.2), with diagnostics."""
+        p = self.params
+        if p.view_policy == "cam":
+            threshold = p.class_threshold
+            if p.mean_views is not None:
+                threshold = threshold_for_mean_views(train_scores, p.mean_views)
+            views, view_class = select_cam_views(
+                model, self.split, self.transform, train_scores, threshold, p.cam_threshold, p.box_offset,
+                self.ctx.config.eval_batch_size, self.ctx.device,
+            )
+            self.facts["class_threshold_used"] = float(threshold)
+        else:
+            views = select_grid_views(self.split, p.grid_rows, p.grid_cols)
+            view_class = np.full(len(views), -1, dtype=np.int64)
+        save_npy(self.ctx.run_dir / "ccd_views.npy", np.column_stack([views, view_class]) if len(views) else views)
+        sims = self.score_views(views)
+        view_probs = clip_probabilities(sims, self.logit_scale)
+        raw_local, has_view = max_over_views(view_probs, views[:, 0], len(self.split))
+        # An image without any view keeps its initial label (the reference would mix in zeros,
+        # which shrinks every label of the image by alpha).
+        raw_local[~has_view] = self.raw_initial[~has_view]
+        local = self._calibrate(raw_local)
+        updated = mix_labels(self.initial, local, p.alpha)
+        self.labels = torch.from_numpy(updated)
+        raw_updated = mix_labels(self.raw_initial, raw_local, p.alpha)
+        self.facts.update(
+            num_local_views=int(len(views)),
+            mean_local_views_per_image=float(len(views) / max(1, len(self.split))),
+            images_without_views=int((~has_view).sum()),
+        )
+        diagnostics = label_diagnostics(
+            {
+                "initial_raw": self.raw_initial,
+                "initial_debiased": np.clip(debias(self.raw_initial, self.bias.bias, p.debias_floor), 0, 1),
+                "updated_raw": raw_updated,
+                "updated_debiased": mix_labels(
+                    np.clip(debias(self.raw_initial, self.bias.bias, p.debias_floor), 0, 1),
+                    debias(raw_local, self.bias.bias, p.debias_floor),
+                    p.alpha,
+                ),
+                "used_initial": self.initial,
+                "used_updated": updated,
+            },
+            self.split.labels,
+            self.classes,
+            self.bias,
+        )
+        diagnostics["views"] = {k: self.facts[k] for k in ("num_local_views", "mean_local_views_per_image", "images_without_views")}
+        write_json(self.ctx.run_dir / "ccd_labels.json", diagnostics)
+        self.facts["pseudo_label_map"] = {"initial": diagnostics["map"]["used_initial"], "updated": diagnostics["map"]["used_updated"]}
+
+    def score_views(self, views: np.ndarray) -> np.ndarray:
+        """``M x L`` CLIP cosine similarities of the crops ``views`` (cached by boxes, model, prompt)."""
+        num_classes = len(self.classes)
+        if len(views) == 0:
+            return np.zeros((0, num_classes), dtype=np.float32)
+        base = self._load_vlm()
+        vlm = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, resize_mode=self.params.crop_resize_mode))
+        text = text_embeddings(vlm, self.classes, [self.params.prompt], cache_root=self.ctx.data.cache_dir)
+        material = {
+            "vlm": vlm.identity,
+            "preprocess": vlm.preprocess.to_dict(),
+            "prompt": self.params.prompt,
+            "classes": self.classes,
+            "split": self.split.fingerprint,
+            "views": hash_material({"views": views.tolist()}),
+            "crop_long_side": self.params.crop_long_side,
+        }
+        cache = ArrayCache(self.ctx.data.cache_dir, "ccd-views", material)
+        last: dict[int, torch.Tensor] = {}
+
+        def compute(start: int, stop: int) -> dict[str, np.ndarray]:
+            crops = []
+            for index, x0, y0, x1, y1 in views[start:stop].tolist():
+                if index not in last:  # views of one image are contiguous: decode it once
+                    last.clear()
+                    last[index] = load_image(self.split.images[index])
+                crops.append(crop_resized(last[index], (x0, y0, x1, y1), self.params.crop_long_side))
+            sims = score_images(vlm, crops, text, batch_size=self.params.vlm_batch_size)
+            return {"similarities": np.asarray(sims, dtype=np.float16)}
+
+        arrays = cache.build(
+            {"similarities": ((len(views), num_classes), np.float16)},
+            compute,
+            chunk_size=max(self.params.vlm_batch_size, 64),
+            desc="ccd local views",
+        )
+        return np.asarray(arrays["similarities"], dtype=np.float32)
+
+    # -- resume and report ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "labels": self.labels.clone(),
+            "train_maps": torch.tensor(self.train_maps, dtype=torch.float64),
+            "stop_epoch": torch.tensor(-1 if self.stop_epoch is None else self.stop_epoch),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.labels = state["labels"].clone()
+        self.train_maps = state["train_maps"].tolist()
+        stop = int(state["stop_epoch"])
+        self.stop_epoch = None if stop < 0 else stop
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "params": dataclasses.asdict(self.params),
+            "train_label_map": self.train_maps,
+            "early_stop_epoch": self.stop_epoch,
+            **self.facts,
+        }
+
+
+register_method(
+    MethodInfo(
+        "ccd",
+        CCDHooks,
+        "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
+        config_defaults={"regime": "finetune"},
+    )
+)

