@@ -18,6 +18,7 @@ from spml.data.labels import POSITIVE
 from spml.data.layout import SPLITS, PreparedData
 from spml.data.observe import load_observed, observe
 from spml.data.synth import make_synthetic
+from spml.training import load_config, resume, train
 
 DEMO_IMAGES = 240
 DEMO_SIZE = 48
@@ -87,17 +88,17 @@ PROBES = (("full labels (BCE)", "bce", True), ("AN", "an", False), ("EM", "em", 
 
 def train_linear_probes(ctx: DemoContext) -> None:
     """Train a linear probe with full labels and with AN, EM and ROLE on the single positives."""
-    from spml.training import load_config, resume, train
-
     # ROLE and EPR need the expected positives per image; a labelled val set is part of the protocol.
     k = float(ctx.data.split("val").labels.sum(axis=1).mean())
     rows = []
     for name, loss, full in PROBES:
         observed = "full" if full else str(ctx.observed_path)
-        cfg = load_config(None, [*PROBE_OVERRIDES, f"loss={loss}", f"observed={observed}", f"seed={ctx.seed}", f"expected_num_pos={k:.3f}"])
+        overrides = [f"loss={loss}", f"observed={observed}", f"seed={ctx.seed}", f"expected_num_pos={k:.3f}"]
+        cfg = load_config(None, [*PROBE_OVERRIDES, *overrides])
         run_dir = ctx.root / "runs" / loss
         # A kept --out folder: finished runs are read back, interrupted ones continued.
-        result = resume(run_dir, ctx.data.root) if (run_dir / "config.yaml").is_file() else train(ctx.data.root, cfg, run_dir)
+        finished_or_interrupted = (run_dir / "config.yaml").is_file()
+        result = resume(run_dir, ctx.data.root) if finished_or_interrupted else train(ctx.data.root, cfg, run_dir)
         rows.append((name, result))
     print("linear probe on EfficientNet-Lite0 features (test mAP at the best val epoch):")
     for name, r in rows:
@@ -125,8 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = subparsers.add_parser(
         "demo",
-        help="fast offline tour: synthetic data, single-positive labels",
-        description="Synthesise a small multi-label set, simulate single-positive labels and show them.",
+        help="fast offline tour: synthetic data, single-positive labels, linear probes",
+        description="Synthesise a small multi-label set, simulate single-positive labels, train linear probes.",
     )
     p.add_argument("--out", type=Path, default=None, help="working folder to keep (default: a temporary one)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
