@@ -51,39 +51,6 @@ class _FullLabels(SpmlLoss):
 
 
 @register_loss(
-    "bce",
-    description="Full-label BCE (upper bound): -log p at positives, -log(1-p) at negatives.",
-    reference=f"{_COLE} loss_bce",
-)
-class BCE(_FullLabels):
-    """Binary cross-entropy on fully observed labels (Cole's clean-variant upper bound)."""
-
-    def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
-        return LossTerms(_bce_matrix(torch.sigmoid(logits), observed == POSITIVE))
-
-
-@register_loss(
-    "bce_ls",
-    description="Full-label BCE with label smoothing ls_coef.",
-    reference=f"{_COLE} loss_bce_ls",
-)
-class BCELabelSmoothing(_FullLabels):
-    """BCE with Cole's label smoothing on fully observed labels.
-
-    Args:
-        ls_coef: Weight moved onto the opposite class's term, in [0, 1).
-    """
-
-    def __init__(self, num_classes: int, *, ls_coef: float = 0.1, validate: bool = True) -> None:
-        super().__init__(num_classes, validate=validate)
-        check_range(self.name, "ls_coef", ls_coef, 0.0, 1.0, high_open=True)
-        self.ls_coef = ls_coef
-
-    def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
-        return LossTerms(_smoothed_matrix(torch.sigmoid(logits), observed == POSITIVE, self.ls_coef))
-
-
-@register_loss(
     "iun",
     description="Observed positives plus the TRUE negatives (oracle); unobserved positives ignored.",
     reference=f"{_COLE} loss_iun (intended mask; the release's `true == -1` on 0/1 labels selects none)",
@@ -174,6 +141,31 @@ class AssumeNegativeLabelSmoothing(SpmlLoss):
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
         return LossTerms(_smoothed_matrix(torch.sigmoid(logits), observed == POSITIVE, self.ls_coef))
+
+
+@register_loss(
+    "bce",
+    description="Full-label BCE (upper bound): -log p at positives, -log(1-p) at negatives.",
+    reference=f"{_COLE} loss_bce",
+)
+class BCE(_FullLabels, AssumeNegative):
+    """Binary cross-entropy on fully observed labels (Cole's clean-variant upper bound).
+
+    The same matrix as AN; only the input check differs: unknown labels are refused.
+    """
+
+
+@register_loss(
+    "bce_ls",
+    description="Full-label BCE with label smoothing ls_coef.",
+    reference=f"{_COLE} loss_bce_ls",
+)
+class BCELabelSmoothing(_FullLabels, AssumeNegativeLabelSmoothing):
+    """BCE with Cole's label smoothing on fully observed labels (AN-LS's matrix, unknowns refused).
+
+    Args:
+        ls_coef: Weight moved onto the opposite class's term, in [0, 1).
+    """
 
 
 @register_loss(
