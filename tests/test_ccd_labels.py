@@ -112,6 +112,17 @@ def test_cam_box_flat_map_is_whole_image():
     assert cam_box(torch.ones(7, 7), (30, 40), threshold=0.95, offset=80) == (0, 0, 40, 30)
 
 
+def test_cam_box_on_image_smaller_than_offset_is_clipped_to_it():
+    # A CAM peaked near the bottom-right corner of a 24 x 32 (H x W) image.
+    cam = torch.zeros(7, 7)
+    cam[5, 6] = 1.0
+    assert cam_box(cam, (24, 32), threshold=0.95, offset=0) == (29, 18, 32, 19)
+    # The paper's 80-px offset exceeds the image on every side: the view is the whole image.
+    assert cam_box(cam, (24, 32), threshold=0.95, offset=80) == (0, 0, 32, 24)
+    # A smaller offset is clipped only on the sides it overruns (right, bottom).
+    assert cam_box(cam, (24, 32), threshold=0.95, offset=8) == (21, 10, 32, 24)
+
+
 def test_expand_box_clips_small_images():
     assert expand_box((10, 5, 20, 15), 80, (24, 32)) == (0, 0, 32, 24)
     assert expand_box((100, 100, 120, 130), 80, (480, 640)) == (20, 20, 200, 210)

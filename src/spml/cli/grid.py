@@ -5,6 +5,10 @@
     spml grid DATA_DIR --config coco --lr 1e-2 1e-3 1e-4 1e-5 --batch-size 8 16 --out GRID_DIR
     spml grid DATA_DIR --method pseudo-multilabel --teacher RUN --threshold 0.55 0.65 0.75 0.85 0.95 --out G
     spml grid DATA_DIR --axis loss_params.ls_coef=0.05,0.1,0.2 --out GRID_DIR
+    spml grid DATA_DIR --config vlpl_tau_theta --out GRID_DIR   # axes from the file's grid: section
+
+A config file's ``grid:`` section maps dotted keys to value lists (its other keys are the base
+config); axes given on the command line come after it and replace a file axis of the same key.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from spml.cli.train import add_config_arguments, config_from_args
+from spml.cli.train import resolve_config_path, add_config_arguments, config_from_args
 from spml.errors import SpmlError
+from spml.training.config import GRID_SECTION, read_yaml
 from spml.training.grid import run_grid
 
 
@@ -27,8 +32,23 @@ def _axis(text: str) -> tuple[str, list[Any]]:
     return key.strip(), [yaml.safe_load(v) for v in values.split(",")]
 
 
+def _file_axes(config: str | None) -> dict[str, list[Any]]:
+    """The ``grid:`` section of the ``--config`` file (empty without one)."""
+    path = resolve_config_path(config)
+    if path is None:
+        return {}
+    section = read_yaml(path).get(GRID_SECTION)
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and v for k, v in section.items()
+    ):
+        raise SpmlError(f"the {GRID_SECTION}: section must map config keys to non-empty lists of values", path)
+    return dict(section)
+
+
 def _run(args: argparse.Namespace) -> int:
-    axes: dict[str, list[Any]] = {}
+    axes = _file_axes(args.config)
     if args.lr:
         axes["lr"] = args.lr
     if args.batch_size:
@@ -39,7 +59,9 @@ def _run(args: argparse.Namespace) -> int:
         key, values = _axis(text)
         axes[key] = values
     if not axes:
-        raise SpmlError("give at least one axis: --lr, --batch-size, --threshold or --axis key=v1,v2")
+        raise SpmlError(
+            "give at least one axis: --lr, --batch-size, --threshold, --axis key=v1,v2 or a config with a grid: section"
+        )
     base = config_from_args(args, args.data_dir)
     result = run_grid(args.data_dir, base, axes, args.out)
     print((args.out / "results.md").read_text(), end="")

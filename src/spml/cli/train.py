@@ -43,7 +43,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", metavar="RUN_DIR", help="pseudo-multilabel: the finished teacher run")
 
 
-def _config_path(value: str | None) -> Path | None:
+def resolve_config_path(value: str | None) -> Path | None:
     if value is None:
         return None
     path = Path(value)
@@ -55,8 +55,8 @@ def _config_path(value: str | None) -> Path | None:
 def config_from_args(args: argparse.Namespace, data_dir: Path, extra: Sequence[str] = ()) -> TrainConfig:
     """Resolve ``--config``, ``--method``, ``--teacher`` and ``--set`` into a validated config.
 
-    The method's own defaults (e.g. ``loss: bce`` for pseudo-multilabel) apply over the config file
-    and under ``--set``. Relative paths given on the command line are made absolute, so the
+    The method's own defaults (e.g. ``loss: bce`` for pseudo-multilabel) apply over the shipped
+    default config but under a config file the user names and under ``--set``. Relative paths given on the command line are made absolute, so the
     written ``config.yaml`` reproduces the run from any folder.
     """
     overrides = list(args.overrides)
@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace, data_dir: Path, extra: Sequence[s
     if args.teacher:
         overrides.append(f"method_params.teacher={Path(args.teacher).resolve()}")
     overrides += list(extra)
-    path = _config_path(args.config)
+    path = resolve_config_path(args.config)
     config = load_config(path, overrides)
     defaults = get_method(config.method).config_defaults
     if defaults:

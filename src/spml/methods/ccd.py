@@ -59,7 +59,7 @@ from spml.methods.local_views import (
     max_over_views,
 )
 from spml.models import backbone_data_config
-from spml.training.config import FULL_OBSERVED, _build
+from spml.training.config import FULL_OBSERVED, build_dataclass
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
@@ -67,6 +67,13 @@ from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks, re
 
 VIEW_POLICIES = ("cam", "grid")
 CROP_RESIZE_MODES = ("longest", "shortest", "squash")
+# What ``--method ccd`` sets over the engine's defaults (the paper's sec. 4.1: lr 1e-5 on every
+# dataset; images are needed for CAMs and augmented views). The paper's batch 16 and "up to 10
+# epochs" are the engine's own defaults already, and are left out on purpose: method defaults apply
+# over a config file (``spml.cli.train.config_from_args``), so listing them would silently replace a
+# config file's own batch size and epochs. See docs/ccd.md, "Defaults".
+CONFIG_DEFAULTS: dict[str, Any] = {"regime": "finetune", "lr": 1e-5}
+
 # A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
 # is computed; the reference counts only labels equal to 1 after clipping, which without debiasing
 # almost never happens.
@@ -161,7 +168,7 @@ class CCDParams:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> CCDParams:
         """Typed params from a config's ``method_params`` (unknown keys and wrong types: SpmlError)."""
-        return _build(cls, params, "method_params.", None)
+        return build_dataclass(cls, params, "method_params.", None)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -504,6 +511,6 @@ register_method(
         "ccd",
         CCDHooks,
         "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
-        config_defaults={"regime": "finetune"},
+        config_defaults=CONFIG_DEFAULTS,
     )
 )

@@ -5,7 +5,12 @@ The CLIP scores of the train split come from a score cache built beforehand by `
 turns both cached views (original, mirrored) into pseudo-label matrices with the VLPL rule
 (``softmax(sim / tau) > theta`` positive, optionally the lowest ``neg_fraction`` negative, observed
 labels kept), and every batch gets, as the loss's ``pseudo=`` input, the rows of the view it was
-drawn with (``batch["flipped"]``), so a mirrored image gets its mirror's pseudo-labels.
+drawn with (``batch["flipped"]``), so a mirrored image gets its mirror's pseudo-labels. The linear
+regime trains on cached features of unflipped images, so its batches all read view 0.
+
+``results.json["method"]`` holds the settings, the cache and the diagnostics of the pseudo-labels
+(:func:`spml.vlm.pseudo_label_diagnostics`); their counts and precisions are also top-level numbers,
+so that a grid (``spml grid --config vlpl_tau_theta``) tabulates them beside each run's mAP.
 
 ``spml train DATA_DIR --method vlpl --set observed=... [--set method_params.tau=0.03]
 [--set method_params.vlm_cache=PATH] [--set loss_params.alpha=0.2]``
@@ -30,6 +35,14 @@ from spml.vlm.pseudolabels import VlplSettings, check_settings
 
 METHOD = "vlpl"
 _DEFAULTS = VlplSettings()
+# Diagnostics copied to the top level of the summary: grid tables show scalar summary values only.
+_TABLE_STATS = (
+    "pseudo_positives_per_image",
+    "pseudo_positive_precision",
+    "pseudo_negatives_per_image",
+    "pseudo_negative_precision",
+    "merged_positives_per_image",
+)
 
 
 @dataclass
@@ -104,7 +117,12 @@ class VlplHooks(TrainingHooks):
         return {"pseudo": self.pseudo[view, batch["index"].to(self.pseudo.device)]}
 
     def summary(self) -> dict[str, Any]:
-        return {**asdict(self.params), "vlm_cache": str(self.cache_path.resolve()), "pseudo_labels": self.stats}
+        return {
+            **asdict(self.params),
+            "vlm_cache": str(self.cache_path.resolve()),
+            **{key: self.stats[key] for key in _TABLE_STATS},
+            "pseudo_labels": self.stats,
+        }
 
 
 register_method(

@@ -30,6 +30,8 @@ REGIMES = ("linear", "finetune", "linear-init")
 VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FULL_OBSERVED = "full"
+# A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
+GRID_SECTION = "grid"
 
 
 class _Loader(yaml.SafeLoader):
@@ -336,22 +338,28 @@ def load_config(
     overrides: Sequence[str] = (),
     defaults: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Load a config file (the shipped default when None), apply ``defaults`` then ``overrides``.
+    """Load a config file (the shipped default when None) with a method's ``defaults`` and ``overrides``.
+
+    Precedence, lowest first: the shipped default file < ``defaults`` < a user's file < ``overrides``.
+    A user's file is explicit, so it keeps every value it sets; the shipped default only lists
+    :class:`TrainConfig`'s defaults, so a method's defaults apply over it.
 
     Args:
-        path: YAML file with any subset of the keys.
+        path: YAML file with any subset of the keys (a ``grid:`` section of ``spml grid`` axes is
+            skipped: the file then is the grid's base config).
         overrides: ``key=value`` strings (dotted keys for nested sections and parameter dicts).
-        defaults: Values applied over the file but under the overrides (a method's own defaults,
-            e.g. ``loss: bce`` for the teacher-student student).
+        defaults: A method's own defaults (e.g. ``loss: bce`` for the teacher-student student),
+            applied under a user's file and the overrides.
 
     Raises:
         SpmlError: Unknown key (with the closest valid key), wrong type or invalid value.
     """
     source = Path(path) if path is not None else default_config_path()
     values = read_yaml(source)
+    values.pop(GRID_SECTION, None)
     config_from_dict(values, source)  # report a bad file against the file itself
     if defaults:
-        values = merge(values, defaults)
+        values = merge(values, defaults) if path is None else merge(defaults, values)
     if overrides:
         values = merge(values, parse_overrides(overrides))
         source_label: str | Path = f"{source} + --set"
@@ -369,6 +377,3 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the fully resolved config atomically; ``load_config(path)`` gives it back."""
     write_text(path, config_to_yaml(config))
 
-
-# The CCD method was written against the first, private name.
-_build = build_dataclass

@@ -130,8 +130,8 @@ class MethodInfo:
         name: ``--method`` value.
         factory: Builds the run's hooks from its context.
         description: One line for listings.
-        config_defaults: Config values the method implies (applied over the config file, under
-            ``--set``), e.g. ``{"loss": "bce"}`` for a student trained with full BCE.
+        config_defaults: Config values the method implies (applied over the shipped defaults, under
+            a user's config file and ``--set``), e.g. ``{"loss": "bce"}`` for a student trained with full BCE.
         required_params: Keys that must be present in ``method_params``.
     """
 
