@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_ccd_method import one_torch_thread, small_copy  # noqa: F401  (one_torch_thread: autouse fixture)
+from subsets import small_copy
+from test_ccd_method import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from spml.cli.main import main
 from spml.data.layout import PreparedData

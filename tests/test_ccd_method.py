@@ -12,10 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from subsets import small_copy
+
 import spml.methods.ccd as ccd
 from spml.cli.main import build_parser
 from spml.cli.train import config_from_args
-from spml.data.layout import PreparedData, write_prepared
+from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
@@ -32,18 +34,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def small_copy(data_dir: Path, out: Path, n_train: int, n_eval: int) -> Path:
-    """A prepared folder over the first images of each split (paths are absolute: nothing copied)."""
-    data = PreparedData.open(data_dir)
-    splits = {}
-    for name, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
-        split = data.split(name)
-        splits[name] = (split.images[:n], split.labels[:n])
-    out.mkdir(parents=True)
-    write_prepared(out, data.classes, splits, {"source": "subset for tests"})
-    return out
 
 
 def ccd_config(vlm: dict, **params) -> TrainConfig:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from subsets import small_copy
 import torch
 
 import spml.methods  # noqa: F401  (registers the methods)
-from spml.data.layout import PreparedData, write_prepared
+from spml.data.layout import PreparedData
 from spml.data.observe import load_observed, observe
 from spml.errors import SpmlError
 from spml.methods.vlpl import VlplHooks
@@ -24,14 +25,7 @@ BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_
 @pytest.fixture(scope="module")
 def scored(micro_clip, tmp_path_factory) -> Path:
     """A 128/32/32-image copy of the fixture's layout with a train-split score cache in DATA/cache."""
-    source = PreparedData.open(micro_clip.data_dir)
-    out = tmp_path_factory.mktemp("vlpl") / "data"
-    out.mkdir()
-    splits = {}
-    for name, n in (("train", 128), ("val", 32), ("test", 32)):
-        split = source.split(name)
-        splits[name] = (split.images[:n], split.labels[:n])
-    write_prepared(out, source.classes, splits, {"source": "subset for tests"})
+    out = small_copy(micro_clip.data_dir, tmp_path_factory.mktemp("vlpl") / "data", n_train=128, n_eval=32)
     data = PreparedData.open(out)
     vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
     score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
@@ -84,11 +78,7 @@ def test_bad_setups_are_refused(scored, tmp_path):
 
 
 def test_missing_cache_says_how_to_build_it(micro_clip, tmp_path):
-    source = PreparedData.open(micro_clip.data_dir)
-    out = tmp_path / "data"
-    out.mkdir()
-    write_prepared(out, source.classes, {n: (source.split(n).images[:20], source.split(n).labels[:20])
-                                        for n in ("train", "val", "test")}, {})
+    out = small_copy(micro_clip.data_dir, tmp_path / "data", n_train=20, n_eval=20)
     observe(PreparedData.open(out), "single-positive", seed=0)
     with pytest.raises(SpmlError, match="run `spml pseudolabel"):
         VlplHooks(_context(out, tmp_path))
