@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from spml.data.layout import PreparedData, write_prepared
+from spml.data.observe import observe
+from spml.vlm import load_vlm, score_split
 
 
 def small_copy(data_dir: Path, out: Path, n_train: int, n_eval: int) -> Path:
@@ -19,4 +21,15 @@ def small_copy(data_dir: Path, out: Path, n_train: int, n_eval: int) -> Path:
         splits[name] = (split.images[:n], split.labels[:n])
     out.mkdir(parents=True)
     write_prepared(out, data.classes, splits, {"source": "subset for tests"})
+    return out
+
+
+def scored_single_positive_copy(micro_clip, out: Path, n_train: int, n_eval: int) -> Path:
+    """:func:`small_copy` of the micro CLIP fixture's set with single positives (seed 0) and the
+    micro CLIP's train-split score cache in ``DATA/cache``: the inputs of ``--method vlpl``."""
+    out = small_copy(micro_clip.data_dir, out, n_train, n_eval)
+    data = PreparedData.open(out)
+    vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
+    score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
+    observe(data, "single-positive", seed=0)
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from subsets import small_copy
+from subsets import scored_single_positive_copy, small_copy
 import torch
 
 import spml.methods  # noqa: F401  (registers the methods)
@@ -16,7 +16,7 @@ from spml.data.observe import load_observed, observe
 from spml.errors import SpmlError
 from spml.methods.vlpl import VlplHooks
 from spml.training import RunContext, load_config, train
-from spml.vlm import load_vlm, score_split, vlpl_pseudo_labels
+from spml.vlm import vlpl_pseudo_labels
 
 BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=64",
         "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
@@ -25,12 +25,7 @@ BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_
 @pytest.fixture(scope="module")
 def scored(micro_clip, tmp_path_factory) -> Path:
     """A 128/32/32-image copy of the fixture's layout with a train-split score cache in DATA/cache."""
-    out = small_copy(micro_clip.data_dir, tmp_path_factory.mktemp("vlpl") / "data", n_train=128, n_eval=32)
-    data = PreparedData.open(out)
-    vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
-    score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
-    observe(data, "single-positive", seed=0)
-    return out
+    return scored_single_positive_copy(micro_clip, tmp_path_factory.mktemp("vlpl") / "data", 128, 32)
 
 
 def _context(data_dir: Path, run_dir: Path, *overrides: str) -> RunContext:

@@ -11,15 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
-from subsets import small_copy
+from subsets import scored_single_positive_copy
 import yaml
 
 import spml.methods  # noqa: F401  (registers --method vlpl)
 from spml.cli.main import main
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
 from spml.training import load_config, shipped_config, train
-from spml.vlm import load_vlm, score_split
 
 # Linear probe on cached features of the offline EfficientNet-Lite0 weights: no image is decoded
 # per epoch, so a run takes about a second. Settings checked by hand over seeds 0, 1, 2 (observed
@@ -33,12 +30,7 @@ VLPL = ["method=vlpl", "loss=vlpl", "method_params.tau=0.03", "method_params.the
 @pytest.fixture(scope="module")
 def data_dir(micro_clip, tmp_path_factory) -> Path:
     """192/48/48 images of the fixture's set, with single positives and a train-split score cache."""
-    out = small_copy(micro_clip.data_dir, tmp_path_factory.mktemp("vlpl_method") / "data", n_train=192, n_eval=48)
-    data = PreparedData.open(out)
-    vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
-    score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
-    observe(data, "single-positive", seed=0)
-    return out
+    return scored_single_positive_copy(micro_clip, tmp_path_factory.mktemp("vlpl_method") / "data", 192, 48)
 
 
 @pytest.mark.slow
