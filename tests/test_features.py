@@ -85,7 +85,7 @@ def test_first_call_computes_second_call_loads(tmp_path, data, backbone):
     cached = extract_features(again, split, TRANSFORM, tmp_path, backbone_id=ID, batch_size=4)
     assert again.calls == 0
     np.testing.assert_array_equal(cached, feats)
-    assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == ["features"]
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["features"]
 
 
 def test_interrupted_build_resumes_at_the_unfinished_chunk(tmp_path, data, backbone):

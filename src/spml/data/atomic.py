@@ -1,8 +1,14 @@
-"""Atomic writes: a reader never sees a half-written file or folder."""
+"""Atomic writes: a reader never sees a half-written file or folder.
+
+A write that fails because the disk is full (or over quota, or read-only) raises
+:class:`~spml.errors.SpmlError` naming the file and saying so, after removing its temporary file:
+the target is left exactly as it was, and the same command completes once space is freed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -12,6 +18,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from spml.errors import SpmlError
+
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large for the file system",
+}
+
+
+def disk_error(err: OSError, path: str | Path) -> SpmlError | None:
+    """The one-line SpmlError for a full (or read-only) disk while writing ``path``; None for other errors."""
+    reason = DISK_ERRORS.get(err.errno or 0)
+    return None if reason is None else SpmlError(f"{reason} (nothing was written; free space and run again)", path)
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn a full-disk OSError inside the block into a one-line SpmlError naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        converted = disk_error(err, path)
+        if converted is None:
+            raise
+        raise converted from None
 
 
 def _umask() -> int:
@@ -31,24 +64,28 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     # mkstemp creates owner-only files; results are meant to be shared like any file the user writes.
     tmp_path.chmod(0o666 & ~_umask())
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        with disk_errors(target):
+            yield tmp_path
+            os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 def write_text(target: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(target: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``target`` atomically."""
     write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_npy(target: str | Path, array: np.ndarray) -> None:
+    """Save ``array`` as a ``.npy`` file (never pickled) to ``target`` atomically."""
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
+        np.save(f, array, allow_pickle=False)
 
 
 @contextlib.contextmanager
@@ -62,7 +99,8 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes owner-only folders
     try:
-        yield tmp
+        with disk_errors(target):
+            yield tmp
         if target.exists():
             if not replace:
                 raise FileExistsError(target)
@@ -75,3 +113,37 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_merge(target: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty staging folder whose entries replace those of the same name in ``target``.
+
+    Entries of ``target`` that the block did not write (a user's files, ``observed/``, ``cache/``)
+    are kept. Each entry is renamed into place atomically, those named in ``last`` after all others
+    (a manifest written last marks the update complete). A new ``target`` appears as a whole, as with
+    :func:`atomic_dir`. On failure ``target`` is left exactly as it was.
+    """
+    target = Path(target)
+    if not target.exists():
+        with atomic_dir(target, replace=False) as tmp:
+            yield tmp
+        return
+    # Staging inside target: the renames below then never cross a file-system boundary.
+    staging = Path(tempfile.mkdtemp(prefix=".spml-staging.", suffix=".tmp", dir=target))
+    staging.chmod(0o777 & ~_umask())
+    try:
+        with disk_errors(target):
+            yield staging
+        replaced = staging / ".replaced"
+        names = sorted(p.name for p in staging.iterdir())
+        replaced.mkdir()
+        for name in sorted(names, key=lambda n: (n in last, n)):
+            new, old = staging / name, target / name
+            # A folder (or a file turning into a folder) is swapped out whole; its old copy is removed
+            # with the staging folder.
+            if old.is_dir() and not old.is_symlink() or (old.exists() and new.is_dir()):
+                os.replace(old, replaced / name)
+            os.replace(new, old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,28 +1,47 @@
-"""On-disk caches of frozen work (backbone features, VLM scores), memory-mapped and resumable.
+"""On-disk caches of frozen work (backbone features, VLM scores), memory-mapped, resumable, verified.
 
 A cache lives in ``ROOT/NAME-KEY/`` where KEY hashes the *material* that produced it (model name,
-weights hash, resolution, data fingerprint, ...). The material is stored in ``meta.json`` and checked
-on every load, so a cache is never reused for other data or another model. Arrays are ``.npy`` files
-opened with ``mmap_mode='r'``: RAM does not grow with the dataset. Building happens in
-``NAME-KEY.partial/`` chunk by chunk; finished chunks are recorded, so an interrupted build resumes
-where it stopped, and the folder is renamed into place only when complete.
+weights hash, resolution, data fingerprint, which covers the image files' sizes and modification
+times, ...). The material is stored in ``meta.json`` and checked on every load, so a cache is never
+reused for other data or another model. Arrays are ``.npy`` files opened with ``mmap_mode='r'``: RAM
+does not grow with the dataset.
+
+Building happens in ``NAME-KEY.partial/`` chunk by chunk, under an exclusive lock
+(``ROOT/.NAME-KEY.lock``): a second process wanting the same cache waits, then reuses what the first
+built, and a ``.partial`` folder found while holding the lock was left by a dead process and is
+resumed at its first unfinished chunk. Rows are written with ordinary positioned writes into files
+whose space is reserved up front, so a full disk is one :class:`~spml.errors.SpmlError` naming the
+folder, never a SIGBUS from a memory map. The folder is renamed into place only when complete, with
+a CRC-32 of every array in ``meta.json``; the checksums are verified on the first load in a process,
+and a cache that fails them (truncated, flipped bytes, unreadable meta.json) is removed with a
+warning and built again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
-from collections.abc import Callable, Mapping
+import shutil
+import sys
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from spml.data.atomic import save_npy, write_json
+from spml.data.atomic import disk_errors, save_npy, write_json
 from spml.errors import SpmlError
+
+_VERIFIED: set[tuple[str, int]] = set()  # (cache folder, meta.json mtime) whose checksums held here
+_READ_BLOCK = 1 << 24
 
 
 def hash_material(material: Mapping[str, Any]) -> str:
@@ -38,6 +57,49 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def file_crc32(path: Path, offset: int = 0) -> int:
+    """CRC-32 of a file's bytes from ``offset`` on (an array's data, after its ``.npy`` header)."""
+    crc = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while block := f.read(_READ_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); print ``waiting`` if it is busy.
+
+    The kernel releases the lock when its holder dies, so a crashed builder never blocks the next.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class CorruptCache(Exception):
+    """A cache folder that fails its checks; the message says which."""
+
+
+def _remove_aside(folder: Path) -> None:
+    """Rename ``folder`` out of the way (atomic, so concurrent readers never see half of it), then delete it."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.removed.", dir=folder.parent))
+    try:
+        os.replace(folder, aside / folder.name)
+    except FileNotFoundError:
+        pass  # another process moved it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 ArraySpec = Mapping[str, tuple[tuple[int, ...], Any]]  # name -> (shape, dtype); first dim = rows
@@ -57,23 +119,77 @@ class ArrayCache:
         self.key = hash_material(self.material)
         self.path = Path(root) / f"{name}-{self.key}"
         self.partial = self.path.with_name(self.path.name + ".partial")
+        self.lock_file = self.path.with_name(f".{self.path.name}.lock")
 
-    def exists(self) -> bool:
-        return (self.path / "meta.json").is_file()
+    def _meta(self, folder: Path) -> dict[str, Any]:
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CorruptCache(f"meta.json does not parse ({type(err).__name__})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), list):
+            raise CorruptCache("meta.json lacks its array list")
+        return meta
 
-    def _check_meta(self, folder: Path) -> None:
-        stored = json.loads((folder / "meta.json").read_text())["material"]
+    def _check_meta(self, folder: Path) -> dict[str, Any]:
+        meta = self._meta(folder)
+        stored = meta.get("material")
+        if not isinstance(stored, dict):
+            raise CorruptCache("meta.json lacks its material")
         if stored != self.material:
             diff = sorted(k for k in set(stored) | set(self.material) if stored.get(k) != self.material.get(k))
             raise SpmlError(f"cache belongs to other inputs (differs in: {', '.join(diff)}); refusing to reuse it", folder)
+        return meta
+
+    def _open(self, meta: dict[str, Any], verify: bool) -> dict[str, np.ndarray]:
+        """Memory-map the arrays of the finished folder, checking shapes, rows and (if ``verify``) checksums."""
+        checksums = meta.get("checksums")
+        if not isinstance(checksums, dict):
+            raise CorruptCache("meta.json has no checksums (built by an older spml)")
+        arrays = {}
+        for name in meta["arrays"]:
+            file = self.path / f"{name}.npy"
+            try:
+                array = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise CorruptCache(f"{file.name} does not load ({str(err).splitlines()[0]})") from None
+            if array.shape[:1] != (meta.get("rows"),):
+                raise CorruptCache(f"{file.name} has {array.shape[:1]} rows, meta.json says {meta.get('rows')}")
+            if verify and file_crc32(file, array.offset) != checksums.get(name):
+                raise CorruptCache(f"{file.name} fails its checksum (changed on disk)")
+            arrays[name] = array
+        return arrays
+
+    def _load_checked(self) -> dict[str, np.ndarray]:
+        meta = self._check_meta(self.path)
+        stamp = (str(self.path.resolve()), (self.path / "meta.json").stat().st_mtime_ns)
+        arrays = self._open(meta, verify=stamp not in _VERIFIED)
+        _VERIFIED.add(stamp)
+        return arrays
+
+    def exists(self) -> bool:
+        """Whether a finished, intact cache is there; a corrupt one is removed (with a warning) first."""
+        if not (self.path / "meta.json").is_file() and not self.path.is_dir():
+            return False
+        try:
+            self._load_checked()
+        except CorruptCache as err:
+            warnings.warn(f"{self.path}: cache is corrupt ({err}); removing it to build it again", stacklevel=2)
+            _remove_aside(self.path)
+            return False
+        return True
 
     def load(self) -> dict[str, np.ndarray]:
-        """Memory-map the finished arrays (read-only)."""
-        if not self.exists():
+        """Memory-map the finished arrays (read-only), verified against their checksums once per process.
+
+        Raises:
+            SpmlError: The cache is not built, is corrupt, or belongs to other material.
+        """
+        if not (self.path / "meta.json").is_file():
             raise SpmlError("cache not built", self.path)
-        self._check_meta(self.path)
-        meta = json.loads((self.path / "meta.json").read_text())
-        return {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in meta["arrays"]}
+        try:
+            return self._load_checked()
+        except CorruptCache as err:
+            raise SpmlError(f"cache is corrupt ({err}); delete it to build it again", self.path) from None
 
     def build(
         self,
@@ -86,47 +202,131 @@ class ArrayCache:
         """Compute rows ``[start, stop)`` chunk by chunk with ``compute`` and return the loaded cache.
 
         Already-finished caches are loaded without calling ``compute``; a ``.partial`` build of the
-        same material resumes at its first unfinished chunk.
+        same material resumes at its first unfinished chunk. Another process building the same
+        cache is waited for.
+
+        Raises:
+            SpmlError: The disk is full (naming the folder; the partial build resumes on the next run).
         """
-        if self.exists():
-            return self.load()
         rows = {shape[0] for shape, _ in spec.values()}
         if len(rows) != 1:
             raise ValueError(f"arrays of a cache must share their row count, got {sorted(rows)}")
+        if self.exists():
+            return self.load()
         n_rows = rows.pop()
-        n_chunks = max(1, -(-n_rows // chunk_size))
-        self.partial.mkdir(parents=True, exist_ok=True)
-        meta = {"material": self.material, "arrays": sorted(spec), "rows": n_rows, "chunk_size": chunk_size}
-        if (self.partial / "meta.json").is_file():
-            old = json.loads((self.partial / "meta.json").read_text())
-            if old.get("material") != self.material or old.get("chunk_size") != chunk_size:
-                raise SpmlError("partial cache was started with other settings; delete it to rebuild", self.partial)
-        else:
-            write_json(self.partial / "meta.json", meta)
+        waiting = f"spml: waiting for another process building {self.path}"
+        with file_lock(self.lock_file, waiting), disk_errors(self.partial):
+            if self.exists():  # built by the process we waited for
+                return self.load()
+            self._build_locked(spec, compute, n_rows, chunk_size, desc, extra)
+        return self.load()
+
+    def _start_partial(self, meta: dict[str, Any], n_chunks: int) -> np.ndarray:
+        """Reuse a compatible ``.partial`` (left by a dead process) or start a fresh one; the done flags."""
         done_file = self.partial / "done.npy"
-        done = np.load(done_file) if done_file.is_file() else np.zeros(n_chunks, dtype=bool)
-        arrays = {}
-        for name, (shape, dtype) in spec.items():
-            file = self.partial / f"{name}.npy"
-            mode = "r+" if file.is_file() else "w+"
-            arrays[name] = open_memmap(file, mode=mode, dtype=np.dtype(dtype), shape=tuple(shape))
-        todo = np.flatnonzero(~done)
-        for chunk in tqdm(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
-            start, stop = int(chunk) * chunk_size, min(n_rows, (int(chunk) + 1) * chunk_size)
-            values = compute(start, stop)
-            for name, arr in arrays.items():
-                arr[start:stop] = values[name]
-                arr.flush()
-            done[chunk] = True
-            save_npy(done_file, done)
-        del arrays
+        if self.partial.is_dir():
+            try:
+                old = self._meta(self.partial)
+                done = np.load(done_file, allow_pickle=False)
+                usable = (
+                    {k: old.get(k) for k in ("material", "chunk_size", "rows", "specs")}
+                    == {k: meta[k] for k in ("material", "chunk_size", "rows", "specs")}
+                    and done.shape == (n_chunks,)
+                    and done.dtype == bool
+                )
+            except (CorruptCache, OSError, ValueError):
+                usable = False
+            if usable:
+                return done
+            warnings.warn(f"{self.partial}: unusable partial build (other settings or damaged); starting over",
+                          stacklevel=3)
+            _remove_aside(self.partial)
+        self.partial.mkdir(parents=True)
+        write_json(self.partial / "meta.json", meta)
+        return np.zeros(n_chunks, dtype=bool)
+
+    def _array_file(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
+        """Open (creating and reserving its space if needed) an array's ``.npy`` file: (fd, data offset)."""
+        file = self.partial / f"{name}.npy"
+        offset = None
+        if file.is_file():
+            try:
+                existing = np.load(file, mmap_mode="r", allow_pickle=False)
+                if existing.shape == shape and existing.dtype == dtype:
+                    offset = existing.offset
+                del existing
+            except (OSError, ValueError):
+                offset = None
+        if offset is None:
+            with open(file, "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_2_0(f, header)
+                offset = f.tell()
+        fd = os.open(file, os.O_RDWR)
+        size = offset + math.prod(shape) * dtype.itemsize
+        try:
+            # Reserve every block now: a full disk fails here, cleanly, rather than mid-build.
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: the file system cannot reserve; just size it
+                os.close(fd)
+                raise
+            os.ftruncate(fd, max(size, os.fstat(fd).st_size))
+        return fd, offset
+
+    def _build_locked(
+        self,
+        spec: ArraySpec,
+        compute: Callable[[int, int], Mapping[str, np.ndarray]],
+        n_rows: int,
+        chunk_size: int,
+        desc: str | None,
+        extra: Mapping[str, Any] | None,
+    ) -> None:
+        n_chunks = max(1, -(-n_rows // chunk_size))
+        specs = {name: [list(shape), np.dtype(dtype).str] for name, (shape, dtype) in sorted(spec.items())}
+        meta = {"material": self.material, "arrays": sorted(spec), "rows": n_rows, "chunk_size": chunk_size,
+                "specs": specs}
+        done = self._start_partial(meta, n_chunks)
+        done_file = self.partial / "done.npy"
+        files = {}
+        try:
+            for name, (shape, dtype) in spec.items():
+                dtype = np.dtype(dtype)
+                fd, offset = self._array_file(name, tuple(shape), dtype)
+                files[name] = (fd, offset, tuple(shape), dtype)
+            todo = np.flatnonzero(~done)
+            for chunk in tqdm(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
+                start, stop = int(chunk) * chunk_size, min(n_rows, (int(chunk) + 1) * chunk_size)
+                values = compute(start, stop)
+                for name, (fd, offset, shape, dtype) in files.items():
+                    block = np.broadcast_to(np.asarray(values[name], dtype=dtype), (stop - start, *shape[1:]))
+                    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+                    data = np.ascontiguousarray(block).tobytes()
+                    written = os.pwrite(fd, data, offset + start * row_bytes)
+                    if written != len(data):
+                        raise OSError(28, "short write", str(self.partial / f"{name}.npy"))
+                done[chunk] = True
+                save_npy(done_file, done)
+            for fd, *_ in files.values():
+                os.fsync(fd)
+        finally:
+            for fd, *_ in files.values():
+                os.close(fd)
+        meta["checksums"] = {
+            name: file_crc32(self.partial / f"{name}.npy", offset) for name, (_, offset, _, _) in files.items()
+        }
         if extra:
             meta["extra"] = dict(extra)
         write_json(self.partial / "meta.json", meta)
         done_file.unlink()
+        if self.path.exists():  # a damaged copy that exists() could not remove
+            _remove_aside(self.path)
         os.replace(self.partial, self.path)
-        return self.load()
 
     def extra(self) -> dict[str, Any]:
         """Small side information stored with the cache (e.g. text embeddings' norms, class names)."""
-        return json.loads((self.path / "meta.json").read_text()).get("extra", {})
+        try:
+            return self._check_meta(self.path).get("extra", {})
+        except CorruptCache as err:
+            raise SpmlError(f"cache is corrupt ({err}); delete it to build it again", self.path) from None

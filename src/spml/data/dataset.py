@@ -1,20 +1,34 @@
-"""torch Datasets over a prepared split.
+"""torch Datasets over a prepared split, and the one guarded way images are decoded.
 
-Images are decoded with ``torchvision.io`` (libjpeg-turbo), resized to a square (as Cole et al. and
-VLPL: 448 x 448), optionally flipped, and normalised. The flip is drawn per item and reported, so that
+Images are checked before decoding: the header is read with PIL, and an image with more pixels than
+:data:`MAX_PIXELS` (a decompression bomb: a few hundred KB of PNG can claim gigabytes) is refused.
+JPEGs are then decoded with ``torchvision.io`` (libjpeg-turbo, fast); every other format (PNG, BMP,
+WebP, TIFF, ...) with PIL, whose decoders raise on truncated data where torchvision's PNG decoder
+crashes the process. Every image becomes 8-bit RGB: 16-bit images are scaled (not clipped) to 8
+bits, palette, grey, CMYK and alpha images converted. Images are then resized to a square (as Cole
+et al. and VLPL: 448 x 448), optionally flipped, and normalised. The flip is drawn per item and reported, so that
 cached per-view scores (VLM similarities of the image and of its mirror) stay aligned with the pixels.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
+from tqdm.auto import tqdm
 
 from spml.data.labels import OBSERVED_DTYPE, check_observed
 from spml.data.layout import Split
@@ -24,12 +38,103 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a uint8 3 x H x W RGB tensor; SpmlError naming the file if it fails."""
+# PIL's own decompression-bomb threshold (about 9459 x 9459); SPML_MAX_PIXELS changes it.
+MAX_PIXELS = int(os.environ.get("SPML_MAX_PIXELS", "89478485"))
+_TORCHVISION_JPEG_MODES = ("RGB", "L")  # JPEGs torchvision decodes to RGB exactly as PIL would
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """H x W x 3 uint8 RGB of a decoded PIL image, whatever its mode."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit (or 32-bit) grey: scale the full 16-bit range to 8 bits; PIL's convert would clip.
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
+    """Decode an image file to a uint8 3 x H x W RGB tensor.
+
+    Args:
+        path: The image file.
+        max_pixels: Refuse images with more pixels (:data:`MAX_PIXELS` when None).
+
+    Raises:
+        SpmlError: naming the file, if it is too large or does not decode.
+    """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise SpmlError(f"image does not decode ({str(err).splitlines()[0]})", path) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's own bomb and palette warnings: checked here instead
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise SpmlError(
+                        f"image is {width} x {height} pixels, over the limit of {limit} (SPML_MAX_PIXELS)", path
+                    )
+                if image.format == "JPEG" and image.mode in _TORCHVISION_JPEG_MODES:
+                    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+                image.load()
+                rgb = _pil_to_rgb(image)
+    except SpmlError:
+        raise
+    except (OSError, ValueError, RuntimeError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise SpmlError(f"image does not decode ({reason})", path) from None
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def _verify_worker(list_file: str, max_pixels: int) -> None:
+    """Child side of :func:`verify_images`: announce each image before decoding it."""
+    images = json.loads(Path(list_file).read_text(encoding="utf-8"))
+    for i, image in enumerate(images):
+        print(f"start {i}", flush=True)
+        try:
+            load_image(image, max_pixels)
+        except SpmlError as err:
+            print(f"error {i} {err.message}", flush=True)
+            sys.exit(3)
+    print("done", flush=True)
+
+
+def verify_images(images: Sequence[Path], max_pixels: int = MAX_PIXELS, desc: str = "verify") -> None:
+    """Decode every image in a child process, so that even a decoder crash names its file.
+
+    Raises:
+        SpmlError: naming the first image that is too large, does not decode, or crashes the decoder.
+    """
+    if not images:
+        return
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding the spml package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH"))))}
+    with tempfile.TemporaryDirectory(prefix="spml-verify-") as tmp:
+        list_file = Path(tmp) / "images.json"
+        list_file.write_text(json.dumps([str(p) for p in images]), encoding="utf-8")
+        code = f"from spml.data.dataset import _verify_worker; _verify_worker({str(list_file)!r}, {int(max_pixels)})"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+        )
+        current, error = None, None
+        with tqdm(total=len(images), desc=desc, unit="img") as bar:
+            for line in proc.stdout or ():
+                kind, _, rest = line.rstrip("\n").partition(" ")
+                if kind == "start":
+                    if current is not None:
+                        bar.update()
+                    current = int(rest)
+                elif kind == "error":
+                    index, _, message = rest.partition(" ")
+                    error = SpmlError(message, images[int(index)])
+                elif kind == "done":
+                    bar.update()
+        code_returned = proc.wait()
+    if error is not None:
+        raise error
+    if code_returned != 0:
+        where = images[current] if current is not None else images[0]
+        how = f"signal {-code_returned}" if code_returned < 0 else f"exit {code_returned}"
+        raise SpmlError(f"image crashes the decoder ({how}); remove or re-encode it", where)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from spml.data.labels import TRUE_DTYPE, check_true
 from spml.errors import SpmlError
 
 SPLITS = ("train", "val", "test")
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
@@ -103,10 +104,18 @@ def write_prepared(
     splits: dict[str, tuple[list[Path], np.ndarray]],
     manifest: dict,
 ) -> None:
-    """Write the layout's files into ``out_dir`` (an empty folder, typically an atomic_dir)."""
+    """Write the layout's files into ``out_dir`` (an empty folder, typically an atomic_dir).
+
+    Raises:
+        SpmlError: naming an image whose path holds a line break (it would corrupt the image list).
+    """
     out_dir = Path(out_dir)
+    for images, _ in splits.values():
+        for image in images:
+            if any(c in str(image) for c in "\n\r"):
+                raise SpmlError("image path contains a line break; rename the file", repr(str(image)))
     (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     for name, (images, labels) in splits.items():
         (out_dir / f"{name}_images.txt").write_text("".join(f"{Path(p)}\n" for p in images))
         np.save(out_dir / f"{name}_labels.npy", np.asarray(labels, dtype=TRUE_DTYPE))
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

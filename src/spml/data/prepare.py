@@ -4,6 +4,11 @@ Steps: read the raw layout with its format's reader; drop train-pool images with
 (they cannot get a single positive label; test images are all kept); optionally decode every image
 (``verify``); split val off the train pool once with ``seed``; write everything atomically, so a
 failure leaves DATA_DIR exactly as it was.
+
+Preparing never deletes what the user made: ``--out`` may not be, contain or lie inside the raw
+folder; a non-empty ``--out`` must be a folder spml prepared before (its ``manifest.json`` says so);
+preparing it again replaces only the files prepare writes and keeps ``observed/``, ``cache/`` and
+every other file (observed labels and caches of an older split are recognised by their fingerprints).
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import json
+import os
+
 import numpy as np
-from tqdm.auto import tqdm
 
 from spml import __version__
-from spml.data.atomic import atomic_dir
-from spml.data.dataset import load_image
+from spml.data.atomic import atomic_merge
+from spml.data.dataset import MAX_PIXELS, verify_images
 from spml.data.formats import FormatOptions, get_format
 from spml.data.labels import TRUE_DTYPE
-from spml.data.layout import write_prepared
+from spml.data.layout import MANIFEST_FILE, write_prepared
 from spml.errors import SpmlError
 
 DEFAULT_SEED = 1200  # Cole et al.'s split seed
@@ -48,18 +55,47 @@ def split_pool(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Refuse to replace a non-empty folder that is not a prepared data folder (it may be user data)."""
+def is_prepared_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds a manifest that spml wrote (a prepared or synthetic data folder)."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "spml_version" in manifest and (folder / "classes.txt").is_file()
+
+
+def check_output_dir(out_dir: Path, raw: Path | None = None) -> None:
+    """Refuse an ``--out`` whose writing could destroy anything the user made.
+
+    Args:
+        out_dir: The DATA_DIR to write.
+        raw: The raw dataset (folder, or file such as a data.yaml); ``out_dir`` may not be it,
+            contain it or lie inside it.
+
+    Raises:
+        SpmlError: naming ``out_dir``.
+    """
+    out_dir = Path(os.path.realpath(out_dir))
     if out_dir.exists() and not out_dir.is_dir():
         raise SpmlError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "classes.txt").is_file():
-        raise SpmlError("folder is not empty and not a prepared data folder; refusing to replace it", out_dir)
+    if raw is not None:
+        raw_dir = Path(os.path.realpath(raw))
+        raw_dir = raw_dir if raw_dir.is_dir() or not raw_dir.exists() else raw_dir.parent
+        if out_dir == raw_dir or out_dir.is_relative_to(raw_dir) or raw_dir.is_relative_to(out_dir):
+            raise SpmlError(f"--out must not be, contain or lie inside the raw folder {raw_dir}", out_dir)
+    visible = [p for p in out_dir.iterdir() if not p.name.startswith(".spml-")] if out_dir.is_dir() else []
+    if visible and not is_prepared_dir(out_dir):
+        raise SpmlError("folder is not empty and not a prepared data folder (no spml manifest.json); "
+                        "refusing to write into it", out_dir)
 
 
-def verify_images(images: list[Path], desc: str = "verify") -> None:
-    """Decode every image (tqdm bar); SpmlError naming the first that does not decode."""
-    for image in tqdm(images, desc=desc, unit="img"):
-        load_image(image)
+def shared_images(pool: list[Path], test: list[Path]) -> list[str]:
+    """A warning when images of the train pool are also test images (the test score would be optimistic)."""
+    both = sorted(set(pool) & set(test))
+    if not both:
+        return []
+    more = f" and {len(both) - 1} more" if len(both) > 1 else ""
+    return [f"{both[0]}{more}: in both the train pool and the test set; test scores will be optimistic"]
 
 
 def prepare(
@@ -70,17 +106,22 @@ def prepare(
     seed: int = DEFAULT_SEED,
     verify: bool = False,
     classes_file: str | Path | None = None,
+    allow_outside: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> PrepareResult:
     """Prepare ``raw`` (in format ``format_name``) as the DATA_DIR ``out_dir``.
 
     Args:
         format_name: A name of :data:`spml.data.formats.FORMATS`.
         raw: The raw dataset root.
-        out_dir: The DATA_DIR to write; an earlier prepared folder there is replaced.
+        out_dir: The DATA_DIR to write: a new or empty folder, or an earlier prepared folder whose
+            prepared files are replaced (its ``observed/``, ``cache/`` and other files are kept).
         val_fraction: Fraction of the (labelled) train pool used as val, in [0, 1).
         seed: Seed of the train/val split.
         verify: Decode every image, failing on the first that does not decode.
         classes_file: One class name per line (csv: the class list; nuswide: the column names).
+        allow_outside: Accept annotation image paths outside the raw folder.
+        max_pixels: ``verify``: refuse images with more pixels than this (decompression bombs).
 
     Returns:
         The folder, its counts and the readers' warnings.
@@ -95,10 +136,12 @@ def prepare(
         raise SpmlError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if not raw.exists():
         raise SpmlError("raw folder does not exist", raw)
-    options = FormatOptions(classes_file=None if classes_file is None else Path(classes_file))
+    options = FormatOptions(
+        classes_file=None if classes_file is None else Path(classes_file), allow_outside=allow_outside
+    )
     if options.classes_file is not None and not options.classes_file.is_file():
         raise SpmlError("classes file does not exist", options.classes_file)
-    check_output_dir(out_dir)
+    check_output_dir(out_dir, raw)
 
     data = fmt.read(raw, options)
     labelled = np.flatnonzero(data.pool.labels.sum(axis=1) > 0)
@@ -106,8 +149,9 @@ def prepare(
         raise SpmlError(f"the train pool has no image with a label ({len(data.pool.images)} images)", data.root)
     pool_images = [data.pool.images[i] for i in labelled]
     pool_labels = data.pool.labels[labelled]
+    warnings = data.warnings + shared_images(pool_images, data.test.images)
     if verify:
-        verify_images(pool_images + data.test.images)
+        verify_images(pool_images + data.test.images, max_pixels=max_pixels)
     train_rows, val_rows = split_pool(len(pool_images), val_fraction, seed)
     splits = {
         "train": ([pool_images[i] for i in train_rows], pool_labels[train_rows]),
@@ -128,9 +172,9 @@ def prepare(
         "seed": seed,
         "val_fraction": val_fraction,
         "verified": verify,
-        "warnings": data.warnings,
+        "warnings": warnings,
         "spml_version": __version__,
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_merge(out_dir, last=(MANIFEST_FILE,)) as tmp:
         write_prepared(tmp, data.classes, splits, manifest)
-    return PrepareResult(path=out_dir, counts=counts, warnings=data.warnings)
+    return PrepareResult(path=out_dir, counts=counts, warnings=warnings)

@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from spml import __version__
-from spml.data.atomic import atomic_dir
+from spml.data.atomic import atomic_merge
 from spml.data.labels import PRESENT, TRUE_DTYPE
-from spml.data.layout import write_prepared
+from spml.data.layout import MANIFEST_FILE, write_prepared
 from spml.data.prepare import check_output_dir, split_pool
 from spml.errors import SpmlError
 
@@ -195,7 +195,7 @@ def make_synthetic(
     check_output_dir(out_dir)
 
     names = [c.name for c in classes]
-    with atomic_dir(out_dir) as tmp:
+    with atomic_merge(out_dir, last=(MANIFEST_FILE,)) as tmp:
         splits: dict[str, tuple[list[Path], np.ndarray]] = {}
         objects: dict[str, list[list[dict]]] = {}
         bar = tqdm(total=sum(counts.values()), desc="synth", unit="img")

@@ -9,6 +9,7 @@ data; dropping label-less pool images and splitting are left to :mod:`spml.data.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,12 @@ class FormatOptions:
 
     Args:
         classes_file: A file with one class name per line (csv: the class list and its order).
+        allow_outside: Accept image paths that lie outside the raw folder (``../`` or absolute
+            paths in annotation files); by default they are refused.
     """
 
     classes_file: Path | None = None
+    allow_outside: bool = False
 
 
 def require_dir(path: Path, what: str = "folder") -> Path:
@@ -70,17 +74,19 @@ def read_json(path: Path) -> Any:
     """Parse a JSON file; SpmlError naming it if it is missing or does not parse."""
     require_file(path, "annotation file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SpmlError(f"does not parse as JSON ({err})", path) from None
+    except RecursionError:
+        raise SpmlError("does not parse as JSON (nested too deeply)", path) from None
 
 
 def read_lines(path: Path, what: str = "file") -> list[str]:
     """Non-empty stripped lines of a text file; SpmlError naming it if missing or not text."""
     require_file(path, what)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise SpmlError("is not a UTF-8 text file", path) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -97,6 +103,41 @@ def read_class_list(path: Path) -> list[str]:
             raise SpmlError(f"class {name!r} is listed twice", path)
         seen.add(name)
     return classes
+
+
+def image_path(base: Path, name: str, root: Path, listed_in: Path, options: FormatOptions) -> Path:
+    """The absolute, resolved path of image ``name`` (relative to ``base``, or absolute), checked.
+
+    Every reader builds its image paths with this one helper, so that an annotation file can never
+    name a file outside the dataset: a path that leaves ``root`` (``../``, an absolute path) is refused
+    unless ``options.allow_outside``. The check is lexical, so that datasets whose folders are symlinks
+    to other disks keep working. Line breaks (which would corrupt the one-path-per-line image lists)
+    and symlink loops are refused too.
+
+    Args:
+        base: The folder ``name`` is relative to.
+        name: The path as written in the annotation file.
+        root: The raw dataset root.
+        listed_in: The annotation file, named in errors.
+        options: The format options (``allow_outside``).
+
+    Raises:
+        SpmlError: naming ``listed_in`` and the offending path.
+    """
+    if any(c in name for c in "\n\r\0"):
+        raise SpmlError(f"image path {name!r} contains a line break or NUL character", listed_in)
+    joined = Path(base) / name
+    if not options.allow_outside:
+        inside = Path(os.path.normpath(os.path.abspath(joined)))
+        if not inside.is_relative_to(os.path.normpath(os.path.abspath(root))):
+            raise SpmlError(
+                f"image path {name!r} lies outside the raw folder {root}; pass --allow-outside-raw to accept it",
+                listed_in,
+            )
+    try:
+        return joined.resolve()
+    except (RuntimeError, OSError) as err:  # Python 3.11 raises RuntimeError on a symlink loop
+        raise SpmlError(f"image path {name!r} cannot be resolved ({err})", listed_in) from None
 
 
 def check_images_exist(images: Iterable[Path], listed_in: Path) -> None:

@@ -20,6 +20,7 @@ from spml.data.formats.base import (
     RawDataset,
     RawSplit,
     check_images_exist,
+    image_path,
     multi_hot,
     read_json,
     require_dir,
@@ -27,18 +28,34 @@ from spml.data.formats.base import (
 from spml.errors import SpmlError
 
 
+def _id(value: object, what: str, ann_file: Path) -> int:
+    """An id as written in the JSON: an integer (not a float, bool, string, or Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpmlError(f"{what} {value!r} is not an integer", ann_file)
+    return value
+
+
+def _unique(ids: list[int], what: str, ann_file: Path) -> None:
+    seen: set[int] = set()
+    for i in ids:
+        if i in seen:
+            raise SpmlError(f"{what} {i} appears twice", ann_file)
+        seen.add(i)
+
+
 def _categories(ann: dict, ann_file: Path) -> list[tuple[int, str]]:
     try:
-        cats = sorted((int(c["id"]), str(c["name"])) for c in ann["categories"])
-    except (KeyError, TypeError, ValueError):
+        cats = sorted((_id(c["id"], "category id", ann_file), str(c["name"])) for c in ann["categories"])
+    except (KeyError, TypeError):
         raise SpmlError("'categories' is missing or lacks id/name fields", ann_file) from None
     if not cats:
         raise SpmlError("'categories' is empty", ann_file)
+    _unique([c for c, _ in cats], "category id", ann_file)
     return cats
 
 
 def read_coco_split(
-    raw: Path, split: str, categories: list[tuple[int, str]] | None = None
+    raw: Path, split: str, categories: list[tuple[int, str]] | None = None, options: FormatOptions | None = None
 ) -> tuple[list[tuple[int, str]], RawSplit]:
     """Categories (id, name) and the images of ``instances_<split>.json`` with their labels.
 
@@ -46,6 +63,7 @@ def read_coco_split(
         raw: The COCO root (holding ``annotations/`` and the image folders).
         split: ``train2014`` or ``val2014``.
         categories: Those of the train pool's file; the test file must have the same.
+        options: Format options (``allow_outside``); the defaults when None.
     """
     ann_file = raw / "annotations" / f"instances_{split}.json"
     ann = read_json(ann_file)
@@ -56,10 +74,15 @@ def read_coco_split(
         raise SpmlError("categories differ from those of the train annotations", ann_file)
     column = {c: j for j, (c, _) in enumerate(cats)}
     try:
-        image_rows = {int(im["id"]): str(im["file_name"]) for im in ann["images"]}
-        pairs = [(int(a["image_id"]), int(a["category_id"])) for a in ann["annotations"]]
-    except (KeyError, TypeError, ValueError):
+        image_list = [(_id(im["id"], "image id", ann_file), str(im["file_name"])) for im in ann["images"]]
+        pairs = [
+            (_id(a["image_id"], "image id", ann_file), _id(a["category_id"], "category id", ann_file))
+            for a in ann["annotations"]
+        ]
+    except (KeyError, TypeError):
         raise SpmlError("'images' or 'annotations' is missing or lacks id fields", ann_file) from None
+    _unique([i for i, _ in image_list], "image id", ann_file)
+    image_rows = dict(image_list)
     order = sorted(image_rows)  # image-id order: stable whatever the JSON's order
     row = {image_id: i for i, image_id in enumerate(order)}
     label_rows: list[set[int]] = [set() for _ in order]
@@ -70,7 +93,8 @@ def read_coco_split(
             raise SpmlError(f"an annotation refers to image id {image_id}, not in 'images'", ann_file)
         label_rows[row[image_id]].add(column[cat])
     image_dir = require_dir(raw / split, "image folder")
-    images = [(image_dir / image_rows[i]).resolve() for i in order]
+    options = options or FormatOptions()
+    images = [image_path(image_dir, image_rows[i], raw, ann_file, options) for i in order]
     check_images_exist(images, ann_file)
     return cats, RawSplit(images=images, labels=multi_hot(label_rows, len(cats)))
 
@@ -78,6 +102,6 @@ def read_coco_split(
 def read_coco2014(raw: Path, options: FormatOptions) -> RawDataset:
     """COCO 2014: ``train2014`` is the train pool, ``val2014`` the test set."""
     require_dir(raw, "raw folder")
-    cats, pool = read_coco_split(raw, "train2014")
-    _, test = read_coco_split(raw, "val2014", categories=cats)
+    cats, pool = read_coco_split(raw, "train2014", options=options)
+    _, test = read_coco_split(raw, "val2014", categories=cats, options=options)
     return RawDataset(root=raw.resolve(), classes=[name for _, name in cats], pool=pool, test=test)

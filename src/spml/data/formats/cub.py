@@ -24,6 +24,7 @@ from spml.data.formats.base import (
     RawDataset,
     RawSplit,
     check_images_exist,
+    image_path,
     read_lines,
     require_dir,
 )
@@ -45,8 +46,10 @@ def _id_table(path: Path, what: str) -> dict[int, str]:
     table: dict[int, str] = {}
     for n, line in enumerate(read_lines(path, "annotation file"), start=1):
         parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit():
             raise SpmlError(f"line {n} does not parse as '<id> <{what}>': {line!r}", path)
+        if int(parts[0]) in table:
+            raise SpmlError(f"line {n}: id {int(parts[0])} appears twice", path)
         table[int(parts[0])] = parts[1].strip()
     return table
 
@@ -88,7 +91,7 @@ def read_cub(raw: Path, options: FormatOptions) -> RawDataset:
         splits[flag].append(row[image_id])
 
     def split(rows: list[int]) -> RawSplit:
-        images = [(image_dir / paths[image_ids[r]]).resolve() for r in rows]
+        images = [image_path(image_dir, paths[image_ids[r]], root, root / "images.txt", options) for r in rows]
         check_images_exist(images, root / "images.txt")
         return RawSplit(images=images, labels=labels[rows])
 

@@ -6,21 +6,26 @@
     test.csv        the test set, same form
     (--classes F)   optional: one class name per line, the class list and its order
 
-``path`` is relative to the folder of the CSV file (or absolute); ``labels`` lists class names
-separated by ``;`` (empty for an image without labels). A first row ``path,labels`` is a header.
+``path`` is relative to the folder of the CSV file (or absolute, with ``--allow-outside-raw``);
+``labels`` lists class names separated by ``;`` or, in a quoted cell, by ``,`` (empty for an image
+without labels). A first row whose first cell is not an image file (``path,labels``,
+``filename,tags``, ...) is a header. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped.
 Without ``--classes`` the classes are the sorted union of the names in both files.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 from spml.data.formats.base import (
+    IMAGE_SUFFIXES,
     FormatOptions,
     RawDataset,
     RawSplit,
     check_images_exist,
+    image_path,
     multi_hot,
     read_class_list,
     require_dir,
@@ -28,28 +33,53 @@ from spml.data.formats.base import (
 )
 from spml.errors import SpmlError
 
-HEADER = ("path", "labels")
+LABEL_SEPARATORS = re.compile(r"[;,]")
 POOL_FILE = "train.csv"
 TEST_FILE = "test.csv"
 
 
-def read_csv_rows(path: Path) -> list[tuple[Path, list[str], int]]:
-    """(absolute image path, label names, line number) for every row of a ``path,labels`` file."""
+def _is_header(record: list[str], folder: Path) -> bool:
+    """A first row is a header when its first cell names no image (no image suffix, no such file)."""
+    first = record[0].strip()
+    return Path(first).suffix.lower() not in IMAGE_SUFFIXES and not (folder / first).is_file()
+
+
+def read_csv_rows(
+    path: Path, root: Path | None = None, options: FormatOptions | None = None
+) -> list[tuple[Path, list[str], int]]:
+    """(absolute image path, label names, line number) for every row of a ``path,labels`` file.
+
+    Args:
+        path: The CSV file.
+        root: The raw dataset root image paths must stay in (the CSV's folder when None).
+        options: Format options (``allow_outside``); the defaults when None.
+    """
     require_file(path, "annotation file")
+    root = path.parent if root is None else root
+    options = options or FormatOptions()
     rows: list[tuple[Path, list[str], int]] = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
+            first = True
             for record in reader:
                 if not record or not any(field.strip() for field in record):
                     continue
-                if not rows and tuple(field.strip().lower() for field in record) == HEADER:
+                if first and _is_header(record, path.parent):
+                    first = False
                     continue
+                first = False
                 if len(record) > 2 or not record[0].strip():
                     line = ",".join(record)
-                    raise SpmlError(f"line {reader.line_num} does not parse as 'path,labels': {line!r}", path)
-                names = [n.strip() for n in record[1].split(";") if n.strip()] if len(record) == 2 else []
-                rows.append(((path.parent / record[0].strip()).resolve(), names, reader.line_num))
+                    raise SpmlError(
+                        f"line {reader.line_num} does not parse as 'path,labels' (quote a cell listing "
+                        f"several labels, or separate them with ';'): {line!r}",
+                        path,
+                    )
+                cell = record[1] if len(record) == 2 else ""
+                names = [n.strip() for n in LABEL_SEPARATORS.split(cell) if n.strip()]
+                image = image_path(path.parent, record[0].strip(), root, path, options)
+                rows.append((image, names, reader.line_num))
     except UnicodeDecodeError:
         raise SpmlError("is not a UTF-8 text file", path) from None
     except csv.Error as err:
@@ -74,7 +104,7 @@ def read_csv(raw: Path, options: FormatOptions) -> RawDataset:
     """``train.csv`` is the train pool, ``test.csv`` the test set."""
     require_dir(raw, "raw folder")
     pool_file, test_file = raw / POOL_FILE, raw / TEST_FILE
-    pool_rows, test_rows = read_csv_rows(pool_file), read_csv_rows(test_file)
+    pool_rows, test_rows = read_csv_rows(pool_file, raw, options), read_csv_rows(test_file, raw, options)
     if options.classes_file is not None:
         classes = read_class_list(options.classes_file)
     else:

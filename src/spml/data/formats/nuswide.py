@@ -25,6 +25,7 @@ from spml.data.formats.base import (
     RawDataset,
     RawSplit,
     check_images_exist,
+    image_path,
     read_class_list,
     require_dir,
     require_file,
@@ -53,7 +54,7 @@ def _load_npy(path: Path) -> np.ndarray:
         raise SpmlError(f"is not a readable .npy file of strings or numbers ({reason})", path) from None
 
 
-def read_nuswide_split(raw: Path, name: str, num_classes: int) -> RawSplit:
+def read_nuswide_split(raw: Path, name: str, num_classes: int, options: FormatOptions | None = None) -> RawSplit:
     """The images and labels of ``formatted_<name>_{images,labels}.npy``."""
     images_file = raw / f"formatted_{name}_images.npy"
     labels_file = raw / f"formatted_{name}_labels.npy"
@@ -66,7 +67,7 @@ def read_nuswide_split(raw: Path, name: str, num_classes: int) -> RawSplit:
     if not np.isin(labels, (0, 1)).all():
         raise SpmlError("labels must be 0/1", labels_file)
     flickr = require_dir(raw / "Flickr", "image folder")
-    images = [(flickr / str(n)).resolve() for n in names]
+    images = [image_path(flickr, str(n), raw, images_file, options or FormatOptions()) for n in names]
     check_images_exist(images, images_file)
     return RawSplit(images=images, labels=labels.astype(TRUE_DTYPE))
 
@@ -79,6 +80,6 @@ def read_nuswide(raw: Path, options: FormatOptions) -> RawDataset:
     return RawDataset(
         root=raw.resolve(),
         classes=classes,
-        pool=read_nuswide_split(raw, "train", len(classes)),
-        test=read_nuswide_split(raw, "val", len(classes)),
+        pool=read_nuswide_split(raw, "train", len(classes), options),
+        test=read_nuswide_split(raw, "val", len(classes), options),
     )

@@ -26,6 +26,7 @@ from spml.data.formats.base import (
     FormatOptions,
     RawDataset,
     RawSplit,
+    image_path,
     read_lines,
     require_dir,
     require_file,
@@ -61,12 +62,16 @@ def _check_annotation(xml_file: Path) -> None:
             raise SpmlError(f"object class {name!r} is not one of the 20 VOC classes", xml_file)
 
 
-def read_voc_split(root: Path, split: str) -> RawSplit:
+def read_voc_split(root: Path, split: str, options: FormatOptions | None = None) -> RawSplit:
     """Images of ``ImageSets/Main/<split>.txt`` with labels from the per-class files."""
+    options = options or FormatOptions()
     main = root / "ImageSets" / "Main"
     split_file = main / f"{split}.txt"
     ids = [line.split()[0] for line in read_lines(split_file, "image set file")]
     row = {image_id: i for i, image_id in enumerate(ids)}
+    if len(row) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise SpmlError(f"image id {duplicate!r} is listed twice", split_file)
     labels = np.zeros((len(ids), len(VOC_CLASSES)), dtype=TRUE_DTYPE)
     for c, name in enumerate(VOC_CLASSES):
         class_file = main / f"{name}_{split}.txt"
@@ -80,29 +85,29 @@ def read_voc_split(root: Path, split: str) -> RawSplit:
                 labels[row[parts[0]], c] = PRESENT
     images = []
     for image_id in tqdm(ids, desc=f"{root.name} {split}", unit="img", leave=False):
-        _check_annotation(root / "Annotations" / f"{image_id}.xml")
-        image = root / "JPEGImages" / f"{image_id}.jpg"
+        _check_annotation(image_path(root / "Annotations", f"{image_id}.xml", root, split_file, options))
+        image = image_path(root / "JPEGImages", f"{image_id}.jpg", root, split_file, options)
         if not image.is_file():
             raise SpmlError(f"image listed in {split_file} does not exist", image)
-        images.append(image.resolve())
+        images.append(image)
     return RawSplit(images=images, labels=labels)
 
 
-def _read(raw: Path, year: str, pool: str, test: str) -> RawDataset:
+def _read(raw: Path, year: str, pool: str, test: str, options: FormatOptions) -> RawDataset:
     root = find_voc_root(raw, year)
     return RawDataset(
         root=root.resolve(),
         classes=list(VOC_CLASSES),
-        pool=read_voc_split(root, pool),
-        test=read_voc_split(root, test),
+        pool=read_voc_split(root, pool, options),
+        test=read_voc_split(root, test, options),
     )
 
 
 def read_voc2007(raw: Path, options: FormatOptions) -> RawDataset:
     """VOC2007: ``trainval`` is the train pool, ``test`` the test set."""
-    return _read(raw, "2007", "trainval", "test")
+    return _read(raw, "2007", "trainval", "test", options)
 
 
 def read_voc2012(raw: Path, options: FormatOptions) -> RawDataset:
     """VOC2012: ``train`` is the train pool, ``val`` the test set (as Cole et al.)."""
-    return _read(raw, "2012", "train", "val")
+    return _read(raw, "2012", "train", "val", options)

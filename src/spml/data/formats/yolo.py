@@ -24,6 +24,7 @@ from spml.data.formats.base import (
     FormatOptions,
     RawDataset,
     RawSplit,
+    image_path,
     multi_hot,
     require_dir,
     require_file,
@@ -52,17 +53,19 @@ def read_names(yaml_file: Path) -> tuple[dict, list[str]]:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SpmlError(f"does not parse as YAML ({first})", yaml_file) from None
+    except RecursionError:
+        raise SpmlError("does not parse as YAML (nested too deeply)", yaml_file) from None
     if not isinstance(data, dict) or "names" not in data:
         raise SpmlError("has no 'names' entry", yaml_file)
     names = data["names"]
     if isinstance(names, dict):
         try:
-            ids = sorted(int(k) for k in names)
-        except (TypeError, ValueError):
+            by_id = {_class_id(k): v for k, v in names.items()}
+        except (TypeError, ValueError, OverflowError):
             raise SpmlError("'names' keys must be class ids 0..K-1", yaml_file) from None
-        if ids != list(range(len(ids))):
+        if sorted(by_id) != list(range(len(names))):
             raise SpmlError("'names' keys must be the class ids 0..K-1 without gaps", yaml_file)
-        classes = [str(names[k] if k in names else names[str(k)]) for k in ids]
+        classes = [str(by_id[k]) for k in range(len(by_id))]
     elif isinstance(names, list):
         classes = [str(n) for n in names]
     else:
@@ -72,6 +75,13 @@ def read_names(yaml_file: Path) -> tuple[dict, list[str]]:
     if len(set(classes)) != len(classes):
         raise SpmlError("'names' lists a class twice", yaml_file)
     return data, classes
+
+
+def _class_id(key: object) -> int:
+    """A data.yaml class id: an int or a string of digits (never a float, bool or Infinity)."""
+    if isinstance(key, bool) or not isinstance(key, int | str):
+        raise TypeError(key)
+    return int(key)
 
 
 def _labels_dir(images_dir: Path, yaml_file: Path) -> Path:
@@ -108,17 +118,19 @@ def _parse_label_file(label_file: Path, num_classes: int) -> set[int]:
 
 
 def read_yolo_split(
-    base: Path, folder: object, key: str, yaml_file: Path, num_classes: int
+    base: Path, folder: object, key: str, yaml_file: Path, num_classes: int, options: FormatOptions | None = None
 ) -> tuple[RawSplit, list[str]]:
     """Images under the ``key`` folder of data.yaml, their labels, and warnings for orphan labels."""
+    options = options or FormatOptions()
     if not isinstance(folder, str):
         raise SpmlError(f"'{key}' must be one folder (lists and .txt image lists are not supported)", yaml_file)
-    images_dir = require_dir(base / folder, f"'{key}' image folder")
+    images_dir = require_dir(image_path(base, folder, base, yaml_file, options), f"'{key}' image folder")
     labels_dir = require_dir(_labels_dir(base / folder, yaml_file), f"'{key}' labels folder")
     images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     stems = set()
     rows = []
     for image in images:
+        image_path(images_dir, str(image.relative_to(images_dir)), images_dir, images_dir, options)
         rel = image.relative_to(images_dir).with_suffix("")
         stems.add(rel)
         label_file = labels_dir / rel.with_suffix(".txt")
@@ -142,8 +154,8 @@ def read_yolo(raw: Path, options: FormatOptions) -> RawDataset:
     for key in ("train", "val"):
         if key not in data:
             raise SpmlError(f"has no '{key}' entry", yaml_file)
-    pool, pool_warnings = read_yolo_split(base, data["train"], "train", yaml_file, len(classes))
-    test, test_warnings = read_yolo_split(base, data["val"], "val", yaml_file, len(classes))
+    pool, pool_warnings = read_yolo_split(base, data["train"], "train", yaml_file, len(classes), options)
+    test, test_warnings = read_yolo_split(base, data["val"], "val", yaml_file, len(classes), options)
     return RawDataset(
         root=base.resolve(), classes=classes, pool=pool, test=test, warnings=pool_warnings + test_warnings
     )
