@@ -94,7 +94,7 @@ def test_observe_writes_deterministic_file_and_sidecar(data, tmp_path):
     assert np.array_equal(labels, expected)
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["mode"] == "single-positive" and sidecar["seed"] == 4 and sidecar["shape"] == [60, 6]
-    assert sidecar["train_fingerprint"] == data.split("train").fingerprint
+    assert sidecar["train_fingerprint"] == data.split("train").label_fingerprint
     # Same settings: reused, same bytes; a fresh draw elsewhere gives the same bytes too.
     assert observe(data, "single-positive", seed=4) == path and path.read_bytes() == first
     path.unlink()

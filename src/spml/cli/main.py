@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from spml import __version__
+from spml.data.atomic import disk_error
 from spml.errors import SpmlError
 
 COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip")
@@ -31,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SpmlError as err:
         print(f"spml {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A full disk outside spml's own atomic writes (a library saving a file): still one line.
+        converted = disk_error(err, err.filename or "disk")
+        if converted is None:
+            raise
+        print(f"spml {args.command}: error: {converted}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"spml {args.command}: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from spml.data.dataset import MAX_PIXELS
 from spml.data.formats import FORMATS
 from spml.data.prepare import DEFAULT_SEED, DEFAULT_VAL_FRACTION, prepare
 
@@ -28,6 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--classes", type=Path, default=None, metavar="FILE", help="class names, one per line (csv, nuswide)"
     )
+    p.add_argument(
+        "--allow-outside-raw",
+        action="store_true",
+        help="accept annotation image paths outside RAW_DIR (../ or absolute paths); refused by default",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"--verify: refuse images with more pixels (default {MAX_PIXELS}, or $SPML_MAX_PIXELS)",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         verify=args.verify,
         classes_file=args.classes,
+        allow_outside=args.allow_outside_raw,
+        max_pixels=args.max_pixels,
     )
     for warning in result.warnings:
         print(f"spml prepare: warning: {warning}", file=sys.stderr)

@@ -79,7 +79,9 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
                 rgb = _pil_to_rgb(image)
     except SpmlError:
         raise
-    except (OSError, ValueError, RuntimeError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise SpmlError(f"image is over the pixel limit ({err})", path) from None
+    except (OSError, ValueError, RuntimeError, SyntaxError, EOFError, MemoryError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise SpmlError(f"image does not decode ({reason})", path) from None
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -39,11 +40,27 @@ class Split:
         return len(self.images)
 
     @cached_property
-    def fingerprint(self) -> str:
-        """Hash of the image list and labels: part of every cache key built on this split."""
+    def label_fingerprint(self) -> str:
+        """Hash of the image list and labels: what observed labels drawn for this split depend on."""
         h = hashlib.sha256()
         h.update("\n".join(str(p) for p in self.images).encode())
         h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the image list, labels and every image file's size and modification time.
+
+        Part of every cache key built on this split, so that replacing or editing an image (even
+        under the same name) makes the caches of its pixels (features, VLM scores) stale.
+        """
+        h = hashlib.sha256(self.label_fingerprint.encode())
+        for image in self.images:
+            try:
+                st = os.stat(image)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(b"missing\n")  # the decode names the file; the key just must not match
         return h.hexdigest()[:16]
 
 

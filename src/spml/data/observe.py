@@ -81,7 +81,7 @@ def observed_name(mode: str, keep: float = 0.1, seed: int = 0) -> str:
 
 def _settings(data: PreparedData, mode: str, keep: float, seed: int) -> dict:
     train = data.split("train")
-    settings = {"mode": mode, "train_fingerprint": train.fingerprint, "shape": list(train.labels.shape)}
+    settings = {"mode": mode, "train_fingerprint": train.label_fingerprint, "shape": list(train.labels.shape)}
     if mode != "none":
         settings["seed"] = seed
     if mode == "partial":
@@ -118,7 +118,11 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
     # Sidecar first: a crash between the two writes leaves a sidecar without labels, which the next
     # run rejects instead of trusting labels without settings.
     write_json(sidecar, {**settings, "spml_version": __version__})
-    save_npy(path, labels)
+    try:
+        save_npy(path, labels)
+    except BaseException:
+        sidecar.unlink(missing_ok=True)  # a failed write (full disk) leaves nothing behind
+        raise
     return path
 
 
@@ -156,6 +160,6 @@ def load_observed(data: PreparedData, path: str | Path) -> np.ndarray:
             recorded = json.loads(sidecar.read_text()).get("train_fingerprint")
         except json.JSONDecodeError:
             raise SpmlError("sidecar does not parse as JSON", sidecar) from None
-        if recorded is not None and recorded != train.fingerprint:
+        if recorded is not None and recorded != train.label_fingerprint:
             raise SpmlError("observed labels were drawn for another train split; run `spml observe` again", path)
     return labels
