@@ -32,7 +32,7 @@ DISK_ERRORS = {
 def disk_error(err: OSError, path: str | Path) -> SpmlError | None:
     """The one-line SpmlError for a full (or read-only) disk while writing ``path``; None for other errors."""
     reason = DISK_ERRORS.get(err.errno or 0)
-    return None if reason is None else SpmlError(f"{reason} (nothing was written; free space and run again)", path)
+    return None if reason is None else SpmlError(f"{reason}; free space and run again", path)
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from spml.data.atomic import disk_errors, save_npy, write_json
 from spml.errors import SpmlError
 
-_VERIFIED: set[tuple[str, int]] = set()  # (cache folder, meta.json mtime) whose checksums held here
+_VERIFIED: set[tuple[str, tuple]] = set()  # (cache folder, its files' sizes and mtimes) verified here
 _READ_BLOCK = 1 << 24
 
 
@@ -161,7 +161,12 @@ class ArrayCache:
 
     def _load_checked(self) -> dict[str, np.ndarray]:
         meta = self._check_meta(self.path)
-        stamp = (str(self.path.resolve()), (self.path / "meta.json").stat().st_mtime_ns)
+        # Any write to a file changes its stamp, so a cache changed on disk is verified again.
+        files = [self.path / "meta.json"] + [self.path / f"{name}.npy" for name in meta["arrays"]]
+        try:
+            stamp = (str(self.path.resolve()), tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, files)))
+        except OSError as err:
+            raise CorruptCache(f"{Path(err.filename or '').name} is missing") from None
         arrays = self._open(meta, verify=stamp not in _VERIFIED)
         _VERIFIED.add(stamp)
         return arrays

@@ -64,6 +64,8 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
         SpmlError: naming the file, if it is too large or does not decode.
     """
     limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # the user raised the limit: PIL must not refuse below it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's own bomb and palette warnings: checked here instead
@@ -71,7 +73,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
                 width, height = image.size
                 if width * height > limit:
                     raise SpmlError(
-                        f"image is {width} x {height} pixels, over the limit of {limit} (SPML_MAX_PIXELS)", path
+                        f"image is {width} x {height} pixels, over the pixel limit of {limit} (SPML_MAX_PIXELS)", path
                     )
                 if image.format == "JPEG" and image.mode in _TORCHVISION_JPEG_MODES:
                     return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
@@ -80,7 +82,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
     except SpmlError:
         raise
     except Image.DecompressionBombError as err:
-        raise SpmlError(f"image is over the pixel limit ({err})", path) from None
+        raise SpmlError(f"image is over the pixel limit of {limit} (SPML_MAX_PIXELS) ({err})", path) from None
     except (OSError, ValueError, RuntimeError, SyntaxError, EOFError, MemoryError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise SpmlError(f"image does not decode ({reason})", path) from None
