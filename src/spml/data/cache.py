@@ -247,8 +247,10 @@ class ArrayCache:
                           stacklevel=3)
             _remove_aside(self.partial)
         self.partial.mkdir(parents=True)
+        done = np.zeros(n_chunks, dtype=bool)
+        save_npy(done_file, done)
         write_json(self.partial / "meta.json", meta)
-        return np.zeros(n_chunks, dtype=bool)
+        return done
 
     def _array_file(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
         """Open (creating and reserving its space if needed) an array's ``.npy`` file: (fd, data offset)."""
