@@ -361,3 +361,10 @@ def test_cub_duplicate_ids_are_refused(tmp_path):
     images.write_text(images.read_text() + "2 001.A/a.jpg\n")
     with pytest.raises(SpmlError, match="id 2 appears twice"):
         prepare("cub", raw, tmp_path / "out")
+
+
+def test_deeply_nested_yaml_is_one_error(tmp_path):
+    raw = make_yolo(tmp_path / "raw")
+    (raw / "data.yaml").write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(SpmlError, match="nested too deeply"):
+        prepare("yolo", raw, tmp_path / "out")

@@ -49,7 +49,7 @@ def _load_npy(path: Path) -> np.ndarray:
     require_file(path, "annotation file")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         reason = str(err).splitlines()[0]
         raise SpmlError(f"is not a readable .npy file of strings or numbers ({reason})", path) from None
 
