@@ -130,7 +130,7 @@ def decoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     paths = [make(folder) for make in MAKERS]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH"))))}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, *map(str, paths)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", CHILD, *map(str, paths)], capture_output=True, text=True, env=env, timeout=300, check=False
     )
     assert proc.returncode == 0, f"the decoder process died (exit {proc.returncode}): {proc.stderr[-2000:]}"
     return {Path(k).stem: v for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}

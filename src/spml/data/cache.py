@@ -115,6 +115,7 @@ class ArrayCache:
     """
 
     def __init__(self, root: str | Path, name: str, material: Mapping[str, Any]) -> None:
+        """Derive the cache's key, folder, partial folder and lock file from ``material``."""
         self.material = json.loads(json.dumps(dict(material), sort_keys=True, default=str))
         self.key = hash_material(self.material)
         self.path = Path(root) / f"{name}-{self.key}"

@@ -163,11 +163,13 @@ class ImageTransform:
         return x.squeeze(0).clamp_(0.0, 1.0)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Subtract the mean and divide by the standard deviation, per channel."""
         mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
         return (x - mean) / std
 
     def __call__(self, image: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """The model input of a decoded image: resized, flipped if asked, normalised."""
         x = self.resize(image)
         if flip:
             x = x.flip(-1)
@@ -192,6 +194,7 @@ class SplitDataset(Dataset):
         observed: np.ndarray | None = None,
         seed: int = 0,
     ) -> None:
+        """Check the observed labels against the split and keep them as int8."""
         self.split = split
         self.transform = transform
         if observed is None:
@@ -206,18 +209,22 @@ class SplitDataset(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the flip draws."""
         self.epoch = epoch
 
     def __len__(self) -> int:
+        """Number of images in the split."""
         return len(self.split)
 
     def draw_flip(self, index: int) -> bool:
+        """Whether item ``index`` is flipped this epoch (a function of seed, epoch and index)."""
         if self.transform.flip_prob <= 0:
             return False
         rng = np.random.default_rng((self.seed, self.epoch, index))
         return bool(rng.random() < self.transform.flip_prob)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """The decoded, transformed image of item ``index`` with its labels."""
         flip = self.draw_flip(index)
         image = self.transform(load_image(self.split.images[index]), flip=flip)
         return {

@@ -37,6 +37,7 @@ class Split:
     labels: np.ndarray  # uint8 N x L
 
     def __len__(self) -> int:
+        """Number of images in the split."""
         return len(self.images)
 
     @cached_property
@@ -74,6 +75,7 @@ class PreparedData:
 
     @classmethod
     def open(cls, root: str | Path) -> PreparedData:
+        """Open a prepared folder; SpmlError if it has no classes.txt."""
         root = Path(root)
         classes_file = root / "classes.txt"
         if not classes_file.is_file():
@@ -85,17 +87,21 @@ class PreparedData:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes."""
         return len(self.classes)
 
     @property
     def observed_dir(self) -> Path:
+        """Folder of the observed-label files."""
         return self.root / "observed"
 
     @property
     def cache_dir(self) -> Path:
+        """Folder of the caches."""
         return self.root / "cache"
 
     def split(self, name: str) -> Split:
+        """One split's image paths and true labels, checked against the class list."""
         if name not in SPLITS:
             raise SpmlError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
         images_file = self.root / f"{name}_images.txt"

@@ -13,11 +13,10 @@ every other file (observed labels and caches of an older split are recognised by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import json
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
