@@ -368,3 +368,30 @@ def test_deeply_nested_yaml_is_one_error(tmp_path):
     (raw / "data.yaml").write_text("[" * 5000 + "]" * 5000)
     with pytest.raises(SpmlError, match="nested too deeply"):
         prepare("yolo", raw, tmp_path / "out")
+
+
+def test_a_full_disk_anywhere_in_a_command_is_one_line(tmp_path, capsys, monkeypatch):
+    def full(args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "somewhere.bin"))
+
+    monkeypatch.setattr("spml.cli.observe.run", full)
+    assert main(["observe", str(tmp_path)]) == 2
+    assert one_error_line(capsys) == (
+        f"spml observe: error: {tmp_path / 'somewhere.bin'}: no space left on device; free space and run again"
+    )
+
+
+def test_a_corrupt_labels_file_is_one_error(tmp_path):
+    out = prepare("csv", make_csv(tmp_path / "raw"), tmp_path / "out").path
+    (out / "train_labels.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(SpmlError, match="not a readable .npy file") as err:
+        PreparedData.open(out).split("train")
+    assert err.value.path == out / "train_labels.npy"
+
+
+def test_a_pickled_npy_is_refused_not_unpickled(tmp_path):
+    raw = make_nuswide(tmp_path / "raw")
+    np.save(raw / "formatted_val_images.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(SpmlError, match="not a readable .npy file") as err:
+        prepare("nuswide", raw, tmp_path / "out")
+    assert err.value.path == raw / "formatted_val_images.npy"

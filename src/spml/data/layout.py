@@ -109,7 +109,11 @@ class PreparedData:
         if not images_file.is_file() or not labels_file.is_file():
             raise SpmlError(f"split {name!r} is missing ({images_file.name} / {labels_file.name})", self.root)
         images = [Path(line) for line in images_file.read_text().splitlines() if line]
-        labels = np.load(labels_file)
+        try:
+            labels = np.load(labels_file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise SpmlError(f"not a readable .npy file ({str(err).splitlines()[0] if str(err) else 'empty'})",
+                            labels_file) from None
         try:
             check_true(labels, what=str(labels_file))
         except ValueError as err:
