@@ -395,3 +395,11 @@ def test_a_pickled_npy_is_refused_not_unpickled(tmp_path):
     with pytest.raises(SpmlError, match="not a readable .npy file") as err:
         prepare("nuswide", raw, tmp_path / "out")
     assert err.value.path == raw / "formatted_val_images.npy"
+
+
+def test_a_yolo_path_key_outside_the_raw_folder_is_refused(tmp_path):
+    raw = make_yolo(tmp_path / "raw")
+    (tmp_path / "elsewhere").mkdir()
+    (raw / "data.yaml").write_text("path: ../elsewhere\ntrain: images/train\nval: images/val\nnames: [cat, dog, car]\n")
+    with pytest.raises(SpmlError, match="lies outside the raw folder"):
+        prepare("yolo", raw, tmp_path / "out")

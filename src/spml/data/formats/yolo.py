@@ -9,7 +9,8 @@
 ``train`` is the train pool and ``val`` the test set. Folders in data.yaml are relative to its
 ``path`` key when that names an existing folder (relative to data.yaml's own folder), else to the
 folder of data.yaml; the labels folder is the images folder with its last ``images`` component
-replaced by ``labels``. An image's labels are the set of its objects' classes; an image without a
+replaced by ``labels``. ``path`` and the folders must lie inside the folder of data.yaml unless
+``--allow-outside-raw``. An image's labels are the set of its objects' classes; an image without a
 label file has no objects; a label file without its image is named in a warning and ignored.
 """
 
@@ -150,7 +151,7 @@ def read_yolo(raw: Path, options: FormatOptions) -> RawDataset:
     data, classes = read_names(yaml_file)
     base = yaml_file.parent
     if isinstance(data.get("path"), str) and (base / data["path"]).is_dir():
-        base = base / data["path"]
+        base = image_path(base, data["path"], base, yaml_file, options)
     for key in ("train", "val"):
         if key not in data:
             raise SpmlError(f"has no '{key}' entry", yaml_file)
