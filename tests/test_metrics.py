@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from spml.metrics import average_precision, map_report, mean_average_precision
+from spml.metrics import average_precision, average_precision_torch, map_report, mean_average_precision, paper_metrics
 
 
 @pytest.fixture
@@ -88,8 +88,6 @@ def test_bad_inputs(scores, labels, message):
 
 
 # --- vectorised AP and the papers' metrics ----------------------------------------------------
-
-from spml.metrics import average_precision_torch, paper_metrics  # noqa: E402
 
 
 def test_vectorised_ap_equals_sklearn_with_ties_and_empty_classes():

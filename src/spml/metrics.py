@@ -167,7 +167,7 @@ def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def paper_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float = THRESHOLD) -> dict[str, float]:
-    """The metrics of the papers' tables, as fractions in [0, 1] (definitions: ``docs/metrics.md``).
+    """Compute the metrics of the papers' tables, as fractions in [0, 1] (see ``docs/metrics.md``).
 
     Args:
         scores: N x L probabilities (``threshold`` applies to them; the ranking metrics need only order).
@@ -178,6 +178,7 @@ def paper_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float = THRES
         ``map``, ``map_zero``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1``, ``cf1_top3``,
         ``of1_top3``, ``p@1``, ``p@3``, ``p@5``, ``r@1``, ``r@3``, ``r@5``. NaN where undefined
         (no positive anywhere).
+
     """
     s = _as_tensor(scores, "scores")
     y = _as_tensor(labels, "labels", s.device)
