@@ -9,7 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from spml.metrics import average_precision, average_precision_torch, map_report, mean_average_precision, paper_metrics
+from spml.metrics import (
+    average_precision,
+    average_precision_torch,
+    map_report,
+    mean_average_precision,
+    paper_metrics,
+)
 
 
 @pytest.fixture
@@ -108,7 +114,7 @@ def test_vectorised_ap_equals_sklearn_with_ties_and_empty_classes():
 
 
 def test_vectorised_ap_chunks_columns(monkeypatch):
-    import spml.metrics as metrics
+    from spml import metrics
 
     rng = np.random.default_rng(4)
     labels = (rng.random((50, 9)) < 0.3).astype(np.uint8)
