@@ -10,8 +10,8 @@ import torch
 
 from spml.errors import SpmlError
 from spml.vlm import Preprocess, load_vlm, model_name_for, parse_spec
-from spml.vlm.model import IMAGENET_MEAN, IMAGENET_STD
 from spml.vlm.micro_clip import MicroClipConfig
+from spml.vlm.model import IMAGENET_MEAN, IMAGENET_STD
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
