@@ -71,6 +71,7 @@ def test_pseudolabel_builds_cache_prints_and_saves_diagnostics(micro_clip, data_
         (["--tau", "0"], "--tau must be a positive temperature"),
         (["--split", "val", "--observed", "x.npy"], "belong to the train split"),
         (["--observed", "missing.npy"], "observed labels file does not exist"),
+        (["--names", "missing.txt"], "prompt names file does not exist"),
     ],
 )
 def test_pseudolabel_bad_input_is_one_line(micro_clip, data_dir, capsys, extra, message):

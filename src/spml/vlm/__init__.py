@@ -2,6 +2,7 @@
 VLPL pseudo-labels and their diagnostics, and a micro CLIP for offline tests (see docs/vlm.md)."""
 
 from spml.vlm.model import PREPROCESSING_MODES, VLM, Preprocess, load_vlm, model_name_for, parse_spec
+from spml.vlm.names import prompt_names
 from spml.vlm.pseudolabels import (
     PAPER_SETTINGS,
     VlplSettings,
@@ -26,6 +27,7 @@ __all__ = [
     "load_vlm",
     "model_name_for",
     "parse_spec",
+    "prompt_names",
     "pseudo_label_diagnostics",
     "score_images",
     "score_split",
