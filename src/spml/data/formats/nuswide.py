@@ -16,7 +16,7 @@ could still be crawled in 2020, about 150,000 train / 60,000 test)::
 *The official release* (NUS-WIDE, 161,789 train / 107,859 test; EM+APL used it)::
 
     Flickr/<relative path>                                   images
-    ImageList/TrainImagelist.txt                             image paths (``\\`` separators allowed)
+    ImageList/TrainImagelist.txt                             image paths (backslash separators allowed)
     ImageList/TestImagelist.txt
     Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 per image of the list
     Groundtruth/TrainTestLabels/Labels_<concept>_Test.txt
