@@ -80,3 +80,17 @@ def test_reference_defaults_and_spml_style_unchanged() -> None:
     assert not any(k.startswith("decoder_norm") for k in spml.state_dict())  # old checkpoints still load
     with pytest.raises(ValueError, match="style must be one of spml, reference"):
         Query2LabelHead(64, 3, d_model=64, style="detr")
+
+
+def test_shipped_q2l_config_builds_the_reference_head() -> None:
+    from spml.losses.registry import create
+    from spml.training.config import load_config, shipped_config
+
+    config = load_config(shipped_config("q2l"))
+    assert config.head == "query2label" and config.head_params == REFERENCE_CONFIG
+    assert (config.backbone, config.image_size, config.lr, config.batch_size, config.epochs) == ("resnet101", 448, 1e-4, 64, 80)
+    loss = create(config.loss, 80, **config.loss_params)
+    assert (loss.gamma_pos, loss.gamma_neg, loss.clip) == (0.0, 2.0, 0.0)
+    small = {**config.head_params, "d_model": 64, "dim_feedforward": 128}  # the full width is 150M parameters
+    head = Query2LabelHead(64, 3, **small)
+    assert head(torch.randn(2, 64, 4, 4)).shape == (2, 3)
