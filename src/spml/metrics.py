@@ -68,6 +68,25 @@ def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch
     out = torch.full((num_classes,), float("nan"), dtype=dtype, device=scores.device)
     if n == 0:
         return out
+    # Classes as rows: sorting along the contiguous last dimension is much faster than down columns.
+    # Scores keep their dtype: a cast could merge distinct values into ties and change AP.
+    for start in range(0, num_classes, _COLUMN_CHUNK):
+        s = scores[:, start : start + _COLUMN_CHUNK].T.contiguous()
+        y = labels[:, start : start + _COLUMN_CHUNK].T > 0
+        s_sorted, order = torch.sort(s, dim=1, descending=True)
+        y_sorted = torch.gather(y, 1, order)
+        tp = torch.cumsum(y_sorted, dim=1, dtype=dtype)
+        # Index of the last entry of each entry's tie group: a reversed running minimum over group ends.
+        is_end = torch.ones_like(y_sorted)
+        is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
+        index = torch.arange(n, device=scores.device).expand_as(order)
+        ends = torch.where(is_end, index, n)
+        group_end = torch.flip(torch.cummin(torch.flip(ends, [1]), dim=1).values, [1])
+        precision = torch.gather(tp, 1, group_end) / (group_end + 1).to(dtype)
+        positives = tp[:, -1]
+        ap = (precision * y_sorted).sum(dim=1) / positives.clamp_min(1)
+        out[start : start + len(s)] = torch.where(positives > 0, ap, float("nan"))
+    return out
     rank = torch.arange(1, n + 1, device=scores.device, dtype=dtype).unsqueeze(1)
     for start in range(0, num_classes, _COLUMN_CHUNK):
         s = scores[:, start : start + _COLUMN_CHUNK].to(dtype)
@@ -157,12 +176,10 @@ def _prf(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"cp": cp, "cr": cr, "cf1": _f1(cp, cr), "op": op, "or": orr, "of1": _f1(op, orr)}
 
 
-def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
-    """Boolean N x L mask of each row's ``k`` highest scores (lowest class index first among ties)."""
-    k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(mask, order, True, axis=1)
+def _top_k_mask(order: np.ndarray, k: int, num_classes: int) -> np.ndarray:
+    """Boolean N x L mask of the first ``k`` classes of each row of ``order`` (classes by falling score)."""
+    mask = np.zeros((len(order), num_classes), dtype=bool)
+    np.put_along_axis(mask, order[:, : min(k, num_classes)], True, axis=1)
     return mask
 
 
@@ -192,12 +209,15 @@ def paper_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float = THRES
         "map_zero": float(np.nan_to_num(ap, nan=0.0).mean()) if len(ap) else float("nan"),
     }
     out.update(_prf(s_np >= threshold, truth))
-    top = _prf(_top_k_mask(s_np, TOP_CLASSES), truth)
+    # One stable sort serves every top-k: ties go to the lower class index.
+    order = np.argsort(-s_np, axis=1, kind="stable")[:, : max(*TOP_K, TOP_CLASSES)]
+    num_classes = s_np.shape[1]
+    top = _prf(_top_k_mask(order, TOP_CLASSES, num_classes), truth)
     out["cf1_top3"], out["of1_top3"] = top["cf1"], top["of1"]
     n_pos = truth.sum(axis=1)
     has_pos = n_pos > 0
     for k in TOP_K:
-        hits = (_top_k_mask(s_np, k) & truth).sum(axis=1)[has_pos]
+        hits = (_top_k_mask(order, k, num_classes) & truth).sum(axis=1)[has_pos]
         out[f"p@{k}"] = float((hits / k).mean()) if has_pos.any() else float("nan")
         out[f"r@{k}"] = float((hits / n_pos[has_pos]).mean()) if has_pos.any() else float("nan")
     return out
