@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from spml.errors import SpmlError
-
 from spml.models.heads.registry import register_head
 
 
