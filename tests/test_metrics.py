@@ -134,10 +134,11 @@ def test_paper_metrics_hand_computed():
     expected = {
         # AP: class 0 = 1, class 1 = (1 + 2/3)/2 = 5/6, class 2 = 1/2, class 3 undefined.
         "map": 7 / 9, "map_zero": (1 + 5 / 6 + 1 / 2 + 0) / 4,
-        # >= 0.5: class 0 P 2/2 R 2/2; class 1 P 1/2 R 1/2; class 2 P 0/1 R 0/1; 3 tp of 5 predicted, 5 positives.
-        "cp": 0.5, "cr": 0.5, "cf1": 0.5, "op": 0.6, "or": 0.6, "of1": 0.6,
-        # Top 3 = classes 0, 1, 2 everywhere: CP = (2/3 + 2/3 + 1/3)/3, CR = 1; OP = 5/9, OR = 1.
-        "cf1_top3": 5 / 7, "of1_top3": 5 / 7,
+        # >= 0.5: class 0 P 2/2 R 2/2; class 1 P 1/2 R 1/2; class 2 P 0/1 R 0/1; class 3 never predicted:
+        # P 0, no recall (left out of CR). 3 tp of 5 predicted, 5 positives.
+        "cp": 1.5 / 4, "cr": 0.5, "cf1": 2 * (1.5 / 4) * 0.5 / (1.5 / 4 + 0.5), "op": 0.6, "or": 0.6, "of1": 0.6,
+        # Top 3 = classes 0, 1, 2 everywhere: CP = (2/3 + 2/3 + 1/3 + 0)/4 = 5/12, CR = 1; OP = 5/9, OR = 1.
+        "cf1_top3": 10 / 17, "of1_top3": 5 / 7,
         "p@1": 1.0, "r@1": (1 + 1 / 2 + 1 / 2) / 3,
         "p@3": (1 / 3 + 2 / 3 + 2 / 3) / 3, "r@3": 1.0,
         "p@5": (1 + 2 + 2) / 15, "r@5": 1.0,
@@ -151,9 +152,10 @@ def test_paper_metrics_skip_images_without_positives_and_never_predicted_classes
     scores = np.vstack([PAPER_SCORES, [0.0, 0.0, 0.0, 0.9]])  # a 4th image: no positive, class 3 predicted
     labels = np.vstack([PAPER_LABELS, [0, 0, 0, 0]])
     m, base = paper_metrics(scores, labels), paper_metrics(PAPER_SCORES, PAPER_LABELS)
-    for key in ("p@1", "r@1", "p@3", "r@3", "map", "cp", "cr"):
+    for key in ("p@1", "r@1", "p@3", "r@3", "map", "cr"):
         assert m[key] == pytest.approx(base[key], abs=1e-12), key
     assert m["op"] == pytest.approx(3 / 6)  # one more false positive pooled
+    assert m["cp"] == pytest.approx(base["cp"])  # class 3's precision is 0 either way (0 of 1 predicted)
     never = paper_metrics(np.zeros((2, 2)), np.array([[1, 0], [0, 1]]))
     assert never["cp"] == 0.0 and never["op"] == 0.0 and never["of1"] == 0.0
     torch_in = paper_metrics(torch.from_numpy(PAPER_SCORES).float(), torch.from_numpy(PAPER_LABELS))

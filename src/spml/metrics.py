@@ -168,8 +168,10 @@ def _prf(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     tp = (predicted & truth).sum(axis=0)
     n_pred = predicted.sum(axis=0)
     n_pos = truth.sum(axis=0)
-    defined = n_pos > 0  # a class without positives has no recall: left out of CP and CR alike
-    cp = float(_ratio(tp, n_pred)[defined].mean()) if defined.any() else float("nan")
+    # CP over every class, as the ML-GCN / Q2L code; recall is undefined for a class without
+    # positives (their code divides by zero there), so CR averages the classes that have some.
+    cp = float(_ratio(tp, n_pred).mean()) if len(tp) else float("nan")
+    defined = n_pos > 0
     cr = float(_ratio(tp, n_pos)[defined].mean()) if defined.any() else float("nan")
     op = float(_ratio(tp.sum(), n_pred.sum()))
     orr = float(_ratio(tp.sum(), n_pos.sum()))
