@@ -94,3 +94,19 @@ def test_shipped_q2l_config_builds_the_reference_head() -> None:
     small = {**config.head_params, "d_model": 64, "dim_feedforward": 128}  # the full width is 150M parameters
     head = Query2LabelHead(64, 3, **small)
     assert head(torch.randn(2, 64, 4, 4)).shape == (2, 3)
+
+
+def test_backbone_part_loads_into_a_timm_resnet() -> None:
+    import timm
+    import torchvision
+
+    from spml.models.heads import backbone_state_from_reference
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18()  # their backbone: a torchvision ResNet without its fc
+    state = {f"module.backbone.0.body.{k}": v for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
+    state["module.query_embed.weight"] = torch.zeros(5, 8)
+    ours = timm.create_model("resnet18", pretrained=False)
+    result = ours.load_state_dict(backbone_state_from_reference(state), strict=False)
+    assert result.unexpected_keys == [] and sorted(result.missing_keys) == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(ours.layer4[1].conv2.weight, theirs.layer4[1].conv2.weight)

@@ -243,6 +243,18 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(blob)
 
 
+def backbone_state_from_reference(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return the backbone part of an authors' state dict under the backbone's own names.
+
+    Their ResNet backbones are torchvision models wrapped as ``backbone.0.body`` (classifier removed);
+    timm's ResNets use torchvision's parameter names, so the result loads into ``Classifier.backbone``
+    of a timm ``resnet101`` (``load_state_dict(..., strict=False)``: timm's ``fc`` stays).
+    """
+    prefix = "backbone.0.body."
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+
+
 def _map_reference_key(key: str) -> str | None:
     """Map a reference parameter name to the head's; None for keys the head does not hold (the backbone)."""
     if key in ("query_embed.weight", "input_proj.weight", "input_proj.bias"):
