@@ -9,7 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from spml.metrics import average_precision, map_report, mean_average_precision
+from spml.metrics import (
+    average_precision,
+    average_precision_torch,
+    map_report,
+    mean_average_precision,
+    paper_metrics,
+)
 
 
 @pytest.fixture
@@ -85,3 +91,72 @@ def test_torch_inputs_and_observed_encoding(random_data):
 def test_bad_inputs(scores, labels, message):
     with pytest.raises(ValueError, match=message):
         average_precision(scores, labels)
+
+
+# --- vectorised AP and the papers' metrics ----------------------------------------------------
+
+
+def test_vectorised_ap_equals_sklearn_with_ties_and_empty_classes():
+    rng = np.random.default_rng(3)
+    labels = (rng.random((300, 40)) < 0.2).astype(np.int64)
+    labels[:, 5] = 0  # no positive
+    labels[:, 6] = 1  # all positive
+    scores = np.round(rng.normal(size=(300, 40)) + labels, 1)  # one decimal: many ties
+    scores[:, 7] = 0.25  # one big tie
+    ap = average_precision_torch(torch.from_numpy(scores), torch.from_numpy(labels))
+    assert ap.dtype == torch.float64 and math.isnan(float(ap[5]))
+    for j in range(40):
+        if j != 5:
+            expected = average_precision_score(labels[:, j], scores[:, j])
+            assert float(ap[j]) == pytest.approx(expected, abs=1e-6), j
+    float_scores = torch.from_numpy(scores).float()  # float32 inputs too
+    np.testing.assert_allclose(average_precision(float_scores, labels), ap.numpy(), atol=1e-6)
+
+
+def test_vectorised_ap_chunks_columns(monkeypatch):
+    from spml import metrics
+
+    rng = np.random.default_rng(4)
+    labels = (rng.random((50, 9)) < 0.3).astype(np.uint8)
+    scores = rng.normal(size=(50, 9))
+    whole = average_precision(scores, labels)
+    monkeypatch.setattr(metrics, "_COLUMN_CHUNK", 2)
+    np.testing.assert_allclose(average_precision(scores, labels), whole, atol=1e-12)
+
+
+# 3 images x 4 classes; class 3 has no positive. Hand-computed values in the test below.
+PAPER_SCORES = np.array([[0.9, 0.6, 0.1, 0.0], [0.2, 0.7, 0.4, 0.0], [0.8, 0.3, 0.55, 0.0]])
+PAPER_LABELS = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0]])
+
+
+def test_paper_metrics_hand_computed():
+    m = paper_metrics(PAPER_SCORES, PAPER_LABELS)
+    expected = {
+        # AP: class 0 = 1, class 1 = (1 + 2/3)/2 = 5/6, class 2 = 1/2, class 3 undefined.
+        "map": 7 / 9, "map_zero": (1 + 5 / 6 + 1 / 2 + 0) / 4,
+        # >= 0.5: class 0 P 2/2 R 2/2; class 1 P 1/2 R 1/2; class 2 P 0/1 R 0/1; class 3 never predicted:
+        # P 0, no recall (left out of CR). 3 tp of 5 predicted, 5 positives.
+        "cp": 1.5 / 4, "cr": 0.5, "cf1": 2 * (1.5 / 4) * 0.5 / (1.5 / 4 + 0.5), "op": 0.6, "or": 0.6, "of1": 0.6,
+        # Top 3 = classes 0, 1, 2 everywhere: CP = (2/3 + 2/3 + 1/3 + 0)/4 = 5/12, CR = 1; OP = 5/9, OR = 1.
+        "cf1_top3": 10 / 17, "of1_top3": 5 / 7,
+        "p@1": 1.0, "r@1": (1 + 1 / 2 + 1 / 2) / 3,
+        "p@3": (1 / 3 + 2 / 3 + 2 / 3) / 3, "r@3": 1.0,
+        "p@5": (1 + 2 + 2) / 15, "r@5": 1.0,
+    }
+    assert set(m) == set(expected)
+    for key, value in expected.items():
+        assert m[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_paper_metrics_skip_images_without_positives_and_never_predicted_classes():
+    scores = np.vstack([PAPER_SCORES, [0.0, 0.0, 0.0, 0.9]])  # a 4th image: no positive, class 3 predicted
+    labels = np.vstack([PAPER_LABELS, [0, 0, 0, 0]])
+    m, base = paper_metrics(scores, labels), paper_metrics(PAPER_SCORES, PAPER_LABELS)
+    for key in ("p@1", "r@1", "p@3", "r@3", "map", "cr"):
+        assert m[key] == pytest.approx(base[key], abs=1e-12), key
+    assert m["op"] == pytest.approx(3 / 6)  # one more false positive pooled
+    assert m["cp"] == pytest.approx(base["cp"])  # class 3's precision is 0 either way (0 of 1 predicted)
+    never = paper_metrics(np.zeros((2, 2)), np.array([[1, 0], [0, 1]]))
+    assert never["cp"] == 0.0 and never["op"] == 0.0 and never["of1"] == 0.0
+    torch_in = paper_metrics(torch.from_numpy(PAPER_SCORES).float(), torch.from_numpy(PAPER_LABELS))
+    assert torch_in["cf1"] == pytest.approx(base["cf1"]) and torch_in["map"] == pytest.approx(base["map"], abs=1e-6)

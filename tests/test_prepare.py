@@ -178,6 +178,56 @@ def test_nuswide_formatted_release(tmp_path):
     assert labels_of(data, "train") == {"0001.jpg": ["zebra", "airport"], "0003.jpg": ["moon"]}
 
 
+def make_nuswide_official(raw: Path) -> Path:
+    lists, truth = raw / "ImageList", raw / "Groundtruth" / "TrainTestLabels"
+    lists.mkdir(parents=True)
+    truth.mkdir(parents=True)
+    split_names = {"Train": ["actor\\0001.jpg", "actor\\0002.jpg", "beach\\0003.jpg"], "Test": ["beach\\0004.jpg"]}
+    for which, names in split_names.items():
+        for n in names:
+            jpeg(raw / "Flickr" / n.replace("\\", "/"))
+        (lists / f"{which}Imagelist.txt").write_text("".join(f"{n}\n" for n in names))
+        for concept in NUSWIDE_CONCEPTS:
+            values = [0] * len(names)
+            if which == "Train" and concept == "airport":
+                values[0] = 1
+            if which == "Train" and concept == "lake":
+                values[1] = -1130179  # the official Labels_lake_Train.txt holds such a value
+            if which == "Test" and concept == "zebra":
+                values[0] = 1
+            (truth / f"Labels_{concept}_{which}.txt").write_text("".join(f"{v}\n" for v in values))
+    return raw
+
+
+def test_nuswide_official_release(tmp_path):
+    raw = make_nuswide_official(tmp_path / "official")
+    result = prepare("nuswide", raw, tmp_path / "out", val_fraction=0.0)
+    assert result.warnings[0] == "reading the official NUS-WIDE release (ImageList/ + Groundtruth/TrainTestLabels/)"
+    assert "Labels_lake_Train.txt: 1 label(s) neither 0 nor 1 counted absent (first: line 2" in result.warnings[1]
+    data = PreparedData.open(result.path)
+    assert labels_of(data, "train") == {"0001.jpg": ["airport"]}  # unlabelled pool images dropped
+    assert data.split("test").images == [(raw / "Flickr" / "beach" / "0004.jpg").resolve()]
+    assert data.split("test").labels[0, NUSWIDE_CONCEPTS.index("zebra")] == 1
+    recrawl = prepare("nuswide", make_nuswide(tmp_path / "recrawl"), tmp_path / "out2", val_fraction=0.0)
+    assert recrawl.warnings == ["reading Cole et al.'s 2020 re-crawl (formatted_*.npy)"]
+
+
+def test_nuswide_release_errors(tmp_path):
+    raw = make_nuswide_official(tmp_path / "both")
+    make_nuswide(raw)
+    with pytest.raises(SpmlError, match="holds both NUS-WIDE releases"):
+        prepare("nuswide", raw, tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SpmlError, match="holds no NUS-WIDE release"):
+        prepare("nuswide", empty, tmp_path / "out")
+    raw = make_nuswide_official(tmp_path / "short")
+    (raw / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Test.txt").write_text("0\n0\n")
+    with pytest.raises(SpmlError, match="has 2 labels for the 1 images of TestImagelist.txt") as err:
+        prepare("nuswide", raw, tmp_path / "out")
+    assert err.value.path.name == "Labels_sky_Test.txt"
+
+
 # --- CUB ---------------------------------------------------------------------------------------
 
 

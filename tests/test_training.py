@@ -15,6 +15,7 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
+from spml.metrics import paper_metrics
 from spml.training import (
     MethodInfo,
     TrainConfig,
@@ -142,6 +143,10 @@ def test_linear_run_writes_every_artifact(data: Path, tmp_path: Path) -> None:
     labels = PreparedData.open(data).split("test").labels
     assert preds.shape == labels.shape and preds.dtype == np.float32
     assert set(results["per_class_test_ap"]) == set(PreparedData.open(data).classes)
+    # The papers' metrics come from the saved predictions and the test labels.
+    assert results["test_metrics"] == pytest.approx(paper_metrics(preds, labels), abs=1e-9)
+    assert results["test_metrics"]["map"] == pytest.approx(results["test_map"], abs=1e-9)
+    assert all(0.0 <= v <= 1.0 for v in results["test_metrics"].values())
     # evaluate reloads best.safetensors (the head only: linear) and recomputes the same test mAP.
     assert set(load_file(str(run / "best.safetensors"))) == {"model.fc.weight", "model.fc.bias"}
     assert evaluate_run(run)["map"] == pytest.approx(results["test_map"], abs=1e-12)

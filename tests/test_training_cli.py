@@ -48,7 +48,9 @@ def test_train_linear_evaluate_and_reproduce_from_config(
     assert f"test mAP {100 * results['test_map']:.2f}" in out
 
     assert run("evaluate", tmp_path / "a") == 0
-    assert f"test mAP {100 * results['test_map']:.2f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"test mAP {100 * results['test_map']:.2f}" in out
+    assert f"cf1 {100 * results['test_metrics']['cf1']:.2f}" in out and "r@5 " in out
 
     # The written config alone reproduces the run.
     assert run("train", data, "--config", tmp_path / "a" / "config.yaml", "--out", tmp_path / "b") == 0

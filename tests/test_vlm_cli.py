@@ -56,6 +56,13 @@ def test_pseudolabel_builds_cache_prints_and_saves_diagnostics(micro_clip, data_
     assert out[-1] == str(cache_path)
     assert out[-2].endswith("diagnostics-tau0.01-theta0.5-neg0.json")
 
+    # The squash preprocessing is another input, so another cache (keyed by the preprocessing).
+    assert main(["pseudolabel", str(data_dir), *_vlm_args(micro_clip), "--workers", "0", "--preprocess", "squash"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] != str(cache_path) and "preprocess: squash" in out
+    squash = json.loads((Path(out[-1]) / "meta.json").read_text())["material"]["preprocess"]
+    assert squash["resize_mode"] == "squash" and squash["mean"] == pytest.approx([0.485, 0.456, 0.406])
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),
@@ -64,6 +71,7 @@ def test_pseudolabel_builds_cache_prints_and_saves_diagnostics(micro_clip, data_
         (["--tau", "0"], "--tau must be a positive temperature"),
         (["--split", "val", "--observed", "x.npy"], "belong to the train split"),
         (["--observed", "missing.npy"], "observed labels file does not exist"),
+        (["--names", "missing.txt"], "prompt names file does not exist"),
     ],
 )
 def test_pseudolabel_bad_input_is_one_line(micro_clip, data_dir, capsys, extra, message):

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from spml.errors import SpmlError
-from spml.vlm import Preprocess, load_vlm, parse_spec
+from spml.vlm import Preprocess, load_vlm, model_name_for, parse_spec
 from spml.vlm.micro_clip import MicroClipConfig
+from spml.vlm.model import IMAGENET_MEAN, IMAGENET_STD
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -167,3 +168,65 @@ def test_local_dir_is_the_offline_form_of_hf_hub(tmp_path):
         load_vlm(f"open_clip:local-dir:{tmp_path / 'files'}")
     with pytest.raises(SpmlError, match="brings its own weights"):
         load_vlm(f"open_clip:local-dir:{folder}", checkpoint=checkpoint)
+
+
+# -- QuickGELU for weights trained with it; preprocessing modes --------------------------------
+
+
+def test_model_name_for_maps_quick_gelu_weights_without_loading(monkeypatch):
+    import open_clip
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("model_name_for must not build a model")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_build)
+    assert model_name_for("open_clip:ViT-L-14-336/openai") == "ViT-L-14-336-quickgelu"
+    assert model_name_for("open_clip:RN50x64/openai") == "RN50x64-quickgelu"
+    assert model_name_for("open_clip:ViT-B-32-quickgelu/openai") == "ViT-B-32-quickgelu"
+    assert model_name_for("open_clip:ViT-B-32/laion400m_e32") == "ViT-B-32-quickgelu"  # also trained with it
+    assert model_name_for("open_clip:ViT-B-32/laion2b_s34b_b79k") == "ViT-B-32"  # GELU weights
+    assert model_name_for("open_clip:ViT-B-32/none") == "ViT-B-32"
+    assert model_name_for("open_clip:hf-hub:org/name") == "hf-hub:org/name"
+
+
+def test_openai_weights_build_the_quick_gelu_model(monkeypatch):
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    real = open_clip.create_model_and_transforms
+    built = {}
+
+    def weightless(name, **kwargs):  # the real factory call, minus the (network) weights
+        built["name"] = name
+        return real(name, **{**kwargs, "pretrained": None, "load_weights": False})
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", weightless)
+    vlm = load_vlm("open_clip:ViT-B-32/openai")
+    assert built["name"] == "ViT-B-32-quickgelu" == vlm.identity["model"]
+    acts = {type(m) for m in vlm.model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+    assert acts == {QuickGELU}
+    gelu = load_vlm("open_clip:ViT-B-32/none")  # no QuickGELU-trained weights: open_clip's own GELU
+    assert not any(isinstance(m, QuickGELU) for m in gelu.model.modules())
+
+
+def test_squash_mode_keeps_the_whole_image_with_imagenet_statistics(tmp_path):
+    checkpoint, config, _ = _micro_files(tmp_path)
+    native = load_vlm("open_clip:micro-clip", checkpoint, config)
+    squash = load_vlm("open_clip:micro-clip", checkpoint, config, preprocessing="squash")
+    assert squash.preprocess.resize_mode == "squash" and squash.preprocess.size == native.preprocess.size
+    assert squash.preprocess.mean == IMAGENET_MEAN and squash.preprocess.std == IMAGENET_STD
+    image = torch.full((3, 32, 128), 128, dtype=torch.uint8)
+    image[:, :, :16] = 0  # a dark strip at the left edge of a 4:1 landscape image
+    black = -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(squash.preprocess(image)[:, 16, 0].numpy(), black, atol=1e-5)  # kept
+    assert float(native.preprocess(image)[:, 16, 0].min()) > 0  # the centre crop drops it
+    assert squash.preprocess_identity["mode"] == "squash" and native.preprocess_identity["mode"] == "native"
+    assert squash.preprocess_identity != native.preprocess_identity
+    assert squash.at_size(48).preprocess.resize_mode == "squash"  # reloading keeps the mode
+    custom = native.with_preprocessing("squash", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert custom.model is native.model and custom.preprocess.mean == (0.5, 0.5, 0.5)
+    assert custom.preprocess.resize_mode == "squash" and native.preprocess.resize_mode == "shortest"
+    with pytest.raises(SpmlError, match="unknown VLM preprocessing 'crop'.*native, squash"):
+        load_vlm("open_clip:micro-clip", checkpoint, config, preprocessing="crop")
+    with pytest.raises(SpmlError, match="std must be three numbers"):
+        native.with_preprocessing("native", std=(1.0, 0.0, 1.0))

@@ -1,19 +1,28 @@
-"""Average precision and mAP for multi-label scores (scikit-learn underneath).
+"""Multi-label metrics: average precision, mAP and the threshold / top-k metrics the papers report.
 
 ``average_precision`` returns per-class AP with NaN for a class without positives (AP is undefined
 there; Cole et al. silently used 0.0, which biases mAP downwards). ``mean_average_precision`` averages
-the defined classes; ``map_report`` also names the skipped ones.
+the defined classes; ``map_report`` also names the skipped ones. AP is computed by
+``average_precision_torch``, vectorised over classes on any torch device and equal to scikit-learn's
+``average_precision_score`` (ties included). ``paper_metrics`` gives the numbers of the papers' tables
+under fixed names (``map``, ``map_zero``, ``cp`` ... ``r@5``); the definitions are in
+``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 ArrayLike = np.ndarray | torch.Tensor
+
+THRESHOLD = 0.5  # probability at or above which a class is predicted (CP/CR/CF1/OP/OR/OF1)
+TOP_CLASSES = 3  # predictions per image of the top-3 variants (cf1_top3, of1_top3)
+TOP_K = (1, 3, 5)  # k of p@k and r@k (Cole et al.'s instrumentation)
+_COLUMN_CHUNK = 256  # classes per vectorised AP pass: bounds the sort's memory at N x 256
 
 
 def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
@@ -25,23 +34,91 @@ def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
     return x
 
 
+def _as_tensor(x: ArrayLike, name: str, device: torch.device | None = None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be N x L, got shape {tuple(t.shape)}")
+    return t.detach().to(device) if device is not None else t.detach()
+
+
+def _float_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _check_pair(scores: torch.Tensor, labels: torch.Tensor) -> None:
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must have the same shape")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores contain NaN or infinite values")
+
+
+@torch.no_grad()
+def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-class AP of ``scores`` (N x L) against ``labels`` (N x L, > 0 is positive), on their device.
+
+    Equal to scikit-learn's ``average_precision_score`` per column: tied scores form one threshold,
+    so every positive of a tie group gets the precision at the group's end. Returns a length-L tensor
+    (float64, float32 on MPS) with NaN for classes without a positive.
+    """
+    scores = _as_tensor(scores, "scores")
+    labels = _as_tensor(labels, "labels", scores.device)
+    _check_pair(scores, labels)
+    dtype = _float_dtype(scores.device)
+    n, num_classes = scores.shape
+    out = torch.full((num_classes,), float("nan"), dtype=dtype, device=scores.device)
+    if n == 0:
+        return out
+    # Classes as rows: sorting along the contiguous last dimension is much faster than down columns.
+    # Scores keep their dtype: a cast could merge distinct values into ties and change AP.
+    for start in range(0, num_classes, _COLUMN_CHUNK):
+        s = scores[:, start : start + _COLUMN_CHUNK].T.contiguous()
+        y = labels[:, start : start + _COLUMN_CHUNK].T > 0
+        s_sorted, order = torch.sort(s, dim=1, descending=True)
+        y_sorted = torch.gather(y, 1, order)
+        tp = torch.cumsum(y_sorted, dim=1, dtype=dtype)
+        # Index of the last entry of each entry's tie group: a reversed running minimum over group ends.
+        is_end = torch.ones_like(y_sorted)
+        is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
+        index = torch.arange(n, device=scores.device).expand_as(order)
+        ends = torch.where(is_end, index, n)
+        group_end = torch.flip(torch.cummin(torch.flip(ends, [1]), dim=1).values, [1])
+        precision = torch.gather(tp, 1, group_end) / (group_end + 1).to(dtype)
+        positives = tp[:, -1]
+        ap = (precision * y_sorted).sum(dim=1) / positives.clamp_min(1)
+        out[start : start + len(s)] = torch.where(positives > 0, ap, float("nan"))
+    return out
+    rank = torch.arange(1, n + 1, device=scores.device, dtype=dtype).unsqueeze(1)
+    for start in range(0, num_classes, _COLUMN_CHUNK):
+        s = scores[:, start : start + _COLUMN_CHUNK].to(dtype)
+        y = (labels[:, start : start + _COLUMN_CHUNK] > 0).to(dtype)
+        s_sorted, order = torch.sort(s, dim=0, descending=True, stable=True)
+        y_sorted = torch.gather(y, 0, order)
+        tp = torch.cumsum(y_sorted, dim=0)
+        # Index of the last row of each row's tie group: a reversed running minimum over group ends.
+        is_end = torch.ones_like(s_sorted, dtype=torch.bool)
+        is_end[:-1] = s_sorted[:-1] != s_sorted[1:]
+        row = torch.arange(n, device=scores.device).unsqueeze(1).expand_as(s_sorted)
+        ends = torch.where(is_end, row, torch.full_like(row, n))
+        group_end = torch.flip(torch.cummin(torch.flip(ends, [0]), dim=0).values, [0])
+        precision = torch.gather(tp, 0, group_end) / torch.gather(rank.expand_as(tp), 0, group_end)
+        positives = y_sorted.sum(dim=0)
+        ap = (y_sorted * precision).sum(dim=0) / positives.clamp_min(1)
+        out[start : start + s.shape[1]] = torch.where(positives > 0, ap, torch.full_like(ap, float("nan")))
+    return out
+
+
 def average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """Per-class AP of ``scores`` (N x L, any monotone score) against 0/1 ``labels`` (N x L).
 
-    Returns a float64 array of length L with NaN for classes that have no positive.
+    Accepts {0, 1} true labels and {-1, 0, 1} fully observed labels (> 0 is positive); torch inputs
+    are evaluated on their device. Returns a float64 array of length L with NaN for classes that have
+    no positive.
     """
-    s = _as_numpy(scores, "scores")
-    y = _as_numpy(labels, "labels")
-    if s.shape != y.shape:
-        raise ValueError(f"scores {s.shape} and labels {y.shape} must have the same shape")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or infinite values")
-    y = y > 0  # accepts {0,1} true labels and {-1,0,1} fully observed labels
-    ap = np.full(s.shape[1], np.nan)
-    # Column by column: whole-matrix float64/int64 copies would cost 16 bytes per entry at once.
-    for j in np.flatnonzero(y.any(axis=0)):
-        ap[j] = average_precision_score(y[:, j].astype(np.int64), s[:, j].astype(np.float64))
-    return ap
+    s = _as_tensor(scores, "scores")
+    y = _as_tensor(labels, "labels", s.device)
+    if not s.is_floating_point():
+        s = s.to(_float_dtype(s.device))
+    return average_precision_torch(s, y).cpu().numpy().astype(np.float64)
 
 
 def mean_average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
@@ -52,11 +129,14 @@ def mean_average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
 
 @dataclass
 class MapReport:
+    """mAP over the classes with a positive, every class's AP (NaN if undefined) and the skipped classes."""
+
     map: float
     per_class: np.ndarray
     skipped: list[int]
 
-    def to_dict(self, classes: list[str] | None = None) -> dict:
+    def to_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
+        """JSON-friendly form keyed by class name (``None`` for an undefined AP)."""
         names = classes or [str(i) for i in range(len(self.per_class))]
         return {
             "map": self.map,
@@ -71,3 +151,75 @@ def map_report(scores: ArrayLike, labels: ArrayLike) -> MapReport:
     skipped = np.flatnonzero(np.isnan(ap)).tolist()
     value = float(np.nanmean(ap)) if len(skipped) < len(ap) else float("nan")
     return MapReport(map=value, per_class=ap, skipped=skipped)
+
+
+def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+    """``num / den`` with 0 where ``den`` is 0 (a class never predicted has precision 0)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num * den), where=den > 0)
+
+
+def _f1(p: float, r: float) -> float:
+    return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
+
+
+def _prf(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision, recall and F1 of boolean predictions."""
+    tp = (predicted & truth).sum(axis=0)
+    n_pred = predicted.sum(axis=0)
+    n_pos = truth.sum(axis=0)
+    # CP over every class, as the ML-GCN / Q2L code; recall is undefined for a class without
+    # positives (their code divides by zero there), so CR averages the classes that have some.
+    cp = float(_ratio(tp, n_pred).mean()) if len(tp) else float("nan")
+    defined = n_pos > 0
+    cr = float(_ratio(tp, n_pos)[defined].mean()) if defined.any() else float("nan")
+    op = float(_ratio(tp.sum(), n_pred.sum()))
+    orr = float(_ratio(tp.sum(), n_pos.sum()))
+    return {"cp": cp, "cr": cr, "cf1": _f1(cp, cr), "op": op, "or": orr, "of1": _f1(op, orr)}
+
+
+def _top_k_mask(order: np.ndarray, k: int, num_classes: int) -> np.ndarray:
+    """Boolean N x L mask of the first ``k`` classes of each row of ``order`` (classes by falling score)."""
+    mask = np.zeros((len(order), num_classes), dtype=bool)
+    np.put_along_axis(mask, order[:, : min(k, num_classes)], True, axis=1)
+    return mask
+
+
+def paper_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float = THRESHOLD) -> dict[str, float]:
+    """Compute the metrics of the papers' tables, as fractions in [0, 1] (see ``docs/metrics.md``).
+
+    Args:
+        scores: N x L probabilities (``threshold`` applies to them; the ranking metrics need only order).
+        labels: N x L true labels (> 0 is positive).
+        threshold: Probability at or above which a class is predicted for CP ... OF1.
+
+    Returns:
+        ``map``, ``map_zero``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1``, ``cf1_top3``,
+        ``of1_top3``, ``p@1``, ``p@3``, ``p@5``, ``r@1``, ``r@3``, ``r@5``. NaN where undefined
+        (no positive anywhere).
+
+    """
+    s = _as_tensor(scores, "scores")
+    y = _as_tensor(labels, "labels", s.device)
+    if not s.is_floating_point():
+        s = s.to(_float_dtype(s.device))
+    ap = average_precision_torch(s, y).cpu().numpy()
+    s_np = s.cpu().double().numpy()
+    truth = y.cpu().numpy() > 0
+    out: dict[str, float] = {
+        "map": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
+        "map_zero": float(np.nan_to_num(ap, nan=0.0).mean()) if len(ap) else float("nan"),
+    }
+    out.update(_prf(s_np >= threshold, truth))
+    # One stable sort serves every top-k: ties go to the lower class index.
+    order = np.argsort(-s_np, axis=1, kind="stable")[:, : max(*TOP_K, TOP_CLASSES)]
+    num_classes = s_np.shape[1]
+    top = _prf(_top_k_mask(order, TOP_CLASSES, num_classes), truth)
+    out["cf1_top3"], out["of1_top3"] = top["cf1"], top["of1"]
+    n_pos = truth.sum(axis=1)
+    has_pos = n_pos > 0
+    for k in TOP_K:
+        hits = (_top_k_mask(order, k, num_classes) & truth).sum(axis=1)[has_pos]
+        out[f"p@{k}"] = float((hits / k).mean()) if has_pos.any() else float("nan")
+        out[f"r@{k}"] = float((hits / n_pos[has_pos]).mean()) if has_pos.any() else float("nan")
+    return out

@@ -17,6 +17,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{len(report['per_class_ap'])} classes, {len(skipped)} without positives skipped"
         f"{': ' + ', '.join(skipped) if skipped else ''})"
     )
+    print("  ".join(f"{k} {100 * v:.2f}" for k, v in report["metrics"].items()))
     if args.per_class:
         for name, ap in report["per_class_ap"].items():
             print(f"  {name:30s} {'-' if ap is None else f'{100 * ap:.2f}'}")

@@ -9,7 +9,16 @@ from spml.data.atomic import write_json
 from spml.data.layout import SPLITS, PreparedData
 from spml.data.observe import load_observed
 from spml.errors import SpmlError
-from spml.vlm import PAPER_SETTINGS, VlplSettings, load_vlm, pseudo_label_diagnostics, score_split, scores_cache
+from spml.vlm import (
+    PAPER_SETTINGS,
+    PREPROCESSING_MODES,
+    VlplSettings,
+    load_vlm,
+    prompt_names,
+    pseudo_label_diagnostics,
+    score_split,
+    scores_cache,
+)
 from spml.vlm.pseudolabels import check_settings
 from spml.vlm.text import DEFAULT_TEMPLATES, check_templates
 
@@ -34,10 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vlm-config", type=Path, metavar="CFG.json", help="open_clip model config for a custom model")
     p.add_argument("--template", action="append", metavar="TEXT",
                    help=f"prompt template with {{}} for the class name; repeat to average (default {DEFAULT_TEMPLATES[0]!r})")
+    p.add_argument("--names", default="auto", metavar="auto|raw|FILE",
+                   help="names in the prompts: auto (readable names shipped for VOC and CUB, else the class "
+                        "names), raw (the class names) or a file with one name per line in class order")
     p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     p.add_argument("--image-size", type=int, help="input side other than the model's native one")
+    p.add_argument("--preprocess", choices=PREPROCESSING_MODES, default="native",
+                   help="native: the model's centre crop and statistics; squash: the whole image resized "
+                        "to a square, ImageNet statistics (as the VLPL and CCD code)")
     p.add_argument("--preset", choices=sorted(PAPER_SETTINGS), help="the paper's tau/theta for this benchmark")
     p.add_argument("--tau", type=float, help=f"softmax temperature (default {_DEFAULTS.tau}, or the preset's)")
     p.add_argument("--theta", type=float, help=f"positive threshold (default {_DEFAULTS.theta}, or the preset's)")
@@ -63,13 +78,16 @@ def run(args: argparse.Namespace) -> int:
         raise SpmlError(f"--observed labels belong to the train split, not {split.name!r}", args.observed)
     observed = load_observed(data, args.observed) if args.observed else None
     templates = check_templates(args.template or DEFAULT_TEMPLATES)
-    vlm = load_vlm(args.vlm, args.vlm_checkpoint, args.vlm_config, device=args.device)
+    names = prompt_names(data.classes, args.names)
+    vlm = load_vlm(args.vlm, args.vlm_checkpoint, args.vlm_config, device=args.device,
+                   preprocessing=args.preprocess)
     scores = score_split(vlm, split, data.classes, templates, data.cache_dir, batch_size=args.batch_size,
-                         image_size=args.image_size, num_workers=args.workers)
-    cache = scores_cache(vlm, split, data.classes, templates, data.cache_dir, args.image_size)
+                         image_size=args.image_size, num_workers=args.workers, prompt_names=names)
+    cache = scores_cache(vlm, split, data.classes, templates, data.cache_dir, args.image_size, names)
     report = pseudo_label_diagnostics(scores, split.labels, settings.tau, settings.theta,
                                       settings.neg_fraction, observed=observed)
-    report.update(vlm=args.vlm, split=split.name, templates=templates, cache=str(cache.path),
+    report.update(vlm=args.vlm, preprocess=vlm.preprocess_identity["mode"], split=split.name,
+                  templates=templates, names=str(args.names), cache=str(cache.path),
                   observed=str(args.observed) if args.observed else None)
     for key in sorted(report):
         print(f"{key}: {_fmt(report[key])}")

@@ -53,7 +53,7 @@ from spml.data.observe import load_observed, simulate_observed
 from spml.errors import SpmlError
 from spml.losses import create as create_loss
 from spml.losses import get_loss_info
-from spml.metrics import map_report, mean_average_precision
+from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
@@ -578,6 +578,7 @@ class _Trainer:
                 "train_label_map": result.train_label_map,
                 "per_class_test_ap": test["per_class_ap"],
                 "skipped_classes": test["skipped_classes"],
+                "test_metrics": paper_metrics(scores, self.rm.split("test").labels),
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
                 "method": {"name": self.config.method, **self.hooks.summary()},
@@ -693,9 +694,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_dir: str | Path 
     """Reload a run's best weights and recompute mAP on ``split`` against its true labels.
 
     Returns:
-        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes"}``.
+        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes", "metrics"}``; ``metrics``
+        is :func:`spml.metrics.paper_metrics`.
     """
     run = load_run(run_dir, data_dir)
     scores = run.predict(split)
-    report = map_report(scores, run.run_model.split(split).labels)
-    return {"split": split, "best_epoch": run.best_epoch, **report.to_dict(run.run_model.data.classes)}
+    labels = run.run_model.split(split).labels
+    report = map_report(scores, labels)
+    return {"split": split, "best_epoch": run.best_epoch, **report.to_dict(run.run_model.data.classes),
+            "metrics": paper_metrics(scores, labels)}

@@ -1,7 +1,8 @@
 """Vision-language models: frozen open_clip models, prompt text embeddings, cached image/crop scores,
 VLPL pseudo-labels and their diagnostics, and a micro CLIP for offline tests (see docs/vlm.md)."""
 
-from spml.vlm.model import VLM, Preprocess, load_vlm, parse_spec
+from spml.vlm.model import PREPROCESSING_MODES, VLM, Preprocess, load_vlm, model_name_for, parse_spec
+from spml.vlm.names import prompt_names
 from spml.vlm.pseudolabels import (
     PAPER_SETTINGS,
     VlplSettings,
@@ -15,6 +16,7 @@ from spml.vlm.text import DEFAULT_TEMPLATES, check_classes, check_templates, tex
 __all__ = [
     "DEFAULT_TEMPLATES",
     "PAPER_SETTINGS",
+    "PREPROCESSING_MODES",
     "VLM",
     "Preprocess",
     "ScoreCache",
@@ -23,7 +25,9 @@ __all__ = [
     "check_templates",
     "load_score_cache",
     "load_vlm",
+    "model_name_for",
     "parse_spec",
+    "prompt_names",
     "pseudo_label_diagnostics",
     "score_images",
     "score_split",

@@ -13,10 +13,20 @@ A VLM is named by a *spec*:
 * ``open_clip:MODEL/none``: random weights (seeded, so always the same), for plumbing tests only;
   it never downloads anything.
 
-Images are preprocessed with the model's own settings (size, mean, std, interpolation, resize mode)
-as recorded by ``open_clip.create_model_and_transforms``, re-implemented on uint8 tensors so that
-crops (CCD) and decoded files go through one path. The released VLPL code normalised CLIP inputs
-with ImageNet statistics; spml does not.
+Weights trained with QuickGELU (all of OpenAI's, and the other tags open_clip marks ``quick_gelu``)
+always build the QuickGELU architecture, whatever name the spec gives: ``open_clip:ViT-L-14-336/openai``
+builds ``ViT-L-14-336-quickgelu`` (:func:`model_name_for` says which, without loading anything).
+open_clip itself only warns and builds the GELU model, whose features differ from the trained ones.
+
+Preprocessing modes (``preprocessing=``, :data:`PREPROCESSING_MODES`), re-implemented on uint8 tensors
+so that crops (CCD) and decoded files go through one path:
+
+* ``native``: the model's own settings (size, mean, std, interpolation, resize mode) as recorded by
+  ``open_clip.create_model_and_transforms``; for CLIPs that is a centre crop of the shorter side
+  with OpenAI's statistics;
+* ``squash``: the whole image resized to the model's square input, aspect ratio ignored, with
+  ImageNet statistics unless ``mean``/``std`` are given. Both references fed CLIP this way (VLPL:
+  448, then 336 inside CLIP's own transform; CCD: 640).
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ SPEC_PREFIX = "open_clip:"
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"  # open_clip's schemas: the model brings config and weights
 WEIGHTLESS_TAG = "none"
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+PREPROCESSING_MODES = ("native", "squash")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _LIST_HINT = "list valid names with: python -c \"import open_clip; print(open_clip.list_models())\""
 
 
@@ -130,6 +143,10 @@ class VlmSource:
     pretrained: str | None
     checkpoint: Path | None = None
     model_config: Path | None = None
+    quick_gelu: bool = False
+    preprocessing: str = "native"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -157,6 +174,19 @@ class VLM:
     def image_size(self) -> int:
         """Native input side in pixels (the larger side for a non-square model)."""
         return max(self.preprocess.size)
+
+    @property
+    def preprocess_identity(self) -> dict[str, Any]:
+        """What determines the pixels the model sees (mode name and every setting): a cache-key part."""
+        return {"mode": self.source.preprocessing, **self.preprocess.to_dict()}
+
+    def with_preprocessing(
+        self, mode: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+    ) -> VLM:
+        """Return this model (shared, not reloaded) with another preprocessing mode (see the module docstring)."""
+        source = replace(self.source, preprocessing=mode, mean=mean, std=std)
+        native = Preprocess.from_open_clip(self.model.visual.preprocess_cfg)
+        return replace(self, preprocess=preprocessing_for(native, mode, mean, std), source=source, _resized={})
 
     @property
     def logit_scale(self) -> float:
@@ -209,12 +239,61 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, tag or None
 
 
+def preprocessing_for(
+    native: Preprocess, mode: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+) -> Preprocess:
+    """Build the :class:`Preprocess` of ``mode`` from the model's ``native`` one (statistics overridable).
+
+    Raises:
+        SpmlError: Unknown mode, or statistics that are not three numbers with positive std.
+    """
+    if mode not in PREPROCESSING_MODES:
+        raise SpmlError(f"unknown VLM preprocessing {mode!r}; valid: {', '.join(PREPROCESSING_MODES)}")
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and (len(values) != 3 or (what == "std" and min(values) <= 0)):
+            raise SpmlError(f"VLM preprocessing {what} must be three numbers (std positive), got {list(values)}")
+    if mode == "squash":
+        native = replace(native, resize_mode="squash", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return replace(
+        native,
+        mean=tuple(float(v) for v in mean) if mean is not None else native.mean,
+        std=tuple(float(v) for v in std) if std is not None else native.std,
+    )
+
+
+def _quick_gelu_tag(name: str, tag: str | None) -> bool:
+    """Whether open_clip records the weights ``name``/``tag`` as trained with QuickGELU."""
+    if tag is None or tag == WEIGHTLESS_TAG or name.startswith((HF_HUB, LOCAL_DIR)):
+        return False
+    return bool((open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu", False))
+
+
+def model_name_for(spec: str) -> str:
+    """Return the open_clip architecture :func:`load_vlm` builds for ``spec``, without loading anything.
+
+    Weights trained with QuickGELU map to the ``-quickgelu`` architecture (``open_clip:ViT-L-14-336/openai``
+    -> ``ViT-L-14-336-quickgelu``); where open_clip has no such name the model keeps its name and is
+    built with ``force_quick_gelu``. Other specs (and ``hf-hub:``/``local-dir:`` models, whose config
+    says which activation they use) return the spec's own model name.
+    """
+    name, tag = parse_spec(spec)
+    if not _quick_gelu_tag(name, tag) or name.endswith("-quickgelu"):
+        return name
+    candidate = f"{name}-quickgelu"
+    if candidate in open_clip.list_models() and tag in open_clip.list_pretrained_tags_by_model(candidate):
+        return candidate
+    return name
+
+
 def load_vlm(
     spec: str,
     checkpoint: str | Path | None = None,
     model_config: str | Path | None = None,
     device: str | torch.device = "cpu",
     image_size: int | None = None,
+    preprocessing: str = "native",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> VLM:
     """Load a frozen open_clip model with its preprocessing and tokenizer (see the module docstring).
 
@@ -226,11 +305,16 @@ def load_vlm(
             architecture open_clip does not ship; its file name must be ``MODEL.json``.
         device: Torch device.
         image_size: Input side other than the native one (see :meth:`VLM.at_size`).
+        preprocessing: ``native`` or ``squash`` (see the module docstring).
+        mean: Normalisation mean replacing the mode's.
+        std: Normalisation std replacing the mode's.
 
     Raises:
-        SpmlError: Unknown model or tag, missing files, weights that cannot be downloaded.
+        SpmlError: Unknown model, tag or preprocessing mode, missing files, weights that cannot be
+            downloaded.
     """
     name, tag = parse_spec(spec)
+    preprocessing_for(Preprocess((1, 1), (0.0,) * 3, (1.0,) * 3), preprocessing, mean, std)  # fail before loading
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if tag is not None:
@@ -261,7 +345,11 @@ def load_vlm(
                 f"unknown pretrained tag {tag!r} for {name}; valid: {', '.join(tags) or 'none'} "
                 "(all pairs: open_clip.list_pretrained())"
             )
-    source = VlmSource(spec=spec, model_name=name, pretrained=tag, checkpoint=checkpoint, model_config=model_config)
+    source = VlmSource(
+        spec=spec, model_name=model_name_for(spec), pretrained=tag, checkpoint=checkpoint,
+        model_config=model_config, quick_gelu=_quick_gelu_tag(name, tag), preprocessing=preprocessing,
+        mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+    )
     return _load(source, torch.device(device), image_size=image_size)
 
 
@@ -314,6 +402,7 @@ def _missing_weights_message(source: VlmSource) -> str:
     return (
         f"weights for {source.spec} are not available offline (missing {where}); fetch that file where "
         f"there is network and pass --vlm open_clip:{source.model_name} --vlm-checkpoint FILE"
+        + (" (the -quickgelu name keeps the activation these weights were trained with)" if source.quick_gelu else "")
     )
 
 
@@ -321,6 +410,8 @@ def _load(source: VlmSource, device: torch.device, image_size: int | None) -> VL
     weightless = source.pretrained == WEIGHTLESS_TAG
     pretrained = str(source.checkpoint) if source.checkpoint is not None else source.pretrained
     kwargs: dict[str, Any] = {"force_image_size": image_size} if image_size is not None else {}
+    if source.quick_gelu:  # needed only where open_clip has no -quickgelu name; harmless otherwise
+        kwargs["force_quick_gelu"] = True
     # open_clip logs every missing-weights / random-init decision as a warning; spml reports its own.
     factory_log = logging.getLogger()
     level = factory_log.level
@@ -351,7 +442,9 @@ def _load(source: VlmSource, device: torch.device, image_size: int | None) -> VL
     tokenizer = open_clip.get_tokenizer(source.model_name)
     return VLM(
         model=model,
-        preprocess=Preprocess.from_open_clip(model.visual.preprocess_cfg),
+        preprocess=preprocessing_for(
+            Preprocess.from_open_clip(model.visual.preprocess_cfg), source.preprocessing, source.mean, source.std
+        ),
         tokenizer=tokenizer,
         identity=_identity(source),
         device=device,

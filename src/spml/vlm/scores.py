@@ -103,6 +103,7 @@ def scores_cache(
     templates: Sequence[str],
     cache_root: str | Path,
     image_size: int | None = None,
+    prompt_names: Sequence[str] | None = None,
 ) -> ArrayCache:
     """The (possibly not yet built) score cache of ``split`` for these settings."""
     _check_size(image_size)
@@ -118,6 +119,10 @@ def scores_cache(
         "num_images": len(split),
         "views": list(VIEWS),
     }
+    if prompt_names is not None and len(prompt_names) != len(classes):
+        raise SpmlError(f"{len(prompt_names)} prompt names for {len(classes)} classes")
+    if prompt_names is not None and list(prompt_names) != list(classes):  # raw names keep their old keys
+        material["prompt_names"] = check_classes(prompt_names)
     return ArrayCache(cache_root, f"vlm-scores-{split.name}", material)
 
 
@@ -132,6 +137,7 @@ def score_split(
     image_size: int | None = None,
     num_workers: int = 2,
     chunk_size: int = 512,
+    prompt_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Score every image of ``split`` and its mirror once; return the memory-mapped float16 ``N x 2 x L``.
 
@@ -146,6 +152,8 @@ def score_split(
         image_size: Input side if not the native one (see the module docstring).
         num_workers: DataLoader processes decoding images.
         chunk_size: Images per resumable chunk.
+        prompt_names: Names that fill the templates (:func:`spml.vlm.names.prompt_names`), one per
+            class; None uses ``classes``.
     """
     if batch_size < 1 or chunk_size < 1 or num_workers < 0:
         raise SpmlError(f"batch size, chunk size must be positive and workers >= 0 (got {batch_size}, {chunk_size}, {num_workers})")
@@ -154,11 +162,12 @@ def score_split(
     if device is not None and torch.device(device) != vlm.device:
         vlm.model.to(device)
         vlm.device = torch.device(device)
-    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size)
+    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size, prompt_names)
     if cache.exists():
         return cache.load()[SCORES]
     model = vlm if image_size is None else vlm.at_size(image_size)
-    text = _text_tensor(model, text_embeddings(model, classes, templates, cache_root))
+    words = classes if prompt_names is None else prompt_names
+    text = _text_tensor(model, text_embeddings(model, words, templates, cache_root))
     dataset = _ImageFiles(split.images, model.preprocess)
 
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ FORMATS: dict[str, FormatInfo] = {
         FormatInfo("voc2007", "PASCAL VOC 2007 (VOCdevkit): trainval pool, test set", read_voc2007),
         FormatInfo("voc2012", "PASCAL VOC 2012 (VOCdevkit): train pool, val as test set", read_voc2012),
         FormatInfo("coco2014", "MS-COCO 2014 instances: train2014 pool, val2014 as test set", read_coco2014),
-        FormatInfo("nuswide", "NUS-WIDE curated 150k/60k release (formatted_*.npy + Flickr/)", read_nuswide),
+        FormatInfo("nuswide", "NUS-WIDE: Cole et al.'s 2020 re-crawl (formatted_*.npy) or the official release (ImageList/), + Flickr/", read_nuswide),
         FormatInfo("cub", "CUB-200-2011, 312 attributes, official train/test split", read_cub),
         FormatInfo("yolo", "YOLO detection layout (data.yaml, images/, labels/)", read_yolo),
         FormatInfo("csv", "train.csv / test.csv with 'path,labels' rows", read_csv),

@@ -1,17 +1,32 @@
-"""NUS-WIDE, the curated release (150,000 train / 60,260 test) used by the EM and VLPL papers.
+"""NUS-WIDE: the 2020 re-crawl formatted by Cole et al., or the official release.
 
-That release (distributed by the authors of "Acknowledging the Unknown", Zhou et al. 2022) is the
-``Flickr/`` image folder of the official NUS-WIDE download plus four formatted NumPy files::
+Two releases exist and the papers used different ones; ``spml prepare nuswide`` reads whichever
+``--raw`` holds and says which (the first line of its warnings, and ``manifest.json["warnings"]``).
+
+*Cole et al.'s 2020 re-crawl* (the SPML benchmark of Cole et al. 2021, also used by VLPL): the
+``Flickr/`` image folder plus four NumPy files published with their code (the subset of images that
+could still be crawled in 2020, about 150,000 train / 60,000 test)::
 
     Flickr/<relative path>            images
     formatted_train_images.npy        N strings: image paths relative to Flickr/ (the train pool)
     formatted_train_labels.npy        N x 81 0/1 labels
     formatted_val_images.npy          the test set (named "val" in that release)
     formatted_val_labels.npy
-    Concepts81.txt                    optional: the 81 concept names in column order
 
-Without ``Concepts81.txt`` the columns are the 81 concepts in alphabetical order, the order of the
-official concept list used to build the release.
+*The official release* (NUS-WIDE, 161,789 train / 107,859 test; EM+APL used it)::
+
+    Flickr/<relative path>                                   images
+    ImageList/TrainImagelist.txt                             image paths (backslash separators allowed)
+    ImageList/TestImagelist.txt
+    Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 per image of the list
+    Groundtruth/TrainTestLabels/Labels_<concept>_Test.txt
+
+Both: ``Concepts81.txt`` (optional) or ``--classes FILE`` gives the 81 concept names in column
+order (for the official release: the names in the label file names); without it the columns are
+the 81 concepts in alphabetical order, the order of the official concept list. Images without any
+label are dropped from the train pool by ``spml prepare`` (as for every format), not from the test
+set. A label value other than 0/1 in an official label file (``Labels_lake_Train.txt`` holds one)
+counts as absent and is reported as a warning.
 """
 
 from __future__ import annotations
@@ -27,12 +42,15 @@ from spml.data.formats.base import (
     check_images_exist,
     image_path,
     read_class_list,
+    read_lines,
     require_dir,
     require_file,
 )
-from spml.data.labels import TRUE_DTYPE
+from spml.data.labels import PRESENT, TRUE_DTYPE
 from spml.errors import SpmlError
 
+RECRAWL = "Cole et al.'s 2020 re-crawl (formatted_*.npy)"
+OFFICIAL = "the official NUS-WIDE release (ImageList/ + Groundtruth/TrainTestLabels/)"
 NUSWIDE_CONCEPTS = (
     "airport", "animal", "beach", "bear", "birds", "boats", "book", "bridge", "buildings", "cars",
     "castle", "cat", "cityscape", "clouds", "computer", "coral", "cow", "dancing", "dog", "earthquake",
@@ -72,14 +90,68 @@ def read_nuswide_split(raw: Path, name: str, num_classes: int, options: FormatOp
     return RawSplit(images=images, labels=labels.astype(TRUE_DTYPE))
 
 
+def read_official_split(
+    raw: Path, which: str, classes: list[str], warnings: list[str], options: FormatOptions
+) -> RawSplit:
+    """Images of ``ImageList/<which>Imagelist.txt`` with labels from ``Labels_<concept>_<which>.txt``."""
+    list_file = raw / "ImageList" / f"{which}Imagelist.txt"
+    names = [line.replace("\\", "/") for line in read_lines(list_file, "image list")]
+    labels = np.zeros((len(names), len(classes)), dtype=TRUE_DTYPE)
+    for j, concept in enumerate(classes):
+        labels_file = raw / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_{which}.txt"
+        lines = read_lines(labels_file, "label file")
+        if len(lines) != len(names):
+            raise SpmlError(f"has {len(lines)} labels for the {len(names)} images of {list_file.name}", labels_file)
+        try:
+            values = np.array([int(v) for v in lines])
+        except ValueError:
+            bad = next(n for n, v in enumerate(lines, start=1) if not v.lstrip("-").isdigit())
+            raise SpmlError(f"line {bad} is not an integer label: {lines[bad - 1]!r}", labels_file) from None
+        odd = np.flatnonzero((values != 0) & (values != 1))
+        if len(odd):
+            warnings.append(
+                f"{labels_file}: {len(odd)} label(s) neither 0 nor 1 counted absent (first: line {odd[0] + 1}, "
+                f"{values[odd[0]]})"
+            )
+        labels[values == 1, j] = PRESENT
+    flickr = require_dir(raw / "Flickr", "image folder")
+    images = [image_path(flickr, n, raw, list_file, options) for n in names]
+    check_images_exist(images, list_file)
+    return RawSplit(images=images, labels=labels)
+
+
+def nuswide_release(raw: Path) -> str:
+    """Which release ``raw`` holds: :data:`RECRAWL` or :data:`OFFICIAL`.
+
+    Raises:
+        SpmlError: Neither or both.
+    """
+    recrawl = (raw / "formatted_train_images.npy").is_file()
+    official = (raw / "ImageList" / "TrainImagelist.txt").is_file()
+    if recrawl and official:
+        raise SpmlError(
+            "holds both NUS-WIDE releases (formatted_*.npy and ImageList/); point --raw at a folder with one", raw
+        )
+    if not (recrawl or official):
+        raise SpmlError(
+            "holds no NUS-WIDE release: expected formatted_train_images.npy (Cole et al.'s 2020 re-crawl) "
+            "or ImageList/TrainImagelist.txt (the official release)",
+            raw,
+        )
+    return RECRAWL if recrawl else OFFICIAL
+
+
 def read_nuswide(raw: Path, options: FormatOptions) -> RawDataset:
-    """The curated NUS-WIDE release: formatted train = train pool, formatted val = test set."""
+    """NUS-WIDE, either release (see the module docstring): its train pool and test set."""
     require_dir(raw, "raw folder")
+    release = nuswide_release(raw)
     concepts_file = options.classes_file or raw / "Concepts81.txt"
     classes = read_class_list(concepts_file) if concepts_file.is_file() else list(NUSWIDE_CONCEPTS)
-    return RawDataset(
-        root=raw.resolve(),
-        classes=classes,
-        pool=read_nuswide_split(raw, "train", len(classes), options),
-        test=read_nuswide_split(raw, "val", len(classes), options),
-    )
+    warnings = [f"reading {release}"]
+    if release == RECRAWL:
+        pool = read_nuswide_split(raw, "train", len(classes), options)
+        test = read_nuswide_split(raw, "val", len(classes), options)
+    else:
+        pool = read_official_split(raw, "Train", classes, warnings, options)
+        test = read_official_split(raw, "Test", classes, warnings, options)
+    return RawDataset(root=raw.resolve(), classes=classes, pool=pool, test=test, warnings=warnings)
