@@ -13,7 +13,8 @@ import sys
 from spml import __version__
 from spml.errors import SpmlError
 
-COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip")
+COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip",
+            "predict", "export", "report", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

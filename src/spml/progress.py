@@ -1,0 +1,59 @@
+"""Progress reporting a person can read: bars on a terminal, plain lines in a file or pipe.
+
+``tqdm`` bars redraw with carriage returns and cursor escapes: fine on a terminal, noise in a log
+file. :func:`progress` shows a bar only when stderr is a terminal and :func:`set_quiet` is off;
+otherwise it iterates silently, and :func:`log` writes one plain line (per epoch, per grid run) to
+stderr, nothing when quiet. mAP is always a fraction in [0, 1], as in ``results.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+_state = {"quiet": False}
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence progress bars and :func:`log` lines (``--quiet``); errors are still printed."""
+    _state["quiet"] = bool(quiet)
+
+
+def is_quiet() -> bool:
+    """Whether :func:`set_quiet` silenced progress output."""
+    return _state["quiet"]
+
+
+def bars_enabled() -> bool:
+    """Bars only on an interactive terminal and when not quiet."""
+    return not _state["quiet"] and sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    """``iterable`` with a tqdm bar on a terminal; the bare iterable in a file, a pipe or when quiet."""
+    if not bars_enabled():
+        yield from iterable
+        return
+    yield from tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def log(message: str) -> None:
+    """One plain line on stderr (above any bar on a terminal); nothing when quiet."""
+    if _state["quiet"]:
+        return
+    if bars_enabled():
+        tqdm.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def format_map(value: float | None) -> str:
+    """An mAP as the fraction it is everywhere in spml (``0.4213``); ``n/a`` when undefined."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.4f}"
