@@ -8,6 +8,7 @@ stderr, nothing when quiet. mAP is always a fraction in [0, 1], as in ``results.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -54,6 +55,6 @@ def log(message: str) -> None:
 
 def format_map(value: float | None) -> str:
     """An mAP as the fraction it is everywhere in spml (``0.4213``); ``n/a`` when undefined."""
-    if value is None or value != value:
+    if value is None or math.isnan(value):
         return "n/a"
     return f"{value:.4f}"
