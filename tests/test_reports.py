@@ -131,3 +131,23 @@ def test_report_renders_in_chromium(runs: Path, tmp_path: Path) -> None:
     found = probe(report, tmp_path)
     assert found == {"images": len(images_of(report)), "broken": [], "errors": []}
     screenshot(report, tmp_path / "report.png")
+
+
+@pytest.mark.slow
+def test_vlpl_figures_and_tau_theta_heatmap(micro_clip, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from subsets import scored_single_positive_copy
+
+    data_dir = scored_single_positive_copy(micro_clip, tmp_path / "data", 96, 32)
+    grid = tmp_path / "grid"
+    settings = ["device=cpu", "image_size=32", "epochs=2", "lr=0.003", "batch_size=32", "method=vlpl", "loss=vlpl",
+                "observed=single-positive-seed0.npy"]
+    argv = ["grid", str(data_dir), "--axis", "method_params.tau=0.03,0.1", "--axis", "method_params.theta=0.3,0.5"]
+    assert main([*argv, *(a for s in settings for a in ("--set", s)), "--out", str(grid)]) == 0
+    run = next(p for p in sorted(grid.iterdir()) if (p / "results.json").is_file())
+    assert main(["report", str(run)]) == 0
+    figures = images_of(run / "report.html")
+    assert "VLPL pseudo-label quality (train split)" in figures and "VLPL grid: val mAP over tau x theta" in figures
+    capsys.readouterr()
+    assert main(["compare", str(grid)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 4 and rows[0].startswith("| method_params.tau=0.03, method_params.theta=0.3 |")
