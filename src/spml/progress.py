@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -35,12 +35,15 @@ def bars_enabled() -> bool:
     return not _state["quiet"] and sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    """``iterable`` with a tqdm bar on a terminal; the bare iterable in a file, a pipe or when quiet."""
-    if not bars_enabled():
-        yield from iterable
-        return
-    yield from tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+    """A ``tqdm`` over ``iterable`` (same keyword arguments) drawn only on a terminal.
+
+    In a file, a pipe or when quiet the bar is disabled: tqdm then iterates silently, and
+    ``set_postfix`` / ``close`` do nothing, so call sites need no branch of their own.
+    """
+    disable = bool(kwargs.pop("disable", False)) or not bars_enabled()
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, disable=disable, **kwargs)
 
 
 def log(message: str) -> None:

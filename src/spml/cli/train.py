@@ -79,8 +79,8 @@ def config_from_args(args: argparse.Namespace, data_dir: Path, extra: Sequence[s
 
 def print_result(result: RunResult) -> None:
     print(
-        f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {100 * result.val_map:.2f}, "
-        f"test mAP {100 * result.test_map:.2f}, train-label mAP {100 * result.train_label_map:.2f} "
+        f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {result.val_map:.4f}, "
+        f"test mAP {result.test_map:.4f}, train-label mAP {result.train_label_map:.4f} "
         f"-> {result.run_dir / 'results.json'}"
     )
 

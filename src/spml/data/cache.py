@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from tqdm.auto import tqdm
 
 from spml.data.atomic import save_npy, write_json
 from spml.errors import SpmlError
+from spml.progress import progress
 
 
 def hash_material(material: Mapping[str, Any]) -> str:
@@ -111,7 +111,7 @@ class ArrayCache:
             mode = "r+" if file.is_file() else "w+"
             arrays[name] = open_memmap(file, mode=mode, dtype=np.dtype(dtype), shape=tuple(shape))
         todo = np.flatnonzero(~done)
-        for chunk in tqdm(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
+        for chunk in progress(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
             start, stop = int(chunk) * chunk_size, min(n_rows, (int(chunk) + 1) * chunk_size)
             values = compute(start, stop)
             for name, arr in arrays.items():

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from spml import __version__
 from spml.data.atomic import atomic_dir
@@ -21,6 +20,7 @@ from spml.data.formats import FormatOptions, get_format
 from spml.data.labels import TRUE_DTYPE
 from spml.data.layout import write_prepared
 from spml.errors import SpmlError
+from spml.progress import progress
 
 DEFAULT_SEED = 1200  # Cole et al.'s split seed
 DEFAULT_VAL_FRACTION = 0.2
@@ -57,8 +57,8 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 def verify_images(images: list[Path], desc: str = "verify") -> None:
-    """Decode every image (tqdm bar); SpmlError naming the first that does not decode."""
-    for image in tqdm(images, desc=desc, unit="img"):
+    """Decode every image (a bar on a terminal); SpmlError naming the first that does not decode."""
+    for image in progress(images, desc=desc, unit="img"):
         load_image(image)
 
 
