@@ -27,7 +27,7 @@ _PROBE = (
 def _chromium(*args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--no-first-run"]
     env = {**os.environ, "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([CHROMIUM, *flags, *args], check=False, capture_output=True, text=True, timeout=120, env=env)
 
 
 def probe(html: Path, work: Path) -> dict:
@@ -42,7 +42,7 @@ def probe(html: Path, work: Path) -> dict:
     copy = work / f"probe-{html.name}"
     copy.write_text(text)
     done = _chromium("--virtual-time-budget=10000", "--dump-dom", copy.resolve().as_uri())
-    found = re.search(r'<pre id="spml-probe">(.*?)</pre>', done.stdout, re.S)
+    found = re.search(r'<pre id="spml-probe">(.*?)</pre>', done.stdout, re.DOTALL)
     if found is None:
         raise AssertionError(f"the probe did not run; chromium said: {done.stderr[-2000:]}")
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))

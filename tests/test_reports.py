@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from chromium import CHROMIUM, SKIP_REASON, probe, screenshot
 
-import spml.methods.ccd as ccd
 from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
+from spml.methods import ccd
 from spml.reports import compare_runs, find_runs, format_table
 from spml.training import load_config, train
 

@@ -8,14 +8,10 @@ stderr, nothing when quiet. mAP is always a fraction in [0, 1], as in ``results.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterable
-from typing import Any, TypeVar
 
 from tqdm import tqdm
-
-T = TypeVar("T")
 
 _state = {"quiet": False}
 
@@ -25,17 +21,12 @@ def set_quiet(quiet: bool) -> None:
     _state["quiet"] = bool(quiet)
 
 
-def is_quiet() -> bool:
-    """Whether :func:`set_quiet` silenced progress output."""
-    return _state["quiet"]
-
-
 def bars_enabled() -> bool:
     """Bars only on an interactive terminal and when not quiet."""
     return not _state["quiet"] and sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+def progress(iterable: Iterable | None = None, **kwargs: object) -> tqdm:
     """A ``tqdm`` over ``iterable`` (same keyword arguments) drawn only on a terminal.
 
     In a file, a pipe or when quiet the bar is disabled: tqdm then iterates silently, and
@@ -55,9 +46,3 @@ def log(message: str) -> None:
     else:
         print(message, file=sys.stderr, flush=True)
 
-
-def format_map(value: float | None) -> str:
-    """An mAP as the fraction it is everywhere in spml (``0.4213``); ``n/a`` when undefined."""
-    if value is None or math.isnan(value):
-        return "n/a"
-    return f"{value:.4f}"
