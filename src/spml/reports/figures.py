@@ -120,9 +120,11 @@ def heatmap(matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], row_na
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set(xlabel=col_name, ylabel=row_name, title=title)
+    low, high = np.nanmin(matrix), np.nanmax(matrix)
     for (i, j), v in np.ndenumerate(matrix):
         if not math.isnan(v):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white", fontsize=8)
+            bright = high > low and (v - low) / (high - low) > 0.6  # viridis turns yellow: dark text there
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if bright else "white", fontsize=8)
     if mark is not None:
         ax.add_patch(Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     return fig
