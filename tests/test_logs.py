@@ -54,3 +54,24 @@ def test_quiet_prints_only_the_result(data: Path, tmp_path: Path, capsys: pytest
     assert captured.err == ""
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert captured.out.startswith("best epoch") and f"test mAP {results['test_map']:.4f}" in captured.out
+
+
+def test_tensorboard_logs_every_epoch(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="optional extra spml[tensorboard] not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["train", str(data), *TINY, "--quiet", "--log", "tensorboard", "--out", str(tmp_path / "run")]) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    val = events.Scalars("val_map")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in val] == [1, 2]
+    assert [e.value for e in val] == pytest.approx([m["val_map"] for m in metrics])
+
+
+def test_tensorboard_missing_is_one_line(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    assert main(["train", str(data), *TINY, "--log", "tensorboard", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'spml[tensorboard]'" in err
+    assert not (tmp_path / "run" / "results.json").exists()

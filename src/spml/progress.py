@@ -9,11 +9,16 @@ stderr, nothing when quiet. mAP is always a fraction in [0, 1], as in ``results.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 _state = {"quiet": False}
+# Called with (run folder, epoch record) after every epoch: optional loggers such as TensorBoard.
+EpochListener = Callable[[Path, dict[str, Any]], None]
+_listeners: list[EpochListener] = []
 
 
 def set_quiet(quiet: bool) -> None:
@@ -46,3 +51,31 @@ def log(message: str) -> None:
     else:
         print(message, file=sys.stderr, flush=True)
 
+
+
+def add_epoch_listener(listener: EpochListener) -> None:
+    """Call ``listener(run_dir, record)`` after every epoch of every run until removed."""
+    _listeners.append(listener)
+
+
+def remove_epoch_listener(listener: EpochListener) -> None:
+    """Stop calling ``listener``."""
+    _listeners.remove(listener)
+
+
+def epoch_done(run_dir: Path, record: dict[str, Any], total_epochs: int) -> None:
+    """Report a finished epoch: one line (mAP as fractions), then the epoch listeners.
+
+    Args:
+        run_dir: The run folder.
+        record: The epoch's ``metrics.jsonl`` record (epoch, phase, train_loss, val_map,
+            train_label_map, seconds, best...).
+        total_epochs: Epochs of the whole run, for ``epoch 3/10``.
+    """
+    log(
+        f"epoch {record['epoch']}/{total_epochs} {record['phase']}: loss {record['train_loss']:.4f}  "
+        f"val mAP {record['val_map']:.4f}  train-label mAP {record['train_label_map']:.4f}  "
+        f"({record['seconds']:.1f} s){'  *best*' if record.get('best') else ''}"
+    )
+    for listener in list(_listeners):
+        listener(Path(run_dir), record)

@@ -53,7 +53,7 @@ from spml.losses import create as create_loss
 from spml.losses import get_loss_info
 from spml.metrics import map_report, mean_average_precision
 from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
-from spml.progress import log, progress
+from spml.progress import epoch_done, log, progress
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
 from spml.training.feature_rows import FeatureRows
@@ -539,10 +539,7 @@ class _Trainer:
         }
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
-        log(
-            f"epoch {epoch}/{self.config.total_epochs} {phase.name}: loss {train_loss:.4f}  val mAP {val_map:.4f}  "
-            f"train-label mAP {train_label_map:.4f}  ({record['seconds']:.1f} s){'  *best*' if is_best else ''}"
-        )
+        epoch_done(self.run_dir, record, self.config.total_epochs)
         return record
 
     def _metrics_upto(self, next_epoch: int) -> list[dict[str, Any]]:
