@@ -77,5 +77,5 @@ def epoch_done(run_dir: Path, record: dict[str, Any], total_epochs: int) -> None
         f"val mAP {record['val_map']:.4f}  train-label mAP {record['train_label_map']:.4f}  "
         f"({record['seconds']:.1f} s){'  *best*' if record.get('best') else ''}"
     )
-    for listener in list(_listeners):
+    for listener in list(_listeners):  # a copy: a listener may remove itself
         listener(Path(run_dir), record)
