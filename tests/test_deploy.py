@@ -71,7 +71,7 @@ def test_export_travels_without_its_data_folder(run_dir: Path, tmp_path: Path, c
     capsys.readouterr()
     assert main(["export", str(run_dir), "--out", str(tmp_path / "model")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "model")
-    for f in (tmp_path / "model").iterdir():
+    for f in [*(tmp_path / "model").iterdir(), *(p for p in run_dir.iterdir() if p.is_file())]:
         assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f  # readable by others, as a normal file
     document = json.loads((tmp_path / "model" / "model.json").read_text())
     assert document["classes"] == data.classes and len(document["thresholds"]) == 6
@@ -126,3 +126,14 @@ def test_bad_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["predict", str(tmp_path), str(tmp_path / "img.jpg")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "neither an export folder" in err
+
+
+def test_finetuned_query2label_run_exports_whole_model(run_dir: Path, tmp_path: Path) -> None:
+    data = json.loads((run_dir / "run.json").read_text())["data_dir"]
+    config = load_config(None, [*TINY, "regime=finetune", "epochs=1", "head=query2label"])
+    train(data, config, tmp_path / "ft")
+    expected = load_run(tmp_path / "ft").predict("test")[:4]
+    assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "model")]) == 0
+    model = spml.load(tmp_path / "model", device="cpu")
+    assert model.architecture["head"] == "query2label"
+    np.testing.assert_allclose(model.predict(PreparedData.open(data).split("test").images[:4]), expected, atol=1e-5)
