@@ -45,12 +45,12 @@ def test_train_linear_evaluate_and_reproduce_from_config(
     assert run("train", data, "--config", cfg, *TINY, "--set", "loss_params.ls_coef=0.2", "--out", tmp_path / "a") == 0
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert f"test mAP {100 * results['test_map']:.2f}" in out
+    assert f"test mAP {results['test_map']:.4f}" in out
 
     assert run("evaluate", tmp_path / "a") == 0
     out = capsys.readouterr().out
-    assert f"test mAP {100 * results['test_map']:.2f}" in out
-    assert f"cf1 {100 * results['test_metrics']['cf1']:.2f}" in out and "r@5 " in out
+    assert f"test mAP {results['test_map']:.4f}" in out
+    assert f"cf1 {results['test_metrics']['cf1']:.4f}" in out and "r@5 " in out
 
     # The written config alone reproduces the run.
     assert run("train", data, "--config", tmp_path / "a" / "config.yaml", "--out", tmp_path / "b") == 0
@@ -61,7 +61,7 @@ def test_train_linear_evaluate_and_reproduce_from_config(
     # Resuming a finished run just reports it.
     capsys.readouterr()
     assert run("train", "--resume", tmp_path / "a") == 0
-    assert f"test mAP {100 * results['test_map']:.2f}" in capsys.readouterr().out
+    assert f"test mAP {results['test_map']:.4f}" in capsys.readouterr().out
 
 
 def test_train_finetune_and_linear_init_from_cli(data: Path, tmp_path: Path) -> None:

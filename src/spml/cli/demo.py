@@ -102,7 +102,7 @@ def train_linear_probes(ctx: DemoContext) -> None:
         rows.append((name, result))
     print("linear probe on EfficientNet-Lite0 features (test mAP at the best val epoch):")
     for name, r in rows:
-        print(f"  {name:18s} test mAP {100 * r.test_map:6.2f}   train-label mAP {100 * r.train_label_map:6.2f}   (epoch {r.best_epoch})")
+        print(f"  {name:18s} test mAP {r.test_map:.4f}   train-label mAP {r.train_label_map:.4f}   (epoch {r.best_epoch})")
 
 
 STEPS: list[Callable[[DemoContext], None]] = [

@@ -13,14 +13,14 @@ def _run(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run_dir, args.split, args.data)
     skipped = report["skipped_classes"]
     print(
-        f"{args.split} mAP {100 * report['map']:.2f} (best epoch {report['best_epoch']}, "
+        f"{args.split} mAP {report['map']:.4f} (best epoch {report['best_epoch']}, "
         f"{len(report['per_class_ap'])} classes, {len(skipped)} without positives skipped"
         f"{': ' + ', '.join(skipped) if skipped else ''})"
     )
-    print("  ".join(f"{k} {100 * v:.2f}" for k, v in report["metrics"].items()))
+    print("  ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()))
     if args.per_class:
         for name, ap in report["per_class_ap"].items():
-            print(f"  {name:30s} {'-' if ap is None else f'{100 * ap:.2f}'}")
+            print(f"  {name:30s} {'-' if ap is None else f'{ap:.4f}'}")
     return 0
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from spml.cli.train import resolve_config_path, add_config_arguments, config_from_args
 from spml.errors import SpmlError
+from spml.reports.tensorboard import epoch_logging
 from spml.training.config import GRID_SECTION, read_yaml
 from spml.training.grid import run_grid
 
@@ -63,7 +64,8 @@ def _run(args: argparse.Namespace) -> int:
             "give at least one axis: --lr, --batch-size, --threshold, --axis key=v1,v2 or a config with a grid: section"
         )
     base = config_from_args(args, args.data_dir)
-    result = run_grid(args.data_dir, base, axes, args.out)
+    with epoch_logging(args.log):
+        result = run_grid(args.data_dir, base, axes, args.out)
     print((args.out / "results.md").read_text(), end="")
     if result.selected is None:
         raise SpmlError("every run of the grid diverged", args.out)

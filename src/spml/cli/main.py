@@ -13,8 +13,10 @@ import sys
 from spml import __version__
 from spml.data.atomic import disk_error
 from spml.errors import SpmlError
+from spml.progress import set_quiet
 
-COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip")
+COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip",
+            "predict", "export", "report", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,11 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"spml.cli.{name}").register(sub)
+    for command in sub.choices.values():
+        command.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (errors still print)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_quiet(args.quiet)
     try:
         return int(args.func(args) or 0)
     except SpmlError as err:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import spml.methods  # noqa: F401  (registers the methods behind --method)
 from spml.errors import SpmlError
+from spml.reports.tensorboard import epoch_logging
 from spml.training import TrainConfig, get_method, list_methods, load_config, resume, shipped_config, train
 from spml.training.config import FULL_OBSERVED, default_config_path
 from spml.training.engine import RunResult
@@ -41,6 +42,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", help=f"training method ({', '.join(list_methods())}); same as --set method=NAME"
     )
     parser.add_argument("--teacher", metavar="RUN_DIR", help="pseudo-multilabel: the finished teacher run")
+    parser.add_argument(
+        "--log", choices=("tensorboard",), help="also log every epoch to RUN_DIR/tensorboard (pip install 'spml[tensorboard]')"
+    )
 
 
 def resolve_config_path(value: str | None) -> Path | None:
@@ -79,8 +83,8 @@ def config_from_args(args: argparse.Namespace, data_dir: Path, extra: Sequence[s
 
 def print_result(result: RunResult) -> None:
     print(
-        f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {100 * result.val_map:.2f}, "
-        f"test mAP {100 * result.test_map:.2f}, train-label mAP {100 * result.train_label_map:.2f} "
+        f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {result.val_map:.4f}, "
+        f"test mAP {result.test_map:.4f}, train-label mAP {result.train_label_map:.4f} "
         f"-> {result.run_dir / 'results.json'}"
     )
 
@@ -89,14 +93,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config or args.overrides or args.method or args.teacher or args.threshold is not None:
             raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--set/--method")
-        print_result(resume(args.resume, args.data_dir))
+        with epoch_logging(args.log):
+            print_result(resume(args.resume, args.data_dir))
         return 0
     if args.data_dir is None or args.out is None:
         raise SpmlError("give DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
     extra = [] if args.threshold is None else [f"method_params.threshold={args.threshold}"]
     config = config_from_args(args, Path(args.data_dir), extra)
     try:
-        print_result(train(args.data_dir, config, args.out))
+        with epoch_logging(args.log):
+            print_result(train(args.data_dir, config, args.out))
     except KeyboardInterrupt:
         print(f"interrupted; continue with: spml train --resume {args.out}")
         raise

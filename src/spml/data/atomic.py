@@ -61,11 +61,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates owner-only files; results are meant to be shared like any file the user writes.
-    tmp_path.chmod(0o666 & ~_umask())
     try:
         with disk_errors(target):
             yield tmp_path
+            # mkstemp (and writers that recreate the file, like safetensors) leave owner-only files;
+            # results are meant to be shared like any file the user writes.
+            tmp_path.chmod(0o666 & ~_umask())
             os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from spml.progress import progress
 
 from spml.data.atomic import disk_errors, save_npy, write_json
 from spml.errors import SpmlError
@@ -304,7 +304,7 @@ class ArrayCache:
                 fd, offset = self._array_file(name, tuple(shape), dtype)
                 files[name] = (fd, offset, tuple(shape), dtype)
             todo = np.flatnonzero(~done)
-            for chunk in tqdm(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
+            for chunk in progress(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
                 start, stop = int(chunk) * chunk_size, min(n_rows, (int(chunk) + 1) * chunk_size)
                 values = compute(start, stop)
                 for name, (fd, offset, shape, dtype) in files.items():

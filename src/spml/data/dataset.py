@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
-from tqdm.auto import tqdm
+from spml.progress import progress
 
 from spml.data.labels import OBSERVED_DTYPE, check_observed
 from spml.data.layout import Split
@@ -120,7 +120,7 @@ def verify_images(images: Sequence[Path], max_pixels: int = MAX_PIXELS, desc: st
             [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
         )
         current, error = None, None
-        with tqdm(total=len(images), desc=desc, unit="img") as bar:
+        with progress(total=len(images), desc=desc, unit="img") as bar:
             for line in proc.stdout or ():
                 kind, _, rest = line.rstrip("\n").partition(" ")
                 if kind == "start":

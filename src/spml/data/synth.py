@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from spml import __version__
 from spml.data.atomic import atomic_merge
@@ -26,6 +25,7 @@ from spml.data.labels import PRESENT, TRUE_DTYPE
 from spml.data.layout import MANIFEST_FILE, write_prepared
 from spml.data.prepare import check_output_dir, split_pool
 from spml.errors import SpmlError
+from spml.progress import progress
 
 # Saturated colours: far apart in hue, and never used by the background clutter.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -198,7 +198,7 @@ def make_synthetic(
     with atomic_merge(out_dir, last=(MANIFEST_FILE,)) as tmp:
         splits: dict[str, tuple[list[Path], np.ndarray]] = {}
         objects: dict[str, list[list[dict]]] = {}
-        bar = tqdm(total=sum(counts.values()), desc="synth", unit="img")
+        bar = progress(total=sum(counts.values()), desc="synth", unit="img")
         for split, n in counts.items():
             (tmp / "images" / split).mkdir(parents=True)
             labels = np.zeros((n, num_classes), dtype=TRUE_DTYPE)

@@ -33,7 +33,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from spml.data.atomic import save_npy, write_json
 from spml.data.cache import ArrayCache, hash_material
@@ -59,6 +58,7 @@ from spml.methods.local_views import (
     max_over_views,
 )
 from spml.models import backbone_data_config
+from spml.progress import progress
 from spml.training.config import FULL_OBSERVED, build_dataclass
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
@@ -251,7 +251,7 @@ def select_cam_views(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for batch in tqdm(loader, desc="ccd CAM views", unit="batch"):
+        for batch in progress(loader, desc="ccd CAM views", unit="batch"):
             features = model.forward_features(batch["image"].to(device))
             for row, index in zip(range(features.shape[0]), batch["index"].tolist()):
                 classes = np.flatnonzero(selected[index])

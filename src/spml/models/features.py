@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from spml.data.cache import ArrayCache
 from spml.data.dataset import ImageTransform, SplitDataset
 from spml.data.layout import Split
 from spml.models.backbones import spatial_features, unwrap_backbone
+from spml.progress import progress
 
 FEATURE_DTYPE = np.float16
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -116,7 +116,7 @@ def extract_features(
             Subset(dataset, range(start, stop)), batch_size=batch_size, num_workers=num_workers, pin_memory=on_cuda
         )
         parts = []
-        for batch in tqdm(loader, desc=f"features {start}-{stop}", unit="batch", leave=False):
+        for batch in progress(loader, desc=f"features {start}-{stop}", unit="batch", leave=False):
             feats = encode(batch["image"])
             peak = float(feats.abs().max()) if feats.numel() else 0.0
             if not peak <= FLOAT16_MAX:  # also catches NaN

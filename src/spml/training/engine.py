@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from spml import __version__
 from spml.data.atomic import atomic_path, save_npy, write_json, write_text
@@ -55,6 +53,7 @@ from spml.losses import create as create_loss
 from spml.losses import get_loss_info
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
+from spml.progress import epoch_done, log, progress
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
 from spml.training.feature_rows import FeatureRows
@@ -250,7 +249,7 @@ class RunModel:
             )
             out = [
                 torch.sigmoid(self.model(batch["image"].to(self.device))).float().cpu().numpy()
-                for batch in tqdm(loader, desc=f"predict {name}", unit="batch", leave=False)
+                for batch in progress(loader, desc=f"predict {name}", unit="batch", leave=False)
             ]
         return np.concatenate(out) if out else np.zeros((0, self.data.num_classes), dtype=np.float32)
 
@@ -400,7 +399,7 @@ class _Trainer:
         self.loss.train()
         total, count = 0.0, 0
         n_batches = len(self._order(epoch, phase.batch_size))
-        bar = tqdm(self._batches(phase, epoch), total=n_batches, desc=f"epoch {epoch}/{self.config.total_epochs} {phase.name}", unit="batch", leave=False)
+        bar = progress(self._batches(phase, epoch), total=n_batches, desc=f"epoch {epoch}/{self.config.total_epochs} {phase.name}", unit="batch", leave=False)
         for b, batch in enumerate(bar, start=1):
             # Full input checks on the first batch of the epoch only: each costs a host sync.
             self.loss.validate = b == 1
@@ -464,6 +463,12 @@ class _Trainer:
         if resumed:
             state, optim_tensors = self._load_last()
         metrics = self._metrics_upto(state["next_epoch"])
+        c = self.config
+        log(
+            f"spml {__version__}: data {self.data.root} (train {len(self.train_split)}, val {len(self.val_split)}, "
+            f"{self.data.num_classes} classes); loss {c.loss}, method {c.method}, regime {c.regime}, {c.backbone}; "
+            f"device {self.device}" + (f"; resumed at epoch {state['next_epoch']}" if resumed else "")
+        )
         for index, phase in enumerate(self.phases):
             if state["next_epoch"] > phase.last_epoch:
                 continue
@@ -534,11 +539,7 @@ class _Trainer:
         }
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
-        tqdm.write(
-            f"epoch {epoch}/{self.config.total_epochs} {phase.name}: loss {train_loss:.4f}  val mAP {100 * val_map:.2f}  "
-            f"train-label mAP {100 * train_label_map:.2f}  ({record['seconds']:.1f} s){'  *best*' if is_best else ''}",
-            file=sys.stderr,
-        )
+        epoch_done(self.run_dir, record, self.config.total_epochs)
         return record
 
     def _metrics_upto(self, next_epoch: int) -> list[dict[str, Any]]:

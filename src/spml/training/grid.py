@@ -20,6 +20,7 @@ from typing import Any
 
 from spml.data.atomic import write_json, write_text
 from spml.errors import SpmlError
+from spml.progress import log
 from spml.training.config import TrainConfig, config_from_dict, load_config, merge
 from spml.training.engine import CONFIG_FILE, RESULTS_FILE, TrainingDiverged, resume, train
 
@@ -102,8 +103,10 @@ def run_grid(
     out_dir = Path(out_dir)
     keys = list(axes)
     rows: list[GridRow] = []
-    for combo in itertools.product(*(axes[k] for k in keys)):
+    combos = list(itertools.product(*(axes[k] for k in keys)))
+    for number, combo in enumerate(combos, start=1):
         values = dict(zip(keys, combo))
+        log(f"grid run {number}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
         config = with_values(base, values)
         name = run_name(values)
         run_dir = out_dir / name
@@ -163,8 +166,8 @@ def write_grid_tables(out_dir: Path, rows: list[GridRow], selected: GridRow | No
     if selected is not None:
         md.append("")
         md.append(
-            f"Selected on validation mAP: **{selected.name}** (val mAP {100 * selected.val_map:.2f}, "
-            f"test mAP {100 * selected.test_map:.2f})."
+            f"Selected on validation mAP: **{selected.name}** (val mAP {selected.val_map:.4f}, "
+            f"test mAP {selected.test_map:.4f})."
         )
     write_text(out_dir / "results.md", "\n".join(md) + "\n")
     write_json(

@@ -25,12 +25,12 @@ import numpy as np
 import open_clip
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from spml.data.atomic import atomic_path, write_json
 from spml.data.dataset import load_image
 from spml.data.layout import PreparedData, Split
 from spml.errors import SpmlError
+from spml.progress import progress
 from spml.vlm.model import Preprocess
 
 DEFAULT_NAME = "micro-clip"
@@ -155,7 +155,7 @@ def _train(
     tokenizer = open_clip.get_tokenizer(name)
     preprocess = Preprocess.from_open_clip(model.visual.preprocess_cfg)
     # The whole train split fits in memory at this size; decoding once keeps every step cheap.
-    images = torch.stack([preprocess(load_image(p)) for p in tqdm(split.images, desc="micro CLIP images", unit="img")])
+    images = torch.stack([preprocess(load_image(p)) for p in progress(split.images, desc="micro CLIP images", unit="img")])
     label_ids = [np.flatnonzero(row).tolist() for row in split.labels]
 
     rng = np.random.default_rng(seed)
@@ -165,7 +165,7 @@ def _train(
     model.train()
     order = rng.permutation(len(split))
     cursor = 0
-    bar = tqdm(range(steps), desc="micro CLIP training", unit="step")
+    bar = progress(range(steps), desc="micro CLIP training", unit="step")
     for step in bar:
         if cursor + batch_size > len(order):
             order, cursor = rng.permutation(len(split)), 0

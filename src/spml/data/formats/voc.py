@@ -20,7 +20,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from spml.data.formats.base import (
     FormatOptions,
@@ -33,6 +32,7 @@ from spml.data.formats.base import (
 )
 from spml.data.labels import PRESENT, TRUE_DTYPE
 from spml.errors import SpmlError
+from spml.progress import progress
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -84,7 +84,7 @@ def read_voc_split(root: Path, split: str, options: FormatOptions | None = None)
             if parts[1] == "1":
                 labels[row[parts[0]], c] = PRESENT
     images = []
-    for image_id in tqdm(ids, desc=f"{root.name} {split}", unit="img", leave=False):
+    for image_id in progress(ids, desc=f"{root.name} {split}", unit="img", leave=False):
         _check_annotation(image_path(root / "Annotations", f"{image_id}.xml", root, split_file, options))
         image = image_path(root / "JPEGImages", f"{image_id}.jpg", root, split_file, options)
         if not image.is_file():

@@ -1,0 +1,40 @@
+"""``spml compare``: one table over runs (mean +- std over seeds) as Markdown, CSV or LaTeX.
+
+::
+
+    spml compare RUN_OR_GRID... [--format md|csv|latex] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spml.data.atomic import write_text
+from spml.reports import compare_runs, find_runs, format_table
+from spml.reports.compare import FORMATS
+
+
+def _run(args: argparse.Namespace) -> int:
+    text = format_table(compare_runs(find_runs(args.runs)), args.format)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(args.out, text)
+        print(args.out)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` sub-command."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="tabulate runs or grids: rows = settings, columns = mAP metrics or datasets",
+        description="Rows are the settings that differ between the runs (seeds pooled: mean +- std), columns the "
+        "val / test / train-label mAP (fractions), or test mAP per dataset when the runs span several.",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_GRID", help="run folders or folders of runs")
+    parser.add_argument("--format", choices=FORMATS, default="md", help="md (default), csv or latex")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write the table here instead of stdout")
+    parser.set_defaults(func=_run)

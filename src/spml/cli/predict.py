@@ -1,0 +1,66 @@
+"""``spml predict``: labels and class probabilities of image files, as CSV or JSONL.
+
+::
+
+    spml predict MODEL IMAGES... [--out FILE] [--format csv|jsonl] [--threshold T] [--top-k K]
+
+MODEL is an export folder (``spml export``) or a finished run folder. IMAGES are files, folders,
+glob patterns or list files (``.txt``, one path per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spml.data.atomic import write_text
+from spml.deploy import collect_images, format_rows, load, output_format
+from spml.errors import SpmlError
+from spml.progress import log
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.top_k is not None and args.top_k < 1:
+        raise SpmlError("--top-k must be at least 1")
+    fmt = output_format(args.out, args.format)
+    images = collect_images(args.images)
+    model = load(args.model, device=args.device)
+    # --top-k alone ranks every class; with --threshold it keeps the top K above that threshold.
+    threshold = args.threshold if args.threshold is not None or args.top_k is None else 0.0
+    rows, failed = [], 0
+    for p in model.predict_files(images, batch_size=args.batch_size, num_workers=args.workers):
+        if p.scores is None:
+            failed += 1
+            print(f"spml predict: skipped {p.path}: {p.error}", file=sys.stderr)
+            continue
+        rows.append((p.path, model.labels(p.scores, threshold, args.top_k)[0], p.scores))
+    text = format_rows(rows, model.classes, fmt)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(args.out, text)
+        log(f"{len(rows)} images predicted, {failed} skipped -> {args.out}")
+        print(args.out)
+    return 1 if failed and not rows else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` sub-command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict labels of image files with an exported model or a run",
+        description="Write one row per image: the labels called present and every class's probability. "
+        "Labels use the per-class thresholds chosen on the run's val split (max F1) unless --threshold "
+        "is given. An image that does not decode is reported on one line and skipped.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="export folder or finished run folder")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders, glob patterns or .txt lists")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="output file (.csv or .jsonl); default: stdout")
+    parser.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from --out, else csv)")
+    parser.add_argument("--threshold", type=float, help="one probability threshold for every class")
+    parser.add_argument("--top-k", type=int, metavar="K", help="keep at most the K highest-scoring labels")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.set_defaults(func=_run)

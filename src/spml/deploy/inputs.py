@@ -1,0 +1,89 @@
+"""What ``spml predict`` reads and writes: image arguments expanded to files, CSV / JSONL results."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from spml.errors import SpmlError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+FORMATS = ("csv", "jsonl")
+
+
+def collect_images(specs: Sequence[str | Path]) -> list[Path]:
+    """Expand image arguments, in order, without duplicates.
+
+    Each argument is a folder (its image files, recursively, sorted), a glob pattern (``*.jpg``,
+    ``photos/**/*.png``), a list file (``.txt``: one path per line, relative to the list's folder,
+    ``#`` comments), or an image file (any other existing file: one that does not decode is reported
+    when predicted).
+
+    Raises:
+        SpmlError: An argument matches nothing, or nothing at all was found.
+    """
+    found: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            matches = _read_list(path)
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(str(spec)):
+            matches = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        else:
+            raise SpmlError("no such image, folder or list file", path)
+        if not matches:
+            raise SpmlError("holds no image files", path)
+        found.extend(matches)
+    return list(dict.fromkeys(found))
+
+
+def _read_list(path: Path) -> list[Path]:
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entry = Path(line)
+            out.append(entry if entry.is_absolute() else path.parent / entry)
+    return out
+
+
+def output_format(out: str | Path | None, fmt: str | None) -> str:
+    """``csv`` or ``jsonl``: ``fmt`` if given, else from ``out``'s suffix, else ``csv``."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise SpmlError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(out).suffix.lower().lstrip(".") if out is not None else ""
+    if suffix in ("json", "jsonl", "ndjson"):
+        return "jsonl"
+    return "csv"
+
+
+def format_rows(
+    rows: Iterable[tuple[str, list[str], Sequence[float]]], classes: Sequence[str], fmt: str
+) -> str:
+    """The predictions as text.
+
+    ``csv``: header ``path,labels,<class 1>,...,<class L>``, labels ``;``-separated, probabilities.
+    ``jsonl``: one ``{"path", "labels", "scores": {class: probability}}`` per image.
+    """
+    buf = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "labels", *classes])
+        for path, labels, scores in rows:
+            writer.writerow([path, ";".join(labels), *(f"{float(s):.6g}" for s in scores)])
+    else:
+        for path, labels, scores in rows:
+            record = {"path": path, "labels": labels, "scores": {c: float(s) for c, s in zip(classes, scores)}}
+            buf.write(json.dumps(record) + "\n")
+    return buf.getvalue()

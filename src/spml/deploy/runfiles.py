@@ -1,0 +1,112 @@
+"""One small reader of a run folder's files (what the engine writes, read without rebuilding a model).
+
+The engine's public :func:`spml.training.load_run` rebuilds the classifier; reports, exports and
+comparisons also need the plain files beside it: ``config.yaml``, ``run.json``, ``results.json``,
+``metrics.jsonl`` and the state stored in ``best.safetensors``' metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors import SafetensorError, safe_open
+
+from spml.errors import SpmlError
+
+CONFIG_FILE = "config.yaml"
+RUN_INFO_FILE = "run.json"
+RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.jsonl"
+BEST_FILE = "best.safetensors"
+TEST_PREDICTIONS_FILE = "test_predictions.npy"
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SpmlError(f"cannot read JSON ({str(err).splitlines()[0]})", path) from None
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run folder, parsed on first access.
+
+    Args:
+        root: The run folder (must hold ``config.yaml``).
+    """
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | Path) -> RunFiles:
+        """Check that ``root`` is a run folder and wrap it."""
+        root = Path(root)
+        if not (root / CONFIG_FILE).is_file():
+            raise SpmlError("not a run folder (no config.yaml)", root)
+        return cls(root)
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved config as a plain mapping."""
+        try:
+            loaded = yaml.safe_load((self.root / CONFIG_FILE).read_text())
+        except yaml.YAMLError as err:
+            raise SpmlError(f"config.yaml does not parse ({str(err).splitlines()[0]})", self.root / CONFIG_FILE) from None
+        return loaded if isinstance(loaded, dict) else {}
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """``run.json`` (data folder, spml version, creation time); empty when absent."""
+        path = self.root / RUN_INFO_FILE
+        return _read_json(path) if path.is_file() else {}
+
+    @property
+    def completed(self) -> bool:
+        """Whether the run finished (``results.json`` exists)."""
+        return (self.root / RESULTS_FILE).is_file()
+
+    @cached_property
+    def results(self) -> dict[str, Any]:
+        """``results.json`` of a completed run."""
+        path = self.root / RESULTS_FILE
+        if not path.is_file():
+            raise SpmlError("run has not completed (no results.json)", self.root)
+        return _read_json(path)
+
+    @cached_property
+    def metrics(self) -> list[dict[str, Any]]:
+        """One record per completed epoch from ``metrics.jsonl`` (empty when absent)."""
+        path = self.root / METRICS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The data folder recorded in ``run.json``, if it still exists."""
+        value = self.info.get("data_dir")
+        return Path(value) if value and Path(value).is_dir() else None
+
+    @cached_property
+    def best_state(self) -> dict[str, Any]:
+        """The JSON state in ``best.safetensors``' metadata (epoch, val mAP, saved part)."""
+        path = self.root / BEST_FILE
+        if not path.is_file():
+            raise SpmlError("run has no best.safetensors (no epoch completed yet)", self.root)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise SpmlError(f"cannot read weights ({str(err).splitlines()[0]})", path) from None
+        return json.loads(metadata.get("spml_state", "{}"))
+
+    def path(self, name: str) -> Path:
+        """A file in the run folder."""
+        return self.root / name

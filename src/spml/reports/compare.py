@@ -1,0 +1,134 @@
+"""``compare``: one table over runs in the papers' layout, as Markdown, CSV or LaTeX.
+
+Rows are the settings that tell the runs apart (method, loss, a grid's axes...), runs differing
+only in ``seed`` are pooled as one row with mean +- std (sample std, n - 1) over the seeds.
+Columns are the metrics (val, test and train-label mAP) for runs on one dataset, or one test-mAP
+column per dataset when the runs span several. mAP is a fraction in [0, 1], as in ``results.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spml.deploy import RunFiles
+from spml.errors import SpmlError
+
+FORMATS = ("md", "csv", "latex")
+METRICS = (("val_map", "val mAP"), ("test_map", "test mAP"), ("train_label_map", "train-label mAP"))
+# Config keys that never tell settings apart: the seed is pooled; the rest are paths or plumbing.
+_IGNORED = frozenset({"seed", "device", "num_workers", "eval_batch_size"})
+
+
+@dataclass(frozen=True)
+class Table:
+    """A comparison table: ``header`` and rows of cells; ``values[r][c]`` holds the per-seed numbers."""
+
+    header: list[str]
+    rows: list[list[str]]
+    values: list[list[list[float]]]
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[RunFiles]:
+    """Completed runs among ``paths``: run folders, or folders (grids) holding run folders."""
+    runs: list[RunFiles] = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            runs.append(RunFiles.open(p))
+            continue
+        if not p.is_dir():
+            raise SpmlError("no such run or grid folder", p)
+        found = [RunFiles.open(c.parent) for c in sorted(p.rglob("config.yaml"))]
+        if not found:
+            raise SpmlError("holds no run folders (config.yaml)", p)
+        runs.extend(found)
+    done = [r for r in runs if r.completed]
+    if not done:
+        raise SpmlError("none of these runs has completed (results.json)", Path(paths[0]))
+    return done
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _dataset(run: RunFiles) -> str:
+    return Path(run.info.get("data_dir", "?")).name or "?"
+
+
+def compare_runs(runs: Sequence[RunFiles]) -> Table:
+    """Group ``runs`` by their differing settings (seeds pooled) into a :class:`Table`."""
+    configs = [_flatten(r.config) for r in runs]
+    keys = sorted({k for c in configs for k in c} - _IGNORED)
+    differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    datasets = sorted({_dataset(r) for r in runs})
+    groups: dict[str, list[RunFiles]] = {}
+    for run, config in zip(runs, configs):
+        label = ", ".join(f"{k}={config.get(k)}" for k in differing) or f"{config.get('method')} / {config.get('loss')}"
+        groups.setdefault(label, []).append(run)
+    if len(datasets) > 1:
+        header = ["setting", *(f"{d} test mAP" for d in datasets)]
+        columns = [(d, "test_map") for d in datasets]
+    else:
+        header = ["setting", *(title for _, title in METRICS), "seeds"]
+        columns = [(None, key) for key, _ in METRICS]
+    rows, values = [], []
+    for label, members in groups.items():
+        cells, numbers = [label], []
+        for dataset, key in columns:
+            vals = [float(m.results[key]) for m in members if dataset is None or _dataset(m) == dataset]
+            vals = [v for v in vals if not math.isnan(v)]
+            numbers.append(vals)
+            cells.append(_mean_std(vals))
+        if len(datasets) == 1:
+            cells.append(str(len(members)))
+        rows.append(cells)
+        values.append(numbers)
+    return Table(header, rows, values)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def format_table(table: Table, fmt: str) -> str:
+    """The table as ``md`` (Markdown), ``csv`` or ``latex`` (booktabs) text."""
+    if fmt == "md":
+        lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table.rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(table.header)
+        writer.writerows([[c.replace(" ± ", " +- ") for c in row] for row in table.rows])
+        return buf.getvalue()
+    if fmt == "latex":
+        def tex(cell: str) -> str:
+            escaped = "".join("\\" + ch if ch in "&%$#_{}" else ch for ch in cell)
+            return escaped.replace(" ± ", r" $\pm$ ")
+
+        spec = "l" + "r" * (len(table.header) - 1)
+        lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(tex, table.header)) + r" \\", r"\midrule"]
+        lines += [" & ".join(map(tex, row)) + r" \\" for row in table.rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise SpmlError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")

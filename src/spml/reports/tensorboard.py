@@ -1,0 +1,64 @@
+"""Optional TensorBoard logging (``--log tensorboard``): each epoch's metrics as scalars.
+
+TensorBoard is not a core dependency: install it with ``pip install 'spml[tensorboard]'``. Events
+go to ``RUN_DIR/tensorboard/`` (``tensorboard --logdir RUN_DIR`` or a grid folder). mAP is a
+fraction, as in ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from spml.errors import SpmlError
+from spml.progress import add_epoch_listener, remove_epoch_listener
+
+LOG_DIR = "tensorboard"
+SCALARS = ("train_loss", "val_map", "train_label_map", "lr", "batch_size", "seconds")
+
+
+class TensorBoardLogger:
+    """An epoch listener writing one TensorBoard event file per run folder."""
+
+    def __init__(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SpmlError("--log tensorboard needs TensorBoard: pip install 'spml[tensorboard]'") from None
+        self._writer_class = SummaryWriter
+        self._writers: dict[Path, Any] = {}
+
+    def __call__(self, run_dir: Path, record: dict[str, Any]) -> None:
+        """Write ``record``'s scalars at step ``record["epoch"]``."""
+        writer = self._writers.get(run_dir)
+        if writer is None:
+            writer = self._writers[run_dir] = self._writer_class(log_dir=str(run_dir / LOG_DIR))
+        for key in SCALARS:
+            if record.get(key) is not None:
+                writer.add_scalar(key, float(record[key]), int(record["epoch"]))
+        writer.flush()
+
+    def close(self) -> None:
+        """Close every event file."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+@contextlib.contextmanager
+def epoch_logging(kind: str | None) -> Iterator[None]:
+    """Within the block, log every epoch to ``kind`` (``tensorboard``; None: nothing extra)."""
+    if kind is None:
+        yield
+        return
+    if kind != "tensorboard":
+        raise SpmlError(f"unknown --log {kind!r}; valid: tensorboard")
+    logger = TensorBoardLogger()
+    add_epoch_listener(logger)
+    try:
+        yield
+    finally:
+        remove_epoch_listener(logger)
+        logger.close()

@@ -1,0 +1,139 @@
+"""``spml predict | export`` and ``spml.load``: thresholds by max F1, an export that travels without
+its data folder, the CSV / JSONL pinned formats, unreadable images, image arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spml
+from spml.cli.main import main
+from spml.data.layout import PreparedData
+from spml.data.observe import observe
+from spml.data.synth import make_synthetic
+from spml.deploy import best_f1_thresholds, collect_images, f1_per_class, macro_f1
+from spml.errors import SpmlError
+from spml.training import load_config, load_run, train
+
+# A linear probe on timm's tiny random test_resnet: a run takes about a second. An `an` model's
+# probabilities sit far below 0.5 (single positives: every unobserved label is trained as negative).
+TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
+        "epochs=4", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("deploy")
+    data = make_synthetic(root / "data", num_images=240, image_size=32, num_classes=6, seed=5)
+    observe(PreparedData.open(data), "single-positive", seed=0)
+    train(data, load_config(None, TINY), root / "run")
+    return root / "run"
+
+
+def test_best_f1_thresholds_by_hand() -> None:
+    scores = np.array([[0.9, 0.2], [0.6, 0.2], [0.4, 0.7], [0.1, 0.1]])
+    labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    thresholds, f1 = best_f1_thresholds(scores, labels)
+    # Class 0, cuts after 0.9 / 0.6 / 0.4 / 0.1: F1 = 2/3, 2/4, 4/5, 4/6 -> cut after 0.4, midpoint to 0.1.
+    assert thresholds[0] == pytest.approx(0.25) and f1[0] == pytest.approx(0.8)
+    # Class 1 has no positive: F1 undefined, the default threshold.
+    assert thresholds[1] == 0.5 and np.isnan(f1[1])
+    assert f1_per_class(scores, labels, thresholds)[0] == pytest.approx(0.8)
+    # Ties are never split: both 0.2s are called positive or neither.
+    t, f = best_f1_thresholds(np.array([[0.2], [0.2], [0.1]]), np.array([[1], [0], [0]]))
+    assert t[0] == pytest.approx(0.15) and f[0] == pytest.approx(2 / 3)
+
+
+def test_val_thresholds_beat_a_fixed_half_on_single_positive_run(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    scores, labels = run.predict("val"), run.run_model.split("val").labels
+    assert scores.max() < 0.5 or macro_f1(scores, labels, 0.5) < 0.5  # 0.5 calls (almost) nothing
+    model = spml.load(run_dir)
+    tuned = macro_f1(scores, labels, model.thresholds)
+    fixed = macro_f1(scores, labels, 0.5)
+    assert tuned > fixed + 0.2, (tuned, fixed)
+    stored = json.loads((run_dir / "thresholds.json").read_text())
+    assert stored["thresholds"] == pytest.approx(list(model.thresholds))
+
+
+def test_export_travels_without_its_data_folder(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A copy of the run and its data: the module's run stays intact for the other tests.
+    data = PreparedData.open(json.loads((run_dir / "run.json").read_text())["data_dir"])
+    images = tmp_path / "photos"
+    shutil.copytree(data.root / "images" / "test", images)
+    expected = load_run(run_dir).predict("test")[:3]
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "model")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "model")
+    for f in [*(tmp_path / "model").iterdir(), *(p for p in run_dir.iterdir() if p.is_file())]:
+        assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f  # readable by others, as a normal file
+    document = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert document["classes"] == data.classes and len(document["thresholds"]) == 6
+    assert document["preprocessing"]["image_size"] == 32 and document["provenance"]["best_epoch"] >= 1
+
+    moved = tmp_path / "moved-data"
+    shutil.move(data.root, moved)  # the data folder is gone: the export must not need it
+    try:
+        out = tmp_path / "pred.csv"
+        assert main(["predict", str(tmp_path / "model"), str(images), "--out", str(out)]) == 0
+        rows = list(csv.reader(out.open()))
+        assert rows[0] == ["path", "labels", *data.classes]
+        assert len(rows) == 1 + len(list(images.iterdir()))
+        for row in rows[1:]:
+            assert all(label in data.classes for label in row[1].split(";") if label)
+        model = spml.load(tmp_path / "model")
+        first = sorted(images.iterdir())[:3]
+        probs = model.predict(first)
+        assert probs.shape == (3, 6) and model.classes == data.classes
+        # The same images in the same order as the run's test split: the same probabilities.
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+        assert [float(v) for v in rows[1][2:]] == pytest.approx(list(probs[0]), abs=1e-5)
+    finally:
+        shutil.move(moved, data.root)
+
+
+def test_jsonl_top_k_unreadable_images_and_image_arguments(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = PreparedData.open(json.loads((run_dir / "run.json").read_text())["data_dir"])
+    images = data.split("test").images[:4]
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two images\n{images[0]}\n{images[1]}\n")
+    pattern = str(images[2].parent / "0000[23].jpg")
+    out = tmp_path / "pred.jsonl"
+    code = main(["predict", str(run_dir), str(listing), pattern, str(tmp_path / "broken.jpg"), "--out", str(out), "--top-k", "2"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert sum("broken.jpg" in line for line in err.splitlines()) == 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["path"]).name for r in records] == [p.name for p in images]
+    for r in records:
+        assert set(r) == {"path", "labels", "scores"} and list(r["scores"]) == data.classes
+        assert len(r["labels"]) == 2 and r["labels"][0] == max(r["scores"], key=r["scores"].get)
+    with pytest.raises(SpmlError, match="does not decode"):
+        spml.load(run_dir).predict([tmp_path / "broken.jpg"])
+    with pytest.raises(SpmlError, match="no such image"):
+        collect_images([tmp_path / "missing"])
+
+
+def test_bad_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "img.jpg").write_bytes(b"x")
+    assert main(["predict", str(tmp_path), str(tmp_path / "img.jpg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "neither an export folder" in err
+
+
+def test_finetuned_query2label_run_exports_whole_model(run_dir: Path, tmp_path: Path) -> None:
+    data = json.loads((run_dir / "run.json").read_text())["data_dir"]
+    config = load_config(None, [*TINY, "regime=finetune", "epochs=1", "head=query2label"])
+    train(data, config, tmp_path / "ft")
+    expected = load_run(tmp_path / "ft").predict("test")[:4]
+    assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "model")]) == 0
+    model = spml.load(tmp_path / "model", device="cpu")
+    assert model.architecture["head"] == "query2label"
+    np.testing.assert_allclose(model.predict(PreparedData.open(data).split("test").images[:4]), expected, atol=1e-5)

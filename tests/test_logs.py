@@ -1,0 +1,77 @@
+"""Logs a person can read: piped to a file, a grid writes plain lines (no carriage returns, no escape
+codes), one header per grid run and one line per epoch, mAP as fractions; ``--quiet`` silences them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spml.cli.main import main
+from spml.data.synth import make_synthetic
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "epochs=2", "--set", "eval_batch_size=32",
+        "--set", "backbone=test_resnet", "--set", "pretrained=none"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("logs") / "data", num_images=40, image_size=32, num_classes=3, seed=1)
+
+
+def spml_to_file(argv: list[str], log: Path) -> str:
+    """Run the spml CLI in a subprocess with stdout and stderr going to ``log`` (not a terminal)."""
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as f:
+        code = subprocess.run([sys.executable, "-m", "spml.cli.main", *argv], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300, check=False).returncode
+    text = log.read_text()
+    assert code == 0, text
+    return text
+
+
+def test_grid_piped_to_a_file_is_plain_lines(data: Path, tmp_path: Path) -> None:
+    text = spml_to_file(["grid", str(data), *TINY, "--lr", "0.01", "0.001", "--out", str(tmp_path / "grid")], tmp_path / "log")
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("grid run")] == ["grid run 1/2: lr=0.01", "grid run 2/2: lr=0.001"]
+    banners = [line for line in lines if line.startswith("spml ") and "device cpu" in line]
+    assert len(banners) == 2 and "train 32, val 8, 3 classes" in banners[0] and "loss an, method standard, regime linear" in banners[0]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 4
+    # mAP is a fraction everywhere: the epoch line shows what metrics.jsonl holds.
+    first = json.loads((tmp_path / "grid" / "lr0.01" / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"val mAP {first['val_map']:.4f}" in epochs[0]
+
+
+def test_quiet_prints_only_the_result(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(data), *TINY, "--quiet", "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert captured.out.startswith("best epoch") and f"test mAP {results['test_map']:.4f}" in captured.out
+
+
+def test_tensorboard_logs_every_epoch(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="optional extra spml[tensorboard] not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["train", str(data), *TINY, "--quiet", "--log", "tensorboard", "--out", str(tmp_path / "run")]) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    val = events.Scalars("val_map")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in val] == [1, 2]
+    assert [e.value for e in val] == pytest.approx([m["val_map"] for m in metrics])
+
+
+def test_tensorboard_missing_is_one_line(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    assert main(["train", str(data), *TINY, "--log", "tensorboard", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'spml[tensorboard]'" in err
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -1,0 +1,153 @@
+"""``spml report | compare``: the report's figures (also the methods'), rendered in headless Chromium,
+and comparison tables with mean +- std over seeds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from chromium import CHROMIUM, SKIP_REASON, probe, screenshot
+
+from spml.cli.main import main
+from spml.data.layout import PreparedData
+from spml.data.observe import observe
+from spml.data.synth import make_synthetic
+from spml.methods import ccd
+from spml.reports import compare_runs, find_runs, format_table
+from spml.training import load_config, train
+
+TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
+        "epochs=3", "batch_size=16", "observed=single-positive-seed0.npy"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_synthetic(tmp_path_factory.mktemp("reports") / "data", num_images=120, image_size=32, num_classes=4, seed=3)
+    observe(PreparedData.open(root), "single-positive", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two losses x two seeds, in one folder."""
+    root = tmp_path_factory.mktemp("runs")
+    for loss in ("an", "an_ls"):
+        for seed in (0, 1):
+            train(data, load_config(None, [*TINY, f"loss={loss}", f"seed={seed}"]), root / f"{loss}-s{seed}")
+    return root
+
+
+def images_of(report: Path) -> list[str]:
+    return [line.split('"')[1] for line in report.read_text().split("<img alt=")[1:]]
+
+
+def test_report_has_every_figure_and_prints_its_path(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = runs / "an-s0"
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(run / "report.html")
+    assert images_of(run / "report.html") == [
+        "Training curves",
+        "Per-class test AP",
+        "Precision-recall, best and worst classes (test)",
+        "Label histograms (Cole et al., figure 2)",
+    ]
+    text = (run / "report.html").read_text()
+    assert "<script" not in text and "http" not in text  # static and self-contained
+
+
+def test_report_without_the_data_folder_says_what_is_missing(runs: Path, data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs / "an-s1", run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data_dir": str(tmp_path / "gone")}))
+    assert main(["report", str(run)]) == 0
+    assert images_of(run / "report.html") == ["Training curves", "Per-class test AP"]
+    assert "data folder is gone" in (run / "report.html").read_text()
+
+
+def test_compare_pools_seeds_into_mean_and_std(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(runs), "--format", "md"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| setting | val mAP | test mAP | train-label mAP | seeds |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| loss=an", "| loss=an_ls"]
+    tests = [json.loads((runs / f"an-s{s}" / "results.json").read_text())["test_map"] for s in (0, 1)]
+    mean, std = np.mean(tests), np.std(tests, ddof=1)
+    assert f"{mean:.4f} ± {std:.4f}" in lines[2] and lines[2].endswith("| 2 |")
+
+    table = compare_runs(find_runs([runs / "an-s0", runs / "an_ls-s0"]))
+    rows = list(csv.reader(io.StringIO(format_table(table, "csv"))))
+    assert rows[0][0] == "setting" and rows[1][-1] == "1" and len(rows) == 3
+    latex = format_table(table, "latex")
+    assert latex.startswith("\\begin{tabular}{lrrrr}") and "loss=an\\_ls" in latex and "\\bottomrule" in latex
+
+
+def test_compare_of_nothing_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no run folders" in err
+
+
+def test_teacher_student_and_ccd_figures(runs: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    student = tmp_path / "student"
+    config = load_config(None, [*TINY, "loss=bce", "method=pseudo-multilabel",
+                                f"method_params.teacher={runs / 'an-s0'}", "method_params.threshold=0.3"])
+    train(data, config, student)
+    assert main(["report", str(student)]) == 0
+    assert "Teacher-student pseudo-labels" in images_of(student / "report.html")
+
+    # CCD with a stubbed CLIP (fixed similarities: image i is a confident class i % 3, class 3 never).
+    n = len(PreparedData.open(data).split("train"))
+    sims = np.zeros((n, 2, 4), dtype=np.float16)
+    sims[np.arange(n), :, np.arange(n) % 3] = 0.06
+    monkeypatch.setattr(ccd, "load_vlm", lambda *args, **kwargs: SimpleNamespace(logit_scale=100.0))
+    monkeypatch.setattr(ccd, "score_split", lambda vlm, split, *args, **kwargs: sims)
+    ccd_config = load_config(None, [*TINY, "method=ccd", "regime=finetune", "epochs=1", "observed=full",
+                                    "method_params.update_labels=false", "method_params.consistency=false"])
+    with pytest.warns(UserWarning, match="never a confident"):
+        train(data, ccd_config, tmp_path / "ccd")
+    assert main(["report", str(tmp_path / "ccd")]) == 0
+    assert "CCD: CLIP bias per class" in images_of(tmp_path / "ccd" / "report.html")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+def test_probe_catches_a_missing_image_and_a_script_error(tmp_path: Path) -> None:
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head></head><body><img alt="gone" src="missing.png">'
+                    "<script>notDefined();</script></body></html>")
+    found = probe(page, tmp_path)
+    assert found["broken"] == ["gone"] and any("notDefined" in e for e in found["errors"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+def test_report_renders_in_chromium(runs: Path, tmp_path: Path) -> None:
+    assert main(["report", str(runs / "an-s0")]) == 0
+    report = runs / "an-s0" / "report.html"
+    found = probe(report, tmp_path)
+    assert found == {"images": len(images_of(report)), "broken": [], "errors": []}
+    screenshot(report, tmp_path / "report.png")
+
+
+@pytest.mark.slow
+def test_vlpl_figures_and_tau_theta_heatmap(micro_clip, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from subsets import scored_single_positive_copy
+
+    data_dir = scored_single_positive_copy(micro_clip, tmp_path / "data", 96, 32)
+    grid = tmp_path / "grid"
+    settings = ["device=cpu", "image_size=32", "epochs=2", "lr=0.003", "batch_size=32", "method=vlpl", "loss=vlpl",
+                "observed=single-positive-seed0.npy"]
+    argv = ["grid", str(data_dir), "--axis", "method_params.tau=0.03,0.1", "--axis", "method_params.theta=0.3,0.5"]
+    assert main([*argv, *(a for s in settings for a in ("--set", s)), "--out", str(grid)]) == 0
+    run = next(p for p in sorted(grid.iterdir()) if (p / "results.json").is_file())
+    assert main(["report", str(run)]) == 0
+    figures = images_of(run / "report.html")
+    assert "VLPL pseudo-label quality (train split)" in figures and "VLPL grid: val mAP over tau x theta" in figures
+    capsys.readouterr()
+    assert main(["compare", str(grid)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 4 and rows[0].startswith("| method_params.tau=0.03, method_params.theta=0.3 |")
