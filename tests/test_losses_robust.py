@@ -18,6 +18,7 @@ import torch
 
 from spml.errors import SpmlError
 from spml.losses import create, get_loss_info
+from spml.losses.robust import GeneralizedRobustLoss
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 N, L = 16, 20
@@ -33,7 +34,7 @@ def fx() -> dict[str, np.ndarray]:
 META = json.loads((FIXTURES / "robust_losses.json").read_text())
 
 
-def gr_from(case: dict) -> torch.nn.Module:
+def gr_from(case: dict) -> GeneralizedRobustLoss:
     loss = create(
         "gr", num_classes=L, beta=case["beta"], alpha=case["alpha"], q2=case["q2"], q3=case["q3"],
         num_epochs=case["num_epochs"], linear_init_epochs=case["linear_init"],
@@ -42,7 +43,7 @@ def gr_from(case: dict) -> torch.nn.Module:
     return loss
 
 
-def gpr_from(case: dict) -> torch.nn.Module:
+def gpr_from(case: dict) -> GeneralizedRobustLoss:
     loss = create(
         "gpr", num_classes=L, beta=case["beta"], alpha=case["alpha"], q2=case["q2"], q3=case["q3"],
         num_epochs=case["num_epochs"], linear_init_epochs=case["linear_init"], lam=case["lam"],
@@ -52,19 +53,21 @@ def gpr_from(case: dict) -> torch.nn.Module:
     return loss
 
 
-def value_and_grad(loss, logits: np.ndarray, observed: torch.Tensor, **inputs) -> tuple[float, np.ndarray]:
+def value_and_grad(
+    loss: GeneralizedRobustLoss, logits: np.ndarray, observed: torch.Tensor, **inputs: torch.Tensor
+) -> tuple[float, np.ndarray]:
     x = torch.tensor(logits, requires_grad=True)
     value = loss(x, observed, **inputs)
     (grad,) = torch.autograd.grad(value, x)
     return float(value.detach()), grad.numpy()
 
 
-def schedule(loss) -> list[float]:
+def schedule(loss: GeneralizedRobustLoss) -> list[float]:
     return [loss.w, loss.b, loss.mu, loss.sigma]
 
 
 @pytest.mark.parametrize("case", META["gr_cases"], ids=lambda c: c["key"])
-def test_gr_matches_release(fx, case: dict) -> None:
+def test_gr_matches_release(fx: dict[str, np.ndarray], case: dict) -> None:
     key, loss = case["key"], gr_from(case)
     assert schedule(loss) == fx[f"sched_{key}"].tolist()  # the same float operations: bitwise equal
     observed = torch.from_numpy(fx[case["observed"]])
@@ -88,7 +91,7 @@ def test_gr_matches_release(fx, case: dict) -> None:
 
 
 @pytest.mark.parametrize("case", META["gpr_cases"], ids=lambda c: c["key"])
-def test_gpr_matches_release(fx, case: dict) -> None:
+def test_gpr_matches_release(fx: dict[str, np.ndarray], case: dict) -> None:
     key, loss = case["key"], gpr_from(case)
     assert schedule(loss) == fx[f"sched_{key}"].tolist()
     observed = torch.from_numpy(fx[case["observed"]])
@@ -106,7 +109,7 @@ def test_gpr_matches_release(fx, case: dict) -> None:
 
 @pytest.mark.parametrize("name", ["gr", "gpr"])
 @pytest.mark.parametrize("table", ["b2_T8_n0", "b10_T10_n2"])
-def test_schedules_equal_both_releases_train_loops(fx, name: str, table: str) -> None:
+def test_schedules_equal_both_releases_train_loops(fx: dict[str, np.ndarray], name: str, table: str) -> None:
     w_t, num_epochs, n = (int(s[1:]) for s in table.split("_"))
     b_t = -2.0 if w_t == 2 else -8.0
     loss = create(name, num_classes=L, beta=[0, w_t, -2, b_t], num_epochs=num_epochs, linear_init_epochs=n)

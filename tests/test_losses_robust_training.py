@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -17,6 +18,9 @@ import spml.methods  # noqa: F401  (registers --method vlpl)
 from spml.losses import create
 from spml.losses.robust import GeneralizedRobustLoss
 from spml.training import load_config, shipped_config, train
+
+if TYPE_CHECKING:
+    from conftest import MicroClip
 
 FIXTURE_CASES = json.loads((Path(__file__).resolve().parent / "fixtures" / "robust_losses.json").read_text())
 LINEAR = ["device=cpu", "regime=linear", "image_size=32", "epochs=4", "lr=0.003", "batch_size=32",
@@ -40,13 +44,15 @@ def test_gpr_configs_hold_the_release_settings() -> None:
 
 
 @pytest.fixture(scope="module")
-def data_dir(micro_clip, tmp_path_factory) -> Path:
+def data_dir(micro_clip: MicroClip, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """192/48/48 images of the micro CLIP's synthetic set, single positives, a train score cache."""
     return scored_single_positive_copy(micro_clip, tmp_path_factory.mktemp("robust") / "data", 192, 48)
 
 
 @pytest.mark.slow
-def test_gr_and_gpr_train_end_to_end_with_the_schedule(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_gr_and_gpr_train_end_to_end_with_the_schedule(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     epochs_seen: list[tuple[str, int]] = []
     original = GeneralizedRobustLoss.set_epoch
 
