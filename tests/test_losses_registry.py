@@ -9,7 +9,7 @@ from spml.errors import SpmlError
 from spml.losses import INPUT_NAMES, LossInfo, SpmlLoss, create, get_loss_info, list_losses, register_loss
 
 EXPECTED = [
-    "an", "an_ls", "asl", "bce", "bce_ls", "em", "em_apl", "epr", "focal",
+    "an", "an_ls", "asl", "bce", "bce_ls", "em", "em_apl", "epr", "focal", "gpr", "gr",
     "iu", "iun", "ll_cp", "ll_ct", "ll_r", "pr", "role", "vlpl", "wan",
 ]  # fmt: skip
 N, L = 6, 5

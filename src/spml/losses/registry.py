@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 from spml.errors import SpmlError
 from spml.losses.base import INPUT_NAMES, SpmlLoss
 
-HParamValue = float | int | bool
+HParamValue = float | int | bool | tuple[float, ...]
 _COMMON = ("num_classes", "validate")
-_TYPES = (float, int, bool)
+#: A ``tuple[float, ...]`` hyperparameter is a list of numbers (GR-Loss's schedule endpoints).
+FloatTuple = tuple[float, ...]
+_TYPES = (float, int, bool, FloatTuple)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class LossInfo:
         inputs: Per-batch keyword inputs it needs beyond logits and observed labels
             (``"index"``, ``"labels"``, ``"pseudo"``).
         hooks: Trainer hooks it uses (``"on_train_start"``, ``"set_epoch"``, ``"on_epoch_end"``).
-        types: Type of every hyperparameter (float, int or bool).
+        types: Type of every hyperparameter (float, int, bool or ``tuple[float, ...]``, a list of numbers).
         defaults: Default of every optional hyperparameter.
         required: Hyperparameters without a default, which :func:`create` must be given.
     """
@@ -67,7 +69,9 @@ def _hyperparameters(cls: type[SpmlLoss]) -> tuple[dict[str, type], dict[str, HP
             raise TypeError(f"{cls.__name__}: hyperparameter {param.name!r} must be keyword-only")
         kind = hints.get(param.name)
         if kind not in _TYPES:
-            raise TypeError(f"{cls.__name__}: hyperparameter {param.name!r} must be annotated float, int or bool")
+            raise TypeError(
+                f"{cls.__name__}: hyperparameter {param.name!r} must be annotated float, int, bool or tuple[float, ...]"
+            )
         types[param.name] = kind
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
@@ -123,14 +127,24 @@ def get_loss_info(name: str) -> LossInfo:
         raise SpmlError(f"unknown loss {name!r}; valid losses: {', '.join(list_losses())}") from None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _coerce(loss: str, key: str, value: Any, kind: type) -> HParamValue:
+    if kind == FloatTuple:
+        if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+            raise SpmlError(
+                f"loss {loss!r}: hyperparameter {key} must be a list of numbers, got {type(value).__name__} {value!r}"
+            )
+        return tuple(float(v) for v in value)
     # bool is an int subclass: reject it where a number is meant, and numbers where a bool is meant.
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = _is_number(value)
     if not ok:
         raise SpmlError(
             f"loss {loss!r}: hyperparameter {key} must be {kind.__name__}, got {type(value).__name__} {value!r}"
