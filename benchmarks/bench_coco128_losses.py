@@ -35,13 +35,12 @@ from pathlib import Path
 
 import torch
 
-import spml.methods  # noqa: F401  (registers the methods)
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.prepare import prepare
 from spml.data.synth import make_synthetic
-from spml.training import load_config
-from spml.training.grid import run_grid
+from spml.api import grid as run_grid
+from spml.api import load_config
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 # Table rows: label, loss registry name, trains on full labels?, loss hyperparameters.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import spml
 
-LAYERS = ["errors", "metrics", "data", "models", "losses", "vlm", "training", "methods", "cli"]
+LAYERS = ["errors", "metrics", "data", "models", "losses", "vlm", "training", "methods", "api", "cli"]
 RANK = {name: max(1, i) for i, name in enumerate(LAYERS)}  # errors and metrics share the bottom layer
 RANK["errors"] = 0
 

@@ -23,7 +23,7 @@ from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.methods.ccd import CONFIG_DEFAULTS, CCDParams
 from spml.training.config import TrainConfig, config_from_dict, read_yaml, shipped_config
-from spml.training.engine import train
+from spml.api import train
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +109,7 @@ def test_params_validation():
 def test_method_defaults_are_the_papers_and_set_wins(tmp_path):
     def resolve(*argv: str) -> TrainConfig:
         args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), *argv])
-        return config_from_args(args, tmp_path)
+        return config_from_args(args)
 
     # Sec. 4.1: lr 1e-5, batch 16, up to 10 epochs (early stopping), CLIP RN50x64, thresholds 0.5.
     config = resolve("--method", "ccd")

@@ -10,12 +10,12 @@ import pytest
 from subsets import scored_single_positive_copy, small_copy
 import torch
 
-import spml.methods  # noqa: F401  (registers the methods)
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed, observe
 from spml.errors import SpmlError
 from spml.methods.vlpl import VlplHooks
-from spml.training import RunContext, load_config, train
+from spml.api import load_config, train
+from spml.training import RunContext
 from spml.vlm import vlpl_pseudo_labels
 
 BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=64",

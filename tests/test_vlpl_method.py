@@ -14,9 +14,9 @@ import pytest
 from subsets import scored_single_positive_copy
 import yaml
 
-import spml.methods  # noqa: F401  (registers --method vlpl)
 from spml.cli.main import main
-from spml.training import load_config, shipped_config, train
+from spml.api import load_config, train
+from spml.training import shipped_config
 
 # Linear probe on cached features of the offline EfficientNet-Lite0 weights: no image is decoded
 # per epoch, so a run takes about a second. Settings checked by hand over seeds 0, 1, 2 (observed

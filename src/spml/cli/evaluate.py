@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from spml.data.layout import SPLITS
-from spml.training import evaluate_run
+from spml.api import evaluate
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = evaluate_run(args.run_dir, args.split, args.data)
+    report = evaluate(args.run_dir, args.split, args.data)
     skipped = report["skipped_classes"]
     print(
         f"{args.split} mAP {100 * report['map']:.2f} (best epoch {report['best_epoch']}, "

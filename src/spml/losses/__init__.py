@@ -8,7 +8,7 @@ every loss's formula, inputs, hyperparameters, hooks and deviations from the rel
 
 from spml.losses import cole, entropy, focal, large_loss  # noqa: F401  (modules register their losses)
 from spml.losses.base import INPUT_NAMES, LOG_EPSILON, LossTerms, SpmlLoss, neg_log
-from spml.losses.registry import LossInfo, create, get_loss_info, list_losses, register_loss
+from spml.losses.registry import LossInfo, check_hparams, create, get_loss_info, list_losses, register_loss
 
 __all__ = [
     "INPUT_NAMES",
@@ -16,6 +16,7 @@ __all__ = [
     "LossInfo",
     "LossTerms",
     "SpmlLoss",
+    "check_hparams",
     "create",
     "get_loss_info",
     "list_losses",

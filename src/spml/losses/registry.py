@@ -138,6 +138,29 @@ def _coerce(loss: str, key: str, value: Any, kind: type) -> HParamValue:
     return float(value) if kind is float else value
 
 
+def check_hparams(name: str, hparams: Mapping[str, Any], supplied: tuple[str, ...] = ()) -> dict[str, HParamValue]:
+    """Check ``hparams`` of loss ``name`` without building it; return them coerced to their types.
+
+    Args:
+        name: A name from :func:`list_losses`.
+        hparams: Hyperparameters (``get_loss_info(name).types``).
+        supplied: Required hyperparameters the caller will add itself (the engine supplies
+            ``num_examples``, ``num_epochs``, ...), so their absence is not an error here.
+
+    Raises:
+        SpmlError: Unknown name, unknown hyperparameter, wrong type or missing required one.
+    """
+    info = get_loss_info(name)
+    unknown = sorted(set(hparams) - set(info.types))
+    if unknown:
+        valid = ", ".join(info.types) or "none"
+        raise SpmlError(f"loss {name!r}: unknown hyperparameter(s) {', '.join(unknown)} (valid: {valid})")
+    missing = [k for k in info.required if k not in hparams and k not in supplied]
+    if missing:
+        raise SpmlError(f"loss {name!r}: missing required hyperparameter(s) {', '.join(missing)} (see docs/losses.md)")
+    return {k: _coerce(name, k, v, info.types[k]) for k, v in hparams.items()}
+
+
 def create(name: str, num_classes: int, *, validate: bool = True, **hparams: Any) -> SpmlLoss:
     """Build the loss ``name`` for ``num_classes`` classes.
 
@@ -151,13 +174,5 @@ def create(name: str, num_classes: int, *, validate: bool = True, **hparams: Any
         SpmlError: Unknown name, unknown hyperparameter, wrong type, missing required one, or a value
             out of range; the message names it.
     """
-    info = get_loss_info(name)
-    unknown = sorted(set(hparams) - set(info.types))
-    if unknown:
-        valid = ", ".join(info.types) or "none"
-        raise SpmlError(f"loss {name!r}: unknown hyperparameter(s) {', '.join(unknown)} (valid: {valid})")
-    missing = [k for k in info.required if k not in hparams]
-    if missing:
-        raise SpmlError(f"loss {name!r}: missing required hyperparameter(s) {', '.join(missing)} (see docs/losses.md)")
-    values = {k: _coerce(name, k, v, info.types[k]) for k, v in hparams.items()}
-    return info.loss_class(num_classes, validate=validate, **values)
+    values = check_hparams(name, hparams)
+    return get_loss_info(name).loss_class(num_classes, validate=validate, **values)

@@ -63,7 +63,7 @@ from spml.training.config import FULL_OBSERVED, build_dataclass
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
-from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks, register_method
+from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks
 
 VIEW_POLICIES = ("cam", "grid")
 CROP_RESIZE_MODES = ("longest", "shortest", "squash")
@@ -506,11 +506,11 @@ class CCDHooks(TrainingHooks):
         }
 
 
-register_method(
-    MethodInfo(
-        "ccd",
-        CCDHooks,
-        "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
-        config_defaults=CONFIG_DEFAULTS,
-    )
+INFO = MethodInfo(
+    "ccd",
+    CCDHooks,
+    "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
+    config_defaults=CONFIG_DEFAULTS,
+    params=CCDParams,
+    path_params=("vlm_checkpoint", "vlm_model_config"),
 )

@@ -24,8 +24,8 @@ import numpy as np
 from spml.data.cache import ArrayCache, hash_file
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, PRESENT
 from spml.errors import SpmlError
-from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, load_run, register_method
-from spml.training.engine import BEST_FILE
+from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, load_run
+from spml.training.runfolder import BEST_FILE
 from spml.training.grid import GridResult, run_grid, with_values
 
 METHOD = "pseudo-multilabel"
@@ -142,15 +142,15 @@ def threshold_sweep(
         thresholds: T values (the paper: 0.55 to 0.95 in steps of 0.1).
     """
     base = with_values(student, {"method": METHOD, "method_params.teacher": str(Path(teacher).resolve())})
-    return run_grid(data_dir, base, {"method_params.threshold": [float(t) for t in thresholds]}, out_dir)
+    return run_grid(data_dir, base, {"method_params.threshold": [float(t) for t in thresholds]}, out_dir, method=INFO)
 
 
-register_method(
-    MethodInfo(
-        METHOD,
-        TeacherStudentHooks,
-        "student trained with full BCE on a teacher's thresholded predictions (Arroyo)",
-        config_defaults={"loss": "bce"},
-        required_params=("teacher", "threshold"),
-    )
+INFO = MethodInfo(
+    METHOD,
+    TeacherStudentHooks,
+    "student trained with full BCE on a teacher's thresholded predictions (Arroyo)",
+    config_defaults={"loss": "bce"},
+    required_params=("teacher", "threshold"),
+    params=TeacherStudentParams,
+    path_params=("teacher",),
 )

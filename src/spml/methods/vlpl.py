@@ -29,7 +29,7 @@ import torch
 from spml.data.layout import PreparedData, Split
 from spml.errors import SpmlError
 from spml.losses import get_loss_info
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass, register_method
+from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import load_score_cache, pseudo_label_diagnostics, vlpl_pseudo_labels
 from spml.vlm.pseudolabels import VlplSettings, check_settings
 
@@ -125,11 +125,12 @@ class VlplHooks(TrainingHooks):
         }
 
 
-register_method(
-    MethodInfo(
-        METHOD,
-        VlplHooks,
-        "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
-        config_defaults={"loss": "vlpl"},
-    )
+INFO = MethodInfo(
+    METHOD,
+    VlplHooks,
+    "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
+    config_defaults={"loss": "vlpl"},
+    provides=("pseudo",),
+    params=VlplParams,
+    path_params=("vlm_cache",),
 )

@@ -1,23 +1,19 @@
-"""How methods plug into the training engine: a hooks object per run and a registry of methods.
+"""How methods plug into the training engine: a hooks object per run, described by a :class:`MethodInfo`.
 
-The engine (:func:`spml.training.engine.train`) calls the hooks at fixed points; the base class
+The engine (:class:`spml.training.engine.Trainer`) calls the hooks at fixed points; the base class
 :class:`TrainingHooks` does nothing at each, so a method overrides only what it needs. A method is
-registered by name (``--method``) with a factory that builds its hooks from the run's context::
-
-    register_method(MethodInfo("vlpl", build_vlpl_hooks, "CLIP pseudo-labels + the vlpl loss"))
-
-Methods live in :mod:`spml.methods` (a higher layer) and register themselves when imported; the
-CLI imports :mod:`spml.methods` before resolving ``--method``. See docs/training.md for the full
-contract and call order.
+described by a :class:`MethodInfo` (name, hooks factory, implied config values, the loss inputs it
+provides); the engine is given one and never looks methods up by name. The registry of methods
+lives in :mod:`spml.methods.registry` (a higher layer). See docs/training.md for the full contract
+and call order.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +22,7 @@ from torch import nn
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 
-if TYPE_CHECKING:  # only for annotations: config imports nothing from here
-    from spml.training.config import TrainConfig
+from spml.training.config import TrainConfig, build_dataclass
 
 
 @dataclass
@@ -124,15 +119,20 @@ HooksFactory = Callable[[RunContext], TrainingHooks]
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered training method.
+    """A training method: what builds its hooks and what it implies for the config.
 
     Attributes:
-        name: ``--method`` value.
+        name: ``method`` value of the config.
         factory: Builds the run's hooks from its context.
         description: One line for listings.
-        config_defaults: Config values the method implies (applied over the shipped defaults, under
-            a user's config file and ``--set``), e.g. ``{"loss": "bce"}`` for a student trained with full BCE.
+        config_defaults: Config values the method implies (over :class:`TrainConfig`'s defaults,
+            under a config file and overrides), e.g. ``{"loss": "bce"}`` for a student trained with full BCE.
         required_params: Keys that must be present in ``method_params``.
+        provides: Per-batch loss inputs the hooks supply through :meth:`TrainingHooks.loss_inputs`
+            (``"pseudo"``); a loss needing an input that neither the batch nor the method supplies is
+            refused when the config is resolved.
+        params: The dataclass of ``method_params`` (checked when the config is resolved), or None.
+        path_params: ``method_params`` keys holding file or folder paths (made absolute on resolution).
     """
 
     name: str
@@ -140,41 +140,34 @@ class MethodInfo:
     description: str
     config_defaults: dict[str, Any] = field(default_factory=dict)
     required_params: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    params: type | None = None
+    path_params: tuple[str, ...] = ()
 
 
-_METHODS: dict[str, MethodInfo] = {}
+def _standard_hooks(ctx: RunContext) -> TrainingHooks:
+    return TrainingHooks()
 
 
-def register_method(info: MethodInfo) -> MethodInfo:
-    """Add a method to the registry (re-registering the same name replaces it)."""
-    _METHODS[info.name] = info
-    return info
+STANDARD = MethodInfo("standard", _standard_hooks, "train with the configured loss")
 
 
-def list_methods() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(_METHODS)
+def check_method_params(info: MethodInfo, params: dict[str, Any], source: str | Path | None = None) -> None:
+    """Check ``method_params`` against the method's required keys and parameter dataclass.
 
-
-def get_method(name: str) -> MethodInfo:
-    """The registered method ``name``; SpmlError listing the valid names otherwise."""
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpmlError(f"unknown method {name!r}{hint}; valid: {', '.join(list_methods())}")
-    return _METHODS[name]
-
-
-def build_hooks(ctx: RunContext) -> TrainingHooks:
-    """Build the hooks of ``ctx.config.method``, checking its required parameters first."""
-    info = get_method(ctx.config.method)
-    missing = [key for key in info.required_params if key not in ctx.config.method_params]
+    Raises:
+        SpmlError: A required key is missing, a key is unknown, or a value has the wrong type or range.
+    """
+    missing = [key for key in info.required_params if key not in params]
     if missing:
-        raise SpmlError(
-            f"method {info.name!r} needs method_params {', '.join(missing)} "
-            f"(e.g. --set method_params.{missing[0]}=...)"
-        )
+        raise SpmlError(f"method {info.name!r} needs method_params {', '.join(missing)}", source)
+    if info.params is not None:
+        build_dataclass(info.params, params, "method_params.", source)
+
+
+def build_hooks(ctx: RunContext, info: MethodInfo) -> TrainingHooks:
+    """Build the hooks of method ``info`` (which must be ``ctx.config.method``), checking its parameters."""
+    if info.name != ctx.config.method:
+        raise SpmlError(f"config names method {ctx.config.method!r} but method {info.name!r} was given")
+    check_method_params(info, ctx.config.method_params)
     return info.factory(ctx)
-
-
-register_method(MethodInfo("standard", lambda ctx: TrainingHooks(), "train with the configured loss"))
