@@ -97,6 +97,8 @@ def test_observe_writes_deterministic_file_and_sidecar(data, tmp_path):
     assert sidecar["train_fingerprint"] == data.split("train").fingerprint
     # Same settings: reused, same bytes; a fresh draw elsewhere gives the same bytes too.
     assert observe(data, "single-positive", seed=4) == path and path.read_bytes() == first
+    path.unlink()  # only the labels deleted: drawn again from the sidecar's settings
+    assert observe(data, "single-positive", seed=4).read_bytes() == first
     path.unlink()
     path.with_suffix(".json").unlink()
     assert observe(data, "single-positive", seed=4).read_bytes() == first
