@@ -23,7 +23,7 @@ from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.methods.ccd import CONFIG_DEFAULTS, CCDParams
 from spml.training.config import TrainConfig, config_from_dict, read_yaml, shipped_config
-from spml.api import train
+from spml.api import load_config, read_config_file, train
 
 
 @pytest.fixture(autouse=True)
@@ -131,12 +131,19 @@ def test_method_defaults_are_the_papers_and_set_wins(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in shipped_config("ccd").parent.glob("ccd*.yaml")))
 def test_shipped_configs_agree_with_method_defaults(name):
-    values = read_yaml(shipped_config(name))
+    values = read_config_file(shipped_config(name))
     assert values["method"] == "ccd"
     # What the method would impose over the file is what the file says already.
     assert {key: values[key] for key in CONFIG_DEFAULTS} == CONFIG_DEFAULTS
     assert (values["batch_size"], values["epochs"]) == (16, 10)
     CCDParams.from_params(values["method_params"])
+
+
+def test_figure_six_sweeps_are_grid_sections():
+    axes = {name: read_yaml(shipped_config(name))["grid"] for name in ("ccd_alpha", "ccd_views")}
+    assert axes == {"ccd_alpha": {"method_params.alpha": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]},
+                    "ccd_views": {"method_params.mean_views": [4, 6, 10, 14]}}
+    assert load_config("ccd_alpha") == load_config("ccd")  # the base config of the grid is ccd
 
 
 @pytest.fixture

@@ -78,6 +78,32 @@ def config_path(value: str | Path) -> Path:
     return shipped_config(text)
 
 
+# A config file may start from another one: ``extends: NAME|FILE`` (a relative file is relative to
+# the extending file's folder); its keys merge over the base's.
+EXTENDS = "extends"
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of a config file with its ``extends:`` chain merged in (its ``grid:`` section dropped)."""
+    values = read_yaml(path)
+    values.pop(GRID_SECTION, None)
+    base = values.pop(EXTENDS, None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise SpmlError(f"{EXTENDS} must name a config file or a shipped config, got {base!r}", path)
+    candidate = Path(base)
+    if candidate.is_absolute():
+        base_path = candidate
+    elif "/" in base or candidate.suffix in (".yaml", ".yml"):
+        base_path = path.parent / candidate
+    else:
+        base_path = shipped_config(base)
+    if base_path.resolve() in seen:
+        raise SpmlError(f"{EXTENDS} forms a cycle through {base_path}", path)
+    return merge(read_config_file(base_path, (*seen, path.resolve())), values)
+
+
 def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys (``loss_params.alpha``) as nested mappings; nested mappings kept as they are."""
     out: dict[str, Any] = {}
@@ -106,7 +132,7 @@ def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **key
     Args:
         source: A shipped config name (``"coco"``, ``"vlpl"``, ``"ccd"``), a YAML file, a mapping of
             keys, a :class:`TrainConfig`, or None for the defaults. A file's ``grid:`` section
-            (axes of :func:`grid`) is skipped.
+            (axes of :func:`grid`) is skipped; ``extends: NAME|FILE`` starts it from another config.
         overrides: A mapping (dotted or nested keys) or ``"key=value"`` strings (YAML values).
         **keys: More overrides as keyword arguments (``loss="role"``,
             ``method_params={"tau": 0.03}``); applied after ``overrides``.
@@ -129,8 +155,7 @@ def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **key
         values = _nested(source)
     else:
         label = config_path(source)
-        values = read_yaml(label)
-        values.pop(GRID_SECTION, None)
+        values = read_config_file(label)
         config_from_dict(values, label)  # report a bad file against the file itself
     update = merge(_overrides(overrides), _nested(keys))
     if update:

@@ -3,18 +3,16 @@ VLPL pseudo-labels and their diagnostics, and a micro CLIP for offline tests (se
 
 from spml.vlm.model import VLM, Preprocess, load_vlm, parse_spec
 from spml.vlm.pseudolabels import (
-    PAPER_SETTINGS,
     VlplSettings,
     pseudo_label_diagnostics,
     softmax_scores,
     vlpl_pseudo_labels,
 )
-from spml.vlm.scores import ScoreCache, load_score_cache, score_images, score_split, scores_cache
+from spml.vlm.scores import ScoreCache, load_score_cache, score_images, score_split, scores_cache, split_scores
 from spml.vlm.text import DEFAULT_TEMPLATES, check_classes, check_templates, text_embeddings
 
 __all__ = [
     "DEFAULT_TEMPLATES",
-    "PAPER_SETTINGS",
     "VLM",
     "Preprocess",
     "ScoreCache",
@@ -29,6 +27,7 @@ __all__ = [
     "score_split",
     "scores_cache",
     "softmax_scores",
+    "split_scores",
     "text_embeddings",
     "vlpl_pseudo_labels",
 ]

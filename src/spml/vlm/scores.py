@@ -182,6 +182,27 @@ def score_split(
     return arrays[SCORES]
 
 
+def split_scores(
+    vlm: VLM,
+    split: Split,
+    classes: Sequence[str],
+    templates: Sequence[str],
+    cache_root: str | Path,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    num_workers: int = 2,
+) -> ScoreCache:
+    """The score cache of exactly these settings, built first if it does not exist yet.
+
+    This is how a method finds its CLIP scores: by what produced them (model identity, templates,
+    class names, preprocessing, split), never by looking for whichever cache is there, so methods
+    with other settings (VLPL, CCD) can never pick up each other's cache.
+    """
+    score_split(vlm, split, classes, templates, cache_root, batch_size=batch_size, image_size=image_size,
+                num_workers=num_workers)
+    return load_score_cache(scores_cache(vlm, split, classes, templates, cache_root, image_size).path, split, classes)
+
+
 @dataclass(frozen=True)
 class ScoreCache:
     """A finished score cache: float16 ``N x 2 x L`` scores (view 0 original, 1 flipped) and context."""
