@@ -111,7 +111,7 @@ def make_trainer(data: Path, features: dict[str, Path], loss: str, batch_size: i
 def time_epoch(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path) -> dict:
     trainer, phase = make_trainer(data, features, loss, batch_size, run_dir)
     torch.manual_seed(0)
-    trainer.loss.set_epoch(1)
+    trainer.loss.on_epoch_start(phase.epoch(1))
     start = time.perf_counter()
     trainer.train_epoch(phase, 1)
     train_s = time.perf_counter() - start

@@ -46,6 +46,7 @@ def ccd_config(vlm: dict, **params) -> TrainConfig:
     return config_from_dict(
         {
             "method": "ccd",
+            "loss": "ccd",
             "regime": "finetune",
             "backbone": "test_resnet",
             "pretrained": "none",
@@ -134,7 +135,8 @@ def test_shipped_configs_agree_with_method_defaults(name):
     values = read_config_file(shipped_config(name))
     assert values["method"] == "ccd"
     # What the method would impose over the file is what the file says already.
-    assert {key: values[key] for key in CONFIG_DEFAULTS} == CONFIG_DEFAULTS
+    assert values["loss"] in ("ccd", "soft_bce")  # with or without the consistency term
+    assert {key: values[key] for key in CONFIG_DEFAULTS if key != "loss"} == {k: v for k, v in CONFIG_DEFAULTS.items() if k != "loss"}
     assert (values["batch_size"], values["epochs"]) == (16, 10)
     CCDParams.from_params(values["method_params"])
 
@@ -167,9 +169,9 @@ def stub_clip(monkeypatch, num_images: int) -> None:
 def stub_config(**top) -> TrainConfig:
     return config_from_dict(
         {
-            "method": "ccd", "regime": "finetune", "backbone": "test_resnet", "pretrained": "none",
+            "method": "ccd", "loss": "soft_bce", "regime": "finetune", "backbone": "test_resnet", "pretrained": "none",
             "epochs": 1, "lr": 1e-3, "image_size": 32, "device": "cpu", **top,
-            "method_params": {"update_labels": False, "consistency": False},
+            "method_params": {"update_labels": False},
         }
     )
 

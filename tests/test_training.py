@@ -17,6 +17,7 @@ from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.api import evaluate, load_config, load_run, register_method, resume, train
+from spml.losses import Epoch
 from spml.metrics import mean_average_precision
 from spml.training import MethodInfo, TrainConfig, TrainingDiverged, TrainingHooks, plan_phases
 from spml.training import engine as engine_module
@@ -242,16 +243,15 @@ def test_resume_linear_init_mid_finetune_equals_uninterrupted(
 
 
 class NanAtEpochTwo(TrainingHooks):
-    def __init__(self) -> None:
-        self.epoch = 0
+    """Poisons the head's weights when epoch 2 starts, so its first batch has a NaN loss."""
 
-    def on_epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
-        self.epoch = epoch
+    def setup(self, model: torch.nn.Module, loss: torch.nn.Module) -> None:
+        self.model = model
 
-    def batch_loss(self, model, batch, loss):  # type: ignore[no-untyped-def]
-        logits = model.forward_head(batch["features"])
-        value = loss(logits, batch["observed"])
-        return value * float("nan") if self.epoch == 2 else value
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        if epoch.number == 2:
+            with torch.no_grad():
+                next(self.model.head.parameters()).fill_(float("nan"))
 
 
 register_method(MethodInfo("test-nan-at-epoch-2", lambda ctx: NanAtEpochTwo(), "test: NaN loss in epoch 2"))

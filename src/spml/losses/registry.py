@@ -33,8 +33,9 @@ class LossInfo:
         description: One line: what the loss does.
         reference: Paper and released function it reproduces.
         inputs: Per-batch keyword inputs it needs beyond logits and observed labels
-            (``"index"``, ``"labels"``, ``"pseudo"``).
-        hooks: Trainer hooks it uses (``"on_train_start"``, ``"set_epoch"``, ``"on_epoch_end"``).
+            (:data:`~spml.losses.base.INPUT_NAMES`).
+        optional_inputs: Inputs it uses when they are given.
+        hooks: Trainer hooks it uses (``"on_train_start"``, ``"on_epoch_start"``, ``"on_epoch_end"``).
         types: Type of every hyperparameter (float, int or bool).
         defaults: Default of every optional hyperparameter.
         required: Hyperparameters without a default, which :func:`create` must be given.
@@ -45,6 +46,7 @@ class LossInfo:
     description: str
     reference: str
     inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...]
     hooks: tuple[str, ...]
     types: Mapping[str, type]
     defaults: Mapping[str, HParamValue]
@@ -86,7 +88,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
     def decorate(cls: L) -> L:
         if name in _REGISTRY:
             raise ValueError(f"loss {name!r} is already registered")
-        unknown = set(cls.inputs) - set(INPUT_NAMES)
+        unknown = (set(cls.inputs) | set(cls.optional_inputs)) - set(INPUT_NAMES)
         if unknown:
             raise ValueError(f"loss {name!r}: unknown inputs {sorted(unknown)}")
         types, defaults, required = _hyperparameters(cls)
@@ -97,6 +99,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
             description=description,
             reference=reference,
             inputs=tuple(cls.inputs),
+            optional_inputs=tuple(cls.optional_inputs),
             hooks=tuple(cls.hooks),
             types=MappingProxyType(types),
             defaults=MappingProxyType(defaults),

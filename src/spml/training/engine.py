@@ -42,7 +42,7 @@ from spml.data.labels import OBSERVED_DTYPE, check_observed, observed_from_true
 from spml.data.layout import PreparedData, Split
 from spml.data.observe import load_observed, simulate_observed
 from spml.errors import SpmlError
-from spml.losses import SpmlLoss, get_loss_info
+from spml.losses import Epoch, SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
 from spml.metrics import map_report, mean_average_precision
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
@@ -91,6 +91,10 @@ class Phase:
     last_epoch: int
     lr: float
     batch_size: int
+
+    def epoch(self, number: int) -> Epoch:
+        """The callbacks' record of run epoch ``number`` (in this phase)."""
+        return Epoch(number, self.name, number - self.first_epoch + 1)
 
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
@@ -208,7 +212,6 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.phases = plan_phases(config)
         self.loss_inputs_needed = get_loss_info(config.loss).inputs if loss is None else tuple(loss.inputs)
-        self.loss_hooks = get_loss_info(config.loss).hooks if loss is None else tuple(loss.hooks)
         observed = load_train_observed(data, config)
         ctx = RunContext(config=config, data=data, run_dir=run_dir, device=self.device, observed=observed)
         self.hooks: TrainingHooks = build_hooks(ctx, method)
@@ -332,10 +335,8 @@ class Trainer:
             # Full input checks on the first batch of the epoch only: each costs a host sync.
             self.loss.validate = b == 1
             self.optimizer.zero_grad(set_to_none=True)
-            value = self.hooks.batch_loss(model, batch, self.loss)
-            if value is None:
-                logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
-                value = self.loss(logits, batch["observed"], **self._loss_inputs(batch))
+            logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
+            value = self.loss(logits, batch["observed"], **self._loss_inputs(batch))
             item = float(value.detach())
             if not math.isfinite(item):
                 raise TrainingDiverged(
@@ -408,7 +409,7 @@ class Trainer:
             for epoch in range(state.next_epoch, phase.last_epoch + 1):
                 metrics.append(self.run_epoch(phase, epoch, state))
                 # Early stopping (or a method's) ends the phase: the run, unless fine-tuning follows.
-                stop = self._early_stop(state) or self.hooks.should_stop(epoch)
+                stop = self._early_stop(state) or self.hooks.should_stop(phase.epoch(epoch))
                 phase_done = stop or epoch == phase.last_epoch
                 state.next_epoch = phase.last_epoch + 1 if phase_done else epoch + 1
                 state.stopped_early = stop and epoch < phase.last_epoch
@@ -426,26 +427,26 @@ class Trainer:
         return patience > 0 and state.bad_epochs >= patience
 
     def run_epoch(self, phase: Phase, epoch: int, state: RunState) -> dict[str, Any]:
-        """Train, validate and record epoch ``epoch`` of ``phase``; update ``state``; return the record."""
+        """Train, validate and record epoch ``epoch`` of ``phase``; update ``state``; return the record.
+
+        The loss, the method's hooks and the extra callbacks, in this order, get the same
+        :class:`~spml.losses.Epoch` at the start and at the end of the epoch.
+        """
         start = time.perf_counter()
-        in_phase = epoch - phase.first_epoch + 1
+        record_epoch = phase.epoch(epoch)
+        in_phase = record_epoch.in_phase
+        callbacks = (self.loss, self.hooks, *self.callbacks)
         torch.manual_seed(_epoch_seed(self.config.seed, epoch))
-        self.loss.set_epoch(in_phase)
-        for hooks in (self.hooks, *self.callbacks):
-            hooks.on_epoch_start(epoch, self.rm.model)
+        for callback in callbacks:
+            callback.on_epoch_start(record_epoch)
         train_loss = self.train_epoch(phase, epoch)
         val_scores = self.score("val", phase, epoch)
         train_scores = self.score("train", phase, epoch)
         val_map = mean_average_precision(val_scores, self.val_target)
         train_label_map = mean_average_precision(train_scores, self.train_split.labels)
-        if "on_epoch_end" in self.loss_hooks:
-            self.loss.on_epoch_end(
-                in_phase,
-                torch.from_numpy(train_scores).to(self.device),
-                torch.from_numpy(self.observed).to(self.device),
-            )
-        for hooks in (self.hooks, *self.callbacks):
-            hooks.on_epoch_end(epoch, self.rm.model, train_scores)
+        train_probs = torch.from_numpy(train_scores).to(self.device)
+        for callback in callbacks:
+            callback.on_epoch_end(record_epoch, train_probs)
         best = state.best_score
         if best is None or math.isnan(best) or val_map > best + self.config.early_stopping.min_delta:
             state.bad_epochs = 0

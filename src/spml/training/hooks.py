@@ -21,6 +21,7 @@ from torch import nn
 
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
+from spml.losses import Epoch
 
 from spml.training.config import TrainConfig, build_dataclass
 
@@ -52,7 +53,7 @@ class TrainingHooks:
     """Callbacks of one training run. Every method is optional; the defaults change nothing.
 
     A train batch is a dict of tensors on the run's device: ``observed`` (int64 B x L, -1/0/1),
-    ``labels`` (true labels, int64 B x L, 0/1), ``index`` (row in the train split), ``flipped``
+    ``index`` (row in the train split), ``flipped``
     (bool, whether the view is mirrored) and either ``features`` (``linear`` regime: cached
     pooled backbone features, B x C) or ``image`` (image regimes: normalised B x 3 x S x S).
     """
@@ -65,38 +66,35 @@ class TrainingHooks:
         return observed
 
     def setup(self, model: nn.Module, loss: nn.Module) -> None:
-        """Called once after the model and loss exist, before the first epoch (also on resume,
-        before the checkpoint's state is loaded into the model, the loss and these hooks)."""
+        """Called once after the model and loss exist, before the first epoch.
 
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        """Called before epoch ``epoch`` (1-based, counted over all phases) trains."""
+        Also on resume, before the checkpoint's state is loaded into the model, the loss and these
+        hooks. A method that needs the model in later callbacks keeps it from here.
+        """
+
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        """Called before ``epoch`` trains (the same record the loss gets)."""
 
     def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Extra keyword inputs of the loss for this batch, e.g. ``{"pseudo": ...}`` for ``vlpl``."""
+        """Extra keyword inputs of the loss for this batch, e.g. ``{"pseudo": ...}`` for ``vlpl``.
+
+        Called after the batch's logits were computed, once per batch; the names a method returns
+        are declared in its :attr:`MethodInfo.provides`. No hook replaces the loss: a method that
+        needs another objective gives a registered loss its inputs (CCD: ``soft``, ``strong_logits``).
+        """
         return {}
 
-    def batch_loss(self, model: nn.Module, batch: Batch, loss: nn.Module) -> torch.Tensor | None:
-        """The whole loss of a train batch, or None to let the engine compute it.
-
-        The engine's own computation is ``loss(logits, batch["observed"], **inputs)`` with the
-        logits of ``batch["image"]`` (or of ``batch["features"]``). A method that needs more (CCD:
-        two augmented views, soft targets and a consistency term) returns its scalar here; it
-        may call ``model.forward_features`` / ``model.forward_head`` and ``loss`` itself.
-        """
-        return None
-
-    def on_epoch_end(self, epoch: int, model: nn.Module, train_scores: np.ndarray) -> None:
-        """Called after epoch ``epoch`` trained and was evaluated.
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
+        """Called after ``epoch`` trained and was evaluated (the same call the loss gets).
 
         Args:
-            epoch: 1-based epoch number.
-            model: The model in eval mode.
-            train_scores: float32 N x L sigmoid probabilities of the model on the (unflipped)
-                train split, row-aligned with the train labels.
+            epoch: The epoch that just finished.
+            train_probs: float32 N x L sigmoid probabilities of the model (in eval mode) on the
+                unflipped train split, row-aligned with the train labels, on the run's device.
         """
 
-    def should_stop(self, epoch: int) -> bool:
-        """Whether to stop after epoch ``epoch`` (a method's own early stopping).
+    def should_stop(self, epoch: Epoch) -> bool:
+        """Whether to stop after ``epoch`` (a method's own early stopping).
 
         Like ``early_stopping`` it ends the current phase: the run, unless a fine-tuning phase follows.
         """
