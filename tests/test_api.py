@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import spml
@@ -110,3 +111,14 @@ def test_config_yaml_reproduces_the_run_from_another_folder(
     again = json.loads(Path("again/results.json").read_text())
     assert again["test_map"] == first.test_map
     assert Path("again/config.yaml").read_text() == Path(config_file).read_text()
+
+
+def test_backbone_params_reach_timm(data: Path) -> None:
+    from spml.data.layout import PreparedData
+    from spml.training import RunModel
+
+    cfg = spml.load_config(backbone="test_vit", pretrained="none", image_size=48, backbone_params={"img_size": 48})
+    model = RunModel(cfg, PreparedData.open(data), torch.device("cpu")).model
+    assert tuple(model.backbone.patch_embed.img_size) == (48, 48)  # timm's default for test_vit: 160
+    plain = RunModel(spml.load_config(backbone="test_vit", pretrained="none"), PreparedData.open(data), torch.device("cpu"))
+    assert tuple(plain.model.backbone.patch_embed.img_size) == (160, 160)

