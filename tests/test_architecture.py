@@ -7,9 +7,9 @@ from pathlib import Path
 
 import spml
 
-LAYERS = ["errors", "metrics", "data", "models", "losses", "vlm", "training", "methods", "api", "cli"]
-RANK = {name: max(1, i) for i, name in enumerate(LAYERS)}  # errors and metrics share the bottom layer
-RANK["errors"] = 0
+LAYERS = ["errors", "coerce", "metrics", "data", "models", "losses", "vlm", "training", "methods", "api", "cli"]
+RANK = {name: i for i, name in enumerate(LAYERS)}
+RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
 
 
 def imported_spml_packages(path: Path) -> set[str]:

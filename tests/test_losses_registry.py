@@ -55,9 +55,9 @@ def test_unknown_name_lists_valid_names() -> None:
     [
         ("an", {"ls_coef": 0.1}, r"unknown hyperparameter\(s\) ls_coef \(valid: none\)"),
         ("an_ls", {"ls": 0.1}, r"unknown hyperparameter\(s\) ls \(valid: ls_coef\)"),
-        ("an_ls", {"ls_coef": "0.1"}, "hyperparameter ls_coef must be float, got str '0.1'"),
-        ("an_ls", {"ls_coef": True}, "hyperparameter ls_coef must be float, got bool"),
-        ("role", {"num_examples": 4.0}, "hyperparameter num_examples must be int, got float"),
+        ("an_ls", {"ls_coef": "0.1"}, "hyperparameter ls_coef must be a number, got '0.1'"),
+        ("an_ls", {"ls_coef": True}, "hyperparameter ls_coef must be a number, got True"),
+        ("role", {"num_examples": 4.0}, "hyperparameter num_examples must be an integer, got 4.0"),
         ("role", {}, r"missing required hyperparameter\(s\) num_examples"),
         ("ll_cp", {}, r"missing required hyperparameter\(s\) num_examples, delta_rel"),
         ("an_ls", {"ls_coef": 1.0}, r"ls_coef=1.0 must lie in \[0, 1\)"),

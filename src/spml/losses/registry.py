@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from spml.coerce import coerce
 from spml.errors import SpmlError
 from spml.losses.base import INPUT_NAMES, SpmlLoss
 
@@ -126,21 +127,6 @@ def get_loss_info(name: str) -> LossInfo:
         raise SpmlError(f"unknown loss {name!r}; valid losses: {', '.join(list_losses())}") from None
 
 
-def _coerce(loss: str, key: str, value: Any, kind: type) -> HParamValue:
-    # bool is an int subclass: reject it where a number is meant, and numbers where a bool is meant.
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise SpmlError(
-            f"loss {loss!r}: hyperparameter {key} must be {kind.__name__}, got {type(value).__name__} {value!r}"
-        )
-    return float(value) if kind is float else value
-
-
 def check_hparams(name: str, hparams: Mapping[str, Any], supplied: tuple[str, ...] = ()) -> dict[str, HParamValue]:
     """Check ``hparams`` of loss ``name`` without building it; return them coerced to their types.
 
@@ -161,7 +147,7 @@ def check_hparams(name: str, hparams: Mapping[str, Any], supplied: tuple[str, ..
     missing = [k for k in info.required if k not in hparams and k not in supplied]
     if missing:
         raise SpmlError(f"loss {name!r}: missing required hyperparameter(s) {', '.join(missing)} (see docs/losses.md)")
-    return {k: _coerce(name, k, v, info.types[k]) for k, v in hparams.items()}
+    return {k: coerce(v, info.types[k], f"loss {name!r}: hyperparameter {k}") for k, v in hparams.items()}
 
 
 def create(name: str, num_classes: int, *, validate: bool = True, **hparams: Any) -> SpmlLoss:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from spml.coerce import coerce
 from spml.data.atomic import write_text
 from spml.errors import SpmlError
 
@@ -199,49 +199,11 @@ def shipped_config(name: str) -> Path:
     return path
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is dict:
-        return "a mapping"
-    if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
-                "dict": "a mapping"}.get(tp.__name__, tp.__name__)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = " or ".join(_type_name(a) for a in args)
-    return f"{base} or null" if type(None) in typing.get_args(tp) else base
-
-
 def _coerce(value: Any, tp: Any, key: str, source: str | Path | None) -> Any:
-    """Return ``value`` checked (and, for numbers, converted) to the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
-    bad = SpmlError(f"{key} must be {_type_name(tp)}, got {value!r}", source)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise bad
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int | float):
-            return float(value)
-        raise bad
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    try:
+        return coerce(value, tp, key)
+    except SpmlError as err:
+        raise SpmlError(err.message, source) from None
 
 
 def build_dataclass(cls: type, values: Any, prefix: str = "", source: str | Path | None = None) -> Any:
