@@ -72,7 +72,7 @@ def test_none_is_all_unknown():
 
 @pytest.mark.parametrize(
     ("mode", "keep", "message"),
-    [("all", 0.1, "unknown observation mode 'all'"), ("partial", 1.5, r"--keep must be in \[0, 1\], got 1.5")],
+    [("all", 0.1, "unknown observation mode 'all'"), ("partial", 1.5, r"keep must be in \[0, 1\], got 1.5")],
 )
 def test_bad_settings(mode, keep, message):
     with pytest.raises(SpmlError, match=message):

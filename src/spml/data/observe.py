@@ -33,7 +33,7 @@ def _check_mode(mode: str, keep: float) -> None:
     if mode not in MODES:
         raise SpmlError(f"unknown observation mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "partial" and not 0.0 <= keep <= 1.0:
-        raise SpmlError(f"--keep must be in [0, 1], got {keep}")
+        raise SpmlError(f"keep must be in [0, 1], got {keep}")
 
 
 def simulate_observed(true_labels: np.ndarray, mode: str, keep: float, rng: np.random.Generator) -> np.ndarray:

@@ -249,7 +249,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise SpmlError(f"--set expects key=value, got {item!r}")
+            raise SpmlError(f"an override must be key=value, got {item!r}")
         try:
             value = yaml.load(text, Loader=_Loader) if text.strip() else ""
         except yaml.YAMLError:
@@ -259,7 +259,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SpmlError(f"--set {key}: {part!r} was already given a scalar value")
+                raise SpmlError(f"override {key}: {part!r} was already given a scalar value")
         node[parts[-1]] = value
     return nested
 

@@ -537,7 +537,7 @@ def train(
     config = resolve_paths(config, method, data.root)
     run_dir = Path(run_dir)
     if (run_dir / CONFIG_FILE).exists():
-        raise SpmlError("already holds a run (config.yaml); resume it with --resume or choose another --out", run_dir)
+        raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # a method's setup may write its own files there
     trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
     write_text(run_dir / CONFIG_FILE, config_to_yaml(config))

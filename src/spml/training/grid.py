@@ -117,7 +117,7 @@ def run_grid(
         try:
             if (run_dir / CONFIG_FILE).is_file():
                 if load_config(run_dir / CONFIG_FILE) != config:
-                    raise SpmlError("holds a run with another config than this grid's; use another --out", run_dir)
+                    raise SpmlError("holds a run with another config than this grid's; use another grid folder", run_dir)
                 resume(run_dir, data_dir, method=method)
             else:
                 train(data_dir, config, run_dir, method=method)

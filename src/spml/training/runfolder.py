@@ -110,7 +110,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / RESULTS_FILE
     if not path.is_file():
-        raise SpmlError("run has not completed (no results.json); resume it with spml train --resume", run_dir)
+        raise SpmlError("run has not completed (no results.json); resume it first", run_dir)
     return json.loads(path.read_text())
 
 
