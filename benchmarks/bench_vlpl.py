@@ -46,7 +46,8 @@ from spml.methods.vlpl import VlplParams
 from spml.models import backbone_data_config
 from spml.api import get_method, load_config, register_method
 from spml.training import MethodInfo, RunContext, Trainer, TrainingHooks, build_dataclass, plan_phases
-from spml.vlm import VLM, load_vlm, score_split, text_embeddings, vlpl_pseudo_labels
+from spml.pseudolabels.vlpl import vlpl_pseudo_labels
+from spml.vlm import VLM, load_vlm, score_split, text_embeddings
 
 TEMPLATES = ["a photo of a {}"]
 ONLINE = "bench-vlpl-online"

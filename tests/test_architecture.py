@@ -7,7 +7,7 @@ from pathlib import Path
 
 import spml
 
-LAYERS = ["errors", "coerce", "metrics", "data", "models", "losses", "vlm", "training", "methods", "api", "cli"]
+LAYERS = ["errors", "coerce", "metrics", "data", "models", "losses", "pseudolabels", "vlm", "training", "methods", "api", "cli"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from subsets import small_copy
 
-import spml.methods.ccd as ccd
+import spml.methods.ccd.method as ccd
 from spml.cli.main import build_parser
 from spml.cli.train import config_from_args
 from spml.data.layout import PreparedData

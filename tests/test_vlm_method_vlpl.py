@@ -16,7 +16,8 @@ from spml.errors import SpmlError
 from spml.methods.vlpl import VlplHooks
 from spml.api import load_config, train
 from spml.training import RunContext
-from spml.vlm import load_score_cache, load_vlm, score_split, vlpl_pseudo_labels
+from spml.pseudolabels.vlpl import vlpl_pseudo_labels
+from spml.vlm import load_score_cache, load_vlm, score_split
 
 BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=64",
         "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]

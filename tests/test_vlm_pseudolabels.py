@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spml.errors import SpmlError
-from spml.vlm import pseudo_label_diagnostics, softmax_scores, vlpl_pseudo_labels
+from spml.pseudolabels.vlpl import pseudo_label_diagnostics, softmax_scores, vlpl_pseudo_labels
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "losses.npz"
 

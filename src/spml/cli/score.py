@@ -25,7 +25,8 @@ from spml.errors import SpmlError
 from spml.methods.vlpl import VlplParams
 from spml.training import build_dataclass
 from spml.training.runmodel import resolve_device
-from spml.vlm import load_vlm, pseudo_label_diagnostics, split_scores
+from spml.pseudolabels.vlpl import pseudo_label_diagnostics
+from spml.vlm import load_vlm, split_scores
 
 # Flag (argparse dest) -> the method_params key it sets; also how errors name the flags.
 PARAM_FLAGS = {

@@ -28,8 +28,8 @@ import torch
 from spml.errors import SpmlError
 from spml.losses import get_loss_info
 from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
-from spml.vlm import DEFAULT_TEMPLATES, load_score_cache, load_vlm, pseudo_label_diagnostics, split_scores, vlpl_pseudo_labels
-from spml.vlm.pseudolabels import VlplSettings, check_settings
+from spml.pseudolabels.vlpl import VlplSettings, check_settings, pseudo_label_diagnostics, vlpl_pseudo_labels
+from spml.vlm import DEFAULT_TEMPLATES, load_score_cache, load_vlm, split_scores
 from spml.vlm.text import check_templates
 
 METHOD = "vlpl"

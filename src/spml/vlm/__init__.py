@@ -1,13 +1,7 @@
-"""Vision-language models: frozen open_clip models, prompt text embeddings, cached image/crop scores,
-VLPL pseudo-labels and their diagnostics, and a micro CLIP for offline tests (see docs/vlm.md)."""
+"""Vision-language models: frozen open_clip models, prompt text embeddings, cached image/crop scores
+and a micro CLIP for offline tests (see docs/vlm.md)."""
 
 from spml.vlm.model import VLM, Preprocess, load_vlm, parse_spec
-from spml.vlm.pseudolabels import (
-    VlplSettings,
-    pseudo_label_diagnostics,
-    softmax_scores,
-    vlpl_pseudo_labels,
-)
 from spml.vlm.scores import ScoreCache, load_score_cache, score_images, score_split, scores_cache, split_scores
 from spml.vlm.text import DEFAULT_TEMPLATES, check_classes, check_templates, text_embeddings
 
@@ -16,18 +10,14 @@ __all__ = [
     "VLM",
     "Preprocess",
     "ScoreCache",
-    "VlplSettings",
     "check_classes",
     "check_templates",
     "load_score_cache",
     "load_vlm",
     "parse_spec",
-    "pseudo_label_diagnostics",
     "score_images",
     "score_split",
     "scores_cache",
-    "softmax_scores",
     "split_scores",
     "text_embeddings",
-    "vlpl_pseudo_labels",
 ]

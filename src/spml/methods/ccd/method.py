@@ -3,7 +3,7 @@
 Annotation-free training (no observed labels are used):
 
 1. CLIP scores every training image once (cached); the softmax over classes is the initial label
-   (eq. 1-3), calibrated by the inverse CLIP class bias (sec. 3.3, :mod:`spml.methods.ccd_labels`).
+   (eq. 1-3), calibrated by the inverse CLIP class bias (sec. 3.3, :mod:`spml.pseudolabels.ccd`).
 2. Warm-up: ``warmup_epochs`` of BCE to the initial soft labels.
 3. Label update, once, after the warm-up: for every class the classifier accepts, the CAM box
    (enlarged, clipped) is cropped and scored by CLIP (``view_policy: cam``), or the image is cut in
@@ -44,7 +44,7 @@ from spml.data.layout import Split
 from spml.errors import SpmlError
 from spml.losses import Epoch, get_loss_info
 from spml.metrics import mean_average_precision
-from spml.methods.ccd_labels import (
+from spml.pseudolabels.ccd import (
     ClipBias,
     clip_probabilities,
     debias,
@@ -53,8 +53,8 @@ from spml.methods.ccd_labels import (
     mix_labels,
     threshold_for_mean_views,
 )
-from spml.methods.ccd_report import label_diagnostics, plot_bias
-from spml.methods.local_views import (
+from spml.methods.ccd.report import label_diagnostics, plot_bias
+from spml.methods.ccd.views import (
     boxes_array,
     cam_box,
     crop_resized,
