@@ -214,7 +214,7 @@ class ScoreCache:
 
 
 def load_score_cache(path: str | Path, split: Split | None = None, classes: Sequence[str] | None = None) -> ScoreCache:
-    """Open a score cache folder (as printed by ``spml pseudolabel``), checked against the data.
+    """Open a score cache folder (as printed by ``spml score``), checked against the data.
 
     Raises:
         SpmlError: Not a finished score cache, or one built for other images or classes (the reason is
@@ -223,7 +223,7 @@ def load_score_cache(path: str | Path, split: Split | None = None, classes: Sequ
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
-        raise SpmlError("not a finished VLM score cache (no meta.json); run `spml pseudolabel` first", path)
+        raise SpmlError("not a finished VLM score cache (no meta.json); run `spml score` first", path)
     meta = json.loads(meta_file.read_text())
     material = meta.get("material", {})
     if material.get("kind") != "vlm-scores":

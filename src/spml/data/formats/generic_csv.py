@@ -4,7 +4,7 @@
 
     train.csv       the train pool: one "path,labels" row per image
     test.csv        the test set, same form
-    (--classes F)   optional: one class name per line, the class list and its order
+    (--classes-file F)   optional: one class name per line, the class list and its order
 
 ``path`` is relative to the folder of the CSV file (or absolute); ``labels`` lists class names
 separated by ``;`` (empty for an image without labels). A first row ``path,labels`` is a header.
