@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from spml.data.dataset import load_image
-from spml.methods.local_views import crop_resized, grid_boxes
+from spml.methods.ccd.views import crop_resized, grid_boxes
 from spml.vlm.model import load_vlm
 from spml.vlm.scores import score_images
 from spml.vlm.text import encode_classes

@@ -39,13 +39,12 @@ from pathlib import Path
 
 import torch
 
-import spml.methods  # noqa: F401  (registers the methods)
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.prepare import prepare
 from spml.data.synth import make_synthetic
-from spml.training import load_config
-from spml.training.grid import run_grid
+from spml.api import grid as run_grid
+from spml.api import load_config
 from spml.vlm import load_vlm, score_split
 from spml.vlm.micro_clip import train_micro_clip
 

@@ -3,7 +3,7 @@
 A synthetic, random float16 feature cache of COCO-2014's size (65,665 train rows, 16,416 val rows,
 2,048 channels: ResNet-50 pooled features) and 80 classes with ~2.9 positives per image is written
 to a temporary folder (outside the project). For every registered loss except ``pr``, one training
-epoch is timed at batch 1,024 (and optionally 8): the engine's ``_train_epoch`` (gather rows from the
+epoch is timed at batch 1,024 (and optionally 8): the engine's ``Trainer.train_epoch`` (gather rows from the
 cache, loss, backward, Adam), then the evaluation the engine runs after it (val and train
 predictions, val mAP, training-label mAP).
 
@@ -34,8 +34,10 @@ from numpy.lib.format import open_memmap
 from spml.data.layout import write_prepared
 from spml.data.observe import simulate_observed
 from spml.losses import list_losses
-from spml.training import MethodInfo, TrainingHooks, load_config, plan_phases, register_method
-from spml.training import engine
+from spml.api import get_method, load_config, register_method
+from spml.data.layout import PreparedData
+from spml.metrics import mean_average_precision
+from spml.training import MethodInfo, RunState, Trainer, TrainingHooks, plan_phases
 from spml.training.feature_rows import FeatureRows
 
 TRAIN_ROWS, VAL_ROWS, CHANNELS, CLASSES = 65_665, 16_416, 2_048, 80
@@ -55,7 +57,7 @@ class RandomPseudo(TrainingHooks):
         return {"pseudo": self.pseudo[batch["index"].cpu()]}
 
 
-register_method(MethodInfo("bench-random-pseudo", RandomPseudo, "benchmark: random pseudo-labels for vlpl"))
+register_method(MethodInfo("bench-random-pseudo", RandomPseudo, "benchmark: random pseudo-labels for vlpl", provides=("pseudo",)))
 
 
 def make_data(root: Path, train_rows: int) -> tuple[Path, dict[str, Path]]:
@@ -97,27 +99,27 @@ def make_trainer(data: Path, features: dict[str, Path], loss: str, batch_size: i
         overrides.append("method=bench-random-pseudo")
     config = load_config(None, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = engine._Trainer(config, engine.PreparedData.open(data), run_dir)
+    trainer = Trainer(config, PreparedData.open(data), run_dir, method=get_method(config.method))
     # The benchmark's random caches stand in for extract_features' (same dtype, same reader).
     for split, path in features.items():
-        trainer.rm._features[split] = FeatureRows(np.load(path, mmap_mode="r"))
+        trainer.rm.set_features(split, FeatureRows(np.load(path, mmap_mode="r")))
     phase = plan_phases(config)[0]
-    trainer._enter_phase(phase, from_previous=False)
+    trainer.enter_phase(phase, from_previous=False)
     return trainer, phase
 
 
 def time_epoch(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path) -> dict:
     trainer, phase = make_trainer(data, features, loss, batch_size, run_dir)
     torch.manual_seed(0)
-    trainer.loss.set_epoch(1)
+    trainer.loss.on_epoch_start(phase.epoch(1))
     start = time.perf_counter()
-    trainer._train_epoch(phase, 1)
+    trainer.train_epoch(phase, 1)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    val = trainer._score("val", phase, 1)
-    train_scores = trainer._score("train", phase, 1)
-    engine.mean_average_precision(val, trainer.val_target)
-    engine.mean_average_precision(train_scores, trainer.train_split.labels)
+    val = trainer.score("val", phase, 1)
+    train_scores = trainer.score("train", phase, 1)
+    mean_average_precision(val, trainer.val_target)
+    mean_average_precision(train_scores, trainer.train_split.labels)
     eval_s = time.perf_counter() - start
     return {"loss": loss, "batch_size": batch_size, "train_s": train_s, "eval_s": eval_s}
 
@@ -132,8 +134,7 @@ def rss_child(root: Path) -> None:
     train_rows = len(np.load(features["train"], mmap_mode="r"))
     trainer, phase = make_trainer(data, features, "an", 1024, root / "run")
     setup = peak_rss_mib()
-    state = {"next_epoch": 1, "best_epoch": None, "best_score": None, "bad_epochs": 0, "stopped_early": False}
-    trainer._run_epoch(phase, 1, state)
+    trainer.run_epoch(phase, 1, RunState())
     size = sum(p.stat().st_size for p in features.values())
     print(json.dumps({"train_rows": train_rows, "peak_rss_mib": round(peak_rss_mib(), 1),
                       "peak_rss_after_setup_mib": round(setup, 1), "feature_files_mib": round(size / 2**20, 1)}))

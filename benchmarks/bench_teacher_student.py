@@ -37,13 +37,13 @@ from pathlib import Path
 
 import torch
 
-import spml.methods  # noqa: F401  (registers the methods)
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.prepare import prepare
 from spml.methods.teacher_student import PAPER_THRESHOLDS, threshold_sweep
-from spml.training import load_config
-from spml.training.grid import GridRow, run_grid
+from spml.api import grid as run_grid
+from spml.api import load_config
+from spml.training.grid import GridRow
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 TEACHER_NAMES = {"an": "AN", "role": "ROLE", "em": "EM", "an_ls": "AN-LS", "wan": "WAN", "epr": "EPR"}

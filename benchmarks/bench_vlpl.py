@@ -3,7 +3,7 @@
 The VLPL method (``spml.methods.vlpl``) scores the train split once with CLIP (``score_split``,
 original and mirrored image) and training reads the cached pseudo-labels of each batch. The
 alternative it avoids runs the VLM on every training batch. Both variants here go through the
-engine's own epoch loop (``_Trainer._train_epoch``: the DataLoader decodes and augments images, the
+engine's own epoch loop (``Trainer.train_epoch``: the DataLoader decodes and augments images, the
 backbone trains end to end with the ``vlpl`` loss, Adam steps) with the same backbone, VLM, data,
 seed and batches; they differ only in where the batch's ``pseudo=`` input comes from:
 
@@ -44,9 +44,10 @@ from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.methods.vlpl import VlplParams
 from spml.models import backbone_data_config
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass, load_config, plan_phases, register_method
-from spml.training import engine
-from spml.vlm import VLM, load_vlm, score_split, text_embeddings, vlpl_pseudo_labels
+from spml.api import get_method, load_config, register_method
+from spml.training import MethodInfo, RunContext, Trainer, TrainingHooks, build_dataclass, plan_phases
+from spml.pseudolabels.vlpl import vlpl_pseudo_labels
+from spml.vlm import VLM, load_vlm, score_split, text_embeddings
 
 TEMPLATES = ["a photo of a {}"]
 ONLINE = "bench-vlpl-online"
@@ -83,7 +84,7 @@ class OnlineVlplHooks(TrainingHooks):
 
 
 register_method(MethodInfo(ONLINE, OnlineVlplHooks, "benchmark: VLPL with a VLM forward per batch",
-                           config_defaults={"loss": "vlpl"}))
+                           config_defaults={"loss": "vlpl"}, provides=("pseudo",)))
 
 
 def make_trainer(data: Path, method: str, args: argparse.Namespace, run_dir: Path) -> tuple[Any, Any]:
@@ -95,9 +96,9 @@ def make_trainer(data: Path, method: str, args: argparse.Namespace, run_dir: Pat
         "observed=single-positive-seed0.npy", "method_params.tau=0.03", "method_params.theta=0.3",
     ])
     run_dir.mkdir(parents=True)
-    trainer = engine._Trainer(config, PreparedData.open(data), run_dir)
+    trainer = Trainer(config, PreparedData.open(data), run_dir, method=get_method(method))
     phase = plan_phases(config)[0]
-    trainer._enter_phase(phase, from_previous=False)
+    trainer.enter_phase(phase, from_previous=False)
     return trainer, phase
 
 
@@ -113,7 +114,7 @@ def time_epochs(data: Path, args: argparse.Namespace, tmp: Path) -> dict[str, li
         for method, (trainer, phase) in trainers.items():
             torch.manual_seed(epoch)
             start = time.perf_counter()
-            trainer._train_epoch(phase, epoch)
+            trainer.train_epoch(phase, epoch)
             seconds[method].append(time.perf_counter() - start)
     return seconds
 

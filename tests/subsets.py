@@ -33,3 +33,9 @@ def scored_single_positive_copy(micro_clip, out: Path, n_train: int, n_eval: int
     score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
     observe(data, "single-positive", seed=0)
     return out
+
+
+def micro_clip_params(micro_clip) -> list[str]:  # type: ignore[no-untyped-def]
+    """``--set`` overrides naming the micro CLIP as VLPL's VLM (its cache is then the one above)."""
+    return [f"method_params.vlm={micro_clip.spec}", f"method_params.vlm_checkpoint={micro_clip.checkpoint}",
+            f"method_params.vlm_model_config={micro_clip.config}"]

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import spml
 
-LAYERS = ["errors", "metrics", "data", "models", "losses", "vlm", "training", "deploy", "methods", "reports", "cli"]
-RANK = {name: max(1, i) for i, name in enumerate(LAYERS)}  # errors and metrics share the bottom layer
-RANK["errors"] = 0
-RANK["progress"] = RANK["metrics"]  # imports no spml module: every layer may report progress
+LAYERS = [
+    "errors", "coerce", "metrics", "data", "models", "losses", "pseudolabels", "vlm", "training", "deploy",
+    "methods", "reports", "api", "cli",
+]  # fmt: skip
+RANK = {name: i for i, name in enumerate(LAYERS)}
+RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
+RANK["progress"] = RANK["coerce"]  # imports no spml module: every layer may report progress
 
 
 def imported_spml_packages(path: Path) -> set[str]:

@@ -113,6 +113,7 @@ def test_ccd_and_cdul_on_coco128(coco_small, tmp_path):
     assert "best epoch" in out
     config = yaml.safe_load((ccd_run / "config.yaml").read_text())
     assert (config["regime"], config["lr"], config["epochs"]) == ("finetune", 1e-5, 2)  # method defaults, --set
+    assert config["loss"] == "ccd"  # config.yaml names the loss that was trained
     method, views = check_run(ccd_run, coco_small)
     assert len(views) == N_TRAIN and method["class_threshold_used"] > 0  # mean_views=1: one view per image
     assert (views[:, 5] >= 0).all()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spml.errors import SpmlError
-from spml.methods.ccd_labels import (
+from spml.pseudolabels.ccd import (
     clip_probabilities,
     debias,
     early_stop_epoch,
@@ -16,7 +16,7 @@ from spml.methods.ccd_labels import (
     mix_labels,
     threshold_for_mean_views,
 )
-from spml.methods.local_views import (
+from spml.methods.ccd.views import (
     boxes_array,
     cam_box,
     crop_resized,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from subsets import small_copy
 
-import spml.methods.ccd as ccd
+import spml.methods.ccd.method as ccd
 from spml.cli.main import build_parser
 from spml.cli.train import config_from_args
 from spml.data.layout import PreparedData
@@ -23,7 +23,7 @@ from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.methods.ccd import CONFIG_DEFAULTS, CCDParams
 from spml.training.config import TrainConfig, config_from_dict, read_yaml, shipped_config
-from spml.training.engine import train
+from spml.api import load_config, read_config_file, train
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,7 @@ def ccd_config(vlm: dict, **params) -> TrainConfig:
     return config_from_dict(
         {
             "method": "ccd",
+            "loss": "ccd",
             "regime": "finetune",
             "backbone": "test_resnet",
             "pretrained": "none",
@@ -109,7 +110,7 @@ def test_params_validation():
 def test_method_defaults_are_the_papers_and_set_wins(tmp_path):
     def resolve(*argv: str) -> TrainConfig:
         args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), *argv])
-        return config_from_args(args, tmp_path)
+        return config_from_args(args)
 
     # Sec. 4.1: lr 1e-5, batch 16, up to 10 epochs (early stopping), CLIP RN50x64, thresholds 0.5.
     config = resolve("--method", "ccd")
@@ -131,12 +132,20 @@ def test_method_defaults_are_the_papers_and_set_wins(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in shipped_config("ccd").parent.glob("ccd*.yaml")))
 def test_shipped_configs_agree_with_method_defaults(name):
-    values = read_yaml(shipped_config(name))
+    values = read_config_file(shipped_config(name))
     assert values["method"] == "ccd"
     # What the method would impose over the file is what the file says already.
-    assert {key: values[key] for key in CONFIG_DEFAULTS} == CONFIG_DEFAULTS
+    assert values["loss"] in ("ccd", "soft_bce")  # with or without the consistency term
+    assert {key: values[key] for key in CONFIG_DEFAULTS if key != "loss"} == {k: v for k, v in CONFIG_DEFAULTS.items() if k != "loss"}
     assert (values["batch_size"], values["epochs"]) == (16, 10)
     CCDParams.from_params(values["method_params"])
+
+
+def test_figure_six_sweeps_are_grid_sections():
+    axes = {name: read_yaml(shipped_config(name))["grid"] for name in ("ccd_alpha", "ccd_views")}
+    assert axes == {"ccd_alpha": {"method_params.alpha": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]},
+                    "ccd_views": {"method_params.mean_views": [4, 6, 10, 14]}}
+    assert load_config("ccd_alpha") == load_config("ccd")  # the base config of the grid is ccd
 
 
 @pytest.fixture
@@ -160,9 +169,9 @@ def stub_clip(monkeypatch, num_images: int) -> None:
 def stub_config(**top) -> TrainConfig:
     return config_from_dict(
         {
-            "method": "ccd", "regime": "finetune", "backbone": "test_resnet", "pretrained": "none",
+            "method": "ccd", "loss": "soft_bce", "regime": "finetune", "backbone": "test_resnet", "pretrained": "none",
             "epochs": 1, "lr": 1e-3, "image_size": 32, "device": "cpu", **top,
-            "method_params": {"update_labels": False, "consistency": False},
+            "method_params": {"update_labels": False},
         }
     )
 

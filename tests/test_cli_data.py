@@ -17,7 +17,7 @@ from spml.data.layout import PreparedData
 
 def test_synth_command(tmp_path, capsys):
     out = tmp_path / "syn"
-    argv = ["synth", str(out), "--images", "10", "--size", "16", "--classes", "3", "--seed", "2", "--val-fraction", "0.3"]
+    argv = ["synth", str(out), "--images", "10", "--size", "16", "--num-classes", "3", "--seed", "2", "--val-fraction", "0.3"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
@@ -31,7 +31,7 @@ def test_synth_command(tmp_path, capsys):
 
 def test_observe_command_last_line_is_path(tmp_path, capsys):
     out = tmp_path / "syn"
-    main(["synth", str(out), "--images", "12", "--size", "16", "--classes", "4"])
+    main(["synth", str(out), "--images", "12", "--size", "16", "--num-classes", "4"])
     capsys.readouterr()
     assert main(["observe", str(out), "--mode", "partial", "--keep", "0.5", "--seed", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -50,7 +50,7 @@ def test_observe_errors_are_one_line(tmp_path, capsys):
         f"spml observe: error: {tmp_path}: not a prepared data folder (no classes.txt); run `spml prepare` first"
     ]
     out = tmp_path / "syn"
-    main(["synth", str(out), "--images", "6", "--size", "16", "--classes", "2"])
+    main(["synth", str(out), "--images", "6", "--size", "16", "--num-classes", "2"])
     main(["observe", str(out), "--mode", "none"])
     sidecar = out / "observed" / "none.json"
     sidecar.write_text(sidecar.read_text().replace('"none"', '"partial"'))
@@ -102,3 +102,10 @@ def test_console_script(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.splitlines() == [f"spml prepare: error: {tmp_path / 'missing'}: raw folder does not exist"]
     assert not (tmp_path / "d").exists()
+
+
+def test_library_errors_name_the_flags_on_the_command_line(tmp_path, capsys):
+    # The library names its parameter (num_classes); the CLI writes the flag the user typed.
+    assert main(["synth", str(tmp_path / "syn"), "--num-classes", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["spml synth: error: --num-classes must be between 1 and 42, got 0"]

@@ -57,7 +57,7 @@ def test_prepare_refuses_an_out_that_is_contains_or_lies_in_raw(tmp_path, capsys
     raw = _csv_raw_with_classes(tmp_path)
     before = snapshot(tmp_path)
     out = out_of(raw)
-    argv = ["prepare", "csv", "--raw", str(raw), "--out", str(out), "--classes", str(raw / "classes.txt")]
+    argv = ["prepare", "csv", "--raw", str(raw), "--out", str(out), "--classes-file", str(raw / "classes.txt")]
     assert main(argv) == 2
     assert "must not be, contain or lie inside the raw folder" in one_error_line(capsys)
     assert snapshot(tmp_path) == before  # not one byte of the raw data changed

@@ -19,7 +19,7 @@ from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import best_f1_thresholds, collect_images, f1_per_class, macro_f1
 from spml.errors import SpmlError
-from spml.training import load_config, load_run, train
+from spml.api import load_config, load_run, train
 
 # A linear probe on timm's tiny random test_resnet: a run takes about a second. An `an` model's
 # probabilities sit far below 0.5 (single positives: every unobserved label is trained as negative).

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spml.data.labels import observed_from_true
-from spml.losses import create
+from spml.losses import Epoch, create
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "losses.npz"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_file(), reason="shared loss fixtures not available")
@@ -139,10 +139,11 @@ def test_em_apl_pseudo_labels_and_values_match_reference(fx, dataset: str) -> No
         "em_apl", num_classes=L, num_examples=N, warmup_epoch=5, num_epochs=10, neg_proportion=0.9, **APL[dataset]
     ).double()
     observed, index = labels_of(fx, "obs"), torch.arange(N)
-    loss.on_epoch_end(4, torch.from_numpy(fx["apl_preds_r1"]), observed)  # before warm-up: nothing
+    loss.on_train_start(observed)
+    loss.on_epoch_end(Epoch(4, "finetune", 4), torch.from_numpy(fx["apl_preds_r1"]))  # before warm-up: nothing
     assert not loss.pseudo_mask.any()
     for epoch, rnd in ((5, "r1"), (6, "r2")):
-        loss.on_epoch_end(epoch, torch.from_numpy(fx[f"apl_preds_{rnd}"]), observed)
+        loss.on_epoch_end(Epoch(epoch, "finetune", epoch), torch.from_numpy(fx[f"apl_preds_{rnd}"]))
         expected = fx[f"obs_apl_{rnd}"]
         np.testing.assert_array_equal(loss.pseudo_mask.numpy(), expected < 0)
         np.testing.assert_array_equal(loss.pseudo_target.numpy()[expected < 0], -expected[expected < 0])
@@ -180,7 +181,7 @@ def make_ll(name: str, delta: float, epoch: int | None, clean_rate: float | None
     extra = {"num_examples": N} if name == "ll_cp" else {}
     loss = create(name, num_classes=L, delta_rel=delta, **extra)
     if epoch is not None:
-        loss.set_epoch(epoch)
+        loss.on_epoch_start(Epoch(epoch, "finetune", epoch))
     if clean_rate is not None:
         loss.clean_rate = clean_rate
     return loss

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from spml.errors import SpmlError
-from spml.losses import INPUT_NAMES, LossInfo, SpmlLoss, create, get_loss_info, list_losses, register_loss
+from spml.losses import INPUT_NAMES, Epoch, LossInfo, SpmlLoss, create, get_loss_info, list_losses, register_loss
 
 EXPECTED = [
-    "an", "an_ls", "asl", "bce", "bce_ls", "em", "em_apl", "epr", "focal", "gpr", "gr",
-    "iu", "iun", "ll_cp", "ll_ct", "ll_r", "pr", "role", "vlpl", "wan",
+    "an", "an_ls", "asl", "bce", "bce_ls", "ccd", "em", "em_apl", "epr", "focal", "gpr", "gr",
+    "iu", "iun", "ll_cp", "ll_ct", "ll_r", "pr", "role", "soft_bce", "vlpl", "wan",
 ]  # fmt: skip
 N, L = 6, 5
 #: Values for the hyperparameters that have no default.
@@ -34,8 +34,8 @@ def test_loss_info_declares_inputs_hooks_and_typed_defaults() -> None:
     assert get_loss_info("iun").inputs == ("labels",)
     assert get_loss_info("vlpl").inputs == ("pseudo",)
     assert dict(get_loss_info("vlpl").defaults) == {"alpha": 0.1, "beta": 0.7, "gamma": 0.0, "ls": 0.9}
-    assert get_loss_info("em_apl").hooks == ("on_epoch_end",)
-    assert get_loss_info("ll_r").required == ("delta_rel",) and get_loss_info("ll_r").hooks == ("set_epoch",)
+    assert get_loss_info("em_apl").hooks == ("on_train_start", "on_epoch_end")
+    assert get_loss_info("ll_r").required == ("delta_rel",) and get_loss_info("ll_r").hooks == ("on_epoch_start",)
     assert dict(get_loss_info("asl").defaults) == {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05}
     assert dict(get_loss_info("an_ls").defaults) == {"ls_coef": 0.1}
     assert dict(get_loss_info("focal").defaults) == {"gamma": 2.0}
@@ -55,9 +55,9 @@ def test_unknown_name_lists_valid_names() -> None:
     [
         ("an", {"ls_coef": 0.1}, r"unknown hyperparameter\(s\) ls_coef \(valid: none\)"),
         ("an_ls", {"ls": 0.1}, r"unknown hyperparameter\(s\) ls \(valid: ls_coef\)"),
-        ("an_ls", {"ls_coef": "0.1"}, "hyperparameter ls_coef must be float, got str '0.1'"),
-        ("an_ls", {"ls_coef": True}, "hyperparameter ls_coef must be float, got bool"),
-        ("role", {"num_examples": 4.0}, "hyperparameter num_examples must be int, got float"),
+        ("an_ls", {"ls_coef": "0.1"}, "hyperparameter ls_coef must be a number, got '0.1'"),
+        ("an_ls", {"ls_coef": True}, "hyperparameter ls_coef must be a number, got True"),
+        ("role", {"num_examples": 4.0}, "hyperparameter num_examples must be an integer, got 4.0"),
         ("role", {}, r"missing required hyperparameter\(s\) num_examples"),
         ("ll_cp", {}, r"missing required hyperparameter\(s\) num_examples, delta_rel"),
         ("an_ls", {"ls_coef": 1.0}, r"ls_coef=1.0 must lie in \[0, 1\)"),
@@ -103,7 +103,10 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Te
     observed[torch.arange(N), first] = 1
     observed[(true == 0) & (torch.rand(N, L, generator=g) < 0.3)] = -1
     pseudo = torch.randint(-1, 2, (N, L), generator=g)
-    return logits, observed, {"index": torch.arange(2, 2 + N), "labels": true, "pseudo": pseudo}
+    soft = torch.rand(N, L, generator=g, dtype=torch.float64)
+    strong = 3 * torch.randn(N, L, generator=g, dtype=torch.float64)
+    return logits, observed, {"index": torch.arange(2, 2 + N), "labels": true, "pseudo": pseudo, "soft": soft,
+                              "strong_logits": strong}
 
 
 def ready(name: str) -> SpmlLoss:
@@ -117,9 +120,9 @@ def ready(name: str) -> SpmlLoss:
     train_observed = torch.zeros(REQUIRED["num_examples"], L, dtype=torch.long)
     train_observed[2 : 2 + N] = observed if name not in ("bce", "bce_ls") else 1
     loss.on_train_start(train_observed)
-    loss.set_epoch(2)
+    loss.on_epoch_start(Epoch(2, "finetune", 2))
     probs = torch.rand(REQUIRED["num_examples"], L, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    loss.on_epoch_end(1, probs, train_observed)
+    loss.on_epoch_end(Epoch(1, "finetune", 1), probs)
     return loss
 
 
@@ -132,7 +135,8 @@ def test_every_loss_is_a_finite_scalar_mean_of_its_matrix_plus_reg_with_gradient
     loss = ready(name)
     logits, observed, inputs = batch()
     observed = observed_for(name, observed, inputs["labels"])
-    needed = {k: inputs[k] for k in get_loss_info(name).inputs}
+    info = get_loss_info(name)
+    needed = {k: inputs[k] for k in (*info.inputs, *info.optional_inputs)}
     terms = loss.terms(logits, observed, **needed)
     assert terms.matrix.shape == (N, L)
     expected = terms.matrix.sum() / (N * L) + (0.0 if terms.reg is None else terms.reg)
@@ -142,7 +146,7 @@ def test_every_loss_is_a_finite_scalar_mean_of_its_matrix_plus_reg_with_gradient
     torch.testing.assert_close(value.detach(), expected.detach(), rtol=1e-14, atol=1e-15)
     (grad,) = torch.autograd.grad(value, leaf)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-    for ignored in set(INPUT_NAMES) - set(get_loss_info(name).inputs):
+    for ignored in set(INPUT_NAMES) - set(info.inputs) - set(info.optional_inputs):
         assert ignored in inputs  # known inputs a loss does not use are accepted
 
 

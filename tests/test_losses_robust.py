@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from spml.errors import SpmlError
-from spml.losses import create, get_loss_info
+from spml.losses import Epoch, create, get_loss_info
 from spml.losses.robust import GeneralizedRobustLoss
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -156,6 +156,10 @@ def test_schedule_by_hand() -> None:
     assert schedule(late) == pytest.approx([0.0, -2.0, 0.5 + 0.3 / 8, 2.0 - 1.5 / 8])
     with pytest.raises(ValueError, match="1-based"):
         loss.set_epoch(0)
+    # The trainer's callback gives the run's global epoch: the release counts linear-init epochs in
+    # the same loop, so the fine-tune phase's own clock (in_phase) must not restart the schedule.
+    late.on_epoch_start(Epoch(number=3, phase="finetune", in_phase=1))
+    assert late.epoch == 3 and schedule(late) == pytest.approx([0.0, -2.0, 0.5 + 0.3 / 8, 2.0 - 1.5 / 8])
 
 
 def test_gr_values_by_hand() -> None:
@@ -233,7 +237,7 @@ def test_gpr_values_by_hand() -> None:
 
 def test_hyperparameters_are_typed_lists_and_checked() -> None:
     info = get_loss_info("gr")
-    assert info.hooks == ("set_epoch",) and info.inputs == () and info.required == ()
+    assert info.hooks == ("on_epoch_start",) and info.inputs == () and info.required == ()
     assert dict(info.defaults) == {
         "beta": (0.0, 2.0, -2.0, -2.0), "alpha": (0.5, 2.0, 0.8, 0.5), "q2": 0.01, "q3": 1.0,
         "num_epochs": 8, "linear_init_epochs": 0,
@@ -248,12 +252,12 @@ def test_hyperparameters_are_typed_lists_and_checked() -> None:
     "name,hparams,message",
     [
         ("gr", {"beta": [0, 1, 2]}, r"beta must be \[w0, wT, b0, bT\] \(4 numbers\), got \[0.0, 1.0, 2.0\]"),
-        ("gr", {"beta": "0,2,-2,-2"}, "beta must be a list of numbers, got str"),
+        ("gr", {"beta": "0,2,-2,-2"}, "beta must be a list of numbers, got '0,2,-2,-2'"),
         ("gr", {"alpha": [0.5, 2, True, 0.5]}, "alpha must be a list of numbers"),
         ("gr", {"alpha": [0.5, 0, 0.8, 0.5]}, r"sigma0\)=0.0 must lie in \(0, inf\)"),
         ("gr", {"q2": 0.0}, r"q2=0.0 must lie in \(0, inf\)"),
         ("gr", {"num_epochs": 4, "linear_init_epochs": 4}, "linear_init_epochs=4 must be below num_epochs=4"),
-        ("gr", {"q3": [1.0]}, "hyperparameter q3 must be float, got list"),
+        ("gr", {"q3": [1.0]}, r"hyperparameter q3 must be a number, got \[1.0\]"),
         ("gpr", {"lam": [0.4, 0.7]}, r"lam must be \[lam_1, lam_2\] with 1 >= lam_1 >= lam_2 >= 0"),
         ("gpr", {"rho": 1.5}, r"rho=1.5 must lie in \[0, 1\]"),
         ("gpr", {"reg": -1.0}, "reg=-1.0 must lie in"),

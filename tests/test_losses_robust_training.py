@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
-from subsets import scored_single_positive_copy
+from subsets import micro_clip_params, scored_single_positive_copy
 
-import spml.methods  # noqa: F401  (registers --method vlpl)
 from spml.losses import create
 from spml.losses.robust import GeneralizedRobustLoss
-from spml.training import load_config, shipped_config, train
+from spml.api import load_config, train
+from spml.training import shipped_config
 
 if TYPE_CHECKING:
     from conftest import MicroClip
@@ -51,7 +51,7 @@ def data_dir(micro_clip: MicroClip, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.slow
 def test_gr_and_gpr_train_end_to_end_with_the_schedule(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, micro_clip: MicroClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     epochs_seen: list[tuple[str, int]] = []
     original = GeneralizedRobustLoss.set_epoch
@@ -65,7 +65,8 @@ def test_gr_and_gpr_train_end_to_end_with_the_schedule(
     gr = train(data_dir, load_config(None, [*LINEAR, "loss=gr", "loss_params.beta=[0, 4, -2, -4]"]), tmp_path / "gr")
     gpr = train(
         data_dir,
-        load_config(None, [*LINEAR, "method=vlpl", "loss=gpr", "method_params.tau=0.03", "method_params.theta=0.3"]),
+        load_config(None, [*LINEAR, "method=vlpl", "loss=gpr", "method_params.tau=0.03", "method_params.theta=0.3",
+                           *micro_clip_params(micro_clip)]),
         tmp_path / "gpr",
     )
     # __init__ enters epoch 1, then the trainer calls set_epoch(1..4); num_epochs follows the run.

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from spml.losses import create
+from spml.losses import Epoch, create
 
 # p = sigmoid(logits), chosen by hand; observed: 1 positive, 0 unknown, -1 negative.
 P = [[0.8, 0.3, 0.5], [0.1, 0.6, 0.9]]
@@ -120,22 +120,22 @@ LL_PLAIN = [bce(0.8), bce(0.7), bce(0.5), bce(0.9), bce(0.6), bce(0.1)]
 def test_large_loss_schedule_and_hand_values() -> None:
     loss = create("ll_r", num_classes=3, delta_rel=20.0)
     assert float(loss(LOGITS, OBSERVED)) == pytest.approx(sum(LL_PLAIN) / 6, rel=1e-12)  # epoch 1: AN
-    loss.set_epoch(2)  # clean rate 0.8: k = ceil(6 * 0.2) = 2 -> [1,2] and [0,1]
+    loss.on_epoch_start(Epoch(2, "finetune", 2))  # clean rate 0.8: k = ceil(6 * 0.2) = 2 -> [1,2] and [0,1]
     assert loss.clean_rate == pytest.approx(0.8) and loss.num_modified(6) == 2
     rejected = LL_PLAIN[0] + LL_PLAIN[2] + LL_PLAIN[3] + LL_PLAIN[4]
     assert float(loss(LOGITS, OBSERVED)) == pytest.approx(rejected / 6, rel=1e-12)
     ct = create("ll_ct", num_classes=3, delta_rel=20.0)
-    ct.set_epoch(2)
+    ct.on_epoch_start(Epoch(2, "finetune", 2))
     corrected = rejected + bce(0.3) + bce(0.9)
     assert float(ct(LOGITS, OBSERVED)) == pytest.approx(corrected / 6, rel=1e-12)
-    ct.set_epoch(3)  # clean rate 0.6: k = ceil(2.4) = 3, every unknown corrected
+    ct.on_epoch_start(Epoch(3, "finetune", 3))  # clean rate 0.6: k = ceil(2.4) = 3, every unknown corrected
     assert float(ct(LOGITS, OBSERVED)) == pytest.approx((corrected + bce(0.1) - bce(0.9)) / 6, rel=1e-12)
     # Repeated float subtraction, as the authors' train.py: 1 - 0.002 four times.
     ll = create("ll_ct", num_classes=3, delta_rel=0.2)
-    ll.set_epoch(5)
+    ll.on_epoch_start(Epoch(5, "finetune", 5))
     assert ll.clean_rate == 1.0 - 0.002 - 0.002 - 0.002 - 0.002 and ll.num_modified(320) == 3
     with pytest.raises(ValueError, match="1-based"):
-        ll.set_epoch(0)
+        ll.on_epoch_start(Epoch(0, "finetune", 0))
 
 
 def test_ll_cp_corrections_are_permanent_and_only_change_in_training() -> None:
@@ -143,7 +143,7 @@ def test_ll_cp_corrections_are_permanent_and_only_change_in_training() -> None:
     index = torch.tensor([3, 1])
     loss(LOGITS, OBSERVED, index=index)  # epoch 1: no correction
     assert not loss.corrected.any()
-    loss.set_epoch(2)
+    loss.on_epoch_start(Epoch(2, "finetune", 2))
     with torch.no_grad():
         loss(LOGITS, OBSERVED, index=index)
     loss.eval()
@@ -167,11 +167,12 @@ def test_ll_cp_corrections_are_permanent_and_only_change_in_training() -> None:
 def test_em_apl_labels_the_lowest_unknowns_per_class_each_epoch() -> None:
     loss = create("em_apl", num_classes=2, num_examples=4, warmup_epoch=1, num_epochs=3, neg_proportion=0.9).double()
     observed = torch.tensor([[1, 0], [0, 0], [0, 0], [0, -1]])
+    loss.on_train_start(observed)
     # Quota per class and epoch: int(0.9 * 3 unknowns / (3 - 1)) = 1.
-    loss.on_epoch_end(1, torch.tensor([[0.9, 0.5], [0.3, 0.05], [0.1, 0.6], [0.2, 0.01]], dtype=torch.float64), observed)
+    loss.on_epoch_end(Epoch(1, "finetune", 1), torch.tensor([[0.9, 0.5], [0.3, 0.05], [0.1, 0.6], [0.2, 0.01]], dtype=torch.float64))
     assert loss.pseudo_mask.nonzero().tolist() == [[1, 1], [2, 0]]  # [3,1] is an observed negative
     assert loss.pseudo_target[2, 0].item() == 0.1 and loss.pseudo_target[1, 1].item() == 0.05
-    loss.on_epoch_end(2, torch.tensor([[0.9, 0.5], [0.3, 0.7], [0.4, 0.6], [0.2, 0.01]], dtype=torch.float64), observed)
+    loss.on_epoch_end(Epoch(2, "finetune", 2), torch.tensor([[0.9, 0.5], [0.3, 0.7], [0.4, 0.6], [0.2, 0.01]], dtype=torch.float64))
     assert loss.pseudo_mask.nonzero().tolist() == [[0, 1], [1, 1], [2, 0], [3, 0]]
     assert loss.pseudo_target[2, 0].item() == 0.1  # earlier labels keep their target
     logits = torch.logit(torch.tensor([[0.8, 0.3], [0.6, 0.2]], dtype=torch.float64))
@@ -218,3 +219,20 @@ def test_role_hand_value_with_a_known_estimator() -> None:
     reg = 0.5 * ((1.6 - 1.5) ** 2 + ((1.5 + 1.6) / 2 - 1.5) ** 2) / 9
     got = loss(LOGITS, OBSERVED, index=torch.tensor([0, 1]))
     assert got.item() == pytest.approx(total / 6 + reg, rel=1e-12)
+
+
+def test_soft_bce_and_ccd_consistency_by_hand() -> None:
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: -log(sigmoid(-x))
+    logits = torch.tensor([[2.0, -1.0]])
+    soft = torch.tensor([[1.0, 0.25]])
+    observed = torch.zeros(1, 2, dtype=torch.long)  # unused: the losses are annotation-free
+    bce = (sp(-2.0) + (0.25 * sp(1.0) + 0.75 * sp(-1.0))) / 2
+    assert float(create("soft_bce", 2)(logits, observed, soft=soft)) == pytest.approx(bce, abs=1e-6)
+    loss = create("ccd", 2, consistency_weight=0.5)
+    assert float(loss(logits, observed, soft=soft)) == pytest.approx(bce, abs=1e-6)  # no strong view: soft BCE
+    strong = torch.tensor([[0.0, 1.0]])
+    p = [1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))]  # weak view probabilities (targets)
+    consistency = ((p[0] * sp(-0.0) + (1 - p[0]) * sp(0.0)) + (p[1] * sp(-1.0) + (1 - p[1]) * sp(1.0))) / 2
+    assert float(loss(logits, observed, soft=soft, strong_logits=strong)) == pytest.approx(bce + 0.5 * consistency, abs=1e-6)
+    with pytest.raises(ValueError, match="soft targets must lie in"):
+        create("soft_bce", 2)(logits, observed, soft=torch.tensor([[1.5, 0.0]]))

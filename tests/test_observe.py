@@ -72,7 +72,7 @@ def test_none_is_all_unknown():
 
 @pytest.mark.parametrize(
     ("mode", "keep", "message"),
-    [("all", 0.1, "unknown observation mode 'all'"), ("partial", 1.5, r"--keep must be in \[0, 1\], got 1.5")],
+    [("all", 0.1, "unknown observation mode 'all'"), ("partial", 1.5, r"keep must be in \[0, 1\], got 1.5")],
 )
 def test_bad_settings(mode, keep, message):
     with pytest.raises(SpmlError, match=message):
@@ -97,6 +97,8 @@ def test_observe_writes_deterministic_file_and_sidecar(data, tmp_path):
     assert sidecar["train_fingerprint"] == data.split("train").label_fingerprint
     # Same settings: reused, same bytes; a fresh draw elsewhere gives the same bytes too.
     assert observe(data, "single-positive", seed=4) == path and path.read_bytes() == first
+    path.unlink()  # only the labels deleted: drawn again from the sidecar's settings
+    assert observe(data, "single-positive", seed=4).read_bytes() == first
     path.unlink()
     path.with_suffix(".json").unlink()
     assert observe(data, "single-positive", seed=4).read_bytes() == first

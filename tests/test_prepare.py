@@ -413,7 +413,7 @@ def _coco_unknown_category(raw):
 def _csv_unknown_class(raw):
     f = raw / "test.csv"
     f.write_text("img/t.jpg,cat\nimg/t.jpg,unicorn\n")
-    return ("csv", "--classes", "CLASSES"), f, "line 2: class 'unicorn' is not in the class list"
+    return ("csv", "--classes-file", "CLASSES"), f, "line 2: class 'unicorn' is not in the class list"
 
 
 def _csv_bad_row(raw):
@@ -518,7 +518,7 @@ def test_bad_input_one_line_and_data_dir_untouched(tmp_path, capsys, case):
 def test_library_errors_are_spml_errors(tmp_path):
     with pytest.raises(SpmlError, match="unknown format 'imagenet'; valid: voc2007, voc2012"):
         prepare("imagenet", tmp_path, tmp_path / "out")
-    with pytest.raises(SpmlError, match=r"--val-fraction must be in \[0, 1\), got 1.0"):
+    with pytest.raises(SpmlError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
         prepare("yolo", tmp_path, tmp_path / "out", val_fraction=1.0)
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "notes.txt").write_text("keep me")

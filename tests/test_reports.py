@@ -18,9 +18,9 @@ from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
-from spml.methods import ccd
+import spml.methods.ccd.method as ccd
 from spml.reports import compare_runs, find_runs, format_table
-from spml.training import load_config, train
+from spml.api import load_config, train
 
 TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
         "epochs=3", "batch_size=16", "observed=single-positive-seed0.npy"]
@@ -107,8 +107,8 @@ def test_teacher_student_and_ccd_figures(runs: Path, data: Path, tmp_path: Path,
     sims[np.arange(n), :, np.arange(n) % 3] = 0.06
     monkeypatch.setattr(ccd, "load_vlm", lambda *args, **kwargs: SimpleNamespace(logit_scale=100.0))
     monkeypatch.setattr(ccd, "score_split", lambda vlm, split, *args, **kwargs: sims)
-    ccd_config = load_config(None, [*TINY, "method=ccd", "regime=finetune", "epochs=1", "observed=full",
-                                    "method_params.update_labels=false", "method_params.consistency=false"])
+    ccd_config = load_config(None, [*TINY, "method=ccd", "loss=soft_bce", "regime=finetune", "epochs=1",
+                                    "method_params.update_labels=false"])
     with pytest.warns(UserWarning, match="never a confident"):
         train(data, ccd_config, tmp_path / "ccd")
     assert main(["report", str(tmp_path / "ccd")]) == 0
@@ -135,12 +135,12 @@ def test_report_renders_in_chromium(runs: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_vlpl_figures_and_tau_theta_heatmap(micro_clip, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from subsets import scored_single_positive_copy
+    from subsets import micro_clip_params, scored_single_positive_copy
 
     data_dir = scored_single_positive_copy(micro_clip, tmp_path / "data", 96, 32)
     grid = tmp_path / "grid"
     settings = ["device=cpu", "image_size=32", "epochs=2", "lr=0.003", "batch_size=32", "method=vlpl", "loss=vlpl",
-                "observed=single-positive-seed0.npy"]
+                "observed=single-positive-seed0.npy", *micro_clip_params(micro_clip)]
     argv = ["grid", str(data_dir), "--axis", "method_params.tau=0.03,0.1", "--axis", "method_params.theta=0.3,0.5"]
     assert main([*argv, *(a for s in settings for a in ("--set", s)), "--out", str(grid)]) == 0
     run = next(p for p in sorted(grid.iterdir()) if (p / "results.json").is_file())

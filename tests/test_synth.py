@@ -93,10 +93,10 @@ def test_learnable_from_colour_features(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_images": 1}, "--images must be at least 2"),
-        ({"image_size": 8}, "--size must be at least 16"),
-        ({"val_fraction": 1.0}, r"--val-fraction must be in \[0, 1\)"),
-        ({"num_classes": 0}, "--classes must be between 1 and 42"),
+        ({"num_images": 1}, "num_images must be at least 2"),
+        ({"image_size": 8}, "image_size must be at least 16"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+        ({"num_classes": 0}, "num_classes must be between 1 and 42"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

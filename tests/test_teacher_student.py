@@ -12,8 +12,9 @@ import pytest
 from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.data.synth import make_synthetic
-from spml.methods.teacher_student import pseudo_label_stats, pseudo_multilabels, threshold_sweep
-from spml.training import load_config, load_run
+from spml.methods.teacher_student import threshold_sweep
+from spml.pseudolabels.teacher import pseudo_label_stats, pseudo_multilabels
+from spml.api import load_config, load_run
 
 TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "eval_batch_size=32", "--set", "epochs=2"]
 

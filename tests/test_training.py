@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,19 +16,10 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
-from spml.metrics import paper_metrics
-from spml.training import (
-    MethodInfo,
-    TrainConfig,
-    TrainingDiverged,
-    TrainingHooks,
-    evaluate_run,
-    load_config,
-    plan_phases,
-    register_method,
-    resume,
-    train,
-)
+from spml.api import evaluate, load_config, load_run, register_method, resume, train
+from spml.losses import Epoch
+from spml.metrics import mean_average_precision, paper_metrics
+from spml.training import MethodInfo, TrainConfig, TrainingDiverged, TrainingHooks, plan_phases
 from spml.training import engine as engine_module
 from spml.training.config import config_to_yaml, default_config_path, parse_overrides
 from spml.training.feature_rows import FeatureRows
@@ -63,7 +55,7 @@ def test_shipped_default_equals_dataclass_defaults() -> None:
 
 
 def test_overrides_nested_and_typed(tmp_path: Path) -> None:
-    cfg = load_config(None, ["loss_params.ls_coef=0.2", "linear_init.epochs=3", "lr=1e-3", "expected_num_pos=2.9"])
+    cfg = load_config(None, ["loss=an_ls", "loss_params.ls_coef=0.2", "linear_init.epochs=3", "lr=1e-3", "expected_num_pos=2.9"])
     assert cfg.loss_params == {"ls_coef": 0.2}
     assert cfg.linear_init.epochs == 3 and cfg.lr == pytest.approx(1e-3) and cfg.expected_num_pos == 2.9
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
@@ -149,9 +141,11 @@ def test_linear_run_writes_every_artifact(data: Path, tmp_path: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in results["test_metrics"].values())
     # evaluate reloads best.safetensors (the head only: linear) and recomputes the same test mAP.
     assert set(load_file(str(run / "best.safetensors"))) == {"model.fc.weight", "model.fc.bias"}
-    assert evaluate_run(run)["map"] == pytest.approx(results["test_map"], abs=1e-12)
+    assert evaluate(run)["map"] == pytest.approx(results["test_map"], abs=1e-12)
     assert not (run / "last.safetensors").exists()
-    assert load_config(run / "config.yaml") == config("epochs=3", "loss=an")
+    # config.yaml holds the resolved config: the bare observed name became its absolute path.
+    observed = str((data / "observed" / "single-positive-seed0.npy").resolve())
+    assert load_config(run / "config.yaml") == dataclasses.replace(config("epochs=3", "loss=an"), observed=observed)
 
 
 def test_linear_probe_learns_with_full_labels(data: Path, tmp_path: Path) -> None:
@@ -175,9 +169,17 @@ def test_refuses_to_overwrite_a_run(data: Path, tmp_path: Path) -> None:
 
 
 def test_observed_val_variant_selects_on_observed_labels(data: Path, tmp_path: Path) -> None:
-    result = train(data, config("epochs=2", "val_set_variant=observed"), tmp_path / "run")
+    cfg = config("epochs=1", "val_set_variant=observed")
+    result = train(data, cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["val_set_variant"] == "observed" and math.isfinite(result.val_map)
+    assert results["val_set_variant"] == "observed"
+    # The val mAP is that of the best weights against single-positive val labels, not the clean ones.
+    run = load_run(tmp_path / "run")
+    scores = run.predict("val")
+    target = engine_module.val_targets(run.data, run.config, run.data.split("val"))
+    assert (target == 1).sum(axis=1).max() == 1  # single positives
+    assert result.val_map == pytest.approx(mean_average_precision(scores, target), abs=1e-12)
+    assert result.val_map != pytest.approx(mean_average_precision(scores, run.data.split("val").labels), abs=1e-6)
 
 
 def test_finetune_and_linear_init(data: Path, tmp_path: Path) -> None:
@@ -189,21 +191,21 @@ def test_finetune_and_linear_init(data: Path, tmp_path: Path) -> None:
     rows = metrics(tmp_path / "li")
     assert [(r["epoch"], r["phase"]) for r in rows] == [(1, "linear"), (2, "linear"), (3, "finetune")]
     assert li.best_epoch == 3  # the fine-tuning phase selects among its own epochs
-    assert evaluate_run(tmp_path / "li")["map"] == pytest.approx(li.test_map, abs=1e-12)
+    assert evaluate(tmp_path / "li")["map"] == pytest.approx(li.test_map, abs=1e-12)
 
 
 # -- resume -------------------------------------------------------------------------------------
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stop_epoch: int) -> None:
-    original = engine_module._Trainer._run_epoch
+    original = engine_module.Trainer.run_epoch
 
     def run_epoch(self, phase, epoch, state):  # type: ignore[no-untyped-def]
         if epoch == stop_epoch:
             raise KeyboardInterrupt
         return original(self, phase, epoch, state)
 
-    monkeypatch.setattr(engine_module._Trainer, "_run_epoch", run_epoch)
+    monkeypatch.setattr(engine_module.Trainer, "run_epoch", run_epoch)
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -245,16 +247,15 @@ def test_resume_linear_init_mid_finetune_equals_uninterrupted(
 
 
 class NanAtEpochTwo(TrainingHooks):
-    def __init__(self) -> None:
-        self.epoch = 0
+    """Poisons the head's weights when epoch 2 starts, so its first batch has a NaN loss."""
 
-    def on_epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
-        self.epoch = epoch
+    def setup(self, model: torch.nn.Module, loss: torch.nn.Module) -> None:
+        self.model = model
 
-    def batch_loss(self, model, batch, loss):  # type: ignore[no-untyped-def]
-        logits = model.forward_head(batch["features"])
-        value = loss(logits, batch["observed"])
-        return value * float("nan") if self.epoch == 2 else value
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        if epoch.number == 2:
+            with torch.no_grad():
+                next(self.model.head.parameters()).fill_(float("nan"))
 
 
 register_method(MethodInfo("test-nan-at-epoch-2", lambda ctx: NanAtEpochTwo(), "test: NaN loss in epoch 2"))
@@ -288,12 +289,15 @@ class PseudoFromTruth(TrainingHooks):
         return {"calls": self.calls}
 
 
-register_method(MethodInfo("test-pseudo", PseudoFromTruth, "test: pseudo-labels from the truth"))
+register_method(MethodInfo("test-pseudo", PseudoFromTruth, "test: pseudo-labels from the truth", provides=("pseudo",)))
 
 
 def test_hooks_provide_loss_inputs_and_missing_ones_are_named(data: Path, tmp_path: Path) -> None:
     train(data, config("epochs=2", "loss=vlpl", "method=test-pseudo"), tmp_path / "ok")
     results = json.loads((tmp_path / "ok" / "results.json").read_text())
     assert results["method"] == {"name": "test-pseudo", "calls": 2 * (48 // 16)}
-    with pytest.raises(SpmlError, match="loss 'vlpl' needs per-batch input.s. pseudo"):
-        train(data, config("epochs=1", "loss=vlpl"), tmp_path / "missing")
+    with pytest.raises(SpmlError, match="loss 'vlpl' needs the per-batch input pseudo, which method 'standard' does not"):
+        config("epochs=1", "loss=vlpl")
+    with pytest.raises(SpmlError, match="needs the per-batch input pseudo"):
+        train(data, TrainConfig(loss="vlpl"), tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()

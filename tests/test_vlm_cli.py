@@ -1,4 +1,4 @@
-"""``spml pseudolabel`` and ``spml micro-clip`` end to end."""
+"""``spml score`` and ``spml micro-clip`` end to end."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def _vlm_args(micro_clip) -> list[str]:
             "--vlm-config", str(micro_clip.config)]
 
 
-def test_pseudolabel_builds_cache_prints_and_saves_diagnostics(micro_clip, data_dir, capsys):
+def test_score_builds_cache_prints_and_saves_diagnostics(micro_clip, data_dir, capsys):
     data = PreparedData.open(data_dir)
     observed = observe(data, "single-positive", seed=0)
-    args = ["pseudolabel", str(data_dir), *_vlm_args(micro_clip), "--workers", "0", "--preset", "voc",
+    args = ["score", str(data_dir), *_vlm_args(micro_clip), "--num-workers", "0", "--config", "vlpl_voc",
             "--neg-fraction", "0.25", "--observed", str(observed)]
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -51,17 +51,20 @@ def test_pseudolabel_builds_cache_prints_and_saves_diagnostics(micro_clip, data_
     assert f"pseudo_positive_precision: {report['pseudo_positive_precision']:.4f}" in lines
 
     # Second run with other settings: same cache, no model forward needed, other diagnostics file.
-    assert main(["pseudolabel", str(data_dir), *_vlm_args(micro_clip), "--workers", "0", "--theta", "0.5"]) == 0
+    assert main(["score", str(data_dir), *_vlm_args(micro_clip), "--num-workers", "0", "--theta", "0.5"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(cache_path)
     assert out[-2].endswith("diagnostics-tau0.01-theta0.5-neg0.json")
 
-    # The squash preprocessing is another input, so another cache (keyed by the preprocessing).
-    assert main(["pseudolabel", str(data_dir), *_vlm_args(micro_clip), "--workers", "0", "--preprocess", "squash"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] != str(cache_path) and "preprocess: squash" in out
-    squash = json.loads((Path(out[-1]) / "meta.json").read_text())["material"]["preprocess"]
+    # The shipped VLPL configs score with the release's squash preprocessing (ImageNet statistics);
+    # the native mode is another input, so another cache (keyed by the preprocessing).
+    squash = json.loads((cache_path / "meta.json").read_text())["material"]["preprocess"]
     assert squash["resize_mode"] == "squash" and squash["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert main(["score", str(data_dir), *_vlm_args(micro_clip), "--num-workers", "0", "--preprocess", "native"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] != str(cache_path) and "preprocess: native" in out
+    native = json.loads((Path(out[-1]) / "meta.json").read_text())["material"]["preprocess"]
+    assert native["resize_mode"] != "squash"
 
 
 @pytest.mark.parametrize(
@@ -74,15 +77,15 @@ def test_pseudolabel_builds_cache_prints_and_saves_diagnostics(micro_clip, data_
         (["--names", "missing.txt"], "prompt names file does not exist"),
     ],
 )
-def test_pseudolabel_bad_input_is_one_line(micro_clip, data_dir, capsys, extra, message):
-    assert main(["pseudolabel", str(data_dir), *_vlm_args(micro_clip), *extra]) == 2
+def test_score_bad_input_is_one_line(micro_clip, data_dir, capsys, extra, message):
+    assert main(["score", str(data_dir), *_vlm_args(micro_clip), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("spml pseudolabel: error: ") and message in err[-1]
+    assert err[-1].startswith("spml score: error: ") and message in err[-1]
     assert not any("CLIP scores" in line for line in err)  # refused before any scoring
 
 
-def test_pseudolabel_unknown_model(data_dir, capsys):
-    assert main(["pseudolabel", str(data_dir), "--vlm", "open_clip:ViT-Q-99/openai"]) == 2
+def test_score_unknown_model(data_dir, capsys):
+    assert main(["score", str(data_dir), "--vlm", "open_clip:ViT-Q-99/openai"]) == 2
     assert "list_models()" in capsys.readouterr().err
 
 

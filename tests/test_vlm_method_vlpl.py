@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from subsets import scored_single_positive_copy, small_copy
+from subsets import micro_clip_params, scored_single_positive_copy, small_copy
 import torch
 
-import spml.methods  # noqa: F401  (registers the methods)
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed, observe
 from spml.errors import SpmlError
 from spml.methods.vlpl import VlplHooks
-from spml.training import RunContext, load_config, train
-from spml.vlm import vlpl_pseudo_labels
+from spml.api import load_config, train
+from spml.training import RunContext
+from spml.pseudolabels.vlpl import vlpl_pseudo_labels
+from spml.vlm import load_score_cache, load_vlm, score_split
 
 BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=64",
         "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
@@ -28,15 +29,15 @@ def scored(micro_clip, tmp_path_factory) -> Path:
     return scored_single_positive_copy(micro_clip, tmp_path_factory.mktemp("vlpl") / "data", 128, 32)
 
 
-def _context(data_dir: Path, run_dir: Path, *overrides: str) -> RunContext:
+def _context(micro_clip, data_dir: Path, run_dir: Path, *overrides: str) -> RunContext:
     data = PreparedData.open(data_dir)
-    config = load_config(None, [*BASE, "method=vlpl", "loss=vlpl", *overrides])
+    config = load_config(None, [*BASE, "method=vlpl", "loss=vlpl", *micro_clip_params(micro_clip), *overrides])
     observed = load_observed(data, data.observed_dir / "single-positive-seed0.npy")
     return RunContext(config=config, data=data, run_dir=run_dir, device=torch.device("cpu"), observed=observed)
 
 
-def test_batches_get_the_pseudo_labels_of_their_view(scored, tmp_path):
-    ctx = _context(scored, tmp_path, "method_params.tau=0.03", "method_params.theta=0.3")
+def test_batches_get_the_pseudo_labels_of_their_view(micro_clip, scored, tmp_path):
+    ctx = _context(micro_clip, scored, tmp_path, "method_params.tau=0.03", "method_params.theta=0.3")
     hooks = VlplHooks(ctx)
     cache_dir = next(ctx.data.cache_dir.glob("vlm-scores-train-*"))
     scores = np.load(cache_dir / "scores.npy")
@@ -53,8 +54,8 @@ def test_batches_get_the_pseudo_labels_of_their_view(scored, tmp_path):
     assert summary["pseudo_labels"]["pseudo_positive_precision"] > 0.6
 
 
-def test_train_with_vlpl_records_the_pseudo_labels(scored, tmp_path):
-    config = load_config(None, [*BASE, "method=vlpl", "loss=vlpl", "regime=finetune", "epochs=1",
+def test_train_with_vlpl_records_the_pseudo_labels(micro_clip, scored, tmp_path):
+    config = load_config(None, [*BASE, *micro_clip_params(micro_clip), "method=vlpl", "loss=vlpl", "regime=finetune", "epochs=1",
                                 "loss_params.alpha=0.2", "method_params.tau=0.03"])
     train(scored, config, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -63,17 +64,28 @@ def test_train_with_vlpl_records_the_pseudo_labels(scored, tmp_path):
     assert method["pseudo_labels"]["merged_positives_per_image"] > 1.0  # single positive + CLIP's
 
 
-def test_bad_setups_are_refused(scored, tmp_path):
+def test_bad_setups_are_refused(micro_clip, scored, tmp_path):
     with pytest.raises(SpmlError, match="method_params.tau must be a positive temperature"):
-        VlplHooks(_context(scored, tmp_path, "method_params.tau=0"))
+        VlplHooks(_context(micro_clip, scored, tmp_path, "method_params.tau=0"))
     with pytest.raises(SpmlError, match="needs a loss that takes pseudo-labels"):
-        VlplHooks(_context(scored, tmp_path, "loss=an"))
+        VlplHooks(_context(micro_clip, scored, tmp_path, "loss=an"))
     with pytest.raises(SpmlError, match="no meta.json"):
-        VlplHooks(_context(scored, tmp_path, f"method_params.vlm_cache={tmp_path / 'nowhere'}"))
+        VlplHooks(_context(micro_clip, scored, tmp_path, f"method_params.vlm_cache={tmp_path / 'nowhere'}"))
 
 
-def test_missing_cache_says_how_to_build_it(micro_clip, tmp_path):
+def test_finds_its_own_cache_beside_another_methods_and_builds_it_when_missing(micro_clip, tmp_path):
     out = small_copy(micro_clip.data_dir, tmp_path / "data", n_train=20, n_eval=20)
-    observe(PreparedData.open(out), "single-positive", seed=0)
-    with pytest.raises(SpmlError, match="run `spml pseudolabel"):
-        VlplHooks(_context(out, tmp_path))
+    data = PreparedData.open(out)
+    observe(data, "single-positive", seed=0)
+    # A cache of the same CLIP with CCD's prompt: another producer, so never VLPL's.
+    vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
+    score_split(vlm, data.split("train"), data.classes, ["a photo of the {}"], data.cache_dir, num_workers=0)
+    other = next(data.cache_dir.glob("vlm-scores-train-*"))
+    hooks = VlplHooks(_context(micro_clip, out, tmp_path))
+    own = Path(hooks.summary()["vlm_cache"])
+    assert own != other and own.parent == data.cache_dir
+    assert load_score_cache(own).material["templates"] == ["a photo of a {}"]
+    # Found again by its settings, not rebuilt.
+    before = own.stat().st_mtime_ns
+    assert Path(VlplHooks(_context(micro_clip, out, tmp_path)).summary()["vlm_cache"]) == own
+    assert own.stat().st_mtime_ns == before

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spml.errors import SpmlError
-from spml.vlm import PAPER_SETTINGS, pseudo_label_diagnostics, softmax_scores, vlpl_pseudo_labels
+from spml.pseudolabels.vlpl import pseudo_label_diagnostics, softmax_scores, vlpl_pseudo_labels
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "losses.npz"
 
@@ -59,18 +59,12 @@ def test_negative_count_is_floored_robustly():
 
 @pytest.mark.parametrize(
     ("tau", "theta", "neg", "word"),
-    [(0.0, 0.3, 0.0, "--tau"), (-1.0, 0.3, 0.0, "--tau"), (0.01, 1.0, 0.0, "--theta"), (0.01, -0.1, 0.0, "--theta"),
-     (0.01, 0.3, 1.0, "--neg-fraction")],
+    [(0.0, 0.3, 0.0, "^tau must"), (-1.0, 0.3, 0.0, "^tau must"), (0.01, 1.0, 0.0, "^theta must"), (0.01, -0.1, 0.0, "^theta must"),
+     (0.01, 0.3, 1.0, "^neg_fraction must")],
 )
 def test_bad_settings_are_refused(tau, theta, neg, word):
     with pytest.raises(SpmlError, match=word):
         vlpl_pseudo_labels(np.zeros((2, 3)), None, tau=tau, theta=theta, neg_fraction=neg)
-
-
-def test_paper_settings_table():
-    assert {k: (v.tau, v.theta) for k, v in PAPER_SETTINGS.items()} == {
-        "voc": (0.03, 0.3), "coco": (0.01, 0.3), "nuswide": (0.03, 0.1), "cub": (0.03, 0.01)
-    }
 
 
 def test_diagnostics_values():

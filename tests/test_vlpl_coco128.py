@@ -1,6 +1,6 @@
 """VLPL end to end from the command line on real images: the shared coco128 subset (YOLO layout).
 
-``prepare yolo`` -> ``observe`` -> ``pseudolabel`` (a weightless ViT-B-32 at 64 px: never downloads,
+``prepare yolo`` -> ``observe`` -> ``score`` (a weightless ViT-B-32 at 64 px: never downloads,
 so its pseudo-labels are noise; this is plumbing, not accuracy) -> ``train --config vlpl`` (linear
 probe, 1 epoch at 64 px, on timm's tiny ``test_resnet``: decoding the 640-px JPEGs and encoding 80
 prompts with ViT-B-32's text tower already take most of the time).
@@ -30,8 +30,8 @@ def test_vlpl_from_the_command_line(tmp_path, capsys):
     assert main(["observe", str(data_dir), "--mode", "single-positive", "--seed", "0"]) == 0
     capsys.readouterr()
 
-    assert main(["pseudolabel", str(data_dir), "--vlm", "open_clip:ViT-B-32/none", "--image-size", "64",
-                 "--workers", "0", "--batch-size", "128", "--preset", "coco",
+    assert main(["score", str(data_dir), "--vlm", "open_clip:ViT-B-32/none", "--image-size", "64",
+                 "--num-workers", "0", "--batch-size", "128", "--config", "vlpl",
                  "--observed", "single-positive-seed0.npy"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     cache = Path(out[-1])
@@ -43,7 +43,8 @@ def test_vlpl_from_the_command_line(tmp_path, capsys):
     assert main(["train", str(data_dir), "--config", "vlpl", "--set", "regime=linear", "--set", "epochs=1",
                  "--set", "image_size=64", "--set", "backbone=test_resnet",
                  "--set", "pretrained=none", "--set", "batch_size=16",
-                 "--set", "lr=0.001", "--set", "device=cpu", "--out", str(run)]) == 0
+                 "--set", "lr=0.001", "--set", "device=cpu", "--set", "method_params.vlm=open_clip:ViT-B-32/none",
+                 "--set", "method_params.vlm_image_size=64", "--out", str(run)]) == 0
     assert "test mAP" in capsys.readouterr().out
 
     results = json.loads((run / "results.json").read_text())

@@ -18,7 +18,7 @@ from spml.data.labels import POSITIVE
 from spml.data.layout import SPLITS, PreparedData
 from spml.data.observe import load_observed, observe
 from spml.data.synth import make_synthetic
-from spml.training import load_config, resume, train
+from spml.api import load_config, resume, train
 
 DEMO_IMAGES = 240
 DEMO_SIZE = 48

@@ -1,4 +1,4 @@
-"""``spml evaluate RUN_DIR [--split test]``: reload a run's best weights and recompute mAP."""
+"""``spml evaluate RUN_DIR [DATA_DIR] [--split test]``: reload a run's best weights and recompute mAP."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from spml.data.layout import SPLITS
-from spml.training import evaluate_run
+from spml.api import evaluate
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = evaluate_run(args.run_dir, args.split, args.data)
+    report = evaluate(args.run_dir, args.split, args.data_dir)
     skipped = report["skipped_classes"]
     print(
         f"{args.split} mAP {report['map']:.4f} (best epoch {report['best_epoch']}, "
@@ -28,6 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="recompute a finished run's mAP from its best weights")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--data", type=Path, metavar="DATA_DIR", help="data folder (default: the run's own)")
+    parser.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR", help="data folder (default: the run's own)")
     parser.add_argument("--per-class", action="store_true", help="also print every class's AP")
     parser.set_defaults(func=_run)

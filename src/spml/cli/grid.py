@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
-from spml.cli.train import resolve_config_path, add_config_arguments, config_from_args
+from spml.api import grid
+from spml.cli.train import add_config_arguments, config_from_args, resolve_config_path
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
 from spml.training.config import GRID_SECTION, read_yaml
-from spml.training.grid import run_grid
 
 
 def _axis(text: str) -> tuple[str, list[Any]]:
@@ -63,9 +63,10 @@ def _run(args: argparse.Namespace) -> int:
         raise SpmlError(
             "give at least one axis: --lr, --batch-size, --threshold, --axis key=v1,v2 or a config with a grid: section"
         )
-    base = config_from_args(args, args.data_dir)
+    # The first value of every axis completes the base config (e.g. a required threshold).
+    base = config_from_args(args, {key: values[0] for key, values in axes.items()})
     with epoch_logging(args.log):
-        result = run_grid(args.data_dir, base, axes, args.out)
+        result = grid(args.data_dir, base, axes, args.out)
     print((args.out / "results.md").read_text(), end="")
     if result.selected is None:
         raise SpmlError("every run of the grid diverged", args.out)

@@ -2,24 +2,37 @@
 
 A sub-command module adds its parser and sets ``func`` to a callable taking the parsed namespace
 and returning an exit code. :class:`spml.errors.SpmlError` becomes one line on stderr and exit 2.
+Library errors name parameters (``method_params.tau``); a sub-command whose flags set parameters
+declares ``flags`` (parameter -> flag) in its defaults, and :func:`main` writes those names as the
+flags, here and nowhere else.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+from collections.abc import Mapping
 
 from spml import __version__
 from spml.data.atomic import disk_error
 from spml.errors import SpmlError
 from spml.progress import set_quiet
 
-COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "pseudolabel", "micro_clip",
+COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "score", "micro_clip",
             "predict", "export", "report", "compare")
 
 
+def in_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with every parameter name of ``flags`` replaced by its command-line flag."""
+    for name in sorted(flags, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w.])", flags[name], message)
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``spml`` parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="spml", description="Multi-label classifiers from weak labels.")
     parser.add_argument("--version", action="version", version=f"spml {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -31,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``spml`` with ``argv``; return the exit code (2 for an :class:`SpmlError`)."""
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)
     try:
         return int(args.func(args) or 0)
     except SpmlError as err:
-        print(f"spml {args.command}: error: {err}", file=sys.stderr)
+        flags = getattr(args, "flags", None) or {}
+        print(f"spml {args.command}: error: {SpmlError(in_flags(err.message, flags), err.path)}", file=sys.stderr)
         return 2
     except OSError as err:
         # A full disk outside spml's own atomic writes (a library saving a file): still one line.

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"config: {config}")
     print(
-        f"use: spml pseudolabel {args.data_dir} --vlm open_clip:{args.name} "
+        f"use: spml score {args.data_dir} --vlm open_clip:{args.name} "
         f"--vlm-checkpoint {checkpoint} --vlm-config {config}"
     )
     print(checkpoint)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from spml.cli.args import flag_names, given
 from spml.data.labels import NEGATIVE, POSITIVE
 from spml.data.layout import PreparedData
 from spml.data.observe import MODES, load_observed, observe
+
+PARAMS = {"keep": "keep", "seed": "seed"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,15 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="a prepared data folder")
     p.add_argument("--mode", choices=MODES, default="single-positive", help="default single-positive")
-    p.add_argument("--keep", type=float, default=0.1, help="partial: probability of observing a label (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(func=run)
+    p.add_argument("--keep", type=float, help="partial: probability of observing a label (default 0.1)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.set_defaults(func=run, flags=flag_names(PARAMS))
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the observed labels, print their statistics, end with the path."""
     data = PreparedData.open(args.data_dir)
-    path = observe(data, args.mode, keep=args.keep, seed=args.seed)
+    path = observe(data, args.mode, **given(args, PARAMS))
     labels = load_observed(data, path)
     n = len(labels)
     pos, neg = int((labels == POSITIVE).sum()), int((labels == NEGATIVE).sum())

@@ -6,9 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from spml.cli.args import flag_names, given
 from spml.data.dataset import MAX_PIXELS
 from spml.data.formats import FORMATS
 from spml.data.prepare import DEFAULT_SEED, DEFAULT_VAL_FRACTION, prepare
+
+PARAMS = {"val_fraction": "val_fraction", "seed": "seed", "classes_file": "classes_file", "max_pixels": "max_pixels"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=", ".join(FORMATS))
     p.add_argument("--raw", type=Path, required=True, metavar="RAW_DIR", help="the raw dataset root")
     p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR", help="the prepared folder to write")
-    p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help=f"default {DEFAULT_VAL_FRACTION}")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"train/val split seed (default {DEFAULT_SEED})")
+    p.add_argument("--val-fraction", type=float, help=f"default {DEFAULT_VAL_FRACTION}")
+    p.add_argument("--seed", type=int, help=f"train/val split seed (default {DEFAULT_SEED})")
     p.add_argument("--verify", action="store_true", help="decode every image (slow on large sets)")
-    p.add_argument(
-        "--classes", type=Path, default=None, metavar="FILE", help="class names, one per line (csv, nuswide)"
-    )
+    p.add_argument("--classes-file", type=Path, metavar="FILE", help="class names, one per line (csv, nuswide)")
     p.add_argument(
         "--allow-outside-raw",
         action="store_true",
@@ -37,11 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-pixels",
         type=int,
-        default=MAX_PIXELS,
         metavar="N",
         help=f"--verify: refuse images with more pixels (default {MAX_PIXELS}, or $SPML_MAX_PIXELS)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=flag_names(PARAMS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,12 +50,9 @@ def run(args: argparse.Namespace) -> int:
         args.format,
         args.raw,
         args.out,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
         verify=args.verify,
-        classes_file=args.classes,
         allow_outside=args.allow_outside_raw,
-        max_pixels=args.max_pixels,
+        **given(args, PARAMS),
     )
     for warning in result.warnings:
         print(f"spml prepare: warning: {warning}", file=sys.stderr)

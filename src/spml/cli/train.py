@@ -10,16 +10,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import spml.methods  # noqa: F401  (registers the methods behind --method)
+from spml.api import config_path, list_methods, load_config, resume, train
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
-from spml.training import TrainConfig, get_method, list_methods, load_config, resume, shipped_config, train
-from spml.training.config import FULL_OBSERVED, default_config_path
-from spml.training.engine import RunResult
+from spml.training import RunResult, TrainConfig
+from spml.training.config import default_config_path
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +27,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE|NAME",
         help="YAML config (any subset of the keys) or a shipped config name "
-        f"({', '.join(sorted(p.stem for p in default_config_path().parent.glob('*.yaml')))}); default: default",
+        f"({', '.join(sorted(p.stem for p in default_config_path().parent.glob('*.yaml')))}); default: none",
     )
     parser.add_argument(
         "--set",
@@ -48,40 +47,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config_path(value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_file() or path.suffix in (".yaml", ".yml") or "/" in value:
-        return path  # load_config names a missing file
-    return shipped_config(value)
+    """``--config``: a file, or a shipped config by name; None when not given."""
+    return None if value is None else config_path(value)
 
 
-def config_from_args(args: argparse.Namespace, data_dir: Path, extra: Sequence[str] = ()) -> TrainConfig:
-    """Resolve ``--config``, ``--method``, ``--teacher`` and ``--set`` into a validated config.
+def config_from_args(args: argparse.Namespace, extra: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Resolve ``--config``, ``--set``, ``--method`` and ``--teacher`` with :func:`spml.load_config`.
 
-    The method's own defaults (e.g. ``loss: bce`` for pseudo-multilabel) apply over the shipped
-    default config but under a config file the user names and under ``--set``. Relative paths given on the command line are made absolute, so the
-    written ``config.yaml`` reproduces the run from any folder.
+    ``--set`` values come first; ``--method``, ``--teacher`` and ``extra`` (dotted keys) apply over them.
     """
-    overrides = list(args.overrides)
+    keys: dict[str, Any] = dict(extra or {})
     if args.method:
-        overrides.append(f"method={args.method}")
+        keys["method"] = args.method
     if args.teacher:
-        overrides.append(f"method_params.teacher={Path(args.teacher).resolve()}")
-    overrides += list(extra)
-    path = resolve_config_path(args.config)
-    config = load_config(path, overrides)
-    defaults = get_method(config.method).config_defaults
-    if defaults:
-        config = load_config(path, overrides, defaults=defaults)
-    observed = Path(config.observed)
-    if config.observed != FULL_OBSERVED and not observed.is_absolute():
-        if not (data_dir / observed).is_file() and observed.is_file():
-            config = dataclasses.replace(config, observed=str(observed.resolve()))
-    return config
+        keys["method_params.teacher"] = args.teacher
+    return load_config(resolve_config_path(args.config), args.overrides, **keys)
 
 
 def print_result(result: RunResult) -> None:
+    """One line: best epoch, val / test / train-label mAP and the results file."""
     print(
         f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {result.val_map:.4f}, "
         f"test mAP {result.test_map:.4f}, train-label mAP {result.train_label_map:.4f} "
@@ -98,8 +82,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.data_dir is None or args.out is None:
         raise SpmlError("give DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
-    extra = [] if args.threshold is None else [f"method_params.threshold={args.threshold}"]
-    config = config_from_args(args, Path(args.data_dir), extra)
+    extra = {} if args.threshold is None else {"method_params.threshold": args.threshold}
+    config = config_from_args(args, extra)
     try:
         with epoch_logging(args.log):
             print_result(train(args.data_dir, config, args.out))

@@ -33,7 +33,7 @@ def _check_mode(mode: str, keep: float) -> None:
     if mode not in MODES:
         raise SpmlError(f"unknown observation mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "partial" and not 0.0 <= keep <= 1.0:
-        raise SpmlError(f"--keep must be in [0, 1], got {keep}")
+        raise SpmlError(f"keep must be in [0, 1], got {keep}")
 
 
 def simulate_observed(true_labels: np.ndarray, mode: str, keep: float, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +93,9 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
     """Write (or reuse) observed train labels for ``data`` and return the ``.npy`` path.
 
     An existing file with the same settings for the same train split is reused; one whose sidecar
-    records other settings (e.g. the data folder was prepared again) is never overwritten.
+    records other settings (e.g. the data folder was prepared again) is never overwritten. A file
+    deleted beside its sidecar is drawn again: the draw depends only on the settings, so the bytes
+    are the same.
 
     Raises:
         SpmlError: Bad mode or keep, or an existing file made with other settings.
@@ -106,17 +108,18 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
             old = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError):
             old = None
-        if not path.is_file() or old is None or {k: old.get(k) for k in settings} != settings:
+        if old is None or {k: old.get(k) for k in settings} != settings:
             raise SpmlError(
                 "exists but was made with other settings or for another train split (see its .json); "
-                "delete it to draw again",
+                "delete it and its .json to draw again",
                 path,
             )
-        return path
+        if path.is_file():
+            return path
     rng = np.random.default_rng(seed)
     labels = simulate_observed(data.split("train").labels, mode, keep, rng)
-    # Sidecar first: a crash between the two writes leaves a sidecar without labels, which the next
-    # run rejects instead of trusting labels without settings.
+    # Sidecar first: labels are never on disk without their settings; a sidecar left without labels
+    # (a crash, or the .npy deleted) has its labels drawn again from the same settings.
     write_json(sidecar, {**settings, "spml_version": __version__})
     try:
         save_npy(path, labels)

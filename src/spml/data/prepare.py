@@ -48,7 +48,7 @@ def split_pool(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     keeps at least one row. The rows are drawn once from ``numpy.random.default_rng(seed)``.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise SpmlError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise SpmlError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, int(round(n * val_fraction))))
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -132,7 +132,7 @@ def prepare(
     raw = Path(raw)
     out_dir = Path(out_dir).resolve()
     if not 0.0 <= val_fraction < 1.0:
-        raise SpmlError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise SpmlError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not raw.exists():
         raise SpmlError("raw folder does not exist", raw)
     options = FormatOptions(

@@ -64,7 +64,7 @@ def synth_classes(num_classes: int) -> list[SynthClass]:
     square", ...), and the pairs stay distinct up to C x S classes.
     """
     if not 1 <= num_classes <= MAX_CLASSES:
-        raise SpmlError(f"--classes must be between 1 and {MAX_CLASSES}, got {num_classes}")
+        raise SpmlError(f"num_classes must be between 1 and {MAX_CLASSES}, got {num_classes}")
     colours = list(COLOURS)
     out = []
     for k in range(num_classes):
@@ -184,9 +184,9 @@ def make_synthetic(
     out_dir = Path(out_dir).resolve()
     classes = synth_classes(num_classes)
     if num_images < 2:
-        raise SpmlError(f"--images must be at least 2, got {num_images}")
+        raise SpmlError(f"num_images must be at least 2, got {num_images}")
     if image_size < 16:
-        raise SpmlError(f"--size must be at least 16 pixels, got {image_size}")
+        raise SpmlError(f"image_size must be at least 16 pixels, got {image_size}")
     n_test = max(1, num_images // 4) if test_images is None else test_images
     if n_test < 1:
         raise SpmlError(f"test_images must be at least 1, got {n_test}")

@@ -6,16 +6,18 @@ N x L loss matrix summed and divided by N x L, plus the loss's regulariser. See 
 every loss's formula, inputs, hyperparameters, hooks and deviations from the released code.
 """
 
-from spml.losses import cole, entropy, focal, large_loss, robust  # noqa: F401  (modules register their losses)
-from spml.losses.base import INPUT_NAMES, LOG_EPSILON, LossTerms, SpmlLoss, neg_log
-from spml.losses.registry import LossInfo, create, get_loss_info, list_losses, register_loss
+from spml.losses import cole, entropy, focal, large_loss, robust, soft  # noqa: F401  (modules register their losses)
+from spml.losses.base import INPUT_NAMES, LOG_EPSILON, Epoch, LossTerms, SpmlLoss, neg_log
+from spml.losses.registry import LossInfo, check_hparams, create, get_loss_info, list_losses, register_loss
 
 __all__ = [
     "INPUT_NAMES",
     "LOG_EPSILON",
+    "Epoch",
     "LossInfo",
     "LossTerms",
     "SpmlLoss",
+    "check_hparams",
     "create",
     "get_loss_info",
     "list_losses",

@@ -5,13 +5,14 @@ optional scalar regulariser, and reduces them like Cole et al.'s ``compute_batch
 summed and divided by N x L, plus the regulariser as is. Subclasses implement :meth:`SpmlLoss.terms`.
 
 Stateful losses talk to the trainer through three hooks that every loss has (no-ops by default);
-:attr:`LossInfo.hooks <spml.losses.registry.LossInfo>` names the ones a loss really uses, so the
-trainer only pays for what is needed (``on_epoch_end`` needs predictions on the whole train set):
+:attr:`LossInfo.hooks <spml.losses.registry.LossInfo>` names the ones a loss really uses. The epoch
+callbacks are the same as a training method's (:class:`spml.training.TrainingHooks`): both get the
+same :class:`Epoch` record and are called one after the other by the trainer.
 
 * ``on_train_start(observed)``: once, before the first epoch and before a resumed ``state_dict`` is
   loaded, with the training set's full observed label matrix (ROLE initialises its estimator).
-* ``set_epoch(epoch)``: at the start of every training epoch, 1-based (the Large Loss schedule).
-* ``on_epoch_end(epoch, train_probs, observed)``: after the training phase of every epoch, with the
+* ``on_epoch_start(epoch)``: at the start of every training epoch (the Large Loss schedule).
+* ``on_epoch_end(epoch, train_probs)``: after every epoch trained and was evaluated, with the
   model's probabilities on the whole train set in index order (EM+APL pseudo-labelling).
 
 State that must survive a resume (ROLE's estimator, APL pseudo-labels, LL-Cp corrections) lives in
@@ -32,8 +33,26 @@ from spml.errors import SpmlError
 #: Added inside the log by the reference implementations (Cole, AckTheUnknown, VLPL): -log(x + 1e-5).
 LOG_EPSILON = 1e-5
 
-#: Every per-batch input a loss may ask for, beyond logits and observed labels.
-INPUT_NAMES = ("index", "labels", "pseudo")
+#: Every per-batch input a loss may ask for, beyond logits and observed labels: ``index`` (train
+#: rows), ``labels`` (true labels, only for a loss that declares them), ``pseudo`` (pseudo-labels
+#: -1/0/1), ``soft`` (soft targets in [0, 1]), ``strong_logits`` (logits of a strongly augmented view).
+INPUT_NAMES = ("index", "labels", "pseudo", "soft", "strong_logits")
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """Where a run is, given to every epoch callback of losses and methods alike.
+
+    Attributes:
+        number: 1-based epoch over the whole run (``metrics.jsonl``'s ``epoch``).
+        phase: ``linear`` (frozen backbone) or ``finetune``.
+        in_phase: 1-based epoch within the phase: the clock of a loss's schedule (a ``linear-init``
+            run restarts it when fine-tuning starts).
+    """
+
+    number: int
+    phase: str
+    in_phase: int
 
 
 def neg_log(x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +113,8 @@ class SpmlLoss(nn.Module):
 
     name: ClassVar[str] = ""
     inputs: ClassVar[tuple[str, ...]] = ()
+    #: Inputs used when given (e.g. a consistency view a method supplies only after its warm-up).
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
     hooks: ClassVar[tuple[str, ...]] = ()
     #: Learning-rate multiplier for the loss's own parameters (ROLE's label estimator).
     param_lr_mult: float = 1.0
@@ -109,11 +130,11 @@ class SpmlLoss(nn.Module):
     def on_train_start(self, observed: torch.Tensor) -> None:
         """Called once before training with the full N_train x L observed label matrix."""
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called at the start of every training epoch with the 1-based epoch number."""
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        """Called at the start of every training epoch."""
 
-    def on_epoch_end(self, epoch: int, train_probs: torch.Tensor, observed: torch.Tensor) -> None:
-        """Called after each training phase with probabilities on the whole train set (index order)."""
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
+        """Called after every epoch with the model's probabilities on the whole train set (index order)."""
 
     # -- computation ------------------------------------------------------------------------------
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
@@ -149,6 +170,7 @@ class SpmlLoss(nn.Module):
                 f"(see docs/losses.md); got {sorted(k for k in inputs if inputs[k] is not None) or 'none'}"
             )
         needed = {k: inputs[k] for k in self.inputs}
+        needed.update({k: inputs[k] for k in self.optional_inputs if inputs.get(k) is not None})
         if logits.dtype in (torch.float16, torch.bfloat16):
             # The +1e-5 inside the logs is below half precision's resolution near 1.
             logits = logits.float()
@@ -169,6 +191,14 @@ class SpmlLoss(nn.Module):
             _check_labels(who, "pseudo", inputs["pseudo"], shape, (NEGATIVE, UNKNOWN, POSITIVE))
         if "labels" in inputs:
             _check_labels(who, "labels (true labels 0/1)", inputs["labels"], shape, (ABSENT, PRESENT))
+        if "soft" in inputs:
+            soft = inputs["soft"]
+            if tuple(soft.shape) != shape or not soft.is_floating_point():
+                raise ValueError(f"{who}: soft must be a floating N x L tensor of the logits' shape {shape}, got {soft.dtype} {tuple(soft.shape)}")
+            if bool(((soft < 0) | (soft > 1)).any()):
+                raise ValueError(f"{who}: soft targets must lie in [0, 1]")
+        if "strong_logits" in inputs and tuple(inputs["strong_logits"].shape) != shape:
+            raise ValueError(f"{who}: strong_logits must have the logits' shape {shape}, got {tuple(inputs['strong_logits'].shape)}")
         if "index" in inputs:
             index = inputs["index"]
             if index.shape != (shape[0],) or index.is_floating_point() or index.dtype == torch.bool:

@@ -13,7 +13,7 @@ import torch
 
 from spml.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from spml.errors import SpmlError
-from spml.losses.base import LossTerms, SpmlLoss, check_range, neg_log
+from spml.losses.base import Epoch, LossTerms, SpmlLoss, check_range, neg_log
 from spml.losses.registry import register_loss
 
 _ACK = "Zhou et al. ECCV 2022, Correr-Zhou/SPML-AckTheUnknown"
@@ -58,8 +58,8 @@ class EntropyMaximization(SpmlLoss):
 class EntropyMaximizationAPL(SpmlLoss):
     """EM+APL: EM, and soft pseudo-negatives chosen among the unknowns as training goes on.
 
-    After the training phase of every epoch >= ``warmup_epoch`` the trainer calls
-    ``on_epoch_end(epoch, train_probs, observed)``; for each class the
+    The trainer gives the train set's observed labels once (``on_train_start``); after every epoch
+    >= ``warmup_epoch`` (in its phase) it calls ``on_epoch_end(epoch, train_probs)``; for each class the
     ``int(neg_proportion * U / (num_epochs - warmup_epoch))`` still-unlabelled unknown entries with
     the lowest predicted probability (U = the class's unknown count in ``observed``) become pseudo-
     negatives with soft target ``s`` = that probability. A pseudo-negative costs
@@ -77,7 +77,7 @@ class EntropyMaximizationAPL(SpmlLoss):
     """
 
     inputs = ("index",)
-    hooks = ("on_epoch_end",)
+    hooks = ("on_train_start", "on_epoch_end")
 
     def __init__(
         self,
@@ -105,21 +105,28 @@ class EntropyMaximizationAPL(SpmlLoss):
         self.warmup_epoch, self.num_epochs = warmup_epoch, num_epochs
         self.register_buffer("pseudo_mask", torch.zeros(num_examples, num_classes, dtype=torch.bool))
         self.register_buffer("pseudo_target", torch.zeros(num_examples, num_classes))
+        self.train_observed: torch.Tensor | None = None
+
+    def on_train_start(self, observed: torch.Tensor) -> None:
+        """Keep the train set's observed labels: the pseudo-negatives are chosen among their unknowns."""
+        self.train_observed = observed
 
     def num_examples(self) -> int:
         return self.pseudo_mask.shape[0]
 
     @torch.no_grad()
-    def on_epoch_end(self, epoch: int, train_probs: torch.Tensor, observed: torch.Tensor) -> None:
-        """Asymmetric pseudo-labelling after the training phase of ``epoch`` (no-op before warmup).
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
+        """Asymmetric pseudo-labelling after ``epoch`` (no-op before ``warmup_epoch`` in its phase).
 
         Args:
-            epoch: The 1-based epoch that just finished training.
+            epoch: The epoch that just finished.
             train_probs: N_train x L model probabilities on the whole train set, in index order.
-            observed: N_train x L original observed labels (-1/0/1) of the train set.
         """
-        if epoch < self.warmup_epoch:
+        if epoch.in_phase < self.warmup_epoch:
             return
+        observed = self.train_observed
+        if observed is None:
+            raise RuntimeError("loss 'em_apl': call on_train_start(observed) before on_epoch_end")
         shape = tuple(self.pseudo_mask.shape)
         if tuple(train_probs.shape) != shape or tuple(observed.shape) != shape:
             raise ValueError(

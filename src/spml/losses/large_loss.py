@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from spml.data.labels import POSITIVE, UNKNOWN
-from spml.losses.base import LossTerms, SpmlLoss, check_range
+from spml.losses.base import Epoch, LossTerms, SpmlLoss, check_range
 from spml.losses.registry import register_loss
 
 class LargeLossSelection(NamedTuple):
@@ -46,26 +46,27 @@ class _LargeLoss(SpmlLoss):
             no default in the release, so none here).
     """
 
-    hooks = ("set_epoch",)
+    hooks = ("on_epoch_start",)
     correct: bool = True
 
     def __init__(self, num_classes: int, *, delta_rel: float, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)
         check_range(self.name, "delta_rel", delta_rel, 0.0, 100.0, low_open=True)
         self.delta_rel = delta_rel
-        #: Fraction of entries kept as is; 1 in epoch 1 (plain assume-negative). Set by set_epoch.
+        #: Fraction of entries kept as is; 1 in epoch 1 (plain assume-negative). Set by on_epoch_start.
         self.clean_rate = 1.0
         self.epoch = 1
 
-    def set_epoch(self, epoch: int) -> None:
-        """Enter the 1-based ``epoch``: ``clean_rate`` = 1 minus ``delta_rel / 100`` per finished epoch."""
-        if epoch < 1:
-            raise ValueError(f"loss {self.name!r}: epochs are 1-based, got {epoch}")
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        """Enter ``epoch`` (its epoch in the phase): ``clean_rate`` = 1 minus ``delta_rel / 100`` per finished epoch."""
+        number = epoch.in_phase
+        if number < 1:
+            raise ValueError(f"loss {self.name!r}: epochs are 1-based, got {number}")
         rate = 1.0
         # Repeated subtraction, exactly as train.py, so that k = ceil(...) matches the reference.
-        for _ in range(epoch - 1):
+        for _ in range(number - 1):
             rate -= self.delta_rel / 100
-        self.epoch, self.clean_rate = epoch, rate
+        self.epoch, self.clean_rate = number, rate
 
     def num_modified(self, numel: int) -> int:
         """k, the number of unknown entries rejected or corrected in a batch of ``numel`` entries."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from spml.coerce import coerce
 from spml.errors import SpmlError
 from spml.losses.base import INPUT_NAMES, SpmlLoss
 
@@ -35,8 +36,9 @@ class LossInfo:
         description: One line: what the loss does.
         reference: Paper and released function it reproduces.
         inputs: Per-batch keyword inputs it needs beyond logits and observed labels
-            (``"index"``, ``"labels"``, ``"pseudo"``).
-        hooks: Trainer hooks it uses (``"on_train_start"``, ``"set_epoch"``, ``"on_epoch_end"``).
+            (:data:`~spml.losses.base.INPUT_NAMES`).
+        optional_inputs: Inputs it uses when they are given.
+        hooks: Trainer hooks it uses (``"on_train_start"``, ``"on_epoch_start"``, ``"on_epoch_end"``).
         types: Type of every hyperparameter (float, int, bool or ``tuple[float, ...]``, a list of numbers).
         defaults: Default of every optional hyperparameter.
         required: Hyperparameters without a default, which :func:`create` must be given.
@@ -47,6 +49,7 @@ class LossInfo:
     description: str
     reference: str
     inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...]
     hooks: tuple[str, ...]
     types: Mapping[str, type]
     defaults: Mapping[str, HParamValue]
@@ -90,7 +93,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
     def decorate(cls: L) -> L:
         if name in _REGISTRY:
             raise ValueError(f"loss {name!r} is already registered")
-        unknown = set(cls.inputs) - set(INPUT_NAMES)
+        unknown = (set(cls.inputs) | set(cls.optional_inputs)) - set(INPUT_NAMES)
         if unknown:
             raise ValueError(f"loss {name!r}: unknown inputs {sorted(unknown)}")
         types, defaults, required = _hyperparameters(cls)
@@ -101,6 +104,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
             description=description,
             reference=reference,
             inputs=tuple(cls.inputs),
+            optional_inputs=tuple(cls.optional_inputs),
             hooks=tuple(cls.hooks),
             types=MappingProxyType(types),
             defaults=MappingProxyType(defaults),
@@ -127,29 +131,27 @@ def get_loss_info(name: str) -> LossInfo:
         raise SpmlError(f"unknown loss {name!r}; valid losses: {', '.join(list_losses())}") from None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def check_hparams(name: str, hparams: Mapping[str, Any], supplied: tuple[str, ...] = ()) -> dict[str, HParamValue]:
+    """Check ``hparams`` of loss ``name`` without building it; return them coerced to their types.
 
+    Args:
+        name: A name from :func:`list_losses`.
+        hparams: Hyperparameters (``get_loss_info(name).types``).
+        supplied: Required hyperparameters the caller will add itself (the engine supplies
+            ``num_examples``, ``num_epochs``, ...), so their absence is not an error here.
 
-def _coerce(loss: str, key: str, value: Any, kind: type) -> HParamValue:
-    if kind == FloatTuple:
-        if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
-            raise SpmlError(
-                f"loss {loss!r}: hyperparameter {key} must be a list of numbers, got {type(value).__name__} {value!r}"
-            )
-        return tuple(float(v) for v in value)
-    # bool is an int subclass: reject it where a number is meant, and numbers where a bool is meant.
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = _is_number(value)
-    if not ok:
-        raise SpmlError(
-            f"loss {loss!r}: hyperparameter {key} must be {kind.__name__}, got {type(value).__name__} {value!r}"
-        )
-    return float(value) if kind is float else value
+    Raises:
+        SpmlError: Unknown name, unknown hyperparameter, wrong type or missing required one.
+    """
+    info = get_loss_info(name)
+    unknown = sorted(set(hparams) - set(info.types))
+    if unknown:
+        valid = ", ".join(info.types) or "none"
+        raise SpmlError(f"loss {name!r}: unknown hyperparameter(s) {', '.join(unknown)} (valid: {valid})")
+    missing = [k for k in info.required if k not in hparams and k not in supplied]
+    if missing:
+        raise SpmlError(f"loss {name!r}: missing required hyperparameter(s) {', '.join(missing)} (see docs/losses.md)")
+    return {k: coerce(v, info.types[k], f"loss {name!r}: hyperparameter {k}") for k, v in hparams.items()}
 
 
 def create(name: str, num_classes: int, *, validate: bool = True, **hparams: Any) -> SpmlLoss:
@@ -165,13 +167,5 @@ def create(name: str, num_classes: int, *, validate: bool = True, **hparams: Any
         SpmlError: Unknown name, unknown hyperparameter, wrong type, missing required one, or a value
             out of range; the message names it.
     """
-    info = get_loss_info(name)
-    unknown = sorted(set(hparams) - set(info.types))
-    if unknown:
-        valid = ", ".join(info.types) or "none"
-        raise SpmlError(f"loss {name!r}: unknown hyperparameter(s) {', '.join(unknown)} (valid: {valid})")
-    missing = [k for k in info.required if k not in hparams]
-    if missing:
-        raise SpmlError(f"loss {name!r}: missing required hyperparameter(s) {', '.join(missing)} (see docs/losses.md)")
-    values = {k: _coerce(name, k, v, info.types[k]) for k, v in hparams.items()}
-    return info.loss_class(num_classes, validate=validate, **values)
+    values = check_hparams(name, hparams)
+    return get_loss_info(name).loss_class(num_classes, validate=validate, **values)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from spml.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from spml.errors import SpmlError
-from spml.losses.base import LossTerms, SpmlLoss, check_range
+from spml.losses.base import Epoch, LossTerms, SpmlLoss, check_range
 from spml.losses.registry import register_loss
 
 #: The epsilon inside the logs of both releases: -log(x + 1e-7).
@@ -69,7 +69,7 @@ class GeneralizedRobustLoss(SpmlLoss):
             The loss only shifts its schedules; freezing the backbone is the trainer's business.
     """
 
-    hooks = ("set_epoch",)
+    hooks = ("on_epoch_start",)
 
     def __init__(
         self,
@@ -99,6 +99,10 @@ class GeneralizedRobustLoss(SpmlLoss):
         self.q2, self.q3 = q2, q3
         self.num_epochs, self.linear_init_epochs = num_epochs, linear_init_epochs
         self.set_epoch(1)
+
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        """Follow the run's global epoch: the release counts linear-init epochs in the same loop."""
+        self.set_epoch(epoch.number)
 
     def set_epoch(self, epoch: int) -> None:
         """Enter the authors' 1-based ``epoch``: set ``w, b, mu, sigma`` from the schedules."""

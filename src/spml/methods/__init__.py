@@ -1,9 +1,11 @@
-"""Training methods composed from the lower layers; each module registers itself with
-:func:`spml.training.register_method` when imported, so importing this package makes every
-method available to ``--method``.
+"""Training methods composed from the lower layers, and their registry.
 
-Add a method by writing ``spml/methods/<name>.py`` (hooks + ``register_method``) and importing it
-here.
+Each method module defines its hooks and an ``INFO`` (:class:`spml.training.MethodInfo`);
+:mod:`spml.methods.registry` lists the shipped ones by name. Add a method by writing
+``spml/methods/<name>.py`` and naming its ``INFO`` in the registry (or, outside spml, with
+:func:`register_method`).
 """
 
-from spml.methods import ccd, teacher_student, vlpl  # noqa: F401  (modules register their methods)
+from spml.methods.registry import get_method, list_methods, register_method
+
+__all__ = ["get_method", "list_methods", "register_method"]

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from spml.data.cache import ArrayCache, hash_file
-from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, PRESENT
 from spml.errors import SpmlError
-from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, load_run, register_method
-from spml.training.engine import BEST_FILE
+from spml.pseudolabels.teacher import pseudo_label_stats, pseudo_multilabels
+from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, load_run
+from spml.training.runfolder import BEST_FILE
 from spml.training.grid import GridResult, run_grid, with_values
 
 METHOD = "pseudo-multilabel"
@@ -47,35 +47,6 @@ class TeacherStudentParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
             raise SpmlError(f"method_params.threshold must lie in [0, 1), got {self.threshold}")
-
-
-def pseudo_multilabels(scores: np.ndarray, observed: np.ndarray, threshold: float) -> np.ndarray:
-    """Fully observed int8 labels: ``scores > threshold`` positive, else negative; observed labels kept.
-
-    Args:
-        scores: N x L teacher probabilities.
-        observed: int8 N x L observed labels (1 positive, 0 unknown, -1 negative).
-        threshold: T.
-    """
-    if scores.shape != observed.shape:
-        raise ValueError(f"scores {scores.shape} and observed labels {observed.shape} differ in shape")
-    labels = np.where(np.asarray(scores) > threshold, POSITIVE, NEGATIVE).astype(OBSERVED_DTYPE)
-    labels[observed == POSITIVE] = POSITIVE
-    labels[observed == NEGATIVE] = NEGATIVE
-    return labels
-
-
-def pseudo_label_stats(pseudo: np.ndarray, true_labels: np.ndarray) -> dict[str, float]:
-    """Mean positives per image of ``pseudo`` and their precision / recall against the true labels."""
-    positive = pseudo == POSITIVE
-    present = true_labels == PRESENT
-    hits = float((positive & present).sum())
-    return {
-        "mean_positives_per_image": float(positive.sum(axis=1).mean()),
-        "true_positives_per_image": float(present.sum(axis=1).mean()),
-        "pseudo_precision": hits / max(1.0, float(positive.sum())),
-        "pseudo_recall": hits / max(1.0, float(present.sum())),
-    }
 
 
 def teacher_train_scores(teacher: str | Path, ctx: RunContext) -> np.ndarray:
@@ -142,15 +113,15 @@ def threshold_sweep(
         thresholds: T values (the paper: 0.55 to 0.95 in steps of 0.1).
     """
     base = with_values(student, {"method": METHOD, "method_params.teacher": str(Path(teacher).resolve())})
-    return run_grid(data_dir, base, {"method_params.threshold": [float(t) for t in thresholds]}, out_dir)
+    return run_grid(data_dir, base, {"method_params.threshold": [float(t) for t in thresholds]}, out_dir, method=INFO)
 
 
-register_method(
-    MethodInfo(
-        METHOD,
-        TeacherStudentHooks,
-        "student trained with full BCE on a teacher's thresholded predictions (Arroyo)",
-        config_defaults={"loss": "bce"},
-        required_params=("teacher", "threshold"),
-    )
+INFO = MethodInfo(
+    METHOD,
+    TeacherStudentHooks,
+    "student trained with full BCE on a teacher's thresholded predictions (Arroyo)",
+    config_defaults={"loss": "bce"},
+    required_params=("teacher", "threshold"),
+    params=TeacherStudentParams,
+    path_params=("teacher",),
 )

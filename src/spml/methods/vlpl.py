@@ -1,7 +1,8 @@
 """VLPL (Xing et al.): train with CLIP pseudo-labels and the ``vlpl`` loss.
 
-The CLIP scores of the train split come from a score cache built beforehand by ``spml pseudolabel``
-(:func:`spml.vlm.score_split`): the VLM never runs inside the training loop. At setup the method
+The CLIP scores of the train split come from the score cache of exactly the method's VLM, template
+and preprocessing (:func:`spml.vlm.split_scores`): built by ``spml score`` beforehand or, when
+missing, at setup; never another method's cache. The VLM never runs inside the training loop. At setup the method
 turns both cached views (original, mirrored) into pseudo-label matrices with the VLPL rule
 (``softmax(sim / tau) > theta`` positive, optionally the lowest ``neg_fraction`` negative, observed
 labels kept), and every batch gets, as the loss's ``pseudo=`` input, the rows of the view it was
@@ -12,26 +13,24 @@ regime trains on cached features of unflipped images, so its batches all read vi
 (:func:`spml.vlm.pseudo_label_diagnostics`); their counts and precisions are also top-level numbers,
 so that a grid (``spml grid --config vlpl_tau_theta``) tabulates them beside each run's mAP.
 
-``spml train DATA_DIR --method vlpl --set observed=... [--set method_params.tau=0.03]
-[--set method_params.vlm_cache=PATH] [--set loss_params.alpha=0.2]``
+``spml train DATA_DIR --method vlpl --set observed=... [--set method_params.vlm=open_clip:...]
+[--set method_params.tau=0.03] [--set loss_params.alpha=0.2]``
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from spml.data.layout import PreparedData, Split
 from spml.errors import SpmlError
 from spml.losses import get_loss_info
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass, register_method
-from spml.vlm import load_score_cache, pseudo_label_diagnostics, vlpl_pseudo_labels
-from spml.vlm.pseudolabels import VlplSettings, check_settings
+from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.pseudolabels.vlpl import VlplSettings, check_settings, pseudo_label_diagnostics, vlpl_pseudo_labels
+from spml.vlm import DEFAULT_TEMPLATES, PREPROCESSING_MODES, load_score_cache, load_vlm, prompt_names, split_scores
+from spml.vlm.text import check_templates
 
 METHOD = "vlpl"
 _DEFAULTS = VlplSettings()
@@ -50,48 +49,46 @@ class VlplParams:
     """``method_params`` of ``vlpl``.
 
     Attributes:
-        vlm_cache: Score cache folder of the train split (the path ``spml pseudolabel`` prints);
-            None looks for the only one in ``DATA_DIR/cache``.
+        vlm: CLIP spec for :func:`spml.vlm.load_vlm` (paper: ``open_clip:ViT-L-14-336/openai``).
+        vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
+        vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
+        vlm_image_size: CLIP input side other than the model's native one (None: native).
+        vlm_preprocess: ``native`` (the model's centre crop and statistics) or ``squash`` (the whole
+            image resized to a square with ImageNet statistics, as VLPL's code fed CLIP).
+        prompt_names: Names in the prompts: ``auto`` (readable names shipped for VOC and CUB, else
+            the class names), ``raw`` (the class names) or a names file, one per line in class order.
+        template: The prompt template (``{}`` is the class name).
+        vlm_batch_size: Images per CLIP forward pass when the cache is built.
+        vlm_cache: A score cache folder to use instead (the path ``spml score`` prints); checked
+            against the train split and classes.
         tau: Softmax temperature (paper: VOC 0.03, COCO 0.01, NUS-WIDE 0.03, CUB 0.03).
         theta: Positive threshold (paper: VOC 0.3, COCO 0.3, NUS-WIDE 0.1, CUB 0.01).
         neg_fraction: Share of classes made pseudo-negative per image (paper: 0).
     """
 
+    vlm: str = "open_clip:ViT-L-14-336/openai"
+    vlm_checkpoint: str | None = None
+    vlm_model_config: str | None = None
+    vlm_image_size: int | None = None
+    vlm_preprocess: str = "native"
+    prompt_names: str = "auto"
+    template: str = DEFAULT_TEMPLATES[0]
+    vlm_batch_size: int = 64
     vlm_cache: str | None = None
     tau: float = _DEFAULTS.tau
     theta: float = _DEFAULTS.theta
     neg_fraction: float = _DEFAULTS.neg_fraction
 
     def __post_init__(self) -> None:
+        if self.vlm_preprocess not in PREPROCESSING_MODES:
+            raise SpmlError(
+                f"method_params.vlm_preprocess must be one of {', '.join(PREPROCESSING_MODES)}, got {self.vlm_preprocess!r}"
+            )
+        check_templates([self.template])
         check_settings(
             self.tau, self.theta, self.neg_fraction,
             names=("method_params.tau", "method_params.theta", "method_params.neg_fraction"),
         )
-
-
-def find_score_cache(data: PreparedData, split: Split) -> Path:
-    """The one finished score cache of ``split`` in ``DATA_DIR/cache`` (same images and classes).
-
-    Raises:
-        SpmlError: None found (run ``spml pseudolabel`` first) or several (name one).
-    """
-    found = []
-    for folder in sorted(data.cache_dir.glob(f"vlm-scores-{split.name}-*")):
-        meta = folder / "meta.json"
-        if not folder.is_dir() or folder.name.endswith(".partial") or not meta.is_file():
-            continue
-        material = json.loads(meta.read_text()).get("material", {})
-        if material.get("split_fingerprint") == split.fingerprint and material.get("classes") == data.classes:
-            found.append(folder)
-    if not found:
-        raise SpmlError(
-            f"no VLM score cache of the {split.name} split; run `spml pseudolabel {data.root} --vlm ...` first",
-            data.cache_dir,
-        )
-    if len(found) > 1:
-        names = ", ".join(f.name for f in found)
-        raise SpmlError(f"several VLM score caches ({names}); choose one with --set method_params.vlm_cache=PATH", data.cache_dir)
-    return found[0]
 
 
 class VlplHooks(TrainingHooks):
@@ -102,9 +99,16 @@ class VlplHooks(TrainingHooks):
         if "pseudo" not in get_loss_info(ctx.config.loss).inputs:
             raise SpmlError(f"method 'vlpl' needs a loss that takes pseudo-labels (vlpl), not {ctx.config.loss!r}")
         train = ctx.data.split("train")
-        path = Path(self.params.vlm_cache) if self.params.vlm_cache else find_score_cache(ctx.data, train)
-        cache = load_score_cache(path, train, ctx.data.classes)
         p = self.params
+        if p.vlm_cache:
+            cache = load_score_cache(p.vlm_cache, train, ctx.data.classes)
+        else:
+            vlm = load_vlm(p.vlm, p.vlm_checkpoint, p.vlm_model_config, device=ctx.device,
+                           preprocessing=p.vlm_preprocess)
+            cache = split_scores(vlm, train, ctx.data.classes, [p.template], ctx.data.cache_dir,
+                                 batch_size=p.vlm_batch_size, image_size=p.vlm_image_size,
+                                 num_workers=ctx.config.num_workers,
+                                 prompt_names=prompt_names(ctx.data.classes, p.prompt_names))
         views = [vlpl_pseudo_labels(cache.scores[:, v, :], ctx.observed, p.tau, p.theta, p.neg_fraction) for v in (0, 1)]
         self.pseudo = torch.from_numpy(np.stack(views)).to(ctx.device)  # 2 x N x L int8: view, row, class
         self.cache_path = cache.path
@@ -125,11 +129,12 @@ class VlplHooks(TrainingHooks):
         }
 
 
-register_method(
-    MethodInfo(
-        METHOD,
-        VlplHooks,
-        "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
-        config_defaults={"loss": "vlpl"},
-    )
+INFO = MethodInfo(
+    METHOD,
+    VlplHooks,
+    "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
+    config_defaults={"loss": "vlpl"},
+    provides=("pseudo",),
+    params=VlplParams,
+    path_params=("vlm_cache", "vlm_checkpoint", "vlm_model_config"),
 )

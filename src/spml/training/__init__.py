@@ -1,4 +1,4 @@
-"""Typed configs, the training/evaluation engine, method hooks and the lr x batch-size grid."""
+"""Typed configs, the training loop, the run folder and run model, method hooks and grids."""
 
 from spml.training.config import (
     EarlyStoppingConfig,
@@ -12,48 +12,39 @@ from spml.training.config import (
     save_config,
     shipped_config,
 )
-from spml.training.engine import (
-    LoadedRun,
-    RunResult,
-    TrainingDiverged,
-    evaluate_run,
-    load_run,
-    plan_phases,
-    read_result,
-    resume,
-    train,
-)
-from spml.training.hooks import (
-    MethodInfo,
-    RunContext,
-    TrainingHooks,
-    get_method,
-    list_methods,
-    register_method,
-)
+from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume, train
+from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks
+from spml.training.resolve import check_config, resolve_paths
+from spml.training.runfolder import RunResult, read_result, read_results
+from spml.training.runmodel import LoadedRun, RunModel, evaluate_run, load_run
 
 __all__ = [
+    "STANDARD",
     "EarlyStoppingConfig",
     "LinearInitConfig",
     "LoadedRun",
     "MethodInfo",
+    "Phase",
     "RunContext",
+    "RunModel",
     "RunResult",
+    "RunState",
     "TrainConfig",
+    "Trainer",
     "TrainingDiverged",
     "TrainingHooks",
     "build_dataclass",
+    "check_config",
     "config_to_yaml",
     "default_config_path",
     "evaluate_run",
-    "get_method",
-    "list_methods",
     "load_config",
     "load_run",
     "parse_overrides",
     "plan_phases",
     "read_result",
-    "register_method",
+    "read_results",
+    "resolve_paths",
     "resume",
     "save_config",
     "shipped_config",

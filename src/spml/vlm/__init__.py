@@ -1,26 +1,17 @@
-"""Vision-language models: frozen open_clip models, prompt text embeddings, cached image/crop scores,
-VLPL pseudo-labels and their diagnostics, and a micro CLIP for offline tests (see docs/vlm.md)."""
+"""Vision-language models: frozen open_clip models, prompt text embeddings, cached image/crop scores
+and a micro CLIP for offline tests (see docs/vlm.md)."""
 
 from spml.vlm.model import PREPROCESSING_MODES, VLM, Preprocess, load_vlm, model_name_for, parse_spec
 from spml.vlm.names import prompt_names
-from spml.vlm.pseudolabels import (
-    PAPER_SETTINGS,
-    VlplSettings,
-    pseudo_label_diagnostics,
-    softmax_scores,
-    vlpl_pseudo_labels,
-)
-from spml.vlm.scores import ScoreCache, load_score_cache, score_images, score_split, scores_cache
+from spml.vlm.scores import ScoreCache, load_score_cache, score_images, score_split, scores_cache, split_scores
 from spml.vlm.text import DEFAULT_TEMPLATES, check_classes, check_templates, text_embeddings
 
 __all__ = [
     "DEFAULT_TEMPLATES",
-    "PAPER_SETTINGS",
     "PREPROCESSING_MODES",
     "VLM",
     "Preprocess",
     "ScoreCache",
-    "VlplSettings",
     "check_classes",
     "check_templates",
     "load_score_cache",
@@ -28,11 +19,9 @@ __all__ = [
     "model_name_for",
     "parse_spec",
     "prompt_names",
-    "pseudo_label_diagnostics",
     "score_images",
     "score_split",
     "scores_cache",
-    "softmax_scores",
+    "split_scores",
     "text_embeddings",
-    "vlpl_pseudo_labels",
 ]

@@ -10,7 +10,7 @@ It knows nothing but the synthetic classes: do not use it for real data.
 config). Load it with::
 
     load_vlm("open_clip:NAME", checkpoint="OUT/NAME.safetensors", model_config="OUT/NAME.json")
-    spml pseudolabel DATA_DIR --vlm open_clip:NAME --vlm-checkpoint OUT/NAME.safetensors \
+    spml score DATA_DIR --vlm open_clip:NAME --vlm-checkpoint OUT/NAME.safetensors \
         --vlm-config OUT/NAME.json
 """
 

@@ -318,9 +318,9 @@ def load_vlm(
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if tag is not None:
-            raise SpmlError(f"give either a pretrained tag ({spec}) or --vlm-checkpoint, not both", checkpoint)
+            raise SpmlError(f"give either a pretrained tag ({spec}) or a checkpoint, not both", checkpoint)
         if name.startswith((HF_HUB, LOCAL_DIR)):
-            raise SpmlError(f"{spec} brings its own weights; drop --vlm-checkpoint", checkpoint)
+            raise SpmlError(f"{spec} brings its own weights; give no checkpoint", checkpoint)
         if not checkpoint.is_file():
             raise SpmlError("VLM checkpoint file not found", checkpoint)
     if model_config is not None:

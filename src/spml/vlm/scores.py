@@ -191,6 +191,29 @@ def score_split(
     return arrays[SCORES]
 
 
+def split_scores(
+    vlm: VLM,
+    split: Split,
+    classes: Sequence[str],
+    templates: Sequence[str],
+    cache_root: str | Path,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    num_workers: int = 2,
+    prompt_names: Sequence[str] | None = None,
+) -> ScoreCache:
+    """The score cache of exactly these settings, built first if it does not exist yet.
+
+    This is how a method finds its CLIP scores: by what produced them (model identity, templates,
+    class names, preprocessing, split), never by looking for whichever cache is there, so methods
+    with other settings (VLPL, CCD) can never pick up each other's cache.
+    """
+    score_split(vlm, split, classes, templates, cache_root, batch_size=batch_size, image_size=image_size,
+                num_workers=num_workers, prompt_names=prompt_names)
+    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size, prompt_names)
+    return load_score_cache(cache.path, split, classes)
+
+
 @dataclass(frozen=True)
 class ScoreCache:
     """A finished score cache: float16 ``N x 2 x L`` scores (view 0 original, 1 flipped) and context."""
@@ -202,7 +225,7 @@ class ScoreCache:
 
 
 def load_score_cache(path: str | Path, split: Split | None = None, classes: Sequence[str] | None = None) -> ScoreCache:
-    """Open a score cache folder (as printed by ``spml pseudolabel``), checked against the data.
+    """Open a score cache folder (as printed by ``spml score``), checked against the data.
 
     Raises:
         SpmlError: Not a finished score cache, or one built for other images or classes (the reason is
@@ -211,7 +234,7 @@ def load_score_cache(path: str | Path, split: Split | None = None, classes: Sequ
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
-        raise SpmlError("not a finished VLM score cache (no meta.json); run `spml pseudolabel` first", path)
+        raise SpmlError("not a finished VLM score cache (no meta.json); run `spml score` first", path)
     meta = json.loads(meta_file.read_text())
     material = meta.get("material", {})
     if material.get("kind") != "vlm-scores":

@@ -4,13 +4,13 @@
 
     train.csv       the train pool: one "path,labels" row per image
     test.csv        the test set, same form
-    (--classes F)   optional: one class name per line, the class list and its order
+    (--classes-file F)   optional: one class name per line, the class list and its order
 
 ``path`` is relative to the folder of the CSV file (or absolute, with ``--allow-outside-raw``);
 ``labels`` lists class names separated by ``;`` or, in a quoted cell, by ``,`` (empty for an image
 without labels). A first row whose first cell is not an image file (``path,labels``,
 ``filename,tags``, ...) is a header. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped.
-Without ``--classes`` the classes are the sorted union of the names in both files.
+Without ``--classes-file`` the classes are the sorted union of the names in both files.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ could still be crawled in 2020, about 150,000 train / 60,000 test)::
     Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 per image of the list
     Groundtruth/TrainTestLabels/Labels_<concept>_Test.txt
 
-Both: ``Concepts81.txt`` (optional) or ``--classes FILE`` gives the 81 concept names in column
+Both: ``Concepts81.txt`` (optional) or ``--classes-file FILE`` gives the 81 concept names in column
 order (for the official release: the names in the label file names); without it the columns are
 the 81 concepts in alphabetical order, the order of the official concept list. Images without any
 label are dropped from the train pool by ``spml prepare`` (as for every format), not from the test

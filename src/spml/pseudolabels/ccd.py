@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spml.errors import SpmlError
-from spml.vlm.pseudolabels import softmax_scores
+from spml.pseudolabels.vlpl import softmax_scores
 
 # Keeps log(0) out of the entropy of saturated softmax outputs.
 _LOG_EPS = 1e-10

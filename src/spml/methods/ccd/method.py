@@ -3,14 +3,17 @@
 Annotation-free training (no observed labels are used):
 
 1. CLIP scores every training image once (cached); the softmax over classes is the initial label
-   (eq. 1-3), calibrated by the inverse CLIP class bias (sec. 3.3, :mod:`spml.methods.ccd_labels`).
+   (eq. 1-3), calibrated by the inverse CLIP class bias (sec. 3.3, :mod:`spml.pseudolabels.ccd`).
 2. Warm-up: ``warmup_epochs`` of BCE to the initial soft labels.
 3. Label update, once, after the warm-up: for every class the classifier accepts, the CAM box
    (enlarged, clipped) is cropped and scored by CLIP (``view_policy: cam``), or the image is cut in
    a uniform grid (``view_policy: grid``, CDUL); the local label is the class-wise maximum over an
    image's views, debiased, mixed with the initial label by ``alpha`` (eq. 5-7).
 4. Main training: BCE to the updated labels plus the consistency loss between a weak view (resize,
-   flip) and a strong one (plus colour jitter), weight ``beta = 1`` after the warm-up (eq. 8).
+   flip) and a strong one (plus colour jitter), weight ``beta = 1`` after the warm-up (eq. 8). The
+   loss is the registered ``ccd`` loss (``soft_bce`` without consistency); the method gives it the
+   soft labels of each batch (``soft=``) and, after the warm-up, the strong view's logits
+   (``strong_logits=``).
    Early stopping when the gradient of the training-label mAP passes its first local minimum.
 
 Diagnostics land in the run folder: ``ccd_bias.json`` / ``ccd_bias.png`` (figure 2d),
@@ -28,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -39,8 +41,9 @@ from spml.data.cache import ArrayCache, hash_material
 from spml.data.dataset import ImageTransform, SplitDataset, load_image
 from spml.data.layout import Split
 from spml.errors import SpmlError
+from spml.losses import Epoch, get_loss_info
 from spml.metrics import mean_average_precision
-from spml.methods.ccd_labels import (
+from spml.pseudolabels.ccd import (
     ClipBias,
     clip_probabilities,
     debias,
@@ -49,8 +52,8 @@ from spml.methods.ccd_labels import (
     mix_labels,
     threshold_for_mean_views,
 )
-from spml.methods.ccd_report import label_diagnostics, plot_bias
-from spml.methods.local_views import (
+from spml.methods.ccd.report import label_diagnostics, plot_bias
+from spml.methods.ccd.views import (
     boxes_array,
     cam_box,
     crop_resized,
@@ -63,16 +66,15 @@ from spml.training.config import FULL_OBSERVED, build_dataclass
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
-from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks, register_method
+from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks
 
 VIEW_POLICIES = ("cam", "grid")
 CROP_RESIZE_MODES = ("longest", "shortest", "squash")
-# What ``--method ccd`` sets over the engine's defaults (the paper's sec. 4.1: lr 1e-5 on every
-# dataset; images are needed for CAMs and augmented views). The paper's batch 16 and "up to 10
-# epochs" are the engine's own defaults already, and are left out on purpose: method defaults apply
-# over a config file (``spml.cli.train.config_from_args``), so listing them would silently replace a
-# config file's own batch size and epochs. See docs/ccd.md, "Defaults".
-CONFIG_DEFAULTS: dict[str, Any] = {"regime": "finetune", "lr": 1e-5}
+# What ``--method ccd`` implies over TrainConfig's defaults (the paper's sec. 4.1: its loss, lr 1e-5
+# on every dataset; images are needed for CAMs and augmented views). The paper's batch 16 and "up
+# to 10 epochs" are TrainConfig's defaults already. A config file and overrides win over these
+# (spml.load_config). See docs/ccd.md, "Defaults".
+CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5}
 
 # A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
 # is computed; the reference counts only labels equal to 1 after clipping, which without debiasing
@@ -111,8 +113,6 @@ class CCDParams:
         grid_rows: Rows of the CDUL grid.
         grid_cols: Columns of the CDUL grid.
         alpha: Weight of the initial label in the updated label (eq. 7, paper: 0.4).
-        consistency: Add the weak/strong consistency loss after the warm-up (eq. 8, table 2).
-        consistency_weight: beta after the warm-up (paper: 1).
         color_jitter: Strength of the strong view's colour jitter (code: 0.5 for brightness,
             contrast, saturation and hue).
         early_stopping: Stop at the first local minimum of the training-label mAP gradient (sec. 4.1).
@@ -139,8 +139,6 @@ class CCDParams:
     grid_rows: int = 3
     grid_cols: int = 3
     alpha: float = 0.4
-    consistency: bool = True
-    consistency_weight: float = 1.0
     color_jitter: float = 0.5
     early_stopping: bool = True
 
@@ -159,7 +157,7 @@ class CCDParams:
         for key in ("vlm_batch_size", "crop_long_side", "grid_rows", "grid_cols", "entropy_threshold"):
             if not getattr(self, key) > 0:
                 raise SpmlError(f"method_params.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("warmup_epochs", "box_offset", "consistency_weight"):
+        for key in ("warmup_epochs", "box_offset"):
             if getattr(self, key) < 0:
                 raise SpmlError(f"method_params.{key} must be >= 0, got {getattr(self, key)}")
         if self.mean_views is not None and not self.mean_views > 0:
@@ -179,16 +177,6 @@ def image_size(path: Path) -> tuple[int, int]:
     except OSError as err:
         raise SpmlError(f"image does not open ({err})", path) from None
     return height, width
-
-
-def soft_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE with soft targets in [0, 1], averaged over the N x L entries (Cole et al.'s reduction)."""
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
-
-
-def consistency_loss(strong_logits: torch.Tensor, weak_logits: torch.Tensor) -> torch.Tensor:
-    """BCE of the strong view's logits to the weak view's (detached) probabilities (code: ``loss_consist``)."""
-    return soft_bce(strong_logits, torch.sigmoid(weak_logits.detach()))
 
 
 class StrongView:
@@ -286,6 +274,8 @@ class CCDHooks(TrainingHooks):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.params = CCDParams.from_params(ctx.config.method_params)
+        if "soft" not in get_loss_info(ctx.config.loss).inputs:
+            raise SpmlError(f"method ccd trains a loss on soft labels (ccd or soft_bce), not {ctx.config.loss!r}")
         if ctx.config.regime != "finetune":
             raise SpmlError(f"method ccd trains on images (CAMs, augmented views): set regime=finetune, not {ctx.config.regime!r}")
         if ctx.config.observed != FULL_OBSERVED:
@@ -328,6 +318,9 @@ class CCDHooks(TrainingHooks):
 
     def setup(self, model: nn.Module, loss: nn.Module) -> None:
         """Score the training images with CLIP, estimate the bias, set the initial labels."""
+        self.model = model
+        # The strong view costs a forward pass: made only for a loss that uses it.
+        self.consistency = "strong_logits" in get_loss_info(self.ctx.config.loss).optional_inputs
         mean, std = backbone_data_config(model)
         self.transform = ImageTransform(self.ctx.config.image_size, mean, std, flip_prob=0.0)
         self.strong = StrongView(self.transform, self.params.color_jitter, self.ctx.config.seed)
@@ -361,34 +354,33 @@ class CCDHooks(TrainingHooks):
 
     # -- training -----------------------------------------------------------------------------
 
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.epoch = epoch
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        """Remember the epoch: the consistency view starts after the warm-up."""
+        self.epoch = epoch.number
 
-    def batch_loss(self, model: nn.Module, batch: Batch, loss: nn.Module) -> torch.Tensor | None:
-        """BCE to the current soft labels, plus beta x consistency after the warm-up (eq. 8)."""
+    def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The batch's soft labels and, after the warm-up and for the ``ccd`` loss, the strong view's logits."""
         images = batch["image"]
-        logits = model(images)
-        targets = self.labels[batch["index"].cpu()].to(logits.device)
-        total = soft_bce(logits, targets)
-        if self.params.consistency and self.epoch > self.params.warmup_epochs and self.params.consistency_weight > 0:
-            strong_logits = model(self.strong(images))
-            total = total + self.params.consistency_weight * consistency_loss(strong_logits, logits)
-        return total
+        inputs = {"soft": self.labels[batch["index"].cpu()].to(images.device)}
+        if self.consistency and self.epoch > self.params.warmup_epochs:
+            inputs["strong_logits"] = self.model(self.strong(images))
+        return inputs
 
-    def on_epoch_end(self, epoch: int, model: nn.Module, train_scores: np.ndarray) -> None:
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
         """Track the training-label mAP (early stopping); update the labels after the warm-up."""
+        train_scores = train_probs.cpu().numpy()
         positives = (self.labels.numpy() >= PSEUDO_POSITIVE).astype(np.uint8)
         self.train_maps.append(mean_average_precision(train_scores, positives))
-        if epoch == self.params.warmup_epochs and self.params.update_labels:
-            self.update_labels(model, train_scores)
+        if epoch.number == self.params.warmup_epochs and self.params.update_labels:
+            self.update_labels(self.model, train_scores)
         if self.params.early_stopping and self.stop_epoch is None:
             stop = early_stop_epoch(self.train_maps)
             if stop is not None:
                 self.stop_epoch = stop + 1  # train_maps[0] is epoch 1
 
-    def should_stop(self, epoch: int) -> bool:
+    def should_stop(self, epoch: Epoch) -> bool:
         """True once the early-stopping epoch has been reached (checked by the engine after each epoch)."""
-        return self.stop_epoch is not None and epoch >= self.stop_epoch
+        return self.stop_epoch is not None and epoch.number >= self.stop_epoch
 
     # -- label update ---------------------------------------------------------------------------
 
@@ -506,11 +498,12 @@ class CCDHooks(TrainingHooks):
         }
 
 
-register_method(
-    MethodInfo(
-        "ccd",
-        CCDHooks,
-        "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
-        config_defaults=CONFIG_DEFAULTS,
-    )
+INFO = MethodInfo(
+    "ccd",
+    CCDHooks,
+    "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
+    config_defaults=CONFIG_DEFAULTS,
+    provides=("soft", "strong_logits"),
+    params=CCDParams,
+    path_params=("vlm_checkpoint", "vlm_model_config"),
 )

@@ -7,21 +7,21 @@ almost every class is positive); everything else is unknown. Observed labels win
 fill entries whose observed label is unknown. Encoding as everywhere: 1 / 0 / -1
 (:mod:`spml.data.labels`).
 
-The paper's best (tau, theta) per dataset (its Fig. 3 / Sec. 4.7) are in :data:`PAPER_SETTINGS`;
-its released code defaults to tau 0.01, theta 0.3 and no negatives.
+The paper's best (tau, theta) per dataset (its Fig. 3 / Sec. 4.7) are the shipped configs
+``vlpl`` (COCO), ``vlpl_voc``, ``vlpl_nuswide`` and ``vlpl_cub``; its released code defaults to tau
+0.01, theta 0.3 and no negatives.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from types import MappingProxyType
 
 import numpy as np
 
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, UNKNOWN, check_observed, check_true
 from spml.errors import SpmlError
-from spml.metrics import mean_average_precision
+from spml.pseudolabels.quality import label_map, positive_quality, ratio
 
 
 @dataclass(frozen=True)
@@ -33,24 +33,13 @@ class VlplSettings:
     neg_fraction: float = 0.0
 
 
-# Paper's best (tau, theta) per benchmark; Table 3 found negatives hurt, so none by default.
-PAPER_SETTINGS = MappingProxyType(
-    {
-        "voc": VlplSettings(tau=0.03, theta=0.3),
-        "coco": VlplSettings(tau=0.01, theta=0.3),
-        "nuswide": VlplSettings(tau=0.03, theta=0.1),
-        "cub": VlplSettings(tau=0.03, theta=0.01),
-    }
-)
-
-
 def check_settings(
     tau: float,
     theta: float,
     neg_fraction: float,
-    names: tuple[str, str, str] = ("--tau", "--theta", "--neg-fraction"),
+    names: tuple[str, str, str] = ("tau", "theta", "neg_fraction"),
 ) -> None:
-    """SpmlError unless tau > 0, 0 <= theta < 1 and 0 <= neg_fraction < 1 (``names`` as the user wrote them)."""
+    """SpmlError unless tau > 0, 0 <= theta < 1 and 0 <= neg_fraction < 1 (``names``: the parameters' names)."""
     if not (math.isfinite(tau) and tau > 0):
         raise SpmlError(f"{names[0]} must be a positive temperature, got {tau}")
     if not 0.0 <= theta < 1.0:
@@ -107,10 +96,6 @@ def vlpl_pseudo_labels(
     return np.where(observed != UNKNOWN, observed, pl).astype(OBSERVED_DTYPE)
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num / den) if den > 0 else None
-
-
 def pseudo_label_diagnostics(
     scores: np.ndarray,
     true_labels: np.ndarray,
@@ -149,29 +134,27 @@ def pseudo_label_diagnostics(
     pl = vlpl_pseudo_labels(sims, None, tau, theta, neg_fraction)
     pos, neg = pl == POSITIVE, pl == NEGATIVE
     n, num_classes = sims.shape
+    quality = positive_quality(pos, true)
     out = {
         **asdict(VlplSettings(tau=tau, theta=theta, neg_fraction=neg_fraction)),
         "num_images": n,
         "num_classes": num_classes,
-        "true_positives_per_image": float(present.sum() / n),
+        "true_positives_per_image": quality["true_positives_per_image"],
         "chance_precision": float(present.mean()),
-        "pseudo_positives_per_image": float(pos.sum() / n),
-        "pseudo_positive_precision": _ratio((pos & present).sum(), pos.sum()),
-        "pseudo_positive_recall": _ratio((pos & present).sum(), present.sum()),
+        "pseudo_positives_per_image": quality["positives_per_image"],
+        "pseudo_positive_precision": quality["precision"],
+        "pseudo_positive_recall": quality["recall"],
         "images_without_pseudo_positive": float((~pos.any(axis=1)).mean()),
         "pseudo_negatives_per_image": float(neg.sum() / n),
-        "pseudo_negative_precision": _ratio((neg & ~present).sum(), neg.sum()),
-        "clip_map": _nan_to_none(mean_average_precision(sims, true)),
-        "clip_map_views_mean": _nan_to_none(mean_average_precision(views_mean, true)),
+        "pseudo_negative_precision": ratio((neg & ~present).sum(), neg.sum()),
+        "clip_map": label_map(sims, true),
+        "clip_map_views_mean": label_map(views_mean, true),
     }
     if observed is not None:
         merged = vlpl_pseudo_labels(sims, observed, tau, theta, neg_fraction)
         mpos = merged == POSITIVE
-        out["merged_positives_per_image"] = float(mpos.sum() / n)
-        out["merged_positive_precision"] = _ratio((mpos & present).sum(), mpos.sum())
+        merged_quality = positive_quality(mpos, true)
+        out["merged_positives_per_image"] = merged_quality["positives_per_image"]
+        out["merged_positive_precision"] = merged_quality["precision"]
         out["added_positives_per_image"] = float((mpos & (np.asarray(observed) == UNKNOWN)).sum() / n)
     return out
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if math.isnan(x) else x

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from spml.data.atomic import atomic_path
 from spml.metrics import map_report
-from spml.methods.ccd_labels import ClipBias
+from spml.pseudolabels.ccd import ClipBias
 
 
 def _ap_dict(ap: np.ndarray, classes: list[str]) -> dict[str, float | None]:

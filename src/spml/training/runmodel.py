@@ -1,0 +1,222 @@
+"""A run's model: the classifier with its transforms, feature caches and prediction passes, and the
+loading of a finished run's best weights (:func:`load_run`).
+
+Shared by training (:mod:`spml.training.engine`) and by everything that uses a finished run
+(evaluation, teacher-student, export and prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from spml.data.dataset import ImageTransform, SplitDataset
+from spml.data.layout import PreparedData, Split
+from spml.errors import SpmlError
+from spml.metrics import map_report, paper_metrics
+from spml.progress import progress
+from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
+from spml.training.checkpoint import load_checkpoint, save_checkpoint
+from spml.training.config import TrainConfig, load_config
+from spml.training.feature_rows import FeatureRows
+from spml.training.runfolder import BEST_FILE, CONFIG_FILE, run_data_dir
+
+# Rows per forward pass when scoring cached features: the head is cheap, memory is B x C floats.
+FEATURE_EVAL_ROWS = 4096
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable explicit device is an SpmlError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpmlError("device=cuda but no CUDA device is available (use device=auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SpmlError("device=mps but MPS is not available (use device=auto or cpu)")
+    return torch.device(name)
+
+
+class RunModel:
+    """A run's classifier with its transforms, feature caches and prediction passes.
+
+    Shared by training and by the evaluation of finished runs (:func:`load_run`).
+
+    Args:
+        config: The run's config.
+        data: The prepared data.
+        device: Where the model runs.
+        pretrained: Weights to build the backbone with (the config's by default; ``none`` when a
+            full checkpoint will replace them anyway).
+    """
+
+    def __init__(self, config: TrainConfig, data: PreparedData, device: torch.device, pretrained: str | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.device = device
+        weights = config.pretrained if pretrained is None else pretrained
+        torch.manual_seed(config.seed)
+        self.model = create_classifier(
+            config.backbone, weights, data.num_classes, head=config.head,
+            backbone_kwargs=config.backbone_params, **config.head_params
+        ).to(device)
+        mean, std = backbone_data_config(self.model)
+        self.eval_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.0)
+        self.train_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.5)
+        self._features: dict[str, FeatureRows] = {}
+        self._splits: dict[str, Split] = {}
+
+    def split(self, name: str) -> Split:
+        """Split ``name`` of the data (opened once)."""
+        if name not in self._splits:
+            self._splits[name] = self.data.split(name)
+        return self._splits[name]
+
+    def features(self, name: str) -> FeatureRows:
+        """Cached backbone features of split ``name`` (extracted on first use, then memory-mapped)."""
+        if name not in self._features:
+            array = extract_features(
+                self.model,
+                self.split(name),
+                self.eval_transform,
+                self.data.cache_dir,
+                backbone_id={
+                    "name": self.config.backbone,
+                    "weights": weights_identity(self.config.pretrained),
+                    # Other create_model arguments (a ViT's img_size) give other features.
+                    **({"params": self.config.backbone_params} if self.config.backbone_params else {}),
+                },
+                batch_size=self.config.eval_batch_size,
+                num_workers=self.config.num_workers,
+                device=self.device,
+                pooled=self.config.head == "linear",
+            )
+            self._features[name] = FeatureRows(array)
+        return self._features[name]
+
+    def set_features(self, name: str, rows: FeatureRows) -> None:
+        """Use ``rows`` as the cached features of split ``name`` (features computed elsewhere)."""
+        self._features[name] = rows
+
+    def part_module(self, part: str) -> nn.Module:
+        """``head`` -> the head (frozen-backbone weights), ``model`` -> the whole classifier."""
+        return self.model.head if part == "head" else self.model
+
+    @torch.no_grad()
+    def predict(self, name: str, from_features: bool) -> np.ndarray:
+        """float32 N x L sigmoid probabilities on split ``name`` (unflipped images)."""
+        self.model.eval()
+        if from_features:
+            rows = self.features(name)
+            out = [
+                torch.sigmoid(self.model.forward_head(torch.from_numpy(rows.block(a, min(a + FEATURE_EVAL_ROWS, len(rows)))).to(self.device)))
+                .float()
+                .cpu()
+                .numpy()
+                for a in range(0, len(rows), FEATURE_EVAL_ROWS)
+            ]
+        else:
+            loader = DataLoader(
+                SplitDataset(self.split(name), self.eval_transform),
+                batch_size=self.config.eval_batch_size,
+                num_workers=self.config.num_workers,
+            )
+            out = [
+                torch.sigmoid(self.model(batch["image"].to(self.device))).float().cpu().numpy()
+                for batch in progress(loader, desc=f"predict {name}", unit="batch", leave=False)
+            ]
+        return np.concatenate(out) if out else np.zeros((0, self.data.num_classes), dtype=np.float32)
+
+
+def save_weights(path: Path, run_model: RunModel, part: str, loss: nn.Module, state: dict[str, Any]) -> None:
+    """Write ``part`` (``head`` or ``model``) of the run's model and the loss's state, with ``state``."""
+    save_checkpoint(
+        path,
+        {"model": run_model.part_module(part).state_dict(), "loss": loss.state_dict()},
+        {**state, "part": part},
+    )
+
+
+def load_weights(path: Path, run_model: RunModel, loss: nn.Module | None = None) -> dict[str, Any]:
+    """Load a :func:`save_weights` file into the run's model (and ``loss``); return its state."""
+    groups, state = load_checkpoint(path)
+    module = run_model.part_module(state["part"])
+    try:
+        module.load_state_dict(groups.get("model", {}))
+        if loss is not None:
+            loss.load_state_dict(groups.get("loss", {}))
+    except RuntimeError as err:
+        raise SpmlError(f"weights do not fit this run's model ({str(err).splitlines()[0]})", path) from None
+    return state
+
+
+@dataclass
+class LoadedRun:
+    """A finished run's model with its best weights, ready to predict.
+
+    Attributes:
+        run_dir: The run folder.
+        config: The run's config.
+        run_model: The classifier, transforms and feature caches.
+        part: ``head`` (frozen backbone: predictions come from cached features) or ``model``.
+        best_epoch: The epoch the weights are from.
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    run_model: RunModel
+    part: str
+    best_epoch: int
+
+    @property
+    def data(self) -> PreparedData:
+        """The prepared data the run was trained (or is evaluated) on."""
+        return self.run_model.data
+
+    @property
+    def model(self) -> nn.Module:
+        """The classifier (:class:`spml.models.Classifier`) with the best weights, in eval mode."""
+        return self.run_model.model.eval()
+
+    def predict(self, split: str) -> np.ndarray:
+        """float32 N x L sigmoid probabilities on ``split`` (``train``, ``val`` or ``test``)."""
+        return self.run_model.predict(split, from_features=self.part == "head")
+
+
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedRun:
+    """Rebuild a run's model and load its best weights (``best.safetensors``)."""
+    run_dir = Path(run_dir)
+    best = run_dir / BEST_FILE
+    if not best.is_file():
+        raise SpmlError("run has no best.safetensors (no epoch completed yet)", run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    data = PreparedData.open(run_data_dir(run_dir, data_dir))
+    _, state = load_checkpoint(best)
+    # A whole-model checkpoint replaces the backbone: skip loading (or downloading) pretrained weights.
+    rm = RunModel(config, data, resolve_device(config.device), pretrained="none" if state["part"] == "model" else None)
+    load_weights(best, rm)
+    return LoadedRun(run_dir=run_dir, config=config, run_model=rm, part=state["part"], best_epoch=int(state["epoch"]))
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Reload a run's best weights and recompute mAP on ``split`` against its true labels.
+
+    Returns:
+        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes", "metrics"}``; ``metrics``
+        is :func:`spml.metrics.paper_metrics`.
+    """
+    run = load_run(run_dir, data_dir)
+    scores = run.predict(split)
+    labels = run.run_model.split(split).labels
+    report = map_report(scores, labels)
+    return {
+        "split": split,
+        "best_epoch": run.best_epoch,
+        **report.to_dict(run.run_model.data.classes),
+        "metrics": paper_metrics(scores, labels),
+    }
