@@ -135,34 +135,23 @@ class RunState:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
 
-def resolve_observed_path(data: PreparedData, value: str) -> Path | None:
-    """The observed-labels file of ``config.observed`` (None for ``full``); relative to the data folder."""
-    if value == FULL_OBSERVED:
-        return None
-    path = Path(value)
-    if not path.is_absolute() and (data.root / path).is_file():
-        return data.root / path
-    return path  # load_observed also finds bare names in DATA_DIR/observed and names a missing file
-
-
 def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
-    """int8 N x L observed train labels of ``config.observed`` (``full``: all labels observed)."""
-    path = resolve_observed_path(data, config.observed)
-    if path is None:
+    """int8 N x L observed train labels of ``config.observed`` (``full``: all labels observed).
+
+    ``config`` has its paths resolved (:func:`~spml.training.resolve.resolve_paths`).
+    """
+    if config.observed == FULL_OBSERVED:
         return observed_from_true(data.split("train").labels)
-    return load_observed(data, path)
+    return load_observed(data, config.observed)
 
 
 def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarray:
     """Labels the val mAP is computed against: the clean labels, or (``val_set_variant: observed``)
     labels observed the way the train labels were (mode, keep and seed from their sidecar), as Cole
     et al. select epochs on a single-positive val set. Unknown entries count as negatives there."""
-    path = resolve_observed_path(data, config.observed)
-    if config.val_set_variant == "clean" or path is None:
+    if config.val_set_variant == "clean" or config.observed == FULL_OBSERVED:
         return val.labels
-    sidecar = Path(path).with_suffix(".json")
-    if not sidecar.is_file() and (data.observed_dir / sidecar.name).is_file():
-        sidecar = data.observed_dir / sidecar.name
+    sidecar = Path(config.observed).with_suffix(".json")
     settings = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     mode = settings.get("mode", "single-positive")
     rng = np.random.default_rng(int(settings.get("seed", config.seed)))
@@ -206,6 +195,7 @@ class Trainer:
         loss: SpmlLoss | None = None,
     ) -> None:
         check_config(config, method)
+        config = resolve_paths(config, method, data.root)
         self.config = config
         self.data = data
         self.run_dir = run_dir
