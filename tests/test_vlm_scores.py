@@ -11,10 +11,10 @@ import torch
 from spml.data.dataset import load_image
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
+from spml.pseudolabels.vlpl import pseudo_label_diagnostics
 from spml.vlm import (
     load_score_cache,
     load_vlm,
-    pseudo_label_diagnostics,
     score_images,
     score_split,
     scores_cache,
