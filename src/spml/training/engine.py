@@ -146,9 +146,12 @@ def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
 
 
 def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarray:
-    """Labels the val mAP is computed against: the clean labels, or (``val_set_variant: observed``)
-    labels observed the way the train labels were (mode, keep and seed from their sidecar), as Cole
-    et al. select epochs on a single-positive val set. Unknown entries count as negatives there."""
+    """Labels the val mAP is computed against.
+
+    The clean labels, or (``val_set_variant: observed``) labels observed the way the train labels
+    were (mode, keep and seed from their sidecar), as Cole et al. select epochs on a single-positive
+    val set. Unknown entries count as negatives there.
+    """
     if config.val_set_variant == "clean" or config.observed == FULL_OBSERVED:
         return val.labels
     sidecar = Path(config.observed).with_suffix(".json")
@@ -265,8 +268,11 @@ class Trainer:
     # -- one epoch ----------------------------------------------------------------------------
 
     def order(self, epoch: int, batch_size: int) -> list[np.ndarray]:
-        """The epoch's batches of train rows: a seeded permutation, the last partial batch dropped
-        (Cole et al.; it also spares BatchNorm a batch of one) unless it is the only one."""
+        """The epoch's batches of train rows: a seeded permutation.
+
+        The last partial batch is dropped (Cole et al.; it also spares BatchNorm a batch of one)
+        unless it is the only one.
+        """
         n = len(self.train_split)
         perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
         n_batches = max(1, n // batch_size)
@@ -311,6 +317,7 @@ class Trainer:
         return inputs
 
     def train_epoch(self, phase: Phase, epoch: int) -> float:
+        """Train one epoch of ``phase``; return the mean batch loss (TrainingDiverged on a non-finite one)."""
         model = self.rm.model
         if phase.name == LINEAR:
             model.eval()
