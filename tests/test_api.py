@@ -150,3 +150,9 @@ def test_loss_and_callbacks_get_the_same_epoch_record(data: Path, tmp_path: Path
         ("start", 3, "finetune", 1), ("end", 3, "finetune", 1, (n, 4)),
     ]
     assert loss.epoch == 1 and loss.clean_rate == 1.0  # the loss's schedule restarted with the phase
+
+
+def test_a_ready_loss_must_be_the_configured_one(data: Path, tmp_path: Path) -> None:
+    cfg = spml.load_config(None, observed="single-positive-seed0.npy", **TINY)  # loss: an
+    with pytest.raises(spml.errors.SpmlError, match="the given loss is 'bce', but the config names loss 'an'"):
+        spml.train(data, cfg, tmp_path / "run", loss=spml.create_loss("bce", num_classes=4))

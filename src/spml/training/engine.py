@@ -184,7 +184,8 @@ class Trainer:
         method: The method named by ``config.method`` (default: plain training with the loss).
         callbacks: More hooks objects, called after the method's at every epoch (their loss inputs
             and states are ignored: they observe the run).
-        loss: A ready loss used instead of building ``config.loss`` (its inputs are checked the same way).
+        loss: A ready loss module of the registered loss ``config.loss`` (e.g. with state from
+            elsewhere), used instead of building one.
     """
 
     def __init__(
@@ -198,6 +199,9 @@ class Trainer:
         loss: SpmlLoss | None = None,
     ) -> None:
         check_config(config, method)
+        if loss is not None and loss.name != config.loss:
+            # config.yaml must name what was trained.
+            raise SpmlError(f"the given loss is {loss.name or type(loss).__name__!r}, but the config names loss {config.loss!r}")
         config = resolve_paths(config, method, data.root)
         self.config = config
         self.data = data
