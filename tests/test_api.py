@@ -156,3 +156,4 @@ def test_a_ready_loss_must_be_the_configured_one(data: Path, tmp_path: Path) -> 
     cfg = spml.load_config(None, observed="single-positive-seed0.npy", **TINY)  # loss: an
     with pytest.raises(spml.errors.SpmlError, match="the given loss is 'bce', but the config names loss 'an'"):
         spml.train(data, cfg, tmp_path / "run", loss=spml.create_loss("bce", num_classes=4))
+    assert not (tmp_path / "run").exists()

@@ -198,10 +198,7 @@ class Trainer:
         callbacks: Sequence[TrainingHooks] = (),
         loss: SpmlLoss | None = None,
     ) -> None:
-        check_config(config, method)
-        if loss is not None and loss.name != config.loss:
-            # config.yaml must name what was trained.
-            raise SpmlError(f"the given loss is {loss.name or type(loss).__name__!r}, but the config names loss {config.loss!r}")
+        check_config(config, method, loss=loss)
         config = resolve_paths(config, method, data.root)
         self.config = config
         self.data = data
@@ -533,7 +530,7 @@ def train(
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
-    check_config(config, method)
+    check_config(config, method, loss=loss)
     data = PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
     run_dir = Path(run_dir)
