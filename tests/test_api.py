@@ -122,3 +122,38 @@ def test_backbone_params_reach_timm(data: Path) -> None:
     assert tuple(model.backbone.patch_embed.img_size) == (48, 48)  # timm's default for test_vit: 160
     plain = RunModel(spml.load_config(backbone="test_vit", pretrained="none"), PreparedData.open(data), torch.device("cpu"))
     assert tuple(plain.model.backbone.patch_embed.img_size) == (160, 160)
+
+
+def test_loss_and_callbacks_get_the_same_epoch_record(data: Path, tmp_path: Path) -> None:
+    from spml.training import TrainingHooks
+
+    class Record(TrainingHooks):
+        def __init__(self) -> None:
+            self.seen: list[tuple] = []
+
+        def on_epoch_start(self, epoch: spml.losses.Epoch) -> None:
+            self.seen.append(("start", epoch.number, epoch.phase, epoch.in_phase))
+
+        def on_epoch_end(self, epoch: spml.losses.Epoch, train_probs: torch.Tensor) -> None:
+            self.seen.append(("end", epoch.number, epoch.phase, epoch.in_phase, tuple(train_probs.shape)))
+
+    cfg = spml.load_config(None, observed="single-positive-seed0.npy", loss="ll_r", loss_params={"delta_rel": 20.0},
+                           regime="linear-init", linear_init={"epochs": 2}, backbone="test_resnet", pretrained="none",
+                           **{**TINY, "epochs": 1})
+    loss = spml.create_loss("ll_r", num_classes=4, delta_rel=20.0)
+    record = Record()
+    spml.train(data, cfg, tmp_path / "run", hooks=record, loss=loss)
+    n = len(spml.load_run(tmp_path / "run").data.split("train"))
+    assert record.seen == [
+        ("start", 1, "linear", 1), ("end", 1, "linear", 1, (n, 4)),
+        ("start", 2, "linear", 2), ("end", 2, "linear", 2, (n, 4)),
+        ("start", 3, "finetune", 1), ("end", 3, "finetune", 1, (n, 4)),
+    ]
+    assert loss.epoch == 1 and loss.clean_rate == 1.0  # the loss's schedule restarted with the phase
+
+
+def test_a_ready_loss_must_be_the_configured_one(data: Path, tmp_path: Path) -> None:
+    cfg = spml.load_config(None, observed="single-positive-seed0.npy", **TINY)  # loss: an
+    with pytest.raises(spml.errors.SpmlError, match="the given loss is 'bce', but the config names loss 'an'"):
+        spml.train(data, cfg, tmp_path / "run", loss=spml.create_loss("bce", num_classes=4))
+    assert not (tmp_path / "run").exists()

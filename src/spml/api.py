@@ -193,7 +193,8 @@ def train(
         out: The run folder to create (see :mod:`spml.training.runfolder`).
         hooks: Extra callbacks (:class:`~spml.training.TrainingHooks`) called at every epoch, after
             the method's own.
-        loss: A ready loss module to train with instead of building ``config.loss``.
+        loss: A ready loss module of the loss ``config.loss`` names, used instead of building one
+            (``config.yaml`` names what was trained).
 
     Raises:
         SpmlError: Anything wrong with the config, the data or ``out`` (which must not hold a run);

@@ -8,8 +8,11 @@ from typing import Any
 
 
 def given(args: argparse.Namespace, params: Mapping[str, str]) -> dict[str, Any]:
-    """Keyword arguments of the library call: ``params`` maps argparse dest -> parameter name, and
-    only flags the user gave (not None) are passed, so the library's own defaults apply otherwise."""
+    """Keyword arguments of the library call, from the flags the user gave.
+
+    ``params`` maps argparse dest -> parameter name; a flag left out (None) is not passed, so the
+    library's own default applies.
+    """
     return {param: getattr(args, dest) for dest, param in params.items() if getattr(args, dest) is not None}
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spml.cli.args import flag_names, given
 from spml.vlm.micro_clip import DEFAULT_NAME, train_micro_clip
+
+# Flag (argparse dest) -> train_micro_clip parameter; the CLI's --threads default (1) is its own:
+# the library leaves torch's thread count alone unless asked.
+PARAMS = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``spml micro-clip``."""
     p = subparsers.add_parser(
         "micro-clip",
         help="train a micro CLIP on a synthetic set (offline demo; not for real data)",
@@ -20,19 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="prepared synthetic data folder")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for NAME.safetensors and NAME.json")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while training")
+    p.add_argument("--steps", type=int, help="training steps (default 200)")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--lr", type=float, help="default 3e-3")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while training (default 1)")
     p.add_argument("--name", default=DEFAULT_NAME, help="model name (the spec is open_clip:NAME)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=flag_names(PARAMS))
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train, print the config file and how to score with the model, end with the checkpoint path."""
     checkpoint, config = train_micro_clip(
-        args.data_dir, args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-        name=args.name, threads=args.threads,
+        args.data_dir, args.out, name=args.name, threads=args.threads, **given(args, PARAMS)
     )
     print(f"config: {config}")
     print(

@@ -42,6 +42,6 @@ def positive_quality(positive: np.ndarray, true_labels: np.ndarray) -> dict[str,
 
 
 def label_map(scores: np.ndarray, true_labels: np.ndarray) -> float | None:
-    """mAP of soft labels or scores as a ranking of the true labels (None when no class has a positive)."""
+    """The mAP of soft labels or scores as a ranking of the true labels (None when no class has a positive)."""
     value = mean_average_precision(np.asarray(scores, dtype=np.float32), np.asarray(true_labels))
     return None if math.isnan(value) else value

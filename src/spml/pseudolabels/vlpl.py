@@ -109,7 +109,9 @@ def pseudo_label_diagnostics(
     Args:
         scores: Score cache ``N x 2 x L`` (view 0 is used for the pseudo-labels) or ``N x L``.
         true_labels: uint8 ``N x L`` full labels of the same images.
-        tau, theta, neg_fraction: VLPL settings.
+        tau: Softmax temperature.
+        theta: Positive threshold.
+        neg_fraction: Share of classes made pseudo-negative per image.
         observed: Observed labels, to also report the merged matrix the loss will see.
 
     Returns:

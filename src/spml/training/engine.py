@@ -135,34 +135,26 @@ class RunState:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
 
-def resolve_observed_path(data: PreparedData, value: str) -> Path | None:
-    """The observed-labels file of ``config.observed`` (None for ``full``); relative to the data folder."""
-    if value == FULL_OBSERVED:
-        return None
-    path = Path(value)
-    if not path.is_absolute() and (data.root / path).is_file():
-        return data.root / path
-    return path  # load_observed also finds bare names in DATA_DIR/observed and names a missing file
-
-
 def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
-    """int8 N x L observed train labels of ``config.observed`` (``full``: all labels observed)."""
-    path = resolve_observed_path(data, config.observed)
-    if path is None:
+    """int8 N x L observed train labels of ``config.observed`` (``full``: all labels observed).
+
+    ``config`` has its paths resolved (:func:`~spml.training.resolve.resolve_paths`).
+    """
+    if config.observed == FULL_OBSERVED:
         return observed_from_true(data.split("train").labels)
-    return load_observed(data, path)
+    return load_observed(data, config.observed)
 
 
 def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarray:
-    """Labels the val mAP is computed against: the clean labels, or (``val_set_variant: observed``)
-    labels observed the way the train labels were (mode, keep and seed from their sidecar), as Cole
-    et al. select epochs on a single-positive val set. Unknown entries count as negatives there."""
-    path = resolve_observed_path(data, config.observed)
-    if config.val_set_variant == "clean" or path is None:
+    """Labels the val mAP is computed against.
+
+    The clean labels, or (``val_set_variant: observed``) labels observed the way the train labels
+    were (mode, keep and seed from their sidecar), as Cole et al. select epochs on a single-positive
+    val set. Unknown entries count as negatives there.
+    """
+    if config.val_set_variant == "clean" or config.observed == FULL_OBSERVED:
         return val.labels
-    sidecar = Path(path).with_suffix(".json")
-    if not sidecar.is_file() and (data.observed_dir / sidecar.name).is_file():
-        sidecar = data.observed_dir / sidecar.name
+    sidecar = Path(config.observed).with_suffix(".json")
     settings = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     mode = settings.get("mode", "single-positive")
     rng = np.random.default_rng(int(settings.get("seed", config.seed)))
@@ -192,7 +184,8 @@ class Trainer:
         method: The method named by ``config.method`` (default: plain training with the loss).
         callbacks: More hooks objects, called after the method's at every epoch (their loss inputs
             and states are ignored: they observe the run).
-        loss: A ready loss used instead of building ``config.loss`` (its inputs are checked the same way).
+        loss: A ready loss module of the registered loss ``config.loss`` (e.g. with state from
+            elsewhere), used instead of building one.
     """
 
     def __init__(
@@ -205,7 +198,8 @@ class Trainer:
         callbacks: Sequence[TrainingHooks] = (),
         loss: SpmlLoss | None = None,
     ) -> None:
-        check_config(config, method)
+        check_config(config, method, loss=loss)
+        config = resolve_paths(config, method, data.root)
         self.config = config
         self.data = data
         self.run_dir = run_dir
@@ -275,8 +269,11 @@ class Trainer:
     # -- one epoch ----------------------------------------------------------------------------
 
     def order(self, epoch: int, batch_size: int) -> list[np.ndarray]:
-        """The epoch's batches of train rows: a seeded permutation, the last partial batch dropped
-        (Cole et al.; it also spares BatchNorm a batch of one) unless it is the only one."""
+        """The epoch's batches of train rows: a seeded permutation.
+
+        The last partial batch is dropped (Cole et al.; it also spares BatchNorm a batch of one)
+        unless it is the only one.
+        """
         n = len(self.train_split)
         perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
         n_batches = max(1, n // batch_size)
@@ -321,6 +318,7 @@ class Trainer:
         return inputs
 
     def train_epoch(self, phase: Phase, epoch: int) -> float:
+        """Train one epoch of ``phase``; return the mean batch loss (TrainingDiverged on a non-finite one)."""
         model = self.rm.model
         if phase.name == LINEAR:
             model.eval()
@@ -536,7 +534,7 @@ def train(
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
-    check_config(config, method)
+    check_config(config, method, loss=loss)
     data = PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
     run_dir = Path(run_dir)

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from spml.errors import SpmlError
-from spml.losses import check_hparams, get_loss_info
+from spml.losses import SpmlLoss, check_hparams, get_loss_info
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.hooks import MethodInfo, check_method_params
 
@@ -29,8 +29,17 @@ RUN_VALUES = ("num_examples", "num_epochs", "seed", "expected_num_pos")
 BATCH_INPUTS = ("index", "labels")
 
 
-def check_config(config: TrainConfig, method: MethodInfo, source: str | Path | None = None) -> None:
+def check_config(
+    config: TrainConfig, method: MethodInfo, source: str | Path | None = None, loss: SpmlLoss | None = None
+) -> None:
     """Refuse a config that cannot train, naming the loss, parameter or input at fault.
+
+    Args:
+        config: The config.
+        method: The method ``config.method`` names.
+        source: The file named in messages.
+        loss: A ready loss module to train with; it must be of the loss ``config.loss`` names, so
+            that ``config.yaml`` names what was trained.
 
     Raises:
         SpmlError: Unknown loss; loss parameters that do not fit; a loss input supplied neither by
@@ -38,6 +47,8 @@ def check_config(config: TrainConfig, method: MethodInfo, source: str | Path | N
     """
     if method.name != config.method:
         raise SpmlError(f"config names method {config.method!r} but method {method.name!r} was given", source)
+    if loss is not None and loss.name != config.loss:
+        raise SpmlError(f"the given loss is {loss.name or type(loss).__name__!r}, but the config names loss {config.loss!r}")
     try:
         check_hparams(config.loss, config.loss_params, supplied=RUN_VALUES)
     except SpmlError as err:

@@ -1,5 +1,6 @@
-"""A run's model: the classifier with its transforms, feature caches and prediction passes, and the
-loading of a finished run's best weights (:func:`load_run`).
+"""A run's model: the classifier with its transforms, feature caches and prediction passes.
+
+Also the loading of a finished run's best weights (:func:`load_run`).
 
 Shared by training (:mod:`spml.training.engine`) and by everything that uses a finished run
 (evaluation, teacher-student, export and prediction).
