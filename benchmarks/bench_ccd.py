@@ -24,6 +24,7 @@ from spml.vlm.text import encode_classes
 
 
 def main() -> None:
+    """Time cropping and CLIP scoring of grid views; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--vlm", default="open_clip:ViT-B-32/none")

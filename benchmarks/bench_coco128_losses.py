@@ -1,4 +1,4 @@
-"""Single-positive loss table on real data (coco128) or the synthetic set, linear probe.
+r"""Single-positive loss table on real data (coco128) or the synthetic set, linear probe.
 
 Cole et al.'s protocol at toy scale: for every loss and every seed, an lr x batch-size grid of linear
 probes on frozen EfficientNet-Lite0 features (the offline default weights; features are extracted
@@ -70,6 +70,7 @@ VLPL_METHOD = ["method=vlpl", "method_params.tau=0.03", "method_params.theta=0.3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_c128"), help="data and runs (default /tmp/spml_bench_c128)")
     p.add_argument("--data", type=Path, default=None, help="an already prepared DATA_DIR (default WORK/data, prepared here)")
@@ -121,6 +122,7 @@ def ensure_micro_clip_scores(args: argparse.Namespace, data: PreparedData) -> No
 
 
 def mean_std(values: list[float]) -> str:
+    """``mean +- std`` in percent of the finite values (``n/a`` without any)."""
     vals = [100 * v for v in values if not math.isnan(v)]
     if not vals:
         return "n/a"
@@ -130,6 +132,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train every loss row for every seed and print the mAP table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

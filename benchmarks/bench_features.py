@@ -32,6 +32,7 @@ def time_backbone(name: str, size: int, batch: int, batches: int) -> float:
 
 
 def main() -> None:
+    """Time feature extraction per backbone; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=["tf_efficientnet_lite0", "resnet50"])
     parser.add_argument("--size", type=int, default=448)

@@ -37,7 +37,7 @@ from spml.losses import list_losses
 from spml.api import get_method, load_config, register_method
 from spml.data.layout import PreparedData
 from spml.metrics import mean_average_precision
-from spml.training import MethodInfo, RunState, Trainer, TrainingHooks, plan_phases
+from spml.training import MethodInfo, Phase, RunContext, RunState, Trainer, TrainingHooks, plan_phases
 from spml.training.feature_rows import FeatureRows
 
 TRAIN_ROWS, VAL_ROWS, CHANNELS, CLASSES = 65_665, 16_416, 2_048, 80
@@ -49,11 +49,12 @@ FULL_LABEL_LOSSES = ("bce", "bce_ls")  # need every label observed
 class RandomPseudo(TrainingHooks):
     """Gives ``vlpl`` its per-batch pseudo-labels (what the VLPL method does from its CLIP cache)."""
 
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx: RunContext) -> None:
         rng = np.random.default_rng(0)
         self.pseudo = torch.from_numpy(rng.choice([-1, 0, 1], size=ctx.observed.shape, p=[0.1, 0.85, 0.05]))
 
-    def loss_inputs(self, batch):  # type: ignore[no-untyped-def]
+    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Random pseudo-labels of the batch's rows."""
         return {"pseudo": self.pseudo[batch["index"].cpu()]}
 
 
@@ -88,7 +89,8 @@ def make_data(root: Path, train_rows: int) -> tuple[Path, dict[str, Path]]:
     return data, features
 
 
-def make_trainer(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path):  # type: ignore[no-untyped-def]
+def make_trainer(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path) -> tuple[Trainer, Phase]:
+    """A Trainer on the benchmark's random feature caches, in its linear phase."""
     full = loss in FULL_LABEL_LOSSES
     overrides = [
         f"loss={loss}", f"batch_size={batch_size}", "lr=1e-4", "epochs=10", "device=cpu", "regime=linear",
@@ -109,6 +111,7 @@ def make_trainer(data: Path, features: dict[str, Path], loss: str, batch_size: i
 
 
 def time_epoch(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path) -> dict:
+    """Seconds of one training epoch and of its evaluation for one loss and batch size."""
     trainer, phase = make_trainer(data, features, loss, batch_size, run_dir)
     torch.manual_seed(0)
     trainer.loss.on_epoch_start(phase.epoch(1))
@@ -149,6 +152,7 @@ def peak_rss_mib() -> float:
 
 
 def main() -> None:
+    """Write the data, time every loss, print the table (and the peak memory of a full epoch)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-8", action="store_true", help="also time batch 8 (8,208 steps per epoch)")
     parser.add_argument("--losses", nargs="*", help="subset of losses (default: all but pr)")

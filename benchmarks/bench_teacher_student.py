@@ -1,4 +1,4 @@
-"""Teacher-student pseudo multi-labels (Arroyo, ICLR 2023 Tiny Papers) on coco128, linear probe.
+r"""Teacher-student pseudo multi-labels (Arroyo, ICLR 2023 Tiny Papers) on coco128, linear probe.
 
 For every seed and every teacher loss: the teacher is a linear probe on frozen EfficientNet-Lite0
 features trained on single-positive labels (``spml observe --mode single-positive --seed SEED``),
@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ from spml.data.prepare import prepare
 from spml.methods.teacher_student import PAPER_THRESHOLDS, threshold_sweep
 from spml.api import grid as run_grid
 from spml.api import load_config
+from spml.training import TrainConfig
 from spml.training.grid import GridRow
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
@@ -50,6 +52,7 @@ TEACHER_NAMES = {"an": "AN", "role": "ROLE", "em": "EM", "an_ls": "AN-LS", "wan"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_ts"), help="data and runs (default /tmp/spml_bench_ts)")
     p.add_argument("--data", type=Path, default=None, help="an already prepared DATA_DIR (default WORK/data, prepared here)")
@@ -68,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pct(values: list[float]) -> str:
+    """Percent ``mean +- std`` of the finite values."""
     vals = [100 * v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
@@ -75,6 +79,7 @@ def pct(values: list[float]) -> str:
 
 
 def num(values: list[float], digits: int = 2) -> str:
+    """``mean +- std`` of the finite values with ``digits`` decimals."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
@@ -82,6 +87,7 @@ def num(values: list[float], digits: int = 2) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train teachers and students per seed; print the table."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return ["regime=linear", f"image_size={args.image_size}", f"epochs={args.epochs}", f"seed={seed}",
                 f"batch_size={args.batch_size}", "device=cpu", f"expected_num_pos={args.expected_num_pos}"]
 
-    def grid(base, axes, out) -> GridRow:
+    def grid(base: TrainConfig, axes: dict[str, list[Any]], out: Path) -> GridRow:
         with contextlib.redirect_stderr(log):
             result = run_grid(data.root, base, axes, out)
         if result.selected is None:

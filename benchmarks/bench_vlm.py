@@ -22,6 +22,7 @@ from spml.vlm import load_vlm, score_images, score_split, text_embeddings
 
 
 def main() -> None:
+    """Time score_split and score_images; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vlm", default="open_clip:ViT-B-32/none")
     parser.add_argument("--images", type=int, default=128, help="train images scored")

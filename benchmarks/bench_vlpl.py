@@ -1,4 +1,4 @@
-"""VLPL training speed: pseudo-labels from the score cache vs a VLM forward on every batch.
+r"""VLPL training speed: pseudo-labels from the score cache vs a VLM forward on every batch.
 
 The VLPL method (``spml.methods.vlpl``) scores the train split once with CLIP (``score_split``,
 original and mirrored image) and training reads the cached pseudo-labels of each batch. The
@@ -66,12 +66,14 @@ class OnlineVlplHooks(TrainingHooks):
         self.to_clip: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(self, model: nn.Module, loss: nn.Module) -> None:
+        """Map the backbone's normalisation to CLIP's."""
         # Batches are normalised with the backbone's statistics; CLIP wants its own.
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in backbone_data_config(model))
         clip_mean, clip_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (self.vlm.preprocess.mean, self.vlm.preprocess.std))
         self.to_clip = (std / clip_std, (mean - clip_mean) / clip_std)  # x_clip = a * x + b
 
     def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the VLM on the batch and apply the VLPL rule."""
         scale, shift = self.to_clip
         pixels = batch["image"].detach().cpu() * scale + shift
         if pixels.shape[-1] != self.vlm.image_size:
@@ -120,6 +122,7 @@ def time_epochs(data: Path, args: argparse.Namespace, tmp: Path) -> dict[str, li
 
 
 def main() -> None:
+    """Time both variants' epochs and the cache build; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vlm", default="open_clip:ViT-B-32/none")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")

@@ -25,8 +25,11 @@ def small_copy(data_dir: Path, out: Path, n_train: int, n_eval: int) -> Path:
 
 
 def scored_single_positive_copy(micro_clip, out: Path, n_train: int, n_eval: int) -> Path:
-    """:func:`small_copy` of the micro CLIP fixture's set with single positives (seed 0) and the
-    micro CLIP's train-split score cache in ``DATA/cache``: the inputs of ``--method vlpl``."""
+    """The inputs of ``--method vlpl``: a small copy with single positives and a score cache.
+
+    :func:`small_copy` of the micro CLIP fixture's set with single positives (seed 0) and the micro
+    CLIP's train-split score cache in ``DATA/cache``.
+    """
     out = small_copy(micro_clip.data_dir, out, n_train, n_eval)
     data = PreparedData.open(out)
     vlm = load_vlm(micro_clip.spec, micro_clip.checkpoint, micro_clip.config)

@@ -1,5 +1,8 @@
-"""Caches that cannot lie: corrupt or stale caches are rebuilt, concurrent builders share one build,
-a dead builder's partial build is resumed, and a full disk is one line instead of a SIGBUS."""
+"""Caches that cannot lie.
+
+Corrupt or stale caches are rebuilt, concurrent builders share one build, a dead builder's partial
+build is resumed, and a full disk is one line instead of a SIGBUS.
+"""
 
 from __future__ import annotations
 

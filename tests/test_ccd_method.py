@@ -1,5 +1,8 @@
-"""CCD with the engine: the micro CLIP labels a small synthetic set and CAM views refine them; the
-method's defaults; bad inputs (observed labels, a class never a CLIP top-1) with a stubbed CLIP."""
+"""CCD with the engine.
+
+The micro CLIP labels a small synthetic set and CAM views refine them; the method's defaults; bad
+inputs (observed labels, a class never a CLIP top-1) with a stubbed CLIP.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +31,11 @@ from spml.api import load_config, read_config_file, train
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Run torch on one thread: on a busy 2-core machine a second thread spin-waits for the first
-    (the CCD run below took 120 s instead of 6 s with two threads while other jobs ran)."""
+    """Run torch on one thread.
+
+    On a busy 2-core machine a second thread spin-waits for the first (the CCD run below took 120 s
+    instead of 6 s with two threads while other jobs ran).
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

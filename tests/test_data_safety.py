@@ -1,5 +1,8 @@
-"""Nothing the user made is lost: prepare's --out checks, re-preparing, contained annotation paths,
-full disks, and the smaller raw-data traps (BOM, odd CSV headers, newlines, loops, odd ids)."""
+"""Nothing the user made is lost.
+
+Prepare's --out checks, re-preparing, contained annotation paths, full disks, and the smaller raw-
+data traps (BOM, odd CSV headers, newlines, loops, odd ids).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""``spml predict | export`` and ``spml.load``: thresholds by max F1, an export that travels without
-its data folder, the CSV / JSONL pinned formats, unreadable images, image arguments."""
+"""``spml predict | export`` and ``spml.load``.
+
+Thresholds by max F1, an export that travels without its data folder, the CSV / JSONL pinned
+formats, unreadable images, image arguments.
+"""
 
 from __future__ import annotations
 

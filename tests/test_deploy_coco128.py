@@ -1,6 +1,8 @@
-"""The acceptance flow of a shared model on real photographs (coco128): train a linear probe, export,
-delete the data folder, predict a folder from the CLI and from ``spml.load``; the run's report in
-headless Chromium with every figure present."""
+"""The acceptance flow of a shared model on real photographs (coco128).
+
+Train a linear probe, export, delete the data folder, predict a folder from the CLI and from
+``spml.load``; the run's report in headless Chromium with every figure present.
+"""
 
 from __future__ import annotations
 

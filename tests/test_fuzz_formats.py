@@ -1,5 +1,8 @@
-"""Property-based fuzzing of every annotation parser: whatever the files hold, a reader returns a
-dataset or raises one SpmlError, never another exception (a traceback for the user)."""
+"""Property-based fuzzing of every annotation parser.
+
+Whatever the files hold, a reader returns a dataset or raises one SpmlError, never another exception
+(a traceback for the user).
+"""
 
 from __future__ import annotations
 

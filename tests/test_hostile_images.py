@@ -1,5 +1,8 @@
-"""Hostile and unusual images: decoded in a child process, so a decoder crash fails a test instead of
-killing pytest; every image either becomes correct 8-bit RGB or one SpmlError naming its file."""
+"""Hostile and unusual images.
+
+Decoded in a child process, so a decoder crash fails a test instead of killing pytest; every image
+either becomes correct 8-bit RGB or one SpmlError naming its file.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Logs a person can read: piped to a file, a grid writes plain lines (no carriage returns, no escape
-codes), one header per grid run and one line per epoch, mAP as fractions; ``--quiet`` silences them."""
+"""Logs a person can read.
+
+Piped to a file, a grid writes plain lines (no carriage returns, no escape codes), one header per
+grid run and one line per epoch, mAP as fractions; ``--quiet`` silences them.
+"""
 
 from __future__ import annotations
 

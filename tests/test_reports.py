@@ -1,5 +1,8 @@
-"""``spml report | compare``: the report's figures (also the methods'), rendered in headless Chromium,
-and comparison tables with mean +- std over seeds."""
+"""``spml report | compare``.
+
+The report's figures (also the methods'), rendered in headless Chromium, and comparison tables with
+mean +- std over seeds.
+"""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``spml evaluate``."""
     parser = subparsers.add_parser("evaluate", help="recompute a finished run's mAP from its best weights")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     parser.add_argument("--split", choices=SPLITS, default="test")

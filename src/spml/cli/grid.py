@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``spml grid``."""
     parser = subparsers.add_parser(
         "grid",
         help="train a grid (lr x batch size, or any config key) and select on validation mAP",

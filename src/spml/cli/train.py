@@ -94,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``spml train``."""
     parser = subparsers.add_parser(
         "train",
         help="train a classifier (linear probe, fine-tuning, linear-init) from observed labels",

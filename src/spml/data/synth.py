@@ -53,6 +53,7 @@ class SynthClass:
 
     @property
     def name(self) -> str:
+        """Readable class name, e.g. ``red circle``."""
         return f"{self.colour} {self.shape}"
 
 

@@ -142,6 +142,7 @@ class SpmlLoss(nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """The reduced scalar loss of the batch (see :meth:`terms`)."""
         logits, inputs = self.prepare(logits, observed, inputs)
         return self.terms(logits, observed, **inputs).reduce()
 

@@ -64,6 +64,7 @@ class IgnoreUnobservedPositives(SpmlLoss):
     inputs = ("labels",)
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry IUN terms (true negatives from ``labels``)."""
         probs = torch.sigmoid(logits)
         zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
         matrix = torch.where(inputs["labels"] == ABSENT, neg_log(1.0 - probs), zero)
@@ -81,6 +82,7 @@ class IgnoreUnobserved(SpmlLoss):
     """IU: -log p at observed positives, -log(1-p) at observed negatives (-1), 0 at unknowns."""
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry IU terms (observed entries only)."""
         probs = torch.sigmoid(logits)
         zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
         matrix = torch.where(observed == NEGATIVE, neg_log(1.0 - probs), zero)
@@ -93,7 +95,9 @@ class IgnoreUnobserved(SpmlLoss):
     reference=f"{_COLE} loss_pr",
 )
 class PairwiseRanking(SpmlLoss):
-    """PR: at each observed positive i of row n, ``sum_j max(0, 1 - p_ni + p_nj)`` over the row's
+    """PR: a hinge between each observed positive and the other entries of its row.
+
+    At each observed positive i of row n, ``sum_j max(0, 1 - p_ni + p_nj)`` over the row's
     non-positive entries j (unknowns, and observed negatives).
 
     On probabilities the hinge never clips (``1 - p_i + p_j >= 0``), so the sum is computed in closed
@@ -101,6 +105,7 @@ class PairwiseRanking(SpmlLoss):
     """
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry PR terms (closed-form hinge sums at observed positives)."""
         probs = torch.sigmoid(logits)
         positive = observed == POSITIVE
         others = (~positive).to(probs.dtype)
@@ -119,6 +124,7 @@ class AssumeNegative(SpmlLoss):
     """AN: -log p at observed positives, -log(1-p) everywhere else."""
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry AN terms."""
         return LossTerms(_bce_matrix(torch.sigmoid(logits), observed == POSITIVE))
 
 
@@ -140,6 +146,7 @@ class AssumeNegativeLabelSmoothing(SpmlLoss):
         self.ls_coef = ls_coef
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry AN terms with smoothed targets."""
         return LossTerms(_smoothed_matrix(torch.sigmoid(logits), observed == POSITIVE, self.ls_coef))
 
 
@@ -174,8 +181,10 @@ class BCELabelSmoothing(_FullLabels, AssumeNegativeLabelSmoothing):
     reference=f"{_COLE} loss_wan",
 )
 class WeakAssumeNegative(SpmlLoss):
-    """WAN: -log p at observed positives, -log(1-p)/(L-1) at unknowns (L = dataset's num_classes),
-    -log(1-p) at observed negatives."""
+    """WAN: -log p at observed positives, -log(1-p)/(L-1) at unknowns, -log(1-p) at observed negatives.
+
+    L is the dataset's num_classes.
+    """
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)
@@ -183,6 +192,7 @@ class WeakAssumeNegative(SpmlLoss):
             raise SpmlError(f"loss {self.name!r}: needs num_classes >= 2 (weight 1/(L-1)), got {num_classes}")
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry WAN terms."""
         probs = torch.sigmoid(logits)
         negative = neg_log(1.0 - probs)
         matrix = torch.where(observed == UNKNOWN, negative / float(self.num_classes - 1), negative)
@@ -208,6 +218,7 @@ class ExpectedPositiveRegularizer(SpmlLoss):
         self.expected_num_pos = expected_num_pos
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry positive terms and the EPR regulariser."""
         probs = torch.sigmoid(logits)
         zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
         matrix = torch.where(observed == NEGATIVE, neg_log(1.0 - probs), zero)
@@ -260,6 +271,7 @@ class ROLE(SpmlLoss):
         self._ready = False
 
     def num_examples(self) -> int:
+        """Rows of the label estimator."""
         return self.estimator_logits.shape[0]
 
     def _random_init(self, num_examples: int) -> torch.Tensor:
@@ -282,7 +294,7 @@ class ROLE(SpmlLoss):
             self.estimator_logits.copy_(init)
         self._ready = True
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object, **kwargs: object) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # A loaded estimator (resume) is as good as an initialised one.
         if prefix + "estimator_logits" in state_dict:
@@ -293,6 +305,7 @@ class ROLE(SpmlLoss):
         return torch.sigmoid(self.estimator_logits[index])
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry ROLE terms (classifier and estimator halves) and the regulariser."""
         if not self._ready:
             raise RuntimeError(
                 "loss 'role': call on_train_start(observed) with the training set's observed labels "

@@ -47,6 +47,7 @@ class EntropyMaximization(SpmlLoss):
         self.alpha = alpha
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry EM terms."""
         return LossTerms(_em_matrix(torch.sigmoid(logits), observed, self.alpha))
 
 
@@ -112,6 +113,7 @@ class EntropyMaximizationAPL(SpmlLoss):
         self.train_observed = observed
 
     def num_examples(self) -> int:
+        """Rows of the pseudo-label state."""
         return self.pseudo_mask.shape[0]
 
     @torch.no_grad()
@@ -155,6 +157,7 @@ class EntropyMaximizationAPL(SpmlLoss):
         self.pseudo_mask |= chosen
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry EM terms plus the soft pseudo-negative terms."""
         probs = torch.sigmoid(logits)
         index = inputs["index"].to(self.pseudo_mask.device)
         pseudo = self.pseudo_mask[index].to(probs.device) & (observed == UNKNOWN)
@@ -203,6 +206,7 @@ class VisionLanguagePseudoLabel(SpmlLoss):
         self.alpha, self.beta, self.gamma, self.ls = alpha, beta, gamma, ls
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry VLPL terms (EM on unknowns, smoothed BCE on pseudo-labels)."""
         probs = torch.sigmoid(logits)
         pseudo = inputs["pseudo"].to(observed.device)
         unknown = observed == UNKNOWN

@@ -36,6 +36,7 @@ class Focal(SpmlLoss):
         self.gamma = gamma
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry focal terms."""
         probs = torch.sigmoid(logits)
         pos = (1.0 - probs) ** self.gamma * neg_log(probs)
         neg = probs**self.gamma * neg_log(1.0 - probs)
@@ -77,6 +78,7 @@ class AsymmetricLoss(SpmlLoss):
         self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry asymmetric terms."""
         probs = torch.sigmoid(logits)
         positive = observed == POSITIVE
         probs_neg = 1 - probs

@@ -127,10 +127,13 @@ class LargeLossCorrectionTemporary(_LargeLoss):
     reference=f"{_LL} (mod_scheme LL-Cp, intended: the release's `is` test makes it LL-Ct)",
 )
 class LargeLossCorrectionPermanent(_LargeLoss):
-    """LL-Cp: from epoch 2, ``k = ceil(N L delta_rel / 100)`` entries per batch are corrected to
-    target 1, and those strictly above the threshold become positives for the rest of training
-    (the release's ``label_matrix_obs[...] = 1``). The corrections are a buffer over the training set
-    (in ``state_dict``), so the loss needs ``index=``; they change only in training mode with autograd on.
+    """LL-Cp: Large Loss with permanent corrections.
+
+    From epoch 2, ``k = ceil(N L delta_rel / 100)`` entries per batch are corrected to target 1, and
+    those strictly above the threshold become positives for the rest of training (the release's
+    ``label_matrix_obs[...] = 1``). The corrections are a buffer over the training set (in
+    ``state_dict``), so the loss needs ``index=``; they change only in training mode with autograd
+    on.
 
     Args:
         num_examples: N_train, rows of the correction state.
@@ -145,9 +148,11 @@ class LargeLossCorrectionPermanent(_LargeLoss):
         self.register_buffer("corrected", torch.zeros(num_examples, num_classes, dtype=torch.bool))
 
     def num_examples(self) -> int:
+        """Rows of the correction state."""
         return self.corrected.shape[0]
 
     def num_modified(self, numel: int) -> int:
+        """LL-Cp's k: ``ceil(numel * delta_rel / 100)`` from epoch 2, else 0."""
         if self.clean_rate == 1:
             return 0
         return min(numel, math.ceil(numel * self.delta_rel / 100))
@@ -157,9 +162,11 @@ class LargeLossCorrectionPermanent(_LargeLoss):
         return torch.where(done, torch.full_like(observed, POSITIVE), observed)
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry LL-Cp terms (corrections applied, no state change)."""
         return super().terms(logits, self._effective(observed, inputs["index"]))
 
     def forward(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """The reduced loss; in training mode, the corrections above the threshold become permanent."""
         logits, inputs = self.prepare(logits, observed, inputs)
         index = inputs["index"]
         observed = self._effective(observed, index)

@@ -50,8 +50,11 @@ class TeacherStudentParams:
 
 
 def teacher_train_scores(teacher: str | Path, ctx: RunContext) -> np.ndarray:
-    """The teacher's probabilities on the student's train split, cached under ``DATA_DIR/cache``
-    by the teacher's weights and config (a threshold sweep scores the train split once)."""
+    """The teacher's probabilities on the student's train split.
+
+    Cached under ``DATA_DIR/cache`` by the teacher's weights and config (a threshold sweep scores
+    the train split once).
+    """
     teacher = Path(teacher)
     best = teacher / BEST_FILE
     if not best.is_file():
@@ -87,12 +90,14 @@ class TeacherStudentHooks(TrainingHooks):
         self.stats: dict[str, float] = {}
 
     def train_observed(self, observed: np.ndarray) -> np.ndarray:
+        """The teacher's thresholded pseudo multi-labels (observed labels kept)."""
         scores = teacher_train_scores(self.params.teacher, self.ctx)
         pseudo = pseudo_multilabels(scores, observed, self.params.threshold)
         self.stats = pseudo_label_stats(pseudo, self.ctx.data.split("train").labels)
         return pseudo
 
     def summary(self) -> dict[str, Any]:
+        """Teacher, threshold and the pseudo-labels' quality."""
         return {"teacher": self.params.teacher, "threshold": self.params.threshold, **self.stats}
 
 

@@ -117,10 +117,12 @@ class VlplHooks(TrainingHooks):
         )
 
     def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The pseudo-labels of each row in the view it was drawn with."""
         view = batch["flipped"].long().to(self.pseudo.device)
         return {"pseudo": self.pseudo[view, batch["index"].to(self.pseudo.device)]}
 
     def summary(self) -> dict[str, Any]:
+        """Settings, cache and the pseudo-labels' diagnostics."""
         return {
             **asdict(self.params),
             "vlm_cache": str(self.cache_path.resolve()),

@@ -1,5 +1,8 @@
-"""Vision-language models: frozen open_clip models, prompt text embeddings, cached image/crop scores
-and a micro CLIP for offline tests (see docs/vlm.md)."""
+"""Vision-language models for pseudo-labels.
+
+Frozen open_clip models, prompt text embeddings, cached image/crop scores and a micro CLIP for
+offline tests (see docs/vlm.md).
+"""
 
 from spml.vlm.model import PREPROCESSING_MODES, VLM, Preprocess, load_vlm, model_name_for, parse_spec
 from spml.vlm.names import prompt_names

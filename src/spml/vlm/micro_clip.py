@@ -50,6 +50,7 @@ class MicroClipConfig:
     context_length: int = 24
 
     def to_open_clip(self) -> dict:
+        """The open_clip model config (JSON-able dict)."""
         return {
             "embed_dim": self.embed_dim,
             "vision_cfg": {

@@ -94,6 +94,7 @@ class Preprocess:
         )
 
     def with_size(self, size: int) -> Preprocess:
+        """The same preprocessing at another input size."""
         return replace(self, size=(size, size))
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,8 +222,10 @@ class VLM:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``open_clip:MODEL[/TAG]``, ``open_clip:hf-hub:ORG/NAME`` or ``open_clip:local-dir:FOLDER`` ->
-    (model name, tag or None)."""
+    """Split a VLM spec into (model name, tag or None).
+
+    Specs: ``open_clip:MODEL[/TAG]``, ``open_clip:hf-hub:ORG/NAME`` or ``open_clip:local-dir:FOLDER``.
+    """
     if not spec.startswith(SPEC_PREFIX):
         raise SpmlError(f"VLM spec {spec!r} must start with {SPEC_PREFIX!r} (e.g. open_clip:ViT-L-14-336/openai)")
     rest = spec[len(SPEC_PREFIX) :].strip()

@@ -193,6 +193,7 @@ class StrongView:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The strong view of a normalised batch."""
         mean, std = self.mean.to(images), self.std.to(images)
         pixels = (images * std + mean).clamp(0, 1)
         # torchvision draws jitter parameters from the global RNG; fork it so runs stay reproducible.
@@ -220,7 +221,9 @@ def select_cam_views(
         split: The training split.
         transform: The run's evaluation transform (no flip): the CAM is computed on its input.
         probs: ``N x L`` classifier probabilities on the split (unflipped).
-        threshold, cam_threshold, offset: See :class:`CCDParams`.
+        threshold: Classes whose probability exceeds it get a view (``class_threshold``).
+        cam_threshold: Threshold on the min-max normalised CAM.
+        offset: Pixels added on each side of a box (``box_offset``).
         batch_size: Images per forward pass.
         device: Where the model lives.
 
@@ -477,6 +480,7 @@ class CCDHooks(TrainingHooks):
     # -- resume and report ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Updated labels, training-label mAPs and the early-stopping epoch."""
         return {
             "labels": self.labels.clone(),
             "train_maps": torch.tensor(self.train_maps, dtype=torch.float64),
@@ -484,12 +488,14 @@ class CCDHooks(TrainingHooks):
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.labels = state["labels"].clone()
         self.train_maps = state["train_maps"].tolist()
         stop = int(state["stop_epoch"])
         self.stop_epoch = None if stop < 0 else stop
 
     def summary(self) -> dict[str, Any]:
+        """Parameters, training-label mAPs, early stop and view facts for ``results.json``."""
         return {
             "params": dataclasses.asdict(self.params),
             "train_label_map": self.train_maps,

@@ -25,7 +25,7 @@ def label_diagnostics(
     classes: list[str],
     bias: ClipBias | None,
 ) -> dict:
-    """mAP and per-class AP of each pseudo-label matrix against the true training labels.
+    """The mAP and per-class AP of each pseudo-label matrix against the true training labels.
 
     Args:
         labels: Named ``N x L`` pseudo-label matrices, e.g. ``initial_raw``, ``initial``, ``updated``,

@@ -71,6 +71,7 @@ class GroupWiseLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        """Per-class logits ``B x L`` of the queries ``B x L x d``."""
         return (queries * self.weight).sum(-1) + self.bias
 
 
@@ -90,6 +91,7 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One encoder layer over the image positions ``src`` with the positional encoding ``pos``."""
         qk = src + pos
         src = self.norm1(src + self.drop(self.attn(qk, qk, src, need_weights=False)[0]))
         return self.norm2(src + self.drop(self.ffn(src)))
