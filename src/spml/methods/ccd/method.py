@@ -110,7 +110,7 @@ class CCDParams:
             1/20; the code's argparse default 1/80).
         warmup_epochs: Epochs of BCE to the initial labels before the label update (paper: 2).
         update_labels: Refine the labels with local views after the warm-up (table 2).
-        view_policy: ``cam`` (CCD: classifier-guided boxes) or ``grid`` (CDUL: uniform grid).
+        view_policy: ``cam`` (CCD: classifier-guided boxes) or ``grid`` (a uniform grid: the grid-view ablation).
         view_threshold: How the classifier threshold of the CAM views is chosen: ``adaptive`` (the
             code's search, :func:`~spml.pseudolabels.ccd.adaptive_view_threshold`), ``exact`` (the
             threshold that gives exactly ``mean_views`` views per image) or ``fixed``

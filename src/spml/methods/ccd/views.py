@@ -1,9 +1,9 @@
-"""Local views for CCD and its CDUL baseline: CAM boxes, uniform grids, crops and their aggregation.
+"""Local views for CCD and its grid-view ablation: CAM boxes, uniform grids, crops and their aggregation.
 
 Boxes are ``(x0, y0, x1, y1)`` in original image pixels with exclusive ends, always inside the
 image and never empty. CCD (Kim and Shim, sec. 3.2) takes, for each class the classifier accepts,
-the box of the class activation map above a threshold, enlarged by an offset on every side; CDUL
-cuts a uniform grid instead. Each crop is resized (longer side fixed, aspect kept) and scored by
+the box of the class activation map above a threshold, enlarged by an offset on every side; the
+grid-view ablation cuts a uniform grid instead. Each crop is resized (longer side fixed, aspect kept) and scored by
 CLIP; an image's local label is the class-wise maximum over its crops (eq. 5-6).
 """
 
@@ -100,7 +100,7 @@ def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, of
 
 
 def grid_boxes(image_size: tuple[int, int], rows: int, cols: int) -> list[Box]:
-    """CDUL's uniform grid: ``rows x cols`` boxes tiling the image, row-major.
+    """A uniform grid (CDUL's views, CCD's grid-view ablation): ``rows x cols`` boxes tiling the image, row-major.
 
     Cell edges are rounded so the boxes tile the image exactly; an image with fewer pixels than
     cells along a side repeats one-pixel cells rather than producing empty ones.
