@@ -181,7 +181,7 @@ def adaptive_view_threshold(
     block: int = 100,
     seed: int = 0,
 ) -> AdaptiveThreshold:
-    """The reference code's search for the classifier threshold of the local views (k0u-id/CCD).
+    """Search the classifier threshold of the local views as the reference code does (k0u-id/CCD).
 
     Images are visited in a seeded random order; after every ``block`` images the mean number of
     classes with probability ``>= threshold`` over that block is checked: inside ``(bound, bound

@@ -289,7 +289,7 @@ def select_cam_views(
 
 
 def select_grid_views(split: Split, rows: int, cols: int) -> np.ndarray:
-    """The grid-view ablation's views: a ``rows x cols`` grid on every image, ``M x 5`` as :func:`select_cam_views`."""
+    """Cut every image into a ``rows x cols`` grid (the grid-view ablation), ``M x 5`` as :func:`select_cam_views`."""
     view_image: list[int] = []
     boxes: list[tuple[int, int, int, int]] = []
     for index, path in enumerate(split.images):

@@ -100,7 +100,7 @@ def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, of
 
 
 def grid_boxes(image_size: tuple[int, int], rows: int, cols: int) -> list[Box]:
-    """A uniform grid (CDUL's views, CCD's grid-view ablation): ``rows x cols`` boxes tiling the image, row-major.
+    """Tile the image with a uniform ``rows x cols`` grid of boxes, row-major (the grid-view ablation).
 
     Cell edges are rounded so the boxes tile the image exactly; an image with fewer pixels than
     cells along a side repeats one-pixel cells rather than producing empty ones.
