@@ -1,4 +1,4 @@
-"""Real data plumbing: coco128 (YOLO) -> ``spml train --method ccd`` and the CDUL grid baseline.
+"""Real data plumbing: coco128 (YOLO) -> ``spml train --method ccd`` and its grid-view ablation.
 
 The CLIP is open_clip's ViT-B-32 without weights (``/none``: seeded random init, never downloads),
 so the labels are meaningless; what is checked is that real images of any size, 80 classes and the
@@ -95,17 +95,20 @@ def check_run(run: Path, data_dir: Path) -> tuple[dict, np.ndarray]:
     assert method["clip_bias_fallback_classes"] == bias["fallback_classes"]
     assert method["pseudo_label_map"]["updated"] == pytest.approx(labels["map"]["used_updated"])
     assert 0 <= results["test_map"] <= 1
+    free = method["annotation_free"]  # early stopping is off: the last epoch's model
+    assert (free["epoch"], free["rule"]) == (2, "last_epoch") and 0 <= free["test_map"] <= 1
     return method, views
 
 
 @pytest.mark.filterwarnings("ignore:ccd. classes never a confident")
-def test_ccd_and_cdul_on_coco128(coco_small, tmp_path):
+def test_ccd_and_grid_views_on_coco128(coco_small, tmp_path):
     observed = sorted((coco_small / "observed").glob("*.npy"))[0]
     ccd_run = tmp_path / "ccd"
     with pytest.warns(UserWarning) as caught:
         out = run_cli(
             "train", str(coco_small), "--method", "ccd", "--out", str(ccd_run), *COMMON,
             "--set", f"observed={observed}", "--set", "method_params.mean_views=1",
+            "--set", "method_params.view_threshold=exact",
         )
     messages = [str(w.message) for w in caught]
     assert any(f"ccd is annotation-free: the observed labels {str(observed)!r} are ignored" in m for m in messages)
@@ -113,13 +116,14 @@ def test_ccd_and_cdul_on_coco128(coco_small, tmp_path):
     assert "best epoch" in out
     config = yaml.safe_load((ccd_run / "config.yaml").read_text())
     assert (config["regime"], config["lr"], config["epochs"]) == ("finetune", 1e-5, 2)  # method defaults, --set
+    assert config["head_lr_mult"] == 10.0
     assert config["loss"] == "ccd"  # config.yaml names the loss that was trained
     method, views = check_run(ccd_run, coco_small)
     assert len(views) == N_TRAIN and method["class_threshold_used"] > 0  # mean_views=1: one view per image
     assert (views[:, 5] >= 0).all()
 
-    cdul_run = tmp_path / "cdul"
-    run_cli("train", str(coco_small), "--config", "ccd_cdul", "--out", str(cdul_run), *COMMON)
-    method, views = check_run(cdul_run, coco_small)
+    grid_run = tmp_path / "gridviews"
+    run_cli("train", str(coco_small), "--config", "ccd_gridviews", "--out", str(grid_run), *COMMON)
+    method, views = check_run(grid_run, coco_small)
     assert len(views) == 9 * N_TRAIN and (views[:, 5] == -1).all()  # 3 x 3 grid, no proposing class
     assert method["params"]["view_policy"] == "grid" and not method["params"]["debias"]

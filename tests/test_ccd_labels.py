@@ -8,6 +8,7 @@ import torch
 
 from spml.errors import SpmlError
 from spml.pseudolabels.ccd import (
+    adaptive_view_threshold,
     clip_probabilities,
     debias,
     early_stop_epoch,
@@ -21,6 +22,7 @@ from spml.methods.ccd.views import (
     cam_box,
     crop_resized,
     expand_box,
+    frame_offset,
     grid_boxes,
     max_over_views,
 )
@@ -85,6 +87,39 @@ def test_threshold_for_mean_views_is_exact():
     for target in (1.0, 2.5, 4.0):
         t = threshold_for_mean_views(probs, target)
         assert (probs > t).sum() == round(target * 50)
+
+
+def test_adaptive_threshold_reaches_its_target_mean_on_a_synthetic_set():
+    # 3000 images x 40 classes: about 14 classes per image pass the code's start 0.05, and the count
+    # falls smoothly as the threshold rises; the code's rule must land the mean in (4, 6).
+    rng = np.random.default_rng(1)
+    probs = rng.beta(0.4, 2.0, size=(3000, 40))
+    assert (probs >= 0.05).sum(axis=1).mean() > 10
+    found = adaptive_view_threshold(probs, bound=4, start=0.05, step=0.001, block=100, seed=0)
+    assert found.reached and 4 < found.block_mean < 6
+    assert 4 < (probs >= found.threshold).sum(axis=1).mean() < 6  # over the whole set, not only the block
+    assert found.threshold == pytest.approx(0.05 + 0.001 * found.steps)
+    # A wider target (figure 6a: bound 10) stops earlier, at a lower threshold.
+    ten = adaptive_view_threshold(probs, bound=10, seed=0)
+    assert ten.reached and 10 < (probs >= ten.threshold).sum(axis=1).mean() < 12 and ten.threshold < found.threshold
+
+
+def test_adaptive_threshold_hand_computed_and_unreachable():
+    # One block of 2 images, window (1, 3). At 0.1 both images count 3 classes: mean 3 is outside,
+    # raise. At 0.2 the two 0.15s drop out: mean 2 is inside, stop after one step.
+    probs = np.array([[0.15, 0.3, 0.5], [0.9, 0.15, 0.25]])
+    found = adaptive_view_threshold(probs, bound=1, start=0.1, step=0.1, block=2)
+    assert found.reached and found.steps == 1 and found.threshold == pytest.approx(0.2) and found.block_mean == 2
+    # Already below the window at the start: raising cannot help, the rule stops and says so.
+    low = adaptive_view_threshold(probs, bound=5, start=0.1, step=0.1, block=2)
+    assert not low.reached and low.steps == 0 and low.threshold == pytest.approx(0.1)
+
+
+def test_frame_offset_maps_the_codes_640_frame_to_original_pixels():
+    # 80 px in the 640 x 640 squashed frame of a 480 x 1280 (H x W) image: 160 px across, 60 down.
+    assert frame_offset(80, (480, 1280), 640) == (160, 60)
+    assert frame_offset(80, (480, 1280), None) == 80
+    assert expand_box((600, 200, 700, 300), (160, 60), (480, 1280)) == (440, 140, 860, 360)
 
 
 def test_early_stop_at_first_gradient_minimum():

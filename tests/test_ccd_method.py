@@ -75,7 +75,8 @@ def test_ccd_updated_labels_beat_initial_labels(micro_clip, tmp_path):
     vlm = {"vlm": micro_clip.spec, "vlm_checkpoint": str(micro_clip.checkpoint), "vlm_model_config": str(micro_clip.config)}
     # Two views per image on average: after two short epochs few classes pass the paper's 0.5, and
     # most images would keep their initial label. Seeds 0-5 gave updated - initial = +0.04 to +0.07.
-    config = ccd_config(vlm, box_offset=2, crop_long_side=32, warmup_epochs=2, mean_views=2)
+    config = ccd_config(vlm, box_offset=2, box_offset_frame=None, crop_long_side=32, warmup_epochs=2,
+                        view_threshold="exact", mean_views=2)
     run = tmp_path / "run"
     train(data_dir, config, run)
 
@@ -110,20 +111,32 @@ def test_params_validation():
     with pytest.raises(SpmlError, match="unknown config key"):
         CCDParams.from_params({"alhpa": 0.3})
     assert CCDParams.from_params({"mean_views": 4}).mean_views == 4.0
+    with pytest.raises(SpmlError, match="view_threshold"):
+        CCDParams.from_params({"view_threshold": "auto"})
+    with pytest.raises(SpmlError, match="mean_views"):
+        CCDParams.from_params({"mean_views": 0})
+    with pytest.raises(SpmlError, match="vlm_preprocess"):
+        CCDParams.from_params({"vlm_preprocess": "crop"})
 
 
 
-def test_method_defaults_are_the_papers_and_set_wins(tmp_path):
+def test_method_defaults_are_the_codes_and_set_wins(tmp_path):
     def resolve(*argv: str) -> TrainConfig:
         args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), *argv])
         return config_from_args(args)
 
-    # Sec. 4.1: lr 1e-5, batch 16, up to 10 epochs (early stopping), CLIP RN50x64, thresholds 0.5.
+    # Sec. 4.1: lr 1e-5, batch 16, up to 10 epochs (early stopping), CLIP RN50x64; the code's run
+    # script where the paper differs: entropy 2 nats, floor 1/20, alpha 0.2, adaptive views (bound
+    # 4), offset 80 in the 640 frame, head at 10x.
     config = resolve("--method", "ccd")
-    assert (config.regime, config.lr, config.batch_size, config.epochs) == ("finetune", 1e-5, 16, 10)
+    assert (config.regime, config.lr, config.batch_size, config.epochs, config.head_lr_mult) == ("finetune", 1e-5, 16, 10, 10.0)
     params = CCDParams.from_params(config.method_params)
     assert params == CCDParams() and params.vlm == "open_clip:RN50x64/openai" and params.early_stopping
-    assert (params.entropy_threshold, params.class_threshold, params.warmup_epochs, params.box_offset) == (0.5, 0.5, 2, 80)
+    assert (params.entropy_threshold, params.debias_floor, params.alpha) == (2.0, 0.05, 0.2)
+    assert (params.view_threshold, params.mean_views, params.view_threshold_start, params.view_threshold_step) == (
+        "adaptive", 4.0, 0.05, 0.001)
+    assert (params.warmup_epochs, params.box_offset, params.box_offset_frame) == (2, 80, 640)
+    assert (params.vlm_preprocess, params.prompt_names) == ("squash", "auto")
     # --set beats the method's defaults.
     config = resolve("--method", "ccd", "--set", "lr=1e-3", "--set", "batch_size=4", "--set", "epochs=2")
     assert (config.lr, config.batch_size, config.epochs) == (1e-3, 4, 2)
@@ -145,6 +158,20 @@ def test_shipped_configs_agree_with_method_defaults(name):
     assert {key: values[key] for key in CONFIG_DEFAULTS if key != "loss"} == {k: v for k, v in CONFIG_DEFAULTS.items() if k != "loss"}
     assert (values["batch_size"], values["epochs"]) == (16, 10)
     CCDParams.from_params(values["method_params"])
+
+
+def test_named_settings_code_paper_and_backbones():
+    code, paper, r101 = (load_config(name) for name in ("ccd", "ccd_paper", "ccd_r101"))
+    # The code's settings are the default; ccd reproduces the run script, ccd_paper the paper's text.
+    assert CCDParams.from_params(code.method_params) == CCDParams(
+        vlm="open_clip:RN50x64/openai", prompt="a photo of the {}")
+    assert (code.backbone, r101.backbone, paper.backbone) == ("resnet50", "resnet101", "resnet101")
+    assert code.head_lr_mult == r101.head_lr_mult == paper.head_lr_mult == 10.0
+    p = CCDParams.from_params(paper.method_params)
+    assert (p.entropy_threshold, p.alpha, p.view_threshold, p.class_threshold) == (0.5, 0.4, "fixed", 0.5)
+    assert CCDParams.from_params(r101.method_params) == CCDParams.from_params(code.method_params)
+    grid = CCDParams.from_params(load_config("ccd_gridviews").method_params)
+    assert (grid.view_policy, grid.debias) == ("grid", False)
 
 
 def test_figure_six_sweeps_are_grid_sections():
@@ -210,3 +237,31 @@ def test_observed_labels_are_ignored_with_a_warning(tiny_data, tmp_path, monkeyp
     # Same seed, same pseudo-labels: the observed labels changed nothing.
     full, given = (load_file(tmp_path / name / "best.safetensors") for name in ("full", "observed"))
     assert full.keys() == given.keys() and all(torch.equal(full[k], given[k]) for k in full)
+
+
+def test_annotation_free_epoch_scored_on_test(tiny_data, tmp_path, monkeypatch):
+    """One epoch: the annotation-free model is the best-val one, so their test scores agree."""
+    data = PreparedData.open(tiny_data)
+    stub_clip(monkeypatch, len(data.split("train")))
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="never a confident"):
+        train(tiny_data, stub_config(), run)
+    results = json.loads((run / "results.json").read_text())
+    free = results["method"]["annotation_free"]
+    assert (free["epoch"], free["rule"]) == (1, "last_epoch")
+    assert free["test_map"] == pytest.approx(results["test_map"], abs=1e-6)
+    assert free["test_metrics"]["cf1"] == pytest.approx(results["test_metrics"]["cf1"], abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:ccd. classes never a confident")
+def test_annotation_free_epoch_is_the_early_stopping_one(tiny_data, tmp_path, monkeypatch):
+    data = PreparedData.open(tiny_data)
+    stub_clip(monkeypatch, len(data.split("train")))
+    monkeypatch.setattr(ccd, "early_stop_epoch", lambda maps: 1 if len(maps) >= 2 else None)  # stop after epoch 2
+    run = tmp_path / "run"
+    config = stub_config(epochs=4)
+    config.method_params["early_stopping"] = True
+    result = train(tiny_data, config, run)
+    free = json.loads((run / "results.json").read_text())["method"]["annotation_free"]
+    assert result.epochs_run == 2 and (free["epoch"], free["rule"]) == (2, "early_stopping")
+    assert 0 <= free["test_map"] <= 1

@@ -7,12 +7,13 @@ Debiasing, as settled from the paper and the authors' code (k0u-id/CCD):
 
 * **bias** of class c = mean top-1 probability of the confident CLIP predictions whose top-1 class is
   c. A prediction is confident when its entropy (natural log) is below ``entropy_threshold``
-  (paper: 0.5; the public code uses 2). A class that is never a confident top-1 has no estimate;
-  it gets the mean bias of the estimated classes and is reported.
+  (paper: 0.5; the authors' code: 2). A class that is never a confident top-1 has no estimate; it
+  gets the mean bias of the estimated classes and is reported.
 * **calibration**: ``p' = max(p, floor) / bias[c]``, clipped to [0, 1] for the global label. The
-  floor (the code's ``1 / LS_coeff`` = 1/80) keeps tiny probabilities from vanishing; it is applied
-  before the division, as in the code. Local probabilities are calibrated the same way and the
-  final label ``alpha * initial + (1 - alpha) * local`` is clipped to [0, 1] after mixing (eq. 7).
+  floor (the code's ``1 / LS_coeff``: 1/20 = 0.05 in its run script, 1/80 its argparse default)
+  keeps tiny probabilities from vanishing; it is applied before the division, as in the code.
+  Local probabilities are calibrated the same way and the final label
+  ``alpha * initial + (1 - alpha) * local`` is clipped to [0, 1] after mixing (eq. 7).
 """
 
 from __future__ import annotations
@@ -153,6 +154,74 @@ def threshold_for_mean_views(probs: np.ndarray, target: float) -> float:
         return float(np.nextafter(p[-1], -np.inf))
     # Midway between the k-th and (k+1)-th largest keeps exactly k pairs above unless they tie.
     return float((p[k - 1] + p[k]) / 2.0)
+
+
+@dataclass(frozen=True)
+class AdaptiveThreshold:
+    """The result of :func:`adaptive_view_threshold`.
+
+    Attributes:
+        threshold: The class threshold reached (classes with probability ``>=`` it get a view).
+        block_mean: Mean number of classes per image at or above it in the last block examined.
+        reached: Whether that mean lay inside the target window.
+        steps: How many times the threshold was raised.
+    """
+
+    threshold: float
+    block_mean: float
+    reached: bool
+    steps: int
+
+
+def adaptive_view_threshold(
+    probs: np.ndarray,
+    bound: float,
+    start: float = 0.05,
+    step: float = 0.001,
+    block: int = 100,
+    seed: int = 0,
+) -> AdaptiveThreshold:
+    """Search the classifier threshold of the local views as the reference code does (k0u-id/CCD).
+
+    Images are visited in a seeded random order; after every ``block`` images the mean number of
+    classes with probability ``>= threshold`` over that block is checked: inside ``(bound, bound
+    + 2)`` the threshold is kept, otherwise it is raised by ``step`` and a new block starts. The
+    code starts at 0.05 (with its probability floor on; 0.001 without), steps 0.001 per 100
+    images and uses ``bound`` 4. Two deviations, both where the code cannot reach its target: the
+    code makes one pass over the training set (at most N / 100 steps), this goes on with a fresh
+    order until the target is met or the threshold passes 1; and since raising the threshold can
+    only lower the count, it stops (``reached`` False) once a block's mean is at or below
+    ``bound`` instead of raising on.
+
+    Args:
+        probs: ``N x L`` classifier probabilities of the training images.
+        bound: Lower end of the target window of the mean number of views per image.
+        start: First threshold.
+        step: Increment after a block outside the window.
+        block: Images per check (fewer than N: the whole set is one block).
+        seed: Seeds the visiting order.
+
+    Returns:
+        The threshold, the last block's mean, whether the window was reached, the steps taken.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"probabilities must be a non-empty N x L array, got shape {p.shape}")
+    if not (bound > 0 and step > 0 and block > 0):
+        raise SpmlError(f"adaptive view threshold needs bound, step and block > 0, got {bound}, {step}, {block}")
+    block = min(int(block), p.shape[0])
+    rng = np.random.default_rng(seed)
+    threshold, steps = float(start), 0
+    while True:
+        order = rng.permutation(p.shape[0])
+        for first in range(0, len(order) - block + 1, block):
+            rows = p[order[first : first + block]]
+            mean = float((rows >= threshold).sum(axis=1).mean())
+            if bound < mean < bound + 2:
+                return AdaptiveThreshold(threshold, mean, True, steps)
+            if mean <= bound or threshold + step > 1.0:
+                return AdaptiveThreshold(threshold, mean, False, steps)
+            threshold, steps = threshold + step, steps + 1
 
 
 def early_stop_epoch(train_maps: list[float]) -> int | None:

@@ -62,15 +62,19 @@ class LinearInitConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    """Stop when validation mAP has not improved for ``patience`` epochs (0 disables it).
+    """Stop when validation mAP has not improved for ``patience`` epochs, or has fallen too far.
 
     Attributes:
-        patience: Non-improving epochs tolerated; 1 stops at the first one (Zhou et al.'s EM recipe).
+        patience: Non-improving epochs tolerated; 1 stops at the first one (Zhou et al.'s EM recipe);
+            0 disables it.
         min_delta: Improvement (in mAP, 0-1) that counts as one.
+        max_drop: Stop once val mAP lies more than this below the phase's best (in mAP, 0-1; Kim et
+            al.'s Large Loss rule: 0.03); 0 disables it.
     """
 
     patience: int = 0
     min_delta: float = 0.0
+    max_drop: float = 0.0
 
 
 @dataclass
@@ -93,7 +97,9 @@ class TrainConfig:
             2.9, NUS-WIDE 1.9, CUB 31.4), given to losses that take ``expected_num_pos`` (EPR, ROLE)
             unless ``loss_params`` sets it; None keeps the loss's default.
         epochs: Training epochs (of the fine-tuning phase for ``linear-init``).
-        lr: Adam learning rate.
+        lr: Adam learning rate (of the backbone when ``head_lr_mult`` is set).
+        head_lr_mult: The head trains at ``lr x head_lr_mult`` while the backbone trains too (Large
+            Loss and CCD: 10); a frozen-backbone (linear) phase trains the head at ``lr``.
         batch_size: Training batch size.
         image_size: Square input side in pixels (Cole et al.: 448).
         observed: A file of observed train labels (``spml observe``; a relative path is relative to
@@ -121,6 +127,7 @@ class TrainConfig:
     expected_num_pos: float | None = None
     epochs: int = 10
     lr: float = 1e-4
+    head_lr_mult: float = 1.0
     batch_size: int = 16
     image_size: int = 448
     observed: str = FULL_OBSERVED
@@ -145,6 +152,7 @@ class TrainConfig:
         positive = {
             "epochs": self.epochs,
             "lr": self.lr,
+            "head_lr_mult": self.head_lr_mult,
             "batch_size": self.batch_size,
             "image_size": self.image_size,
             "eval_batch_size": self.eval_batch_size,
@@ -160,6 +168,7 @@ class TrainConfig:
             "num_workers": self.num_workers,
             "early_stopping.patience": self.early_stopping.patience,
             "early_stopping.min_delta": self.early_stopping.min_delta,
+            "early_stopping.max_drop": self.early_stopping.max_drop,
         }.items():
             if value < 0:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)

@@ -258,7 +258,16 @@ class Trainer:
         trainable = model.head if phase.name == LINEAR else model
         model.requires_grad_(False)
         trainable.requires_grad_(True)
-        groups = [{"params": [p for p in trainable.parameters() if p.requires_grad], "lr": phase.lr}]
+        params = [p for p in trainable.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": phase.lr}]
+        if phase.name != LINEAR and self.config.head_lr_mult != 1.0:
+            # The head at head_lr_mult x the backbone's rate (LL, CCD: 10x); one group otherwise,
+            # so runs without a multiplier keep their optimiser state layout.
+            head = {id(p) for p in model.head.parameters()}
+            groups = [
+                {"params": [p for p in params if id(p) not in head], "lr": phase.lr},
+                {"params": [p for p in params if id(p) in head], "lr": phase.lr * self.config.head_lr_mult},
+            ]
         loss_params = [p for p in self.loss.parameters() if p.requires_grad]
         if loss_params:
             groups.append({"params": loss_params, "lr": phase.lr * float(getattr(self.loss, "param_lr_mult", 1.0))})
@@ -414,7 +423,7 @@ class Trainer:
             for epoch in range(state.next_epoch, phase.last_epoch + 1):
                 metrics.append(self.run_epoch(phase, epoch, state))
                 # Early stopping (or a method's) ends the phase: the run, unless fine-tuning follows.
-                stop = self._early_stop(state) or self.hooks.should_stop(phase.epoch(epoch))
+                stop = self._early_stop(state, metrics[-1]["val_map"]) or self.hooks.should_stop(phase.epoch(epoch))
                 phase_done = stop or epoch == phase.last_epoch
                 state.next_epoch = phase.last_epoch + 1 if phase_done else epoch + 1
                 state.stopped_early = stop and epoch < phase.last_epoch
@@ -427,9 +436,11 @@ class Trainer:
                     break
         return self._finish(state, metrics)
 
-    def _early_stop(self, state: RunState) -> bool:
-        patience = self.config.early_stopping.patience
-        return patience > 0 and state.bad_epochs >= patience
+    def _early_stop(self, state: RunState, val_map: float) -> bool:
+        rule = self.config.early_stopping
+        if rule.max_drop > 0 and state.best_score is not None and state.best_score - val_map > rule.max_drop:
+            return True
+        return rule.patience > 0 and state.bad_epochs >= rule.patience
 
     def run_epoch(self, phase: Phase, epoch: int, state: RunState) -> dict[str, Any]:
         """Train, validate and record epoch ``epoch`` of ``phase``; update ``state``; return the record.

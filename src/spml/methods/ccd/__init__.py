@@ -1,4 +1,4 @@
-"""Classifier-guided CLIP Distillation (Kim and Shim) and its CDUL grid baseline: ``--method ccd``.
+"""Classifier-guided CLIP Distillation (Kim and Shim) and its grid-view ablation: ``--method ccd``.
 
 ``method`` holds the hooks and parameters, ``views`` the local views (CAM boxes, grids, crops),
 ``report`` the label report and bias figure; the label arithmetic (CLIP bias, debiasing, mixing)

@@ -1,4 +1,4 @@
-"""Classifier-guided CLIP Distillation (Kim and Shim) and its CDUL grid baseline: ``--method ccd``.
+"""Classifier-guided CLIP Distillation (Kim and Shim) and its grid-view ablation: ``--method ccd``.
 
 Annotation-free training (no observed labels are used):
 
@@ -7,7 +7,7 @@ Annotation-free training (no observed labels are used):
 2. Warm-up: ``warmup_epochs`` of BCE to the initial soft labels.
 3. Label update, once, after the warm-up: for every class the classifier accepts, the CAM box
    (enlarged, clipped) is cropped and scored by CLIP (``view_policy: cam``), or the image is cut in
-   a uniform grid (``view_policy: grid``, CDUL); the local label is the class-wise maximum over an
+   a uniform grid (``view_policy: grid``, the grid-view ablation); the local label is the class-wise maximum over an
    image's views, debiased, mixed with the initial label by ``alpha`` (eq. 5-7).
 4. Main training: BCE to the updated labels plus the consistency loss between a weak view (resize,
    flip) and a strong one (plus colour jitter), weight ``beta = 1`` after the warm-up (eq. 8). The
@@ -42,9 +42,10 @@ from spml.data.dataset import ImageTransform, SplitDataset, load_image
 from spml.data.layout import Split
 from spml.errors import SpmlError
 from spml.losses import Epoch, get_loss_info
-from spml.metrics import mean_average_precision
+from spml.metrics import mean_average_precision, paper_metrics
 from spml.pseudolabels.ccd import (
     ClipBias,
+    adaptive_view_threshold,
     clip_probabilities,
     debias,
     early_stop_epoch,
@@ -57,24 +58,27 @@ from spml.methods.ccd.views import (
     boxes_array,
     cam_box,
     crop_resized,
+    frame_offset,
     grid_boxes,
     max_over_views,
 )
 from spml.models import backbone_data_config
 from spml.progress import progress
 from spml.training.config import FULL_OBSERVED, build_dataclass
+from spml.vlm import PREPROCESSING_MODES, prompt_names
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
 from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks
 
 VIEW_POLICIES = ("cam", "grid")
+VIEW_THRESHOLDS = ("adaptive", "exact", "fixed")
 CROP_RESIZE_MODES = ("longest", "shortest", "squash")
 # What ``--method ccd`` implies over TrainConfig's defaults (the paper's sec. 4.1: its loss, lr 1e-5
-# on every dataset; images are needed for CAMs and augmented views). The paper's batch 16 and "up
-# to 10 epochs" are TrainConfig's defaults already. A config file and overrides win over these
-# (spml.load_config). See docs/ccd.md, "Defaults".
-CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5}
+# on every dataset; images are needed for CAMs and augmented views; the code trains the head at
+# 10x the backbone's rate). The paper's batch 16 and "up to 10 epochs" are TrainConfig's defaults
+# already. A config file and overrides win over these (spml.load_config). See docs/ccd.md, "Defaults".
+CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5, "head_lr_mult": 10.0}
 
 # A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
 # is computed; the reference counts only labels equal to 1 after clipping, which without debiasing
@@ -84,35 +88,51 @@ PSEUDO_POSITIVE = 0.5
 
 @dataclass
 class CCDParams:
-    """CCD's ``method_params`` (defaults: the paper's settings).
+    """CCD's ``method_params`` (defaults: the authors' run script where it differs from the paper; docs/ccd.md).
 
     Attributes:
         vlm: CLIP spec for :func:`spml.vlm.load_vlm` (the paper: ``open_clip:RN50x64/openai``).
         vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
         vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
         prompt: The one prompt template (paper: "a photo of the {}"; NUS-WIDE: "a photo of a {}").
+        vlm_preprocess: How CLIP sees an image: ``squash`` (the whole image resized to a square,
+            ImageNet statistics, as the code) or ``native`` (the model's own centre crop).
+        prompt_names: Names in the prompt: ``auto`` (readable names shipped for VOC and CUB, else
+            the class names), ``raw`` (the class names) or a names file, one per line.
         clip_image_size: Resolution of the whole-image CLIP pass; None = the model's native size. The
             paper used 640 with a CLIP patched to take any size; open_clip can resize ViTs only
             (a CLIP ResNet's attention pool is fixed), so the default is native.
         vlm_batch_size: Images or crops per CLIP forward pass.
-        entropy_threshold: Predictions below this entropy (nats) estimate the bias (paper: 0.5).
+        entropy_threshold: Predictions below this entropy (nats) estimate the bias (code: 2; the
+            paper's 0.5 admits only top-1 probabilities above about 0.8, see docs/ccd.md).
         debias: Calibrate CLIP probabilities by the inverse class bias (table 2).
-        debias_floor: Probabilities below it are raised to it before calibration (code: 1/80).
+        debias_floor: Probabilities below it are raised to it before calibration (run script:
+            1/20; the code's argparse default 1/80).
         warmup_epochs: Epochs of BCE to the initial labels before the label update (paper: 2).
         update_labels: Refine the labels with local views after the warm-up (table 2).
-        view_policy: ``cam`` (CCD: classifier-guided boxes) or ``grid`` (CDUL: uniform grid).
-        class_threshold: Classes whose classifier probability exceeds it get a CAM view (paper: 0.5).
-        mean_views: When set, ``class_threshold`` is replaced by the threshold that gives this mean
-            number of CAM views per image (figure 6a sweep: 4, 6, 10, 14).
+        view_policy: ``cam`` (CCD: classifier-guided boxes) or ``grid`` (a uniform grid: the grid-view ablation).
+        view_threshold: How the classifier threshold of the CAM views is chosen: ``adaptive`` (the
+            code's search, :func:`~spml.pseudolabels.ccd.adaptive_view_threshold`), ``exact`` (the
+            threshold that gives exactly ``mean_views`` views per image) or ``fixed``
+            (``class_threshold``, the paper's text).
+        class_threshold: The ``fixed`` threshold (paper: 0.5).
+        mean_views: ``adaptive``: the code's ``bound``, the search stops when the mean number of
+            views per image lies in ``(mean_views, mean_views + 2)`` (run script: 4; figure 6a
+            sweeps 4, 6, 10, 14); ``exact``: the mean itself.
+        view_threshold_start: First threshold of the adaptive search (code: 0.05).
+        view_threshold_step: Its increment after each block outside the window (code: 0.001).
+        view_threshold_block: Images per check of the adaptive search (code: 100).
         cam_threshold: Threshold on the min-max normalised CAM (code and supplementary fig. 7: 0.95).
-        box_offset: Pixels added on each side of a CAM box, in original image pixels (paper: 80).
+        box_offset: Pixels added on each side of a CAM box (paper and run script: 80).
+        box_offset_frame: The offset is measured in the image squashed to this square side (the
+            code's 640 x 640 frame: ``80 x width / 640`` horizontally); None = original pixels.
         crop_long_side: Crops are resized to this longer side, aspect kept (paper: 640).
         crop_resize_mode: How CLIP's preprocessing fits a crop to its square input: ``longest``
             (letterbox: the whole view is seen, as in the paper), ``shortest`` (centre crop) or
             ``squash``.
-        grid_rows: Rows of the CDUL grid.
-        grid_cols: Columns of the CDUL grid.
-        alpha: Weight of the initial label in the updated label (eq. 7, paper: 0.4).
+        grid_rows: Rows of the view grid (``view_policy: grid``).
+        grid_cols: Columns of the view grid.
+        alpha: Weight of the initial label in the updated label (eq. 7; run script: 0.2, paper: 0.4).
         color_jitter: Strength of the strong view's colour jitter (code: 0.5 for brightness,
             contrast, saturation and hue).
         early_stopping: Stop at the first local minimum of the training-label mAP gradient (sec. 4.1).
@@ -122,46 +142,57 @@ class CCDParams:
     vlm_checkpoint: str | None = None
     vlm_model_config: str | None = None
     prompt: str = "a photo of the {}"
+    vlm_preprocess: str = "squash"
+    prompt_names: str = "auto"
     clip_image_size: int | None = None
     vlm_batch_size: int = 32
-    entropy_threshold: float = 0.5
+    entropy_threshold: float = 2.0
     debias: bool = True
-    debias_floor: float = 0.0125
+    debias_floor: float = 0.05
     warmup_epochs: int = 2
     update_labels: bool = True
     view_policy: str = "cam"
+    view_threshold: str = "adaptive"
     class_threshold: float = 0.5
-    mean_views: float | None = None
+    mean_views: float = 4.0
+    view_threshold_start: float = 0.05
+    view_threshold_step: float = 0.001
+    view_threshold_block: int = 100
     cam_threshold: float = 0.95
     box_offset: int = 80
+    box_offset_frame: int | None = 640
     crop_long_side: int = 640
     crop_resize_mode: str = "longest"
     grid_rows: int = 3
     grid_cols: int = 3
-    alpha: float = 0.4
+    alpha: float = 0.2
     color_jitter: float = 0.5
     early_stopping: bool = True
 
     def __post_init__(self) -> None:
         if self.view_policy not in VIEW_POLICIES:
             raise SpmlError(f"method_params.view_policy must be one of {', '.join(VIEW_POLICIES)}; got {self.view_policy!r}")
+        for key, choices in (("view_threshold", VIEW_THRESHOLDS), ("vlm_preprocess", PREPROCESSING_MODES)):
+            if getattr(self, key) not in choices:
+                raise SpmlError(f"method_params.{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
         if self.crop_resize_mode not in CROP_RESIZE_MODES:
             raise SpmlError(
                 f"method_params.crop_resize_mode must be one of {', '.join(CROP_RESIZE_MODES)}; got {self.crop_resize_mode!r}"
             )
         check_templates([self.prompt])
-        for key in ("alpha", "class_threshold", "cam_threshold", "color_jitter", "debias_floor"):
+        for key in ("alpha", "class_threshold", "cam_threshold", "color_jitter", "debias_floor", "view_threshold_start"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise SpmlError(f"method_params.{key} must be in [0, 1], got {value}")
-        for key in ("vlm_batch_size", "crop_long_side", "grid_rows", "grid_cols", "entropy_threshold"):
+        for key in ("vlm_batch_size", "crop_long_side", "grid_rows", "grid_cols", "entropy_threshold", "mean_views",
+                    "view_threshold_step", "view_threshold_block"):
             if not getattr(self, key) > 0:
                 raise SpmlError(f"method_params.{key} must be > 0, got {getattr(self, key)}")
         for key in ("warmup_epochs", "box_offset"):
             if getattr(self, key) < 0:
                 raise SpmlError(f"method_params.{key} must be >= 0, got {getattr(self, key)}")
-        if self.mean_views is not None and not self.mean_views > 0:
-            raise SpmlError(f"method_params.mean_views must be > 0 or null, got {self.mean_views}")
+        if self.box_offset_frame is not None and not self.box_offset_frame > 0:
+            raise SpmlError(f"method_params.box_offset_frame must be > 0 or null, got {self.box_offset_frame}")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> CCDParams:
@@ -213,6 +244,7 @@ def select_cam_views(
     offset: int,
     batch_size: int,
     device: torch.device,
+    offset_frame: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CCD's local views: a CAM box for every (image, class) with classifier probability > ``threshold``.
 
@@ -226,6 +258,8 @@ def select_cam_views(
         offset: Pixels added on each side of a box (``box_offset``).
         batch_size: Images per forward pass.
         device: Where the model lives.
+        offset_frame: ``offset`` is in the image squashed to this square side (see
+            :func:`~spml.methods.ccd.views.frame_offset`); None = original pixels.
 
     Returns:
         ``(views, view_class)``: ``M x 5`` int64 ``(image, x0, y0, x1, y1)`` in original pixels and
@@ -248,16 +282,17 @@ def select_cam_views(
                 classes = np.flatnonzero(selected[index])
                 cams = model.cam(features[row : row + 1], torch.from_numpy(classes))[0].float().cpu()
                 size = image_size(split.images[index])
+                pixels = frame_offset(offset, size, offset_frame)
                 for k, cam in zip(classes.tolist(), cams):
                     view_image.append(index)
                     view_class.append(k)
-                    boxes.append(cam_box(cam, size, cam_threshold, offset))
+                    boxes.append(cam_box(cam, size, cam_threshold, pixels))
     model.train(was_training)
     return boxes_array(view_image, boxes), np.asarray(view_class, dtype=np.int64)
 
 
 def select_grid_views(split: Split, rows: int, cols: int) -> np.ndarray:
-    """CDUL's local views: a ``rows x cols`` grid on every image, ``M x 5`` as :func:`select_cam_views`."""
+    """Cut every image into a ``rows x cols`` grid (the grid-view ablation), ``M x 5`` as :func:`select_cam_views`."""
     view_image: list[int] = []
     boxes: list[tuple[int, int, int, int]] = []
     for index, path in enumerate(split.images):
@@ -268,7 +303,7 @@ def select_grid_views(split: Split, rows: int, cols: int) -> np.ndarray:
 
 
 class CCDHooks(TrainingHooks):
-    """The CCD / CDUL method: pseudo-labels from CLIP, refined once after the warm-up.
+    """The CCD method (or its grid-view ablation): pseudo-labels from CLIP, refined once after the warm-up.
 
     Args:
         ctx: The run's context; ``ctx.config.method_params`` holds the :class:`CCDParams`.
@@ -289,6 +324,7 @@ class CCDHooks(TrainingHooks):
             )
         self.split = ctx.data.split("train")
         self.classes = ctx.data.classes
+        self.names = prompt_names(self.classes, self.params.prompt_names)
         # Both set in setup(), from the backbone's own normalisation (as the engine's transforms).
         self.transform = ImageTransform(size=ctx.config.image_size)
         self.strong = StrongView(self.transform, self.params.color_jitter, ctx.config.seed)
@@ -300,6 +336,8 @@ class CCDHooks(TrainingHooks):
         self.stop_epoch: int | None = None
         self.facts: dict[str, Any] = {}
         self.vlm: VLM | None = None
+        # The annotation-free model: the early-stopping epoch's (else the last epoch's) test scores.
+        self.stop_test: dict[str, Any] | None = None
 
     # -- CLIP -------------------------------------------------------------------------------
 
@@ -310,6 +348,7 @@ class CCDHooks(TrainingHooks):
                 checkpoint=self.params.vlm_checkpoint,
                 model_config=self.params.vlm_model_config,
                 device=self.ctx.device,
+                preprocessing=self.params.vlm_preprocess,
             )
         return self.vlm
 
@@ -339,6 +378,7 @@ class CCDHooks(TrainingHooks):
             device=self.ctx.device,
             image_size=p.clip_image_size,
             num_workers=self.ctx.config.num_workers,
+            prompt_names=self.names,
         )
         self.logit_scale = vlm.logit_scale
         self.raw_initial = clip_probabilities(np.asarray(scores[:, 0]), self.logit_scale)
@@ -380,6 +420,30 @@ class CCDHooks(TrainingHooks):
             stop = early_stop_epoch(self.train_maps)
             if stop is not None:
                 self.stop_epoch = stop + 1  # train_maps[0] is epoch 1
+        stopping = self.stop_epoch is not None and epoch.number >= self.stop_epoch
+        if self.stop_test is None and (stopping or epoch.number == self.ctx.config.total_epochs):
+            self.stop_test = self.score_test(epoch.number, "early_stopping" if stopping else "last_epoch")
+
+    def score_test(self, epoch: int, rule: str) -> dict[str, Any]:
+        """Test mAP and the papers' metrics of the current model: the annotation-free choice of epoch.
+
+        The best-val epoch (what the engine keeps, and what the paper reports) is selected with
+        ground-truth val labels; this is the model CCD's own stopping rule keeps, needing none.
+        """
+        test = self.ctx.data.split("test")
+        loader = DataLoader(SplitDataset(test, self.transform), batch_size=self.ctx.config.eval_batch_size)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            scores = torch.cat([torch.sigmoid(self.model(b["image"].to(self.ctx.device))).float().cpu() for b in loader])
+        self.model.train(was_training)
+        probs = scores.numpy()
+        return {
+            "epoch": epoch,
+            "rule": rule,
+            "test_map": mean_average_precision(probs, test.labels),
+            "test_metrics": paper_metrics(probs, test.labels),
+        }
 
     def should_stop(self, epoch: Epoch) -> bool:
         """True once the early-stopping epoch has been reached (checked by the engine after each epoch)."""
@@ -392,11 +456,24 @@ class CCDHooks(TrainingHooks):
         p = self.params
         if p.view_policy == "cam":
             threshold = p.class_threshold
-            if p.mean_views is not None:
+            if p.view_threshold == "exact":
                 threshold = threshold_for_mean_views(train_scores, p.mean_views)
+            elif p.view_threshold == "adaptive":
+                search = adaptive_view_threshold(
+                    train_scores, p.mean_views, p.view_threshold_start, p.view_threshold_step,
+                    p.view_threshold_block, seed=self.ctx.config.seed,
+                )
+                if not search.reached:
+                    warnings.warn(
+                        f"ccd: the adaptive view threshold stopped at {search.threshold:.4f} with "
+                        f"{search.block_mean:.2f} views per image, outside ({p.mean_views}, {p.mean_views + 2})",
+                        stacklevel=2,
+                    )
+                threshold = search.threshold
+                self.facts["adaptive_threshold"] = dataclasses.asdict(search)
             views, view_class = select_cam_views(
                 model, self.split, self.transform, train_scores, threshold, p.cam_threshold, p.box_offset,
-                self.ctx.config.eval_batch_size, self.ctx.device,
+                self.ctx.config.eval_batch_size, self.ctx.device, offset_frame=p.box_offset_frame,
             )
             self.facts["class_threshold_used"] = float(threshold)
         else:
@@ -446,12 +523,13 @@ class CCDHooks(TrainingHooks):
             return np.zeros((0, num_classes), dtype=np.float32)
         base = self._load_vlm()
         vlm = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, resize_mode=self.params.crop_resize_mode))
-        text = text_embeddings(vlm, self.classes, [self.params.prompt], cache_root=self.ctx.data.cache_dir)
+        text = text_embeddings(vlm, self.names, [self.params.prompt], cache_root=self.ctx.data.cache_dir)
         material = {
             "vlm": vlm.identity,
             "preprocess": vlm.preprocess.to_dict(),
             "prompt": self.params.prompt,
             "classes": self.classes,
+            "prompt_names": self.names,
             "split": self.split.fingerprint,
             "views": hash_material({"views": views.tolist()}),
             "crop_long_side": self.params.crop_long_side,
@@ -500,6 +578,7 @@ class CCDHooks(TrainingHooks):
             "params": dataclasses.asdict(self.params),
             "train_label_map": self.train_maps,
             "early_stop_epoch": self.stop_epoch,
+            "annotation_free": self.stop_test,
             **self.facts,
         }
 

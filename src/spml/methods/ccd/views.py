@@ -1,9 +1,9 @@
-"""Local views for CCD and its CDUL baseline: CAM boxes, uniform grids, crops and their aggregation.
+"""Local views for CCD and its grid-view ablation: CAM boxes, uniform grids, crops and their aggregation.
 
 Boxes are ``(x0, y0, x1, y1)`` in original image pixels with exclusive ends, always inside the
 image and never empty. CCD (Kim and Shim, sec. 3.2) takes, for each class the classifier accepts,
-the box of the class activation map above a threshold, enlarged by an offset on every side; CDUL
-cuts a uniform grid instead. Each crop is resized (longer side fixed, aspect kept) and scored by
+the box of the class activation map above a threshold, enlarged by an offset on every side; the
+grid-view ablation cuts a uniform grid instead. Each crop is resized (longer side fixed, aspect kept) and scored by
 CLIP; an image's local label is the class-wise maximum over its crops (eq. 5-6).
 """
 
@@ -30,27 +30,43 @@ def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
     return (cam - low) / (high - low + _NORM_EPS)
 
 
-def expand_box(box: Box, offset: int, image_size: tuple[int, int]) -> Box:
+def expand_box(box: Box, offset: int | tuple[int, int], image_size: tuple[int, int]) -> Box:
     """Enlarge ``box`` by ``offset`` pixels on every side and clip it to the image.
 
     Args:
         box: ``(x0, y0, x1, y1)``, exclusive ends.
-        offset: Pixels added on each side (the paper's 80); an image smaller than that is taken whole.
+        offset: Pixels added on each side (the paper's 80), or ``(x, y)`` offsets per axis (the
+            code's offset in its squashed frame, mapped to original pixels: see
+            :func:`frame_offset`); an image smaller than that is taken whole.
         image_size: ``(height, width)`` of the image.
 
     Returns:
         The clipped box; at least one pixel wide and high.
     """
     height, width = image_size
+    off_x, off_y = (offset, offset) if isinstance(offset, int) else offset
     x0, y0, x1, y1 = box
-    x0, y0 = max(0, x0 - offset), max(0, y0 - offset)
-    x1, y1 = min(width, x1 + offset), min(height, y1 + offset)
+    x0, y0 = max(0, x0 - off_x), max(0, y0 - off_y)
+    x1, y1 = min(width, x1 + off_x), min(height, y1 + off_y)
     # A degenerate input box (outside the image) still yields a valid one-pixel crop.
     x0, y0 = min(x0, width - 1), min(y0, height - 1)
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
-def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, offset: int) -> Box:
+def frame_offset(offset: int, image_size: tuple[int, int], frame: int | None) -> int | tuple[int, int]:
+    """Offset in original pixels of ``offset`` pixels measured in a ``frame x frame`` squashed image.
+
+    The reference code resizes every image to 640 x 640 and adds its offset there; in the
+    original image that is ``offset x width / 640`` horizontally and ``offset x height / 640``
+    vertically (rounded). ``frame`` None: the offset is in original pixels already.
+    """
+    if frame is None:
+        return offset
+    height, width = image_size
+    return round(offset * width / frame), round(offset * height / frame)
+
+
+def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, offset: int | tuple[int, int]) -> Box:
     """Local view of one class from its activation map.
 
     The map (``h x w``, any scale, computed on the resized network input) is upsampled bilinearly
@@ -65,7 +81,7 @@ def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, of
         cam: ``h x w`` activation map.
         image_size: ``(height, width)`` of the original image.
         threshold: Threshold on the normalised map, in [0, 1).
-        offset: Pixels added on each side of the box.
+        offset: Pixels added on each side of the box, or ``(x, y)`` per axis.
 
     Returns:
         ``(x0, y0, x1, y1)`` in original image pixels.
@@ -84,7 +100,7 @@ def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, of
 
 
 def grid_boxes(image_size: tuple[int, int], rows: int, cols: int) -> list[Box]:
-    """CDUL's uniform grid: ``rows x cols`` boxes tiling the image, row-major.
+    """Tile the image with a uniform ``rows x cols`` grid of boxes, row-major (the grid-view ablation).
 
     Cell edges are rounded so the boxes tile the image exactly; an image with fewer pixels than
     cells along a side repeats one-pixel cells rather than producing empty ones.
