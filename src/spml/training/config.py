@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -156,6 +157,13 @@ class TrainConfig:
         for key, value in positive.items():
             if value is not None and not value > 0:
                 raise SpmlError(f"{key} must be > 0, got {value!r}", source)
+            if value is not None and not math.isfinite(value):
+                raise SpmlError(f"{key} must be finite, got {value!r}", source)
+        # numpy's seeding takes 0 <= seed < 2**32 (the legacy RandomState) and torch's a 64-bit value.
+        if not 0 <= self.seed < 2**32:
+            raise SpmlError(f"seed must be between 0 and {2**32 - 1}, got {self.seed!r}", source)
+        if not math.isfinite(self.early_stopping.min_delta):
+            raise SpmlError(f"early_stopping.min_delta must be a finite number, got {self.early_stopping.min_delta!r}", source)
         for key, value in {
             "num_workers": self.num_workers,
             "early_stopping.patience": self.early_stopping.patience,
