@@ -262,6 +262,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = yaml.load(text, Loader=_Loader) if text.strip() else ""
         except yaml.YAMLError:
             value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
+        except RecursionError:
+            raise SpmlError(f"override {key}: value nested too deeply") from None
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -289,11 +291,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpmlError("config file not found", path)
     try:
-        values = yaml.load(path.read_text(), Loader=_Loader)
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpmlError(f"not valid YAML{where}", path) from None
+    except UnicodeDecodeError as err:
+        raise SpmlError(f"not UTF-8 text (byte {err.start})", path) from None
+    except RecursionError:
+        raise SpmlError("nested too deeply to be a config", path) from None
     if values is None:
         return {}
     if not isinstance(values, dict):
