@@ -28,8 +28,7 @@ from spml.data.atomic import atomic_path
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.losses import Epoch
-from spml.training import TrainingDiverged, TrainingHooks
-from spml.training import engine, runfolder
+from spml.training import TrainingDiverged, TrainingHooks, engine, runfolder
 from spml.training.checkpoint import load_checkpoint
 from spml.training.runmodel import check_finite_features
 
