@@ -128,6 +128,8 @@ class RunState:
         best_score: Its validation mAP.
         bad_epochs: Epochs since validation mAP last improved by ``early_stopping.min_delta``.
         stopped_early: Whether early stopping (or the method) ended the run before its last epoch.
+        phase_norm: Norm of the trained weights when the phase started (the divergence check's
+            reference, kept so that a resumed run checks against the same value).
     """
 
     next_epoch: int = 1
@@ -135,6 +137,7 @@ class RunState:
     best_score: float | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    phase_norm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields."""
@@ -142,8 +145,8 @@ class RunState:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunState:
-        """The state saved by :meth:`to_dict` (other keys of a checkpoint's metadata are ignored)."""
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+        """The state saved by :meth:`to_dict` (other keys of a checkpoint's metadata are ignored; missing ones default)."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
 def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
@@ -478,9 +481,11 @@ class Trainer:
             if mid_phase:
                 self.enter_phase(phase, from_previous=False)
                 load_optimizer_state(self.optimizer, optim_tensors, optim_meta)
+                self.phase_norm = state.phase_norm or self.phase_norm
             else:
                 self.enter_phase(phase, from_previous=index > 0)
                 state.best_epoch, state.best_score, state.bad_epochs = None, None, 0
+            state.phase_norm = self.phase_norm
             for epoch in range(state.next_epoch, phase.last_epoch + 1):
                 metrics.append(self.run_epoch(phase, epoch, state))
                 # Early stopping (or a method's) ends the phase: the run, unless fine-tuning follows.
