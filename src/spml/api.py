@@ -146,6 +146,14 @@ def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **key
             loss or method, loss parameters that do not fit, a loss input that neither the batch
             nor the method supplies, or wrong method parameters; naming the file or ``overrides``.
     """
+    try:
+        return _load_config(source, overrides, keys)
+    except RecursionError:
+        # A mapping nested thousands deep (from Python; files and overrides are checked as read).
+        raise SpmlError("config nested too deeply") from None
+
+
+def _load_config(source: ConfigSource, overrides: Overrides, keys: dict[str, Any]) -> TrainConfig:
     label: str | Path | None = None
     if source is None:
         values: dict[str, Any] = {}

@@ -9,6 +9,8 @@ never disagree. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from spml.data.atomic import atomic_path
 from spml.errors import SpmlError
 
 _STATE_KEY = "spml_state"
+_OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def save_checkpoint(path: str | Path, groups: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]) -> None:
@@ -31,7 +34,16 @@ def save_checkpoint(path: str | Path, groups: Mapping[str, Mapping[str, torch.Te
             # safetensors refuses shared storage; a detached contiguous CPU copy never shares.
             flat[f"{group}.{key}"] = tensor.detach().to("cpu").contiguous().clone()
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata={_STATE_KEY: json.dumps(state, sort_keys=True)})
+        try:
+            save_file(flat, str(tmp), metadata={_STATE_KEY: json.dumps(state, sort_keys=True)})
+        except SafetensorError as err:
+            # safetensors reports I/O failures (a full disk) as its own error type; as an OSError the
+            # atomic write turns a full disk into one line naming the file.
+            found = _OS_ERROR.search(str(err))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -164,6 +165,13 @@ class TrainConfig:
         for key, value in positive.items():
             if value is not None and not value > 0:
                 raise SpmlError(f"{key} must be > 0, got {value!r}", source)
+            if value is not None and not math.isfinite(value):
+                raise SpmlError(f"{key} must be finite, got {value!r}", source)
+        # numpy's seeding takes 0 <= seed < 2**32 (the legacy RandomState) and torch's a 64-bit value.
+        if not 0 <= self.seed < 2**32:
+            raise SpmlError(f"seed must be between 0 and {2**32 - 1}, got {self.seed!r}", source)
+        if not math.isfinite(self.early_stopping.min_delta):
+            raise SpmlError(f"early_stopping.min_delta must be a finite number, got {self.early_stopping.min_delta!r}", source)
         for key, value in {
             "num_workers": self.num_workers,
             "early_stopping.patience": self.early_stopping.patience,
@@ -263,6 +271,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = yaml.load(text, Loader=_Loader) if text.strip() else ""
         except yaml.YAMLError:
             value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
+        except RecursionError:
+            raise SpmlError(f"override {key}: value nested too deeply") from None
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -290,11 +300,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpmlError("config file not found", path)
     try:
-        values = yaml.load(path.read_text(), Loader=_Loader)
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpmlError(f"not valid YAML{where}", path) from None
+    except UnicodeDecodeError as err:
+        raise SpmlError(f"not UTF-8 text (byte {err.start})", path) from None
+    except RecursionError:
+        raise SpmlError("nested too deeply to be a config", path) from None
     if values is None:
         return {}
     if not isinstance(values, dict):

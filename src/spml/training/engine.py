@@ -23,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,25 +55,34 @@ from spml.training.runfolder import (
     BEST_FILE,
     CONFIG_FILE,
     LAST_FILE,
+    LAST_PREV_FILE,
     LINEAR_BEST_FILE,
     METRICS_FILE,
     RESULTS_FILE,
     TEST_PREDICTIONS_FILE,
     RunResult,
     append_metrics,
+    check_new_run_dir,
+    create_run_dir,
     is_complete,
+    is_run,
     read_result,
     run_data_dir,
+    run_lock,
     truncate_metrics,
     write_run_info,
 )
 from spml.training.runmodel import RunModel, load_weights, resolve_device, save_weights
 
 LINEAR, FINETUNE = "linear", "finetune"
+# A run has diverged when its trained weights' norm grows this many times over the phase's start.
+# Adam's steps are bounded by the learning rate, so a far too high rate does not turn the loss NaN:
+# it inflates the weights (lr=1e10 gave weights near 5e10) while the clamped loss stays finite.
+DIVERGED_GROWTH = 1e4
 
 
 class TrainingDiverged(SpmlError):
-    """The loss (or the model's scores) became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the model's scores became NaN or infinite, or its weights exploded; the last good checkpoint is kept."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,8 @@ class RunState:
         best_score: Its validation mAP.
         bad_epochs: Epochs since validation mAP last improved by ``early_stopping.min_delta``.
         stopped_early: Whether early stopping (or the method) ended the run before its last epoch.
+        phase_norm: Norm of the trained weights when the phase started (the divergence check's
+            reference, kept so that a resumed run checks against the same value).
     """
 
     next_epoch: int = 1
@@ -124,6 +137,7 @@ class RunState:
     best_score: float | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    phase_norm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields."""
@@ -131,8 +145,8 @@ class RunState:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunState:
-        """The state saved by :meth:`to_dict` (other keys of a checkpoint's metadata are ignored)."""
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+        """The state saved by :meth:`to_dict` (other keys of a checkpoint's metadata are ignored; missing ones default)."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
 def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
@@ -230,6 +244,7 @@ class Trainer:
         for hooks in (self.hooks, *self.callbacks):
             hooks.setup(self.rm.model, self.loss)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.phase_norm = 0.0  # norm of the trained weights when the phase started (divergence check)
 
     def _create_loss(self) -> SpmlLoss:
         hparams = dict(self.config.loss_params)
@@ -274,6 +289,33 @@ class Trainer:
         # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
         # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
         self.optimizer = torch.optim.Adam(groups, lr=phase.lr, fused=self.device.type in ("cpu", "cuda"))
+        self.phase_norm = self._trained_norm()
+
+    def _trained_norm(self) -> float:
+        """The L2 norm of every weight the current phase trains (the loss's own parameters too)."""
+        if self.optimizer is None:
+            return 0.0
+        params = [p.detach() for group in self.optimizer.param_groups for p in group["params"]]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.float()) for p in params]))) if params else 0.0
+
+    def _kept(self, epoch: int) -> str:
+        """What a diverged run keeps: the checkpoint of the epoch before ``epoch``, if there was one."""
+        if epoch <= 1:
+            return "no epoch completed, so no checkpoint was written"
+        return f"the last good checkpoint (epoch {epoch - 1}) is kept"
+
+    def check_weights(self, phase: Phase, epoch: int) -> None:
+        """TrainingDiverged when the trained weights are not finite or grew :data:`DIVERGED_GROWTH` times."""
+        norm = self._trained_norm()
+        start = self.phase_norm
+        if math.isfinite(norm) and (start <= 0.0 or norm <= DIVERGED_GROWTH * start):
+            return
+        grew = "became non-finite" if not math.isfinite(norm) else f"grew from {start:.3g} to {norm:.3g}"
+        raise TrainingDiverged(
+            f"the run diverged at epoch {epoch} ({phase.name}): the trained weights' norm {grew}; "
+            f"lower lr (now {phase.lr:g}) and train again; {self._kept(epoch)}",
+            self.run_dir,
+        )
 
     # -- one epoch ----------------------------------------------------------------------------
 
@@ -346,9 +388,11 @@ class Trainer:
             value = self.loss(logits, batch["observed"], **self._loss_inputs(batch))
             item = float(value.detach())
             if not math.isfinite(item):
+                # The inputs were checked finite (cached features on load; images are 8-bit), so the
+                # weights, the learning rate or the loss's parameters are at fault.
                 raise TrainingDiverged(
-                    f"loss is {item} at epoch {epoch}, batch {b}/{n_batches}; training stopped "
-                    f"(lr {phase.lr:g} too high?). The last good checkpoint (epoch {epoch - 1}) is kept",
+                    f"loss is {item} at epoch {epoch}, batch {b}/{n_batches}; training stopped: the inputs "
+                    f"are finite, so lower lr (now {phase.lr:g}) or check the loss parameters; {self._kept(epoch)}",
                     self.run_dir,
                 )
             value.backward()
@@ -380,11 +424,40 @@ class Trainer:
             "optim": opt_tensors,
             "hooks": self.hooks.state_dict(),
         }
-        save_checkpoint(self.run_dir / LAST_FILE, groups, {**state.to_dict(), "optimizer": opt_meta, "part": self._part(phase)})
+        last = self.run_dir / LAST_FILE
+        if last.is_file():
+            # The previous epoch's checkpoint stays as a fallback for a resume that finds ``last`` damaged.
+            os.replace(last, self.run_dir / LAST_PREV_FILE)
+        save_checkpoint(last, groups, {**state.to_dict(), "optimizer": opt_meta, "part": self._part(phase)})
+
+    def _read_last(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """The newest readable checkpoint: ``last.safetensors``, else (with a warning) ``last.prev.safetensors``."""
+        last, prev = self.run_dir / LAST_FILE, self.run_dir / LAST_PREV_FILE
+        try:
+            return load_checkpoint(last)
+        except SpmlError as err:
+            if not prev.is_file():
+                raise SpmlError(
+                    f"{err.message}, and there is no earlier checkpoint to fall back to; train again into a new folder",
+                    last,
+                ) from None
+            try:
+                groups, state = load_checkpoint(prev)
+            except SpmlError as prev_err:
+                raise SpmlError(
+                    f"{err.message}; the earlier checkpoint {prev.name} is unreadable too "
+                    f"({prev_err.message}); train again into a new folder",
+                    last,
+                ) from None
+            warnings.warn(
+                f"{last}: {err.message}; resuming from the previous checkpoint (epoch {state['next_epoch']})",
+                stacklevel=2,
+            )
+            return groups, state
 
     def _load_last(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """Restore model, loss and hooks from ``last.safetensors``; return its state and optimizer tensors."""
-        groups, state = load_checkpoint(self.run_dir / LAST_FILE)
+        """Restore model, loss and hooks from the last checkpoint; return its state and optimizer tensors."""
+        groups, state = self._read_last()
         self.rm.part_module(state["part"]).load_state_dict(groups.get("model", {}))
         self.loss.load_state_dict(groups.get("loss", {}))
         self.hooks.load_state_dict(groups.get("hooks", {}))
@@ -397,7 +470,7 @@ class Trainer:
         state = RunState()
         optim_tensors: dict[str, torch.Tensor] = {}
         optim_meta: Any = None
-        resumed = resume and (self.run_dir / LAST_FILE).is_file()
+        resumed = resume and any((self.run_dir / f).is_file() for f in (LAST_FILE, LAST_PREV_FILE))
         if resumed:
             saved, optim_tensors = self._load_last()
             state, optim_meta = RunState.from_dict(saved), saved["optimizer"]
@@ -417,9 +490,11 @@ class Trainer:
             if mid_phase:
                 self.enter_phase(phase, from_previous=False)
                 load_optimizer_state(self.optimizer, optim_tensors, optim_meta)
+                self.phase_norm = state.phase_norm or self.phase_norm
             else:
                 self.enter_phase(phase, from_previous=index > 0)
                 state.best_epoch, state.best_score, state.bad_epochs = None, None, 0
+            state.phase_norm = self.phase_norm
             for epoch in range(state.next_epoch, phase.last_epoch + 1):
                 metrics.append(self.run_epoch(phase, epoch, state))
                 # Early stopping (or a method's) ends the phase: the run, unless fine-tuning follows.
@@ -456,6 +531,7 @@ class Trainer:
         for callback in callbacks:
             callback.on_epoch_start(record_epoch)
         train_loss = self.train_epoch(phase, epoch)
+        self.check_weights(phase, epoch)
         val_scores = self.score("val", phase, epoch)
         train_scores = self.score("train", phase, epoch)
         val_map = mean_average_precision(val_scores, self.val_target)
@@ -522,6 +598,7 @@ class Trainer:
             },
         )
         (self.run_dir / LAST_FILE).unlink(missing_ok=True)
+        (self.run_dir / LAST_PREV_FILE).unlink(missing_ok=True)
         (self.run_dir / LINEAR_BEST_FILE).unlink(missing_ok=True)
         return result
 
@@ -546,17 +623,24 @@ def train(
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
     check_config(config, method, loss=loss)
+    run_dir = Path(run_dir)
+    check_new_run_dir(run_dir)
     data = PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
-    run_dir = Path(run_dir)
-    if (run_dir / CONFIG_FILE).exists():
-        raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)  # a method's setup may write its own files there
-    trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
-    write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
-    write_run_info(run_dir, data.root)
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    return trainer.fit(resume=False)
+    created = create_run_dir(run_dir)  # a method's setup may write its own files there
+    with run_lock(run_dir):
+        try:
+            # Another process may have started a run here between the check and the lock.
+            check_new_run_dir(run_dir)
+            trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
+            write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
+        except BaseException:
+            if created and not is_run(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing behind
+            raise
+        write_run_info(run_dir, data.root)
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        return trainer.fit(resume=False)
 
 
 def resume(
@@ -574,8 +658,9 @@ def resume(
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise SpmlError("not a run folder (no config.yaml) to resume", run_dir)
-    if is_complete(run_dir):
-        return read_result(run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
-    data = PreparedData.open(run_data_dir(run_dir, data_dir))
-    return Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)
+    with run_lock(run_dir):
+        if is_complete(run_dir):
+            return read_result(run_dir)
+        config = load_config(run_dir / CONFIG_FILE)
+        data = PreparedData.open(run_data_dir(run_dir, data_dir))
+        return Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)

@@ -10,21 +10,32 @@ through the readers, never by globbing.
 * ``best.safetensors``: weights of the epoch with the best validation mAP (the head only when the
   backbone was frozen; the whole classifier otherwise) and the loss's state.
 * ``last.safetensors``: model, optimizer, loss and method state of the last completed epoch with the
-  bookkeeping in its metadata (removed when the run completes); ``linear_best.safetensors`` during a
-  ``linear-init`` run.
+  bookkeeping in its metadata, and ``last.prev.safetensors``, the epoch before (resume falls back to
+  it when ``last`` is damaged); both removed when the run completes. ``linear_best.safetensors``
+  during a ``linear-init`` run.
 * ``results.json`` and ``test_predictions.npy`` (sigmoid probabilities) when the run completes.
+
+Safety: :func:`check_new_run_dir` refuses an ``--out`` that is a file, holds a run or holds anything
+else; :func:`run_lock` lets one process at a time train or resume a run folder; a torn last line
+of ``metrics.jsonl`` (a kill or a full disk during the append) is dropped with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from spml import __version__
-from spml.data.atomic import write_json, write_text
+from spml.data.atomic import disk_errors, write_json, write_text
 from spml.errors import SpmlError
 
 CONFIG_FILE = "config.yaml"
@@ -32,6 +43,7 @@ RUN_INFO_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 BEST_FILE = "best.safetensors"
 LAST_FILE = "last.safetensors"
+LAST_PREV_FILE = "last.prev.safetensors"
 LINEAR_BEST_FILE = "linear_best.safetensors"
 RESULTS_FILE = "results.json"
 TEST_PREDICTIONS_FILE = "test_predictions.npy"
@@ -62,6 +74,60 @@ def is_complete(run_dir: str | Path) -> bool:
     return (Path(run_dir) / RESULTS_FILE).is_file()
 
 
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a run folder to train into that is a file, holds a run, or holds anything at all.
+
+    Raises:
+        SpmlError: Naming ``run_dir`` and what is in the way.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpmlError("exists and is not a folder; give a new folder as the run folder", run_dir)
+    if is_run(run_dir):
+        raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise SpmlError("is not empty and holds no run; train into a new or empty folder", run_dir)
+
+
+def create_run_dir(run_dir: Path) -> bool:
+    """Create ``run_dir`` (and its parents); return whether this call created it (False: it was there)."""
+    try:
+        with disk_errors(run_dir):
+            run_dir.mkdir(parents=True)
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise SpmlError("exists and is not a folder; give a new folder as the run folder", run_dir) from None
+        return False
+    except OSError as err:
+        raise SpmlError(f"cannot create the run folder ({err.strerror or err})", run_dir) from None
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder itself while training or resuming it.
+
+    A ``flock`` on the folder (no lock file is written): a second ``train`` or ``resume`` of the same
+    folder is refused at once instead of interleaving its epochs, and the kernel releases the lock
+    when its holder dies, so a killed run can be resumed right away.
+
+    Raises:
+        SpmlError: Another process holds the lock.
+    """
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise SpmlError(
+                "another spml process is training or resuming this run folder; wait for it to finish", run_dir
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def write_run_info(run_dir: Path, data_root: Path) -> None:
     """Write ``run.json``: the data folder (absolute), spml version and creation time."""
     write_json(
@@ -85,17 +151,44 @@ def run_data_dir(run_dir: Path, data_dir: str | Path | None = None) -> Path:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one epoch's record to ``metrics.jsonl``."""
-    with open(run_dir / METRICS_FILE, "a") as f:
+    """Append one epoch's record to ``metrics.jsonl`` (a full disk: one SpmlError naming the file)."""
+    path = run_dir / METRICS_FILE
+    with disk_errors(path), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of ``metrics.jsonl`` (empty when there is none)."""
+    """Every record of ``metrics.jsonl`` (empty when there is none).
+
+    A torn last line (the process was killed, or the disk filled, during the append) is dropped
+    with a warning: that epoch is trained again on resume.
+
+    Raises:
+        SpmlError: A damaged line other than the last.
+    """
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        record = _record(line)
+        if record is None:
+            if i < len(lines) - 1:
+                raise SpmlError(f"line {number} is not a metrics record; the file is damaged", path)
+            warnings.warn(f"{path}: dropping its torn last line {number} (an interrupted write)", stacklevel=2)
+            break
+        records.append(record)
+    return records
 
 
 def truncate_metrics(run_dir: Path, next_epoch: int) -> list[dict[str, Any]]:

@@ -97,6 +97,7 @@ class RunModel:
                 device=self.device,
                 pooled=self.config.head == "linear",
             )
+            check_finite_features(array, name, self.data.cache_dir)
             self._features[name] = FeatureRows(array)
         return self._features[name]
 
@@ -132,6 +133,26 @@ class RunModel:
                 for batch in progress(loader, desc=f"predict {name}", unit="batch", leave=False)
             ]
         return np.concatenate(out) if out else np.zeros((0, self.data.num_classes), dtype=np.float32)
+
+
+def check_finite_features(array: np.ndarray, split: str, cache_dir: Path, block: int = 4096) -> None:
+    """Refuse cached features holding NaN or infinity, so a NaN loss is never blamed on the learning rate.
+
+    Checked in blocks of rows, so a memory-mapped cache is never copied whole into memory.
+
+    Raises:
+        SpmlError: Naming the cache file and the first bad row.
+    """
+    for start in range(0, len(array), block):
+        finite = np.isfinite(array[start : start + block]).reshape(min(block, len(array) - start), -1).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            where = Path(array.filename) if isinstance(array, np.memmap) and array.filename else cache_dir
+            raise SpmlError(
+                f"the cached {split} features hold NaN or infinite values (first in row {row}); "
+                "the cache or the backbone's weights are damaged: delete this cache to extract it again",
+                where,
+            )
 
 
 def save_weights(path: Path, run_model: RunModel, part: str, loss: nn.Module, state: dict[str, Any]) -> None:
