@@ -1,5 +1,8 @@
-"""Property-based fuzzing of the config loader: whatever a YAML file, a mapping or an override string
-holds, :func:`spml.load_config` returns a config or raises one SpmlError, never another exception."""
+"""Property-based fuzzing of the config loader.
+
+Whatever a YAML file, a mapping or an override string holds, :func:`spml.load_config` returns a
+config or raises one SpmlError, never another exception.
+"""
 
 from __future__ import annotations
 
