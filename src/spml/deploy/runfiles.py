@@ -1,7 +1,8 @@
 """One small reader of a run folder's files (what the engine writes, read without rebuilding a model).
 
 The engine's public :func:`spml.training.load_run` rebuilds the classifier; reports, exports and
-comparisons also need the plain files beside it: ``config.yaml``, ``run.json``, ``results.json``,
+comparisons also need the plain files beside it (names and the metrics reader come from
+:mod:`spml.training.runfolder`, the run folder's one schema): ``config.yaml``, ``run.json``, ``results.json``,
 ``metrics.jsonl`` and the state stored in ``best.safetensors``' metadata.
 """
 
@@ -18,12 +19,15 @@ from safetensors import SafetensorError, safe_open
 
 from spml.errors import SpmlError
 
-CONFIG_FILE = "config.yaml"
-RUN_INFO_FILE = "run.json"
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
-BEST_FILE = "best.safetensors"
-TEST_PREDICTIONS_FILE = "test_predictions.npy"
+from spml.training.runfolder import (
+    BEST_FILE,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    RUN_INFO_FILE,
+    TEST_PREDICTIONS_FILE,
+    read_metrics,
+)
+
 THRESHOLDS_FILE = "thresholds.json"
 
 
@@ -82,11 +86,8 @@ class RunFiles:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        """One record per completed epoch from ``metrics.jsonl`` (empty when absent)."""
-        path = self.root / METRICS_FILE
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """One record per completed epoch from ``metrics.jsonl`` (empty when absent; a torn last line dropped)."""
+        return read_metrics(self.root)
 
     @property
     def data_dir(self) -> Path | None:
