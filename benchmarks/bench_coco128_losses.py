@@ -18,7 +18,7 @@ Run by hand from the repository root (nothing is downloaded; data and runs go un
     python benchmarks/bench_coco128_losses.py --synth --work /tmp/spml_bench_synth \\
         --image-size 224 --batch-size 32                                        # synthetic, 10 classes
 
-The rows ``vlpl`` and ``gpr`` need CLIP pseudo-labels (``--method vlpl``): with ``--synth`` a micro
+The rows ``vlpl``, ``gpr`` (``--method vlpl``) and ``aevlp`` (DAMP, ``--method aevlp``) need CLIP pseudo-labels: with ``--synth`` a micro
 CLIP (``spml.vlm.micro_clip``) is trained once on the synthetic train split and its scores are
 cached in DATA_DIR/cache; on coco128 (no CLIP weights offline) they are refused.
 
@@ -62,11 +62,16 @@ LOSSES = {
     "gr": ("GR-Loss (release defaults)", "gr", False, {}),
     "vlpl": ("VLPL (micro-CLIP pseudo-labels)", "vlpl", False, {}),
     "gpr": ("GPR (micro-CLIP pseudo-labels, AEVLP COCO config)", "gpr", False, {}),
+    "aevlp": ("AEVLP (DAMP micro-CLIP pseudo-labels + GPR, AEVLP COCO config)", "gpr", False, {}),
 }
 # Rows trained with cached CLIP pseudo-labels: method vlpl, its threshold rule at these settings
 # (those of tests/test_vlpl_method.py for the micro CLIP).
-PSEUDO_LABEL_ROWS = {"vlpl", "gpr"}
+PSEUDO_LABEL_ROWS = {"vlpl", "gpr", "aevlp"}
 VLPL_METHOD = ["method=vlpl", "method_params.tau=0.03", "method_params.theta=0.3"]
+# DAMP on the micro CLIP: the release's rule (eta 0.3, top-3) at VLPL's micro-CLIP temperature and
+# threshold; a 2 x 2 grid because the synthetic images are 64 px (the release's 4 x 4 tiles would be 16 px).
+AEVLP_METHOD = ["method=aevlp", "method_params.grid_size=2", "method_params.temp=0.03", "method_params.eta=0.3",
+                "method_params.threshold=0.3", "method_params.top_k=3", "method_params.vlm_preprocess=native"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,14 +116,19 @@ def ensure_data(args: argparse.Namespace) -> PreparedData:
     return PreparedData.open(path)
 
 
-def ensure_micro_clip_scores(args: argparse.Namespace, data: PreparedData) -> None:
-    """Train a micro CLIP on the synthetic train split (once) and cache its train-split scores."""
-    if any(data.cache_dir.glob("vlm-scores-train-*")):
-        return
-    checkpoint, config = train_micro_clip(data.root, args.work / "micro_clip", steps=200, batch_size=128,
-                                          seed=0, threads=args.threads)
-    vlm = load_vlm(f"open_clip:{config.stem}", checkpoint, config)
+def ensure_micro_clip_scores(args: argparse.Namespace, data: PreparedData) -> list[str]:
+    """Train a micro CLIP on the synthetic train split (once), cache its train-split scores; its method_params."""
+    folder = args.work / "micro_clip"
+    found = sorted(folder.glob("*.safetensors"))
+    if found:
+        checkpoint, config = found[0], found[0].with_suffix(".json")
+    else:
+        checkpoint, config = train_micro_clip(data.root, folder, steps=200, batch_size=128, seed=0, threads=args.threads)
+    spec = f"open_clip:{config.stem}"
+    vlm = load_vlm(spec, checkpoint, config)
     score_split(vlm, data.split("train"), data.classes, ["a photo of a {}"], data.cache_dir, num_workers=0)
+    return [f"method_params.vlm={spec}", f"method_params.vlm_checkpoint={checkpoint}",
+            f"method_params.vlm_model_config={config}", "method_params.template=a photo of a {}"]
 
 
 def mean_std(values: list[float]) -> str:
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if PSEUDO_LABEL_ROWS & set(args.losses):
         if not args.synth:
             sys.exit(f"rows {sorted(PSEUDO_LABEL_ROWS)} need CLIP pseudo-labels: only with --synth (micro CLIP)")
-        ensure_micro_clip_scores(args, data)
+        clip_params = ensure_micro_clip_scores(args, data)
     k = args.expected_num_pos
     if k is None:
         k = float(data.split("train").labels.sum(axis=1).mean()) if args.synth else 2.9
@@ -158,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"image_size={args.image_size}", f"epochs={args.epochs}", f"seed={seed}", "device=cpu",
                 f"observed={'full' if full else observed}", f"expected_num_pos={k}",
                 *(f"loss_params.{n}={v}" for n, v in params.items()),
-                *(VLPL_METHOD if key in PSEUDO_LABEL_ROWS else []),
+                *(VLPL_METHOD if key in ("vlpl", "gpr") else []),
+                *(AEVLP_METHOD if key == "aevlp" else []),
+                *(clip_params if key in PSEUDO_LABEL_ROWS else []),
             ]
             base = load_config(None, overrides)
             t0 = time.perf_counter()
@@ -177,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 "train_label_map": math.nan if sel is None else sel.train_label_map,
                 "diverged": [r.name for r in grid.rows if r.status != "done"],
             }
+            if sel is not None and key in PSEUDO_LABEL_ROWS:  # the selected run's pseudo-label quality
+                rec["pseudo_labels"] = {k_: sel.extras.get(k_) for k_ in (
+                    "pseudo_positives_per_image", "pseudo_positive_precision", "pseudo_positive_recall")}
             records.append(rec)
             print(f"seed {seed} {key:6s}: {rec['selected']} test {100 * rec['test_map']:.2f} "
                   f"val {100 * rec['val_map']:.2f} ({rec['seconds']} s)", file=sys.stderr, flush=True)

@@ -33,7 +33,7 @@ def test_gpr_configs_hold_the_release_settings() -> None:
     for case in FIXTURE_CASES["gpr_cases"]:
         config = load_config(shipped_config(names[case["dataset"]]))
         params = config.loss_params
-        assert (config.method, config.loss, config.epochs) == ("vlpl", "gpr", case["num_epochs"])
+        assert (config.method, config.loss, config.epochs) == ("aevlp", "gpr", case["num_epochs"])
         assert (params["beta"], params["alpha"], params["lam"]) == (case["beta"], case["alpha"], case["lam"])
         assert (params["q2"], params["q3"], params["rho"], params["reg"]) == (case["q2"], case["q3"], case["rho"], case["reg"])
         assert config.expected_num_pos == case["expected_num_pos"] and config.lr == 1e-5

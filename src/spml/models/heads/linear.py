@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from spml.errors import SpmlError
 from spml.models.heads.registry import register_head
 
 
@@ -19,17 +22,38 @@ class LinearHead(nn.Module):
         num_features: Channels ``C``.
         num_classes: Labels ``L``.
         drop_rate: Dropout on the pooled features (0 disables).
+        boost: BoostLU's alpha (Kim et al., CVPR 2023): the logits become the spatial mean of the
+            class activation maps (bias included) with their positive values multiplied by ``boost``,
+            ``mean_hw(where(M > 0, boost M, M))``, ``M = W f(x) + b``. 1 (the default) is the plain
+            head; BoostLU uses 5. Boosting needs the spatial map (image regimes), and applies in
+            training and inference alike, as in the authors' model.
     """
 
-    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0, boost: float = 1.0) -> None:
         super().__init__()
+        if not (math.isfinite(boost) and boost >= 1.0):
+            raise SpmlError(f"head_params.boost must be a number >= 1 (1: no boosting), got {boost}")
+        if boost != 1.0 and drop_rate > 0:
+            raise SpmlError("head_params.boost and head_params.drop_rate cannot be combined (BoostLU has no dropout)")
         self.num_features = num_features
         self.num_classes = num_classes
+        self.boost = float(boost)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(num_features, num_classes)
 
+    def boosted_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """BoostLU's logits of a ``B x C x H x W`` map: the mean of the boosted CAMs (bias included)."""
+        maps = torch.einsum("bchw,lc->blhw", features, self.fc.weight.to(features.dtype))
+        maps = maps + self.fc.bias.to(features.dtype)[None, :, None, None]
+        return torch.where(maps > 0, maps * self.boost, maps).mean(dim=(2, 3))
+
     def forward(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``B x L`` logits (``B x C`` pooled features when ``pre_logits``)."""
+        """``B x L`` logits (``B x C`` pooled features when ``pre_logits``; those are never boosted)."""
+        if self.boost != 1.0 and not pre_logits:
+            if features.ndim != 4:
+                raise SpmlError("head_params.boost (BoostLU) needs spatial feature maps: use regime finetune, "
+                                "not the cached pooled features of the linear regime")
+            return self.boosted_logits(features)
         if features.ndim == 4:
             features = features.mean(dim=(2, 3))
         elif features.ndim != 2:
