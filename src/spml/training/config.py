@@ -66,11 +66,28 @@ class EarlyStoppingConfig:
 
     Attributes:
         patience: Non-improving epochs tolerated; 1 stops at the first one (Zhou et al.'s EM recipe).
+            None: the regime's default (:mod:`spml.training.defaults`: 5 for ``linear``, off otherwise).
         min_delta: Improvement (in mAP, 0-1) that counts as one.
     """
 
-    patience: int = 0
+    patience: int | None = None
     min_delta: float = 0.0
+
+
+@dataclass
+class AutotuneConfig:
+    """The candidates of the automatic learning-rate and weight-decay selection on val (linear regime).
+
+    Used only when ``lr`` is None (auto) in the ``linear`` regime with the standard method: every
+    pair is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
+
+    Attributes:
+        lrs: Adam learning rates tried.
+        weight_decays: Adam weight decays tried.
+    """
+
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    weight_decays: tuple[float, ...] = (0.0, 1e-4)
 
 
 @dataclass
@@ -92,8 +109,12 @@ class TrainConfig:
         expected_num_pos: The dataset's expected positives per image (Cole et al.: VOC 1.5, COCO
             2.9, NUS-WIDE 1.9, CUB 31.4), given to losses that take ``expected_num_pos`` (EPR, ROLE)
             unless ``loss_params`` sets it; None keeps the loss's default.
-        epochs: Training epochs (of the fine-tuning phase for ``linear-init``).
-        lr: Adam learning rate.
+        epochs: Training epochs (of the fine-tuning phase for ``linear-init``); None: the regime's
+            default (linear: enough epochs for a fixed budget of optimiser steps; see
+            :mod:`spml.training.defaults`).
+        lr: Adam learning rate; None: selected on val in the ``linear`` regime
+            (:mod:`spml.training.autotune`), else the regime's default.
+        weight_decay: Adam weight decay (selected with ``lr`` when that is auto).
         batch_size: Training batch size.
         image_size: Square input side in pixels (Cole et al.: 448).
         observed: A file of observed train labels (``spml observe``; a relative path is relative to
@@ -105,6 +126,7 @@ class TrainConfig:
         method_params: Method-specific parameters (e.g. ``teacher``, ``threshold``).
         linear_init: The linear phase of ``linear-init``.
         early_stopping: Early stopping on val mAP.
+        autotune: Candidates of the automatic lr / weight-decay selection.
         num_workers: DataLoader workers for image passes.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``mps``.
         eval_batch_size: Batch size of image passes without gradients (evaluation, feature extraction).
@@ -119,8 +141,9 @@ class TrainConfig:
     head: str = "linear"
     head_params: dict[str, Any] = field(default_factory=dict)
     expected_num_pos: float | None = None
-    epochs: int = 10
-    lr: float = 1e-4
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.0
     batch_size: int = 16
     image_size: int = 448
     observed: str = FULL_OBSERVED
@@ -130,6 +153,7 @@ class TrainConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     linear_init: LinearInitConfig = field(default_factory=LinearInitConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    autotune: AutotuneConfig = field(default_factory=AutotuneConfig)
     num_workers: int = 0
     device: str = "auto"
     eval_batch_size: int = 64
@@ -158,11 +182,15 @@ class TrainConfig:
                 raise SpmlError(f"{key} must be > 0, got {value!r}", source)
         for key, value in {
             "num_workers": self.num_workers,
-            "early_stopping.patience": self.early_stopping.patience,
+            "weight_decay": self.weight_decay,
+            "early_stopping.patience": self.early_stopping.patience or 0,
             "early_stopping.min_delta": self.early_stopping.min_delta,
         }.items():
             if value < 0:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
+        for key, values in {"autotune.lrs": self.autotune.lrs, "autotune.weight_decays": self.autotune.weight_decays}.items():
+            if not values or any(v < 0 or (key == "autotune.lrs" and v == 0) for v in values):
+                raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)
 
     @property
     def linear_epochs(self) -> int:
@@ -171,8 +199,8 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        """All epochs of the run, phases together; epochs are numbered 1..total_epochs."""
-        return self.linear_epochs + self.epochs
+        """All epochs of the run, phases together; epochs are numbered 1..total_epochs (``epochs`` resolved)."""
+        return self.linear_epochs + (self.epochs or 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of every key (what ``config.yaml`` holds)."""

@@ -43,10 +43,12 @@ from spml.errors import SpmlError
 from spml.losses import Epoch, SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
 from spml import __version__
+from spml.models.backbones import check_weights_available
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
+from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
 from spml.training.runfolder import (
@@ -98,7 +100,11 @@ class Phase:
 
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
-    """The phases of ``config.regime``: one, or a linear phase then a fine-tuning one."""
+    """The phases of ``config.regime``: one, or a linear phase then a fine-tuning one.
+
+    Keys left None take the regime's defaults (without the data's size: see :class:`Trainer`).
+    """
+    config = resolve_defaults(config, None)
     if config.regime == "linear-init":
         li = config.linear_init
         first = Phase(LINEAR, 1, li.epochs, li.lr or config.lr, li.batch_size or config.batch_size)
@@ -199,7 +205,7 @@ class Trainer:
         loss: SpmlLoss | None = None,
     ) -> None:
         check_config(config, method, loss=loss)
-        config = resolve_paths(config, method, data.root)
+        config = resolve_defaults(resolve_paths(config, method, data.root), len(data.split("train")))
         self.config = config
         self.data = data
         self.run_dir = run_dir
@@ -207,6 +213,11 @@ class Trainer:
         self.phases = plan_phases(config)
         self.loss_inputs_needed = get_loss_info(config.loss).inputs if loss is None else tuple(loss.inputs)
         observed = load_train_observed(data, config)
+        if method.partial_labels and config.observed == FULL_OBSERVED:
+            log(
+                f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
+                "(the default): it trains on every true train label; set observed=FILE (spml observe)"
+            )
         ctx = RunContext(config=config, data=data, run_dir=run_dir, device=self.device, observed=observed)
         self.hooks: TrainingHooks = build_hooks(ctx, method)
         self.callbacks = tuple(callbacks)
@@ -264,7 +275,9 @@ class Trainer:
             groups.append({"params": loss_params, "lr": phase.lr * float(getattr(self.loss, "param_lr_mult", 1.0))})
         # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
         # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
-        self.optimizer = torch.optim.Adam(groups, lr=phase.lr, fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = torch.optim.Adam(
+            groups, lr=phase.lr, weight_decay=self.config.weight_decay, fused=self.device.type in ("cpu", "cuda")
+        )
 
     # -- one epoch ----------------------------------------------------------------------------
 
@@ -494,6 +507,9 @@ class Trainer:
             stopped_early=state.stopped_early,
         )
         test = report.to_dict(self.data.classes)
+        warning = not_done_warning(metrics, state.stopped_early)
+        if warning:
+            log(warning)
         write_json(
             self.run_dir / RESULTS_FILE,
             {
@@ -508,6 +524,7 @@ class Trainer:
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
                 "method": {"name": self.config.method, **self.hooks.summary()},
+                "warnings": [warning] if warning else [],
             },
         )
         (self.run_dir / LAST_FILE).unlink(missing_ok=True)
@@ -535,6 +552,7 @@ def train(
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
     check_config(config, method, loss=loss)
+    check_weights_available(config.backbone, config.pretrained)  # before the run folder exists
     data = PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
     run_dir = Path(run_dir)
@@ -542,7 +560,7 @@ def train(
         raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # a method's setup may write its own files there
     trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
-    write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
+    write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
     write_run_info(run_dir, data.root)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
     return trainer.fit(resume=False)
