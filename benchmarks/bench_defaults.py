@@ -30,7 +30,7 @@ from spml.data.layout import PreparedData
 from spml.metrics import mean_average_precision
 from spml.training import RunModel
 
-CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
 
 
 def _probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, c: float) -> np.ndarray:
@@ -45,15 +45,19 @@ def _probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, 
 
 
 def sklearn_probe(data_dir: Path, config: spml.training.TrainConfig, targets: np.ndarray) -> dict[str, float]:
-    """Test mAP of a logistic regression on the cached features, C chosen on val mAP."""
+    """Test mAP of a logistic regression on the cached features; C and standardisation chosen on val mAP."""
     rm = RunModel(config, PreparedData.open(data_dir), torch.device("cpu"))
-    feats = {s: rm.features(s).block(0, len(rm.split(s))) for s in ("train", "val", "test")}
-    mean, std = feats["train"].mean(0), feats["train"].std(0) + 1e-6
-    feats = {s: (f - mean) / std for s, f in feats.items()}
-    val = {c: mean_average_precision(_probe_scores(feats["train"], targets, feats["val"], c), rm.split("val").labels) for c in CS}
-    best = max(val, key=lambda c: val[c])
-    test = _probe_scores(feats["train"], targets, feats["test"], best)
-    return {"C": best, "val_map": val[best], "test_map": mean_average_precision(test, rm.split("test").labels)}
+    raw = {s: rm.features(s).block(0, len(rm.split(s))).astype(np.float64) for s in ("train", "val", "test")}
+    mean, std = raw["train"].mean(0), raw["train"].std(0) + 1e-6
+    variants = {"raw": raw, "standardised": {s: (f - mean) / std for s, f in raw.items()}}
+    val = {
+        (name, c): mean_average_precision(_probe_scores(f["train"], targets, f["val"], c), rm.split("val").labels)
+        for name, f in variants.items()
+        for c in CS
+    }
+    name, c = max(val, key=lambda k: val[k])
+    test = _probe_scores(variants[name]["train"], targets, variants[name]["test"], c)
+    return {"C": c, "features": name, "val_map": val[(name, c)], "test_map": mean_average_precision(test, rm.split("test").labels)}
 
 
 def main() -> None:
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--observed", required=True)
     parser.add_argument("--settings", nargs="+", default=["full:an", "sp:an", "sp:role"])
+    parser.add_argument("--sklearn-only", action="store_true", help="only the scikit-learn probe (features cached)")
     args = parser.parse_args()
     data = PreparedData.open(args.data_dir)
     true = data.split("train").labels
@@ -69,6 +74,10 @@ def main() -> None:
         labels, loss = setting.split(":")
         observed = "full" if labels == "full" else args.observed
         cfg = spml.load_config(loss=loss, observed=observed)
+        if args.sklearn_only:
+            targets = true if labels == "full" else (np.load(data.root / "observed" / args.observed) == 1).astype(np.int64)
+            print(json.dumps({"setting": setting, **sklearn_probe(args.data_dir, cfg, targets)}), flush=True)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             result = spml.train(args.data_dir, cfg, Path(tmp) / "run")
@@ -93,6 +102,7 @@ def main() -> None:
                     "warnings": results.get("warnings"),
                     "sklearn_test_map": round(probe["test_map"], 4),
                     "sklearn_C": probe["C"],
+                    "sklearn_features": probe["features"],
                 }
             ),
             flush=True,

@@ -87,7 +87,7 @@ class AutotuneConfig:
     """
 
     lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
-    weight_decays: tuple[float, ...] = (0.0, 1e-4)
+    weight_decays: tuple[float, ...] = (0.0, 1e-3)
 
 
 @dataclass
