@@ -74,7 +74,7 @@ CROP_RESIZE_MODES = ("longest", "shortest", "squash")
 # on every dataset; images are needed for CAMs and augmented views). The paper's batch 16 and "up
 # to 10 epochs" are TrainConfig's defaults already. A config file and overrides win over these
 # (spml.load_config). See docs/ccd.md, "Defaults".
-CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5}
+CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5, "epochs": 10}
 
 # A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
 # is computed; the reference counts only labels equal to 1 after clipping, which without debiasing
