@@ -17,7 +17,12 @@ from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import STANDARD, Trainer
 from spml.training.autotune import Candidate, best_candidate, should_tune
-from spml.training.defaults import default_epochs, default_patience, not_done_warning, resolve_defaults
+from spml.training.defaults import (
+    default_epochs,
+    default_patience,
+    not_done_warning,
+    resolve_defaults,
+)
 from spml.training.hooks import MethodInfo, TrainingHooks
 
 TINY = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}

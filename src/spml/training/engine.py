@@ -213,13 +213,13 @@ class Trainer:
         self.phases = plan_phases(config)
         self.loss_inputs_needed = get_loss_info(config.loss).inputs if loss is None else tuple(loss.inputs)
         observed = load_train_observed(data, config)
+        ctx = RunContext(config=config, data=data, run_dir=run_dir, device=self.device, observed=observed)
+        self.hooks: TrainingHooks = build_hooks(ctx, method)
         if method.partial_labels and config.observed == FULL_OBSERVED:
             log(
                 f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
                 "(the default): it trains on every true train label; set observed=FILE (spml observe)"
             )
-        ctx = RunContext(config=config, data=data, run_dir=run_dir, device=self.device, observed=observed)
-        self.hooks: TrainingHooks = build_hooks(ctx, method)
         self.callbacks = tuple(callbacks)
         self.observed = np.asarray(self.hooks.train_observed(observed), dtype=OBSERVED_DTYPE)
         try:
