@@ -215,17 +215,18 @@ class Trainer:
         observed = load_train_observed(data, config)
         ctx = RunContext(config=config, data=data, run_dir=run_dir, device=self.device, observed=observed)
         self.hooks: TrainingHooks = build_hooks(ctx, method)
-        if method.partial_labels and config.observed == FULL_OBSERVED:
-            log(
-                f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
-                "(the default): it trains on every true train label; set observed=FILE (spml observe)"
-            )
         self.callbacks = tuple(callbacks)
         self.observed = np.asarray(self.hooks.train_observed(observed), dtype=OBSERVED_DTYPE)
         try:
             check_observed(self.observed, "labels to train on")
         except ValueError as err:
             raise SpmlError(f"method {config.method!r}: {err}") from None
+        # After the method's own checks, so that a refused run prints only its error.
+        if method.partial_labels and config.observed == FULL_OBSERVED:
+            log(
+                f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
+                "(the default): it trains on every true train label; set observed=FILE (spml observe)"
+            )
         self.rm = RunModel(config, data, self.device)
         self.train_split = self.rm.split("train")
         if self.observed.shape != self.train_split.labels.shape:
