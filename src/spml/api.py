@@ -25,7 +25,7 @@ from spml.losses import SpmlLoss, list_losses
 from spml.losses import create as create_loss
 from spml.methods import get_method, list_methods, register_method
 from spml.models import create_classifier
-from spml.training import engine
+from spml.training import autotune, engine
 from spml.training.config import (
     GRID_SECTION,
     TrainConfig,
@@ -211,7 +211,7 @@ def train(
     if not isinstance(config, TrainConfig):
         config = load_config(config)
     method = get_method(config.method)
-    return engine.train(data_dir, config, out, method=method, callbacks=_callbacks(hooks), loss=loss)
+    return autotune.train_tuned(data_dir, config, out, method=method, callbacks=_callbacks(hooks), loss=loss)
 
 
 def resume(run_dir: str | Path, data_dir: str | Path | None = None) -> RunResult:

@@ -9,7 +9,8 @@ stderr, nothing when quiet. mAP is always a fraction in [0, 1], as in ``results.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,17 @@ _listeners: list[EpochListener] = []
 def set_quiet(quiet: bool) -> None:
     """Silence progress bars and :func:`log` lines (``--quiet``); errors are still printed."""
     _state["quiet"] = bool(quiet)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence bars and :func:`log` lines inside the block (e.g. the probe runs of a selection)."""
+    before = _state["quiet"]
+    _state["quiet"] = True
+    try:
+        yield
+    finally:
+        _state["quiet"] = before
 
 
 def bars_enabled() -> bool:

@@ -129,4 +129,5 @@ INFO = MethodInfo(
     required_params=("teacher", "threshold"),
     params=TeacherStudentParams,
     path_params=("teacher",),
+    partial_labels=True,
 )

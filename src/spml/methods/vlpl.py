@@ -139,4 +139,5 @@ INFO = MethodInfo(
     provides=("pseudo",),
     params=VlplParams,
     path_params=("vlm_cache", "vlm_checkpoint", "vlm_model_config"),
+    partial_labels=True,
 )

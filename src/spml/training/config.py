@@ -67,15 +67,32 @@ class EarlyStoppingConfig:
 
     Attributes:
         patience: Non-improving epochs tolerated; 1 stops at the first one (Zhou et al.'s EM recipe);
-            0 disables it.
+            0 disables it. None: the regime's default (:mod:`spml.training.defaults`: 5 for ``linear``,
+            off otherwise).
         min_delta: Improvement (in mAP, 0-1) that counts as one.
         max_drop: Stop once val mAP lies more than this below the phase's best (in mAP, 0-1; Kim et
             al.'s Large Loss rule: 0.03); 0 disables it.
     """
 
-    patience: int = 0
+    patience: int | None = None
     min_delta: float = 0.0
     max_drop: float = 0.0
+
+
+@dataclass
+class AutotuneConfig:
+    """The candidates of the automatic learning-rate and weight-decay selection on val (linear regime).
+
+    Used only when ``lr`` is None (auto) in the ``linear`` regime with the standard method: every
+    pair is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
+
+    Attributes:
+        lrs: Adam learning rates tried.
+        weight_decays: Adam weight decays tried.
+    """
+
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    weight_decays: tuple[float, ...] = (0.0, 1e-3)
 
 
 @dataclass
@@ -97,10 +114,14 @@ class TrainConfig:
         expected_num_pos: The dataset's expected positives per image (Cole et al.: VOC 1.5, COCO
             2.9, NUS-WIDE 1.9, CUB 31.4), given to losses that take ``expected_num_pos`` (EPR, ROLE)
             unless ``loss_params`` sets it; None keeps the loss's default.
-        epochs: Training epochs (of the fine-tuning phase for ``linear-init``).
-        lr: Adam learning rate (of the backbone when ``head_lr_mult`` is set).
+        epochs: Training epochs (of the fine-tuning phase for ``linear-init``); None: the regime's
+            default (linear: enough epochs for a fixed budget of optimiser steps; see
+            :mod:`spml.training.defaults`).
+        lr: Adam learning rate (of the backbone when ``head_lr_mult`` is set); None: selected on val
+            in the ``linear`` regime (:mod:`spml.training.autotune`), else the regime's default.
         head_lr_mult: The head trains at ``lr x head_lr_mult`` while the backbone trains too (Large
             Loss and CCD: 10); a frozen-backbone (linear) phase trains the head at ``lr``.
+        weight_decay: Adam weight decay (selected with ``lr`` when that is auto).
         batch_size: Training batch size.
         image_size: Square input side in pixels (Cole et al.: 448).
         observed: A file of observed train labels (``spml observe``; a relative path is relative to
@@ -112,6 +133,7 @@ class TrainConfig:
         method_params: Method-specific parameters (e.g. ``teacher``, ``threshold``).
         linear_init: The linear phase of ``linear-init``.
         early_stopping: Early stopping on val mAP.
+        autotune: Candidates of the automatic lr / weight-decay selection.
         num_workers: DataLoader workers for image passes.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``mps``.
         eval_batch_size: Batch size of image passes without gradients (evaluation, feature extraction).
@@ -126,9 +148,10 @@ class TrainConfig:
     head: str = "linear"
     head_params: dict[str, Any] = field(default_factory=dict)
     expected_num_pos: float | None = None
-    epochs: int = 10
-    lr: float = 1e-4
+    epochs: int | None = None
+    lr: float | None = None
     head_lr_mult: float = 1.0
+    weight_decay: float = 0.0
     batch_size: int = 16
     image_size: int = 448
     observed: str = FULL_OBSERVED
@@ -138,6 +161,7 @@ class TrainConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     linear_init: LinearInitConfig = field(default_factory=LinearInitConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    autotune: AutotuneConfig = field(default_factory=AutotuneConfig)
     num_workers: int = 0
     device: str = "auto"
     eval_batch_size: int = 64
@@ -174,12 +198,16 @@ class TrainConfig:
             raise SpmlError(f"early_stopping.min_delta must be a finite number, got {self.early_stopping.min_delta!r}", source)
         for key, value in {
             "num_workers": self.num_workers,
-            "early_stopping.patience": self.early_stopping.patience,
+            "weight_decay": self.weight_decay,
+            "early_stopping.patience": self.early_stopping.patience or 0,
             "early_stopping.min_delta": self.early_stopping.min_delta,
             "early_stopping.max_drop": self.early_stopping.max_drop,
         }.items():
             if value < 0:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
+        for key, values in {"autotune.lrs": self.autotune.lrs, "autotune.weight_decays": self.autotune.weight_decays}.items():
+            if not values or any(v < 0 or (key == "autotune.lrs" and v == 0) for v in values):
+                raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)
 
     @property
     def linear_epochs(self) -> int:
@@ -188,8 +216,8 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        """All epochs of the run, phases together; epochs are numbered 1..total_epochs."""
-        return self.linear_epochs + self.epochs
+        """All epochs of the run, phases together; epochs are numbered 1..total_epochs (``epochs`` resolved)."""
+        return self.linear_epochs + (self.epochs or 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of every key (what ``config.yaml`` holds)."""

@@ -45,10 +45,12 @@ from spml.errors import SpmlError
 from spml.losses import Epoch, SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
 from spml import __version__
+from spml.models.backbones import check_weights_available
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
+from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
 from spml.training.runfolder import (
@@ -109,7 +111,11 @@ class Phase:
 
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
-    """The phases of ``config.regime``: one, or a linear phase then a fine-tuning one."""
+    """The phases of ``config.regime``: one, or a linear phase then a fine-tuning one.
+
+    Keys left None take the regime's defaults (without the data's size: see :class:`Trainer`).
+    """
+    config = resolve_defaults(config, None)
     if config.regime == "linear-init":
         li = config.linear_init
         first = Phase(LINEAR, 1, li.epochs, li.lr or config.lr, li.batch_size or config.batch_size)
@@ -213,7 +219,7 @@ class Trainer:
         loss: SpmlLoss | None = None,
     ) -> None:
         check_config(config, method, loss=loss)
-        config = resolve_paths(config, method, data.root)
+        config = resolve_defaults(resolve_paths(config, method, data.root), len(data.split("train")))
         self.config = config
         self.data = data
         self.run_dir = run_dir
@@ -229,6 +235,12 @@ class Trainer:
             check_observed(self.observed, "labels to train on")
         except ValueError as err:
             raise SpmlError(f"method {config.method!r}: {err}") from None
+        # After the method's own checks, so that a refused run prints only its error.
+        if method.partial_labels and config.observed == FULL_OBSERVED:
+            log(
+                f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
+                "(the default): it trains on every true train label; set observed=FILE (spml observe)"
+            )
         self.rm = RunModel(config, data, self.device)
         self.train_split = self.rm.split("train")
         if self.observed.shape != self.train_split.labels.shape:
@@ -288,7 +300,9 @@ class Trainer:
             groups.append({"params": loss_params, "lr": phase.lr * float(getattr(self.loss, "param_lr_mult", 1.0))})
         # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
         # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
-        self.optimizer = torch.optim.Adam(groups, lr=phase.lr, fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = torch.optim.Adam(
+            groups, lr=phase.lr, weight_decay=self.config.weight_decay, fused=self.device.type in ("cpu", "cuda")
+        )
         self.phase_norm = self._trained_norm()
 
     def _trained_norm(self) -> float:
@@ -581,6 +595,9 @@ class Trainer:
             stopped_early=state.stopped_early,
         )
         test = report.to_dict(self.data.classes)
+        warning = not_done_warning(metrics, state.stopped_early)
+        if warning:
+            log(warning)
         write_json(
             self.run_dir / RESULTS_FILE,
             {
@@ -595,6 +612,7 @@ class Trainer:
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
                 "method": {"name": self.config.method, **self.hooks.summary()},
+                "warnings": [warning] if warning else [],
             },
         )
         (self.run_dir / LAST_FILE).unlink(missing_ok=True)
@@ -623,6 +641,7 @@ def train(
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
     check_config(config, method, loss=loss)
+    check_weights_available(config.backbone, config.pretrained)  # before the run folder exists
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
     data = PreparedData.open(data_dir)
@@ -633,7 +652,7 @@ def train(
             # Another process may have started a run here between the check and the lock.
             check_new_run_dir(run_dir)
             trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
-            write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
+            write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
         except BaseException:
             if created and not is_run(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing behind

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from spml.data.atomic import write_json, write_text
+from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.progress import log
 from spml.training.config import TrainConfig, config_from_dict, load_config, merge
+from spml.training.defaults import resolve_defaults
 from spml.training.engine import TrainingDiverged, resume, train
 from spml.training.hooks import STANDARD, MethodInfo
 from spml.training.resolve import resolve_paths
@@ -119,7 +121,9 @@ def run_grid(
         run_dir = out_dir / name
         try:
             if (run_dir / CONFIG_FILE).is_file():
-                if load_config(run_dir / CONFIG_FILE) != config:
+                # A run's config.yaml holds the regime's defaults filled in for this data's size.
+                num_train = len(PreparedData.open(data_dir).split("train"))
+                if load_config(run_dir / CONFIG_FILE) != resolve_defaults(config, num_train):
                     raise SpmlError("holds a run with another config than this grid's; use another grid folder", run_dir)
                 resume(run_dir, data_dir, method=method)
             else:

@@ -131,6 +131,8 @@ class MethodInfo:
             refused when the config is resolved.
         params: The dataclass of ``method_params`` (checked when the config is resolved), or None.
         path_params: ``method_params`` keys holding file or folder paths (made absolute on resolution).
+        partial_labels: The method is meant for partial (e.g. single-positive) observed labels; a
+            run with ``observed: full`` says that it trains on every true label.
     """
 
     name: str
@@ -141,6 +143,7 @@ class MethodInfo:
     provides: tuple[str, ...] = ()
     params: type | None = None
     path_params: tuple[str, ...] = ()
+    partial_labels: bool = False
 
 
 def _standard_hooks(ctx: RunContext) -> TrainingHooks:

