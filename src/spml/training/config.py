@@ -108,6 +108,8 @@ class TrainConfig:
         num_workers: DataLoader workers for image passes.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``mps``.
         eval_batch_size: Batch size of image passes without gradients (evaluation, feature extraction).
+        image_cache: Fine-tune from images decoded and resized once into a uint8 cache
+            (:mod:`spml.data.image_cache`) instead of decoding every epoch.
     """
 
     loss: str = "an"
@@ -133,6 +135,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     eval_batch_size: int = 64
+    image_cache: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
