@@ -166,3 +166,13 @@ def sync_buffers(model: nn.Module) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (state derived from the model that must not drift between ranks)."""
+    if not active():
+        return tensor
+    on_cuda = dist.get_backend() == "nccl"
+    x = tensor.to("cuda" if on_cuda else "cpu").contiguous()
+    dist.broadcast(x, src=0)
+    return x.to(tensor.device)
