@@ -66,3 +66,18 @@ def test_finetune_with_image_cache_trains_from_the_cache(data: Path, tmp_path: P
     assert 0.0 <= result.val_map <= 1.0
     built = list(PreparedData.open(data).cache_dir.glob("images-*"))
     assert len(built) == 1 and (built[0] / "pixels.npy").is_file()
+
+
+def test_bf16_autocast_on_cpu_is_opt_in(data: Path, tmp_path: Path) -> None:
+    """``precision: bf16`` trains under autocast (other weights than fp32, finite mAP); auto is fp32 on CPU."""
+    from safetensors.torch import load_file
+
+    overrides = {"regime": "finetune", "epochs": 1, "image_size": SIZE, "device": "cpu", "batch_size": 8,
+                 "backbone": "test_resnet", "pretrained": "none"}
+    runs = {}
+    for precision in ("auto", "fp32", "bf16"):
+        result = train(data, load_config(**overrides, precision=precision), tmp_path / precision)
+        assert 0.0 <= result.val_map <= 1.0
+        runs[precision] = load_file(str(tmp_path / precision / "best.safetensors"))
+    assert all(torch.equal(runs["auto"][k], runs["fp32"][k]) for k in runs["fp32"])
+    assert not all(torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["fp32"])

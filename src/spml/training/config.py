@@ -29,6 +29,7 @@ from spml.errors import SpmlError
 REGIMES = ("linear", "finetune", "linear-init")
 VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
@@ -110,6 +111,8 @@ class TrainConfig:
         eval_batch_size: Batch size of image passes without gradients (evaluation, feature extraction).
         image_cache: Fine-tune from images decoded and resized once into a uint8 cache
             (:mod:`spml.data.image_cache`) instead of decoding every epoch.
+        precision: Forward passes of training under ``bf16`` autocast or in ``fp32``; ``auto`` is
+            bf16 on CUDA and fp32 elsewhere. The loss is always computed in float32.
     """
 
     loss: str = "an"
@@ -136,6 +139,7 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 64
     image_cache: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,6 +149,7 @@ class TrainConfig:
         _choice(self.regime, REGIMES, "regime", source)
         _choice(self.val_set_variant, VAL_SET_VARIANTS, "val_set_variant", source)
         _choice(self.device, DEVICES, "device", source)
+        _choice(self.precision, PRECISIONS, "precision", source)
         positive = {
             "epochs": self.epochs,
             "lr": self.lr,

@@ -223,6 +223,10 @@ class Trainer:
             raise SpmlError(f"method {config.method!r}: {err}") from None
         self.rm = RunModel(config, data, self.device)
         self.rm.model = distributed.prepare_model(self.rm.model, self.device)
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            self.rm.model.to(memory_format=torch.channels_last)  # NHWC: the layout tensor cores read
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
         self.train_split = self.rm.split("train")
         if self.observed.shape != self.train_split.labels.shape:
             raise SpmlError(
@@ -320,7 +324,10 @@ class Trainer:
             prefetch_factor=4 if workers > 0 else None,
         )
         for batch in loader:
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            if self.device.type == "cuda":
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            yield batch
 
     def _loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         inputs = {k: batch[k] for k in self.loss_inputs_needed if k in batch}
@@ -350,8 +357,10 @@ class Trainer:
             # Full input checks on the first batch of the epoch only: each costs a host sync.
             self.loss.validate = b == 1
             self.optimizer.zero_grad(set_to_none=True)
-            logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
-            value = self.loss(logits, batch["observed"], **self._loss_inputs(batch))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
+            # The loss math in float32 (logs of probabilities near 0 and 1, the fixtures' precision).
+            value = self.loss(logits.float(), batch["observed"], **self._loss_inputs(batch))
             item = float(value.detach())
             if not math.isfinite(item):
                 raise TrainingDiverged(
