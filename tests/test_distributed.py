@@ -45,7 +45,7 @@ def torchrun(*args: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH")))),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spml", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Rank 0 alone reports: the result line is printed once.
     assert proc.stdout.count("best epoch") == 1, proc.stdout
