@@ -14,6 +14,7 @@ LAYERS = [
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
 RANK["progress"] = RANK["coerce"]  # imports no spml module: every layer may report progress
+RANK["__main__"] = RANK["cli"]  # ``python -m spml``: the command line
 
 
 def imported_spml_packages(path: Path) -> set[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from spml.api import config_path, list_methods, load_config, resume, train
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
-from spml.training import RunResult, TrainConfig
+from spml.training import RunResult, TrainConfig, distributed
 from spml.training.config import default_config_path
 
 
@@ -65,7 +65,9 @@ def config_from_args(args: argparse.Namespace, extra: Mapping[str, Any] | None =
 
 
 def print_result(result: RunResult) -> None:
-    """One line: best epoch, val / test / train-label mAP and the results file."""
+    """One line: best epoch, val / test / train-label mAP and the results file (rank 0 only under torchrun)."""
+    if not distributed.is_main():
+        return
     print(
         f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {result.val_map:.4f}, "
         f"test mAP {result.test_map:.4f}, train-label mAP {result.train_label_map:.4f} "

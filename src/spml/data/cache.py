@@ -102,6 +102,27 @@ def _remove_aside(folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def _group_size() -> int:
+    """Processes of the running ``torch.distributed`` group (1 without one)."""
+    # Looked up, not imported: a process that never imported torch runs no group, and caches stay
+    # usable without paying torch's import.
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size()
+
+
+def _all_ranks(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank of the group (one all-reduce; also a barrier)."""
+    import torch
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 ArraySpec = Mapping[str, tuple[tuple[int, ...], Any]]  # name -> (shape, dtype); first dim = rows
 
 
@@ -217,15 +238,132 @@ class ArrayCache:
         rows = {shape[0] for shape, _ in spec.values()}
         if len(rows) != 1:
             raise ValueError(f"arrays of a cache must share their row count, got {sorted(rows)}")
+        n_rows = rows.pop()
+        if _group_size() > 1:
+            return self._build_shared(spec, compute, n_rows, chunk_size, desc, extra)
         if self.exists():
             return self.load()
-        n_rows = rows.pop()
         waiting = f"spml: waiting for another process building {self.path}"
         with file_lock(self.lock_file, waiting), disk_errors(self.partial):
             if self.exists():  # built by the process we waited for
                 return self.load()
             self._build_locked(spec, compute, n_rows, chunk_size, desc, extra)
         return self.load()
+
+    def _build_shared(
+        self,
+        spec: ArraySpec,
+        compute: Callable[[int, int], Mapping[str, np.ndarray]],
+        n_rows: int,
+        chunk_size: int,
+        desc: str | None,
+        extra: Mapping[str, Any] | None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`build` called by every process of a ``torch.distributed`` group: chunks split over ranks.
+
+        Rank 0 holds the lock and prepares the ``.partial`` folder; every rank computes the unfinished
+        chunks numbered ``rank`` modulo the group size into the shared files and records them in its
+        own ``done.rank{R}.npy``; rank 0 merges those flags (also those left by a killed job with
+        another group size), checks every chunk is done and finishes the folder. The bytes are those
+        of a one-process build.
+        """
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if _all_ranks(self.exists()):
+            return self.load()
+        waiting = f"spml: waiting for another process building {self.path}"
+        with contextlib.ExitStack() as stack:
+            built_elsewhere = False
+            if rank == 0:
+                stack.enter_context(file_lock(self.lock_file, waiting))
+                built_elsewhere = self.exists()
+                if not built_elsewhere:
+                    with disk_errors(self.partial):
+                        self._prepare_partial(spec, n_rows, chunk_size)
+            if _all_ranks(built_elsewhere):
+                return self.load()
+            with disk_errors(self.partial):
+                done = np.load(self.partial / "done.npy", allow_pickle=False)
+                mine = np.flatnonzero(~done)
+                mine = mine[mine % world == rank]
+                self._compute_chunks(spec, compute, n_rows, chunk_size, mine, desc, self.partial / f"done.rank{rank}.npy")
+            dist.barrier()  # every rank's chunks are written and flagged
+            if rank == 0:
+                with disk_errors(self.partial):
+                    self._finish_partial(spec, n_rows, chunk_size, extra)
+            dist.barrier()
+        return self.load()
+
+    def _prepare_partial(self, spec: ArraySpec, n_rows: int, chunk_size: int) -> None:
+        """Start or resume the ``.partial`` folder, merging every rank's done flags into ``done.npy``."""
+        meta = self._build_meta(spec, n_rows, chunk_size)
+        self._start_partial(meta, max(1, -(-n_rows // chunk_size)))
+        for name, (shape, dtype) in spec.items():
+            fd, _ = self._array_file(name, tuple(shape), np.dtype(dtype))
+            os.close(fd)
+
+    def _build_meta(self, spec: ArraySpec, n_rows: int, chunk_size: int) -> dict[str, Any]:
+        specs = {name: [list(shape), np.dtype(dtype).str] for name, (shape, dtype) in sorted(spec.items())}
+        return {"material": self.material, "arrays": sorted(spec), "rows": n_rows, "chunk_size": chunk_size,
+                "specs": specs}
+
+    def _compute_chunks(
+        self,
+        spec: ArraySpec,
+        compute: Callable[[int, int], Mapping[str, np.ndarray]],
+        n_rows: int,
+        chunk_size: int,
+        chunks: np.ndarray,
+        desc: str | None,
+        done_file: Path,
+    ) -> None:
+        """Compute ``chunks`` into the partial folder's files, marking each in ``done_file`` once written."""
+        n_chunks = max(1, -(-n_rows // chunk_size))
+        done = np.zeros(n_chunks, dtype=bool)
+        files = {}
+        try:
+            for name, (shape, dtype) in spec.items():
+                dtype = np.dtype(dtype)
+                file = self.partial / f"{name}.npy"
+                offset = np.load(file, mmap_mode="r", allow_pickle=False).offset
+                files[name] = (os.open(file, os.O_RDWR), offset, tuple(shape), dtype)
+            for chunk in progress(chunks, desc=desc or self.path.name, unit="chunk", disable=len(chunks) == 0):
+                start, stop = int(chunk) * chunk_size, min(n_rows, (int(chunk) + 1) * chunk_size)
+                values = compute(start, stop)
+                for name, (fd, offset, shape, dtype) in files.items():
+                    block = np.broadcast_to(np.asarray(values[name], dtype=dtype), (stop - start, *shape[1:]))
+                    data = np.ascontiguousarray(block).tobytes()
+                    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+                    if os.pwrite(fd, data, offset + start * row_bytes) != len(data):
+                        raise OSError(28, "short write", str(self.partial / f"{name}.npy"))
+                    os.fsync(fd)
+                done[chunk] = True
+                save_npy(done_file, done)
+        finally:
+            for fd, *_ in files.values():
+                os.close(fd)
+
+    def _finish_partial(self, spec: ArraySpec, n_rows: int, chunk_size: int, extra: Mapping[str, Any] | None) -> None:
+        """Merge the ranks' done flags; with every chunk done, checksum and rename the folder into place."""
+        done = np.load(self.partial / "done.npy", allow_pickle=False)
+        for flags in sorted(self.partial.glob("done.rank*.npy")):
+            done |= np.load(flags, allow_pickle=False)
+        if not done.all():
+            raise RuntimeError(f"{self.partial}: chunks {np.flatnonzero(~done).tolist()[:5]} were not built")
+        meta = self._build_meta(spec, n_rows, chunk_size)
+        meta["checksums"] = {}
+        for name in spec:
+            file = self.partial / f"{name}.npy"
+            meta["checksums"][name] = file_crc32(file, np.load(file, mmap_mode="r", allow_pickle=False).offset)
+        if extra:
+            meta["extra"] = dict(extra)
+        write_json(self.partial / "meta.json", meta)
+        for flags in [self.partial / "done.npy", *self.partial.glob("done.rank*.npy")]:
+            flags.unlink()
+        if self.path.exists():
+            _remove_aside(self.path)
+        os.replace(self.partial, self.path)
 
     def _start_partial(self, meta: dict[str, Any], n_chunks: int) -> np.ndarray:
         """Reuse a compatible ``.partial`` (left by a dead process) or start a fresh one; the done flags."""
@@ -243,6 +381,16 @@ class ArrayCache:
             except (CorruptCache, OSError, ValueError):
                 usable = False
             if usable:
+                # Chunks finished by the ranks of a distributed build (_build_shared) count too.
+                for flags in sorted(self.partial.glob("done.rank*.npy")):
+                    try:
+                        more = np.load(flags, allow_pickle=False)
+                        if more.shape == done.shape and more.dtype == bool:
+                            done |= more
+                    except (OSError, ValueError):
+                        pass  # a flags file torn by a kill: its chunks are computed again
+                    flags.unlink()
+                save_npy(done_file, done)
                 return done
             warnings.warn(f"{self.partial}: unusable partial build (other settings or damaged); starting over",
                           stacklevel=3)

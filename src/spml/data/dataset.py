@@ -223,10 +223,14 @@ class SplitDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         return bool(rng.random() < self.transform.flip_prob)
 
+    def image(self, index: int, flip: bool) -> torch.Tensor:
+        """The model input of item ``index``: decoded, transformed, flipped if ``flip``."""
+        return self.transform(load_image(self.split.images[index]), flip=flip)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """The decoded, transformed image of item ``index`` with its labels."""
         flip = self.draw_flip(index)
-        image = self.transform(load_image(self.split.images[index]), flip=flip)
+        image = self.image(index, flip)
         return {
             "image": image,
             "labels": torch.from_numpy(self.split.labels[index].astype(np.int64)),

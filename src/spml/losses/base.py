@@ -25,10 +25,40 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from spml.data.labels import ABSENT, NEGATIVE, POSITIVE, PRESENT, UNKNOWN
 from spml.errors import SpmlError
+
+
+def batch_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of per-row ``values`` over the global batch, also when it is split over processes.
+
+    Under data-parallel training each process holds an equal share of the batch. The sum goes
+    through an autograd-aware all-reduce, whose backward sums the gradients over processes too, so
+    once the trainer averages gradients over processes a term nonlinear in the batch mean (Cole's
+    expected-positive regulariser) gets exactly the gradient of one process on the whole batch.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values.mean(0)
+    return _SumOverProcesses.apply(values.sum(0)) / (values.shape[0] * dist.get_world_size())
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient (every process's output depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, value: torch.Tensor) -> torch.Tensor:
+        out = value.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
 
 #: Added inside the log by the reference implementations (Cole, AckTheUnknown, VLPL): -log(x + 1e-5).
 LOG_EPSILON = 1e-5

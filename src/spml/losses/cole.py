@@ -12,7 +12,7 @@ import torch
 
 from spml.data.labels import ABSENT, NEGATIVE, POSITIVE, UNKNOWN
 from spml.errors import SpmlError
-from spml.losses.base import LossTerms, SpmlLoss, check_range, neg_log
+from spml.losses.base import LossTerms, SpmlLoss, check_range, neg_log, batch_mean
 from spml.losses.registry import register_loss
 
 _COLE = "Cole et al. CVPR 2021, elijahcole/single-positive-multi-label losses.py"
@@ -24,7 +24,7 @@ _ROLE_INIT_NEG = 0.005
 
 def expected_positive_regularizer(probs: torch.Tensor, expected_num_pos: float, num_classes: int) -> torch.Tensor:
     """``(mean_n sum_l p[n, l] - k)^2 / L^2``: Cole's EPR penalty (norm 2) on the batch."""
-    return (probs.sum(1).mean(0) - expected_num_pos) ** 2 / num_classes**2
+    return (batch_mean(probs.sum(1)) - expected_num_pos) ** 2 / num_classes**2
 
 
 def _bce_matrix(probs: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

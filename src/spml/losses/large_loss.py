@@ -15,6 +15,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from spml.data.labels import POSITIVE, UNKNOWN
@@ -36,6 +37,15 @@ class LargeLossSelection(NamedTuple):
 
 
 _LL = "Kim et al. CVPR 2022, snucml/LargeLossMatters losses.py compute_batch_loss"
+
+
+def _gather_batch(values: torch.Tensor) -> torch.Tensor:
+    """``values`` of every process of a data-parallel group concatenated (equal shards), or ``values`` alone."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
 
 
 class _LargeLoss(SpmlLoss):
@@ -79,12 +89,15 @@ class _LargeLoss(SpmlLoss):
         positive = (observed == POSITIVE).to(logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, positive, reduction="none")
         unknown = observed == UNKNOWN
-        k = self.num_modified(loss.numel())
+        unknown_loss = torch.where(unknown, loss, torch.zeros_like(loss))
+        # Under data-parallel training the batch is split over processes: the threshold is the
+        # global batch's, so the rejections do not depend on the number of processes.
+        pool = _gather_batch(unknown_loss.detach().flatten())
+        k = self.num_modified(pool.numel())
         if k == 0:
             none = torch.zeros_like(unknown)
             return LargeLossSelection(loss, none, none)
-        unknown_loss = torch.where(unknown, loss, torch.zeros_like(loss))
-        threshold = torch.topk(unknown_loss.detach().flatten(), k).values[-1]
+        threshold = torch.topk(pool, k).values[-1]
         # Restricted to unknowns: if k exceeded their count the reference would also hit positives.
         modified = unknown & (unknown_loss >= threshold)
         strict = unknown & (unknown_loss > threshold)

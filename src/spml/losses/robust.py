@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from spml.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from spml.errors import SpmlError
-from spml.losses.base import Epoch, LossTerms, SpmlLoss, check_range
+from spml.losses.base import Epoch, LossTerms, SpmlLoss, check_range, batch_mean
 from spml.losses.registry import register_loss
 
 #: The epsilon inside the logs of both releases: -log(x + 1e-7).
@@ -265,5 +265,5 @@ class GPRLoss(GeneralizedRobustLoss):
         matrix = torch.where(final == NEGATIVE, v * log_1mp, gr_unknown)
         matrix = torch.where(unknown & (pseudo == POSITIVE), pseudo_pos, matrix)
         matrix = torch.where(observed == POSITIVE, log_p, matrix)
-        reg = self.reg * (probs.sum(1).mean(0) - self.expected_num_pos) ** 2 / self.num_classes**2
+        reg = self.reg * (batch_mean(probs.sum(1)) - self.expected_num_pos) ** 2 / self.num_classes**2
         return LossTerms(matrix, reg)

@@ -30,6 +30,7 @@ from spml.errors import SpmlError
 REGIMES = ("linear", "finetune", "linear-init")
 VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
@@ -137,6 +138,10 @@ class TrainConfig:
         num_workers: DataLoader workers for image passes.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``mps``.
         eval_batch_size: Batch size of image passes without gradients (evaluation, feature extraction).
+        image_cache: Fine-tune from images decoded and resized once into a uint8 cache
+            (:mod:`spml.data.image_cache`) instead of decoding every epoch.
+        precision: Forward passes of training under ``bf16`` autocast or in ``fp32``; ``auto`` is
+            bf16 on CUDA and fp32 elsewhere. The loss is always computed in float32.
     """
 
     loss: str = "an"
@@ -165,6 +170,8 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     eval_batch_size: int = 64
+    image_cache: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -174,6 +181,7 @@ class TrainConfig:
         _choice(self.regime, REGIMES, "regime", source)
         _choice(self.val_set_variant, VAL_SET_VARIANTS, "val_set_variant", source)
         _choice(self.device, DEVICES, "device", source)
+        _choice(self.precision, PRECISIONS, "precision", source)
         positive = {
             "epochs": self.epochs,
             "lr": self.lr,

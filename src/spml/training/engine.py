@@ -20,6 +20,7 @@ of the epoch number, and a resumed run repeats an uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from spml.data.atomic import atomic_path, save_npy, write_json, write_text
 from spml.data.dataset import SplitDataset
+from spml.data.image_cache import CachedSplitDataset, decoded_images
 from spml.data.labels import OBSERVED_DTYPE, check_observed, observed_from_true
 from spml.data.layout import PreparedData, Split
 from spml.data.observe import load_observed, simulate_observed
@@ -48,6 +50,7 @@ from spml import __version__
 from spml.models.backbones import check_weights_available
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
+from spml.training import distributed
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
 from spml.training.defaults import not_done_warning, resolve_defaults
@@ -68,6 +71,7 @@ from spml.training.runfolder import (
     create_run_dir,
     is_complete,
     is_run,
+    read_metrics,
     read_result,
     run_data_dir,
     run_lock,
@@ -223,8 +227,11 @@ class Trainer:
         self.config = config
         self.data = data
         self.run_dir = run_dir
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
+        distributed.init(self.device)
         self.phases = plan_phases(config)
+        for phase in self.phases:
+            distributed.check_batch_size(phase.batch_size, "linear_init.batch_size" if phase.name == LINEAR and len(self.phases) > 1 else "batch_size")
         self.loss_inputs_needed = get_loss_info(config.loss).inputs if loss is None else tuple(loss.inputs)
         observed = load_train_observed(data, config)
         ctx = RunContext(config=config, data=data, run_dir=run_dir, device=self.device, observed=observed)
@@ -242,6 +249,11 @@ class Trainer:
                 "(the default): it trains on every true train label; set observed=FILE (spml observe)"
             )
         self.rm = RunModel(config, data, self.device)
+        self.rm.model = distributed.prepare_model(self.rm.model, self.device)
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            self.rm.model.to(memory_format=torch.channels_last)  # NHWC: the layout tensor cores read
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
         self.train_split = self.rm.split("train")
         if self.observed.shape != self.train_split.labels.shape:
             raise SpmlError(
@@ -346,7 +358,8 @@ class Trainer:
 
     def batches(self, phase: Phase, epoch: int) -> Iterator[Batch]:
         """The epoch's train batches on the device (true labels are not among them)."""
-        order = self.order(epoch, phase.batch_size)
+        # Every rank draws the same global batches and takes its share of each.
+        order = distributed.shard(self.order(epoch, phase.batch_size))
         if phase.name == LINEAR:
             rows = self.rm.features("train")
             for idx in order:
@@ -358,17 +371,29 @@ class Trainer:
                     "flipped": torch.zeros(len(idx), dtype=torch.bool, device=self.device),
                 }
             return
-        dataset = SplitDataset(self.train_split, self.rm.train_transform, observed=self.observed, seed=self.config.seed)
+        if self.config.image_cache:
+            pixels = decoded_images(self.train_split, self.config.image_size, self.data.cache_dir)
+            dataset: SplitDataset = CachedSplitDataset(
+                self.train_split, self.rm.train_transform, pixels, observed=self.observed, seed=self.config.seed
+            )
+        else:
+            dataset = SplitDataset(self.train_split, self.rm.train_transform, observed=self.observed, seed=self.config.seed)
         dataset.set_epoch(epoch)
+        workers = self.config.num_workers
         loader = DataLoader(
             dataset,
-            batch_size=phase.batch_size,
+            batch_size=len(order[0]),
             sampler=np.concatenate(order).tolist(),
-            num_workers=self.config.num_workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
+            # Workers decode ahead of the GPU; 4 batches each covers the jitter of JPEG decoding.
+            prefetch_factor=4 if workers > 0 else None,
         )
         for batch in loader:
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            if self.device.type == "cuda":
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            yield batch
 
     def _loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         inputs = {k: batch[k] for k in self.loss_inputs_needed if k in batch}
@@ -398,8 +423,10 @@ class Trainer:
             # Full input checks on the first batch of the epoch only: each costs a host sync.
             self.loss.validate = b == 1
             self.optimizer.zero_grad(set_to_none=True)
-            logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
-            value = self.loss(logits, batch["observed"], **self._loss_inputs(batch))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
+            # The loss math in float32 (logs of probabilities near 0 and 1, the fixtures' precision).
+            value = self.loss(logits.float(), batch["observed"], **self._loss_inputs(batch))
             item = float(value.detach())
             if not math.isfinite(item):
                 # The inputs were checked finite (cached features on load; images are 8-bit), so the
@@ -410,20 +437,28 @@ class Trainer:
                     self.run_dir,
                 )
             value.backward()
+            distributed.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
             self.optimizer.step()
             total += item
             count += 1
             if b % 10 == 0 or b == n_batches:
                 bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
-        return total / max(count, 1)
+        return distributed.mean_over_ranks(total / max(count, 1))
 
     def score(self, name: str, phase: Phase, epoch: int) -> np.ndarray:
         """float32 N x L probabilities on split ``name``; TrainingDiverged when not finite."""
-        scores = self.rm.predict(name, from_features=phase.name == LINEAR)
+        scores = self.predict(name, from_features=phase.name == LINEAR)
         if not np.isfinite(scores).all():
             raise TrainingDiverged(f"the model's {name} scores are not finite after epoch {epoch}", self.run_dir)
         return scores
+
+    def predict(self, name: str, from_features: bool) -> np.ndarray:
+        """float32 N x L probabilities on split ``name``, each rank scoring its share of the rows."""
+        distributed.sync_buffers(self.rm.model)
+        n = len(self.rm.split(name))
+        part = self.rm.predict(name, from_features=from_features, rows=distributed.row_range(n))
+        return distributed.gather_rows(part, n)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -431,6 +466,8 @@ class Trainer:
         return "head" if phase.name == LINEAR else "model"
 
     def _save_last(self, phase: Phase, state: RunState) -> None:
+        if not distributed.is_main():
+            return
         opt_tensors, opt_meta = optimizer_state(self.optimizer)
         groups = {
             "model": self.rm.part_module(self._part(phase)).state_dict(),
@@ -488,12 +525,16 @@ class Trainer:
         if resumed:
             saved, optim_tensors = self._load_last()
             state, optim_meta = RunState.from_dict(saved), saved["optimizer"]
-        metrics = truncate_metrics(self.run_dir, state.next_epoch)
+        if distributed.is_main():
+            metrics = truncate_metrics(self.run_dir, state.next_epoch)
+        else:
+            metrics = [r for r in read_metrics(self.run_dir) if r["epoch"] < state.next_epoch]
         c = self.config
         log(
             f"spml {__version__}: data {self.data.root} (train {len(self.rm.split('train'))}, "
             f"val {len(self.rm.split('val'))}, {self.data.num_classes} classes); loss {c.loss}, method {c.method}, "
             f"regime {c.regime}, {c.backbone}; device {self.rm.device}"
+            + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
             + (f"; resumed at epoch {state.next_epoch}" if resumed else "")
         )
         for index, phase in enumerate(self.phases):
@@ -516,11 +557,12 @@ class Trainer:
                 phase_done = stop or epoch == phase.last_epoch
                 state.next_epoch = phase.last_epoch + 1 if phase_done else epoch + 1
                 state.stopped_early = stop and epoch < phase.last_epoch
-                if phase_done and index + 1 < len(self.phases):
+                if phase_done and index + 1 < len(self.phases) and distributed.is_main():
                     # The next phase starts from this phase's best epoch, also after a resume.
                     with atomic_path(self.run_dir / LINEAR_BEST_FILE) as tmp:
                         shutil.copyfile(self.run_dir / BEST_FILE, tmp)
                 self._save_last(phase, state)
+                distributed.barrier()  # rank 0's files are complete before any rank reads them
                 if phase_done:
                     break
         return self._finish(state, metrics)
@@ -561,7 +603,8 @@ class Trainer:
         is_best = _is_better(val_map, best)
         if is_best:
             state.best_epoch, state.best_score = epoch, val_map
-            save_weights(self.run_dir / BEST_FILE, self.rm, self._part(phase), self.loss, {"epoch": epoch, "val_map": val_map})
+            if distributed.is_main():
+                save_weights(self.run_dir / BEST_FILE, self.rm, self._part(phase), self.loss, {"epoch": epoch, "val_map": val_map})
         record = {
             "epoch": epoch,
             "phase": phase.name,
@@ -574,14 +617,15 @@ class Trainer:
             "batch_size": phase.batch_size,
             "best": is_best,
         }
-        append_metrics(self.run_dir, record)
-        epoch_done(self.run_dir, record, self.config.total_epochs)
+        if distributed.is_main():
+            append_metrics(self.run_dir, record)
+            epoch_done(self.run_dir, record, self.config.total_epochs)
         return record
 
     def _finish(self, state: RunState, metrics: list[dict[str, Any]]) -> RunResult:
         best_state = load_weights(self.run_dir / BEST_FILE, self.rm, self.loss)
         best_epoch = int(best_state["epoch"])
-        scores = self.rm.predict("test", from_features=best_state["part"] == "head")
+        scores = self.predict("test", from_features=best_state["part"] == "head")
         report = map_report(scores, self.rm.split("test").labels)
         save_npy(self.run_dir / TEST_PREDICTIONS_FILE, scores.astype(np.float32))
         best_record = next(r for r in metrics if r["epoch"] == best_epoch)
@@ -594,6 +638,9 @@ class Trainer:
             epochs_run=len(metrics),
             stopped_early=state.stopped_early,
         )
+        if not distributed.is_main():
+            distributed.barrier()  # rank 0 writes results.json
+            return result
         test = report.to_dict(self.data.classes)
         warning = not_done_warning(metrics, state.stopped_early)
         if warning:
@@ -613,11 +660,13 @@ class Trainer:
                 "stopped_early": result.stopped_early,
                 "method": {"name": self.config.method, **self.hooks.summary()},
                 "warnings": [warning] if warning else [],
+                "world_size": distributed.world_size(),
             },
         )
         (self.run_dir / LAST_FILE).unlink(missing_ok=True)
         (self.run_dir / LAST_PREV_FILE).unlink(missing_ok=True)
         (self.run_dir / LINEAR_BEST_FILE).unlink(missing_ok=True)
+        distributed.barrier()
         return result
 
 
@@ -642,23 +691,30 @@ def train(
     """
     check_config(config, method, loss=loss)
     check_weights_available(config.backbone, config.pretrained)  # before the run folder exists
+    distributed.init(distributed.local_device(resolve_device(config.device)))
+    main = distributed.is_main()
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
     data = PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
-    created = create_run_dir(run_dir)  # a method's setup may write its own files there
-    with run_lock(run_dir):
+    distributed.barrier()  # every rank checked before rank 0 creates the folder
+    created = create_run_dir(run_dir) if main else False  # a method's setup may write its own files there
+    distributed.barrier()
+    with run_lock(run_dir) if main else contextlib.nullcontext():
         try:
-            # Another process may have started a run here between the check and the lock.
-            check_new_run_dir(run_dir)
+            if main:  # another process may have started a run here between the check and the lock
+                check_new_run_dir(run_dir)
             trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
-            write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
+            if main:
+                write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
         except BaseException:
             if created and not is_run(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing behind
             raise
-        write_run_info(run_dir, data.root)
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if main:
+            write_run_info(run_dir, data.root)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        distributed.barrier()
         return trainer.fit(resume=False)
 
 
@@ -677,9 +733,10 @@ def resume(
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise SpmlError("not a run folder (no config.yaml) to resume", run_dir)
-    with run_lock(run_dir):
+    config = load_config(run_dir / CONFIG_FILE)
+    distributed.init(distributed.local_device(resolve_device(config.device)))
+    with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         if is_complete(run_dir):
             return read_result(run_dir)
-        config = load_config(run_dir / CONFIG_FILE)
         data = PreparedData.open(run_data_dir(run_dir, data_dir))
         return Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)

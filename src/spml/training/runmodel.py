@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from spml.data.dataset import ImageTransform, SplitDataset
 from spml.data.layout import PreparedData, Split
@@ -110,21 +110,22 @@ class RunModel:
         return self.model.head if part == "head" else self.model
 
     @torch.no_grad()
-    def predict(self, name: str, from_features: bool) -> np.ndarray:
-        """float32 N x L sigmoid probabilities on split ``name`` (unflipped images)."""
+    def predict(self, name: str, from_features: bool, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """float32 N x L sigmoid probabilities on split ``name`` (unflipped images); only ``rows`` = (start, stop) if given."""
         self.model.eval()
+        start, stop = (0, len(self.split(name))) if rows is None else rows
         if from_features:
-            rows = self.features(name)
+            feats = self.features(name)
             out = [
-                torch.sigmoid(self.model.forward_head(torch.from_numpy(rows.block(a, min(a + FEATURE_EVAL_ROWS, len(rows)))).to(self.device)))
+                torch.sigmoid(self.model.forward_head(torch.from_numpy(feats.block(a, min(a + FEATURE_EVAL_ROWS, stop))).to(self.device)))
                 .float()
                 .cpu()
                 .numpy()
-                for a in range(0, len(rows), FEATURE_EVAL_ROWS)
+                for a in range(start, stop, FEATURE_EVAL_ROWS)
             ]
         else:
             loader = DataLoader(
-                SplitDataset(self.split(name), self.eval_transform),
+                Subset(SplitDataset(self.split(name), self.eval_transform), range(start, stop)),
                 batch_size=self.config.eval_batch_size,
                 num_workers=self.config.num_workers,
             )

@@ -64,6 +64,7 @@ from spml.methods.ccd.views import (
 )
 from spml.models import backbone_data_config
 from spml.progress import progress
+from spml.training import distributed
 from spml.training.config import FULL_OBSERVED, build_dataclass
 from spml.vlm import PREPROCESSING_MODES, prompt_names
 from spml.vlm.model import VLM, load_vlm
@@ -386,8 +387,9 @@ class CCDHooks(TrainingHooks):
         if self.bias.fallback:
             names = ", ".join(self.classes[i] for i in self.bias.fallback)
             warnings.warn(f"ccd: classes never a confident CLIP top-1 get the mean bias: {names}", stacklevel=2)
-        write_json(self.ctx.run_dir / "ccd_bias.json", self.bias.to_dict(self.classes))
-        plot_bias(self.bias, self.classes, self.ctx.run_dir / "ccd_bias.png")
+        if distributed.is_main():  # under torchrun every rank computes the same; rank 0 writes
+            write_json(self.ctx.run_dir / "ccd_bias.json", self.bias.to_dict(self.classes))
+            plot_bias(self.bias, self.classes, self.ctx.run_dir / "ccd_bias.png")
         self.initial = np.clip(self._calibrate(self.raw_initial), 0.0, 1.0)
         self.labels = torch.from_numpy(self.initial.copy())
         self.facts.update(
@@ -479,7 +481,8 @@ class CCDHooks(TrainingHooks):
         else:
             views = select_grid_views(self.split, p.grid_rows, p.grid_cols)
             view_class = np.full(len(views), -1, dtype=np.int64)
-        save_npy(self.ctx.run_dir / "ccd_views.npy", np.column_stack([views, view_class]) if len(views) else views)
+        if distributed.is_main():
+            save_npy(self.ctx.run_dir / "ccd_views.npy", np.column_stack([views, view_class]) if len(views) else views)
         sims = self.score_views(views)
         view_probs = clip_probabilities(sims, self.logit_scale)
         raw_local, has_view = max_over_views(view_probs, views[:, 0], len(self.split))
@@ -488,7 +491,9 @@ class CCDHooks(TrainingHooks):
         raw_local[~has_view] = self.raw_initial[~has_view]
         local = self._calibrate(raw_local)
         updated = mix_labels(self.initial, local, p.alpha)
-        self.labels = torch.from_numpy(updated)
+        # CAM boxes depend on the model's outputs, which GPU kernels may round differently per rank:
+        # rank 0's labels are the run's.
+        self.labels = distributed.broadcast_from_main(torch.from_numpy(updated))
         raw_updated = mix_labels(self.raw_initial, raw_local, p.alpha)
         self.facts.update(
             num_local_views=int(len(views)),
@@ -513,7 +518,8 @@ class CCDHooks(TrainingHooks):
             self.bias,
         )
         diagnostics["views"] = {k: self.facts[k] for k in ("num_local_views", "mean_local_views_per_image", "images_without_views")}
-        write_json(self.ctx.run_dir / "ccd_labels.json", diagnostics)
+        if distributed.is_main():
+            write_json(self.ctx.run_dir / "ccd_labels.json", diagnostics)
         self.facts["pseudo_label_map"] = {"initial": diagnostics["map"]["used_initial"], "updated": diagnostics["map"]["used_updated"]}
 
     def score_views(self, views: np.ndarray) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""Fine-tune epoch throughput: with and without the decoded-image cache, on one or more processes.
+
+Run by hand (coco128 prepared into WORK/data on first use)::
+
+    python benchmarks/bench_finetune_epoch.py --work /tmp/spml_bench_ft                 # no cache
+    python benchmarks/bench_finetune_epoch.py --work /tmp/spml_bench_ft --image-cache   # cache
+    torchrun --standalone --nproc-per-node 2 benchmarks/bench_finetune_epoch.py --work /tmp/spml_bench_ft --image-cache
+
+Times one training epoch of :class:`spml.training.Trainer` (public API: ``enter_phase`` and
+``train_epoch``) after a one-batch warm-up and after the image cache is built; also times the data
+loader alone (decode or cache read, flip, normalise). Prints one Markdown table row (rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spml.api import load_config
+from spml.data.dataset import SplitDataset
+from spml.data.image_cache import CachedSplitDataset, decoded_images
+from spml.data.layout import PreparedData
+from spml.data.prepare import prepare
+from spml.training import Trainer, distributed, plan_phases
+
+DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
+
+
+def main() -> None:
+    """Parse the arguments, time the loader and one epoch, print a table row."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--raw", type=Path, default=DEFAULT_RAW)
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
+    p.add_argument("--size", type=int, default=448)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image-cache", action="store_true")
+    args = p.parse_args()
+    data_dir = args.work / "data"
+    if not (data_dir / "classes.txt").exists() and distributed.is_main() and not distributed.launched():
+        prepare("yolo", args.raw, data_dir)
+    overrides = {"regime": "finetune", "epochs": 1, "image_size": args.size, "batch_size": args.batch, "device": "cpu",
+                 "backbone": args.backbone, "pretrained": "none", "image_cache": args.image_cache}
+    config = load_config(**overrides)
+    data = PreparedData.open(data_dir)
+    run = args.work / f"run-{distributed.rank()}"
+    run.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, data, run)
+    split = trainer.train_split
+    if args.image_cache:
+        pixels = decoded_images(split, args.size, data.cache_dir)  # built before timing
+        dataset = CachedSplitDataset(split, trainer.rm.train_transform, pixels, seed=0)
+    else:
+        dataset = SplitDataset(split, trainer.rm.train_transform, seed=0)
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]
+    loader_rate = len(dataset) / (time.perf_counter() - start)
+    phase = plan_phases(config)[0]
+    trainer.enter_phase(phase, from_previous=False)
+    images = len(trainer.order(1, phase.batch_size)) * phase.batch_size
+    distributed.barrier()
+    start = time.perf_counter()
+    trainer.train_epoch(phase, 1)
+    distributed.barrier()
+    seconds = time.perf_counter() - start
+    if distributed.is_main():
+        print(
+            f"| {args.backbone} | {args.size} | {args.batch} | {distributed.world_size()} | {torch.get_num_threads()} | "
+            f"{'yes' if args.image_cache else 'no'} | {loader_rate:.1f} | {images} | {seconds:.1f} | {images / seconds:.2f} |",
+            flush=True,
+        )
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
