@@ -82,8 +82,10 @@ def test_an_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
 
 
 def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ROLE's label estimator (a loss parameter over every example) and its batch-mean regulariser,
-    across a change from one process to two in the middle of the run."""
+    """ROLE's label estimator and batch-mean regulariser survive a resume from one process on two.
+
+    The estimator is a loss parameter over every example; the run changes world size mid-way.
+    """
     cfg = load_config(**SETTINGS, loss="role")
     train(data, cfg, tmp_path / "one")
     original = engine_module.Trainer.run_epoch
