@@ -55,11 +55,13 @@ def test_resolve_defaults_fills_only_unset_keys() -> None:
     assert (ft.lr, ft.epochs, ft.early_stopping.patience) == (1e-4, 10, 0)
 
 
-def test_selection_only_when_lr_is_unset_in_the_linear_regime() -> None:
+def test_selection_only_when_lr_is_unset_in_the_linear_regime(monkeypatch: pytest.MonkeyPatch) -> None:
     assert should_tune(spml.load_config(), STANDARD)
     assert not should_tune(spml.load_config(lr=1e-3), STANDARD)
     assert not should_tune(spml.load_config(regime="finetune"), STANDARD)
     assert not should_tune(spml.load_config(), spml.get_method("vlpl"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every rank would probe on its own
+    assert not should_tune(spml.load_config(), STANDARD)
 
 
 def test_best_candidate_prefers_val_map_then_smaller_lr_and_skips_diverged() -> None:

@@ -27,6 +27,7 @@ from spml.data.atomic import write_json
 from spml.errors import SpmlError
 from spml.losses import SpmlLoss
 from spml.progress import log, quiet
+from spml.training import distributed
 from spml.training.config import TrainConfig
 from spml.training.engine import TrainingDiverged, train
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
@@ -77,8 +78,17 @@ class Selection:
 
 
 def should_tune(config: TrainConfig, method: MethodInfo) -> bool:
-    """Whether ``config`` asks for the selection: ``lr`` unset, ``linear`` regime, standard method."""
-    return config.lr is None and config.regime == "linear" and method.name == STANDARD.name
+    """Whether ``config`` asks for the selection: ``lr`` unset, ``linear`` regime, standard method.
+
+    Not under torchrun: each rank would probe into its own temporary folders; such a run takes the
+    regime's default lr instead (set ``lr`` to choose another).
+    """
+    return (
+        config.lr is None
+        and config.regime == "linear"
+        and method.name == STANDARD.name
+        and not distributed.launched()
+    )
 
 
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
