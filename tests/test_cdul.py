@@ -12,6 +12,7 @@ from subsets import micro_clip_params, scored_single_positive_copy
 
 from spml.api import load_config, train
 from spml.errors import SpmlError
+from spml.methods.registry import get_method
 from spml.pseudolabels.cdul import (
     CdulSettings,
     aggregate_local,
@@ -21,6 +22,7 @@ from spml.pseudolabels.cdul import (
     soft_bce_label_gradient,
     update_labels,
 )
+from spml.training.resolve import check_config
 
 # temp 1 and log-probabilities as similarities: every view's softmax is exactly these numbers.
 GLOBAL = np.log([[0.5, 0.3, 0.2]])
@@ -65,6 +67,18 @@ def test_update_schedule() -> None:
     assert [e for e in range(1, 41) if is_update_epoch(e, 10, 10)] == [10, 20, 30, 40]
     assert [e for e in range(1, 5) if is_update_epoch(e, 2, 1)] == [2, 3, 4]
     assert [e for e in range(1, 4) if is_update_epoch(e, 0, 1)] == [1, 2, 3]
+
+
+def test_shipped_config_holds_the_reproduction_settings() -> None:
+    cfg = load_config("cdul")
+    assert (cfg.method, cfg.loss, cfg.regime, cfg.backbone) == ("cdul", "soft_bce", "finetune", "resnet50")
+    assert (cfg.lr, cfg.batch_size, cfg.epochs) == (pytest.approx(1e-5), 8, 100)
+    mp = cfg.method_params
+    assert (mp["grid_size"], mp["thresh"], mp["lam"], mp["warmup_epochs"], mp["update_every"]) == (3, 0.0, 0.0, 10, 10)
+    assert (mp["psi_mu"], mp["psi_sigma"]) == (0.5, 1.0)
+    check_config(cfg, get_method(cfg.method))
+    with pytest.raises(SpmlError, match="update_every"):
+        check_config(load_config("cdul", ["method_params.update_every=0"]), get_method("cdul"))
 
 
 LINEAR = ["device=cpu", "regime=linear", "image_size=32", "epochs=4", "lr=0.003", "batch_size=32",
