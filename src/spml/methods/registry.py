@@ -12,11 +12,11 @@ from __future__ import annotations
 import difflib
 
 from spml.errors import SpmlError
-from spml.methods import aevlp, boostlu, ccd, teacher_student, vlpl
+from spml.methods import aevlp, boostlu, ccd, cdul, teacher_student, vlpl
 from spml.training.hooks import STANDARD, MethodInfo
 
 _METHODS: dict[str, MethodInfo] = {
-    info.name: info for info in (STANDARD, vlpl.INFO, teacher_student.INFO, ccd.INFO, aevlp.INFO, boostlu.INFO)
+    info.name: info for info in (STANDARD, vlpl.INFO, teacher_student.INFO, ccd.INFO, aevlp.INFO, boostlu.INFO, cdul.INFO)
 }
 
 

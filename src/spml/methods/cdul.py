@@ -1,0 +1,195 @@
+"""CDUL (Abdelfattah et al., ICCV 2023): annotation-free soft labels from global + grid CLIP views, updated by gradient alignment.
+
+The global views are VLPL's score cache (:func:`spml.vlm.split_scores`), the tiles AEVLP's
+``aevlp-tiles`` cache (:func:`spml.methods.aevlp.tile_scores`, ``grid_size`` 3): both scored once,
+the unflipped views used. The initial soft labels (:func:`spml.pseudolabels.cdul.initial_labels`)
+are the ``soft=`` input of the loss (``soft_bce``). After ``warmup_epochs`` and then every
+``update_every`` epochs the labels take one gradient-alignment step
+(:func:`spml.pseudolabels.cdul.update_labels`) from the network's train-split predictions.
+
+Annotation-free: the observed labels are ignored. The true train labels are read only for the
+report (pseudo-label precision, recall and label mAP in ``results.json["method"]``), never to train.
+
+``spml train DATA_DIR --config cdul``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spml.errors import SpmlError
+from spml.losses import Epoch, get_loss_info
+from spml.methods.aevlp import tile_scores
+from spml.pseudolabels.cdul import (
+    CdulSettings,
+    check_cdul,
+    initial_labels,
+    is_update_epoch,
+    soft_bce_label_gradient,
+    update_labels,
+)
+from spml.pseudolabels.quality import label_map, positive_quality
+from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.training.config import FULL_OBSERVED
+from spml.vlm import PREPROCESSING_MODES, load_vlm, prompt_names, split_scores
+from spml.vlm.text import check_templates
+
+METHOD = "cdul"
+_RULE = CdulSettings()
+# A soft label at or above this counts as a pseudo-positive in the report.
+REPORT_THRESHOLD = 0.5
+
+
+@dataclass
+class CdulParams:
+    """``method_params`` of ``cdul``.
+
+    Attributes:
+        vlm: CLIP spec for :func:`spml.vlm.load_vlm`.
+        vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
+        vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
+        vlm_image_size: CLIP input side other than the model's native one (None: native).
+        vlm_preprocess: ``squash`` or ``native`` (see :mod:`spml.vlm`).
+        prompt_names: ``auto``, ``raw`` or a names file (as VLPL's).
+        template: The prompt.
+        vlm_batch_size: Views per CLIP forward pass when the caches are built.
+        grid_size: Tiles per side (paper and reproduction: 3).
+        temp: Softmax temperature of every view.
+        thresh: Tile threshold of the local aggregation (reproduction 0; paper supplement 0-0.4).
+        lam: Weight of ``|global - local|`` in the final label (reproduction 0).
+        warmup_epochs: Epochs on the initial labels before the first update (10).
+        update_every: Epochs between label updates after the warm-up (10).
+        psi_mu: Centre of the Gaussian step size psi (0.5).
+        psi_sigma: Spread of psi (1).
+    """
+
+    vlm: str = "open_clip:ViT-B-16/openai"
+    vlm_checkpoint: str | None = None
+    vlm_model_config: str | None = None
+    vlm_image_size: int | None = None
+    vlm_preprocess: str = "squash"
+    prompt_names: str = "auto"
+    template: str = "a photo of a {}"
+    vlm_batch_size: int = 64
+    grid_size: int = 3
+    temp: float = _RULE.temp
+    thresh: float = _RULE.thresh
+    lam: float = _RULE.lam
+    warmup_epochs: int = 10
+    update_every: int = 10
+    psi_mu: float = 0.5
+    psi_sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        """SpmlError naming the first invalid parameter."""
+        if self.vlm_preprocess not in PREPROCESSING_MODES:
+            raise SpmlError(
+                f"method_params.vlm_preprocess must be one of {', '.join(PREPROCESSING_MODES)}, got {self.vlm_preprocess!r}"
+            )
+        check_templates([self.template])
+        if not 1 <= self.grid_size <= 16:
+            raise SpmlError(f"method_params.grid_size must be in 1..16, got {self.grid_size}")
+        if self.vlm_batch_size < 1:
+            raise SpmlError(f"method_params.vlm_batch_size must be positive, got {self.vlm_batch_size}")
+        if self.warmup_epochs < 0:
+            raise SpmlError(f"method_params.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.update_every < 1:
+            raise SpmlError(f"method_params.update_every must be >= 1, got {self.update_every}")
+        if not self.psi_sigma > 0:
+            raise SpmlError(f"method_params.psi_sigma must be positive, got {self.psi_sigma}")
+        check_cdul(self.rule, "method_params.")
+
+    @property
+    def rule(self) -> CdulSettings:
+        """The initial-label rule's settings."""
+        return CdulSettings(self.temp, self.thresh, self.lam)
+
+
+class CdulHooks(TrainingHooks):
+    """Gives the loss CDUL's soft labels and updates them by gradient alignment on schedule."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        """Load CLIP, read (or build) the global and tile caches, and set the initial labels."""
+        self.params: CdulParams = build_dataclass(CdulParams, ctx.config.method_params, "method_params.", None)
+        if "soft" not in get_loss_info(ctx.config.loss).inputs:
+            raise SpmlError(f"method 'cdul' trains a loss on soft labels (soft_bce), not {ctx.config.loss!r}")
+        if ctx.config.observed != FULL_OBSERVED:
+            warnings.warn(f"cdul is annotation-free: the observed labels {ctx.config.observed!r} are ignored", stacklevel=2)
+        p = self.params
+        self.split = ctx.data.split("train")
+        vlm = load_vlm(p.vlm, p.vlm_checkpoint, p.vlm_model_config, device=ctx.device, preprocessing=p.vlm_preprocess)
+        words = prompt_names(ctx.data.classes, p.prompt_names)
+        cache = split_scores(vlm, self.split, ctx.data.classes, [p.template], ctx.data.cache_dir,
+                             batch_size=p.vlm_batch_size, image_size=p.vlm_image_size,
+                             num_workers=ctx.config.num_workers, prompt_names=words)
+        model = vlm if p.vlm_image_size is None else vlm.at_size(p.vlm_image_size)
+        tiles = tile_scores(model, self.split, list(words), p.template, p.grid_size, ctx.data.cache_dir,
+                            batch_size=p.vlm_batch_size)
+        self.global_cache = cache.path
+        # The unflipped views (index 0 of the flip axis of both caches).
+        glob = np.asarray(cache.scores[:, 0], dtype=np.float32)
+        local = np.asarray(tiles[:, 0], dtype=np.float32)
+        self.initial = initial_labels(glob, local, p.rule)
+        self.labels = torch.from_numpy(self.initial.copy())
+        self.history: dict[int, dict[str, float | None]] = {0: self.quality(self.initial)}
+        self.updates: list[int] = []
+
+    def quality(self, labels: np.ndarray) -> dict[str, float | None]:
+        """Report-only quality of soft labels against the true train labels (positives: label >= 0.5)."""
+        q = positive_quality(labels >= REPORT_THRESHOLD, self.split.labels)
+        return {
+            "pseudo_positives_per_image": q["positives_per_image"],
+            "pseudo_positive_precision": q["precision"],
+            "pseudo_positive_recall": q["recall"],
+            "pseudo_label_map": label_map(labels, self.split.labels),
+        }
+
+    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's current soft labels as ``soft=``."""
+        return {"soft": self.labels[batch["index"].cpu()].to(batch["index"].device)}
+
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
+        """On schedule, one gradient-alignment step of every train label from the network's predictions."""
+        p = self.params
+        if not is_update_epoch(epoch.number, p.warmup_epochs, p.update_every):
+            return
+        grad = soft_bce_label_gradient(train_probs.float().cpu().numpy())
+        new = update_labels(self.labels.numpy(), grad, p.psi_mu, p.psi_sigma)
+        self.labels = torch.from_numpy(new)
+        self.updates.append(epoch.number)
+        self.history[epoch.number] = self.quality(new)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The current soft labels (they change at every update)."""
+        return {"labels": self.labels.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the soft labels of a checkpoint."""
+        self.labels = state["labels"].float().cpu()
+
+    def summary(self) -> dict[str, Any]:
+        """Settings, the global cache, the label quality now and after the initial labelling and every update."""
+        last = self.history[max(self.history)]
+        return {
+            **asdict(self.params),
+            "vlm_cache": str(self.global_cache.resolve()),
+            "label_updates": self.updates,
+            **last,
+            "pseudo_labels_by_epoch": {str(k): v for k, v in sorted(self.history.items())},
+        }
+
+
+INFO = MethodInfo(
+    METHOD,
+    CdulHooks,
+    "CDUL: annotation-free soft labels from global + 3x3 tile CLIP views, updated by gradient alignment (soft_bce)",
+    config_defaults={"loss": "soft_bce"},
+    provides=("soft",),
+    params=CdulParams,
+    path_params=("vlm_checkpoint", "vlm_model_config"),
+)
