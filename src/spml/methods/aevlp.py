@@ -29,6 +29,7 @@ from spml.data.dataset import load_image
 from spml.data.layout import Split
 from spml.errors import SpmlError
 from spml.losses import Epoch, get_loss_info
+from spml.methods.clip import ClipParams
 from spml.pseudolabels.aevlp import (
     DampSettings,
     check_damp,
@@ -38,15 +39,10 @@ from spml.pseudolabels.aevlp import (
 )
 from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import (
-    PREPROCESSING_MODES,
     VLM,
-    load_vlm,
-    prompt_names,
     score_images,
-    split_scores,
     text_embeddings,
 )
-from spml.vlm.text import check_templates
 
 METHOD = "aevlp"
 TILES = "tiles"
@@ -56,19 +52,12 @@ _BLOCK = 4096
 
 
 @dataclass
-class AevlpParams:
+class AevlpParams(ClipParams):
     """``method_params`` of ``aevlp``.
 
+    The CLIP keys are :class:`~spml.methods.clip.ClipParams`'; its own:
+
     Attributes:
-        vlm: CLIP spec for :func:`spml.vlm.load_vlm` (release: ``open_clip:ViT-B-16/openai``).
-        vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
-        vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
-        vlm_image_size: CLIP input side other than the model's native one (None: native).
-        vlm_preprocess: ``squash`` (the release: every view resized to a square, ImageNet
-            statistics) or ``native``.
-        prompt_names: ``auto``, ``raw`` or a names file (as VLPL's).
-        template: The prompt (release: ``a photo of a {}``).
-        vlm_batch_size: Views per CLIP forward pass when the caches are built.
         grid_size: Tiles per side of the multi-focus grid (release: 4).
         temp: Softmax temperature (release: 0.01).
         eta: Cap of the adaptive tile threshold (release: COCO 0.3, VOC 0.0).
@@ -77,14 +66,6 @@ class AevlpParams:
         neg_fraction: Share of classes made pseudo-negative (release: computed then discarded: 0).
     """
 
-    vlm: str = "open_clip:ViT-B-16/openai"
-    vlm_checkpoint: str | None = None
-    vlm_model_config: str | None = None
-    vlm_image_size: int | None = None
-    vlm_preprocess: str = "squash"
-    prompt_names: str = "auto"
-    template: str = "a photo of a {}"
-    vlm_batch_size: int = 64
     grid_size: int = 4
     temp: float = _DAMP.temp
     eta: float = _DAMP.eta
@@ -93,15 +74,9 @@ class AevlpParams:
     neg_fraction: float = _DAMP.neg_fraction
 
     def __post_init__(self) -> None:
-        if self.vlm_preprocess not in PREPROCESSING_MODES:
-            raise SpmlError(
-                f"method_params.vlm_preprocess must be one of {', '.join(PREPROCESSING_MODES)}, got {self.vlm_preprocess!r}"
-            )
-        check_templates([self.template])
+        self.check_clip()
         if not 1 <= self.grid_size <= 16:
             raise SpmlError(f"method_params.grid_size must be in 1..16, got {self.grid_size}")
-        if self.vlm_batch_size < 1:
-            raise SpmlError(f"method_params.vlm_batch_size must be positive, got {self.vlm_batch_size}")
         check_damp(self.damp, "method_params.")
 
     @property
@@ -173,11 +148,9 @@ class AevlpHooks(TrainingHooks):
         self.observed = ctx.observed
         self.split = ctx.data.split("train")
         self.device = ctx.device
-        vlm = load_vlm(p.vlm, p.vlm_checkpoint, p.vlm_model_config, device=ctx.device, preprocessing=p.vlm_preprocess)
-        words = prompt_names(ctx.data.classes, p.prompt_names)
-        cache = split_scores(vlm, self.split, ctx.data.classes, [p.template], ctx.data.cache_dir,
-                             batch_size=p.vlm_batch_size, image_size=p.vlm_image_size,
-                             num_workers=ctx.config.num_workers, prompt_names=words)
+        vlm = p.load_clip(ctx)
+        words = p.words(ctx)
+        cache = p.global_scores(vlm, self.split, ctx)
         self.global_scores = cache.scores
         self.global_cache = cache.path
         model = vlm if p.vlm_image_size is None else vlm.at_size(p.vlm_image_size)

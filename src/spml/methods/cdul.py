@@ -25,6 +25,7 @@ import torch
 from spml.errors import SpmlError
 from spml.losses import Epoch, get_loss_info
 from spml.methods.aevlp import tile_scores
+from spml.methods.clip import ClipParams
 from spml.pseudolabels.cdul import (
     CdulSettings,
     check_cdul,
@@ -36,8 +37,6 @@ from spml.pseudolabels.cdul import (
 from spml.pseudolabels.quality import label_map, positive_quality
 from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
 from spml.training.config import FULL_OBSERVED
-from spml.vlm import PREPROCESSING_MODES, load_vlm, prompt_names, split_scores
-from spml.vlm.text import check_templates
 
 METHOD = "cdul"
 _RULE = CdulSettings()
@@ -46,18 +45,12 @@ REPORT_THRESHOLD = 0.5
 
 
 @dataclass
-class CdulParams:
+class CdulParams(ClipParams):
     """``method_params`` of ``cdul``.
 
+    The CLIP keys are :class:`~spml.methods.clip.ClipParams`'; its own:
+
     Attributes:
-        vlm: CLIP spec for :func:`spml.vlm.load_vlm`.
-        vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
-        vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
-        vlm_image_size: CLIP input side other than the model's native one (None: native).
-        vlm_preprocess: ``squash`` or ``native`` (see :mod:`spml.vlm`).
-        prompt_names: ``auto``, ``raw`` or a names file (as VLPL's).
-        template: The prompt.
-        vlm_batch_size: Views per CLIP forward pass when the caches are built.
         grid_size: Tiles per side (paper and reproduction: 3).
         temp: Softmax temperature of every view.
         thresh: Tile threshold of the local aggregation (reproduction 0; paper supplement 0-0.4).
@@ -68,14 +61,6 @@ class CdulParams:
         psi_sigma: Spread of psi (1).
     """
 
-    vlm: str = "open_clip:ViT-B-16/openai"
-    vlm_checkpoint: str | None = None
-    vlm_model_config: str | None = None
-    vlm_image_size: int | None = None
-    vlm_preprocess: str = "squash"
-    prompt_names: str = "auto"
-    template: str = "a photo of a {}"
-    vlm_batch_size: int = 64
     grid_size: int = 3
     temp: float = _RULE.temp
     thresh: float = _RULE.thresh
@@ -87,15 +72,9 @@ class CdulParams:
 
     def __post_init__(self) -> None:
         """SpmlError naming the first invalid parameter."""
-        if self.vlm_preprocess not in PREPROCESSING_MODES:
-            raise SpmlError(
-                f"method_params.vlm_preprocess must be one of {', '.join(PREPROCESSING_MODES)}, got {self.vlm_preprocess!r}"
-            )
-        check_templates([self.template])
+        self.check_clip()
         if not 1 <= self.grid_size <= 16:
             raise SpmlError(f"method_params.grid_size must be in 1..16, got {self.grid_size}")
-        if self.vlm_batch_size < 1:
-            raise SpmlError(f"method_params.vlm_batch_size must be positive, got {self.vlm_batch_size}")
         if self.warmup_epochs < 0:
             raise SpmlError(f"method_params.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.update_every < 1:
@@ -122,11 +101,9 @@ class CdulHooks(TrainingHooks):
             warnings.warn(f"cdul is annotation-free: the observed labels {ctx.config.observed!r} are ignored", stacklevel=2)
         p = self.params
         self.split = ctx.data.split("train")
-        vlm = load_vlm(p.vlm, p.vlm_checkpoint, p.vlm_model_config, device=ctx.device, preprocessing=p.vlm_preprocess)
-        words = prompt_names(ctx.data.classes, p.prompt_names)
-        cache = split_scores(vlm, self.split, ctx.data.classes, [p.template], ctx.data.cache_dir,
-                             batch_size=p.vlm_batch_size, image_size=p.vlm_image_size,
-                             num_workers=ctx.config.num_workers, prompt_names=words)
+        vlm = p.load_clip(ctx)
+        words = p.words(ctx)
+        cache = p.global_scores(vlm, self.split, ctx)
         model = vlm if p.vlm_image_size is None else vlm.at_size(p.vlm_image_size)
         tiles = tile_scores(model, self.split, list(words), p.template, p.grid_size, ctx.data.cache_dir,
                             batch_size=p.vlm_batch_size)

@@ -27,10 +27,17 @@ import torch
 
 from spml.errors import SpmlError
 from spml.losses import get_loss_info
+from spml.methods.clip import ClipParams
+from spml.pseudolabels.vlpl import (
+    VlplSettings,
+    check_settings,
+    pseudo_label_diagnostics,
+    vlpl_pseudo_labels,
+)
 from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
-from spml.pseudolabels.vlpl import VlplSettings, check_settings, pseudo_label_diagnostics, vlpl_pseudo_labels
-from spml.vlm import DEFAULT_TEMPLATES, PREPROCESSING_MODES, load_score_cache, load_vlm, prompt_names, split_scores
-from spml.vlm.text import check_templates
+from spml.vlm import (
+    load_score_cache,
+)
 
 METHOD = "vlpl"
 _DEFAULTS = VlplSettings()
@@ -45,20 +52,14 @@ _TABLE_STATS = (
 
 
 @dataclass
-class VlplParams:
+class VlplParams(ClipParams):
     """``method_params`` of ``vlpl``.
 
+    The CLIP keys are :class:`~spml.methods.clip.ClipParams`' (the paper's ``vlm``:
+    ``open_clip:ViT-L-14-336/openai``; the shipped configs set ``vlm_preprocess: squash``, as VLPL's
+    code fed CLIP); its own:
+
     Attributes:
-        vlm: CLIP spec for :func:`spml.vlm.load_vlm` (paper: ``open_clip:ViT-L-14-336/openai``).
-        vlm_checkpoint: Local CLIP weights file (with ``vlm_model_config``), e.g. the micro CLIP.
-        vlm_model_config: open_clip model config (JSON) of ``vlm_checkpoint``.
-        vlm_image_size: CLIP input side other than the model's native one (None: native).
-        vlm_preprocess: ``native`` (the model's centre crop and statistics) or ``squash`` (the whole
-            image resized to a square with ImageNet statistics, as VLPL's code fed CLIP).
-        prompt_names: Names in the prompts: ``auto`` (readable names shipped for VOC and CUB, else
-            the class names), ``raw`` (the class names) or a names file, one per line in class order.
-        template: The prompt template (``{}`` is the class name).
-        vlm_batch_size: Images per CLIP forward pass when the cache is built.
         vlm_cache: A score cache folder to use instead (the path ``spml score`` prints); checked
             against the train split and classes.
         tau: Softmax temperature (paper: VOC 0.03, COCO 0.01, NUS-WIDE 0.03, CUB 0.03).
@@ -66,25 +67,16 @@ class VlplParams:
         neg_fraction: Share of classes made pseudo-negative per image (paper: 0).
     """
 
+    # The paper's CLIP; the engine's plain preprocessing unless a config asks for the release's squash.
     vlm: str = "open_clip:ViT-L-14-336/openai"
-    vlm_checkpoint: str | None = None
-    vlm_model_config: str | None = None
-    vlm_image_size: int | None = None
     vlm_preprocess: str = "native"
-    prompt_names: str = "auto"
-    template: str = DEFAULT_TEMPLATES[0]
-    vlm_batch_size: int = 64
     vlm_cache: str | None = None
     tau: float = _DEFAULTS.tau
     theta: float = _DEFAULTS.theta
     neg_fraction: float = _DEFAULTS.neg_fraction
 
     def __post_init__(self) -> None:
-        if self.vlm_preprocess not in PREPROCESSING_MODES:
-            raise SpmlError(
-                f"method_params.vlm_preprocess must be one of {', '.join(PREPROCESSING_MODES)}, got {self.vlm_preprocess!r}"
-            )
-        check_templates([self.template])
+        self.check_clip()
         check_settings(
             self.tau, self.theta, self.neg_fraction,
             names=("method_params.tau", "method_params.theta", "method_params.neg_fraction"),
@@ -103,12 +95,7 @@ class VlplHooks(TrainingHooks):
         if p.vlm_cache:
             cache = load_score_cache(p.vlm_cache, train, ctx.data.classes)
         else:
-            vlm = load_vlm(p.vlm, p.vlm_checkpoint, p.vlm_model_config, device=ctx.device,
-                           preprocessing=p.vlm_preprocess)
-            cache = split_scores(vlm, train, ctx.data.classes, [p.template], ctx.data.cache_dir,
-                                 batch_size=p.vlm_batch_size, image_size=p.vlm_image_size,
-                                 num_workers=ctx.config.num_workers,
-                                 prompt_names=prompt_names(ctx.data.classes, p.prompt_names))
+            cache = p.global_scores(p.load_clip(ctx), train, ctx)
         views = [vlpl_pseudo_labels(cache.scores[:, v, :], ctx.observed, p.tau, p.theta, p.neg_fraction) for v in (0, 1)]
         self.pseudo = torch.from_numpy(np.stack(views)).to(ctx.device)  # 2 x N x L int8: view, row, class
         self.cache_path = cache.path
