@@ -20,6 +20,7 @@ warning and built again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -318,9 +319,13 @@ class ArrayCache:
         desc: str | None,
         done_file: Path,
     ) -> None:
-        """Compute ``chunks`` into the partial folder's files, marking each in ``done_file`` once written."""
+        """Compute ``chunks`` into the partial folder's files, marking each in ``done_file`` once written.
+
+        ``done_file`` keeps the flags it already holds: ``done.npy`` of a one-process build (resumed or
+        not), or a rank's own file, which :meth:`_prepare_partial` has merged and removed beforehand.
+        """
         n_chunks = max(1, -(-n_rows // chunk_size))
-        done = np.zeros(n_chunks, dtype=bool)
+        done = np.load(done_file, allow_pickle=False) if done_file.is_file() else np.zeros(n_chunks, dtype=bool)
         files = {}
         try:
             for name, (shape, dtype) in spec.items():
@@ -424,7 +429,7 @@ class ArrayCache:
             # Reserve every block now: a full disk fails here, cleanly, rather than mid-build.
             os.posix_fallocate(fd, 0, size)
         except OSError as err:
-            if err.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: the file system cannot reserve; just size it
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # the file system cannot reserve: just size it
                 os.close(fd)
                 raise
             os.ftruncate(fd, max(size, os.fstat(fd).st_size))
@@ -439,46 +444,12 @@ class ArrayCache:
         desc: str | None,
         extra: Mapping[str, Any] | None,
     ) -> None:
-        n_chunks = max(1, -(-n_rows // chunk_size))
-        specs = {name: [list(shape), np.dtype(dtype).str] for name, (shape, dtype) in sorted(spec.items())}
-        meta = {"material": self.material, "arrays": sorted(spec), "rows": n_rows, "chunk_size": chunk_size,
-                "specs": specs}
-        done = self._start_partial(meta, n_chunks)
+        """Build (or resume) under the lock as a group of one: the same steps as :meth:`_build_shared`."""
+        self._prepare_partial(spec, n_rows, chunk_size)
         done_file = self.partial / "done.npy"
-        files = {}
-        try:
-            for name, (shape, dtype) in spec.items():
-                dtype = np.dtype(dtype)
-                fd, offset = self._array_file(name, tuple(shape), dtype)
-                files[name] = (fd, offset, tuple(shape), dtype)
-            todo = np.flatnonzero(~done)
-            for chunk in progress(todo, desc=desc or self.path.name, unit="chunk", disable=len(todo) == 0):
-                start, stop = int(chunk) * chunk_size, min(n_rows, (int(chunk) + 1) * chunk_size)
-                values = compute(start, stop)
-                for name, (fd, offset, shape, dtype) in files.items():
-                    block = np.broadcast_to(np.asarray(values[name], dtype=dtype), (stop - start, *shape[1:]))
-                    row_bytes = math.prod(shape[1:]) * dtype.itemsize
-                    data = np.ascontiguousarray(block).tobytes()
-                    written = os.pwrite(fd, data, offset + start * row_bytes)
-                    if written != len(data):
-                        raise OSError(28, "short write", str(self.partial / f"{name}.npy"))
-                done[chunk] = True
-                save_npy(done_file, done)
-            for fd, *_ in files.values():
-                os.fsync(fd)
-        finally:
-            for fd, *_ in files.values():
-                os.close(fd)
-        meta["checksums"] = {
-            name: file_crc32(self.partial / f"{name}.npy", offset) for name, (_, offset, _, _) in files.items()
-        }
-        if extra:
-            meta["extra"] = dict(extra)
-        write_json(self.partial / "meta.json", meta)
-        done_file.unlink()
-        if self.path.exists():  # a damaged copy that exists() could not remove
-            _remove_aside(self.path)
-        os.replace(self.partial, self.path)
+        todo = np.flatnonzero(~np.load(done_file, allow_pickle=False))
+        self._compute_chunks(spec, compute, n_rows, chunk_size, todo, desc, done_file)
+        self._finish_partial(spec, n_rows, chunk_size, extra)
 
     def extra(self) -> dict[str, Any]:
         """Small side information stored with the cache (e.g. text embeddings' norms, class names)."""
