@@ -24,7 +24,6 @@ from spml.training.runfolder import (
     CONFIG_FILE,
     RESULTS_FILE,
     RUN_INFO_FILE,
-    TEST_PREDICTIONS_FILE,
     read_metrics,
 )
 

@@ -24,10 +24,10 @@ from spml.data.atomic import write_text
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
 from spml.deploy import RunFiles
-from spml.deploy.runfiles import TEST_PREDICTIONS_FILE
 from spml.errors import SpmlError
 from spml.reports import figures
 from spml.training import load_run
+from spml.training.runfolder import TEST_PREDICTIONS_FILE
 
 REPORT_FILE = "report.html"
 
