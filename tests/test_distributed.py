@@ -19,6 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from spml.api import load_config, resume, train
+from spml.cli.main import build_parser
+from spml.cli.main import main as cli_main
+from spml.cli.train import process_arguments
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
@@ -40,12 +43,25 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def torchrun(*args: str) -> None:
-    """``torchrun --standalone --nproc-per-node 2 -m spml ARGS`` with this checkout's spml."""
+@pytest.fixture(scope="module")
+def one_an(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-process AN run the two-process forms are compared with."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    train(data, load_config(**SETTINGS, loss="an"), out)
+    return out
+
+
+def python(*args: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` with this checkout's spml, one thread per process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH")))),
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spml", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def torchrun(*args: str) -> None:
+    """``torchrun --standalone --nproc-per-node 2 -m spml ARGS`` with this checkout's spml."""
+    proc = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spml", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Rank 0 alone reports: the result line is printed once.
     assert proc.stdout.count("best epoch") == 1, proc.stdout
@@ -75,10 +91,48 @@ def flags(settings: dict) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
 
 
-def test_an_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
-    train(data, load_config(**SETTINGS, loss="an"), tmp_path / "one")
+def test_an_on_two_processes_equals_one(data: Path, one_an: Path, tmp_path: Path) -> None:
     torchrun("train", str(data), *flags({**SETTINGS, "loss": "an"}), "--quiet", "--out", str(tmp_path / "two"))
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(one_an, tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_nproc_launches_torchrun_and_passes_exit_status(data: Path, one_an: Path, tmp_path: Path) -> None:
+    """``spml train --nproc 2`` is the torchrun form; a failing process's exit status is the command's."""
+    proc = python("-m", "spml", "train", str(data), *flags({**SETTINGS, "loss": "an"}), "--nproc", "2", "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best epoch") == 1, proc.stdout
+    assert_same_run(one_an, tmp_path / "two")
+    # Each process refuses the run folder it would overwrite (exit 2); torchrun alone would exit 1.
+    proc = python("-m", "spml", "train", str(data), *flags({**SETTINGS, "loss": "an"}), "--nproc", "2", "--out", str(tmp_path / "two"))
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr
+
+
+def test_nproc_forwards_every_option_but_itself() -> None:
+    parser = build_parser()
+    full = ["train", "--out", "o", "--resume", "r", "--config", "c.yaml", "--method", "m", "--teacher", "t", "--log", "tensorboard",
+            "--threshold", "0.75", "--set", "a=1", "--set", "b=2", "--quiet", "--nproc", "3", "--", "-d"]
+    args = parser.parse_args(full)
+    minimal = vars(parser.parse_args(["train", "--nproc", "3"]))
+    # The full command line sets every option (an option added later must be forwarded too).
+    assert sorted(k for k, v in vars(args).items() if v == minimal[k]) == ["command", "func", "nproc"]
+    forwarded = process_arguments(args)
+    assert "--nproc" not in forwarded and forwarded[-2:] == ["--", "-d"]
+    assert vars(parser.parse_args(forwarded)) == {**vars(args), "nproc": 1}
+    assert process_arguments(parser.parse_args(["train", "--resume", "r", "--nproc", "2"])) == ["train", "--resume", "r"]
+
+
+def test_nproc_refuses_below_one_and_under_torchrun(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    out = str(tmp_path / "run")
+    assert cli_main(["train", str(data), "--out", out, "--nproc", "0"]) == 2
+    assert capsys.readouterr().err == "spml train: error: --nproc must be at least 1, got 0\n"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli_main(["train", str(data), "--out", out, "--nproc", "2"]) == 2
+    assert "already runs under a launcher" in capsys.readouterr().err
+    assert not Path(out).exists()
 
 
 def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@
     spml train DATA_DIR [--config FILE|NAME] [--set key=value ...] --out RUN_DIR
     spml train DATA_DIR --method pseudo-multilabel --teacher RUN_DIR --threshold 0.75 --out STUDENT
     spml train --resume RUN_DIR [DATA_DIR]
+    spml train ... --nproc N       # the same on N processes: torchrun --standalone --nproc-per-node N -m spml train ...
 """
 
 from __future__ import annotations
@@ -75,17 +76,53 @@ def print_result(result: RunResult) -> None:
     )
 
 
-def _run(args: argparse.Namespace) -> int:
+def checked_config(args: argparse.Namespace) -> TrainConfig | None:
+    """Check the argument combination; return the config to train (None for ``--resume``)."""
     if args.resume is not None:
         if args.config or args.overrides or args.method or args.teacher or args.threshold is not None:
             raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--set/--method")
-        with epoch_logging(args.log):
-            print_result(resume(args.resume, args.data_dir))
-        return 0
+        return None
     if args.data_dir is None or args.out is None:
         raise SpmlError("give DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
     extra = {} if args.threshold is None else {"method_params.threshold": args.threshold}
-    config = config_from_args(args, extra)
+    return config_from_args(args, extra)
+
+
+def process_arguments(args: argparse.Namespace) -> list[str]:
+    """The ``spml`` arguments each process of ``--nproc`` runs: ``args`` without ``--nproc``."""
+    argv = ["train"]
+    options = {"--out": args.out, "--resume": args.resume, "--config": args.config, "--method": args.method,
+               "--teacher": args.teacher, "--log": args.log, "--threshold": args.threshold}
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    for override in args.overrides:
+        argv += ["--set", override]
+    if args.quiet:
+        argv.append("--quiet")
+    if args.data_dir is not None:
+        argv += ["--", str(args.data_dir)]  # after "--": a folder named like an option stays a folder
+    return argv
+
+
+def _launch(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise SpmlError(f"--nproc must be at least 1, got {args.nproc}")
+    if distributed.under_launcher():
+        raise SpmlError("--nproc starts torchrun, but this process already runs under a launcher (RANK and WORLD_SIZE are set); drop --nproc")
+    # Checked here first so that a mistake is one line, not one per process and a torchrun report.
+    checked_config(args)
+    return distributed.launch(args.nproc, process_arguments(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.nproc != 1:
+        return _launch(args)
+    config = checked_config(args)
+    if config is None:
+        with epoch_logging(args.log):
+            print_result(resume(args.resume, args.data_dir))
+        return 0
     try:
         with epoch_logging(args.log):
             print_result(train(args.data_dir, config, args.out))
@@ -107,4 +144,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last epoch")
     add_config_arguments(parser)
     parser.add_argument("--threshold", type=float, help="pseudo-multilabel: teacher probability threshold T")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes of this machine (one per GPU, or gloo on CPU): runs this command under "
+        "'torchrun --standalone --nproc-per-node N'; default 1 (this process). batch_size is the global batch",
+    )
     parser.set_defaults(func=_run)

@@ -4,7 +4,8 @@ spml is launched on several processes by ``torchrun`` (one process per GPU, or s
 
     torchrun --nproc-per-node 2 -m spml train DATA --out RUN
 
-torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; :func:`init` joins
+or by ``spml train --nproc 2 ...``, which runs that command through torchrun's own machinery
+(:func:`launch`). torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; :func:`init` joins
 the process group (NCCL on CUDA, gloo otherwise). Without them everything here is a no-op for one
 process, so the engine has a single code path.
 
@@ -23,12 +24,15 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.run as torchrun
 from torch import nn
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from spml.errors import SpmlError
 from spml.progress import set_quiet
@@ -37,6 +41,30 @@ from spml.progress import set_quiet
 def launched() -> bool:
     """Whether this process was started by ``torchrun`` (or another launcher) for several processes."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def under_launcher() -> bool:
+    """Whether a launcher (torchrun) started this process, for any number of processes (``RANK`` and ``WORLD_SIZE`` set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m spml ARGV`` on ``nproc`` processes of this machine under torchrun; return the exit status.
+
+    This is ``torchrun --standalone --nproc-per-node NPROC -m spml ARGV`` through torchrun's Python
+    entry, so a failed process's own exit status (2 for an error in spml's one-line form, 130 when
+    interrupted) is returned instead of torchrun's generic 1.
+    """
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "spml", *argv])
+    try:
+        torchrun.run(args)
+    except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        # A negative exit code is a signal: report it as a shell does (128 + signal number).
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    except SignalException as err:
+        return 128 + int(err.sigval)
+    return 0
 
 
 def active() -> bool:
