@@ -28,6 +28,8 @@ from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import distributed
 from spml.training import engine as engine_module
+from subsets import micro_clip_params, small_copy
+from conftest import MicroClip
 
 SETTINGS = {
     "regime": "finetune", "epochs": 2, "image_size": 32, "device": "cpu", "batch_size": 8, "lr": 0.001,
@@ -87,8 +89,8 @@ def assert_same_run(one: Path, two: Path) -> None:
 
 
 def flags(settings: dict) -> list[str]:
-    """``--set key=value`` for every setting."""
-    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    """``--set key=value`` for every setting (YAML values: None is null)."""
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={'null' if value is None else value}")]
 
 
 def test_an_on_two_processes_equals_one(data: Path, one_an: Path, tmp_path: Path) -> None:
@@ -156,6 +158,75 @@ def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path, mo
     torchrun("train", "--resume", str(tmp_path / "two"), "--quiet")
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert resume(tmp_path / "two").best_epoch == json.loads((tmp_path / "one" / "results.json").read_text())["best_epoch"]
+
+
+def two_equals_one(data_one: Path, data_two: Path, settings: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """Train ``settings`` on one process (in this one) and on two (torchrun); assert the same run; return both folders.
+
+    Two data folders, so that each run builds its own caches (CLIP scores: split over the ranks).
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(data_one, load_config(**settings), one)
+    torchrun("train", str(data_two), *flags(settings), "--quiet", "--out", str(two))
+    assert_same_run(one, two)
+    return one, two
+
+
+@pytest.mark.slow
+def test_em_apl_pseudo_negatives_on_two_processes_equal_one(data: Path, tmp_path: Path) -> None:
+    """EM+APL picks its pseudo-negatives from the whole train set's predictions after epochs 1 and 2."""
+    settings = {**SETTINGS, "epochs": 3, "loss": "em_apl", "loss_params.warmup_epoch": 1, "loss_params.num_epochs": 3}
+    two_equals_one(data, data, settings, tmp_path)
+
+
+@pytest.mark.slow
+def test_large_loss_rejection_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
+    """LL-R rejects the largest losses of the global batch (20% of its entries in epoch 2, 40% in 3)."""
+    two_equals_one(data, data, {**SETTINGS, "epochs": 3, "loss": "ll_r", "loss_params.delta_rel": 20}, tmp_path)
+
+
+def clip_copy(micro_clip: MicroClip, out: Path, n_train: int, n_eval: int) -> Path:
+    """A small unscored copy of the micro CLIP's set with single positives (seed 0)."""
+    data = small_copy(micro_clip.data_dir, out, n_train, n_eval)
+    observe(PreparedData.open(data), "single-positive", seed=0)
+    return data
+
+
+def clip_params(micro_clip: MicroClip) -> dict:
+    """``method_params`` naming the micro CLIP, as dotted settings."""
+    return dict(item.split("=", 1) for item in micro_clip_params(micro_clip))
+
+
+@pytest.mark.slow
+def test_vlpl_on_two_processes_equals_one(micro_clip: MicroClip, tmp_path: Path) -> None:
+    """VLPL scores the train split with CLIP split over the ranks, into the same cache bytes."""
+    data_one, data_two = (clip_copy(micro_clip, tmp_path / name, 48, 16) for name in ("data1", "data2"))
+    settings = {**SETTINGS, "method": "vlpl", "loss": "vlpl", "method_params.tau": 0.03, "method_params.theta": 0.3,
+                **clip_params(micro_clip)}
+    two_equals_one(data_one, data_two, settings, tmp_path)
+    caches = [sorted((d / "cache").rglob("*.npy")) for d in (data_one, data_two)]
+    assert [p.relative_to(data_one / "cache") for p in caches[0]] == [p.relative_to(data_two / "cache") for p in caches[1]]
+    assert caches[0] and all(a.read_bytes() == b.read_bytes() for a, b in zip(*caches))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:ccd. classes never a confident")  # the micro CLIP's rare classes
+def test_ccd_on_two_processes_equals_one(micro_clip: MicroClip, tmp_path: Path) -> None:
+    """CCD: image and crop scores split over ranks, CAM views and the updated labels from rank 0.
+
+    ``soft_bce`` (CCD without the consistency term): the strong view's colour jitter is drawn per
+    process (docs/distributed.md). 128 px gives the GroupNorm backbone a 4 x 4 CAM.
+    """
+    data_one, data_two = (clip_copy(micro_clip, tmp_path / name, 32, 16) for name in ("data1", "data2"))
+    base = {k: v for k, v in SETTINGS.items() if k != "observed"}  # CCD starts from CLIP's labels alone
+    settings = {**base, "image_size": 128, "lr": 3e-3, "method": "ccd", "loss": "soft_bce",
+                "method_params.prompt": "a photo of a {}", "method_params.early_stopping": False,
+                "method_params.warmup_epochs": 1, "method_params.box_offset": 2, "method_params.box_offset_frame": None,
+                "method_params.crop_long_side": 32, "method_params.view_threshold": "exact", "method_params.mean_views": 2,
+                **clip_params(micro_clip)}
+    one, two = two_equals_one(data_one, data_two, settings, tmp_path)
+    np.testing.assert_array_equal(np.load(one / "ccd_views.npy"), np.load(two / "ccd_views.npy"))
+    assert json.loads((one / "ccd_labels.json").read_text()) == json.loads((two / "ccd_labels.json").read_text())
 
 
 def test_shards_and_row_ranges_cover_everything_once(monkeypatch: pytest.MonkeyPatch) -> None:
