@@ -244,6 +244,19 @@ def test_shards_and_row_ranges_cover_everything_once(monkeypatch: pytest.MonkeyP
         distributed.check_batch_size(8)
 
 
+def test_sync_batchnorm_still_refuses_cpu_tensors(tmp_path: Path) -> None:
+    """Why BatchNorm stays per process on CPU (docs/distributed.md): when torch lifts this, use SyncBatchNorm there too."""
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        bn = torch.nn.SyncBatchNorm(2).train()
+        with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+            bn(torch.randn(4, 2, 3, 3))
+    finally:
+        torch.distributed.destroy_process_group()
+    assert not distributed.active()
+
+
 def test_one_process_is_a_no_op() -> None:
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     part = np.arange(5.0)

@@ -17,7 +17,8 @@ mean over its own rows, so the average of the ranks' gradients is the gradient o
 mean loss. Predictions are split by rows and gathered (:func:`gather_rows`) before mAP and before
 the epoch callbacks, so state computed from every example (ROLE's estimator, EM+APL's pseudo-labels,
 CCD's labels) is computed from the same full predictions on every rank. BatchNorm statistics are
-per rank on CPU (``SyncBatchNorm`` needs CUDA); on CUDA they are synchronised (:func:`prepare_model`).
+per rank on CPU (torch's ``SyncBatchNorm`` refuses CPU tensors under a process group); on CUDA they
+are synchronised (:func:`prepare_model`).
 """
 
 from __future__ import annotations
