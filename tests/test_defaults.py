@@ -60,8 +60,8 @@ def test_selection_only_when_lr_is_unset_in_the_linear_regime(monkeypatch: pytes
     assert not should_tune(spml.load_config(lr=1e-3), STANDARD)
     assert not should_tune(spml.load_config(regime="finetune"), STANDARD)
     assert not should_tune(spml.load_config(), spml.get_method("vlpl"))
-    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every rank would probe on its own
-    assert not should_tune(spml.load_config(), STANDARD)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun the ranks probe in lock-step
+    assert should_tune(spml.load_config(), STANDARD)
 
 
 def test_best_candidate_prefers_val_map_then_smaller_lr_and_skips_diverged() -> None:

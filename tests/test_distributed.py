@@ -185,6 +185,20 @@ def test_large_loss_rejection_on_two_processes_equals_one(data: Path, tmp_path: 
     two_equals_one(data, data, {**SETTINGS, "epochs": 3, "loss": "ll_r", "loss_params.delta_rel": 20}, tmp_path)
 
 
+@pytest.mark.slow
+def test_lr_selection_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
+    """The linear regime's lr selection: every rank trains the same probes in lock-step, rank 0 writes them."""
+    base = {k: v for k, v in SETTINGS.items() if k != "lr"}  # lr unset: selected on val
+    settings = {**base, "regime": "linear", "autotune.lrs": [0.001, 0.03], "autotune.weight_decays": [0.0]}
+    one, two = two_equals_one(data, data, settings, tmp_path)
+    tune = [json.loads((run / "results.json").read_text())["autotune"] for run in (one, two)]
+    assert [c["lr"] for c in tune[1]["candidates"]] == [0.001, 0.03]
+    assert tune[0]["lr"] == tune[1]["lr"]
+    for a, b in zip(tune[0]["candidates"], tune[1]["candidates"]):
+        assert a["val_map"] == pytest.approx(b["val_map"], abs=1e-5) and a["best_epoch"] == b["best_epoch"]
+    assert not list((data / "cache").glob("autotune-*"))  # the probes' folder is removed
+
+
 def clip_copy(micro_clip: MicroClip, out: Path, n_train: int, n_eval: int) -> Path:
     """A small unscored copy of the micro CLIP's set with single positives (seed 0)."""
     data = small_copy(micro_clip.data_dir, out, n_train, n_eval)

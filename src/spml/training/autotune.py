@@ -14,16 +14,19 @@ run); other runs with ``lr`` unset use the regime's default (:mod:`spml.training
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spml.data.atomic import write_json
+from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.losses import SpmlLoss
 from spml.progress import log, quiet
@@ -32,6 +35,7 @@ from spml.training.config import TrainConfig
 from spml.training.engine import TrainingDiverged, train
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
+from spml.training.runmodel import resolve_device
 
 AUTOTUNE_KEY = "autotune"
 
@@ -80,15 +84,9 @@ class Selection:
 def should_tune(config: TrainConfig, method: MethodInfo) -> bool:
     """Whether ``config`` asks for the selection: ``lr`` unset, ``linear`` regime, standard method.
 
-    Not under torchrun: each rank would probe into its own temporary folders; such a run takes the
-    regime's default lr instead (set ``lr`` to choose another).
+    Under torchrun too: every rank trains the same probes in lock-step (:func:`probe_folder`).
     """
-    return (
-        config.lr is None
-        and config.regime == "linear"
-        and method.name == STANDARD.name
-        and not distributed.launched()
-    )
+    return config.lr is None and config.regime == "linear" and method.name == STANDARD.name
 
 
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
@@ -109,7 +107,7 @@ def select(data_dir: str | Path, config: TrainConfig, *, loss: SpmlLoss | None =
     A candidate that diverges counts as NaN (never selected). The probes run quietly.
     """
     candidates = []
-    with tempfile.TemporaryDirectory(prefix="spml-autotune-") as tmp:
+    with probe_folder(data_dir, config) as tmp:
         for i, lr in enumerate(config.autotune.lrs):
             for j, wd in enumerate(config.autotune.weight_decays):
                 probe = dataclasses.replace(config, lr=float(lr), weight_decay=float(wd))
@@ -121,6 +119,32 @@ def select(data_dir: str | Path, config: TrainConfig, *, loss: SpmlLoss | None =
                     candidates.append(Candidate(float(lr), float(wd), float("nan"), 0))
     best = best_candidate(candidates)
     return Selection(best.lr, best.weight_decay, tuple(candidates))
+
+
+@contextlib.contextmanager
+def probe_folder(data_dir: str | Path, config: TrainConfig) -> Iterator[str]:
+    """A temporary folder for the probe runs, removed afterwards.
+
+    One process: in the system's temporary folder. Under torchrun every rank trains the same probes
+    in lock-step, rank 0 writing their run folders and every rank reading their checkpoints back
+    (as in any run), so the folder must be one path seen by every node: rank 0 makes it in
+    ``DATA_DIR/cache``, beside the feature cache the probes train on, and broadcasts its name.
+    """
+    if not distributed.launched():
+        with tempfile.TemporaryDirectory(prefix="spml-autotune-") as tmp:
+            yield tmp
+        return
+    distributed.init(distributed.local_device(resolve_device(config.device)))
+    cache = PreparedData.open(data_dir).cache_dir
+    if distributed.is_main():
+        cache.mkdir(parents=True, exist_ok=True)
+    tmp = distributed.broadcast_object(tempfile.mkdtemp(prefix="autotune-", dir=cache) if distributed.is_main() else "")
+    try:
+        yield tmp
+    finally:
+        distributed.barrier()  # every rank is done with the probes' checkpoints
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
@@ -157,5 +181,7 @@ def train_tuned(
     tuned = dataclasses.replace(config, lr=selection.lr, weight_decay=selection.weight_decay)
     result = train(data_dir, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
     path = Path(run_dir) / RESULTS_FILE
-    write_json(path, {**json.loads(path.read_text()), AUTOTUNE_KEY: selection.to_dict()})
+    if distributed.is_main():  # rank 0 alone writes the run folder
+        write_json(path, {**json.loads(path.read_text()), AUTOTUNE_KEY: selection.to_dict()})
+    distributed.barrier()
     return result

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from spml.errors import SpmlError
 from spml.progress import set_quiet
+
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -195,6 +198,15 @@ def sync_buffers(model: nn.Module) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def broadcast_object(value: T) -> T:
+    """Rank 0's picklable ``value`` on every rank (for instance the name of a folder rank 0 made)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
