@@ -258,6 +258,32 @@ def test_shards_and_row_ranges_cover_everything_once(monkeypatch: pytest.MonkeyP
         distributed.check_batch_size(8)
 
 
+FLAG_SCRIPT = """
+import json, sys, torch
+from spml.training import distributed
+distributed.init(torch.device("cpu"))
+me = distributed.rank()
+p = torch.nn.Parameter(torch.zeros(2))
+p.grad = torch.full((2,), float(me))
+agreed = [distributed.average_gradients([p])]
+grad = p.grad.tolist()
+agreed.append(distributed.average_gradients([p], finite=me == 0))
+agreed.append(distributed.average_gradients([p], finite=me == 1))
+print(json.dumps({"rank": me, "agreed": agreed, "grad": grad}))
+"""
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    """The flag rides on the gradients' all-reduce: every rank learns that one must stop (no rank waits on another)."""
+    script = tmp_path / "flag.py"
+    script.write_text(FLAG_SCRIPT)
+    proc = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    assert rows == [{"rank": r, "agreed": [True, False, False], "grad": [0.5, 0.5]} for r in (0, 1)]
+
+
 def test_sync_batchnorm_still_refuses_cpu_tensors(tmp_path: Path) -> None:
     """Why BatchNorm stays per process on CPU (docs/distributed.md): when torch lifts this, use SyncBatchNorm there too."""
     store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
@@ -277,5 +303,5 @@ def test_one_process_is_a_no_op() -> None:
     assert distributed.gather_rows(part, 5) is part
     p = torch.nn.Parameter(torch.ones(2))
     p.grad = torch.full((2,), 3.0)
-    distributed.average_gradients([p])
+    assert distributed.average_gradients([p]) and not distributed.average_gradients([p], finite=False)
     assert p.grad.tolist() == [3.0, 3.0]

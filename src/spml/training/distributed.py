@@ -158,21 +158,28 @@ def gather_rows(part: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Replace every gradient by its mean over ranks (one flat all-reduce; missing gradients count as 0)."""
+def average_gradients(params: Iterable[nn.Parameter], *, finite: bool = True) -> bool:
+    """Replace every gradient by its mean over ranks; return whether every rank's loss was ``finite``.
+
+    One flat all-reduce of the gradients (missing ones count as 0) and of each rank's ``finite``
+    flag, so that every rank knows when one of them must stop (and stops with it).
+    """
     if not active():
-        return
+        return finite
     params = [p for p in params if p.requires_grad]
-    if not params:
-        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    device = params[0].device if params else torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    flag = torch.tensor([0.0 if finite else 1.0], device=device, dtype=grads[0].dtype if grads else torch.float32)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), flag])
     dist.all_reduce(flat)
+    if float(flat[-1]) != 0.0:
+        return False
     flat /= world_size()
     offset = 0
     for p, g in zip(params, grads):
         p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()
+    return True
 
 
 def mean_over_ranks(value: float) -> float:

@@ -428,16 +428,20 @@ class Trainer:
             # The loss math in float32 (logs of probabilities near 0 and 1, the fixtures' precision).
             value = self.loss(logits.float(), batch["observed"], **self._loss_inputs(batch))
             item = float(value.detach())
-            if not math.isfinite(item):
+            finite = math.isfinite(item)
+            if finite:
+                value.backward()
+            # Under torchrun the gradients' all-reduce also tells every rank whether any rank's loss
+            # was not finite, so that all stop here rather than the others wait at the next one.
+            if not distributed.average_gradients((p for group in self.optimizer.param_groups for p in group["params"]), finite=finite):
                 # The inputs were checked finite (cached features on load; images are 8-bit), so the
                 # weights, the learning rate or the loss's parameters are at fault.
                 raise TrainingDiverged(
-                    f"loss is {item} at epoch {epoch}, batch {b}/{n_batches}; training stopped: the inputs "
-                    f"are finite, so lower lr (now {phase.lr:g}) or check the loss parameters; {self._kept(epoch)}",
+                    f"{f'loss is {item}' if not finite else 'the loss of another process is not finite'} at epoch {epoch}, "
+                    f"batch {b}/{n_batches}; training stopped: the inputs are finite, so lower lr (now {phase.lr:g}) "
+                    f"or check the loss parameters; {self._kept(epoch)}",
                     self.run_dir,
                 )
-            value.backward()
-            distributed.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
             self.optimizer.step()
             total += item
             count += 1
