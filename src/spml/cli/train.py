@@ -127,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         with epoch_logging(args.log):
             print_result(train(args.data_dir, config, args.out))
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: spml train --resume {args.out}")
+        if distributed.is_main():  # once under torchrun
+            print(f"interrupted; continue with: spml train --resume {args.out}")
         raise
     return 0
 
