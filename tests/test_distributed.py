@@ -7,16 +7,19 @@ The backbone has GroupNorm, not BatchNorm: on CPU BatchNorm statistics are per p
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from spml.api import load_config, resume, train
 from spml.cli.main import build_parser
@@ -99,16 +102,29 @@ def test_an_on_two_processes_equals_one(data: Path, one_an: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_nproc_launches_torchrun_and_passes_exit_status(data: Path, one_an: Path, tmp_path: Path) -> None:
-    """``spml train --nproc 2`` is the torchrun form; a failing process's exit status is the command's."""
+def test_nproc_launches_torchrun(data: Path, one_an: Path, tmp_path: Path) -> None:
+    """``spml train --nproc 2`` is the torchrun form."""
     proc = python("-m", "spml", "train", str(data), *flags({**SETTINGS, "loss": "an"}), "--nproc", "2", "--out", str(tmp_path / "two"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("best epoch") == 1, proc.stdout
     assert_same_run(one_an, tmp_path / "two")
-    # Each process refuses the run folder it would overwrite (exit 2); torchrun alone would exit 1.
-    proc = python("-m", "spml", "train", str(data), *flags({**SETTINGS, "loss": "an"}), "--nproc", "2", "--out", str(tmp_path / "two"))
-    assert proc.returncode == 2
-    assert "already holds a run" in proc.stderr
+
+
+def test_launch_returns_the_failed_process_exit_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed process's own status (2: an spml error; 128 + N for signal N), where torchrun would exit 1."""
+    launched: list[list[str]] = []
+
+    def fails(exitcode: int) -> Callable[[argparse.Namespace], None]:
+        def run(args: argparse.Namespace) -> None:
+            launched.append([*map(str, (args.nproc_per_node, args.standalone, args.module, args.training_script)), *args.training_script_args])
+            raise ChildFailedError("spml", {1: ProcessFailure(local_rank=1, pid=1, exitcode=exitcode, error_file="")})
+        return run
+
+    monkeypatch.setattr(distributed.torchrun, "run", fails(2))
+    assert distributed.launch(2, ["train", "--resume", "r"]) == 2
+    assert launched == [["2", "True", "True", "spml", "train", "--resume", "r"]]
+    monkeypatch.setattr(distributed.torchrun, "run", fails(-9))
+    assert distributed.launch(2, ["train"]) == 137
 
 
 def test_nproc_forwards_every_option_but_itself() -> None:
@@ -269,7 +285,8 @@ agreed = [distributed.average_gradients([p])]
 grad = p.grad.tolist()
 agreed.append(distributed.average_gradients([p], finite=me == 0))
 agreed.append(distributed.average_gradients([p], finite=me == 1))
-print(json.dumps({"rank": me, "agreed": agreed, "grad": grad}))
+with open(f"{sys.argv[1]}/rank{me}.json", "w") as out:  # ranks share stdout: lines could interleave
+    json.dump({"rank": me, "agreed": agreed, "grad": grad}, out)
 """
 
 
@@ -278,9 +295,9 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     """The flag rides on the gradients' all-reduce: every rank learns that one must stop (no rank waits on another)."""
     script = tmp_path / "flag.py"
     script.write_text(FLAG_SCRIPT)
-    proc = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script))
+    proc = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert rows == [{"rank": r, "agreed": [True, False, False], "grad": [0.5, 0.5]} for r in (0, 1)]
 
 
