@@ -1,6 +1,6 @@
 """Default ``spml train`` (only loss and observed set) against a tuned scikit-learn probe.
 
-For each labelling (full labels with ``an``; single positives with ``an`` and with ``role``), one
+For each labelling (full labels with ``an``; single positives with ``an``, ``role`` and ``em``), one
 run of ``spml.train`` with nothing but ``loss`` and ``observed`` set (so the linear regime's
 defaults apply: optimizer, lr and weight decay selected on val, early stopping), and a
 scikit-learn ``LogisticRegression`` (one-vs-rest, lbfgs) fitted on the same cached features, its C
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--observed", required=True)
-    parser.add_argument("--settings", nargs="+", default=["full:an", "sp:an", "sp:role"])
+    parser.add_argument("--settings", nargs="+", default=["full:an", "sp:an", "sp:role", "sp:em"])
     parser.add_argument("--sklearn-only", action="store_true", help="only the scikit-learn probe (features cached)")
     args = parser.parse_args()
     data = PreparedData.open(args.data_dir)

@@ -36,8 +36,11 @@ def test_probe_configs_by_size_and_loss() -> None:
         ("lbfgs", 1.0, 1e-4, LBFGS_EPOCHS),
         ("lbfgs", 1.0, 1e-2, LBFGS_EPOCHS),
     ]
-    # ROLE's estimator is set once (a static objective); LL-R's schedule changes it every epoch.
+    # ROLE's estimator is set once (a static objective) but trained with the head (not convex):
+    # L-BFGS and Adam candidates. LL-R's schedule changes the objective every epoch: Adam only.
     assert uses_lbfgs(spml.load_config(loss="role"), 101)
+    role = probe_configs(spml.load_config(loss="role", autotune={"lbfgs_weight_decays": [1e-3]}), 101)
+    assert [c.optimizer for c in role] == ["lbfgs"] + ["adam"] * 8
     assert not uses_lbfgs(spml.load_config(loss="ll_r", loss_params={"delta_rel": 0.2}), 101)
     assert not uses_lbfgs(cfg, 1001)
     # Above the bound: Adam over lrs x weight_decays, each probe cut to large_probe_epochs.

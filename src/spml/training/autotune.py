@@ -11,11 +11,13 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   lbfgs``, lr 1) of the loss plus an L2 penalty, one per ``autotune.lbfgs_weight_decays`` value:
   scikit-learn's ``LogisticRegression`` with its C chosen on val, for the assume-negative losses.
   Adam with a constant lr does not reach that optimum on small data: on coco128's single positives
-  its best run was 3.4 test mAP points below the probe, L-BFGS 1.4 points above it
-  (docs/benchmarks.md). About 2 s per solve on 101 rows (2-core CPU).
-* Above, Adam over ``autotune.lrs`` x ``autotune.weight_decays``, each probe cut to
-  ``autotune.large_probe_epochs`` epochs, so that the selection costs a few epochs of the run
-  whatever its size (an L-BFGS iteration over 65k rows costs as much as an Adam epoch).
+  its selection was 3.4 test mAP points below the probe, L-BFGS's 0.7 points above it
+  (docs/benchmarks.md). About 1-6 s per solve on a few hundred rows (2-core CPU). A loss with its
+  own trained state (ROLE) gets the Adam candidates below as well.
+* Otherwise Adam over ``autotune.lrs`` x ``autotune.weight_decays``; above
+  ``autotune.lbfgs_max_rows`` rows each probe is cut to ``autotune.large_probe_epochs`` epochs, so
+  that the selection costs a few epochs of the run whatever its size (a full-batch L-BFGS
+  iteration over 65k rows would cost about as much as an Adam epoch).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
 with every candidate's val mAP and best epoch and the selection's seconds, and one log line says
@@ -55,7 +57,9 @@ LBFGS_LR = 1.0
 # Epochs of an L-BFGS run when ``epochs`` is unset: 15 x 20 iterations, with early stopping on val
 # (the coco128 and synthetic runs stopped after 6-12).
 LBFGS_EPOCHS = 15
-# Loss hooks that keep the objective fixed over the run (ROLE's estimator is initialised once).
+# Loss hooks that keep the objective fixed over the run. A loss that sets up state of its own at
+# the start (ROLE's label estimator, trained with the head) is not convex jointly: it gets the Adam
+# candidates too and val decides (on coco128 L-BFGS won for ROLE, on the synthetic set Adam did).
 STATIC_HOOKS = frozenset({"on_train_start"})
 
 
@@ -136,20 +140,25 @@ def uses_lbfgs(config: TrainConfig, num_train: int) -> bool:
 
 def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
     """The candidate configs of the selection, in the order tried (see the module docstring)."""
+    lbfgs: list[TrainConfig] = []
     if uses_lbfgs(config, num_train):
-        epochs = config.epochs or LBFGS_EPOCHS
-        return [
-            dataclasses.replace(config, optimizer="lbfgs", lr=LBFGS_LR, weight_decay=float(wd), epochs=epochs)
+        lbfgs = [
+            dataclasses.replace(
+                config, optimizer="lbfgs", lr=LBFGS_LR, weight_decay=float(wd), epochs=config.epochs or LBFGS_EPOCHS
+            )
             for wd in config.autotune.lbfgs_weight_decays
         ]
+        if config.optimizer == "lbfgs" or not get_loss_info(config.loss).hooks:
+            return lbfgs
     epochs = config.epochs or default_epochs(config.regime, num_train, config.batch_size)
     if num_train > config.autotune.lbfgs_max_rows:
         epochs = min(epochs, config.autotune.large_probe_epochs)
-    return [
-        dataclasses.replace(config, lr=float(lr), weight_decay=float(wd), epochs=epochs)
+    adam = [
+        dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs)
         for lr in config.autotune.lrs
         for wd in config.autotune.weight_decays
     ]
+    return lbfgs + adam
 
 
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
