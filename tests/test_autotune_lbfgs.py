@@ -44,11 +44,9 @@ def test_probe_configs_by_size_and_loss() -> None:
     assert [c.optimizer for c in role] == ["lbfgs"] + ["adam"] * 8
     assert not uses_lbfgs(spml.load_config(loss="ll_r", loss_params={"delta_rel": 0.2}), 101)
     assert not uses_lbfgs(cfg, 1001)
-    # Above the bound: Adam over lrs x weight_decays, each probe cut to large_probe_epochs.
+    # Above the bound: Adam over lrs at the first weight decay, each probe cut to large_probe_epochs.
     large = probe_configs(cfg, 65_665)
-    assert [(c.optimizer, c.lr, c.weight_decay) for c in large] == [
-        ("adam", lr, wd) for lr in cfg.autotune.lrs for wd in cfg.autotune.weight_decays
-    ]
+    assert [(c.optimizer, c.lr, c.weight_decay) for c in large] == [("adam", lr, 0.0) for lr in cfg.autotune.lrs]
     assert {c.epochs for c in large} == {1}
     # A set epochs is kept; optimizer lbfgs asks for the L-BFGS candidates at any size.
     assert {c.epochs for c in probe_configs(spml.load_config(epochs=4), 50)} == {4}

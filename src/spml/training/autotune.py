@@ -12,12 +12,13 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   scikit-learn's ``LogisticRegression`` with its C chosen on val, for the assume-negative losses.
   Adam with a constant lr does not reach that optimum on small data: on coco128's single positives
   its selection was 3.4 test mAP points below the probe, L-BFGS's 0.7 points above it
-  (docs/benchmarks.md). About 1-6 s per solve on a few hundred rows (2-core CPU). A loss with its
+  (docs/benchmarks.md). About 1-5 s per solve on a few hundred rows (2-core CPU). A loss with its
   own trained state (ROLE) gets the Adam candidates below as well.
 * Otherwise Adam over ``autotune.lrs`` x ``autotune.weight_decays``; above
-  ``autotune.lbfgs_max_rows`` rows each probe is cut to ``autotune.large_probe_epochs`` epochs, so
-  that the selection costs a few epochs of the run whatever its size (a full-batch L-BFGS
-  iteration over 65k rows would cost about as much as an Adam epoch).
+  ``autotune.lbfgs_max_rows`` rows only the first weight decay, and each probe is cut to
+  ``autotune.large_probe_epochs`` epochs, so that the selection costs four epochs of the run
+  whatever its size (a full-batch L-BFGS iteration over 65k rows would cost about as much as an
+  Adam epoch). At 65,665 rows that is still minutes on a 2-core CPU (docs/benchmarks.md).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
 with every candidate's val mAP and best epoch and the selection's seconds, and one log line says
@@ -151,12 +152,16 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
         if config.optimizer == "lbfgs" or not get_loss_info(config.loss).hooks:
             return lbfgs
     epochs = config.epochs or default_epochs(config.regime, num_train, config.batch_size)
+    weight_decays = config.autotune.weight_decays
     if num_train > config.autotune.lbfgs_max_rows:
+        # Bounded cost at scale: short probes, and Adam's weight decay (within val noise on every
+        # set measured) is not searched.
         epochs = min(epochs, config.autotune.large_probe_epochs)
+        weight_decays = weight_decays[:1]
     adam = [
         dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs)
         for lr in config.autotune.lrs
-        for wd in config.autotune.weight_decays
+        for wd in weight_decays
     ]
     return lbfgs + adam
 

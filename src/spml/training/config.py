@@ -88,8 +88,8 @@ class AutotuneConfig:
     Used only when ``lr`` is None (auto) in the ``linear`` regime with the standard method: every
     candidate is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
     Up to ``lbfgs_max_rows`` train rows (and a loss without per-epoch hooks) the candidates are
-    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; above, Adam runs over
-    ``lrs`` x ``weight_decays``, each of at most ``large_probe_epochs`` epochs.
+    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; above, Adam runs over ``lrs``
+    at the first of ``weight_decays``, each of at most ``large_probe_epochs`` epochs.
 
     Attributes:
         lrs: Adam learning rates tried.
@@ -97,7 +97,7 @@ class AutotuneConfig:
         lbfgs_weight_decays: L2 strengths of the L-BFGS solves tried.
         lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
         large_probe_epochs: Epochs of each Adam probe above ``lbfgs_max_rows`` rows (the final run
-            trains its full schedule).
+            trains its full schedule); only the first of ``weight_decays`` is tried there.
     """
 
     lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)

@@ -462,7 +462,7 @@ class Trainer:
         return distributed.mean_over_ranks(total / max(count, 1))
 
     def _lbfgs_epoch(self, phase: Phase, epoch: int) -> float:
-        """:data:`LBFGS_ITERS_PER_EPOCH` L-BFGS iterations on the whole train set; return the final objective."""
+        """:data:`LBFGS_ITERS_PER_EPOCH` L-BFGS iterations on the whole train set; return the last loss evaluated (without the L2 term)."""
         optimizer = self.optimizer
         if not isinstance(optimizer, torch.optim.LBFGS):
             raise TypeError("the L-BFGS epoch needs the L-BFGS optimizer")
