@@ -1,8 +1,8 @@
 """Default ``spml train`` (only loss and observed set) against a tuned scikit-learn probe.
 
-For each labelling (full labels with ``an``; single positives with ``an`` and with ``role``), one
+For each labelling (full labels with ``an``; single positives with ``an``, ``role`` and ``em``), one
 run of ``spml.train`` with nothing but ``loss`` and ``observed`` set (so the linear regime's
-defaults apply: lr and weight decay selected on val, a step-budget schedule, early stopping), and a
+defaults apply: optimizer, lr and weight decay selected on val, early stopping), and a
 scikit-learn ``LogisticRegression`` (one-vs-rest, lbfgs) fitted on the same cached features, its C
 chosen on the same val split (clean labels, as the default ``val_set_variant``). For single
 positives the probe treats unobserved labels as negatives (assume-negative), the only reading a
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--observed", required=True)
-    parser.add_argument("--settings", nargs="+", default=["full:an", "sp:an", "sp:role"])
+    parser.add_argument("--settings", nargs="+", default=["full:an", "sp:an", "sp:role", "sp:em"])
     parser.add_argument("--sklearn-only", action="store_true", help="only the scikit-learn probe (features cached)")
     args = parser.parse_args()
     data = PreparedData.open(args.data_dir)
@@ -98,7 +98,7 @@ def main() -> None:
                     "spml_seconds": round(seconds, 1),
                     "spml_epochs_run": result.epochs_run,
                     "spml_best_epoch": result.best_epoch,
-                    "autotune": {k: results.get("autotune", {}).get(k) for k in ("lr", "weight_decay")},
+                    "autotune": {k: results.get("autotune", {}).get(k) for k in ("optimizer", "lr", "weight_decay", "seconds")},
                     "warnings": results.get("warnings"),
                     "sklearn_test_map": round(probe["test_map"], 4),
                     "sklearn_C": probe["C"],

@@ -90,7 +90,9 @@ def test_not_done_warning() -> None:
 
 
 def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, autotune={"lrs": [1e-3, 1e-2], "weight_decays": [0.0]}, **TINY)
+    # lbfgs_max_rows 0: the Adam selection of large train sets (tests/test_autotune_lbfgs.py: the small-data one).
+    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "large_probe_epochs": 2}
+    cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, autotune=tune_keys, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     tune = results["autotune"]
@@ -100,7 +102,7 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
     assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
     written = spml.load_config(tmp_path / "run" / "config.yaml")
     assert (written.lr, written.epochs) == (tune["lr"], 2)  # config.yaml holds concrete values
-    assert f"autotune: selected lr {tune['lr']:g}" in capsys.readouterr().err
+    assert f"autotune: selected adam lr {tune['lr']:g}" in capsys.readouterr().err
 
 
 def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

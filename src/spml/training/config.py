@@ -31,6 +31,7 @@ REGIMES = ("linear", "finetune", "linear-init")
 VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("adam", "lbfgs")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
@@ -85,15 +86,25 @@ class AutotuneConfig:
     """The candidates of the automatic learning-rate and weight-decay selection on val (linear regime).
 
     Used only when ``lr`` is None (auto) in the ``linear`` regime with the standard method: every
-    pair is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
+    candidate is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
+    Up to ``lbfgs_max_rows`` train rows (and a loss without per-epoch hooks) the candidates are
+    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; above, Adam runs over ``lrs``
+    at the first of ``weight_decays``, each of at most ``large_probe_epochs`` epochs.
 
     Attributes:
         lrs: Adam learning rates tried.
         weight_decays: Adam weight decays tried.
+        lbfgs_weight_decays: L2 strengths of the L-BFGS solves tried.
+        lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
+        large_probe_epochs: Epochs of each Adam probe above ``lbfgs_max_rows`` rows (the final run
+            trains its full schedule); only the first of ``weight_decays`` is tried there.
     """
 
     lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     weight_decays: tuple[float, ...] = (0.0, 1e-3)
+    lbfgs_weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    lbfgs_max_rows: int = 20_000
+    large_probe_epochs: int = 1
 
 
 @dataclass
@@ -122,7 +133,11 @@ class TrainConfig:
             in the ``linear`` regime (:mod:`spml.training.autotune`), else the regime's default.
         head_lr_mult: The head trains at ``lr x head_lr_mult`` while the backbone trains too (Large
             Loss and CCD: 10); a frozen-backbone (linear) phase trains the head at ``lr``.
-        weight_decay: Adam weight decay (selected with ``lr`` when that is auto).
+        weight_decay: Adam weight decay (selected with ``lr`` when that is auto); for ``lbfgs``, the
+            L2 penalty ``weight_decay / 2 x ||W||^2`` on the head's weight matrix (not its bias).
+        optimizer: ``adam`` (mini-batches of ``batch_size``), or ``lbfgs``: full-batch L-BFGS on the
+            cached features (``linear`` regime only), ``lr`` its step size (1 is the usual) and each
+            epoch a fixed number of its iterations (:mod:`spml.training.engine`).
         batch_size: Training batch size.
         image_size: Square input side in pixels (Cole et al.: 448).
         observed: A file of observed train labels (``spml observe``; a relative path is relative to
@@ -157,6 +172,7 @@ class TrainConfig:
     lr: float | None = None
     head_lr_mult: float = 1.0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
     batch_size: int = 16
     image_size: int = 448
     observed: str = FULL_OBSERVED
@@ -182,6 +198,9 @@ class TrainConfig:
         _choice(self.val_set_variant, VAL_SET_VARIANTS, "val_set_variant", source)
         _choice(self.device, DEVICES, "device", source)
         _choice(self.precision, PRECISIONS, "precision", source)
+        _choice(self.optimizer, OPTIMIZERS, "optimizer", source)
+        if self.optimizer == "lbfgs" and self.regime != "linear":
+            raise SpmlError(f"optimizer lbfgs trains only the linear regime (cached features), not regime {self.regime!r}", source)
         positive = {
             "epochs": self.epochs,
             "lr": self.lr,
@@ -213,7 +232,14 @@ class TrainConfig:
         }.items():
             if value < 0:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
-        for key, values in {"autotune.lrs": self.autotune.lrs, "autotune.weight_decays": self.autotune.weight_decays}.items():
+        if self.autotune.lbfgs_max_rows < 0 or self.autotune.large_probe_epochs < 1:
+            raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.large_probe_epochs >= 1", source)
+        tuned = {
+            "autotune.lrs": self.autotune.lrs,
+            "autotune.weight_decays": self.autotune.weight_decays,
+            "autotune.lbfgs_weight_decays": self.autotune.lbfgs_weight_decays,
+        }
+        for key, values in tuned.items():
             if not values or any(v < 0 or (key == "autotune.lrs" and v == 0) for v in values):
                 raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)
 

@@ -81,6 +81,9 @@ from spml.training.runfolder import (
 from spml.training.runmodel import RunModel, load_weights, resolve_device, save_weights
 
 LINEAR, FINETUNE = "linear", "finetune"
+# Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
+# run between them as between Adam epochs.
+LBFGS_ITERS_PER_EPOCH = 20
 # A run has diverged when its trained weights' norm grows this many times over the phase's start.
 # Adam's steps are bounded by the learning rate, so a far too high rate does not turn the loss NaN:
 # it inflates the weights (lr=1e10 gave weights near 5e10) while the clamped loss stays finite.
@@ -229,6 +232,9 @@ class Trainer:
         self.run_dir = run_dir
         self.device = distributed.local_device(resolve_device(config.device))
         distributed.init(self.device)
+        if config.optimizer == "lbfgs" and distributed.launched():
+            # Each rank would line-search its own shard's objective, and the ranks' weights would part.
+            raise SpmlError("optimizer lbfgs runs in one process; train it without torchrun (or use optimizer adam)")
         self.phases = plan_phases(config)
         for phase in self.phases:
             distributed.check_batch_size(phase.batch_size, "linear_init.batch_size" if phase.name == LINEAR and len(self.phases) > 1 else "batch_size")
@@ -310,11 +316,18 @@ class Trainer:
         loss_params = [p for p in self.loss.parameters() if p.requires_grad]
         if loss_params:
             groups.append({"params": loss_params, "lr": phase.lr * float(getattr(self.loss, "param_lr_mult", 1.0))})
-        # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
-        # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
-        self.optimizer = torch.optim.Adam(
-            groups, lr=phase.lr, weight_decay=self.config.weight_decay, fused=self.device.type in ("cpu", "cuda")
-        )
+        if self.config.optimizer == "lbfgs":
+            # One group: L-BFGS has no per-group rates; its line search scales the steps.
+            self.optimizer = torch.optim.LBFGS(
+                [p for group in groups for p in group["params"]], lr=phase.lr, max_iter=LBFGS_ITERS_PER_EPOCH,
+                history_size=20, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+            )
+        else:
+            # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
+            # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
+            self.optimizer = torch.optim.Adam(
+                groups, lr=phase.lr, weight_decay=self.config.weight_decay, fused=self.device.type in ("cpu", "cuda")
+            )
         self.phase_norm = self._trained_norm()
 
     def _trained_norm(self) -> float:
@@ -416,6 +429,8 @@ class Trainer:
         else:
             model.train()
         self.loss.train()
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            return self._lbfgs_epoch(phase, epoch)
         total, count = 0.0, 0
         n_batches = len(self.order(epoch, phase.batch_size))
         bar = progress(self.batches(phase, epoch), total=n_batches, desc=f"epoch {epoch}/{self.config.total_epochs} {phase.name}", unit="batch", leave=False)
@@ -450,6 +465,35 @@ class Trainer:
         bar.close()
         return distributed.mean_over_ranks(total / max(count, 1))
 
+    def _lbfgs_epoch(self, phase: Phase, epoch: int) -> float:
+        """:data:`LBFGS_ITERS_PER_EPOCH` L-BFGS iterations on the whole train set; return the last loss evaluated (without the L2 term)."""
+        optimizer = self.optimizer
+        if not isinstance(optimizer, torch.optim.LBFGS):
+            raise TypeError("the L-BFGS epoch needs the L-BFGS optimizer")
+        batch = next(self.batches(dataclasses.replace(phase, batch_size=len(self.train_split)), epoch))
+        inputs = self._loss_inputs(batch)
+        # The L2 penalty of sklearn's LogisticRegression: weight matrices only, not biases.
+        decayed = [p for p in self.rm.model.head.parameters() if p.ndim > 1]
+        values: list[float] = []
+
+        def objective() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            value = self.loss(self.rm.model.forward_head(batch["features"]).float(), batch["observed"], **inputs)
+            values.append(float(value.detach()))
+            total = value + 0.5 * self.config.weight_decay * sum((p * p).sum() for p in decayed)
+            total.backward()
+            return total
+
+        self.loss.validate = True
+        optimizer.step(objective)
+        if not all(math.isfinite(v) for v in values):
+            raise TrainingDiverged(
+                f"loss is not finite at epoch {epoch} (L-BFGS): lower lr (now {phase.lr:g}) or check the loss parameters; "
+                f"{self._kept(epoch)}",
+                self.run_dir,
+            )
+        return values[-1]
+
     def score(self, name: str, phase: Phase, epoch: int) -> np.ndarray:
         """float32 N x L probabilities on split ``name``; TrainingDiverged when not finite."""
         scores = self.predict(name, from_features=phase.name == LINEAR)
@@ -472,7 +516,9 @@ class Trainer:
     def _save_last(self, phase: Phase, state: RunState) -> None:
         if not distributed.is_main():
             return
-        opt_tensors, opt_meta = optimizer_state(self.optimizer)
+        # L-BFGS's history is lists of tensors that the checkpoint format does not hold: a resumed
+        # L-BFGS run restarts its curvature estimate (its weights are restored all the same).
+        opt_tensors, opt_meta = ({}, None) if isinstance(self.optimizer, torch.optim.LBFGS) else optimizer_state(self.optimizer)
         groups = {
             "model": self.rm.part_module(self._part(phase)).state_dict(),
             "loss": self.loss.state_dict(),
@@ -548,7 +594,8 @@ class Trainer:
             resumed = False
             if mid_phase:
                 self.enter_phase(phase, from_previous=False)
-                load_optimizer_state(self.optimizer, optim_tensors, optim_meta)
+                if optim_meta is not None:
+                    load_optimizer_state(self.optimizer, optim_tensors, optim_meta)
                 self.phase_norm = state.phase_norm or self.phase_norm
             else:
                 self.enter_phase(phase, from_previous=index > 0)
