@@ -213,8 +213,8 @@ def test_feature_mean_reads_float16_in_blocks(tmp_path: Path) -> None:
 
 
 def test_linear_defaults_size_the_batch_and_the_warm_up() -> None:
-    # The power of two nearest rows / 64, within 16..1024.
-    assert [default_batch_size("linear", n) for n in (101, 4_000, 16_416, 65_665, 500_000)] == [16, 64, 256, 1024, 1024]
+    # The power of two nearest rows / 16, within 16..1024.
+    assert [default_batch_size("linear", n) for n in (101, 4_000, 16_416, 65_665, 500_000)] == [16, 256, 1024, 1024, 1024]
     assert default_batch_size("finetune", 65_665) == 16 and default_batch_size("linear", None) == 1024
     assert default_warmup_steps("linear", 65_665, 1024, 47) == round(0.05 * 47 * 64)
     assert default_warmup_steps("linear", None, 1024, 47) == 0 and default_warmup_steps("finetune", 65_665, 16, 10) == 0

@@ -147,7 +147,7 @@ def test_linear_run_writes_every_artifact(data: Path, tmp_path: Path) -> None:
     # config.yaml holds the resolved config: the bare observed name became its absolute path.
     observed = str((data / "observed" / "single-positive-seed0.npy").resolve())
     # Keys left null (early_stopping.patience) hold the regime's default.
-    expected = dataclasses.replace(resolve_defaults(config("epochs=3", "loss=an"), None), observed=observed)
+    expected = dataclasses.replace(resolve_defaults(config("epochs=3", "loss=an", "train_map_every=1"), None), observed=observed)
     assert load_config(run / "config.yaml") == expected
 
 
