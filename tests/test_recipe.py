@@ -216,7 +216,7 @@ def test_linear_defaults_size_the_batch_and_the_warm_up() -> None:
     # The power of two nearest rows / 16, within 16..1024.
     assert [default_batch_size("linear", n) for n in (101, 4_000, 16_416, 65_665, 500_000)] == [16, 256, 1024, 1024, 1024]
     assert default_batch_size("finetune", 65_665) == 16 and default_batch_size("linear", None) == 1024
-    assert default_warmup_steps("linear", 65_665, 1024, 47) == round(0.05 * 47 * 64)
+    assert default_warmup_steps("linear", 65_665, 1024, 47) == round(0.01 * 47 * 64)
     assert default_warmup_steps("linear", None, 1024, 47) == 0 and default_warmup_steps("finetune", 65_665, 16, 10) == 0
     cfg = resolve_defaults(load_config(None, []), 65_665)
     assert (cfg.batch_size, cfg.schedule, cfg.center_features) == (1024, "cosine", True)

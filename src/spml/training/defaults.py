@@ -62,7 +62,7 @@ REGIME_DEFAULTS: dict[str, RegimeDefaults] = {
     # Adam at 1e-3 is the best fixed lr of a linear probe over the sizes measured (docs/benchmarks.md);
     # used only when the selection does not run (a method's run, or spml.training.train directly).
     "linear": RegimeDefaults(
-        lr=1e-3, epochs=25, batch_size=1024, rows_per_step=16, schedule="cosine", warmup_fraction=0.05,
+        lr=1e-3, epochs=25, batch_size=1024, rows_per_step=16, schedule="cosine", warmup_fraction=0.01,
         center_features=True, steps=3000, patience=5,
     ),
     "finetune": RegimeDefaults(lr=1e-4, epochs=10),
