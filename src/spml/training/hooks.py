@@ -94,7 +94,7 @@ class TrainingHooks:
         return type(self).on_epoch_end is not TrainingHooks.on_epoch_end
 
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
-        """Called after ``epoch`` trained (before it is validated; the same call the loss gets).
+        """Called after ``epoch`` trained and, when due (``eval_every``), was validated (the same call the loss gets).
 
         Args:
             epoch: The epoch that just finished.
