@@ -106,8 +106,8 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
 
 
 def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Three epochs of two steps: the probe is still learning at the end.
-    cfg = spml.load_config(lr=1e-2, epochs=3, **TINY)
+    # Three epochs of two steps at a constant rate: the probe is still learning at the end.
+    cfg = spml.load_config(lr=1e-2, epochs=3, schedule="constant", **TINY)
     spml.train(data, cfg, tmp_path / "run")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     expected = not_done_warning(metrics, stopped_early=False)

@@ -124,7 +124,7 @@ def test_feature_rows_read_from_file_equal_fancy_indexing(tmp_path: Path) -> Non
 
 def test_linear_run_writes_every_artifact(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = train(data, config("epochs=3", "loss=an"), run)
+    result = train(data, config("epochs=3", "loss=an", "train_map_every=1"), run)
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and {r["phase"] for r in rows} == {"linear"}
     assert all(0.0 <= r["val_map"] <= 1.0 and 0.0 <= r["train_label_map"] <= 1.0 for r in rows)
@@ -147,7 +147,7 @@ def test_linear_run_writes_every_artifact(data: Path, tmp_path: Path) -> None:
     # config.yaml holds the resolved config: the bare observed name became its absolute path.
     observed = str((data / "observed" / "single-positive-seed0.npy").resolve())
     # Keys left null (early_stopping.patience) hold the regime's default.
-    expected = dataclasses.replace(resolve_defaults(config("epochs=3", "loss=an"), None), observed=observed)
+    expected = dataclasses.replace(resolve_defaults(config("epochs=3", "loss=an", "train_map_every=1"), None), observed=observed)
     assert load_config(run / "config.yaml") == expected
 
 

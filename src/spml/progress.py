@@ -84,9 +84,13 @@ def epoch_done(run_dir: Path, record: dict[str, Any], total_epochs: int) -> None
             train_label_map, seconds, best...).
         total_epochs: Epochs of the whole run, for ``epoch 3/10``.
     """
+    maps = "".join(
+        f"  {label} {record[key]:.4f}"
+        for key, label in (("val_map", "val mAP"), ("train_label_map", "train-label mAP"))
+        if record.get(key) is not None  # None: not computed this epoch (eval_every, train_map_every)
+    )
     log(
-        f"epoch {record['epoch']}/{total_epochs} {record['phase']}: loss {record['train_loss']:.4f}  "
-        f"val mAP {record['val_map']:.4f}  train-label mAP {record['train_label_map']:.4f}  "
+        f"epoch {record['epoch']}/{total_epochs} {record['phase']}: loss {record['train_loss']:.4f}{maps}  "
         f"({record['seconds']:.1f} s){'  *best*' if record.get('best') else ''}"
     )
     for listener in list(_listeners):  # a copy: a listener may remove itself

@@ -12,8 +12,9 @@ same :class:`Epoch` record and are called one after the other by the trainer.
 * ``on_train_start(observed)``: once, before the first epoch and before a resumed ``state_dict`` is
   loaded, with the training set's full observed label matrix (ROLE initialises its estimator).
 * ``on_epoch_start(epoch)``: at the start of every training epoch (the Large Loss schedule).
-* ``on_epoch_end(epoch, train_probs)``: after every epoch trained and was evaluated, with the
-  model's probabilities on the whole train set in index order (EM+APL pseudo-labelling).
+* ``on_epoch_end(epoch, train_probs)``: after every epoch trained, with the model's probabilities
+  on the whole train set in index order (EM+APL pseudo-labelling); the trainer computes them only
+  when some callback :attr:`~SpmlLoss.needs_train_probs` (otherwise 0 x L).
 
 State that must survive a resume (ROLE's estimator, APL pseudo-labels, LL-Cp corrections) lives in
 parameters and buffers, so it is part of ``loss.state_dict()``.
@@ -163,8 +164,16 @@ class SpmlLoss(nn.Module):
     def on_epoch_start(self, epoch: Epoch) -> None:
         """Called at the start of every training epoch."""
 
+    @property
+    def needs_train_probs(self) -> bool:
+        """Whether :meth:`on_epoch_end` reads ``train_probs`` (the trainer scores the train set only then).
+
+        True when the loss lists ``on_epoch_end`` in :attr:`hooks` or overrides it.
+        """
+        return "on_epoch_end" in self.hooks or type(self).on_epoch_end is not SpmlLoss.on_epoch_end
+
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
-        """Called after every epoch with the model's probabilities on the whole train set (index order)."""
+        """Called after every epoch with the model's probabilities on the whole train set (index order; 0 x L when no callback needs them)."""
 
     # -- computation ------------------------------------------------------------------------------
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:

@@ -31,8 +31,11 @@ def training_curves(metrics: Sequence[Mapping[str, Any]]) -> Figure:
     ax_loss, ax_map = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in metrics], marker="o", color="tab:red")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    ax_map.plot(epochs, [r["val_map"] for r in metrics], marker="o", label="val mAP")
-    ax_map.plot(epochs, [r["train_label_map"] for r in metrics], marker="s", label="train-label mAP")
+    for key, marker, label in (("val_map", "o", "val mAP"), ("train_label_map", "s", "train-label mAP")):
+        # Epochs without the metric (eval_every, train_map_every) are left out of its line.
+        points = [(int(r["epoch"]), r[key]) for r in metrics if r.get(key) is not None]
+        if points:
+            ax_map.plot(*zip(*points), marker=marker, label=label)
     best = [r["epoch"] for r in metrics if r.get("best")]
     if best:
         ax_map.axvline(best[-1], color="gray", linestyle=":", label=f"best epoch {best[-1]}")

@@ -49,7 +49,7 @@ from spml.losses import SpmlLoss, get_loss_info
 from spml.progress import log, quiet
 from spml.training import distributed
 from spml.training.config import TrainConfig
-from spml.training.defaults import default_epochs
+from spml.training.defaults import default_batch_size, default_epochs
 from spml.training.engine import TrainingDiverged, train
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
@@ -153,7 +153,8 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
         ]
         if config.optimizer == "lbfgs" or not get_loss_info(config.loss).hooks:
             return lbfgs
-    epochs = config.epochs or default_epochs(config.regime, num_train, config.batch_size)
+    batch_size = config.batch_size or default_batch_size(config.regime, num_train)
+    epochs = config.epochs or default_epochs(config.regime, num_train, batch_size)
     weight_decays = config.autotune.weight_decays
     if num_train > config.autotune.lbfgs_max_rows:
         # Bounded cost at scale: short probes, and Adam's weight decay (within val noise on every

@@ -32,6 +32,7 @@ VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "lbfgs")
+SCHEDULES = ("constant", "cosine")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
@@ -138,7 +139,8 @@ class TrainConfig:
         optimizer: ``adam`` (mini-batches of ``batch_size``), or ``lbfgs``: full-batch L-BFGS on the
             cached features (``linear`` regime only), ``lr`` its step size (1 is the usual) and each
             epoch a fixed number of its iterations (:mod:`spml.training.engine`).
-        batch_size: Training batch size.
+        batch_size: Training batch size; None: the regime's default (linear: sized to the train
+            rows; see :mod:`spml.training.defaults`).
         image_size: Square input side in pixels (Cole et al.: 448).
         observed: A file of observed train labels (``spml observe``; a relative path is relative to
             the data folder) or ``full`` for fully observed labels.
@@ -157,6 +159,19 @@ class TrainConfig:
             (:mod:`spml.data.image_cache`) instead of decoding every epoch.
         precision: Forward passes of training under ``bf16`` autocast or in ``fp32``; ``auto`` is
             bf16 on CUDA and fp32 elsewhere. The loss is always computed in float32.
+        schedule: Learning rate over a phase's optimiser steps: ``constant`` or ``cosine`` (decay
+            to 0 at the phase's last step; :mod:`spml.training.schedule`); None: the regime's default.
+        warmup_steps: Optimiser steps of linear warm-up from ``lr / warmup_steps`` to ``lr`` at the
+            start of each phase (0: none); None: the regime's default.
+        eval_every: Validate every ``eval_every``-th epoch of a phase (and always its last epoch);
+            best-epoch selection and early stopping (its patience counts validations) see only
+            those epochs, and ``metrics.jsonl`` has ``val_map: null`` for the others.
+        train_map_every: Record the train-label mAP (the model's mAP on the clean train labels)
+            every ``train_map_every``-th epoch of a phase; 0: only for the best weights, at the end
+            (``results.json``). Others have ``train_label_map: null`` in ``metrics.jsonl``.
+        center_features: Train a linear head on cached features as if they were centred on the
+            train mean (a reparametrisation of its bias: the model is unchanged;
+            :mod:`spml.training.centering`); None: the regime's default (on for ``linear``).
     """
 
     loss: str = "an"
@@ -173,7 +188,7 @@ class TrainConfig:
     head_lr_mult: float = 1.0
     weight_decay: float = 0.0
     optimizer: str = "adam"
-    batch_size: int = 16
+    batch_size: int | None = None
     image_size: int = 448
     observed: str = FULL_OBSERVED
     seed: int = 0
@@ -188,6 +203,11 @@ class TrainConfig:
     eval_batch_size: int = 64
     image_cache: bool = False
     precision: str = "auto"
+    schedule: str | None = None
+    warmup_steps: int | None = None
+    eval_every: int = 1
+    train_map_every: int = 0
+    center_features: bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -201,6 +221,8 @@ class TrainConfig:
         _choice(self.optimizer, OPTIMIZERS, "optimizer", source)
         if self.optimizer == "lbfgs" and self.regime != "linear":
             raise SpmlError(f"optimizer lbfgs trains only the linear regime (cached features), not regime {self.regime!r}", source)
+        if self.schedule is not None:
+            _choice(self.schedule, SCHEDULES, "schedule", source)
         positive = {
             "epochs": self.epochs,
             "lr": self.lr,
@@ -212,6 +234,7 @@ class TrainConfig:
             "linear_init.epochs": self.linear_init.epochs,
             "linear_init.lr": self.linear_init.lr,
             "linear_init.batch_size": self.linear_init.batch_size,
+            "eval_every": self.eval_every,
         }
         for key, value in positive.items():
             if value is not None and not value > 0:
@@ -227,6 +250,8 @@ class TrainConfig:
             "num_workers": self.num_workers,
             "weight_decay": self.weight_decay,
             "early_stopping.patience": self.early_stopping.patience or 0,
+            "warmup_steps": self.warmup_steps or 0,
+            "train_map_every": self.train_map_every,
             "early_stopping.min_delta": self.early_stopping.min_delta,
             "early_stopping.max_drop": self.early_stopping.max_drop,
         }.items():

@@ -29,6 +29,13 @@ class RegimeDefaults:
     Attributes:
         lr: Adam learning rate when ``lr`` is None and no selection runs.
         epochs: Epochs when ``epochs`` is None and ``steps`` is None.
+        batch_size: Batch size when ``batch_size`` is None; with ``rows_per_step`` the largest batch.
+        rows_per_step: With it the batch is sized to the data: the power of two nearest
+            train rows / ``rows_per_step``, clipped to ``[min_batch_size, batch_size]``.
+        min_batch_size: The smallest data-sized batch.
+        schedule: ``schedule`` when it is None (:mod:`spml.training.schedule`).
+        warmup_fraction: ``warmup_steps`` when it is None, as a fraction of the run's planned steps.
+        center_features: ``center_features`` when it is None.
         steps: Optimiser-step budget: epochs = ceil(steps / steps per epoch), clipped to
             ``[min_epochs, max_epochs]``; None uses ``epochs``.
         min_epochs: Fewest epochs of a step-derived schedule.
@@ -39,6 +46,12 @@ class RegimeDefaults:
 
     lr: float
     epochs: int
+    batch_size: int = 16
+    rows_per_step: int | None = None
+    min_batch_size: int = 16
+    schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    center_features: bool = False
     steps: int | None = None
     min_epochs: int = 10
     max_epochs: int = 100
@@ -48,10 +61,30 @@ class RegimeDefaults:
 REGIME_DEFAULTS: dict[str, RegimeDefaults] = {
     # Adam at 1e-3 is the best fixed lr of a linear probe over the sizes measured (docs/benchmarks.md);
     # used only when the selection does not run (a method's run, or spml.training.train directly).
-    "linear": RegimeDefaults(lr=1e-3, epochs=25, steps=3000, patience=5),
+    "linear": RegimeDefaults(
+        lr=1e-3, epochs=25, batch_size=1024, rows_per_step=16, schedule="cosine", warmup_fraction=0.01,
+        center_features=True, steps=3000, patience=5,
+    ),
     "finetune": RegimeDefaults(lr=1e-4, epochs=10),
     "linear-init": RegimeDefaults(lr=1e-4, epochs=10),
 }
+
+
+def default_batch_size(regime: str, num_train: int | None) -> int:
+    """Batch size of ``regime`` for ``num_train`` train rows (None: not known, the regime's largest)."""
+    d = REGIME_DEFAULTS[regime]
+    if d.rows_per_step is None or num_train is None:
+        return d.batch_size
+    nearest = 2 ** round(math.log2(max(1.0, num_train / d.rows_per_step)))
+    return int(min(d.batch_size, max(d.min_batch_size, nearest)))
+
+
+def default_warmup_steps(regime: str, num_train: int | None, batch_size: int, epochs: int) -> int:
+    """Warm-up steps of ``regime``: its fraction of the planned steps (0 when the rows are not known)."""
+    d = REGIME_DEFAULTS[regime]
+    if num_train is None or d.warmup_fraction == 0:
+        return 0
+    return round(d.warmup_fraction * epochs * max(1, num_train // batch_size))
 
 
 def default_epochs(regime: str, num_train: int | None, batch_size: int) -> int:
@@ -70,18 +103,29 @@ def default_patience(regime: str, epochs: int) -> int:
 
 
 def resolve_defaults(config: TrainConfig, num_train: int | None) -> TrainConfig:
-    """``config`` with ``lr``, ``epochs`` and ``early_stopping.patience`` filled where None.
+    """``config`` with ``lr``, ``batch_size``, ``epochs``, ``schedule``, ``warmup_steps`` and ``early_stopping.patience`` filled where None.
 
-    ``num_train`` (train rows) sizes the linear regime's schedule; None (not known) uses the
-    regime's plain ``epochs``.
+    ``num_train`` (train rows) sizes the linear regime's batch and schedule; None (not known) uses
+    the regime's plain values.
     """
     d = REGIME_DEFAULTS[config.regime]
-    epochs = config.epochs if config.epochs is not None else default_epochs(config.regime, num_train, config.batch_size)
+    batch = config.batch_size if config.batch_size is not None else default_batch_size(config.regime, num_train)
+    epochs = config.epochs if config.epochs is not None else default_epochs(config.regime, num_train, batch)
+    warmup = config.warmup_steps
+    if warmup is None:
+        warmup = default_warmup_steps(config.regime, num_train, batch, epochs)
     stopping = config.early_stopping
     if stopping.patience is None:
         stopping = dataclasses.replace(stopping, patience=default_patience(config.regime, epochs))
     return dataclasses.replace(
-        config, lr=config.lr if config.lr is not None else d.lr, epochs=epochs, early_stopping=stopping
+        config,
+        lr=config.lr if config.lr is not None else d.lr,
+        batch_size=batch,
+        epochs=epochs,
+        schedule=config.schedule or d.schedule,
+        warmup_steps=warmup,
+        center_features=config.center_features if config.center_features is not None else d.center_features,
+        early_stopping=stopping,
     )
 
 
@@ -99,7 +143,8 @@ def not_done_warning(metrics: list[dict[str, Any]], stopped_early: bool) -> str 
     if stopped_early or len(metrics) < 2:
         return None
     phase = metrics[-1]["phase"]
-    records = [r for r in metrics if r["phase"] == phase]
+    # Only validated epochs count (eval_every leaves val_map None on the others).
+    records = [r for r in metrics if r["phase"] == phase and r.get("val_map") is not None]
     last = records[-1]
     best = max(records, key=lambda r: (r["val_map"], -r["epoch"]))
     if best["epoch"] != last["epoch"] or len(records) < 2:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from spml.data.atomic import atomic_path, save_npy, write_json, write_text
@@ -51,6 +52,7 @@ from spml.models.backbones import check_weights_available
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
 from spml.training import distributed
+from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
 from spml.training.defaults import not_done_warning, resolve_defaults
@@ -79,6 +81,7 @@ from spml.training.runfolder import (
     write_run_info,
 )
 from spml.training.runmodel import RunModel, load_weights, resolve_device, save_weights
+from spml.training.schedule import lr_factor
 
 LINEAR, FINETUNE = "linear", "finetune"
 # Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
@@ -192,6 +195,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def _needs_train_probs(callback: SpmlLoss | TrainingHooks) -> bool:
+    """Whether ``callback``'s ``on_epoch_end`` reads the train predictions (its declared ``needs_train_probs``)."""
+    return bool(getattr(callback, "needs_train_probs", True))
+
+
 def _is_better(score: float, best: float | None) -> bool:
     return best is None or (not math.isnan(score) and (math.isnan(best) or score > best))
 
@@ -274,6 +282,9 @@ class Trainer:
         for hooks in (self.hooks, *self.callbacks):
             hooks.setup(self.rm.model, self.loss)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.base_lrs: list[float] = []  # each parameter group's rate before the schedule's factor
+        self.centering: HeadCentering | None = None
+        self._train_mean: torch.Tensor | None = None
         self.phase_norm = 0.0  # norm of the trained weights when the phase started (divergence check)
 
     def _create_loss(self) -> SpmlLoss:
@@ -328,6 +339,19 @@ class Trainer:
             self.optimizer = torch.optim.Adam(
                 groups, lr=phase.lr, weight_decay=self.config.weight_decay, fused=self.device.type in ("cpu", "cuda")
             )
+        self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        self.centering = None
+        fc = getattr(model.head, "fc", None)
+        # L-BFGS's full-batch steps need no centring (its line search scales them).
+        if (
+            phase.name == LINEAR
+            and self.config.center_features
+            and self.config.optimizer == "adam"
+            and isinstance(fc, nn.Linear) and fc.bias is not None
+        ):
+            if self._train_mean is None:
+                self._train_mean = feature_mean(self.rm.features("train"))
+            self.centering = HeadCentering(fc, self._train_mean)
         self.phase_norm = self._trained_norm()
 
     def _trained_norm(self) -> float:
@@ -433,6 +457,10 @@ class Trainer:
             return self._lbfgs_epoch(phase, epoch)
         total, count = 0.0, 0
         n_batches = len(self.order(epoch, phase.batch_size))
+        # The schedule runs over the phase's planned steps; every epoch has the same number of batches.
+        first_step = (epoch - phase.first_epoch) * n_batches
+        phase_steps = (phase.last_epoch - phase.first_epoch + 1) * n_batches
+        schedule, warmup = self.config.schedule or "constant", self.config.warmup_steps or 0
         bar = progress(self.batches(phase, epoch), total=n_batches, desc=f"epoch {epoch}/{self.config.total_epochs} {phase.name}", unit="batch", leave=False)
         for b, batch in enumerate(bar, start=1):
             # Full input checks on the first batch of the epoch only: each costs a host sync.
@@ -457,7 +485,14 @@ class Trainer:
                     f"or check the loss parameters; {self._kept(epoch)}",
                     self.run_dir,
                 )
+            factor = lr_factor(schedule, first_step + b - 1, phase_steps, warmup)
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * factor
+            if self.centering is not None:
+                self.centering.before_step()
             self.optimizer.step()
+            if self.centering is not None:
+                self.centering.after_step()
             total += item
             count += 1
             if b % 10 == 0 or b == n_batches:
@@ -604,7 +639,8 @@ class Trainer:
             for epoch in range(state.next_epoch, phase.last_epoch + 1):
                 metrics.append(self.run_epoch(phase, epoch, state))
                 # Early stopping (or a method's) ends the phase: the run, unless fine-tuning follows.
-                stop = self._early_stop(state, metrics[-1]["val_map"]) or self.hooks.should_stop(phase.epoch(epoch))
+                val_map = metrics[-1]["val_map"]
+                stop = (val_map is not None and self._early_stop(state, val_map)) or self.hooks.should_stop(phase.epoch(epoch))
                 phase_done = stop or epoch == phase.last_epoch
                 state.next_epoch = phase.last_epoch + 1 if phase_done else epoch + 1
                 state.stopped_early = stop and epoch < phase.last_epoch
@@ -628,7 +664,10 @@ class Trainer:
         """Train, validate and record epoch ``epoch`` of ``phase``; update ``state``; return the record.
 
         The loss, the method's hooks and the extra callbacks, in this order, get the same
-        :class:`~spml.losses.Epoch` at the start and at the end of the epoch.
+        :class:`~spml.losses.Epoch` at the start and at the end of the epoch. Validation runs every
+        ``eval_every``-th epoch of the phase, at its last epoch and when the method stops it; the
+        train split is scored only when a callback needs its probabilities or the train-label mAP
+        is due (``train_map_every``). Metrics not computed are None in the record.
         """
         start = time.perf_counter()
         record_epoch = phase.epoch(epoch)
@@ -639,19 +678,25 @@ class Trainer:
             callback.on_epoch_start(record_epoch)
         train_loss = self.train_epoch(phase, epoch)
         self.check_weights(phase, epoch)
-        val_scores = self.score("val", phase, epoch)
-        train_scores = self.score("train", phase, epoch)
-        val_map = mean_average_precision(val_scores, self.val_target)
-        train_label_map = mean_average_precision(train_scores, self.train_split.labels)
-        train_probs = torch.from_numpy(train_scores).to(self.device)
+        c = self.config
+        due = in_phase % c.eval_every == 0 or epoch == phase.last_epoch
+        val_map = mean_average_precision(self.score("val", phase, epoch), self.val_target) if due else None
+        map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0
+        train_label_map: float | None = None
+        if map_due or any(_needs_train_probs(callback) for callback in callbacks):
+            train_scores = self.score("train", phase, epoch)
+            if map_due:
+                train_label_map = mean_average_precision(train_scores, self.train_split.labels)
+            train_probs = torch.from_numpy(train_scores).to(self.device)
+        else:
+            train_probs = torch.zeros(0, self.data.num_classes, device=self.device)
         for callback in callbacks:
             callback.on_epoch_end(record_epoch, train_probs)
-        best = state.best_score
-        if best is None or math.isnan(best) or val_map > best + self.config.early_stopping.min_delta:
-            state.bad_epochs = 0
-        else:
-            state.bad_epochs += 1
-        is_best = _is_better(val_map, best)
+        if val_map is None and self.hooks.should_stop(record_epoch):  # the method ends the phase here
+            val_map = mean_average_precision(self.score("val", phase, epoch), self.val_target)
+        is_best = val_map is not None and _is_better(val_map, state.best_score)
+        if val_map is not None:
+            self._update_patience(state, val_map)
         if is_best:
             state.best_epoch, state.best_score = epoch, val_map
             if distributed.is_main():
@@ -673,6 +718,13 @@ class Trainer:
             epoch_done(self.run_dir, record, self.config.total_epochs)
         return record
 
+    def _update_patience(self, state: RunState, val_map: float) -> None:
+        best = state.best_score
+        if best is None or math.isnan(best) or val_map > best + self.config.early_stopping.min_delta:
+            state.bad_epochs = 0
+        else:
+            state.bad_epochs += 1
+
     def _finish(self, state: RunState, metrics: list[dict[str, Any]]) -> RunResult:
         best_state = load_weights(self.run_dir / BEST_FILE, self.rm, self.loss)
         best_epoch = int(best_state["epoch"])
@@ -680,12 +732,16 @@ class Trainer:
         report = map_report(scores, self.rm.split("test").labels)
         save_npy(self.run_dir / TEST_PREDICTIONS_FILE, scores.astype(np.float32))
         best_record = next(r for r in metrics if r["epoch"] == best_epoch)
+        train_label_map = best_record["train_label_map"]
+        if train_label_map is None:  # not recorded at that epoch: score the best weights now
+            train_scores = self.predict("train", from_features=best_state["part"] == "head")
+            train_label_map = mean_average_precision(train_scores, self.train_split.labels)
         result = RunResult(
             run_dir=self.run_dir,
             best_epoch=best_epoch,
             val_map=float(best_record["val_map"]),
             test_map=report.map,
-            train_label_map=float(best_record["train_label_map"]),
+            train_label_map=float(train_label_map),
             epochs_run=len(metrics),
             stopped_early=state.stopped_early,
         )

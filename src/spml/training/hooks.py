@@ -84,13 +84,23 @@ class TrainingHooks:
         """
         return {}
 
+    @property
+    def needs_train_probs(self) -> bool:
+        """Whether :meth:`on_epoch_end` reads ``train_probs``: by default, whether a subclass overrides it.
+
+        The trainer scores the whole train split after an epoch only when a callback needs it (or
+        the train-label mAP is due); a subclass whose ``on_epoch_end`` ignores them may say False.
+        """
+        return type(self).on_epoch_end is not TrainingHooks.on_epoch_end
+
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
-        """Called after ``epoch`` trained and was evaluated (the same call the loss gets).
+        """Called after ``epoch`` trained and, when due (``eval_every``), was validated (the same call the loss gets).
 
         Args:
             epoch: The epoch that just finished.
             train_probs: float32 N x L sigmoid probabilities of the model (in eval mode) on the
-                unflipped train split, row-aligned with the train labels, on the run's device.
+                unflipped train split, row-aligned with the train labels, on the run's device;
+                0 x L when no callback of the run :attr:`needs_train_probs`.
         """
 
     def should_stop(self, epoch: Epoch) -> bool:

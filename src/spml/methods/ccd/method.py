@@ -77,9 +77,9 @@ VIEW_THRESHOLDS = ("adaptive", "exact", "fixed")
 CROP_RESIZE_MODES = ("longest", "shortest", "squash")
 # What ``--method ccd`` implies over TrainConfig's defaults (the paper's sec. 4.1: its loss, lr 1e-5
 # on every dataset; images are needed for CAMs and augmented views; the code trains the head at
-# 10x the backbone's rate; up to 10 epochs). The paper's batch 16 is TrainConfig's default already.
+# 10x the backbone's rate; up to 10 epochs). Batch 16 is the paper's (set here: TrainConfig leaves batch_size to the regime).
 # A config file and overrides win over these (spml.load_config). See docs/ccd.md, "Defaults".
-CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5, "epochs": 10, "head_lr_mult": 10.0}
+CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5, "batch_size": 16, "epochs": 10, "head_lr_mult": 10.0}
 
 # A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
 # is computed; the reference counts only labels equal to 1 after clipping, which without debiasing
