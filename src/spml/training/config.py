@@ -452,3 +452,22 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the fully resolved config atomically; ``load_config(path)`` gives it back."""
     write_text(path, config_to_yaml(config))
 
+
+
+# Keys added after runs were first written, with the values those runs trained with: a run's
+# config.yaml that predates a key must resume (and re-run) as it started, not with the new default.
+PREDATED_KEYS: dict[str, Any] = {
+    "optimizer": "adam",
+    "schedule": "constant",
+    "warmup_steps": 0,
+    "center_features": False,
+    "eval_every": 1,
+    "train_map_every": 1,
+}
+
+
+def load_run_config(path: str | Path) -> TrainConfig:
+    """A run folder's ``config.yaml``; keys it predates take :data:`PREDATED_KEYS`' values."""
+    present = read_yaml(Path(path))
+    missing = {key: value for key, value in PREDATED_KEYS.items() if key not in present}
+    return dataclasses.replace(load_config(path), **missing)

@@ -54,7 +54,7 @@ from spml.progress import epoch_done, log, progress
 from spml.training import distributed
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
-from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_config
+from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_run_config
 from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
@@ -840,7 +840,7 @@ def resume(
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise SpmlError("not a run folder (no config.yaml) to resume", run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
+    config = load_run_config(run_dir / CONFIG_FILE)
     distributed.init(distributed.local_device(resolve_device(config.device)))
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         if is_complete(run_dir):
