@@ -82,7 +82,7 @@ CHANNELS, SCENES, FACTORS = 2_048, 12, 48
 VAL_FRAC, SPLIT_SEED = 0.2, 1200  # Cole et al.'s train / val split of the official train set
 PERSON_FREQ, MEAN_POSITIVES = 0.45, 2.9
 PROTOTYPE_DENSITY = 0.06
-DEFAULT_SIGNAL = 1.0
+DEFAULT_SIGNAL = 0.3
 BLOCK = 8192  # rows generated at a time: the generator never holds a whole feature matrix
 SPML_BACKBONE = ["backbone=resnet50", "pretrained=none", "regime=linear", "device=cpu"]
 REFERENCE_FEATURES = "{}_features_imagenet_resnet50.npy"
@@ -99,6 +99,7 @@ class Model:
     """The generative model's parameters (class frequencies, scenes, prototypes), drawn from a seed."""
 
     def __init__(self, seed: int, signal: float) -> None:
+        """Draw the parameters from ``seed``; ``signal`` scales every class prototype."""
         rng = np.random.default_rng([seed, 1])
         L = len(COCO_CLASSES)
         others = np.exp(np.linspace(np.log(0.13), np.log(0.003), L - 1))
