@@ -250,6 +250,9 @@ def main() -> None:
     p.add_argument("--save-reference-timeline", type=Path, help="where the reference timeline is kept (updated every epoch)")
     p.add_argument("--reference-only", action="store_true", help="run only the reference (writes its timeline)")
     p.add_argument("--spml-set", action="append", default=[], metavar="KEY=VALUE", help="spml config override (repeatable)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of both sides (1: on a shared 2-core machine, 2 threads of batch-8 steps "
+                        "spin against the other processes and run ~8x slower)")
     p.add_argument("--out", type=Path, help="JSON file of every number")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -270,6 +273,8 @@ def main() -> None:
         report["data_generation_and_cache_build_s"] = round(time.perf_counter() - start, 1)
     report["data"] = json.loads(summary_file.read_text())
     me = str(Path(__file__).resolve())
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    report["threads"] = args.threads
     with tempfile.TemporaryDirectory(prefix="spml-refbench-") as tmp:
         if args.reference_timeline:
             timeline = json.loads(args.reference_timeline.read_text())
@@ -277,7 +282,7 @@ def main() -> None:
             path = args.save_reference_timeline or Path(tmp) / "reference.json"
             subprocess.run([sys.executable, me, "--data", str(args.data), "--child", "reference", str(args.reference_code),
                             report["data"]["reference_cwd"], args.loss, str(args.reference_epochs),
-                            str(args.reference_workers), str(path)], check=True)
+                            str(args.reference_workers), str(path)], check=True, env=env)
             timeline = json.loads(path.read_text())
         report["reference"] = {**summarize_reference(timeline), "epochs": timeline["epochs"], "setup_s": timeline.get("setup_s")}
         report["load_after_reference"] = load_info()
@@ -286,7 +291,7 @@ def main() -> None:
                          f"observed={report['data']['spml_observed']}", *args.spml_set]
             result = Path(tmp) / "spml.json"
             subprocess.run([sys.executable, me, "--data", str(args.data), "--child", "spml", report["data"]["spml_data"],
-                            json.dumps(overrides), str(Path(tmp) / "run"), str(result)], check=True)
+                            json.dumps(overrides), str(Path(tmp) / "run"), str(result)], check=True, env=env)
             sp = json.loads(result.read_text())
             report["spml"] = sp
             report["comparison"] = compare(report["reference"], sp)
