@@ -219,7 +219,8 @@ def summarize_reference(timeline: dict[str, Any]) -> dict[str, Any]:
 def compare(ref: dict[str, Any], sp: dict[str, Any]) -> dict[str, Any]:
     """The time spml takes to reach the reference's best val mAP, and the ratios."""
     target = ref["val_map"]
-    reached = next((e for e in sp["epochs"] if e["val_map"] >= target), None)
+    # Epochs without an evaluation (an eval_every cadence) record no val mAP.
+    reached = next((e for e in sp["epochs"] if e["val_map"] is not None and e["val_map"] >= target), None)
     out: dict[str, Any] = {"target_val_map": target, "spml_epoch_reaching": reached and reached["epoch"],
                            "spml_time_to_target_s": reached and reached["cumulative_s"]}
     if reached:
