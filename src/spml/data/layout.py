@@ -72,6 +72,9 @@ class PreparedData:
     root: Path
     classes: list[str]
     manifest: dict = field(default_factory=dict)
+    # Splits read so far, with the (size, mtime) of their two files: a run asks for a split many times,
+    # and building 100k image paths each time costs seconds.
+    _splits: dict[str, tuple[tuple[int, ...], Split]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, root: str | Path) -> PreparedData:
@@ -108,6 +111,15 @@ class PreparedData:
         labels_file = self.root / f"{name}_labels.npy"
         if not images_file.is_file() or not labels_file.is_file():
             raise SpmlError(f"split {name!r} is missing ({images_file.name} / {labels_file.name})", self.root)
+        stats = [os.stat(f) for f in (images_file, labels_file)]
+        version = tuple(v for st in stats for v in (st.st_size, st.st_mtime_ns))
+        if name in self._splits and self._splits[name][0] == version:
+            return self._splits[name][1]
+        split = self._read_split(name, images_file, labels_file)
+        self._splits[name] = (version, split)
+        return split
+
+    def _read_split(self, name: str, images_file: Path, labels_file: Path) -> Split:
         images = [Path(line) for line in images_file.read_text().splitlines() if line]
         try:
             labels = np.load(labels_file, allow_pickle=False)
@@ -122,6 +134,7 @@ class PreparedData:
             raise SpmlError(
                 f"labels have shape {labels.shape}, expected ({len(images)}, {self.num_classes})", labels_file
             )
+        labels.setflags(write=False)  # shared by every caller of split(): a write would leak into the others
         return Split(name=name, images=images, labels=labels)
 
 
