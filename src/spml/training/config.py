@@ -142,6 +142,8 @@ class TrainConfig:
             (:mod:`spml.data.image_cache`) instead of decoding every epoch.
         precision: Forward passes of training under ``bf16`` autocast or in ``fp32``; ``auto`` is
             bf16 on CUDA and fp32 elsewhere. The loss is always computed in float32.
+        compile: Run the fine-tune training forward pass through ``torch.compile`` (inductor; on a
+            CPU it needs a C++ compiler). Off by default: compiling costs minutes per run.
     """
 
     loss: str = "an"
@@ -172,6 +174,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     image_cache: bool = False
     precision: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
