@@ -172,6 +172,8 @@ class TrainConfig:
         center_features: Train a linear head on cached features as if they were centred on the
             train mean (a reparametrisation of its bias: the model is unchanged;
             :mod:`spml.training.centering`); None: the regime's default (on for ``linear``).
+        compile: Run the fine-tune training forward pass through ``torch.compile`` (inductor; on a
+            CPU it needs a C++ compiler). Off by default: compiling costs minutes per run.
     """
 
     loss: str = "an"
@@ -208,6 +210,7 @@ class TrainConfig:
     eval_every: int = 1
     train_map_every: int = 0
     center_features: bool | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

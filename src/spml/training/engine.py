@@ -265,9 +265,15 @@ class Trainer:
         self.rm = RunModel(config, data, self.device)
         self.rm.model = distributed.prepare_model(self.rm.model, self.device)
         on_cuda = self.device.type == "cuda"
-        if on_cuda:
-            self.rm.model.to(memory_format=torch.channels_last)  # NHWC: the layout tensor cores read
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
+        # NHWC: the layout tensor cores read, and oneDNN's fast bf16 convolutions on a CPU (in fp32
+        # on a CPU it was not faster: docs/benchmarks.md).
+        self.channels_last = on_cuda or self.bf16
+        if self.channels_last:
+            self.rm.model.to(memory_format=torch.channels_last)
+        # Compiled lazily at the first fine-tune batch; it shares the model's parameters, and
+        # evaluation keeps the eager model (no second compilation for eval mode).
+        self.train_forward = torch.compile(self.rm.model) if config.compile else self.rm.model
         self.train_split = self.rm.split("train")
         if self.observed.shape != self.train_split.labels.shape:
             raise SpmlError(
@@ -428,7 +434,7 @@ class Trainer:
         )
         for batch in loader:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "labels"}
-            if self.device.type == "cuda":
+            if self.channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             yield batch
 
@@ -467,7 +473,7 @@ class Trainer:
             self.loss.validate = b == 1
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = model.forward_head(batch["features"]) if phase.name == LINEAR else model(batch["image"])
+                logits = model.forward_head(batch["features"]) if phase.name == LINEAR else self.train_forward(batch["image"])
             # The loss math in float32 (logs of probabilities near 0 and 1, the fixtures' precision).
             value = self.loss(logits.float(), batch["observed"], **self._loss_inputs(batch))
             item = float(value.detach())
