@@ -81,7 +81,11 @@ def test_not_done_warning() -> None:
     rising = [_record(e, 0.1 * e, 1.0 / e) for e in range(1, 6)]
     line = not_done_warning(rising, stopped_early=False)
     assert line is not None and "run not done" in line and "epochs=10" in line and "\n" not in line
+    assert "larger lr" in line and "larger lr" not in not_done_warning(rising, False, optimizer="lbfgs")
     assert not_done_warning(rising, stopped_early=True) is None
+    # Validated every 2nd epoch: the advice still doubles the phase's epochs, not its validations.
+    every_2nd = [{**r, "val_map": None} if r["epoch"] % 2 else r for r in [_record(e, 0.1 * e, 1.0 / e) for e in range(1, 7)]]
+    assert "epochs=12" in not_done_warning(every_2nd, stopped_early=False)
     peaked = [_record(1, 0.2, 1.0), _record(2, 0.5, 0.8), _record(3, 0.4, 0.7)]
     assert not_done_warning(peaked, stopped_early=False) is None
     # linear-init: only the fine-tuning phase counts.

@@ -129,7 +129,7 @@ def resolve_defaults(config: TrainConfig, num_train: int | None) -> TrainConfig:
     )
 
 
-def not_done_warning(metrics: list[dict[str, Any]], stopped_early: bool) -> str | None:
+def not_done_warning(metrics: list[dict[str, Any]], stopped_early: bool, optimizer: str = "adam") -> str | None:
     """One line when the run ended while still improving, else None.
 
     A run is not done when its best epoch is its last one and either val mAP rose over the last
@@ -139,6 +139,8 @@ def not_done_warning(metrics: list[dict[str, Any]], stopped_early: bool) -> str 
     Args:
         metrics: The run's epoch records (``metrics.jsonl``), in order.
         stopped_early: Whether early stopping ended the run.
+        optimizer: The run's optimizer (L-BFGS's step size is set by its line search, so only
+            more epochs are suggested for it).
     """
     if stopped_early or len(metrics) < 2:
         return None
@@ -155,8 +157,10 @@ def not_done_warning(metrics: list[dict[str, Any]], stopped_early: bool) -> str 
     if not (rising or falling):
         return None
     trend = "val mAP still rising" if rising else "train loss still falling"
+    epochs = 2 * sum(r["phase"] == phase for r in metrics)  # the phase's epochs, validated or not
+    larger_lr = "" if optimizer == "lbfgs" else f" or with a larger lr (now {last['lr']:g})"
     return (
         f"run not done: the best epoch is the last ({last['epoch']}) and {trend} "
-        f"({window[0]['val_map']:.4f} -> {window[-1]['val_map']:.4f} val mAP over the last {len(window)} epochs); "
-        f"train longer (--set epochs={2 * len(records)}) or with a larger lr (now {last['lr']:g})"
+        f"({window[0]['val_map']:.4f} -> {window[-1]['val_map']:.4f} val mAP over the last {len(window)} validations); "
+        f"train longer (--set epochs={epochs}){larger_lr}"
     )

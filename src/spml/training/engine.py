@@ -755,7 +755,7 @@ class Trainer:
             distributed.barrier()  # rank 0 writes results.json
             return result
         test = report.to_dict(self.data.classes)
-        warning = not_done_warning(metrics, state.stopped_early)
+        warning = not_done_warning(metrics, state.stopped_early, self.config.optimizer)
         if warning:
             log(warning)
         write_json(
