@@ -35,7 +35,12 @@ def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
 
 
 def _as_tensor(x: ArrayLike, name: str, device: torch.device | None = None) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        array = np.asarray(x)
+        # A read-only array (a dataset's shared labels) is copied: torch cannot share it safely.
+        t = torch.from_numpy(array if array.flags.writeable else array.copy())
     if t.ndim != 2:
         raise ValueError(f"{name} must be N x L, got shape {tuple(t.shape)}")
     return t.detach().to(device) if device is not None else t.detach()

@@ -181,20 +181,22 @@ def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     return max(finite, key=lambda c: (c.val_map, -c.lr, -c.weight_decay))
 
 
-def select(data_dir: str | Path, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
+def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
     """Train every candidate of :func:`probe_configs` (temporary run folders) and pick one on val.
 
     A candidate that diverges counts as NaN (never selected). The probes run quietly.
     """
     start = time.perf_counter()
-    probes = probe_configs(config, len(PreparedData.open(data_dir).split("train")))
+    # One opened dataset for every probe: its splits are read (and fingerprinted) once.
+    data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
+    probes = probe_configs(config, len(data.split("train")))
     candidates = []
-    with probe_folder(data_dir, config) as tmp:
+    with probe_folder(data.root, config) as tmp:
         for i, probe in enumerate(probes):
             lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
             try:
                 with quiet():
-                    result = train(data_dir, probe, Path(tmp) / f"probe{i}", loss=_fresh(loss))
+                    result = train(data, probe, Path(tmp) / f"probe{i}", loss=_fresh(loss))
                 candidates.append(Candidate(lr, wd, float(result.val_map), int(result.best_epoch), probe.optimizer))
             except TrainingDiverged:
                 candidates.append(Candidate(lr, wd, float("nan"), 0, probe.optimizer))
@@ -268,10 +270,11 @@ def train_tuned(
     if (Path(run_dir) / CONFIG_FILE).exists():  # refuse before minutes of probes, as train would after
         raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
     log("autotune: selecting optimizer, lr and weight_decay on val")
-    selection = select(data_dir, config, loss=loss)
+    data = PreparedData.open(data_dir)  # read once for the probes and the run
+    selection = select(data, config, loss=loss)
     log(describe(selection))
     tuned = tuned_config(config, selection)
-    result = train(data_dir, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
+    result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
         write_json(path, {**json.loads(path.read_text()), AUTOTUNE_KEY: selection.to_dict()})

@@ -784,7 +784,7 @@ class Trainer:
 
 
 def train(
-    data_dir: str | Path,
+    data_dir: str | Path | PreparedData,
     config: TrainConfig,
     run_dir: str | Path,
     *,
@@ -792,7 +792,7 @@ def train(
     callbacks: Sequence[TrainingHooks] = (),
     loss: SpmlLoss | None = None,
 ) -> RunResult:
-    """Train ``config`` on the prepared data in ``data_dir``, writing ``run_dir``.
+    """Train ``config`` on the prepared data in ``data_dir`` (a folder, or one already opened), writing ``run_dir``.
 
     The config is checked and its paths resolved (:mod:`spml.training.resolve`) before anything is
     written; ``config.yaml`` holds the resolved config. ``method``, ``callbacks`` and ``loss``: see
@@ -808,7 +808,7 @@ def train(
     main = distributed.is_main()
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
-    data = PreparedData.open(data_dir)
+    data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
     distributed.barrier()  # every rank checked before rank 0 creates the folder
     created = create_run_dir(run_dir) if main else False  # a method's setup may write its own files there
