@@ -23,6 +23,7 @@ are synchronised (:func:`prepare_model`).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Iterable, Sequence
@@ -111,8 +112,16 @@ def init(device: torch.device) -> None:
         torch.cuda.set_device(local_device(device))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
+    # Leave the group before the interpreter tears down: gloo's threads otherwise can abort the
+    # process at exit ("terminate called without an active exception", exit -6) after a good run.
+    atexit.register(_leave)
     if not is_main():
         set_quiet(True)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
