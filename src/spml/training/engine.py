@@ -221,6 +221,8 @@ class Trainer:
             and states are ignored: they observe the run).
         loss: A ready loss module of the registered loss ``config.loss`` (e.g. with state from
             elsewhere), used instead of building one.
+        val_only: End after validation, without scoring test or train (a selection probe, which
+            needs only the best val mAP): the result's ``test_map`` and ``train_label_map`` are NaN.
     """
 
     def __init__(
@@ -232,8 +234,10 @@ class Trainer:
         method: MethodInfo = STANDARD,
         callbacks: Sequence[TrainingHooks] = (),
         loss: SpmlLoss | None = None,
+        val_only: bool = False,
     ) -> None:
         check_config(config, method, loss=loss)
+        self.val_only = val_only
         config = resolve_defaults(resolve_paths(config, method, data.root), len(data.split("train")))
         self.config = config
         self.data = data
@@ -734,10 +738,12 @@ class Trainer:
     def _finish(self, state: RunState, metrics: list[dict[str, Any]]) -> RunResult:
         best_state = load_weights(self.run_dir / BEST_FILE, self.rm, self.loss)
         best_epoch = int(best_state["epoch"])
+        best_record = next(r for r in metrics if r["epoch"] == best_epoch)
+        if self.val_only:
+            return self._finish_val_only(state, metrics, best_record)
         scores = self.predict("test", from_features=best_state["part"] == "head")
         report = map_report(scores, self.rm.split("test").labels)
         save_npy(self.run_dir / TEST_PREDICTIONS_FILE, scores.astype(np.float32))
-        best_record = next(r for r in metrics if r["epoch"] == best_epoch)
         train_label_map = best_record["train_label_map"]
         if train_label_map is None:  # not recorded at that epoch: score the best weights now
             train_scores = self.predict("train", from_features=best_state["part"] == "head")
@@ -783,6 +789,29 @@ class Trainer:
         return result
 
 
+    def _finish_val_only(self, state: RunState, metrics: list[dict[str, Any]], best: dict[str, Any]) -> RunResult:
+        result = RunResult(
+            run_dir=self.run_dir,
+            best_epoch=int(best["epoch"]),
+            val_map=float(best["val_map"]),
+            test_map=math.nan,
+            train_label_map=math.nan,
+            epochs_run=len(metrics),
+            stopped_early=state.stopped_early,
+        )
+        if distributed.is_main():
+            write_json(
+                self.run_dir / RESULTS_FILE,
+                {"best_epoch": result.best_epoch, "val_map": result.val_map, "val_only": True,
+                 "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+                 "world_size": distributed.world_size()},
+            )
+            (self.run_dir / LAST_FILE).unlink(missing_ok=True)
+            (self.run_dir / LAST_PREV_FILE).unlink(missing_ok=True)
+            (self.run_dir / LINEAR_BEST_FILE).unlink(missing_ok=True)
+        distributed.barrier()
+        return result
+
 def train(
     data_dir: str | Path | PreparedData,
     config: TrainConfig,
@@ -791,12 +820,13 @@ def train(
     method: MethodInfo = STANDARD,
     callbacks: Sequence[TrainingHooks] = (),
     loss: SpmlLoss | None = None,
+    val_only: bool = False,
 ) -> RunResult:
     """Train ``config`` on the prepared data in ``data_dir`` (a folder, or one already opened), writing ``run_dir``.
 
     The config is checked and its paths resolved (:mod:`spml.training.resolve`) before anything is
-    written; ``config.yaml`` holds the resolved config. ``method``, ``callbacks`` and ``loss``: see
-    :class:`Trainer`.
+    written; ``config.yaml`` holds the resolved config. ``method``, ``callbacks``, ``loss`` and
+    ``val_only``: see :class:`Trainer`.
 
     Raises:
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
@@ -817,7 +847,7 @@ def train(
         try:
             if main:  # another process may have started a run here between the check and the lock
                 check_new_run_dir(run_dir)
-            trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss)
+            trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
             if main:
                 write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
         except BaseException:
