@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
+from spml.training import engine as engine_module
 from spml.vlm import load_vlm, score_split
 
 
@@ -42,3 +47,19 @@ def micro_clip_params(micro_clip) -> list[str]:  # type: ignore[no-untyped-def]
     """``--set`` overrides naming the micro CLIP as VLPL's VLM (its cache is then the one above)."""
     return [f"method_params.vlm={micro_clip.spec}", f"method_params.vlm_checkpoint={micro_clip.checkpoint}",
             f"method_params.vlm_model_config={micro_clip.config}"]
+
+
+@contextlib.contextmanager
+def interrupted_at(stop_epoch: int) -> Iterator[None]:
+    """A Ctrl-C when epoch ``stop_epoch`` would run: the block (a training call) must end with it."""
+    original = engine_module.Trainer.run_epoch
+
+    def run_epoch(self, phase, epoch, state):  # type: ignore[no-untyped-def]
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return original(self, phase, epoch, state)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            yield

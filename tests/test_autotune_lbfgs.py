@@ -16,9 +16,9 @@ from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
-from spml.training import Phase, RunState, Trainer
-from spml.training import engine as engine_module
+from spml.training import Trainer
 from spml.training.autotune import LBFGS_EPOCHS, Selection, probe_configs, tuned_config, uses_lbfgs
+from subsets import interrupted_at
 
 TINY = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}
 
@@ -105,20 +105,11 @@ def test_default_train_selects_lbfgs_on_small_data_and_records_it(
     assert "autotune: selected lbfgs lr 1, weight_decay" in capsys.readouterr().err
 
 
-def test_interrupted_lbfgs_run_resumes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_lbfgs_run_resumes(data: Path, tmp_path: Path) -> None:
     # The checkpoint holds no L-BFGS history: the resumed run restarts it from the saved weights.
     cfg = spml.load_config(optimizer="lbfgs", lr=1.0, weight_decay=1e-3, epochs=3, early_stopping={"patience": 0}, **TINY)
-    original = engine_module.Trainer.run_epoch
-
-    def run_epoch(self: Trainer, phase: Phase, epoch: int, state: RunState) -> dict:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            spml.train(data, cfg, tmp_path / "cut")
+    with interrupted_at(2):
+        spml.train(data, cfg, tmp_path / "cut")
     result = spml.resume(tmp_path / "cut")
     rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and result.epochs_run == 3

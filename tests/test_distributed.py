@@ -30,8 +30,7 @@ from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import distributed
-from spml.training import engine as engine_module
-from subsets import micro_clip_params, small_copy
+from subsets import interrupted_at, micro_clip_params, small_copy
 from conftest import MicroClip
 
 SETTINGS = {
@@ -153,24 +152,15 @@ def test_nproc_refuses_below_one_and_under_torchrun(data: Path, tmp_path: Path, 
     assert not Path(out).exists()
 
 
-def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
     """ROLE's label estimator and batch-mean regulariser survive a resume from one process on two.
 
     The estimator is a loss parameter over every example; the run changes world size mid-way.
     """
     cfg = load_config(**SETTINGS, loss="role")
     train(data, cfg, tmp_path / "one")
-    original = engine_module.Trainer.run_epoch
-
-    def run_epoch(self: engine_module.Trainer, phase: engine_module.Phase, epoch: int, state: engine_module.RunState) -> dict:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            train(data, cfg, tmp_path / "two")
+    with interrupted_at(2):
+        train(data, cfg, tmp_path / "two")
     torchrun("train", "--resume", str(tmp_path / "two"), "--quiet")
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert resume(tmp_path / "two").best_epoch == json.loads((tmp_path / "one" / "results.json").read_text())["best_epoch"]

@@ -16,8 +16,9 @@ from spml.errors import SpmlError
 from spml.methods.registry import get_method
 from spml.training import TrainConfig, plan_phases
 from spml.training import engine as engine_module
-from spml.training.engine import Phase, RunState, Trainer
+from spml.training.engine import Trainer
 from spml.training.resolve import check_config
+from subsets import interrupted_at
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32",
         "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
@@ -56,20 +57,11 @@ def test_without_multiplier_one_group_and_linear_phase_ignores_it(data: Path, tm
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.001)
 
 
-def test_resume_with_two_groups_equals_uninterrupted(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_with_two_groups_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = load_config(None, [*TINY, "regime=finetune", "epochs=2", "head_lr_mult=10"])
     train(data, cfg, tmp_path / "full")
-    original = engine_module.Trainer.run_epoch
-
-    def interrupted(self: Trainer, phase: Phase, epoch: int, state: RunState) -> dict:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine_module.Trainer, "run_epoch", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(data, cfg, tmp_path / "cut")
+    with interrupted_at(2):
+        train(data, cfg, tmp_path / "cut")
     resume(tmp_path / "cut")
     # Epoch 2 after the resume trains from both groups' restored Adam moments: same losses and scores.
     rows = {}

@@ -23,6 +23,7 @@ from spml.training.centering import HeadCentering, feature_mean
 from spml.training.defaults import default_batch_size, default_warmup_steps, resolve_defaults
 from spml.training.feature_rows import FeatureRows
 from spml.training.schedule import lr_factor
+from subsets import interrupted_at
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.003", "eval_batch_size=32"]
 
@@ -78,21 +79,12 @@ def test_the_optimizer_gets_the_scheduled_rate(data: Path, tmp_path: Path, monke
 
 
 def test_resume_with_schedule_cadence_and_centring_equals_uninterrupted(
-    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: Path, tmp_path: Path
 ) -> None:
     cfg = config("epochs=4", "loss=role", "schedule=cosine", "warmup_steps=3", "eval_every=2", "center_features=true")
     train(data, cfg, tmp_path / "full")
-    original = engine_module.Trainer.run_epoch
-
-    def run_epoch(self, phase, epoch, state):  # type: ignore[no-untyped-def]
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            train(data, cfg, tmp_path / "cut")
+    with interrupted_at(3):
+        train(data, cfg, tmp_path / "cut")
     resume(tmp_path / "cut")
     a, b = tmp_path / "full", tmp_path / "cut"
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731

@@ -24,6 +24,7 @@ from spml.training import engine as engine_module
 from spml.training.defaults import resolve_defaults
 from spml.training.config import config_to_yaml, default_config_path, parse_overrides
 from spml.training.feature_rows import FeatureRows
+from subsets import interrupted_at
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32"]
 # A small random-init backbone keeps the image regimes fast on a shared 2-core CPU.
@@ -200,16 +201,6 @@ def test_finetune_and_linear_init(data: Path, tmp_path: Path) -> None:
 # -- resume -------------------------------------------------------------------------------------
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stop_epoch: int) -> None:
-    original = engine_module.Trainer.run_epoch
-
-    def run_epoch(self, phase, epoch, state):  # type: ignore[no-untyped-def]
-        if epoch == stop_epoch:
-            raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
-
-    monkeypatch.setattr(engine_module.Trainer, "run_epoch", run_epoch)
-
 
 def _assert_same_run(a: Path, b: Path) -> None:
     assert metrics(a) == metrics(b)
@@ -220,13 +211,11 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_linear_equals_uninterrupted(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_linear_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = config("epochs=3", "loss=role")  # ROLE: loss parameters in the optimizer and the checkpoint
     train(data, cfg, tmp_path / "full")
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 2)
-        with pytest.raises(KeyboardInterrupt):
-            train(data, cfg, tmp_path / "cut")
+    with interrupted_at(2):
+        train(data, cfg, tmp_path / "cut")
     assert [r["epoch"] for r in metrics(tmp_path / "cut")] == [1]
     assert (tmp_path / "cut" / "last.safetensors").is_file() and not (tmp_path / "cut" / "results.json").exists()
     resume(tmp_path / "cut")
@@ -234,14 +223,12 @@ def test_resume_linear_equals_uninterrupted(data: Path, tmp_path: Path, monkeypa
 
 
 def test_resume_linear_init_mid_finetune_equals_uninterrupted(
-    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: Path, tmp_path: Path
 ) -> None:
     cfg = config("regime=linear-init", "linear_init.epochs=1", "epochs=2", "loss=role", *TINY_BACKBONE)
     train(data, cfg, tmp_path / "full")
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 3)  # after the phase switch and one fine-tuning epoch
-        with pytest.raises(KeyboardInterrupt):
-            train(data, cfg, tmp_path / "cut")
+    with interrupted_at(3):  # after the phase switch and one fine-tuning epoch
+        train(data, cfg, tmp_path / "cut")
     resume(tmp_path / "cut")
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
 
