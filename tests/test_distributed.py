@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,19 @@ def one_an(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("one") / "run"
     train(data, load_config(**SETTINGS, loss="an"), out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The in-process runs compute on one thread, as every torchrun process does (``OMP_NUM_THREADS=1``).
+
+    Otherwise the one-process run's reductions split over another number of threads than the
+    two-process run's, and training amplifies that rounding past the tolerances below.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def python(*args: str) -> subprocess.CompletedProcess:
