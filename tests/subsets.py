@@ -10,6 +10,7 @@ import pytest
 
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
+from spml.data.synth import make_synthetic
 from spml.training import engine as engine_module
 from spml.vlm import load_vlm, score_split
 
@@ -63,3 +64,14 @@ def interrupted_at(stop_epoch: int) -> Iterator[None]:
         m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
         with pytest.raises(KeyboardInterrupt):
             yield
+
+
+# Settings of the tiny synthetic runs below: 32 px images, CPU.
+TINY_SYNTH = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}
+
+
+def tiny_single_positive_set(out: Path, seed: int) -> Path:
+    """A 40-image, 3-class synthetic set at 32 px with single positives (``single-positive-seed0.npy``)."""
+    root = make_synthetic(out, num_images=40, image_size=32, num_classes=3, seed=seed)
+    observe(PreparedData.open(root), "single-positive", seed=0)
+    return root

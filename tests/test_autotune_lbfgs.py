@@ -12,22 +12,18 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import spml
-from spml.cli.main import main
 from spml.data.layout import PreparedData
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import Trainer
 from spml.training.autotune import LBFGS_EPOCHS, Selection, probe_configs, tuned_config, uses_lbfgs
-from subsets import interrupted_at
+from subsets import TINY_SYNTH, interrupted_at, tiny_single_positive_set
 
-TINY = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}
+TINY = TINY_SYNTH
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("lbfgs") / "data", num_images=40, image_size=32, num_classes=3, seed=5)
-    assert main(["observe", str(root), "--mode", "single-positive", "--seed", "0"]) == 0
-    return root
+    return tiny_single_positive_set(tmp_path_factory.mktemp("lbfgs") / "data", seed=5)
 
 
 def test_probe_configs_by_size_and_loss() -> None:

@@ -13,7 +13,6 @@ import pytest
 import spml
 from spml.cli.main import main
 from spml.data.layout import PreparedData
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import STANDARD, Trainer
 from spml.training.autotune import Candidate, best_candidate, should_tune
@@ -24,15 +23,14 @@ from spml.training.defaults import (
     resolve_defaults,
 )
 from spml.training.hooks import MethodInfo, TrainingHooks
+from subsets import TINY_SYNTH, tiny_single_positive_set
 
-TINY = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}
+TINY = TINY_SYNTH
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("defaults") / "data", num_images=40, image_size=32, num_classes=3, seed=3)
-    assert main(["observe", str(root), "--mode", "single-positive", "--seed", "0"]) == 0
-    return root
+    return tiny_single_positive_set(tmp_path_factory.mktemp("defaults") / "data", seed=3)
 
 
 def test_linear_schedule_is_a_step_budget() -> None:
