@@ -26,13 +26,13 @@ import yaml
 from spml.coerce import coerce
 from spml.data.atomic import write_text
 from spml.errors import SpmlError
+from spml.training.schedule import SCHEDULES
 
 REGIMES = ("linear", "finetune", "linear-init")
 VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "lbfgs")
-SCHEDULES = ("constant", "cosine")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"

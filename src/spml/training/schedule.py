@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 CONSTANT, COSINE = "constant", "cosine"
+SCHEDULES = (CONSTANT, COSINE)
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
@@ -30,7 +31,7 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
     Raises:
         ValueError: An unknown schedule.
     """
-    if schedule not in (CONSTANT, COSINE):
+    if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected {CONSTANT} or {COSINE}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
