@@ -195,11 +195,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _needs_train_probs(callback: SpmlLoss | TrainingHooks) -> bool:
-    """Whether ``callback``'s ``on_epoch_end`` reads the train predictions (its declared ``needs_train_probs``)."""
-    return bool(getattr(callback, "needs_train_probs", True))
-
-
 def _is_better(score: float, best: float | None) -> bool:
     return best is None or (not math.isnan(score) and (math.isnan(best) or score > best))
 
@@ -470,7 +465,7 @@ class Trainer:
         # The schedule runs over the phase's planned steps; every epoch has the same number of batches.
         first_step = (epoch - phase.first_epoch) * n_batches
         phase_steps = (phase.last_epoch - phase.first_epoch + 1) * n_batches
-        schedule, warmup = self.config.schedule or "constant", self.config.warmup_steps or 0
+        schedule, warmup = self.config.schedule, self.config.warmup_steps  # filled by resolve_defaults
         bar = progress(self.batches(phase, epoch), total=n_batches, desc=f"epoch {epoch}/{self.config.total_epochs} {phase.name}", unit="batch", leave=False)
         for b, batch in enumerate(bar, start=1):
             # Full input checks on the first batch of the epoch only: each costs a host sync.
@@ -693,7 +688,7 @@ class Trainer:
         val_map = mean_average_precision(self.score("val", phase, epoch), self.val_target) if due else None
         map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0
         train_label_map: float | None = None
-        if map_due or any(_needs_train_probs(callback) for callback in callbacks):
+        if map_due or any(callback.needs_train_probs for callback in callbacks):
             train_scores = self.score("train", phase, epoch)
             if map_due:
                 train_label_map = mean_average_precision(train_scores, self.train_split.labels)
@@ -782,12 +777,14 @@ class Trainer:
                 "world_size": distributed.world_size(),
             },
         )
-        (self.run_dir / LAST_FILE).unlink(missing_ok=True)
-        (self.run_dir / LAST_PREV_FILE).unlink(missing_ok=True)
-        (self.run_dir / LINEAR_BEST_FILE).unlink(missing_ok=True)
+        self._remove_resume_files()
         distributed.barrier()
         return result
 
+    def _remove_resume_files(self) -> None:
+        """A finished run keeps no checkpoint to resume from (rank 0)."""
+        for name in (LAST_FILE, LAST_PREV_FILE, LINEAR_BEST_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def _finish_val_only(self, state: RunState, metrics: list[dict[str, Any]], best: dict[str, Any]) -> RunResult:
         result = RunResult(
@@ -806,11 +803,10 @@ class Trainer:
                  "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
                  "world_size": distributed.world_size()},
             )
-            (self.run_dir / LAST_FILE).unlink(missing_ok=True)
-            (self.run_dir / LAST_PREV_FILE).unlink(missing_ok=True)
-            (self.run_dir / LINEAR_BEST_FILE).unlink(missing_ok=True)
+            self._remove_resume_files()
         distributed.barrier()
         return result
+
 
 def train(
     data_dir: str | Path | PreparedData,
