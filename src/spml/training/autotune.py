@@ -18,7 +18,8 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   ``autotune.lbfgs_max_rows`` rows only the first weight decay, and each probe is cut to
   ``autotune.large_probe_epochs`` epochs, so that the selection costs four epochs of the run
   whatever its size (a full-batch L-BFGS iteration over 65k rows would cost about as much as an
-  Adam epoch). At 65,665 rows that is still minutes on a 2-core CPU (docs/benchmarks.md).
+  Adam epoch). Probes end after validation (``val_only``): at 65,665 rows and the linear regime's
+  batch of 1,024 the four take about 12 s on a 2-core CPU (docs/benchmarks.md).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
 with every candidate's val mAP and best epoch and the selection's seconds, and one log line says
@@ -191,7 +192,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     probes = probe_configs(config, len(data.split("train")))
     candidates = []
-    with probe_folder(data.root, config) as tmp:
+    with probe_folder(data, config) as tmp:
         for i, probe in enumerate(probes):
             lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
             try:
@@ -213,7 +214,7 @@ def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
 
 
 @contextlib.contextmanager
-def probe_folder(data_dir: str | Path, config: TrainConfig) -> Iterator[str]:
+def probe_folder(data: PreparedData, config: TrainConfig) -> Iterator[str]:
     """A temporary folder for the probe runs, removed afterwards.
 
     One process: in the system's temporary folder. Under torchrun every rank trains the same probes
@@ -226,7 +227,7 @@ def probe_folder(data_dir: str | Path, config: TrainConfig) -> Iterator[str]:
             yield tmp
         return
     distributed.init(distributed.local_device(resolve_device(config.device)))
-    cache = PreparedData.open(data_dir).cache_dir
+    cache = data.cache_dir
     if distributed.is_main():
         cache.mkdir(parents=True, exist_ok=True)
     tmp = distributed.broadcast_object(tempfile.mkdtemp(prefix="autotune-", dir=cache) if distributed.is_main() else "")
