@@ -69,11 +69,9 @@ from numpy.lib.format import open_memmap
 
 from spml.api import load_config
 from spml.data.atomic import save_npy, write_json
-from spml.data.cache import ArrayCache
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import simulate_observed
-from spml.models import weights_identity
-from spml.models.features import CACHE_FORMAT, CACHE_NAME, FEATURE_DTYPE
+from spml.models.features import FEATURE_DTYPE, feature_cache
 from spml.training.runmodel import RunModel
 
 COCO_CLASSES = [
@@ -171,7 +169,7 @@ def write_rows(path: Path, model: Model, n: int, rng: np.random.Generator) -> np
 def plant_features(data: PreparedData, split: str, rows: Callable[[int, int], np.ndarray], overrides: list[str]) -> Path:
     """Build split ``split``'s feature cache of ``data`` from ``rows(start, stop)`` under the engine's own key.
 
-    The key is :func:`spml.models.extract_features`' material for the run model that ``overrides``
+    The cache is :func:`spml.models.features.feature_cache` of the run model that ``overrides``
     configure (its backbone, weights, transform and the split's fingerprint), so a run with those
     overrides loads these features instead of running the backbone. Checked by loading them back
     through the run model with a backbone that fails if called.
@@ -179,19 +177,8 @@ def plant_features(data: PreparedData, split: str, rows: Callable[[int, int], np
     config = load_config(None, overrides)
     rm = RunModel(config, data, torch.device("cpu"))
     the_split = rm.split(split)
-    material = {
-        "format": CACHE_FORMAT,
-        "backbone": {"name": config.backbone, "weights": weights_identity(config.pretrained),
-                     **({"params": config.backbone_params} if config.backbone_params else {})},
-        "size": rm.eval_transform.size,
-        "mean": list(rm.eval_transform.mean),
-        "std": list(rm.eval_transform.std),
-        "pooled": config.head == "linear",
-        "dtype": np.dtype(FEATURE_DTYPE).name,
-        "split": the_split.name,
-        "split_fingerprint": the_split.fingerprint,
-    }
-    cache = ArrayCache(data.cache_dir, CACHE_NAME, material)
+    cache = feature_cache(the_split, rm.eval_transform, data.cache_dir, backbone_id=rm.backbone_id,
+                          pooled=config.head == "linear")
     if not cache.exists():
         cache.build({"features": ((len(the_split), CHANNELS), FEATURE_DTYPE)},
                      lambda a, b: {"features": rows(a, b)}, chunk_size=BLOCK, desc=f"plant {split}")

@@ -27,6 +27,35 @@ CACHE_NAME = "features"
 CACHE_FORMAT = 1  # bump when the stored content changes meaning
 
 
+def feature_cache(
+    split: Split,
+    transform: ImageTransform,
+    cache_root: str | Path,
+    *,
+    backbone_id: Mapping[str, Any],
+    pooled: bool = True,
+) -> ArrayCache:
+    """The cache :func:`extract_features` reads and writes for these arguments (see it for the key).
+
+    Raises:
+        ValueError: ``backbone_id`` lacks ``name`` or ``weights``.
+    """
+    if not {"name", "weights"} <= set(backbone_id):
+        raise ValueError(f"backbone_id must name 'name' and 'weights', got {sorted(backbone_id)}")
+    material = {
+        "format": CACHE_FORMAT,
+        "backbone": dict(backbone_id),
+        "size": transform.size,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "pooled": pooled,
+        "dtype": np.dtype(FEATURE_DTYPE).name,
+        "split": split.name,
+        "split_fingerprint": split.fingerprint,
+    }
+    return ArrayCache(cache_root, CACHE_NAME, material)
+
+
 def extract_features(
     backbone: nn.Module,
     split: Split,
@@ -71,22 +100,9 @@ def extract_features(
     Returns:
         A read-only memory-mapped float16 array, ``N x C`` (pooled) or ``N x C x H x W``.
     """
-    if not {"name", "weights"} <= set(backbone_id):
-        raise ValueError(f"backbone_id must name 'name' and 'weights', got {sorted(backbone_id)}")
     body = unwrap_backbone(backbone)
     device = torch.device(device)
-    material = {
-        "format": CACHE_FORMAT,
-        "backbone": dict(backbone_id),
-        "size": transform.size,
-        "mean": list(transform.mean),
-        "std": list(transform.std),
-        "pooled": pooled,
-        "dtype": np.dtype(FEATURE_DTYPE).name,
-        "split": split.name,
-        "split_fingerprint": split.fingerprint,
-    }
-    cache = ArrayCache(cache_root, CACHE_NAME, material)
+    cache = feature_cache(split, transform, cache_root, backbone_id=backbone_id, pooled=pooled)
     if cache.exists():
         return cache.load()["features"]
 

@@ -78,6 +78,16 @@ class RunModel:
             self._splits[name] = self.data.split(name)
         return self._splits[name]
 
+    @property
+    def backbone_id(self) -> dict[str, Any]:
+        """What identifies the backbone's features in their cache key: name, weights, other arguments."""
+        return {
+            "name": self.config.backbone,
+            "weights": weights_identity(self.config.pretrained),
+            # Other create_model arguments (a ViT's img_size) give other features.
+            **({"params": self.config.backbone_params} if self.config.backbone_params else {}),
+        }
+
     def features(self, name: str) -> FeatureRows:
         """Cached backbone features of split ``name`` (extracted on first use, then memory-mapped)."""
         if name not in self._features:
@@ -86,12 +96,7 @@ class RunModel:
                 self.split(name),
                 self.eval_transform,
                 self.data.cache_dir,
-                backbone_id={
-                    "name": self.config.backbone,
-                    "weights": weights_identity(self.config.pretrained),
-                    # Other create_model arguments (a ViT's img_size) give other features.
-                    **({"params": self.config.backbone_params} if self.config.backbone_params else {}),
-                },
+                backbone_id=self.backbone_id,
                 batch_size=self.config.eval_batch_size,
                 num_workers=self.config.num_workers,
                 device=self.device,
