@@ -48,6 +48,7 @@ from spml.training.engine import RunState
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 SPLIT_SEED = 1200  # Cole et al.'s train/val split seed (train.py: P['split_seed'])
+WORK_MARKER = ".bench_finetune_reference"  # marks a --work folder this harness may empty
 
 
 @contextlib.contextmanager
@@ -217,7 +218,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def main() -> None:
     """Prepare the images, time every row in this one process, print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, required=True, help="scratch folder (emptied of earlier runs)")
+    p.add_argument("--work", type=Path, required=True, help="scratch folder: new, or one this benchmark made (its raw/, data/ and run-*/ are replaced)")
     p.add_argument("--reference", type=Path, help="a checkout of elijahcole/single-positive-multi-label; omit to skip its row")
     p.add_argument("--raw", type=Path, default=DEFAULT_RAW)
     p.add_argument("--train-images", type=int, default=80, help="train pool (train + val) images")
@@ -234,7 +235,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work.resolve()
+    # The harness empties WORK's raw/, data/ and run-*/ on every run: only in a folder it made.
+    marker = work / WORK_MARKER
+    if work.exists() and any(work.iterdir()) and not marker.is_file():
+        sys.exit(f"{work}: not empty and not a folder of this benchmark (no {WORK_MARKER}); give a new --work folder")
     work.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     data_dir = work / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     raw = subset_raw(args.raw, work / "raw", args.train_images, args.test_images)
