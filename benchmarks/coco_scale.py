@@ -196,6 +196,9 @@ def generate(out: Path, rows_scale: float = 1.0, seed: int = 0, signal: float = 
     """Write the spml layout, its planted caches and the reference's files under ``out``; return the summary."""
     start_time = time.perf_counter()
     out = Path(out)
+    # It writes over OUT/spml and OUT/reference: never into a folder holding something else.
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out}: not empty; generate into a new folder (an earlier generation is reused by its coco_scale.json)")
     ref = out / "reference" / "data" / "coco"
     ref.mkdir(parents=True, exist_ok=True)
     model = Model(seed, signal)
