@@ -1,7 +1,13 @@
 """Data-parallel training with torchrun on CPU (gloo): two processes train what one process trains.
 
 The equality is up to float32 summation order (gradients averaged over ranks instead of summed in one
-batch): weights within 1e-4, mAP and losses within 1e-5 (about 1e-5 is observed on the weights).
+batch), so every compared number gets one tolerance, ``TOL``, set from that arithmetic: a gradient
+summed in another order differs by a few float32 ulps (eps = 1.2e-7) of its terms, and Adam divides
+by the gradient's running magnitude, so in a coordinate whose gradient is near zero that rounding can
+move a step by a sizeable fraction of lr (1e-3). Over the tens of steps these runs take that bounds
+the weights' difference by ~1e-4 (about 1e-5 is observed). Losses, probabilities (sigmoid, slope at
+most 1/4) and mAP are computed from those weights, so they are held to the same bound: a machine
+whose BLAS splits the sums otherwise saw 1.8e-5 on EM+APL, above the 1e-5 once used for them.
 The backbone has GroupNorm, not BatchNorm: on CPU BatchNorm statistics are per process.
 """
 
@@ -38,6 +44,7 @@ SETTINGS = {
     "backbone": "test_efficientnet_gn", "pretrained": "none", "observed": "single-positive-seed0.npy",
 }
 SRC = Path(__file__).resolve().parents[1] / "src"
+TOL = 1e-4  # one process against two; derived in the module docstring
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +92,22 @@ def torchrun(*args: str) -> None:
 
 
 def assert_same_run(one: Path, two: Path) -> None:
-    """Same epochs, mAP, losses and files; weights (with the loss's state) equal to 1e-4."""
+    """Same epochs, mAP, losses and files; weights (with the loss's state) and every number equal to TOL."""
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
     rows = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (one, two)]
     assert [r["epoch"] for r in rows[0]] == [r["epoch"] for r in rows[1]]
     for a, b in zip(*rows):
-        assert a["val_map"] == pytest.approx(b["val_map"], abs=1e-5)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
-        assert a["train_label_map"] == pytest.approx(b["train_label_map"], abs=1e-5)
+        assert a["val_map"] == pytest.approx(b["val_map"], abs=TOL)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOL)
+        assert a["train_label_map"] == pytest.approx(b["train_label_map"], abs=TOL)
     ra, rb = (json.loads((r / "results.json").read_text()) for r in (one, two))
     assert (ra.pop("world_size"), rb.pop("world_size")) == (1, 2)
-    assert ra["best_epoch"] == rb["best_epoch"] and ra["test_map"] == pytest.approx(rb["test_map"], abs=1e-5)
-    np.testing.assert_allclose(np.load(one / "test_predictions.npy"), np.load(two / "test_predictions.npy"), atol=1e-5)
+    assert ra["best_epoch"] == rb["best_epoch"] and ra["test_map"] == pytest.approx(rb["test_map"], abs=TOL)
+    np.testing.assert_allclose(np.load(one / "test_predictions.npy"), np.load(two / "test_predictions.npy"), atol=TOL)
     wa, wb = load_file(str(one / "best.safetensors")), load_file(str(two / "best.safetensors"))
     assert wa.keys() == wb.keys()
     worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-    assert worst < 1e-4
+    assert worst < TOL
 
 
 def flags(settings: dict) -> list[str]:
@@ -218,7 +225,7 @@ def test_lr_selection_on_two_processes_equals_one(data: Path, tmp_path: Path) ->
     assert [c["lr"] for c in tune[1]["candidates"]] == [0.001, 0.03]
     assert tune[0]["lr"] == tune[1]["lr"]
     for a, b in zip(tune[0]["candidates"], tune[1]["candidates"]):
-        assert a["val_map"] == pytest.approx(b["val_map"], abs=1e-5) and a["best_epoch"] == b["best_epoch"]
+        assert a["val_map"] == pytest.approx(b["val_map"], abs=TOL) and a["best_epoch"] == b["best_epoch"]
     assert not list((data / "cache").glob("autotune-*"))  # the probes' folder is removed
 
 
