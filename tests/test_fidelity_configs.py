@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from spml.api import load_config, train
 from spml.data.layout import PreparedData, ReferenceProtocolData
@@ -132,3 +133,16 @@ def test_reference_protocol_trains_on_train_and_val_and_selects_on_test(synth: P
     assert runs["reference"]["val_map"] == pytest.approx(runs["reference"]["test_map"], abs=1e-6)
     assert runs["standard"]["val_map"] != pytest.approx(runs["standard"]["test_map"], abs=1e-6)
     assert (runs["reference"]["protocol"], runs["standard"]["protocol"]) == ("reference", "standard")
+
+
+def test_cole_linear_run_trains_all_25_epochs_at_a_constant_lr_without_selection(synth: Path, tmp_path: Path) -> None:
+    tiny = ["device=cpu", "image_size=32", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
+            "expected_num_pos=1.5"]
+    run = tmp_path / "cole"
+    train(synth, load_config("cole_linear", tiny), run)
+    results = json.loads((run / "results.json").read_text())
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    # No selection (test_cole_linear_is_the_papers_plain_setting_without_selection): the file's lr and batch ran.
+    assert (results["epochs_run"], results["stopped_early"]) == (25, False)
+    assert (resolved["lr"], resolved["batch_size"], resolved["schedule"], resolved["warmup_steps"],
+            resolved["center_features"], resolved["early_stopping"]["patience"]) == (1e-4, 8, "constant", 0, False, 0)
