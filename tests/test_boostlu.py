@@ -46,12 +46,24 @@ def test_boosted_logits_by_hand() -> None:
         LinearHead(4, 2, boost=5.0, drop_rate=0.1)
 
 
+def test_boosted_cam_is_the_map_the_logits_average() -> None:
+    # The CCD release boxes its views on the boosted CAM with the bias (models.py forward(fw_cam=True)).
+    x = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    torch.testing.assert_close(head(5.0).cam(x, torch.tensor([0, 1])), torch.tensor([[[[5.0, -1.0]], [[5.0, 0.0]]]]))
+    torch.testing.assert_close(head(3.0).cam(x, torch.tensor([[1]])), torch.tensor([[[[3.0, 0.0]]]]))
+    torch.testing.assert_close(head(5.0).cam(x, torch.tensor([0, 1])).mean(dim=(2, 3)), head(5.0)(x))
+    # boost 1 keeps eq. 4's map without the bias.
+    torch.testing.assert_close(head(1.0).cam(x, torch.tensor([0])), torch.tensor([[[[2.0, 0.0]]]]))
+
+
 def test_method_defaults_checks_and_shipped_config() -> None:
     cfg = load_config(None, ["method=boostlu", "loss=an"])
     assert (cfg.regime, cfg.head_params, cfg.loss) == ("finetune", {"boost": 5.0}, "an")
     shipped = load_config(shipped_config("boostlu"))
     assert (shipped.method, shipped.loss, shipped.loss_params, shipped.head_params) == ("boostlu", "ll_r", {"delta_rel": 0.5}, {"boost": 5.0})
     assert (shipped.lr, shipped.batch_size, shipped.epochs, shipped.image_size) == (1e-5, 16, 10, 448)
+    # The release trains the 1x1 classifier at 10x the backbone's lr (config.py lr_mult, train.py).
+    assert (shipped.head_lr_mult, shipped.val_set_variant) == (10.0, "clean")
 
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32", "epochs=2",

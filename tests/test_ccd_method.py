@@ -164,7 +164,7 @@ def test_named_settings_code_paper_and_backbones():
     code, paper, r101 = (load_config(name) for name in ("ccd", "ccd_paper", "ccd_r101"))
     # The code's settings are the default; ccd reproduces the run script, ccd_paper the paper's text.
     assert CCDParams.from_params(code.method_params) == CCDParams(
-        vlm="open_clip:RN50x64/openai", prompt="a photo of the {}")
+        vlm="open_clip:RN50x64/openai", prompt="a photo of the {}", cam_image_size=640)
     assert (code.backbone, r101.backbone, paper.backbone) == ("resnet50", "resnet101", "resnet101")
     assert code.head_lr_mult == r101.head_lr_mult == paper.head_lr_mult == 10.0
     p = CCDParams.from_params(paper.method_params)
@@ -265,3 +265,29 @@ def test_annotation_free_epoch_is_the_early_stopping_one(tiny_data, tmp_path, mo
     free = json.loads((run / "results.json").read_text())["method"]["annotation_free"]
     assert result.epochs_run == 2 and (free["epoch"], free["rule"]) == (2, "early_stopping")
     assert 0 <= free["test_map"] <= 1
+
+
+@pytest.mark.filterwarnings("ignore:ccd. classes never a confident")
+def test_view_classes_and_cams_come_from_a_pass_at_cam_image_size(tiny_data, tmp_path, monkeypatch):
+    # The code picks the view classes and computes their CAMs on its 640 x 640 frame, not at the
+    # training size: cam_image_size runs that pass; None reuses the engine's train-split probabilities.
+    data = PreparedData.open(tiny_data)
+    stub_clip(monkeypatch, len(data.split("train")))
+    seen: dict = {}
+
+    def record(model, split, transform, scores, *args, **kwargs):
+        seen[transform.size] = np.array(scores)
+        return np.zeros((0, 5), dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+    monkeypatch.setattr(ccd, "select_cam_views", record)
+    for cam_size in (None, 48):
+        params = {"update_labels": True, "warmup_epochs": 1, "view_threshold": "fixed", "cam_image_size": cam_size}
+        config = config_from_dict({"method": "ccd", "loss": "soft_bce", "regime": "finetune", "backbone": "test_resnet",
+                                   "pretrained": "none", "epochs": 1, "lr": 1e-3, "image_size": 32, "device": "cpu",
+                                   "method_params": params})
+        train(tiny_data, config, tmp_path / f"run{cam_size}")
+    assert sorted(seen) == [32, 48]
+    assert seen[32].shape == seen[48].shape == (len(data.split("train")), 4)
+    assert not np.allclose(seen[32], seen[48])  # the same weights, another input size
+    with pytest.raises(SpmlError, match="cam_image_size"):
+        CCDParams.from_params({"cam_image_size": 0})

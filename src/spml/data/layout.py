@@ -25,6 +25,11 @@ from spml.data.labels import TRUE_DTYPE, check_true
 from spml.errors import SpmlError
 
 SPLITS = ("train", "val", "test")
+# How a run uses the splits: ``standard`` trains on train and picks the epoch on val; ``reference`` is
+# the protocol of CCD's and Query2Label's released code (train on the whole official train set, pick
+# the epoch on the test set), offered only to reproduce their published numbers.
+STANDARD_PROTOCOL, REFERENCE_PROTOCOL = "standard", "reference"
+PROTOCOLS = (STANDARD_PROTOCOL, REFERENCE_PROTOCOL)
 MANIFEST_FILE = "manifest.json"
 
 
@@ -103,6 +108,14 @@ class PreparedData:
         """Folder of the caches."""
         return self.root / "cache"
 
+    def for_protocol(self, protocol: str) -> PreparedData:
+        """This folder as a run of ``protocol`` sees it (:data:`PROTOCOLS`; ``standard``: itself)."""
+        if protocol == STANDARD_PROTOCOL:
+            return self
+        if protocol != REFERENCE_PROTOCOL:
+            raise SpmlError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+        return ReferenceProtocolData(root=self.root, classes=self.classes, manifest=self.manifest)
+
     def split(self, name: str) -> Split:
         """One split's image paths and true labels, checked against the class list."""
         if name not in SPLITS:
@@ -159,3 +172,33 @@ def write_prepared(
         (out_dir / f"{name}_images.txt").write_text("".join(f"{Path(p)}\n" for p in images))
         np.save(out_dir / f"{name}_labels.npy", np.asarray(labels, dtype=TRUE_DTYPE))
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class ReferenceProtocolData(PreparedData):
+    """The ``reference`` protocol's view of a prepared folder: train = train + val, val = test.
+
+    CCD's release (k0u-id/CCD ``datasets.py``: the train/val split is commented out and
+    ``source_data['val']``, the official test images, serves as val and test) and Query2Label's
+    (SlongLiu/query2labels ``main_mlc.py``: train2014 to train, best epoch on val2014) train on the
+    whole official train set and choose the epoch on the test set. Only the splits change; the
+    folder and its caches are the same (cache keys hold each split's fingerprint).
+    """
+
+    # The derived splits by name, with the standard splits they came from: rebuilt only when those
+    # change (a Split caches its fingerprint, which stats every image).
+    _derived: dict[str, tuple[tuple[Split, ...], Split]] = field(default_factory=dict, repr=False, compare=False)
+
+    def split(self, name: str) -> Split:
+        """``train``: the train and val splits' images and labels, concatenated; ``val`` and ``test``: the test split."""
+        if name not in ("train", "val"):
+            return super().split(name)
+        sources = (super().split("train"), super().split("val")) if name == "train" else (super().split("test"),)
+        cached = self._derived.get(name)
+        if cached is not None and all(a is b for a, b in zip(cached[0], sources)):
+            return cached[1]
+        labels = np.concatenate([s.labels for s in sources])
+        labels.setflags(write=False)
+        split = Split(name=name, images=[image for s in sources for image in s.images], labels=labels)
+        self._derived[name] = (sources, split)
+        return split

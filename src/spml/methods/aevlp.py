@@ -12,8 +12,8 @@ batch its rows as the loss's ``pseudo=`` input. The VLM never runs in the traini
 ``results.json["method"]`` holds the settings, the caches, the pseudo-label precision and recall of
 the last epoch as top-level numbers and per epoch (``pseudo_labels_by_epoch``).
 
-``spml train DATA_DIR --config aevlp_coco --out RUN_DIR`` (also ``aevlp_voc``, ``aevlp_nuswide``,
-``aevlp_cub``).
+``spml train DATA_DIR --config gpr_coco --out RUN_DIR`` (also ``gpr_voc``, ``gpr_nuswide``,
+``gpr_cub``: the release's per-dataset settings; docs/aevlp.md).
 """
 
 from __future__ import annotations

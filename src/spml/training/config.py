@@ -25,6 +25,7 @@ import yaml
 
 from spml.coerce import coerce
 from spml.data.atomic import write_text
+from spml.data.layout import PROTOCOLS, STANDARD_PROTOCOL
 from spml.errors import SpmlError
 from spml.training.schedule import SCHEDULES
 
@@ -147,6 +148,11 @@ class TrainConfig:
         seed: Seeds weights, data order, flips and the loss's own randomness.
         val_set_variant: Select the best epoch on the ``clean`` val labels or on the ``observed``
             (single-positive) val labels, as Cole et al.
+        protocol: ``standard`` (train on the train split, pick the epoch on val) or ``reference``:
+            CCD's and Query2Label's released protocol, train on train + val and pick the epoch on
+            the test split (:class:`~spml.data.layout.ReferenceProtocolData`), which reports an
+            optimistic test mAP; only to reproduce their published numbers. Needs ``observed: full``
+            and clean val labels.
         method: Method registry name (``standard`` = plain training with ``loss``).
         method_params: Method-specific parameters (e.g. ``teacher``, ``threshold``).
         linear_init: The linear phase of ``linear-init``.
@@ -195,6 +201,7 @@ class TrainConfig:
     observed: str = FULL_OBSERVED
     seed: int = 0
     val_set_variant: str = "clean"
+    protocol: str = STANDARD_PROTOCOL
     method: str = "standard"
     method_params: dict[str, Any] = field(default_factory=dict)
     linear_init: LinearInitConfig = field(default_factory=LinearInitConfig)
@@ -219,6 +226,13 @@ class TrainConfig:
         """Check value ranges and choices; SpmlError naming ``source`` and the key otherwise."""
         _choice(self.regime, REGIMES, "regime", source)
         _choice(self.val_set_variant, VAL_SET_VARIANTS, "val_set_variant", source)
+        _choice(self.protocol, PROTOCOLS, "protocol", source)
+        if self.protocol != STANDARD_PROTOCOL and self.observed != FULL_OBSERVED:
+            # The merged train set's val rows have no observed labels; CCD ignores them anyway.
+            raise SpmlError(f"protocol {self.protocol} trains on the train and val splits together: it needs observed: "
+                            f"{FULL_OBSERVED} (CCD and CDUL ignore observed labels anyway), not {self.observed!r}", source)
+        if self.protocol != STANDARD_PROTOCOL and self.val_set_variant != "clean":
+            raise SpmlError(f"protocol {self.protocol} picks the epoch on the test labels: val_set_variant must be clean", source)
         _choice(self.device, DEVICES, "device", source)
         _choice(self.precision, PRECISIONS, "precision", source)
         _choice(self.optimizer, OPTIMIZERS, "optimizer", source)

@@ -233,6 +233,7 @@ class Trainer:
     ) -> None:
         check_config(config, method, loss=loss)
         self.val_only = val_only
+        data = data.for_protocol(config.protocol)  # `reference`: train = train + val, val = test
         config = resolve_defaults(resolve_paths(config, method, data.root), len(data.split("train")))
         self.config = config
         self.data = data
@@ -765,6 +766,7 @@ class Trainer:
                 "best_epoch": result.best_epoch,
                 "val_map": result.val_map,
                 "val_set_variant": self.config.val_set_variant,
+                "protocol": self.config.protocol,  # reference: val_map is the test split's (docs/reproduction.md)
                 "test_map": result.test_map,
                 "train_label_map": result.train_label_map,
                 "per_class_test_ap": test["per_class_ap"],

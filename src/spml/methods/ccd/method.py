@@ -124,6 +124,11 @@ class CCDParams:
         view_threshold_step: Its increment after each block outside the window (code: 0.001).
         view_threshold_block: Images per check of the adaptive search (code: 100).
         cam_threshold: Threshold on the min-max normalised CAM (code and supplementary fig. 7: 0.95).
+        cam_image_size: Side of the squashed image the classifier sees when it picks the classes of
+            the views and computes their CAMs: the code's 640 x 640 frame (its ``infer`` and
+            ``thres`` loaders, ``resize (640, 640)``; ``ccd``: 640), one extra pass over the train
+            split at the update. None = the run's ``image_size`` (the engine's train-split
+            probabilities, no extra pass).
         box_offset: Pixels added on each side of a CAM box (paper and run script: 80).
         box_offset_frame: The offset is measured in the image squashed to this square side (the
             code's 640 x 640 frame: ``80 x width / 640`` horizontally); None = original pixels.
@@ -160,6 +165,7 @@ class CCDParams:
     view_threshold_step: float = 0.001
     view_threshold_block: int = 100
     cam_threshold: float = 0.95
+    cam_image_size: int | None = None
     box_offset: int = 80
     box_offset_frame: int | None = 640
     crop_long_side: int = 640
@@ -194,6 +200,8 @@ class CCDParams:
                 raise SpmlError(f"method_params.{key} must be >= 0, got {getattr(self, key)}")
         if self.box_offset_frame is not None and not self.box_offset_frame > 0:
             raise SpmlError(f"method_params.box_offset_frame must be > 0 or null, got {self.box_offset_frame}")
+        if self.cam_image_size is not None and not self.cam_image_size > 0:
+            raise SpmlError(f"method_params.cam_image_size must be > 0 or null, got {self.cam_image_size}")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> CCDParams:
@@ -433,19 +441,23 @@ class CCDHooks(TrainingHooks):
         ground-truth val labels; this is the model CCD's own stopping rule keeps, needing none.
         """
         test = self.ctx.data.split("test")
-        loader = DataLoader(SplitDataset(test, self.transform), batch_size=self.ctx.config.eval_batch_size)
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            scores = torch.cat([torch.sigmoid(self.model(b["image"].to(self.ctx.device))).float().cpu() for b in loader])
-        self.model.train(was_training)
-        probs = scores.numpy()
+        probs = self.probabilities(test, self.transform)
         return {
             "epoch": epoch,
             "rule": rule,
             "test_map": mean_average_precision(probs, test.labels),
             "test_metrics": paper_metrics(probs, test.labels),
         }
+
+    def probabilities(self, split: Split, transform: ImageTransform) -> np.ndarray:
+        """The current model's sigmoid outputs on ``split`` seen through ``transform`` (eval mode), N x L."""
+        loader = DataLoader(SplitDataset(split, transform), batch_size=self.ctx.config.eval_batch_size)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            scores = torch.cat([torch.sigmoid(self.model(b["image"].to(self.ctx.device))).float().cpu() for b in loader])
+        self.model.train(was_training)
+        return scores.numpy()
 
     def should_stop(self, epoch: Epoch) -> bool:
         """True once the early-stopping epoch has been reached (checked by the engine after each epoch)."""
@@ -457,6 +469,10 @@ class CCDHooks(TrainingHooks):
         """Local views -> local labels -> updated labels (sec. 3.2), with diagnostics."""
         p = self.params
         if p.view_policy == "cam":
+            transform = self.transform
+            if p.cam_image_size is not None and p.cam_image_size != transform.size:
+                transform = dataclasses.replace(transform, size=p.cam_image_size)
+                train_scores = self.probabilities(self.split, transform)
             threshold = p.class_threshold
             if p.view_threshold == "exact":
                 threshold = threshold_for_mean_views(train_scores, p.mean_views)
@@ -474,7 +490,7 @@ class CCDHooks(TrainingHooks):
                 threshold = search.threshold
                 self.facts["adaptive_threshold"] = dataclasses.asdict(search)
             views, view_class = select_cam_views(
-                model, self.split, self.transform, train_scores, threshold, p.cam_threshold, p.box_offset,
+                model, self.split, transform, train_scores, threshold, p.cam_threshold, p.box_offset,
                 self.ctx.config.eval_batch_size, self.ctx.device, offset_frame=p.box_offset_frame,
             )
             self.facts["class_threshold_used"] = float(threshold)

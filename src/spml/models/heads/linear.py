@@ -65,7 +65,9 @@ class LinearHead(nn.Module):
         """Class activation maps (CCD eq. 4): ``G_c(x) = sum_i w^c_i g_i(x)``, no bias.
 
         Because pooling and the Linear layer commute, the mean of ``G_c`` over H x W plus the bias
-        of class ``c`` is exactly the logit of class ``c``.
+        of class ``c`` is exactly the logit of class ``c``. With ``boost`` > 1 the maps are the
+        boosted ones the logits average, bias included (``where(M > 0, boost M, M)``, ``M = G + b``):
+        the CAM the CCD release boxes its views on (k0u-id/CCD ``models.py`` ``forward(fw_cam=True)``).
 
         Args:
             features: ``B x C x H x W`` map.
@@ -79,7 +81,14 @@ class LinearHead(nn.Module):
         idx = torch.as_tensor(class_indices, device=features.device, dtype=torch.long)
         weight = self.fc.weight.to(features.dtype)
         if idx.ndim == 1:
-            return torch.einsum("bchw,kc->bkhw", features, weight[idx])
-        if idx.ndim == 2 and idx.shape[0] == features.shape[0]:
-            return torch.einsum("bchw,bkc->bkhw", features, weight[idx])
-        raise ValueError(f"class_indices must be K or B x K, got {tuple(idx.shape)}")
+            maps = torch.einsum("bchw,kc->bkhw", features, weight[idx])
+            bias = self.fc.bias.to(features.dtype)[idx][None, :, None, None]
+        elif idx.ndim == 2 and idx.shape[0] == features.shape[0]:
+            maps = torch.einsum("bchw,bkc->bkhw", features, weight[idx])
+            bias = self.fc.bias.to(features.dtype)[idx][:, :, None, None]
+        else:
+            raise ValueError(f"class_indices must be K or B x K, got {tuple(idx.shape)}")
+        if self.boost == 1.0:
+            return maps
+        maps = maps + bias
+        return torch.where(maps > 0, maps * self.boost, maps)
