@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,17 +23,19 @@ import numpy as np
 from spml.errors import SpmlError
 
 DISK_ERRORS = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EFBIG: "file too large for the file system",
+    errno.ENOSPC: "no space left on device; free space and run again",
+    errno.EDQUOT: "disk quota exceeded; free space and run again",
+    errno.EROFS: "read-only file system; write somewhere else",
+    errno.EFBIG: "file too large for the file system; free space and run again",
+    errno.EACCES: "permission denied; write somewhere you may write",
+    errno.EPERM: "operation not permitted; write somewhere you may write",
 }
 
 
 def disk_error(err: OSError, path: str | Path) -> SpmlError | None:
-    """The one-line SpmlError for a full (or read-only) disk while writing ``path``; None for other errors."""
+    """The one-line SpmlError for a full, read-only or forbidden disk while writing ``path``; None for others."""
     reason = DISK_ERRORS.get(err.errno or 0)
-    return None if reason is None else SpmlError(f"{reason}; free space and run again", path)
+    return None if reason is None else SpmlError(reason, path)
 
 
 @contextlib.contextmanager
@@ -87,6 +90,30 @@ def save_npy(target: str | Path, array: np.ndarray) -> None:
     """Save ``array`` as a ``.npy`` file (never pickled) to ``target`` atomically."""
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_safetensors(target: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Save torch ``tensors`` as a safetensors file to ``target`` atomically.
+
+    safetensors reports I/O failures (a full disk) as its own error type; they are raised as the
+    ``OSError`` they are, so a full disk is one line naming ``target``.
+    """
+    # Imported here: safetensors.torch imports torch, which data commands (prepare, observe) never need.
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(target) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:
+            found = _OS_ERROR.search(str(err))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(target)) from None
 
 
 @contextlib.contextmanager
