@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spml.data.atomic import write_text
+from spml.data.output import write_file
 from spml.reports import compare_runs, find_runs, format_table
 from spml.reports.compare import FORMATS
 
@@ -21,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        write_text(args.out, text)
+        write_file(args.out, text, "table", [("the run or grid folder", run) for run in args.runs])
         print(args.out)
     return 0
 

@@ -141,37 +141,3 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_merge(target: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield an empty staging folder whose entries replace those of the same name in ``target``.
-
-    Entries of ``target`` that the block did not write (a user's files, ``observed/``, ``cache/``)
-    are kept. Each entry is renamed into place atomically, those named in ``last`` after all others
-    (a manifest written last marks the update complete). A new ``target`` appears as a whole, as with
-    :func:`atomic_dir`. On failure ``target`` is left exactly as it was.
-    """
-    target = Path(target)
-    if not target.exists():
-        with atomic_dir(target, replace=False) as tmp:
-            yield tmp
-        return
-    # Staging inside target: the renames below then never cross a file-system boundary.
-    staging = Path(tempfile.mkdtemp(prefix=".spml-staging.", suffix=".tmp", dir=target))
-    staging.chmod(0o777 & ~_umask())
-    try:
-        with disk_errors(target):
-            yield staging
-        replaced = staging / ".replaced"
-        names = sorted(p.name for p in staging.iterdir())
-        replaced.mkdir()
-        for name in sorted(names, key=lambda n: (n in last, n)):
-            new, old = staging / name, target / name
-            # A folder (or a file turning into a folder) is swapped out whole; its old copy is removed
-            # with the staging folder.
-            if old.is_dir() and not old.is_symlink() or (old.exists() and new.is_dir()):
-                os.replace(old, replaced / name)
-            os.replace(new, old)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

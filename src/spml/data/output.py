@@ -209,13 +209,15 @@ def write_folder(
     inputs: Inputs = (),
     *,
     last: tuple[str, ...] = (),
+    prune: bool = True,
     what: str = "the output folder",
 ) -> Iterator[Path]:
     """Yield an empty staging folder whose files become those spml wrote in ``target``.
 
     ``target`` is checked by :func:`claim_folder`. A new ``target`` appears whole, atomically. In an
     existing one, each staged file replaces the file of the same path, those named in ``last`` after
-    all others; files spml wrote before and did not write now are removed; every other file stays.
+    all others; files spml wrote before and did not write now are removed (unless ``prune`` is
+    False: a folder of several models adds or replaces one); every other file stays.
     A staged file whose path holds a file or folder spml did not write is refused before anything
     changes. On failure ``target`` is left exactly as it was.
     """
@@ -241,11 +243,23 @@ def write_folder(
                 dest = target / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / rel, dest)
-            for rel in sorted(owned - set(new)):
-                _remove_owned(target, rel)
-            mark_folder(target, kind, new)
+            if prune:
+                for rel in sorted(owned - set(new)):
+                    _remove_owned(target, rel)
+            mark_folder(target, kind, set(new) if prune else owned | set(new))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def open_folder(target: str | Path, kind: str, inputs: Inputs = (), *, what: str = "the output folder") -> Path:
+    """Claim ``target`` for ``kind`` (see :func:`claim_folder`), creating and marking it; return it.
+
+    For a folder filled over time (a grid's runs): marked from the start, so an interrupted command
+    may continue in it.
+    """
+    with write_folder(target, kind, inputs, prune=False, what=what):
+        pass
+    return Path(target)
 
 
 def _check_replaceable(target: Path, rel: str, owned: set[str]) -> None:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from spml import __version__
-from spml.data.output import Inputs, claim_folder
 from spml.data.atomic import disk_errors, write_json, write_text
+from spml.data.output import Inputs, claim_folder
 from spml.errors import SpmlError
 
 CONFIG_FILE = "config.yaml"
