@@ -17,11 +17,13 @@ from spml.reports.compare import FORMATS
 
 
 def _run(args: argparse.Namespace) -> int:
-    text = format_table(compare_runs(find_runs(args.runs)), args.format)
+    runs = find_runs(args.runs)
+    text = format_table(compare_runs(runs), args.format)
     if args.out is None:
         sys.stdout.write(text)
     else:
-        write_file(args.out, text, "table", [("the run or grid folder", run) for run in args.runs])
+        # A table may go into a grid folder, never into one of the runs it reads.
+        write_file(args.out, text, "table", [("the run folder", run.root) for run in runs])
         print(args.out)
     return 0
 

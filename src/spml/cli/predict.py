@@ -26,8 +26,9 @@ def _run(args: argparse.Namespace) -> int:
         raise SpmlError("--top-k must be at least 1")
     fmt = output_format(args.out, args.format)
     images = collect_images(args.images)
-    # Every path read: the model, the arguments (folders, list files) and the images they name.
-    inputs = [("the model", args.model), *(("the input", a) for a in args.images if os.path.lexists(a)),
+    # Every path read: the model folder, the list files and the images (a folder argument is read
+    # only through its images: a CSV may be written beside them).
+    inputs = [("the model", args.model), *(("the list file", a) for a in args.images if os.path.isfile(a)),
               *(("the image", p) for p in images)]
     if args.out is not None:
         claim_file(args.out, "predictions", inputs)  # before the model is loaded

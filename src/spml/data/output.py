@@ -99,6 +99,9 @@ def folder_kind(folder: str | Path) -> str | None:
             if kind == "data" and not (folder / "classes.txt").is_file():
                 continue
             return kind
+    entries = _visible(folder)
+    if entries and all((p / "config.yaml").is_file() for p in entries):
+        return "grid"  # a grid interrupted before its first tables
     return None
 
 
@@ -229,7 +232,8 @@ def write_folder(
             mark_folder(tmp, kind, _files_under(tmp))
         return
     owned = owned_files(target)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}staging.", suffix=".tmp", dir=target))
+    with disk_errors(target):
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}staging.", suffix=".tmp", dir=target))
     try:
         with disk_errors(target):
             yield staging
