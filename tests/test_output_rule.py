@@ -410,3 +410,23 @@ def test_observe_when_observed_is_a_file_is_one_line(tmp_path, capsys):
     before = snapshot(tmp_path)
     refused(capsys, ["observe", str(data)])
     assert snapshot(tmp_path) == before
+
+
+def test_a_tampered_marker_or_a_symlinked_folder_never_leads_outside(tmp_path, capsys):
+    data = make_synthetic(tmp_path / "data", num_images=8, image_size=16, num_classes=2)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine\n")
+    marker = json.loads((data / MARKER).read_text())
+    marker["files"] += ["../outside.txt", str(outside)]
+    (data / MARKER).write_text(json.dumps(marker))
+    make_synthetic(data, num_images=8, image_size=16, num_classes=2)  # the marker's strays are not removed
+    assert outside.read_text() == "mine\n"
+
+    photos = tmp_path / "photos"
+    (photos / "train").mkdir(parents=True)
+    (photos / "train" / "00000.jpg").write_bytes(b"\xff\xd8 my photo")
+    shutil.rmtree(data / "images")
+    (data / "images").symlink_to(photos)  # spml's images/ replaced by a link to the user's photos
+    before = snapshot(photos)
+    refused(capsys, ["synth", str(data), "--images", "8", "--size", "16", "--num-classes", "2"])
+    assert snapshot(photos) == before

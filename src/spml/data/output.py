@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from spml.data.atomic import atomic_dir, disk_errors, write_json, write_text
 from spml.errors import SpmlError
@@ -100,9 +100,17 @@ def folder_kind(folder: str | Path) -> str | None:
                 continue
             return kind
     entries = _visible(folder)
-    if entries and all((p / "config.yaml").is_file() for p in entries):
-        return "grid"  # a grid interrupted before its first tables
+    if entries and all((p / "config.yaml").is_file() and (p / "run.json").is_file() for p in entries):
+        return "grid"  # a grid interrupted before its first tables: nothing but runs
     return None
+
+
+def _safe(rel: object) -> bool:
+    """Whether a marker's entry is a plain relative path (a tampered marker names nothing outside)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    parts = PurePosixPath(rel).parts
+    return not PurePosixPath(rel).is_absolute() and ".." not in parts and "." not in parts
 
 
 def owned_files(folder: str | Path) -> set[str]:
@@ -110,7 +118,7 @@ def owned_files(folder: str | Path) -> set[str]:
     folder = Path(folder)
     marker = _read_json(folder / MARKER)
     if isinstance(marker, dict) and isinstance(marker.get("files"), list):
-        return {f for f in marker["files"] if isinstance(f, str)}
+        return {f for f in marker["files"] if _safe(f)}
     kind = folder_kind(folder)
     if kind == "data":
         # A data folder's own files, and the images it stored inside itself (synth).
@@ -266,8 +274,15 @@ def open_folder(target: str | Path, kind: str, inputs: Inputs = (), *, what: str
     return Path(target)
 
 
+def _inside(target: Path, path: Path) -> bool:
+    """Whether ``path``'s folder, symlinks resolved, lies in ``target`` (no write through a link out)."""
+    return _real(path.parent).is_relative_to(_real(target))
+
+
 def _check_replaceable(target: Path, rel: str, owned: set[str]) -> None:
     dest = target / rel
+    if not _inside(target, dest):
+        raise SpmlError("leads out of the output folder through a symbolic link; move it away", dest.parent)
     for parent in list(dest.parents)[: len(Path(rel).parts) - 1]:
         if parent.exists() and not parent.is_dir():
             raise SpmlError("is a file that spml did not write where it writes a folder; move it away", parent)
@@ -279,6 +294,8 @@ def _check_replaceable(target: Path, rel: str, owned: set[str]) -> None:
 
 def _remove_owned(target: Path, rel: str) -> None:
     path = target / rel
+    if not _inside(target, path):
+        return  # through a link to somewhere else: not spml's to remove
     if path.is_file() or path.is_symlink():
         path.unlink()
     # Folders that only held spml's files go with them; a folder with a user's file stays.
