@@ -5,10 +5,11 @@ Steps: read the raw layout with its format's reader; drop train-pool images with
 (``verify``); split val off the train pool once with ``seed``; write everything atomically, so a
 failure leaves DATA_DIR exactly as it was.
 
-Preparing never deletes what the user made: ``--out`` may not be, contain or lie inside the raw
-folder; a non-empty ``--out`` must be a folder spml prepared before (its ``manifest.json`` says so);
-preparing it again replaces only the files prepare writes and keeps ``observed/``, ``cache/`` and
-every other file (observed labels and caches of an older split are recognised by their fingerprints).
+Preparing never deletes what the user made (the output rule, :mod:`spml.data.output`): ``--out``
+may not be, contain or lie inside the raw folder; a non-empty ``--out`` must be a data folder spml
+wrote (its ``.spml.json`` marker, or an older folder's ``manifest.json``, says so); preparing it
+again replaces only the files spml wrote there and keeps ``observed/``, ``cache/`` and every other
+file (observed labels and caches of an older split are recognised by their fingerprints).
 """
 
 from __future__ import annotations

@@ -168,7 +168,8 @@ def make_synthetic(
     :mod:`spml.data.layout` and ``synth_objects.json``:
     ``{split: [[{"class": name, "class_index": k, "box": [x0, y0, x1, y1]}, ...] per image]}``,
     images in the order of ``{split}_images.txt``, boxes in pixels (x1, y1 exclusive).
-    The folder is written atomically and replaces an earlier prepared folder at ``out_dir``.
+    The folder is written under the output rule (:func:`spml.data.output.write_folder`): a new one
+    appears whole; in a data folder spml wrote, only its files are replaced and every other file stays.
 
     Args:
         out_dir: The DATA_DIR to create.
