@@ -430,3 +430,14 @@ def test_a_tampered_marker_or_a_symlinked_folder_never_leads_outside(tmp_path, c
     before = snapshot(photos)
     refused(capsys, ["synth", str(data), "--images", "8", "--size", "16", "--num-classes", "2"])
     assert snapshot(photos) == before
+
+
+def test_a_csv_may_go_beside_the_images_and_a_table_into_a_grid_folder(world, tmp_path, capsys):
+    photos = tmp_path / "imgs"
+    photos.mkdir()
+    shutil.copy(world.image, photos / "a.jpg")
+    assert main(["predict", str(world.export), str(photos), "--out", str(photos / "labels.csv")]) == 0
+    grid = tmp_path / "grid"
+    shutil.copytree(world.run, grid / "lr0.01")
+    assert main(["compare", str(grid), "--out", str(grid / "table.md")]) == 0
+    assert (photos / "labels.csv").is_file() and (grid / "table.md").is_file()

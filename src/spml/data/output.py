@@ -308,6 +308,8 @@ def _remove_owned(target: Path, rel: str) -> None:
 
 
 def _digest(path: Path) -> str | None:
+    if not path.is_file():
+        return None  # a FIFO or device is never opened (it could block)
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
