@@ -240,7 +240,7 @@ def _full_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
         # What safetensors raises when the disk fills (its own error type, not an OSError).
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("spml.training.checkpoint.save_file", save_file)
+    monkeypatch.setattr("safetensors.torch.save_file", save_file)
 
 
 def _full_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

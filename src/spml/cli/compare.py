@@ -11,17 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from spml.data.atomic import write_text
+from spml.data.output import write_file
 from spml.reports import compare_runs, find_runs, format_table
 from spml.reports.compare import FORMATS
 
 
 def _run(args: argparse.Namespace) -> int:
-    text = format_table(compare_runs(find_runs(args.runs)), args.format)
+    runs = find_runs(args.runs)
+    text = format_table(compare_runs(runs), args.format)
     if args.out is None:
         sys.stdout.write(text)
     else:
-        write_text(args.out, text)
+        # A table may go into a grid folder, never into one of the runs it reads.
+        write_file(args.out, text, "table", [("the run folder", run.root) for run in runs])
         print(args.out)
     return 0
 

@@ -11,10 +11,11 @@ glob patterns or list files (``.txt``, one path per line).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from spml.data.atomic import write_text
+from spml.data.output import claim_file, write_file
 from spml.deploy import collect_images, format_rows, load, output_format
 from spml.errors import SpmlError
 from spml.progress import log
@@ -25,6 +26,12 @@ def _run(args: argparse.Namespace) -> int:
         raise SpmlError("--top-k must be at least 1")
     fmt = output_format(args.out, args.format)
     images = collect_images(args.images)
+    # Every path read: the model folder, the list files and the images (a folder argument is read
+    # only through its images: a CSV may be written beside them).
+    inputs = [("the model", args.model), *(("the list file", a) for a in args.images if os.path.isfile(a)),
+              *(("the image", p) for p in images)]
+    if args.out is not None:
+        claim_file(args.out, "predictions", inputs)  # before the model is loaded
     model = load(args.model, device=args.device)
     # --top-k alone ranks every class; with --threshold it keeps the top K above that threshold.
     threshold = args.threshold if args.threshold is not None or args.top_k is None else 0.0
@@ -39,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        write_text(args.out, text)
+        write_file(args.out, text, "predictions", inputs)
         log(f"{len(rows)} images predicted, {failed} skipped -> {args.out}")
         print(args.out)
     return 1 if failed and not rows else 0

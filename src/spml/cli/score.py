@@ -13,19 +13,20 @@ shipped configs (``vlpl_voc``, ``vlpl_nuswide``, ``vlpl_cub``; ``vlpl`` is COCO'
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from spml.api import load_config
 from spml.cli.train import resolve_config_path
-from spml.data.atomic import write_json
 from spml.data.layout import SPLITS, PreparedData
 from spml.data.observe import load_observed
+from spml.data.output import write_file
 from spml.errors import SpmlError
 from spml.methods.vlpl import VlplParams
+from spml.pseudolabels.vlpl import pseudo_label_diagnostics
 from spml.training import build_dataclass
 from spml.training.runmodel import resolve_device
-from spml.pseudolabels.vlpl import pseudo_label_diagnostics
 from spml.vlm import PREPROCESSING_MODES, load_vlm, prompt_names, split_scores
 
 # Flag (argparse dest) -> the method_params key it sets; also how errors name the flags.
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.observed:
         tag += f"-{args.observed.stem}"
     out = cache.path.with_name(f"{cache.path.name}.diagnostics-{tag}.json")
-    write_json(out, report)
+    write_file(out, json.dumps(report, indent=2, sort_keys=True) + "\n", "diagnostics",
+               [args.observed, params.vlm_checkpoint, params.vlm_model_config], what="the diagnostics")
     print(f"diagnostics: {out}")
     print(cache.path)
     return 0

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate a learnable synthetic multi-label set as a prepared DATA_DIR "
         "(train/val/test, images stored inside it, object boxes in synth_objects.json).",
     )
-    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder to create (replaces a prepared one)")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder to create (or a data folder spml wrote: its files are replaced, others kept)")
     p.add_argument("--images", type=int, help="train-pool size, split into train and val (default 1000)")
     p.add_argument("--test-images", type=int, help="test-set size (default: a quarter of --images)")
     p.add_argument("--size", type=int, help="image side in pixels (default 64)")

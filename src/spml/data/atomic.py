@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,17 +23,19 @@ import numpy as np
 from spml.errors import SpmlError
 
 DISK_ERRORS = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EFBIG: "file too large for the file system",
+    errno.ENOSPC: "no space left on device; free space and run again",
+    errno.EDQUOT: "disk quota exceeded; free space and run again",
+    errno.EROFS: "read-only file system; write somewhere else",
+    errno.EFBIG: "file too large for the file system; free space and run again",
+    errno.EACCES: "permission denied; write somewhere you may write",
+    errno.EPERM: "operation not permitted; write somewhere you may write",
 }
 
 
 def disk_error(err: OSError, path: str | Path) -> SpmlError | None:
-    """The one-line SpmlError for a full (or read-only) disk while writing ``path``; None for other errors."""
+    """The one-line SpmlError for a full, read-only or forbidden disk while writing ``path``; None for others."""
     reason = DISK_ERRORS.get(err.errno or 0)
-    return None if reason is None else SpmlError(f"{reason}; free space and run again", path)
+    return None if reason is None else SpmlError(reason, path)
 
 
 @contextlib.contextmanager
@@ -57,8 +60,9 @@ def _umask() -> int:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -89,6 +93,30 @@ def save_npy(target: str | Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_safetensors(target: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Save torch ``tensors`` as a safetensors file to ``target`` atomically.
+
+    safetensors reports I/O failures (a full disk) as its own error type; they are raised as the
+    ``OSError`` they are, so a full disk is one line naming ``target``.
+    """
+    # Imported here: safetensors.torch imports torch, which data commands (prepare, observe) never need.
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(target) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:
+            found = _OS_ERROR.search(str(err))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(target)) from None
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder; it replaces ``target`` only if the block succeeds.
@@ -96,8 +124,9 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
     On failure the temporary folder is removed and ``target`` is left exactly as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes owner-only folders
     try:
         with disk_errors(target):
@@ -114,37 +143,3 @@ def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_merge(target: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield an empty staging folder whose entries replace those of the same name in ``target``.
-
-    Entries of ``target`` that the block did not write (a user's files, ``observed/``, ``cache/``)
-    are kept. Each entry is renamed into place atomically, those named in ``last`` after all others
-    (a manifest written last marks the update complete). A new ``target`` appears as a whole, as with
-    :func:`atomic_dir`. On failure ``target`` is left exactly as it was.
-    """
-    target = Path(target)
-    if not target.exists():
-        with atomic_dir(target, replace=False) as tmp:
-            yield tmp
-        return
-    # Staging inside target: the renames below then never cross a file-system boundary.
-    staging = Path(tempfile.mkdtemp(prefix=".spml-staging.", suffix=".tmp", dir=target))
-    staging.chmod(0o777 & ~_umask())
-    try:
-        with disk_errors(target):
-            yield staging
-        replaced = staging / ".replaced"
-        names = sorted(p.name for p in staging.iterdir())
-        replaced.mkdir()
-        for name in sorted(names, key=lambda n: (n in last, n)):
-            new, old = staging / name, target / name
-            # A folder (or a file turning into a folder) is swapped out whole; its old copy is removed
-            # with the staging folder.
-            if old.is_dir() and not old.is_symlink() or (old.exists() and new.is_dir()):
-                os.replace(old, replaced / name)
-            os.replace(new, old)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

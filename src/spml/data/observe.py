@@ -24,6 +24,7 @@ from spml import __version__
 from spml.data.atomic import save_npy, write_json
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, PRESENT, UNKNOWN
 from spml.data.layout import PreparedData
+from spml.data.output import claim_file
 from spml.errors import SpmlError
 
 MODES = ("single-positive", "partial", "none")
@@ -116,6 +117,7 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
             )
         if path.is_file():
             return path
+    claim_file(path, "observed", what="the observed labels")
     rng = np.random.default_rng(seed)
     labels = simulate_observed(data.split("train").labels, mode, keep, rng)
     # Sidecar first: labels are never on disk without their settings; a sidecar left without labels

@@ -5,10 +5,11 @@ Steps: read the raw layout with its format's reader; drop train-pool images with
 (``verify``); split val off the train pool once with ``seed``; write everything atomically, so a
 failure leaves DATA_DIR exactly as it was.
 
-Preparing never deletes what the user made: ``--out`` may not be, contain or lie inside the raw
-folder; a non-empty ``--out`` must be a folder spml prepared before (its ``manifest.json`` says so);
-preparing it again replaces only the files prepare writes and keeps ``observed/``, ``cache/`` and
-every other file (observed labels and caches of an older split are recognised by their fingerprints).
+Preparing never deletes what the user made (the output rule, :mod:`spml.data.output`): ``--out``
+may not be, contain or lie inside the raw folder; a non-empty ``--out`` must be a data folder spml
+wrote (its ``.spml.json`` marker, or an older folder's ``manifest.json``, says so); preparing it
+again replaces only the files spml wrote there and keeps ``observed/``, ``cache/`` and every other
+file (observed labels and caches of an older split are recognised by their fingerprints).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from spml import __version__
-from spml.data.atomic import atomic_merge
 from spml.data.dataset import MAX_PIXELS, verify_images
 from spml.data.formats import FormatOptions, get_format
 from spml.data.labels import TRUE_DTYPE
 from spml.data.layout import MANIFEST_FILE, write_prepared
+from spml.data.output import claim_folder, write_folder
 from spml.errors import SpmlError
 
 DEFAULT_SEED = 1200  # Cole et al.'s split seed
@@ -54,17 +55,10 @@ def split_pool(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def is_prepared_dir(folder: Path) -> bool:
-    """Whether ``folder`` holds a manifest that spml wrote (a prepared or synthetic data folder)."""
-    try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and "spml_version" in manifest and (folder / "classes.txt").is_file()
-
-
 def check_output_dir(out_dir: Path, raw: Path | None = None) -> None:
     """Refuse an ``--out`` whose writing could destroy anything the user made.
+
+    The output rule (:func:`spml.data.output.claim_folder`) for kind ``data``.
 
     Args:
         out_dir: The DATA_DIR to write.
@@ -74,18 +68,12 @@ def check_output_dir(out_dir: Path, raw: Path | None = None) -> None:
     Raises:
         SpmlError: naming ``out_dir``.
     """
-    out_dir = Path(os.path.realpath(out_dir))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpmlError("exists and is not a folder", out_dir)
-    if raw is not None:
-        raw_dir = Path(os.path.realpath(raw))
-        raw_dir = raw_dir if raw_dir.is_dir() or not raw_dir.exists() else raw_dir.parent
-        if out_dir == raw_dir or out_dir.is_relative_to(raw_dir) or raw_dir.is_relative_to(out_dir):
-            raise SpmlError(f"--out must not be, contain or lie inside the raw folder {raw_dir}", out_dir)
-    visible = [p for p in out_dir.iterdir() if not p.name.startswith(".spml-")] if out_dir.is_dir() else []
-    if visible and not is_prepared_dir(out_dir):
-        raise SpmlError("folder is not empty and not a prepared data folder (no spml manifest.json); "
-                        "refusing to write into it", out_dir)
+    claim_folder(out_dir, "data", [("the raw folder", None if raw is None else raw_folder(raw))], what="the data folder")
+
+
+def raw_folder(raw: Path) -> Path:
+    """The folder of the raw dataset ``raw`` (a folder, or a file such as a data.yaml)."""
+    return raw if raw.is_dir() or not raw.exists() else raw.parent
 
 
 def shared_images(pool: list[Path], test: list[Path]) -> list[str]:
@@ -174,6 +162,7 @@ def prepare(
         "warnings": warnings,
         "spml_version": __version__,
     }
-    with atomic_merge(out_dir, last=(MANIFEST_FILE,)) as tmp:
+    with write_folder(out_dir, "data", [("the raw folder", raw_folder(raw))], last=(MANIFEST_FILE,),
+                      what="the data folder") as tmp:
         write_prepared(tmp, data.classes, splits, manifest)
     return PrepareResult(path=out_dir, counts=counts, warnings=warnings)

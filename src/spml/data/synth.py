@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from spml import __version__
-from spml.data.atomic import atomic_merge
 from spml.data.labels import PRESENT, TRUE_DTYPE
 from spml.data.layout import MANIFEST_FILE, write_prepared
+from spml.data.output import write_folder
 from spml.data.prepare import check_output_dir, split_pool
 from spml.errors import SpmlError
 from spml.progress import progress
@@ -168,7 +168,8 @@ def make_synthetic(
     :mod:`spml.data.layout` and ``synth_objects.json``:
     ``{split: [[{"class": name, "class_index": k, "box": [x0, y0, x1, y1]}, ...] per image]}``,
     images in the order of ``{split}_images.txt``, boxes in pixels (x1, y1 exclusive).
-    The folder is written atomically and replaces an earlier prepared folder at ``out_dir``.
+    The folder is written under the output rule (:func:`spml.data.output.write_folder`): a new one
+    appears whole; in a data folder spml wrote, only its files are replaced and every other file stays.
 
     Args:
         out_dir: The DATA_DIR to create.
@@ -196,7 +197,7 @@ def make_synthetic(
     check_output_dir(out_dir)
 
     names = [c.name for c in classes]
-    with atomic_merge(out_dir, last=(MANIFEST_FILE,)) as tmp:
+    with write_folder(out_dir, "data", last=(MANIFEST_FILE,), what="the data folder") as tmp:
         splits: dict[str, tuple[list[Path], np.ndarray]] = {}
         objects: dict[str, list[list[dict]]] = {}
         bar = progress(total=sum(counts.values()), desc="synth", unit="img")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spml.data.output import claim_folder
 from spml.deploy.model import load
 from spml.deploy.runfiles import RunFiles
 from spml.errors import SpmlError
@@ -17,14 +18,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | 
 
     Raises:
         SpmlError: Not a completed run, its data folder is gone (pass ``data_dir``), or ``out_dir``
-            is the run folder itself.
+            breaks the output rule (:func:`spml.data.output.claim_folder`): a file, a folder
+            spml did not write as an export, the run or data folder or one holding them.
     """
     files = RunFiles.open(run_dir)
     if not files.completed:
         raise SpmlError("run has not completed (no results.json); finish it with spml train --resume", run_dir)
-    out = Path(out_dir)
-    if out.resolve() == files.root.resolve():
-        raise SpmlError("--out must be a new folder, not the run folder", out)
-    if out.exists() and any(out.iterdir()) and not (out / "model.json").is_file():
-        raise SpmlError("exists and is not an export folder; choose another --out", out)
-    return load(run_dir, device="cpu", data_dir=data_dir).save(out)
+    inputs = [("the run folder", files.root), ("the data folder", data_dir or files.data_dir)]
+    claim_folder(out_dir, "export", inputs, what="the export folder")  # before anything is computed
+    return load(run_dir, device="cpu", data_dir=data_dir).save(out_dir, inputs)

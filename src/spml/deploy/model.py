@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from spml import __version__
-from spml.data.atomic import atomic_dir, atomic_path, write_json
+from spml.data.atomic import save_safetensors, write_json
 from spml.data.dataset import ImageTransform, load_image
+from spml.data.output import Inputs, write_folder
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
 from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, f1_per_class
 from spml.errors import SpmlError
@@ -193,8 +194,12 @@ class SpmlModel:
             out.append([self.classes[j] for j in order[:top_k]])
         return out
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write the export folder (``model.safetensors`` + ``model.json``) atomically; return it."""
+    def save(self, out_dir: str | Path, inputs: Inputs = ()) -> Path:
+        """Write the export folder (``model.safetensors`` + ``model.json``) atomically; return it.
+
+        Under the output rule (:func:`spml.data.output.write_folder`): ``out_dir`` is new, empty or
+        an export, and not one of ``inputs``; only the files of an earlier export are replaced.
+        """
         out_dir = Path(out_dir)
         document = {
             "format": FORMAT,
@@ -207,9 +212,8 @@ class SpmlModel:
             "provenance": self.provenance,
         }
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.classifier.state_dict().items()}
-        with atomic_dir(out_dir) as tmp:
-            with atomic_path(tmp / WEIGHTS_FILE) as weights:
-                save_file(state, str(weights), metadata={"format": FORMAT})
+        with write_folder(out_dir, "export", inputs, last=(MODEL_JSON,), what="the export folder") as tmp:
+            save_safetensors(tmp / WEIGHTS_FILE, state, metadata={"format": FORMAT})
             write_json(tmp / MODEL_JSON, document)
         return out_dir
 

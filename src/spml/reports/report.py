@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from spml.data.atomic import write_text
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
+from spml.data.output import claim_file, write_file
 from spml.deploy import RunFiles
 from spml.errors import SpmlError
 from spml.reports import figures
@@ -94,6 +94,7 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
         data_dir: The run's data folder if it moved (default: the one in ``run.json``).
     """
     files = RunFiles.open(run_dir)
+    out = claim_file(files.path(REPORT_FILE), "report", what="the report")  # before the figures are drawn
     config = files.config
     page = _Page(f"spml run {files.root.name}: {config.get('method', 'standard')}, loss {config.get('loss')}, {config.get('regime')}")
     data_path = Path(data_dir) if data_dir is not None else files.data_dir
@@ -108,9 +109,7 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
         page.figure("Per-class test AP", figures.per_class_ap_bars(results["per_class_test_ap"]))
     _prediction_figures(page, files, data, results, data_dir)
     _method_figures(page, files, results)
-    out = files.path(REPORT_FILE)
-    write_text(out, page.render())
-    return out
+    return write_file(out, page.render(), "report", what="the report")
 
 
 def _summary(page: _Page, files: RunFiles, results: dict[str, Any]) -> None:

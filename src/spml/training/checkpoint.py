@@ -9,21 +9,17 @@ never disagree. Nothing is pickled.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from spml.data.atomic import atomic_path
+from spml.data.atomic import save_safetensors
 from spml.errors import SpmlError
 
 _STATE_KEY = "spml_state"
-_OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def save_checkpoint(path: str | Path, groups: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]) -> None:
@@ -33,17 +29,7 @@ def save_checkpoint(path: str | Path, groups: Mapping[str, Mapping[str, torch.Te
         for key, tensor in tensors.items():
             # safetensors refuses shared storage; a detached contiguous CPU copy never shares.
             flat[f"{group}.{key}"] = tensor.detach().to("cpu").contiguous().clone()
-    with atomic_path(path) as tmp:
-        try:
-            save_file(flat, str(tmp), metadata={_STATE_KEY: json.dumps(state, sort_keys=True)})
-        except SafetensorError as err:
-            # safetensors reports I/O failures (a full disk) as its own error type; as an OSError the
-            # atomic write turns a full disk into one line naming the file.
-            found = _OS_ERROR.search(str(err))
-            if found is None:
-                raise
-            code = int(found.group(1))
-            raise OSError(code, os.strerror(code), str(path)) from None
+    save_safetensors(path, flat, metadata={_STATE_KEY: json.dumps(state, sort_keys=True)})
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

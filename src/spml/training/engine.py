@@ -835,7 +835,8 @@ def train(
     distributed.init(distributed.local_device(resolve_device(config.device)))
     main = distributed.is_main()
     run_dir = Path(run_dir)
-    check_new_run_dir(run_dir)
+    data_root = data_dir.root if isinstance(data_dir, PreparedData) else data_dir
+    check_new_run_dir(run_dir, [("the data folder", data_root)])
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     config = resolve_paths(config, method, data.root)
     distributed.barrier()  # every rank checked before rank 0 creates the folder

@@ -19,6 +19,7 @@ from typing import Any
 
 from spml.data.atomic import write_json, write_text
 from spml.data.layout import PreparedData
+from spml.data.output import open_folder, write_folder
 from spml.errors import SpmlError
 from spml.progress import log
 from spml.training.config import TrainConfig, config_from_dict, load_config, merge
@@ -109,7 +110,7 @@ def run_grid(
     Returns:
         The rows in axis order and the selected row.
     """
-    out_dir = Path(out_dir)
+    out_dir = open_folder(out_dir, "grid", [("the data folder", data_dir)], what="the grid folder")
     keys = list(axes)
     rows: list[GridRow] = []
     combos = list(itertools.product(*(axes[k] for k in keys)))
@@ -166,6 +167,11 @@ def _table(rows: list[GridRow], selected: GridRow | None) -> tuple[list[str], li
 
 def write_grid_tables(out_dir: Path, rows: list[GridRow], selected: GridRow | None) -> None:
     """``results.csv``, ``results.md`` and ``grid.json`` (rows and the selected run) in ``out_dir``."""
+    with write_folder(out_dir, "grid", prune=False, what="the grid folder") as tmp:
+        _write_tables(tmp, rows, selected)
+
+
+def _write_tables(out_dir: Path, rows: list[GridRow], selected: GridRow | None) -> None:
     header, body = _table(rows, selected)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

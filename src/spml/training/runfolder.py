@@ -36,6 +36,7 @@ from typing import Any
 
 from spml import __version__
 from spml.data.atomic import disk_errors, write_json, write_text
+from spml.data.output import Inputs, claim_folder
 from spml.errors import SpmlError
 
 CONFIG_FILE = "config.yaml"
@@ -74,18 +75,16 @@ def is_complete(run_dir: str | Path) -> bool:
     return (Path(run_dir) / RESULTS_FILE).is_file()
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse a run folder to train into that is a file, holds a run, or holds anything at all.
+def check_new_run_dir(run_dir: Path, inputs: Inputs = ()) -> None:
+    """Refuse a run folder to train into that is a file, holds a run, holds anything at all or is an input.
+
+    The output rule (:func:`spml.data.output.claim_folder`) for kind ``run``: a run folder is
+    always new or empty (its marker is ``config.yaml``).
 
     Raises:
         SpmlError: Naming ``run_dir`` and what is in the way.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SpmlError("exists and is not a folder; give a new folder as the run folder", run_dir)
-    if is_run(run_dir):
-        raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise SpmlError("is not empty and holds no run; train into a new or empty folder", run_dir)
+    claim_folder(run_dir, "run", inputs, new_only="resume it, or train into another folder", what="the run folder")
 
 
 def create_run_dir(run_dir: Path) -> bool:

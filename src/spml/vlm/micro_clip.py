@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
-from safetensors.torch import save_file
 
-from spml.data.atomic import atomic_path, write_json
+from spml.data.atomic import save_safetensors, write_json
 from spml.data.dataset import load_image
 from spml.data.layout import PreparedData, Split
+from spml.data.output import claim_folder, write_folder
 from spml.errors import SpmlError
 from spml.progress import progress
 from spml.vlm.model import Preprocess
@@ -125,19 +125,22 @@ def train_micro_clip(
     if len(split) < batch_size:
         raise SpmlError(f"train split has {len(split)} images, fewer than the batch size {batch_size}", data.root)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_file = out_dir / f"{name}.json"
-    write_json(config_file, config.to_open_clip())
-    open_clip.add_model_config(config_file)
-
+    inputs = [("the data folder", data.root)]
+    claim_folder(out_dir, "micro-clip", inputs, what="the micro CLIP folder")  # before training
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    # One folder may hold several models: writing NAME's files keeps the others.
     try:
-        checkpoint = _train(data, split, out_dir, name, config, steps, batch_size, seed, lr)
+        with write_folder(out_dir, "micro-clip", inputs, prune=False, what="the micro CLIP folder") as tmp:
+            write_json(tmp / f"{name}.json", config.to_open_clip())
+            open_clip.add_model_config(tmp / f"{name}.json")
+            _train(data, split, tmp, name, config, steps, batch_size, seed, lr)
     finally:
         torch.set_num_threads(previous_threads)
-    return checkpoint, config_file
+    config_file = out_dir / f"{name}.json"
+    open_clip.add_model_config(config_file)  # its final place, for later rescans of open_clip's registry
+    return out_dir / f"{name}.safetensors", config_file
 
 
 def _train(
@@ -195,6 +198,5 @@ def _train(
              "seed": seed, "lr": lr, "final_loss": float(loss.item()), "config": asdict(config)}
         )
     }
-    with atomic_path(checkpoint) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    save_safetensors(checkpoint, state, metadata=metadata)
     return checkpoint
