@@ -84,12 +84,12 @@ DEFAULT = " (default)"  # marks the DataLoader workers the defaults set
 def child_env(work: Path, dry_run: bool) -> dict[str, str]:
     """Environment of every stage: the checkout's sources first, then the wheels installed into WORK/site.
 
-    The dry run computes on one thread: it checks that the stages run, and on a small shared CPU
-    (CI's) more threads only contend.
+    The dry run hides any GPU (it checks the CPU path wherever it runs) and computes on one thread:
+    it checks that the stages run, and on a small shared CPU (CI's) more threads only contend.
     """
     paths = [str(REPO / "src"), str(work / "site"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
-    return {**env, "OMP_NUM_THREADS": "1"} if dry_run else env
+    return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""} if dry_run else env
 
 
 def run_stage(name: str, args: argparse.Namespace, timeout: float, log: Path) -> dict[str, Any]:

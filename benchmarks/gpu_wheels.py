@@ -71,9 +71,11 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
                     "--python-version", args.python_version, "--implementation", "cp", *platforms, "-d", str(args.out),
                     *(f"{name}=={version}" for name, version in PINNED.items())], check=True)
+    scratch = [path for path in (REPO / "build", REPO / "src" / "spml.egg-info") if not path.exists()]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(args.out),
                     str(REPO)], check=True)
-    shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools' scratch copy of the sources
+    for path in scratch:  # setuptools' scratch folders, where the build made them
+        shutil.rmtree(path, ignore_errors=True)
     wheels = sorted(args.out.glob("*.whl"))
     brought = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
     missing = sorted({f"{r} (of {w.name})" for w in wheels for r in requirements(w, args.python_version)

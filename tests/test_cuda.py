@@ -29,12 +29,12 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import load as load_model
-from spml.losses import list_losses
+from spml.losses import Epoch, SpmlLoss, create, get_loss_info, list_losses
 from spml.training import RunModel, Trainer
 from spml.training.runfolder import read_metrics
 from spml.vlm import load_vlm, score_split
 from subsets import interrupted_at, small_copy
-from test_losses_registry import batch, observed_for, ready
+from test_losses_registry import REQUIRED, batch, observed_for
 
 pytestmark = pytest.mark.cuda
 
@@ -57,13 +57,32 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(value - reference) / torch.linalg.vector_norm(reference).clamp_min(1e-30))
 
 
+def ready_on(name: str, device: torch.device) -> SpmlLoss:
+    """Loss ``name`` as the engine prepares it: moved to the device, then its hooks given device tensors.
+
+    The same state as ``test_losses_registry.ready`` (which runs the hooks on the CPU), in float32.
+    """
+    hparams = {k: REQUIRED[k] for k in get_loss_info(name).required}
+    if name == "em_apl":
+        hparams.update(warmup_epoch=1, num_epochs=2)
+    loss = create(name, num_classes=batch()[0].shape[1], **hparams).to(device)
+    _, observed, _ = batch()
+    train_observed = torch.zeros(REQUIRED["num_examples"], observed.shape[1], dtype=torch.int8)
+    train_observed[2 : 2 + len(observed)] = observed if name not in ("bce", "bce_ls") else 1
+    loss.on_train_start(train_observed.to(device))  # int8, as the engine passes the observed labels
+    loss.on_epoch_start(Epoch(2, "finetune", 2))
+    probs = torch.rand(REQUIRED["num_examples"], observed.shape[1], generator=torch.Generator().manual_seed(1))
+    loss.on_epoch_end(Epoch(1, "finetune", 1), probs.to(device))
+    return loss
+
+
 def loss_and_grad(name: str, device: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """A head's logits (under bf16 autocast or fp32) through loss ``name``, as the engine runs a step.
 
     Returns the loss and the gradient of the head's weight. The loss gets float32 logits, as
     ``Trainer.train_epoch`` casts them; its state (ROLE's estimator, ...) lives on ``device``.
     """
-    loss = ready(name).float().to(device)
+    loss = ready_on(name, device)
     logits64, observed, inputs = batch(3)
     observed = observed_for(name, observed, inputs["labels"])
     g = torch.Generator().manual_seed(7)
