@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,11 +107,16 @@ def run_stage(name: str, args: argparse.Namespace, timeout: float, log: Path) ->
     with log.open("a") as stream:
         stream.write(f"\n===== stage {name} (box {timeout:.0f} s) =====\n")
         stream.flush()
+        # A session of its own, so that a stage stopped at its box takes its DataLoader workers and
+        # test subprocesses with it.
+        proc = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=child_env(args.work, args.dry_run),
+                                cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=child_env(args.work, args.dry_run),
-                                  cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-            status = None if proc.returncode == 0 else f"failed (exit {proc.returncode}; see gpu_check.log)"
+            code = proc.wait(timeout=timeout)
+            status = None if code == 0 else f"failed (exit {code}; see gpu_check.log)"
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             status = f"timed out after {timeout:.0f} s (rows so far kept)"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {"status": "failed", "rows": []}
     if status is not None:
@@ -314,6 +320,7 @@ def synthetic_data(st: Stage) -> Path:
     """
     import numpy as np
 
+    from spml.data.atomic import atomic_dir
     from spml.data.layout import PreparedData, write_prepared
     from spml.data.synth import make_synthetic
 
@@ -329,17 +336,19 @@ def synthetic_data(st: Stage) -> Path:
         return np.pad(labels, ((0, 0), (0, NUM_CLASSES - base.num_classes)))
 
     train = base.split("train")
-    (out / "images").mkdir(parents=True)
-    paths = []
-    for i in range(s["train_images"]):
-        paths.append(out / "images" / f"{i:05d}.jpg")
-        shutil.copyfile(train.images[i % len(train)], paths[-1])
-    labels = train.labels[np.arange(s["train_images"]) % len(train)]
-    splits = {"train": (paths, wide(labels))}
-    for name in ("val", "test"):
-        split = base.split(name)
-        splits[name] = (split.images, wide(split.labels))
-    write_prepared(out, base.classes + pad, splits, {"format": "gpu_check synthetic", "source_px": s["source_px"]})
+    # Whole or not at all: a stage stopped here must not leave a half-made folder to the next one.
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        paths = []
+        for i in range(s["train_images"]):
+            paths.append(out / "images" / f"{i:05d}.jpg")
+            shutil.copyfile(train.images[i % len(train)], tmp / "images" / paths[-1].name)
+        labels = train.labels[np.arange(s["train_images"]) % len(train)]
+        splits = {"train": (paths, wide(labels))}
+        for name in ("val", "test"):
+            split = base.split(name)
+            splits[name] = (split.images, wide(split.labels))
+        write_prepared(tmp, base.classes + pad, splits, {"format": "gpu_check synthetic", "source_px": s["source_px"]})
     return out
 
 
@@ -366,6 +375,7 @@ def finetune_rate(data_dir: Path, run_dir: Path, overrides: dict[str, Any], mode
     phase = plan_phases(config)[0]
     trainer.enter_phase(phase, from_previous=False)
     steps = len(trainer.order(1, phase.batch_size))
+    warm = min(warm, steps - 1)  # at least one timed step
     source: Callable[[Any, int], Iterator[dict[str, torch.Tensor]]] = trainer.batches
     if model_bound:
         ready = list(itertools.islice(trainer.batches(phase, 1), min(steps, 8)))
