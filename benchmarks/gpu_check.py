@@ -67,10 +67,10 @@ BOXES = {
 STAGES = tuple(BOXES)
 # Sizes of the real run and of the dry run.
 SIZES = {
-    False: {"backbone": "resnet50", "image_size": 448, "source_px": 512, "train_images": 2048, "distinct": 96,
+    False: {"backbone": "resnet50", "image_size": 448, "source_px": 512, "train_images": 2048, "distinct": 128,
             "warm_steps": 8, "extra_workers": 8, "vlm": "open_clip:ViT-L-14-336/none", "vlm_images": 512, "vlm_batch": 128,
             "coco_rows_scale": 1.0, "device": "cuda"},
-    True: {"backbone": "test_resnet", "image_size": 64, "source_px": 80, "train_images": 32, "distinct": 16,
+    True: {"backbone": "test_resnet", "image_size": 64, "source_px": 80, "train_images": 32, "distinct": 80,
            "warm_steps": 1, "extra_workers": 2, "vlm": "open_clip:micro-clip/none", "vlm_images": 8, "vlm_batch": 4,
            "coco_rows_scale": 0.002, "device": "cpu"},
 }
@@ -316,7 +316,8 @@ def synthetic_data(st: Stage) -> Path:
 
     ``distinct`` images are drawn by :func:`spml.data.synth.make_synthetic` at ``source_px`` (about
     130 KB each at 512 px, as a COCO photo) and copied to ``train_images`` train files; labels get
-    COCO's 80 columns.
+    COCO's 80 columns. val and test keep at least 16 images (a batch): Cole et al.'s loaders drop
+    the last partial batch, of val and test too.
     """
     import numpy as np
 

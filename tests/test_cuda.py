@@ -133,6 +133,7 @@ def test_each_regime_trains_on_the_device_in_bf16_close_to_fp32(regime: str, dat
     bf16, fp32 = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
     assert len(bf16) == len(fp32) == (3 if regime == "linear-init" else 2)
     assert np.isfinite(bf16).all()
+    assert bf16 != fp32  # autocast did run: bf16 rounds the forward pass
     # Fine-tuning rounds every layer's products to bf16; the linear regime only the head's (both
     # runs read the same cached features).
     assert bf16 == pytest.approx(fp32, rel=5e-2)
