@@ -564,15 +564,21 @@ def main() -> None:
     p.add_argument("--wheels", type=Path, default=REPO / "wheels", help="wheels from benchmarks/gpu_wheels.py (default: ./wheels)")
     p.add_argument("--reference", type=Path, help="a scratch copy of elijahcole/single-positive-multi-label (omit: skipped)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for every stage together (default 480)")
-    p.add_argument("--work", type=Path, help="scratch folder (default: a new temporary folder)")
+    p.add_argument("--work", type=Path, help="scratch folder, kept (default: a new temporary folder, removed at the end)")
     p.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # the orchestrator's child processes
     args = p.parse_args()
     args.out = args.out.resolve()
-    args.work = (args.work or Path(tempfile.mkdtemp(prefix="spml-gpu-check-"))).resolve()
     if args.stage:
         run_one_stage(args)
-    else:
-        sys.exit(orchestrate(args))
+        return
+    temporary = args.work is None
+    args.work = (args.work or Path(tempfile.mkdtemp(prefix="spml-gpu-check-"))).resolve()
+    try:
+        code = orchestrate(args)
+    finally:
+        if temporary:  # synthetic images, caches and runs: gigabytes in the real run
+            shutil.rmtree(args.work, ignore_errors=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
