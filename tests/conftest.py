@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests marked ``cuda`` need a CUDA device and are skipped without one. SPML_TEST_CUDA_ON_CPU=1 runs
+# them on the CPU instead (bf16 autocast on the CPU, gloo instead of NCCL), to check the tests
+# themselves where no GPU is at hand; tests that only mean something on a GPU skip there.
+CUDA_ON_CPU = os.environ.get("SPML_TEST_CUDA_ON_CPU") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available() or CUDA_ON_CPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (SPML_TEST_CUDA_ON_CPU=1 runs it on the CPU)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The device of a ``cuda`` test: the GPU, or the CPU under SPML_TEST_CUDA_ON_CPU=1."""
+    return torch.device("cuda") if torch.cuda.is_available() and not CUDA_ON_CPU else torch.device("cpu")
 
 
 @dataclass(frozen=True)
