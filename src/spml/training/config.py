@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from spml import readers
 from spml.coerce import coerce
 from spml.data.atomic import write_text
 from spml.errors import SpmlError
@@ -36,17 +36,6 @@ OPTIMIZERS = ("adam", "lbfgs")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float, as YAML 1.2 does (PyYAML's 1.1 rules need ``1.0e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
 
 
 @dataclass
@@ -357,12 +346,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise SpmlError(f"an override must be key=value, got {item!r}")
-        try:
-            value = yaml.load(text, Loader=_Loader) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
-        except RecursionError:
-            raise SpmlError(f"override {key}: value nested too deeply") from None
+        value = parse_value(key, text)
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -371,6 +355,16 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
                 raise SpmlError(f"override {key}: {part!r} was already given a scalar value")
         node[parts[-1]] = value
     return nested
+
+
+def parse_value(key: str, text: str) -> Any:
+    """The YAML value of ``key=text`` (``--set``, ``--axis``): bounded like a file; text that is not YAML is kept as given."""
+    if not text.strip():
+        return ""
+    try:
+        return readers.parse_yaml(text, what=f"override {key}")
+    except readers.NotYaml:
+        return text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -385,20 +379,12 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (empty file = empty mapping); SpmlError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpmlError("config file not found", path)
-    try:
-        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpmlError(f"not valid YAML{where}", path) from None
-    except UnicodeDecodeError as err:
-        raise SpmlError(f"not UTF-8 text (byte {err.start})", path) from None
-    except RecursionError:
-        raise SpmlError("nested too deeply to be a config", path) from None
+    """A YAML mapping from ``path`` (empty file = empty mapping); SpmlError naming the file otherwise.
+
+    Read through :func:`spml.readers.read_yaml`: a regular UTF-8 file, bounded in size and in the
+    nodes its aliases expand to.
+    """
+    values = readers.read_yaml(path, "config file")
     if values is None:
         return {}
     if not isinstance(values, dict):
