@@ -109,7 +109,7 @@ def parse_json(text: str, source: str | Path | None = None, what: str = "file") 
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise SpmlError(f"{what} does not parse as JSON ({err.msg} at line {err.lineno})", source) from None
+        raise SpmlError(f"{what} does not parse as JSON ({err.msg}: line {err.lineno} column {err.colno})", source) from None
     except RecursionError:
         raise SpmlError(f"{what} does not parse as JSON (nested too deeply)", source) from None
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from spml.errors import SpmlError
+from spml.readers import read_lines
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -47,10 +48,10 @@ def collect_images(specs: Sequence[str | Path]) -> list[Path]:
 
 
 def _read_list(path: Path) -> list[Path]:
+    """The image paths a list file names (UTF-8, bounded: :func:`spml.readers.read_lines`)."""
     out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
+    for line in read_lines(path, "list file"):
+        if not line.startswith("#"):
             entry = Path(line)
             out.append(entry if entry.is_absolute() else path.parent / entry)
     return out

@@ -25,6 +25,7 @@ import yaml
 from spml import readers
 from spml.coerce import coerce
 from spml.data.atomic import write_text
+from spml.data.dataset import MAX_IMAGE_SIZE
 from spml.errors import SpmlError
 from spml.training.schedule import SCHEDULES
 
@@ -234,6 +235,8 @@ class TrainConfig:
             if value is not None and not math.isfinite(value):
                 raise SpmlError(f"{key} must be finite, got {value!r}", source)
         # numpy's seeding takes 0 <= seed < 2**32 (the legacy RandomState) and torch's a 64-bit value.
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise SpmlError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size!r}", source)
         if not 0 <= self.seed < 2**32:
             raise SpmlError(f"seed must be between 0 and {2**32 - 1}, got {self.seed!r}", source)
         if not math.isfinite(self.early_stopping.min_delta):
@@ -247,8 +250,10 @@ class TrainConfig:
             "early_stopping.min_delta": self.early_stopping.min_delta,
             "early_stopping.max_drop": self.early_stopping.max_drop,
         }.items():
-            if value < 0:
+            if not value >= 0:  # NaN too
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
+            if not math.isfinite(value):
+                raise SpmlError(f"{key} must be finite, got {value!r}", source)
         if self.autotune.lbfgs_max_rows < 0 or self.autotune.large_probe_epochs < 1:
             raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.large_probe_epochs >= 1", source)
         tuned = {
@@ -257,7 +262,7 @@ class TrainConfig:
             "autotune.lbfgs_weight_decays": self.autotune.lbfgs_weight_decays,
         }
         for key, values in tuned.items():
-            if not values or any(v < 0 or (key == "autotune.lrs" and v == 0) for v in values):
+            if not values or any(not 0 <= v < math.inf or (key == "autotune.lrs" and v == 0) for v in values):
                 raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)
 
     @property
