@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spml import __version__
+from spml import __version__, readers
 from spml.data.atomic import atomic_merge
 from spml.data.dataset import verify_images
 from spml.data.formats import FormatOptions, get_format
@@ -57,10 +57,10 @@ def split_pool(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
 def is_prepared_dir(folder: Path) -> bool:
     """Whether ``folder`` holds a manifest that spml wrote (a prepared or synthetic data folder)."""
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = readers.read_json_object(folder / MANIFEST_FILE, "manifest")
+    except SpmlError:
         return False
-    return isinstance(manifest, dict) and "spml_version" in manifest and (folder / "classes.txt").is_file()
+    return "spml_version" in manifest and (folder / "classes.txt").is_file()
 
 
 def check_output_dir(out_dir: Path, raw: Path | None = None) -> None:

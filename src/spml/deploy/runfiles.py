@@ -27,6 +27,12 @@ from spml.training.runfolder import (
 )
 
 THRESHOLDS_FILE = "thresholds.json"
+# The summary keys of results.json that readers use, with their types; a val-only run has no test metrics.
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "best_epoch": (int,), "val_map": (int, float), "test_map": (int, float), "train_label_map": (int, float),
+    "epochs_run": (int,), "stopped_early": (bool,),
+}
+_OPTIONAL_RESULTS = frozenset({"test_map", "train_label_map"})
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,14 @@ class RunFiles:
         path = self.root / RESULTS_FILE
         if not path.is_file():
             raise SpmlError("run has not completed (no results.json)", self.root)
-        return readers.read_json_object(path, "run results")
+        results = readers.read_json_object(path, "run results")
+        for key, kinds in _RESULT_TYPES.items():
+            value = results.get(key)
+            if value is None and key in _OPTIONAL_RESULTS:
+                continue
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise SpmlError(f"run results: {key} is missing or has the wrong type ({value!r:.60})", path)
+        return results
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
@@ -84,7 +97,7 @@ class RunFiles:
     def data_dir(self) -> Path | None:
         """The data folder recorded in ``run.json``, if it still exists."""
         value = self.info.get("data_dir")
-        return Path(value) if value and Path(value).is_dir() else None
+        return Path(value) if isinstance(value, str) and value and Path(value).is_dir() else None
 
     @cached_property
     def best_state(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spml import readers
 from spml.data.atomic import write_json
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
@@ -278,6 +279,6 @@ def train_tuned(
     result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
-        write_json(path, {**json.loads(path.read_text()), AUTOTUNE_KEY: selection.to_dict()})
+        write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})
     distributed.barrier()
     return result

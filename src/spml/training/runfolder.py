@@ -165,7 +165,14 @@ def _record(line: str) -> dict[str, Any] | None:
         record = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
+    if not isinstance(record, dict) or type(record.get("epoch")) is not int or record["epoch"] < 0:
+        return None
+    numbers = ("train_loss", "val_map", "train_label_map", "seconds", "lr")
+    if any(record.get(k) is not None and type(record[k]) not in (int, float) for k in numbers):
+        return None  # a record whose metrics are not numbers is damaged, like one that does not parse
+    if type(record.get("best", False)) is not bool:
+        return None
+    return record
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

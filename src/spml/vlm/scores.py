@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from spml import readers
 from spml.data.cache import ArrayCache
 from spml.data.dataset import load_image
 from spml.data.layout import Split
@@ -235,9 +236,8 @@ def load_score_cache(path: str | Path, split: Split | None = None, classes: Sequ
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise SpmlError("not a finished VLM score cache (no meta.json); run `spml score` first", path)
-    meta = json.loads(meta_file.read_text())
-    material = meta.get("material", {})
-    if material.get("kind") != "vlm-scores":
+    material = readers.read_json_object(meta_file, "score cache record").get("material")
+    if not isinstance(material, dict) or material.get("kind") != "vlm-scores":
         raise SpmlError("not a VLM score cache", path)
     if split is not None:
         if material.get("split_fingerprint") != split.fingerprint or material.get("num_images") != len(split):
