@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from spml.errors import SpmlError
-from spml.readers import read_lines
+from spml.readers import read_lines, regular_file
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -37,6 +37,8 @@ def collect_images(specs: Sequence[str | Path]) -> list[Path]:
             matches = _read_list(path)
         elif path.is_file():
             matches = [path]
+        elif path.exists():
+            matches = [regular_file(path, "image")]  # a FIFO or device: refused here, never opened
         elif glob.has_magic(str(spec)):
             matches = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
         else:
