@@ -35,6 +35,10 @@ class NotYaml(SpmlError):
     """Text that does not parse as YAML (a subclass, so that callers may take such text as given)."""
 
 
+class NotJson(SpmlError):
+    """Text that does not parse as JSON (a subclass, so that callers may word it their own way)."""
+
+
 class YamlLoader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-4`` as a float, as YAML 1.2 does (PyYAML's 1.1 rules need ``1.0e-4``)."""
 
@@ -109,9 +113,11 @@ def parse_json(text: str, source: str | Path | None = None, what: str = "file") 
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise SpmlError(f"{what} does not parse as JSON ({err.msg}: line {err.lineno} column {err.colno})", source) from None
+        raise NotJson(f"{what} does not parse as JSON ({err.msg}: line {err.lineno} column {err.colno})", source) from None
+    except ValueError as err:  # a number of thousands of digits (Python's int-conversion limit)
+        raise NotJson(f"{what} does not parse as JSON ({(str(err).splitlines() or ['bad value'])[0]})", source) from None
     except RecursionError:
-        raise SpmlError(f"{what} does not parse as JSON (nested too deeply)", source) from None
+        raise NotJson(f"{what} does not parse as JSON (nested too deeply)", source) from None
 
 
 def read_json(path: str | Path, what: str = "file", max_bytes: int = MAX_SMALL_BYTES) -> Any:

@@ -359,7 +359,10 @@ def load_vlm(
 
 def _register_config(name: str, path: Path) -> None:
     """Register a model config with open_clip, which names configs after their file stem."""
-    cfg = readers.read_json(path, "VLM model config")
+    try:
+        cfg = readers.read_json(path, "VLM model config")
+    except readers.NotJson as err:
+        raise SpmlError(f"VLM model config is not JSON ({err.message})", path) from None
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
     if missing:
         raise SpmlError(f"not an open_clip model config (missing {', '.join(missing)})", path)
