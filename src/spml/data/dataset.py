@@ -268,6 +268,7 @@ class SplitDataset(Dataset):
         self.observed = np.asarray(observed, dtype=OBSERVED_DTYPE)
         self.seed = seed
         self.epoch = 0
+        self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that seeds the flip draws."""
@@ -286,7 +287,7 @@ class SplitDataset(Dataset):
 
     def image(self, index: int, flip: bool) -> torch.Tensor:
         """The model input of item ``index``: decoded, transformed, flipped if ``flip``."""
-        return self.transform(load_image(self.split.images[index]), flip=flip)
+        return self.transform(load_image(self.split.images[index], self.max_pixels), flip=flip)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """The decoded, transformed image of item ``index`` with its labels."""

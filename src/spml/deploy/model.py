@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from spml import __version__, readers
 from spml.coerce import coerce
 from spml.data.atomic import atomic_dir, atomic_path, write_json
-from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, load_image
+from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, load_image, pixel_limit
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
 from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, f1_per_class
 from spml.errors import SpmlError
@@ -81,13 +81,14 @@ class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[str | Path], transform: ImageTransform) -> None:
         self.paths = [str(p) for p in paths]
         self.transform = transform
+        self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, self.transform(load_image(self.paths[index])), None
+            return index, self.transform(load_image(self.paths[index], self.max_pixels)), None
         except SpmlError as err:
             return index, None, err.message
 

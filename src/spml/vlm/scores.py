@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spml import readers
 from spml.data.cache import ArrayCache
-from spml.data.dataset import load_image
+from spml.data.dataset import load_image, pixel_limit
 from spml.data.layout import Split
 from spml.errors import SpmlError
 from spml.vlm.model import VLM, Preprocess
@@ -43,12 +43,13 @@ class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
+        self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(load_image(self.paths[index]))
+        return self.preprocess(load_image(self.paths[index], self.max_pixels))
 
 
 def _similarities(vlm: VLM, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
