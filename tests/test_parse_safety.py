@@ -317,6 +317,8 @@ def test_spml_max_pixels_is_read_when_an_image_is(tmp_path: Path, monkeypatch: p
         with pytest.raises(SpmlError, match=f"environment variable SPML_MAX_PIXELS must be .*, got '{bad}'") as err:
             load_image(path)
         _one_line(err)
+        with pytest.raises(SpmlError, match="SPML_MAX_PIXELS"):
+            _ImageFiles([path], ImageTransform(32))  # predict's dataset reads it in the main process, not in a worker
 
 
 # --- model.json, a schema ---------------------------------------------------------------------------
