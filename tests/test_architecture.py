@@ -13,6 +13,7 @@ LAYERS = [
 ]  # fmt: skip
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
+RANK["readers"] = RANK["coerce"]  # bounded file readers: every layer reads its files through them
 RANK["progress"] = RANK["coerce"]  # imports no spml module: every layer may report progress
 RANK["__main__"] = RANK["cli"]  # ``python -m spml``: the command line
 

@@ -17,20 +17,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spml.api import grid
 from spml.cli.train import add_config_arguments, config_from_args, resolve_config_path
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
-from spml.training.config import GRID_SECTION, read_yaml
+from spml.training.config import GRID_SECTION, parse_value, read_yaml
 
 
 def _axis(text: str) -> tuple[str, list[Any]]:
     key, sep, values = text.partition("=")
     if not sep or not key.strip() or not values.strip():
         raise SpmlError(f"--axis expects key=v1,v2,..., got {text!r}")
-    return key.strip(), [yaml.safe_load(v) for v in values.split(",")]
+    return key.strip(), [parse_value(key.strip(), v) for v in values.split(",")]
 
 
 def _file_axes(config: str | None) -> dict[str, list[Any]]:

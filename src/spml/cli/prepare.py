@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from spml.cli.args import flag_names, given
-from spml.data.dataset import MAX_PIXELS
+from spml.data.dataset import DEFAULT_MAX_PIXELS
 from spml.data.formats import FORMATS
 from spml.data.prepare import DEFAULT_SEED, DEFAULT_VAL_FRACTION, prepare
 
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-pixels",
         type=int,
         metavar="N",
-        help=f"--verify: refuse images with more pixels (default {MAX_PIXELS}, or $SPML_MAX_PIXELS)",
+        help=f"--verify: refuse images with more pixels (default $SPML_MAX_PIXELS, or {DEFAULT_MAX_PIXELS})",
     )
     p.set_defaults(func=run, flags=flag_names(PARAMS))
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from spml import readers
 from spml.progress import progress
 
 from spml.data.atomic import disk_errors, save_npy, write_json
@@ -146,9 +147,9 @@ class ArrayCache:
 
     def _meta(self, folder: Path) -> dict[str, Any]:
         try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CorruptCache(f"meta.json does not parse ({type(err).__name__})") from None
+            meta = readers.read_json(folder / "meta.json", "cache record")
+        except SpmlError as err:
+            raise CorruptCache(f"meta.json does not parse ({err.message})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), list):
             raise CorruptCache("meta.json lacks its array list")
         return meta

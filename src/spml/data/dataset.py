@@ -1,8 +1,12 @@
 """torch Datasets over a prepared split, and the one guarded way images are decoded.
 
-Images are checked before decoding: the header is read with PIL, and an image with more pixels than
-:data:`MAX_PIXELS` (a decompression bomb: a few hundred KB of PNG can claim gigabytes) is refused.
-JPEGs are then decoded with ``torchvision.io`` (libjpeg-turbo, fast); every other format (PNG, BMP,
+Images are checked before decoding. Only regular files are opened (a FIFO would block), and only
+through the decoders of :data:`IMAGE_FORMATS` (JPEG, PNG, WebP, BMP, GIF, TIFF): PIL picks a
+plugin from a file's first bytes whatever its name, so without the allowlist a PostScript file
+named ``holiday.jpg`` would reach the EPS plugin, which runs Ghostscript. Every other format is
+refused before any plugin sees the file, and the other plugins are never even imported. The header
+is read with PIL, and an image with more pixels than :func:`pixel_limit` (a decompression bomb: a few
+hundred KB of PNG can claim gigabytes) is refused. JPEGs are then decoded with ``torchvision.io`` (libjpeg-turbo, fast); every other format (PNG, BMP,
 WebP, TIFF, ...) with PIL, whose decoders raise on truncated data where torchvision's PNG decoder
 crashes the process. Every image becomes 8-bit RGB: 16-bit images are scaled (not clipped) to 8
 bits, palette, grey, CMYK and alpha images converted. Images are then resized to a square (as Cole
@@ -18,28 +22,45 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import (
+    BmpImagePlugin,  # noqa: F401  (the allowlisted decoders, imported so that PIL never loads the others)
+    GifImagePlugin,  # noqa: F401
+    Image,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    WebPImagePlugin,  # noqa: F401
+)
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
-from spml.progress import progress
 
 from spml.data.labels import OBSERVED_DTYPE, check_observed
 from spml.data.layout import Split
 from spml.errors import SpmlError
+from spml.progress import progress
+from spml.readers import env_int, regular_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Largest square input side accepted from a config or a model.json: 2048 x 2048 float32 is 48 MiB an
+# image; 100,000 would be 120 GB and only show up as an allocation failure.
+MAX_IMAGE_SIZE = 2048
 
 
+# The decoders PIL may run on a user's file; every other format is refused before any plugin sees it.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 # PIL's own decompression-bomb threshold (about 9459 x 9459); SPML_MAX_PIXELS changes it.
-MAX_PIXELS = int(os.environ.get("SPML_MAX_PIXELS", "89478485"))
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "SPML_MAX_PIXELS"
 _TORCHVISION_JPEG_MODES = ("RGB", "L")  # JPEGs torchvision decodes to RGB exactly as PIL would
 
 
@@ -53,23 +74,57 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def pixel_limit() -> int:
+    """The pixel limit: ``$SPML_MAX_PIXELS`` when set, else :data:`DEFAULT_MAX_PIXELS`.
+
+    Read when an image is checked, never at import: a bad value is one error for the commands
+    that decode images, not a crash of every command.
+
+    Raises:
+        SpmlError: The variable is not a whole number of at least 1.
+    """
+    return env_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, minimum=1)
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """The PIL image of ``path`` with only its header read, opened by an allowlisted decoder.
+
+    PIL is handed the open file rather than its name, so that it cannot import a plugin by the
+    file's extension either.
+
+    Raises:
+        SpmlError: naming the file, if it is not a regular file or not in :data:`IMAGE_FORMATS`.
+        OSError, ValueError, ...: PIL's own errors on a damaged header (:func:`load_image` names them).
+    """
+    regular_file(path, "image")
+    with open(path, "rb") as f:
+        try:
+            image = Image.open(f, formats=IMAGE_FORMATS)
+        except Image.UnidentifiedImageError:
+            raise SpmlError(f"image does not decode: not a {_FORMAT_NAMES} file (other formats are refused)", path) from None
+        with image:
+            yield image
+
+
 def load_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
     """Decode an image file to a uint8 3 x H x W RGB tensor.
 
     Args:
         path: The image file.
-        max_pixels: Refuse images with more pixels (:data:`MAX_PIXELS` when None).
+        max_pixels: Refuse images with more pixels (:func:`pixel_limit` when None).
 
     Raises:
-        SpmlError: naming the file, if it is too large or does not decode.
+        SpmlError: naming the file, if it is too large, in a format outside :data:`IMAGE_FORMATS`,
+            or does not decode.
     """
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limit = pixel_limit() if max_pixels is None else max_pixels
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # the user raised the limit: PIL must not refuse below it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's own bomb and palette warnings: checked here instead
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 width, height = image.size
                 if width * height > limit:
                     raise SpmlError(
@@ -102,20 +157,26 @@ def _verify_worker(list_file: str, max_pixels: int) -> None:
     print("done", flush=True)
 
 
-def verify_images(images: Sequence[Path], max_pixels: int = MAX_PIXELS, desc: str = "verify") -> None:
+def verify_images(images: Sequence[Path], max_pixels: int | None = None, desc: str = "verify") -> None:
     """Decode every image in a child process, so that even a decoder crash names its file.
+
+    Args:
+        images: The image files.
+        max_pixels: Refuse images with more pixels (:func:`pixel_limit` when None).
+        desc: The progress bar's label.
 
     Raises:
         SpmlError: naming the first image that is too large, does not decode, or crashes the decoder.
     """
     if not images:
         return
+    limit = pixel_limit() if max_pixels is None else max_pixels
     src = str(Path(__file__).resolve().parents[2])  # the folder holding the spml package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH"))))}
     with tempfile.TemporaryDirectory(prefix="spml-verify-") as tmp:
         list_file = Path(tmp) / "images.json"
         list_file.write_text(json.dumps([str(p) for p in images]), encoding="utf-8")
-        code = f"from spml.data.dataset import _verify_worker; _verify_worker({str(list_file)!r}, {int(max_pixels)})"
+        code = f"from spml.data.dataset import _verify_worker; _verify_worker({str(list_file)!r}, {int(limit)})"
         proc = subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
         )
@@ -207,6 +268,7 @@ class SplitDataset(Dataset):
         self.observed = np.asarray(observed, dtype=OBSERVED_DTYPE)
         self.seed = seed
         self.epoch = 0
+        self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that seeds the flip draws."""
@@ -225,7 +287,7 @@ class SplitDataset(Dataset):
 
     def image(self, index: int, flip: bool) -> torch.Tensor:
         """The model input of item ``index``: decoded, transformed, flipped if ``flip``."""
-        return self.transform(load_image(self.split.images[index]), flip=flip)
+        return self.transform(load_image(self.split.images[index], self.max_pixels), flip=flip)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """The decoded, transformed image of item ``index`` with its labels."""

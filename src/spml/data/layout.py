@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from spml.data.labels import TRUE_DTYPE, check_true
+from spml import readers
 from spml.errors import SpmlError
 
 SPLITS = ("train", "val", "test")
@@ -88,9 +89,9 @@ class PreparedData:
         classes_file = root / "classes.txt"
         if not classes_file.is_file():
             raise SpmlError("not a prepared data folder (no classes.txt); run `spml prepare` first", root)
-        classes = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        classes = readers.read_lines(classes_file, "class list")
         manifest_file = root / "manifest.json"
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        manifest = readers.read_json_object(manifest_file, "manifest") if manifest_file.is_file() else {}
         return cls(root=root, classes=classes, manifest=manifest)
 
     @property
@@ -133,7 +134,8 @@ class PreparedData:
         return split
 
     def _read_split(self, name: str, images_file: Path, labels_file: Path) -> Split:
-        images = [Path(line) for line in images_file.read_text().splitlines() if line]
+        text = readers.read_text(images_file, "image list", readers.MAX_ANNOTATION_BYTES)
+        images = [Path(line) for line in text.splitlines() if line]
         try:
             labels = np.load(labels_file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:

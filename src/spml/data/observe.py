@@ -15,12 +15,11 @@ for the mode, so the same settings always give the same file and the same bytes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from spml import __version__
+from spml import __version__, readers
 from spml.data.atomic import save_npy, write_json
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, PRESENT, UNKNOWN
 from spml.data.layout import PreparedData
@@ -106,8 +105,8 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
     settings = _settings(data, mode, keep, seed)
     if path.exists() or sidecar.exists():
         try:
-            old = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError):
+            old = readers.read_json_object(sidecar, "observed labels' record")
+        except SpmlError:
             old = None
         if old is None or {k: old.get(k) for k in settings} != settings:
             raise SpmlError(
@@ -161,10 +160,7 @@ def load_observed(data: PreparedData, path: str | Path) -> np.ndarray:
         raise SpmlError(f"observed labels have shape {labels.shape}, train split has {train.labels.shape}", path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
-        try:
-            recorded = json.loads(sidecar.read_text()).get("train_fingerprint")
-        except json.JSONDecodeError:
-            raise SpmlError("sidecar does not parse as JSON", sidecar) from None
+        recorded = readers.read_json_object(sidecar, "observed labels' record").get("train_fingerprint")
         if recorded is not None and recorded != train.label_fingerprint:
             raise SpmlError("observed labels were drawn for another train split; run `spml observe` again", path)
     return labels

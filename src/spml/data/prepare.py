@@ -14,15 +14,13 @@ file (observed labels and caches of an older split are recognised by their finge
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from spml import __version__
-from spml.data.dataset import MAX_PIXELS, verify_images
+from spml.data.dataset import verify_images
 from spml.data.formats import FormatOptions, get_format
 from spml.data.labels import TRUE_DTYPE
 from spml.data.layout import MANIFEST_FILE, write_prepared
@@ -94,7 +92,7 @@ def prepare(
     verify: bool = False,
     classes_file: str | Path | None = None,
     allow_outside: bool = False,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> PrepareResult:
     """Prepare ``raw`` (in format ``format_name``) as the DATA_DIR ``out_dir``.
 
@@ -108,7 +106,8 @@ def prepare(
         verify: Decode every image, failing on the first that does not decode.
         classes_file: One class name per line (csv: the class list; nuswide: the column names).
         allow_outside: Accept annotation image paths outside the raw folder.
-        max_pixels: ``verify``: refuse images with more pixels than this (decompression bombs).
+        max_pixels: ``verify``: refuse images with more pixels than this (decompression bombs;
+            ``$SPML_MAX_PIXELS`` or PIL's default when None).
 
     Returns:
         The folder, its counts and the readers' warnings.

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from spml.errors import SpmlError
+from spml.readers import read_lines, regular_file
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -36,6 +37,8 @@ def collect_images(specs: Sequence[str | Path]) -> list[Path]:
             matches = _read_list(path)
         elif path.is_file():
             matches = [path]
+        elif path.exists():
+            matches = [regular_file(path, "image")]  # a FIFO or device: refused here, never opened
         elif glob.has_magic(str(spec)):
             matches = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
         else:
@@ -47,10 +50,10 @@ def collect_images(specs: Sequence[str | Path]) -> list[Path]:
 
 
 def _read_list(path: Path) -> list[Path]:
+    """The image paths a list file names (UTF-8, bounded: :func:`spml.readers.read_lines`)."""
     out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
+    for line in read_lines(path, "list file"):
+        if not line.startswith("#"):
             entry = Path(line)
             out.append(entry if entry.is_absolute() else path.parent / entry)
     return out

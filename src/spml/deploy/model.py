@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from spml import __version__
+from spml import __version__, readers
+from spml.coerce import coerce
 from spml.data.atomic import save_safetensors, write_json
-from spml.data.dataset import ImageTransform, load_image
+from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, load_image, pixel_limit
 from spml.data.output import Inputs, write_folder
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
 from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, f1_per_class
@@ -80,13 +82,14 @@ class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[str | Path], transform: ImageTransform) -> None:
         self.paths = [str(p) for p in paths]
         self.transform = transform
+        self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, self.transform(load_image(self.paths[index])), None
+            return index, self.transform(load_image(self.paths[index], self.max_pixels)), None
         except SpmlError as err:
             return index, None, err.message
 
@@ -218,33 +221,86 @@ class SpmlModel:
         return out_dir
 
 
+def _model_field(doc: dict[str, Any], key: str, tp: Any, path: Path) -> Any:
+    """``doc[key]`` checked against type ``tp`` (:func:`spml.coerce.coerce`); SpmlError naming the key."""
+    if key.rpartition(".")[2] not in doc:
+        raise SpmlError(f"model.json has no {key}", path)
+    try:
+        return coerce(doc[key.rpartition(".")[2]], tp, key)
+    except SpmlError as err:
+        raise SpmlError(f"model.json: {err.message:.300}", path) from None
+
+
+def _numbers(value: Any, key: str, count: int, path: Path) -> tuple[float, ...]:
+    """``count`` finite numbers in a flat JSON list; SpmlError naming ``key`` otherwise."""
+    if not isinstance(value, list) or len(value) != count:
+        raise SpmlError(f"model.json: {key} must be a list of {count} numbers, got {value!r:.100}", path)
+    numbers = coerce(value, tuple[float, ...], key) if all(not isinstance(v, list) for v in value) else None
+    if numbers is None:
+        raise SpmlError(f"model.json: {key} must be a flat list of numbers, got {value!r:.100}", path)
+    if not all(math.isfinite(v) for v in numbers):
+        raise SpmlError(f"model.json: {key} must hold finite numbers, got {value!r:.100}", path)
+    return numbers
+
+
+def read_model_json(path: Path) -> tuple[dict[str, Any], list[str], dict[str, Any], Preprocessing, np.ndarray]:
+    """An export's ``model.json``, checked against its schema: types, ranges and shapes.
+
+    Returns:
+        The document, its classes, architecture, preprocessing and thresholds.
+
+    Raises:
+        SpmlError: One line naming the file and the key at fault.
+    """
+    doc = readers.read_json_object(path, "model description")
+    if doc.get("format") != FORMAT:
+        raise SpmlError(f"not an spml export (format {doc.get('format')!r:.60})", path)
+    try:
+        version = _model_field(doc, "format_version", int, path)
+    except SpmlError:
+        raise SpmlError(f"model.json: format_version must be a whole number, got {doc.get('format_version')!r:.60}", path) from None
+    if version > FORMAT_VERSION:
+        raise SpmlError(f"written by a newer spml (format version {version}); upgrade spml", path)
+    if version < 1:
+        raise SpmlError(f"model.json: format_version must be 1 to {FORMAT_VERSION}, got {version}", path)
+    classes = doc.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise SpmlError(f"model.json: classes must be a non-empty list of names, got {classes!r:.100}", path)
+    if len(set(classes)) != len(classes):
+        raise SpmlError("model.json: classes lists a name twice", path)
+    arch = _model_field(doc, "architecture", dict, path)
+    for key in ("backbone", "head"):
+        _model_field(arch, f"architecture.{key}", str, path)
+    head_params = _model_field(arch, "architecture.head_params", dict, path) if "head_params" in arch else {}
+    pre = _model_field(doc, "preprocessing", dict, path)
+    size = _model_field(pre, "preprocessing.image_size", int, path)
+    if not 1 <= size <= MAX_IMAGE_SIZE:
+        raise SpmlError(f"model.json: preprocessing.image_size must be 1 to {MAX_IMAGE_SIZE}, got {size}", path)
+    mean = _numbers(pre.get("mean"), "preprocessing.mean", 3, path)
+    std = _numbers(pre.get("std"), "preprocessing.std", 3, path)
+    if not all(v > 0 for v in std):
+        raise SpmlError(f"model.json: preprocessing.std must be positive, got {list(std)}", path)
+    resize = _model_field(pre, "preprocessing.resize", str, path) if "resize" in pre else RESIZE_MODE
+    if resize != RESIZE_MODE:
+        raise SpmlError(f"unknown resize mode {resize!r:.60}", path)
+    thresholds = np.asarray(_numbers(doc.get("thresholds"), "thresholds", len(classes), path), dtype=np.float64)
+    if "provenance" in doc:
+        _model_field(doc, "provenance", dict, path)
+    architecture = {**arch, "head_params": head_params}
+    return doc, classes, architecture, Preprocessing(size, mean, std, resize), thresholds
+
+
 def _load_export(folder: Path, device: torch.device) -> SpmlModel:
     doc_path = folder / MODEL_JSON
+    doc, classes, arch, preprocessing, thresholds = read_model_json(doc_path)
     try:
-        doc = json.loads(doc_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SpmlError(f"cannot read the model description ({str(err).splitlines()[0]})", doc_path) from None
-    if doc.get("format") != FORMAT:
-        raise SpmlError(f"not an spml export (format {doc.get('format')!r})", doc_path)
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-        raise SpmlError(f"written by a newer spml (format version {doc['format_version']}); upgrade spml", doc_path)
+        classifier = create_classifier(arch["backbone"], "none", len(classes), head=arch["head"], **arch["head_params"])
+    except SpmlError as err:
+        raise SpmlError(f"model.json: architecture: {err.message}", doc_path) from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise SpmlError(f"model.json: architecture does not build ({(str(err).splitlines() or [''])[0]:.200})", doc_path) from None
     try:
-        classes = list(doc["classes"])
-        arch = dict(doc["architecture"])
-        pre = doc["preprocessing"]
-        preprocessing = Preprocessing(
-            int(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"]), pre.get("resize", RESIZE_MODE)
-        )
-        thresholds = np.asarray(doc["thresholds"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as err:
-        raise SpmlError(f"model.json lacks or mangles {err}", doc_path) from None
-    if preprocessing.resize != RESIZE_MODE:
-        raise SpmlError(f"unknown resize mode {preprocessing.resize!r}", doc_path)
-    if len(thresholds) != len(classes):
-        raise SpmlError(f"{len(thresholds)} thresholds for {len(classes)} classes", doc_path)
-    classifier = create_classifier(arch["backbone"], "none", len(classes), head=arch["head"], **arch.get("head_params", {}))
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
+        state = load_file(str(readers.regular_file(folder / WEIGHTS_FILE, "weights file")))
         classifier.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SpmlError(f"weights do not load ({str(err).splitlines()[0]})", folder / WEIGHTS_FILE) from None
@@ -292,14 +348,39 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
     return SpmlModel(rm.model, data.classes, preprocessing, thresholds, arch, provenance, device)
 
 
+def _stored_thresholds(path: Path, weights_hash: str, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The thresholds and val F1 in ``thresholds.json`` when they are for these weights, else None.
+
+    The file is derived: one that is torn or does not hold ``num_classes`` numbers in [0, 1] is
+    chosen again, with a warning, instead of failing the command.
+    """
+    try:
+        stored = readers.read_json_object(path, "thresholds file")
+    except SpmlError as err:
+        warnings.warn(f"{err}; choosing the thresholds again", stacklevel=3)
+        return None
+    if stored.get("weights") != weights_hash:
+        return None
+    thresholds, f1 = stored.get("thresholds"), stored.get("val_f1")
+    if not (
+        isinstance(thresholds, list) and isinstance(f1, list) and len(thresholds) == len(f1) == num_classes
+        and all(_is_probability(v) for v in thresholds) and all(v is None or _is_probability(v) for v in f1)
+    ):
+        warnings.warn(f"{path}: does not hold {num_classes} thresholds in [0, 1]; choosing the thresholds again", stacklevel=3)
+        return None
+    return np.asarray(thresholds, dtype=np.float64), np.asarray([math.nan if v is None else v for v in f1], dtype=np.float64)
+
+
+def _is_probability(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 def _run_thresholds(files: RunFiles, run: LoadedRun, val_labels: np.ndarray, weights_hash: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-class max-F1 thresholds on val, stored in ``RUN_DIR/thresholds.json`` for the best weights."""
     path = files.path(THRESHOLDS_FILE)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("weights") == weights_hash and len(stored.get("thresholds", [])) == val_labels.shape[1]:
-            f1 = [math.nan if v is None else v for v in stored["val_f1"]]
-            return np.asarray(stored["thresholds"], dtype=np.float64), np.asarray(f1, dtype=np.float64)
+    stored = _stored_thresholds(path, weights_hash, val_labels.shape[1]) if path.exists() else None
+    if stored is not None:
+        return stored
     val_scores = run.predict("val")
     thresholds, f1 = best_f1_thresholds(val_scores, val_labels, DEFAULT_THRESHOLD)
     fixed = f1_per_class(val_scores, val_labels, DEFAULT_THRESHOLD)

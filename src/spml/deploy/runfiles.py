@@ -8,15 +8,14 @@ comparisons also need the plain files beside it (names and the metrics reader co
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from safetensors import SafetensorError, safe_open
 
+from spml import readers
 from spml.errors import SpmlError
 
 from spml.training.runfolder import (
@@ -28,13 +27,12 @@ from spml.training.runfolder import (
 )
 
 THRESHOLDS_FILE = "thresholds.json"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SpmlError(f"cannot read JSON ({str(err).splitlines()[0]})", path) from None
+# The summary keys of results.json that readers use, with their types; a val-only run has no test metrics.
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "best_epoch": (int,), "val_map": (int, float), "test_map": (int, float), "train_label_map": (int, float),
+    "epochs_run": (int,), "stopped_early": (bool,),
+}
+_OPTIONAL_RESULTS = frozenset({"test_map", "train_label_map"})
 
 
 @dataclass(frozen=True)
@@ -58,17 +56,17 @@ class RunFiles:
     @cached_property
     def config(self) -> dict[str, Any]:
         """The resolved config as a plain mapping."""
-        try:
-            loaded = yaml.safe_load((self.root / CONFIG_FILE).read_text())
-        except yaml.YAMLError as err:
-            raise SpmlError(f"config.yaml does not parse ({str(err).splitlines()[0]})", self.root / CONFIG_FILE) from None
-        return loaded if isinstance(loaded, dict) else {}
+        path = self.root / CONFIG_FILE
+        loaded = readers.read_yaml(path, "run config")
+        if not isinstance(loaded, dict):
+            raise SpmlError("run config must be a mapping of keys", path)
+        return loaded
 
     @cached_property
     def info(self) -> dict[str, Any]:
         """``run.json`` (data folder, spml version, creation time); empty when absent."""
         path = self.root / RUN_INFO_FILE
-        return _read_json(path) if path.is_file() else {}
+        return readers.read_json_object(path, "run record") if path.is_file() else {}
 
     @property
     def completed(self) -> bool:
@@ -81,7 +79,14 @@ class RunFiles:
         path = self.root / RESULTS_FILE
         if not path.is_file():
             raise SpmlError("run has not completed (no results.json)", self.root)
-        return _read_json(path)
+        results = readers.read_json_object(path, "run results")
+        for key, kinds in _RESULT_TYPES.items():
+            value = results.get(key)
+            if value is None and key in _OPTIONAL_RESULTS:
+                continue
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise SpmlError(f"run results: {key} is missing or has the wrong type ({value!r:.60})", path)
+        return results
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
@@ -92,7 +97,7 @@ class RunFiles:
     def data_dir(self) -> Path | None:
         """The data folder recorded in ``run.json``, if it still exists."""
         value = self.info.get("data_dir")
-        return Path(value) if value and Path(value).is_dir() else None
+        return Path(value) if isinstance(value, str) and value and Path(value).is_dir() else None
 
     @cached_property
     def best_state(self) -> dict[str, Any]:
@@ -105,7 +110,10 @@ class RunFiles:
                 metadata = f.metadata() or {}
         except (SafetensorError, OSError) as err:
             raise SpmlError(f"cannot read weights ({str(err).splitlines()[0]})", path) from None
-        return json.loads(metadata.get("spml_state", "{}"))
+        state = readers.parse_json(metadata.get("spml_state", "{}"), path, "weights' state")
+        if not isinstance(state, dict):
+            raise SpmlError("weights' state must be a JSON object", path)
+        return state
 
     def path(self, name: str) -> Path:
         """A file in the run folder."""

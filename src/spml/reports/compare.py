@@ -67,7 +67,8 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _dataset(run: RunFiles) -> str:
-    return Path(run.info.get("data_dir", "?")).name or "?"
+    recorded = run.info.get("data_dir")
+    return (Path(recorded).name if isinstance(recorded, str) else "") or "?"
 
 
 def compare_runs(runs: Sequence[RunFiles]) -> Table:
@@ -90,8 +91,8 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
     for label, members in groups.items():
         cells, numbers = [label], []
         for dataset, key in columns:
-            vals = [float(m.results[key]) for m in members if dataset is None or _dataset(m) == dataset]
-            vals = [v for v in vals if not math.isnan(v)]
+            found = [m.results.get(key) for m in members if dataset is None or _dataset(m) == dataset]
+            vals = [float(v) for v in found if v is not None and not math.isnan(v)]  # a val-only run has no test mAP
             numbers.append(vals)
             cells.append(_mean_std(vals))
         if len(datasets) == 1:

@@ -11,7 +11,6 @@ data folder (true labels) are replaced by a note when it is gone. No server, no 
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from spml import readers
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
 from spml.data.output import claim_file, write_file
@@ -170,13 +170,13 @@ def _method_figures(page: _Page, files: RunFiles, results: dict[str, Any]) -> No
     if name == "ccd":
         bias_path = files.path("ccd_bias.json")
         if bias_path.is_file():
-            b = json.loads(bias_path.read_text())
+            b = readers.read_json_object(bias_path, "CCD bias record")
             classes = list(b["bias"])
             fallback = [classes.index(c) for c in b.get("fallback_classes", []) if c in classes]
             page.figure("CCD: CLIP bias per class", figures.bias_chart(classes, list(b["bias"].values()), fallback))
         labels_path = files.path("ccd_labels.json")
         if labels_path.is_file():
-            maps = {k: v for k, v in json.loads(labels_path.read_text())["map"].items() if v is not None}
+            maps = {k: v for k, v in readers.read_json_object(labels_path, "CCD label record")["map"].items() if v is not None}
             page.figure("CCD: pseudo-label mAP before and after the update", figures.bar_chart(maps, "label mAP vs true train labels", "mAP (fraction)", (0, 1.05)))
     if name == "pseudo-multilabel":
         keys = ("mean_positives_per_image", "true_positives_per_image", "pseudo_precision", "pseudo_recall")
@@ -190,7 +190,7 @@ def _grid_heatmap(page: _Page, files: RunFiles) -> None:
     grid_file = files.root.parent / "grid.json"
     if not grid_file.is_file():
         return
-    rows = json.loads(grid_file.read_text()).get("rows", [])
+    rows = readers.read_json_object(grid_file, "grid record").get("rows", [])
     keys = list(rows[0]["values"]) if rows else []
     tau = next((k for k in keys if k.endswith("tau")), None)
     theta = next((k for k in keys if k.endswith("theta")), None)

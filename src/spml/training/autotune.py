@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spml import readers
 from spml.data.atomic import write_json
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
@@ -278,6 +278,6 @@ def train_tuned(
     result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
-        write_json(path, {**json.loads(path.read_text()), AUTOTUNE_KEY: selection.to_dict()})
+        write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})
     distributed.barrier()
     return result

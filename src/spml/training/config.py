@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,10 @@ from typing import Any
 
 import yaml
 
+from spml import readers
 from spml.coerce import coerce
 from spml.data.atomic import write_text
+from spml.data.dataset import MAX_IMAGE_SIZE
 from spml.data.layout import PROTOCOLS, STANDARD_PROTOCOL
 from spml.errors import SpmlError
 from spml.training.schedule import SCHEDULES
@@ -37,17 +38,6 @@ OPTIMIZERS = ("adam", "lbfgs")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float, as YAML 1.2 does (PyYAML's 1.1 rules need ``1.0e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
 
 
 @dataclass
@@ -259,6 +249,8 @@ class TrainConfig:
             if value is not None and not math.isfinite(value):
                 raise SpmlError(f"{key} must be finite, got {value!r}", source)
         # numpy's seeding takes 0 <= seed < 2**32 (the legacy RandomState) and torch's a 64-bit value.
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise SpmlError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size!r}", source)
         if not 0 <= self.seed < 2**32:
             raise SpmlError(f"seed must be between 0 and {2**32 - 1}, got {self.seed!r}", source)
         if not math.isfinite(self.early_stopping.min_delta):
@@ -272,8 +264,10 @@ class TrainConfig:
             "early_stopping.min_delta": self.early_stopping.min_delta,
             "early_stopping.max_drop": self.early_stopping.max_drop,
         }.items():
-            if value < 0:
+            if not value >= 0:  # NaN too
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
+            if not math.isfinite(value):
+                raise SpmlError(f"{key} must be finite, got {value!r}", source)
         if self.autotune.lbfgs_max_rows < 0 or self.autotune.large_probe_epochs < 1:
             raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.large_probe_epochs >= 1", source)
         tuned = {
@@ -282,7 +276,7 @@ class TrainConfig:
             "autotune.lbfgs_weight_decays": self.autotune.lbfgs_weight_decays,
         }
         for key, values in tuned.items():
-            if not values or any(v < 0 or (key == "autotune.lrs" and v == 0) for v in values):
+            if not values or any(not 0 <= v < math.inf or (key == "autotune.lrs" and v == 0) for v in values):
                 raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)
 
     @property
@@ -371,12 +365,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise SpmlError(f"an override must be key=value, got {item!r}")
-        try:
-            value = yaml.load(text, Loader=_Loader) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
-        except RecursionError:
-            raise SpmlError(f"override {key}: value nested too deeply") from None
+        value = parse_value(key, text)
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -385,6 +374,16 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
                 raise SpmlError(f"override {key}: {part!r} was already given a scalar value")
         node[parts[-1]] = value
     return nested
+
+
+def parse_value(key: str, text: str) -> Any:
+    """The YAML value of ``key=text`` (``--set``, ``--axis``): bounded like a file; text that is not YAML is kept as given."""
+    if not text.strip():
+        return ""
+    try:
+        return readers.parse_yaml(text, what=f"override {key}")
+    except readers.NotYaml:
+        return text  # not YAML (e.g. an unbalanced bracket in a path): keep the text as given
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -399,20 +398,12 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (empty file = empty mapping); SpmlError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpmlError("config file not found", path)
-    try:
-        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpmlError(f"not valid YAML{where}", path) from None
-    except UnicodeDecodeError as err:
-        raise SpmlError(f"not UTF-8 text (byte {err.start})", path) from None
-    except RecursionError:
-        raise SpmlError("nested too deeply to be a config", path) from None
+    """A YAML mapping from ``path`` (empty file = empty mapping); SpmlError naming the file otherwise.
+
+    Read through :func:`spml.readers.read_yaml`: a regular UTF-8 file, bounded in size and in the
+    nodes its aliases expand to.
+    """
+    values = readers.read_yaml(path, "config file")
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -38,6 +38,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from spml.errors import SpmlError
+from spml.readers import env_int
 from spml.progress import set_quiet
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ T = TypeVar("T")
 
 def launched() -> bool:
     """Whether this process was started by ``torchrun`` (or another launcher) for several processes."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env_int("WORLD_SIZE", 1, minimum=1) > 1
 
 
 def under_launcher() -> bool:
@@ -95,7 +96,7 @@ def is_main() -> bool:
 def local_device(device: torch.device) -> torch.device:
     """``device`` for this process: on CUDA the GPU numbered ``LOCAL_RANK``."""
     if device.type == "cuda" and launched():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", env_int("LOCAL_RANK", 0))
     return device
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from spml import readers
 from spml.data.atomic import atomic_path, save_npy, write_json, write_text
 from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
@@ -185,10 +185,11 @@ def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarr
     if config.val_set_variant == "clean" or config.observed == FULL_OBSERVED:
         return val.labels
     sidecar = Path(config.observed).with_suffix(".json")
-    settings = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    mode = settings.get("mode", "single-positive")
-    rng = np.random.default_rng(int(settings.get("seed", config.seed)))
-    return simulate_observed(val.labels, mode, float(settings.get("keep", 0.1)), rng)
+    settings = readers.read_json_object(sidecar, "observed labels' record") if sidecar.is_file() else {}
+    mode, seed, keep = settings.get("mode", "single-positive"), settings.get("seed", config.seed), settings.get("keep", 0.1)
+    if not (isinstance(mode, str) and type(seed) is int and 0 <= seed < 2**32 and type(keep) in (int, float)):
+        raise SpmlError("observed labels' record: mode, seed or keep has the wrong type", sidecar)
+    return simulate_observed(val.labels, mode, float(keep), np.random.default_rng(seed))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from spml import __version__
+from spml import __version__, readers
 from spml.data.atomic import disk_errors, write_json, write_text
 from spml.data.output import Inputs, claim_folder
 from spml.errors import SpmlError
@@ -146,7 +146,10 @@ def run_data_dir(run_dir: Path, data_dir: str | Path | None = None) -> Path:
     info = run_dir / RUN_INFO_FILE
     if not info.is_file():
         raise SpmlError("not a run folder (no run.json); pass the data folder explicitly", run_dir)
-    return Path(json.loads(info.read_text())["data_dir"])
+    recorded = readers.read_json_object(info, "run record").get("data_dir")
+    if not isinstance(recorded, str) or not recorded:
+        raise SpmlError("run record names no data folder (data_dir); pass the data folder explicitly", info)
+    return Path(recorded)
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -159,9 +162,16 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 def _record(line: str) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
+    if not isinstance(record, dict) or type(record.get("epoch")) is not int or record["epoch"] < 0:
+        return None
+    numbers = ("train_loss", "val_map", "train_label_map", "seconds", "lr")
+    if any(record.get(k) is not None and type(record[k]) not in (int, float) for k in numbers):
+        return None  # a record whose metrics are not numbers is damaged, like one that does not parse
+    if type(record.get("best", False)) is not bool:
+        return None
+    return record
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -176,7 +186,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = readers.read_bytes(path, "metrics file").decode("utf-8", errors="replace")
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     records = []
     for i, (number, line) in enumerate(lines):
@@ -203,10 +213,25 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise SpmlError("run has not completed (no results.json); resume it first", run_dir)
-    return json.loads(path.read_text())
+    return readers.read_json_object(path, "run results")
 
 
 def read_result(run_dir: str | Path) -> RunResult:
     """The :class:`RunResult` of a completed run, from its ``results.json``."""
     r = read_results(run_dir)
-    return RunResult(Path(run_dir), r["best_epoch"], r["val_map"], r["test_map"], r["train_label_map"], r["epochs_run"], r["stopped_early"])
+    path = Path(run_dir) / RESULTS_FILE
+
+    def field(key: str, kind: type | tuple[type, ...]) -> Any:
+        value = r.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+            raise SpmlError(f"run results: {key} is missing or not {_KIND_NAMES[kind]} ({value!r:.40})", path)
+        return value
+
+    number = (int, float)
+    return RunResult(
+        Path(run_dir), field("best_epoch", int), float(field("val_map", number)), float(field("test_map", number)),
+        float(field("train_label_map", number)), field("epochs_run", int), field("stopped_early", bool),
+    )
+
+
+_KIND_NAMES: dict[Any, str] = {int: "a whole number", (int, float): "a number", bool: "true/false"}

@@ -31,7 +31,6 @@ so that crops (CCD) and decoded files go through one path:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from spml import readers
 from spml.data.cache import hash_file, hash_material
 from spml.errors import SpmlError
 
@@ -358,12 +358,10 @@ def load_vlm(
 
 def _register_config(name: str, path: Path) -> None:
     """Register a model config with open_clip, which names configs after their file stem."""
-    if not path.is_file():
-        raise SpmlError("VLM model config file not found", path)
     try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpmlError(f"VLM model config is not JSON ({err})", path) from None
+        cfg = readers.read_json(path, "VLM model config")
+    except readers.NotJson as err:
+        raise SpmlError(f"VLM model config is not JSON ({err.message})", path) from None
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
     if missing:
         raise SpmlError(f"not an open_clip model config (missing {', '.join(missing)})", path)
@@ -377,7 +375,7 @@ def _identity(source: VlmSource) -> dict[str, Any]:
     if source.checkpoint is not None:
         identity["checkpoint_sha256"] = hash_file(source.checkpoint)
     if source.model_config is not None:
-        identity["model_config"] = hash_material(json.loads(source.model_config.read_text()))
+        identity["model_config"] = hash_material(readers.read_json(source.model_config, "VLM model config"))
     if source.model_name.startswith(LOCAL_DIR):  # the folder's contents, not its path, name the weights
         folder = Path(source.model_name[len(LOCAL_DIR) :])
         identity["model"] = LOCAL_DIR + folder.resolve().name

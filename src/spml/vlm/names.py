@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from spml import readers
 from spml.errors import SpmlError
 from spml.vlm.text import check_classes
 
@@ -38,12 +39,7 @@ def read_names_file(path: str | Path, num_classes: int) -> list[str]:
         SpmlError: Missing file, a line count other than ``num_classes``, blank or duplicated names.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SpmlError("prompt names file does not exist", path)
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise SpmlError("prompt names file is not UTF-8 text", path) from None
+    lines = readers.read_text(path, "prompt names file").splitlines()
     while lines and not lines[-1].strip():  # a trailing newline is not a name
         lines.pop()
     if len(lines) != num_classes:

@@ -15,7 +15,6 @@ the weights. Architectures it cannot resize are refused; score those at the nati
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from spml import readers
 from spml.data.cache import ArrayCache
-from spml.data.dataset import load_image
+from spml.data.dataset import load_image, pixel_limit
 from spml.data.layout import Split
 from spml.errors import SpmlError
 from spml.vlm.model import VLM, Preprocess
@@ -42,12 +42,13 @@ class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], preprocess: Preprocess) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
+        self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(load_image(self.paths[index]))
+        return self.preprocess(load_image(self.paths[index], self.max_pixels))
 
 
 def _similarities(vlm: VLM, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -235,9 +236,8 @@ def load_score_cache(path: str | Path, split: Split | None = None, classes: Sequ
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise SpmlError("not a finished VLM score cache (no meta.json); run `spml score` first", path)
-    meta = json.loads(meta_file.read_text())
-    material = meta.get("material", {})
-    if material.get("kind") != "vlm-scores":
+    material = readers.read_json_object(meta_file, "score cache record").get("material")
+    if not isinstance(material, dict) or material.get("kind") != "vlm-scores":
         raise SpmlError("not a VLM score cache", path)
     if split is not None:
         if material.get("split_fingerprint") != split.fingerprint or material.get("num_images") != len(split):

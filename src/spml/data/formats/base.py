@@ -8,7 +8,6 @@ data; dropping label-less pool images and splitting are left to :mod:`spml.data.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from spml.data.labels import PRESENT, TRUE_DTYPE
+from spml import readers
 from spml.errors import SpmlError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -71,25 +71,27 @@ def require_file(path: Path, what: str = "file") -> Path:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; SpmlError naming it if it is missing or does not parse."""
-    require_file(path, "annotation file")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpmlError(f"does not parse as JSON ({err})", path) from None
-    except RecursionError:
-        raise SpmlError("does not parse as JSON (nested too deeply)", path) from None
+    """Parse an annotation JSON file (regular, UTF-8, bounded); SpmlError naming it otherwise."""
+    return readers.read_json(path, "annotation file", readers.MAX_ANNOTATION_BYTES)
 
 
 def read_lines(path: Path, what: str = "file") -> list[str]:
-    """Non-empty stripped lines of a text file; SpmlError naming it if missing or not text."""
-    require_file(path, what)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise SpmlError("is not a UTF-8 text file", path) from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Non-empty stripped lines of a text file (regular, UTF-8, bounded); SpmlError naming it otherwise."""
+    return readers.read_lines(path, what, readers.MAX_ANNOTATION_BYTES)
+
+
+def check_class_names(classes: list[str], source: Path) -> list[str]:
+    """``classes`` if every name is non-empty and on one line; SpmlError naming ``source`` otherwise.
+
+    ``classes.txt`` holds one name per line: a name with a line break (a quoted CSV cell, a YAML
+    or JSON string holding a newline) would become two classes there, which no later command accepts.
+    """
+    for name in classes:
+        if len(f"x{name}x".splitlines()) > 1:
+            raise SpmlError(f"class name {name!r} contains a line break; rename the class", source)
+        if not name.strip():
+            raise SpmlError(f"class name {name!r} is empty", source)
+    return classes
 
 
 def read_class_list(path: Path) -> list[str]:

@@ -22,6 +22,7 @@ from spml.data.formats.base import (
     check_images_exist,
     image_path,
     multi_hot,
+    check_class_names,
     read_json,
     require_dir,
 )
@@ -51,6 +52,7 @@ def _categories(ann: dict, ann_file: Path) -> list[tuple[int, str]]:
     if not cats:
         raise SpmlError("'categories' is empty", ann_file)
     _unique([c for c, _ in cats], "category id", ann_file)
+    check_class_names([name for _, name in cats], ann_file)
     return cats
 
 

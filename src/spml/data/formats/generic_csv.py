@@ -16,6 +16,7 @@ Without ``--classes-file`` the classes are the sorted union of the names in both
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
@@ -24,14 +25,15 @@ from spml.data.formats.base import (
     FormatOptions,
     RawDataset,
     RawSplit,
+    check_class_names,
     check_images_exist,
     image_path,
     multi_hot,
     read_class_list,
     require_dir,
-    require_file,
 )
 from spml.errors import SpmlError
+from spml.readers import MAX_ANNOTATION_BYTES, read_text
 
 LABEL_SEPARATORS = re.compile(r"[;,]")
 POOL_FILE = "train.csv"
@@ -54,12 +56,12 @@ def read_csv_rows(
         root: The raw dataset root image paths must stay in (the CSV's folder when None).
         options: Format options (``allow_outside``); the defaults when None.
     """
-    require_file(path, "annotation file")
+    text = read_text(path, "annotation file", MAX_ANNOTATION_BYTES)
     root = path.parent if root is None else root
     options = options or FormatOptions()
     rows: list[tuple[Path, list[str], int]] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.StringIO(text, newline="") as f:
             reader = csv.reader(f)
             first = True
             for record in reader:
@@ -80,8 +82,6 @@ def read_csv_rows(
                 names = [n.strip() for n in LABEL_SEPARATORS.split(cell) if n.strip()]
                 image = image_path(path.parent, record[0].strip(), root, path, options)
                 rows.append((image, names, reader.line_num))
-    except UnicodeDecodeError:
-        raise SpmlError("is not a UTF-8 text file", path) from None
     except csv.Error as err:
         raise SpmlError(f"does not parse as CSV ({err})", path) from None
     return rows
@@ -111,6 +111,8 @@ def read_csv(raw: Path, options: FormatOptions) -> RawDataset:
         classes = sorted({n for _, names, _ in pool_rows + test_rows for n in names})
         if not classes:
             raise SpmlError("no class names in train.csv or test.csv", pool_file)
+        for file, rows in ((pool_file, pool_rows), (test_file, test_rows)):
+            check_class_names(sorted({n for _, names, _ in rows for n in names}), file)
     return RawDataset(
         root=raw.resolve(),
         classes=classes,

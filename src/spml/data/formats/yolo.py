@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from spml.data.formats.base import (
+    check_class_names,
     IMAGE_SUFFIXES,
     FormatOptions,
     RawDataset,
@@ -28,9 +28,9 @@ from spml.data.formats.base import (
     image_path,
     multi_hot,
     require_dir,
-    require_file,
 )
 from spml.errors import SpmlError
+from spml.readers import NotYaml, read_yaml
 
 YAML_NAMES = ("data.yaml", "data.yml")
 
@@ -48,14 +48,10 @@ def find_data_yaml(raw: Path) -> Path:
 
 def read_names(yaml_file: Path) -> tuple[dict, list[str]]:
     """The parsed data.yaml and its class names, in id order."""
-    require_file(yaml_file, "names file")
     try:
-        data = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SpmlError(f"does not parse as YAML ({first})", yaml_file) from None
-    except RecursionError:
-        raise SpmlError("does not parse as YAML (nested too deeply)", yaml_file) from None
+        data = read_yaml(yaml_file, "names file")
+    except NotYaml as err:
+        raise SpmlError(f"does not parse as YAML ({err.message})", yaml_file) from None
     if not isinstance(data, dict) or "names" not in data:
         raise SpmlError("has no 'names' entry", yaml_file)
     names = data["names"]
@@ -73,6 +69,7 @@ def read_names(yaml_file: Path) -> tuple[dict, list[str]]:
         raise SpmlError("'names' must be a list or a mapping of id to name", yaml_file)
     if not classes:
         raise SpmlError("'names' is empty", yaml_file)
+    check_class_names(classes, yaml_file)
     if len(set(classes)) != len(classes):
         raise SpmlError("'names' lists a class twice", yaml_file)
     return data, classes

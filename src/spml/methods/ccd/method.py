@@ -31,14 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 
 from spml.data.atomic import save_npy, write_json
 from spml.data.cache import ArrayCache, hash_material
-from spml.data.dataset import ImageTransform, SplitDataset, load_image
+from spml.data.dataset import ImageTransform, SplitDataset, load_image, open_image
 from spml.data.layout import Split
 from spml.errors import SpmlError
 from spml.losses import Epoch, get_loss_info
@@ -212,10 +211,10 @@ class CCDParams:
 def image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` of an image file from its header (no decoding)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             width, height = im.size
-    except OSError as err:
-        raise SpmlError(f"image does not open ({err})", path) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SpmlError(f"image does not open ({(str(err).splitlines() or [type(err).__name__])[0]})", path) from None
     return height, width
 
 
