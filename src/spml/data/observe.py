@@ -98,17 +98,20 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
     are the same.
 
     Raises:
-        SpmlError: Bad mode or keep, or an existing file made with other settings.
+        SpmlError: Bad mode or keep, ``DATA_DIR/observed`` is not a folder, or an existing file made
+            with other settings.
     """
     path = data.observed_dir / f"{observed_name(mode, keep, seed)}.npy"
+    if data.observed_dir.exists() and not data.observed_dir.is_dir():
+        raise SpmlError("is not a folder (observed labels are written into it); move it away", data.observed_dir)
     sidecar = path.with_suffix(".json")
     settings = _settings(data, mode, keep, seed)
     if path.exists() or sidecar.exists():
         try:
             old = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             old = None
-        if old is None or {k: old.get(k) for k in settings} != settings:
+        if not isinstance(old, dict) or {k: old.get(k) for k in settings} != settings:
             raise SpmlError(
                 "exists but was made with other settings or for another train split (see its .json); "
                 "delete it and its .json to draw again",
@@ -160,9 +163,12 @@ def load_observed(data: PreparedData, path: str | Path) -> np.ndarray:
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:
-            recorded = json.loads(sidecar.read_text()).get("train_fingerprint")
-        except json.JSONDecodeError:
+            record = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
             raise SpmlError("sidecar does not parse as JSON", sidecar) from None
+        if not isinstance(record, dict):
+            raise SpmlError("sidecar is not a JSON object", sidecar)
+        recorded = record.get("train_fingerprint")
         if recorded is not None and recorded != train.label_fingerprint:
             raise SpmlError("observed labels were drawn for another train split; run `spml observe` again", path)
     return labels

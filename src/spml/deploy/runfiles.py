@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from safetensors import SafetensorError, safe_open
 
@@ -23,18 +24,14 @@ from spml.training.runfolder import (
     BEST_FILE,
     CONFIG_FILE,
     RESULTS_FILE,
-    RUN_INFO_FILE,
+    TEST_PREDICTIONS_FILE,
+    read_json,
     read_metrics,
+    read_results,
+    read_run_info,
 )
 
 THRESHOLDS_FILE = "thresholds.json"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SpmlError(f"cannot read JSON ({str(err).splitlines()[0]})", path) from None
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,7 @@ class RunFiles:
     @cached_property
     def info(self) -> dict[str, Any]:
         """``run.json`` (data folder, spml version, creation time); empty when absent."""
-        path = self.root / RUN_INFO_FILE
-        return _read_json(path) if path.is_file() else {}
+        return read_run_info(self.root)
 
     @property
     def completed(self) -> bool:
@@ -77,11 +73,31 @@ class RunFiles:
 
     @cached_property
     def results(self) -> dict[str, Any]:
-        """``results.json`` of a completed run."""
-        path = self.root / RESULTS_FILE
-        if not path.is_file():
-            raise SpmlError("run has not completed (no results.json)", self.root)
-        return _read_json(path)
+        """``results.json`` of a completed run, checked (:func:`~spml.training.runfolder.check_results`)."""
+        return read_results(self.root)
+
+    def test_predictions(self, shape: tuple[int, int]) -> np.ndarray:
+        """``test_predictions.npy``: float ``N x L`` probabilities, checked against the test split's ``shape``.
+
+        Raises:
+            SpmlError: Missing, unreadable (or pickled), not a float array of ``shape``, or not finite.
+        """
+        path = self.root / TEST_PREDICTIONS_FILE
+        try:
+            scores = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise SpmlError(f"not a readable .npy file ({str(err).splitlines()[0]})", path) from None
+        if scores.dtype.kind != "f":
+            raise SpmlError(f"holds {scores.dtype} values, not float probabilities; the file is damaged", path)
+        if scores.shape != tuple(shape):
+            raise SpmlError(f"has shape {scores.shape}, the test split {tuple(shape)} (images x classes)", path)
+        if not np.isfinite(scores).all():
+            raise SpmlError("holds NaN or infinite probabilities; the file is damaged", path)
+        return scores
+
+    def json(self, name: str) -> Any:
+        """A JSON file of the run folder (a method's record), parsed; SpmlError naming it otherwise."""
+        return read_json(self.root / name)
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
@@ -105,7 +121,13 @@ class RunFiles:
                 metadata = f.metadata() or {}
         except (SafetensorError, OSError) as err:
             raise SpmlError(f"cannot read weights ({str(err).splitlines()[0]})", path) from None
-        return json.loads(metadata.get("spml_state", "{}"))
+        try:
+            state = json.loads(metadata.get("spml_state", "{}"))
+        except ValueError:
+            state = None
+        if not isinstance(state, dict):
+            raise SpmlError("its spml_state metadata is not a JSON object; the file is damaged", path)
+        return state
 
     def path(self, name: str) -> Path:
         """A file in the run folder."""
