@@ -29,7 +29,11 @@ def neutralise(cell: object) -> str:
 
 def csv_text(rows: Iterable[Sequence[object]]) -> str:
     """The rows (header first) as CSV text, every cell neutralised, one line per row."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows([neutralise(cell) for cell in row] for row in rows)
-    return buf.getvalue()
+    lines = []
+    for row in rows:
+        # The writer quotes cells holding a character of its line terminator: "\r\n" makes it quote
+        # a lone CR as well as LF; rows still end in "\n".
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerow([neutralise(cell) for cell in row])
+        lines.append(buf.getvalue().removesuffix("\r\n") + "\n")
+    return "".join(lines)

@@ -73,14 +73,14 @@ def output_format(out: str | Path | None, fmt: str | None) -> str:
 
 
 def join_labels(labels: Sequence[str]) -> str:
-    """The CSV's ``labels`` cell: names ``;``-separated; a name holding ``;``, ``"`` or a line break is quoted.
+    """The CSV's ``labels`` cell: names ``;``-separated; one holding ``;``, ``"`` or a line break is quoted.
 
     The cell is itself one ``;``-delimited CSV record, so ``csv.reader([cell], delimiter=";")``
     gives the names back exactly; names without those characters read the same with ``split(";")``.
     """
     buf = io.StringIO()
-    csv.writer(buf, delimiter=";", lineterminator="\n").writerow(labels)
-    return buf.getvalue().removesuffix("\n")
+    csv.writer(buf, delimiter=";", lineterminator="\r\n").writerow(labels)  # "\r\n": a lone CR is quoted too
+    return buf.getvalue().removesuffix("\r\n")
 
 
 def format_rows(
