@@ -282,3 +282,40 @@ def test_observe_refuses_an_observed_file_in_one_line(tmp_path: Path, capsys: py
     assert main(["observe", str(data)]) == 2
     assert "observed: is not a folder" in one_error_line(capsys)
     assert (data / "observed").read_text() == "my notes"
+
+
+def _fake_run(root: Path, method: str, summary: dict[str, object]) -> Path:
+    """A completed run folder as the engine leaves it, without weights or data (enough for a report)."""
+    run = root / "grid" / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"method: {method}\nloss: an\n")
+    results = {"best_epoch": 1, "epochs_run": 1, "val_map": 0.5, "test_map": 0.4, "train_label_map": 0.3,
+               "stopped_early": False, "per_class_test_ap": {"cat": 0.4}, "method": {"name": method, **summary}}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.mark.parametrize(("method", "name", "content"), [
+    ("ccd", "ccd_bias.json", "[1, 2]"),
+    ("ccd", "ccd_bias.json", '{"bias": {"cat": "high"}}'),
+    ("ccd", "ccd_bias.json", "{torn"),
+    ("vlpl", "../grid.json", '{"rows": "none"}'),
+    ("vlpl", "../grid.json", '{"rows": [{"name": "run"}]}'),
+])  # fmt: skip
+def test_a_damaged_method_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             method: str, name: str, content: str) -> None:
+    run = _fake_run(tmp_path, method, {"pseudo_labels": {"pseudo_positive_precision": 0.5}})
+    (run / name).write_text(content)
+    assert main(["report", str(run)]) == 2
+    assert Path(name).name in one_error_line(capsys)
+    assert not (run / "report.html").exists()
+
+
+def test_unplottable_values_in_method_records_are_left_out(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path, "vlpl", {"pseudo_labels": {"pseudo_positive_precision": "high", "pseudo_positive_recall": 0.5}})
+    (run.parent / "grid.json").write_text(json.dumps({"rows": [
+        {"name": "run", "values": {"method_params.tau": "a", "method_params.theta": 0.5}, "val_map": 0.5},
+        {"name": "other", "values": {"method_params.tau": 1.0, "method_params.theta": 0.5}, "val_map": "x"},
+    ]}))  # fmt: skip
+    assert main(["report", str(run)]) == 0
+    assert "VLPL grid: val mAP over tau x theta" in (run / "report.html").read_text()
