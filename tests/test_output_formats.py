@@ -24,6 +24,7 @@ from spml.data.csv_out import FORMULA_START, csv_text
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
+from spml.deploy import format_rows
 from spml.reports import figures
 from spml.reports.compare import Table, format_table
 from spml.training.grid import GridRow, write_grid_tables
@@ -319,3 +320,9 @@ def test_unplottable_values_in_method_records_are_left_out(tmp_path: Path) -> No
     ]}))  # fmt: skip
     assert main(["report", str(run)]) == 0
     assert "VLPL grid: val mAP over tau x theta" in (run / "report.html").read_text()
+
+
+def test_undecodable_file_names_and_class_names_still_write_utf8_csv() -> None:
+    text = format_rows([("odd/\udcff.jpg", ["\ud800"], [0.5])], ["\ud800"], "csv")
+    rows = list(csv.reader(io.StringIO(text.encode("utf-8").decode("utf-8"))))
+    assert rows == [["path", "labels", "score:\\ud800"], ["odd/\\udcff.jpg", "\\ud800", "0.5"]]

@@ -20,8 +20,12 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def neutralise(cell: object) -> str:
-    """``cell`` as text, with a leading ``'`` if a spreadsheet would evaluate it as a formula."""
-    text = str(cell)
+    """``cell`` as text, with a leading ``'`` if a spreadsheet would evaluate it as a formula.
+
+    Text that is not valid Unicode (a file name's undecodable bytes, a lone surrogate from JSON) is
+    written as backslash escapes, so the file is always UTF-8.
+    """
+    text = str(cell).encode("utf-8", "backslashreplace").decode("utf-8")
     if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text):
         return "'" + text
     return text
