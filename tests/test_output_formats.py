@@ -246,13 +246,17 @@ def test_nan_maps_in_results_json_read_as_not_available(run_dir: Path, tmp_path:
     assert capsys.readouterr().out.splitlines()[2].split(" | ")[2] == "-"  # test mAP: none
 
 
-@pytest.mark.parametrize("case", ["wrong shape", "string dtype", "object dtype", "nan", "garbage", "1-D"])
+@pytest.mark.parametrize("case", ["wrong shape", "string dtype", "object dtype", "nan", "garbage", "1-D", "huge header"])
 def test_tampered_test_predictions_are_one_line(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
     run = copy_run(run_dir, tmp_path)
     path = run / "test_predictions.npy"
     scores = np.load(path)
     if case == "garbage":
         path.write_bytes(b"\x93NUMPY garbage")
+    elif case == "huge header":  # claims 2.4 TB: refused from the header, nothing allocated
+        with path.open("wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**11, 6)})
+            f.write(b"\0" * 64)
     else:
         tampered = {
             "wrong shape": lambda: scores[:, :-1],

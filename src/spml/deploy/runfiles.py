@@ -84,13 +84,15 @@ class RunFiles:
         """
         path = self.root / TEST_PREDICTIONS_FILE
         try:
-            scores = np.load(path, allow_pickle=False)
+            # Memory-mapped: a header claiming a huge shape is refused below before anything is read.
+            scores = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
             raise SpmlError(f"not a readable .npy file ({str(err).splitlines()[0]})", path) from None
         if scores.dtype.kind != "f":
             raise SpmlError(f"holds {scores.dtype} values, not float probabilities; the file is damaged", path)
         if scores.shape != tuple(shape):
             raise SpmlError(f"has shape {scores.shape}, the test split {tuple(shape)} (images x classes)", path)
+        scores = np.array(scores)
         if not np.isfinite(scores).all():
             raise SpmlError("holds NaN or infinite probabilities; the file is damaged", path)
         return scores
