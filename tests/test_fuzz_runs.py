@@ -1,8 +1,8 @@
 """Property-based fuzzing of the run files ``spml compare`` and ``spml report`` read.
 
-Whatever a run folder's ``results.json`` (and a method's record in it) holds, ``compare`` gives a
-table in every format and ``report`` a page, or either raises one SpmlError line, never another
-exception (a traceback for the user).
+Whatever a run folder's ``results.json`` (and a method's record in it), ``run.json`` and
+``metrics.jsonl`` hold, ``compare`` gives a table in every format and ``report`` a page, or either
+raises one SpmlError line, never another exception (a traceback for the user).
 """
 
 from __future__ import annotations
@@ -43,23 +43,44 @@ VALID: dict[str, Any] = {
 @st.composite
 def results_documents(draw: st.DrawFn) -> bytes:
     """A results.json: the engine's own with values replaced and keys dropped, any JSON, or raw bytes."""
-    kind = draw(st.sampled_from(["mutated", "mutated", "any", "bytes"]))
+    kind = draw(st.sampled_from(["method", "method", "mutated", "mutated", "any", "bytes"]))
     if kind == "bytes":
         return draw(st.binary(max_size=64))
     if kind == "any":
         return json.dumps(draw(json_values)).encode()
     doc = dict(VALID)
-    for key in draw(st.lists(st.sampled_from(list(VALID)), max_size=3)):
+    if kind == "method":  # valid results, any method summary: reaches the method figures
+        doc["method"] = draw(st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6))
+        return json.dumps(doc).encode()
+    for key in draw(st.lists(st.sampled_from(list(VALID)), max_size=2)):
         doc.pop(key, None)
-    doc.update(draw(st.dictionaries(st.sampled_from(KEYS), json_values, max_size=4)))
+    doc.update(draw(st.dictionaries(st.sampled_from(KEYS), json_values, max_size=3)))
     return json.dumps(doc).encode()
 
 
-def _run_folder(root: Path, method: str, results: bytes) -> Path:
+METRIC_KEYS = ["epoch", "train_loss", "val_map", "train_label_map", "best"]
+metric_records = st.one_of(
+    st.fixed_dictionaries({"epoch": st.integers(-2, 5)}, optional=dict.fromkeys(METRIC_KEYS[1:], scalars)), json_values
+)
+run_files = st.fixed_dictionaries({
+    "method": st.sampled_from(["standard", "vlpl", "ccd", "pseudo-multilabel"]),
+    "results": results_documents(),
+    "info": st.sampled_from([None, None, {"data_dir": "/gone"}, {"data_dir": "/gone"}, "json", "data_dir"]).flatmap(
+        lambda kind: st.just(kind) if kind is None or isinstance(kind, dict)
+        else json_values if kind == "json" else st.fixed_dictionaries({"data_dir": json_values})
+    ),
+    "metrics": st.lists(metric_records, max_size=4),
+})  # fmt: skip
+
+
+def _run_folder(root: Path, files: dict[str, Any]) -> Path:
     run = root / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(f"method: {method}\nloss: an\nregime: linear\nseed: 0\n")
-    (run / "results.json").write_bytes(results)
+    (run / "config.yaml").write_text(f"method: {files['method']}\nloss: an\nregime: linear\nseed: 0\n")
+    (run / "results.json").write_bytes(files["results"])
+    if files["info"] is not None:
+        (run / "run.json").write_text(json.dumps(files["info"]))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in files["metrics"]))
     return run
 
 
@@ -68,10 +89,10 @@ def _one_line(err: SpmlError) -> None:
 
 
 @FUZZ
-@given(results=results_documents(), method=st.sampled_from(["standard", "vlpl", "ccd", "pseudo-multilabel"]))
-def test_compare_gives_a_table_or_one_error(results: bytes, method: str) -> None:
+@given(files=run_files)
+def test_compare_gives_a_table_or_one_error(files: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run = _run_folder(Path(tmp), method, results)
+        run = _run_folder(Path(tmp), files)
         try:
             table = compare_runs(find_runs([run]))
         except SpmlError as err:
@@ -85,10 +106,10 @@ def test_compare_gives_a_table_or_one_error(results: bytes, method: str) -> None
 
 
 @FUZZ
-@given(results=results_documents(), method=st.sampled_from(["standard", "vlpl", "ccd", "pseudo-multilabel"]))
-def test_report_gives_a_page_or_one_error(results: bytes, method: str) -> None:
+@given(files=run_files)
+def test_report_gives_a_page_or_one_error(files: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run = _run_folder(Path(tmp), method, results)
+        run = _run_folder(Path(tmp), files)
         try:
             page = write_report(run)
         except SpmlError as err:
