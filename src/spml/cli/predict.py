@@ -17,13 +17,23 @@ from pathlib import Path
 
 from spml.data.output import claim_file, write_file
 from spml.deploy import collect_images, format_rows, load, output_format
+from spml.deploy.model import check_batching
+from spml.deploy.thresholds import check_threshold
 from spml.errors import SpmlError
 from spml.progress import log
+from spml.training.runmodel import resolve_device
+
+# Library parameter -> flag, for errors (spml.cli.main.in_flags).
+FLAGS = {"threshold": "--threshold", "batch_size": "--batch-size", "num_workers": "--workers"}
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Every flag is checked before the model loads (a run folder may first pick its thresholds on val).
     if args.top_k is not None and args.top_k < 1:
         raise SpmlError("--top-k must be at least 1")
+    check_threshold(args.threshold)
+    check_batching(args.batch_size, args.workers)
+    resolve_device(args.device)
     fmt = output_format(args.out, args.format)
     images = collect_images(args.images)
     # Every path read: the model folder, the list files and the images (a folder argument is read
@@ -69,5 +79,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, metavar="K", help="keep at most the K highest-scoring labels")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.set_defaults(func=_run)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    parser.set_defaults(func=_run, flags=FLAGS)

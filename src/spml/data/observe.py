@@ -98,9 +98,12 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
     are the same.
 
     Raises:
-        SpmlError: Bad mode or keep, or an existing file made with other settings.
+        SpmlError: Bad mode or keep, ``DATA_DIR/observed`` is not a folder, or an existing file made
+            with other settings.
     """
     path = data.observed_dir / f"{observed_name(mode, keep, seed)}.npy"
+    if data.observed_dir.exists() and not data.observed_dir.is_dir():
+        raise SpmlError("is not a folder (observed labels are written into it); move it away", data.observed_dir)
     sidecar = path.with_suffix(".json")
     settings = _settings(data, mode, keep, seed)
     if path.exists() or sidecar.exists():
@@ -108,7 +111,7 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
             old = readers.read_json_object(sidecar, "observed labels' record")
         except SpmlError:
             old = None
-        if old is None or {k: old.get(k) for k in settings} != settings:
+        if not isinstance(old, dict) or {k: old.get(k) for k in settings} != settings:
             raise SpmlError(
                 "exists but was made with other settings or for another train split (see its .json); "
                 "delete it and its .json to draw again",

@@ -9,12 +9,16 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from spml.data.csv_out import csv_text
 from spml.errors import SpmlError
 from spml.readers import read_lines, regular_file
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 FORMATS = ("csv", "jsonl")
+# The CSV's fixed columns; class columns carry SCORE_PREFIX, so no class name can collide with them.
+CSV_COLUMNS = ("path", "labels")
+SCORE_PREFIX = "score:"
 
 
 def collect_images(specs: Sequence[str | Path]) -> list[Path]:
@@ -71,22 +75,33 @@ def output_format(out: str | Path | None, fmt: str | None) -> str:
     return "csv"
 
 
+def join_labels(labels: Sequence[str]) -> str:
+    """The CSV's ``labels`` cell: names ``;``-separated; one holding ``;``, ``"`` or a line break is quoted.
+
+    The cell is itself one ``;``-delimited CSV record, so ``csv.reader([cell], delimiter=";")``
+    gives the names back exactly; names without those characters read the same with ``split(";")``.
+    """
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=";", lineterminator="\r\n").writerow(labels)  # "\r\n": a lone CR is quoted too
+    return buf.getvalue().removesuffix("\r\n")
+
+
 def format_rows(
     rows: Iterable[tuple[str, list[str], Sequence[float]]], classes: Sequence[str], fmt: str
 ) -> str:
     """The predictions as text.
 
-    ``csv``: header ``path,labels,<class 1>,...,<class L>``, labels ``;``-separated, probabilities.
+    ``csv``: header ``path,labels,score:<class 1>,...,score:<class L>``; ``labels`` as
+    :func:`join_labels` writes it; probabilities; every cell neutralised for spreadsheets
+    (:mod:`spml.data.csv_out`).
     ``jsonl``: one ``{"path", "labels", "scores": {class: probability}}`` per image.
     """
-    buf = io.StringIO()
     if fmt == "csv":
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "labels", *classes])
-        for path, labels, scores in rows:
-            writer.writerow([path, ";".join(labels), *(f"{float(s):.6g}" for s in scores)])
-    else:
-        for path, labels, scores in rows:
-            record = {"path": path, "labels": labels, "scores": {c: float(s) for c, s in zip(classes, scores)}}
-            buf.write(json.dumps(record) + "\n")
+        header = [*CSV_COLUMNS, *(SCORE_PREFIX + c for c in classes)]
+        body = ([path, join_labels(labels), *(f"{float(s):.6g}" for s in scores)] for path, labels, scores in rows)
+        return csv_text([header, *body])
+    buf = io.StringIO()
+    for path, labels, scores in rows:
+        record = {"path": path, "labels": labels, "scores": {c: float(s) for c, s in zip(classes, scores)}}
+        buf.write(json.dumps(record) + "\n")
     return buf.getvalue()

@@ -34,11 +34,12 @@ from spml.data.atomic import save_safetensors, write_json
 from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, load_image, pixel_limit
 from spml.data.output import Inputs, write_folder
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
-from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, f1_per_class
+from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, check_threshold, f1_per_class
 from spml.errors import SpmlError
 from spml.models import Classifier, create_classifier
 from spml.progress import progress
 from spml.training import LoadedRun, load_run
+from spml.training.runmodel import resolve_device
 
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -98,13 +99,12 @@ def _keep_items(items: list[tuple[int, torch.Tensor | None, str | None]]) -> lis
     return items  # the default collate would fail on the None of an unreadable image
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an SpmlError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpmlError(f"device {name} requested but no CUDA device is available")
-    return torch.device(name)
+def check_batching(batch_size: int, num_workers: int) -> None:
+    """SpmlError unless ``batch_size`` >= 1 and ``num_workers`` >= 0 (whole numbers)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SpmlError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise SpmlError(f"num_workers must be a whole number of at least 0, got {num_workers!r}")
 
 
 class SpmlModel:
@@ -118,6 +118,7 @@ class SpmlModel:
         architecture: ``{"backbone", "head", "head_params"}`` to rebuild the classifier.
         provenance: Training facts (config, data fingerprint, metrics) carried into an export.
         device: Where the classifier runs.
+        source: The folder it was loaded from, named in errors.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class SpmlModel:
         architecture: dict[str, Any],
         provenance: dict[str, Any],
         device: torch.device,
+        source: Path | None = None,
     ) -> None:
         self.classifier = classifier.to(device).eval()
         self.classes = list(classes)
@@ -137,6 +139,7 @@ class SpmlModel:
         self.architecture = architecture
         self.provenance = provenance
         self.device = device
+        self.source = source
 
     def __repr__(self) -> str:
         """Architecture, class count and device."""
@@ -147,7 +150,11 @@ class SpmlModel:
     def predict_tensors(self, images: torch.Tensor) -> np.ndarray:
         """float32 ``B x L`` probabilities of a batch of preprocessed ``B x 3 x S x S`` images."""
         logits = self.classifier(images.to(self.device))
-        return torch.sigmoid(logits).float().cpu().numpy()
+        probs = torch.sigmoid(logits).float().cpu().numpy()
+        if not np.isfinite(probs).all():
+            # Never a silent row of NaN scores and no labels: broken weights or a std of 0 in preprocessing.
+            raise SpmlError("the model outputs NaN: its weights or its preprocessing (mean, std) are broken", self.source)
+        return probs
 
     def predict_files(
         self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0
@@ -155,7 +162,11 @@ class SpmlModel:
         """Predict image files in batches, in order.
 
         An unreadable file yields a :class:`Prediction` with its ``error``, and the others go on.
+
+        Raises:
+            SpmlError: ``batch_size`` below 1 or ``num_workers`` below 0.
         """
+        check_batching(batch_size, num_workers)
         dataset = _ImageFiles(paths, self.preprocessing.transform())
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_items)
         batches = progress(loader, total=len(loader), desc="predict", unit="batch")
@@ -189,6 +200,7 @@ class SpmlModel:
             threshold: One threshold for all classes; None uses the per-class :attr:`thresholds`.
             top_k: Keep at most the ``top_k`` highest-scoring of the labels above threshold.
         """
+        check_threshold(threshold)
         scores = np.atleast_2d(np.asarray(scores))
         cut = self.thresholds if threshold is None else np.full(len(self.classes), float(threshold))
         out = []
@@ -304,7 +316,7 @@ def _load_export(folder: Path, device: torch.device) -> SpmlModel:
         classifier.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SpmlError(f"weights do not load ({str(err).splitlines()[0]})", folder / WEIGHTS_FILE) from None
-    return SpmlModel(classifier, classes, preprocessing, thresholds, arch, doc.get("provenance", {}), device)
+    return SpmlModel(classifier, classes, preprocessing, thresholds, arch, doc.get("provenance", {}), device, folder)
 
 
 def _hash_file(path: Path) -> str:
@@ -345,7 +357,7 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
         },
     }
     preprocessing = Preprocessing(t.size, tuple(t.mean), tuple(t.std))
-    return SpmlModel(rm.model, data.classes, preprocessing, thresholds, arch, provenance, device)
+    return SpmlModel(rm.model, data.classes, preprocessing, thresholds, arch, provenance, device, folder)
 
 
 def _stored_thresholds(path: Path, weights_hash: str, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:

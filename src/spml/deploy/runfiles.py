@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from spml import readers
@@ -22,17 +23,14 @@ from spml.training.runfolder import (
     BEST_FILE,
     CONFIG_FILE,
     RESULTS_FILE,
-    RUN_INFO_FILE,
+    TEST_PREDICTIONS_FILE,
+    read_json,
     read_metrics,
+    read_results,
+    read_run_info,
 )
 
 THRESHOLDS_FILE = "thresholds.json"
-# The summary keys of results.json that readers use, with their types; a val-only run has no test metrics.
-_RESULT_TYPES: dict[str, tuple[type, ...]] = {
-    "best_epoch": (int,), "val_map": (int, float), "test_map": (int, float), "train_label_map": (int, float),
-    "epochs_run": (int,), "stopped_early": (bool,),
-}
-_OPTIONAL_RESULTS = frozenset({"test_map", "train_label_map"})
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,7 @@ class RunFiles:
     @cached_property
     def info(self) -> dict[str, Any]:
         """``run.json`` (data folder, spml version, creation time); empty when absent."""
-        path = self.root / RUN_INFO_FILE
-        return readers.read_json_object(path, "run record") if path.is_file() else {}
+        return read_run_info(self.root)
 
     @property
     def completed(self) -> bool:
@@ -75,18 +72,33 @@ class RunFiles:
 
     @cached_property
     def results(self) -> dict[str, Any]:
-        """``results.json`` of a completed run."""
-        path = self.root / RESULTS_FILE
-        if not path.is_file():
-            raise SpmlError("run has not completed (no results.json)", self.root)
-        results = readers.read_json_object(path, "run results")
-        for key, kinds in _RESULT_TYPES.items():
-            value = results.get(key)
-            if value is None and key in _OPTIONAL_RESULTS:
-                continue
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise SpmlError(f"run results: {key} is missing or has the wrong type ({value!r:.60})", path)
-        return results
+        """``results.json`` of a completed run, checked (:func:`~spml.training.runfolder.check_results`)."""
+        return read_results(self.root)
+
+    def test_predictions(self, shape: tuple[int, int]) -> np.ndarray:
+        """``test_predictions.npy``: float ``N x L`` probabilities, checked against the test split's ``shape``.
+
+        Raises:
+            SpmlError: Missing, unreadable (or pickled), not a float array of ``shape``, or not finite.
+        """
+        path = self.root / TEST_PREDICTIONS_FILE
+        try:
+            # Memory-mapped: a header claiming a huge shape is refused below before anything is read.
+            scores = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise SpmlError(f"not a readable .npy file ({str(err).splitlines()[0]})", path) from None
+        if scores.dtype.kind != "f":
+            raise SpmlError(f"holds {scores.dtype} values, not float probabilities; the file is damaged", path)
+        if scores.shape != tuple(shape):
+            raise SpmlError(f"has shape {scores.shape}, the test split {tuple(shape)} (images x classes)", path)
+        scores = np.array(scores)
+        if not np.isfinite(scores).all():
+            raise SpmlError("holds NaN or infinite probabilities; the file is damaged", path)
+        return scores
+
+    def json(self, name: str) -> Any:
+        """A JSON file of the run folder (a method's record), parsed; SpmlError naming it otherwise."""
+        return read_json(self.root / name)
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:

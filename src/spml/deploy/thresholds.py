@@ -8,9 +8,19 @@ positive and the next lower score, so that ``score >= threshold`` reproduces the
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
+from spml.errors import SpmlError
+
 DEFAULT_THRESHOLD = 0.5
+
+
+def check_threshold(value: float | None) -> None:
+    """SpmlError unless ``value`` is None or a probability in [0, 1] (NaN is not: it would call nothing)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0):
+        raise SpmlError(f"threshold must be a probability in [0, 1], got {value}")
 
 
 def best_f1_thresholds(

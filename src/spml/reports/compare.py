@@ -8,8 +8,6 @@ column per dataset when the runs span several. mAP is a fraction in [0, 1], as i
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from spml.data.csv_out import csv_text
 from spml.deploy import RunFiles
 from spml.errors import SpmlError
 
@@ -91,8 +90,9 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
     for label, members in groups.items():
         cells, numbers = [label], []
         for dataset, key in columns:
-            found = [m.results.get(key) for m in members if dataset is None or _dataset(m) == dataset]
-            vals = [float(v) for v in found if v is not None and not math.isnan(v)]  # a val-only run has no test mAP
+            # A val-only run has no test mAPs; results.json was checked when read (numbers or NaN).
+            vals = [float(m.results.get(key, math.nan)) for m in members if dataset is None or _dataset(m) == dataset]
+            vals = [v for v in vals if not math.isnan(v)]
             numbers.append(vals)
             cells.append(_mean_std(vals))
         if len(datasets) == 1:
@@ -110,22 +110,40 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+# LaTeX's special characters in text mode; a backslash first becomes \textbackslash{}, never re-escaped.
+_TEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+    "|": r"\textbar{}", "\n": " ", "\r": " ",
+}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    """``text`` as literal LaTeX text: every special character escaped, line breaks as spaces."""
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def format_table(table: Table, fmt: str) -> str:
-    """The table as ``md`` (Markdown), ``csv`` or ``latex`` (booktabs) text."""
+    """The table as ``md`` (Markdown), ``csv`` or ``latex`` (booktabs) text.
+
+    Cells are escaped for each format: Markdown's ``|`` and line breaks, LaTeX's special characters,
+    and CSV cells a spreadsheet would evaluate are neutralised (:mod:`spml.data.csv_out`).
+    """
     if fmt == "md":
-        lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table.rows]
+        lines = ["| " + " | ".join(map(_md_cell, table.header)) + " |", "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
         return "\n".join(lines) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(table.header)
-        writer.writerows([[c.replace(" ± ", " +- ") for c in row] for row in table.rows])
-        return buf.getvalue()
+        # An empty cell, not "-", where no run has the metric: "-" alone would be neutralised to "'-".
+        body = [[row[0], *("" if c == "-" else c.replace(" ± ", " +- ") for c in row[1:])] for row in table.rows]
+        return csv_text([table.header, *body])
     if fmt == "latex":
         def tex(cell: str) -> str:
-            escaped = "".join("\\" + ch if ch in "&%$#_{}" else ch for ch in cell)
-            return escaped.replace(" ± ", r" $\pm$ ")
+            return tex_escape(cell).replace(" ± ", r" $\pm$ ")
 
         spec = "l" + "r" * (len(table.header) - 1)
         lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(tex, table.header)) + r" \\", r"\midrule"]

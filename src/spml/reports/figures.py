@@ -1,6 +1,8 @@
 """The report's figures: matplotlib ``Figure`` objects (no pyplot, no display) rendered to PNG data URIs.
 
-Every mAP and AP is a fraction in [0, 1], as in ``results.json``.
+Every mAP and AP is a fraction in [0, 1], as in ``results.json``. Text is drawn literally: class
+names, run settings and file contents reach titles, ticks and legends, and a name such as ``$x^$``
+would otherwise be parsed as mathtext and fail when the figure is drawn.
 """
 
 from __future__ import annotations
@@ -12,11 +14,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn.metrics import precision_recall_curve
 
+# Every figure's text objects are created (and drawn) with mathtext off; they keep it when saved.
+_literal_text = rc_context({"text.parse_math": False})
 
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` can be plotted: a finite int or float (never a bool, a string or None)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@_literal_text
 def to_data_uri(fig: Figure, dpi: int = 100) -> str:
     """The figure as an embedded ``data:image/png;base64,...`` URI."""
     buf = io.BytesIO()
@@ -24,16 +36,18 @@ def to_data_uri(fig: Figure, dpi: int = 100) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@_literal_text
 def training_curves(metrics: Sequence[Mapping[str, Any]]) -> Figure:
     """Training loss, val mAP and train-label mAP per epoch; the best epoch marked."""
-    epochs = [int(r["epoch"]) for r in metrics]
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     ax_loss, ax_map = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r["train_loss"] for r in metrics], marker="o", color="tab:red")
+    # An epoch without a plottable value (eval_every, train_map_every, a hand-edited file) is left out of its line.
+    losses = [(int(r["epoch"]), r.get("train_loss")) for r in metrics if is_number(r.get("train_loss"))]
+    if losses:
+        ax_loss.plot(*zip(*losses), marker="o", color="tab:red")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     for key, marker, label in (("val_map", "o", "val mAP"), ("train_label_map", "s", "train-label mAP")):
-        # Epochs without the metric (eval_every, train_map_every) are left out of its line.
-        points = [(int(r["epoch"]), r[key]) for r in metrics if r.get(key) is not None]
+        points = [(int(r["epoch"]), r[key]) for r in metrics if is_number(r.get(key))]
         if points:
             ax_map.plot(*zip(*points), marker=marker, label=label)
     best = [r["epoch"] for r in metrics if r.get("best")]
@@ -46,9 +60,10 @@ def training_curves(metrics: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
+@_literal_text
 def per_class_ap_bars(per_class: Mapping[str, float | None], title: str = "Test AP per class") -> Figure:
     """Bars of per-class AP, sorted high to low; classes without positives left out (named in the title)."""
-    items = sorted(((c, a) for c, a in per_class.items() if a is not None), key=lambda t: -t[1])
+    items = sorted(((c, a) for c, a in per_class.items() if is_number(a)), key=lambda t: -t[1])
     skipped = len(per_class) - len(items)
     fig = Figure(figsize=(max(6.0, 0.18 * len(items) + 2), 3.8), layout="constrained")
     ax = fig.add_subplot()
@@ -61,6 +76,7 @@ def per_class_ap_bars(per_class: Mapping[str, float | None], title: str = "Test 
     return fig
 
 
+@_literal_text
 def pr_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: Sequence[float], k: int = 3) -> Figure:
     """Precision-recall curves of the ``k`` best and ``k`` worst classes by AP (classes with positives)."""
     defined = [j for j, a in enumerate(per_class) if a is not None and not math.isnan(a)]
@@ -78,6 +94,7 @@ def pr_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], pe
     return fig
 
 
+@_literal_text
 def label_histograms(scores: np.ndarray, observed: np.ndarray, true: np.ndarray, title: str) -> Figure:
     """Cole et al.'s figure 2: histograms of predicted probabilities on the training split.
 
@@ -100,6 +117,7 @@ def label_histograms(scores: np.ndarray, observed: np.ndarray, true: np.ndarray,
     return fig
 
 
+@_literal_text
 def bar_chart(values: Mapping[str, float], title: str, ylabel: str, ylim: tuple[float, float] | None = None) -> Figure:
     """A small labelled bar chart of named scalars (method diagnostics)."""
     fig = Figure(figsize=(max(5.0, 1.1 * len(values) + 1), 3.5), layout="constrained")
@@ -114,6 +132,7 @@ def bar_chart(values: Mapping[str, float], title: str, ylabel: str, ylim: tuple[
     return fig
 
 
+@_literal_text
 def heatmap(matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], row_name: str, col_name: str, title: str, mark: tuple[int, int] | None) -> Figure:
     """An annotated heatmap (a tau x theta grid's val mAP); ``mark`` outlines the current run's cell."""
     fig = Figure(figsize=(1.0 * len(cols) + 3, 0.6 * len(rows) + 2), layout="constrained")
@@ -133,6 +152,7 @@ def heatmap(matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], row_na
     return fig
 
 
+@_literal_text
 def bias_chart(classes: Sequence[str], bias: Sequence[float], fallback: Sequence[int]) -> Figure:
     """CCD's per-class CLIP bias (mean top-1 probability) with a legend for estimated vs fallback."""
     fig = Figure(figsize=(max(6.0, 0.2 * len(classes) + 2), 3.8), layout="constrained")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ from spml.deploy import RunFiles
 from spml.errors import SpmlError
 from spml.reports import figures
 from spml.training import load_run
-from spml.training.runfolder import TEST_PREDICTIONS_FILE
+from spml.training.runfolder import TEST_PREDICTIONS_FILE, read_json
 
 REPORT_FILE = "report.html"
+CCD_BIAS_FILE = "ccd_bias.json"
+CCD_LABELS_FILE = "ccd_labels.json"
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -105,7 +108,7 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
         page.figure("Training curves", figures.training_curves(files.metrics), "mAP as a fraction in [0, 1]; val mAP selects the best epoch.")
     else:
         page.note("Training curves", "no epoch completed yet (metrics.jsonl is empty)")
-    if results:
+    if "per_class_test_ap" in results:
         page.figure("Per-class test AP", figures.per_class_ap_bars(results["per_class_test_ap"]))
     _prediction_figures(page, files, data, results, data_dir)
     _method_figures(page, files, results)
@@ -125,8 +128,8 @@ def _summary(page: _Page, files: RunFiles, results: dict[str, Any]) -> None:
         rows += [
             ("best epoch (of run)", f"{results['best_epoch']} of {results['epochs_run']}"),
             ("val mAP", results["val_map"]),
-            ("test mAP", results["test_map"]),
-            ("train-label mAP", results["train_label_map"]),
+            ("test mAP", results.get("test_map", math.nan)),
+            ("train-label mAP", results.get("train_label_map", math.nan)),
         ]
     else:
         rows.append(("status", "not completed"))
@@ -137,10 +140,9 @@ def _prediction_figures(page: _Page, files: RunFiles, data: PreparedData | None,
     if data is None:
         page.note("Precision-recall and label histograms", "the run's data folder is gone: these need its true labels (pass --data)")
         return
-    preds = files.path(TEST_PREDICTIONS_FILE)
-    if results and preds.is_file():
-        scores = np.load(preds)
+    if "per_class_test_ap" in results and files.path(TEST_PREDICTIONS_FILE).is_file():
         labels = data.split("test").labels
+        scores = files.test_predictions(labels.shape)
         per_class = [results["per_class_test_ap"].get(c) for c in data.classes]
         page.figure("Precision-recall, best and worst classes (test)", figures.pr_curves(scores, labels, data.classes, per_class))
     try:
@@ -157,32 +159,47 @@ def _prediction_figures(page: _Page, files: RunFiles, data: PreparedData | None,
     )
 
 
+def _numbers(record: Any, keys: Sequence[str]) -> dict[str, float]:
+    """The finite numbers under ``keys`` of a method's record; anything else (a hand-edited file) left out."""
+    if not isinstance(record, dict):
+        return {}
+    return {k: float(record[k]) for k in keys if figures.is_number(record.get(k))}
+
+
 def _method_figures(page: _Page, files: RunFiles, results: dict[str, Any]) -> None:
     method = results.get("method", {})
     name = method.get("name") or files.config.get("method")
     if name == "vlpl" and "pseudo_labels" in method:
         s = method["pseudo_labels"]
         keys = ("pseudo_positive_precision", "pseudo_positive_recall", "pseudo_negative_precision", "merged_positive_precision", "chance_precision")
-        page.figure("VLPL pseudo-label quality (train split)", figures.bar_chart({k: s[k] for k in keys if s.get(k) is not None}, "VLPL pseudo-labels vs true train labels", "fraction", (0, 1.05)))
+        page.figure("VLPL pseudo-label quality (train split)", figures.bar_chart(_numbers(s, keys), "VLPL pseudo-labels vs true train labels", "fraction", (0, 1.05)))
         counts = ("pseudo_positives_per_image", "true_positives_per_image", "pseudo_negatives_per_image", "added_positives_per_image")
-        page.figure("VLPL pseudo-labels per image", figures.bar_chart({k: s[k] for k in counts if s.get(k) is not None}, "labels per image", "count"))
+        page.figure("VLPL pseudo-labels per image", figures.bar_chart(_numbers(s, counts), "labels per image", "count"))
         _grid_heatmap(page, files)
     if name == "ccd":
-        bias_path = files.path("ccd_bias.json")
-        if bias_path.is_file():
-            b = readers.read_json_object(bias_path, "CCD bias record")
-            classes = list(b["bias"])
-            fallback = [classes.index(c) for c in b.get("fallback_classes", []) if c in classes]
-            page.figure("CCD: CLIP bias per class", figures.bias_chart(classes, list(b["bias"].values()), fallback))
-        labels_path = files.path("ccd_labels.json")
-        if labels_path.is_file():
-            maps = {k: v for k, v in readers.read_json_object(labels_path, "CCD label record")["map"].items() if v is not None}
-            page.figure("CCD: pseudo-label mAP before and after the update", figures.bar_chart(maps, "label mAP vs true train labels", "mAP (fraction)", (0, 1.05)))
+        _ccd_figures(page, files)
     if name == "pseudo-multilabel":
         keys = ("mean_positives_per_image", "true_positives_per_image", "pseudo_precision", "pseudo_recall")
-        values = {k: method[k] for k in keys if method.get(k) is not None}
+        values = _numbers(method, keys)
         if values:
             page.figure("Teacher-student pseudo-labels", figures.bar_chart(values, f"teacher threshold {method.get('threshold')}", "count / fraction"))
+
+
+def _ccd_figures(page: _Page, files: RunFiles) -> None:
+    """CCD's per-class CLIP bias and its label mAP before / after the update, from the files it wrote."""
+    if files.path(CCD_BIAS_FILE).is_file():
+        b = files.json(CCD_BIAS_FILE)
+        bias = b.get("bias") if isinstance(b, dict) else None
+        if not isinstance(bias, dict) or not all(map(figures.is_number, bias.values())):
+            raise SpmlError("holds no 'bias' object of class -> number; the file is damaged", files.path(CCD_BIAS_FILE))
+        classes = list(bias)
+        named = b.get("fallback_classes")
+        fallback = [classes.index(c) for c in named if c in classes] if isinstance(named, list) else []
+        page.figure("CCD: CLIP bias per class", figures.bias_chart(classes, [float(v) for v in bias.values()], fallback))
+    if files.path(CCD_LABELS_FILE).is_file():
+        record = files.json(CCD_LABELS_FILE)
+        maps = record.get("map") if isinstance(record, dict) else None
+        page.figure("CCD: pseudo-label mAP before and after the update", figures.bar_chart(_numbers(maps, list(maps or [])), "label mAP vs true train labels", "mAP (fraction)", (0, 1.05)))
 
 
 def _grid_heatmap(page: _Page, files: RunFiles) -> None:
@@ -190,11 +207,18 @@ def _grid_heatmap(page: _Page, files: RunFiles) -> None:
     grid_file = files.root.parent / "grid.json"
     if not grid_file.is_file():
         return
-    rows = readers.read_json_object(grid_file, "grid record").get("rows", [])
+    doc = read_json(grid_file)
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("values"), dict) for r in rows):
+        raise SpmlError("holds no 'rows' list of grid runs; the file is damaged", grid_file)
     keys = list(rows[0]["values"]) if rows else []
     tau = next((k for k in keys if k.endswith("tau")), None)
     theta = next((k for k in keys if k.endswith("theta")), None)
     if tau is None or theta is None:
+        return
+    # Rows whose axis values are not numbers (a hand-edited grid.json) cannot be placed: left out.
+    rows = [r for r in rows if figures.is_number(r["values"].get(tau)) and figures.is_number(r["values"].get(theta))]
+    if not rows:
         return
     taus = sorted({r["values"][tau] for r in rows})
     thetas = sorted({r["values"][theta] for r in rows})
@@ -202,8 +226,8 @@ def _grid_heatmap(page: _Page, files: RunFiles) -> None:
     mark = None
     for r in rows:
         i, j = taus.index(r["values"][tau]), thetas.index(r["values"][theta])
-        if r.get("val_map") is not None:
+        if figures.is_number(r.get("val_map")):
             matrix[i, j] = float(r["val_map"])
-        if r["name"] == files.root.name:
+        if r.get("name") == files.root.name:
             mark = (i, j)
     page.figure("VLPL grid: val mAP over tau x theta", figures.heatmap(matrix, taus, thetas, "tau", "theta", "val mAP of the grid (this run outlined)", mark))

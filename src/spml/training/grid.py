@@ -8,8 +8,6 @@ method's scalar facts (e.g. a teacher-student's mean positives per image) as ext
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spml.data.atomic import write_json, write_text
+from spml.data.csv_out import csv_text
 from spml.data.layout import PreparedData
 from spml.data.output import open_folder, write_folder
 from spml.errors import SpmlError
@@ -173,11 +172,7 @@ def write_grid_tables(out_dir: Path, rows: list[GridRow], selected: GridRow | No
 
 def _write_tables(out_dir: Path, rows: list[GridRow], selected: GridRow | None) -> None:
     header, body = _table(rows, selected)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(body)
-    write_text(out_dir / "results.csv", buf.getvalue())
+    write_text(out_dir / "results.csv", csv_text([header, *body]))
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in body]
     if selected is not None:

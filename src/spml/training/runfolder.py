@@ -26,7 +26,9 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
+import reprlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,17 +141,36 @@ def write_run_info(run_dir: Path, data_root: Path) -> None:
     )
 
 
+def read_json(path: Path) -> Any:
+    """A run file's JSON, read through the bounded reader; SpmlError naming it when it cannot be read or parsed."""
+    return readers.read_json(path, "run file")
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` (data folder, spml version, creation time); empty when absent.
+
+    Raises:
+        SpmlError: It is not a JSON object, or its ``data_dir`` is not a string.
+    """
+    path = run_dir / RUN_INFO_FILE
+    if not path.is_file():
+        return {}
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise SpmlError("is not a JSON object; the file is damaged", path)
+    if not isinstance(info.get("data_dir", ""), str):
+        raise SpmlError(f"data_dir must be a path (a string), got {reprlib.repr(info['data_dir'])}", path)
+    return info
+
+
 def run_data_dir(run_dir: Path, data_dir: str | Path | None = None) -> Path:
     """The data folder of a run: ``data_dir`` if given, else the one recorded in ``run.json``."""
     if data_dir is not None:
         return Path(data_dir)
-    info = run_dir / RUN_INFO_FILE
-    if not info.is_file():
-        raise SpmlError("not a run folder (no run.json); pass the data folder explicitly", run_dir)
-    recorded = readers.read_json_object(info, "run record").get("data_dir")
-    if not isinstance(recorded, str) or not recorded:
-        raise SpmlError("run record names no data folder (data_dir); pass the data folder explicitly", info)
-    return Path(recorded)
+    info = read_run_info(run_dir)
+    if not info.get("data_dir"):
+        raise SpmlError("not a run folder (no run.json naming its data); pass the data folder explicitly", run_dir)
+    return Path(info["data_dir"])
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -207,31 +228,65 @@ def truncate_metrics(run_dir: Path, next_epoch: int) -> list[dict[str, Any]]:
     return kept
 
 
+def _fraction(value: Any) -> bool:
+    """Whether ``value`` is an mAP / AP as the engine writes it: a number in [0, 1], or NaN (undefined)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and (math.isnan(value) or 0 <= value <= 1)
+
+
+def check_results(doc: Any, path: Path) -> dict[str, Any]:
+    """``doc`` (a parsed ``results.json``) if it holds what the engine writes, else SpmlError naming ``path``.
+
+    Required: ``best_epoch``, ``epochs_run`` (whole numbers >= 0), ``val_map``, ``stopped_early``
+    and, unless ``val_only``, ``test_map``, ``train_label_map`` and ``per_class_test_ap`` (class ->
+    AP or null). mAPs are numbers in [0, 1] or NaN; ``method`` and ``test_metrics`` are objects.
+    """
+    if not isinstance(doc, dict):
+        raise SpmlError(f"is not a JSON object of run results (got {type(doc).__name__}); the file is damaged", path)
+    required = ["best_epoch", "epochs_run", "val_map", "stopped_early"]
+    if doc.get("val_only") is not True:
+        required += ["test_map", "train_label_map", "per_class_test_ap"]
+    missing = [k for k in required if k not in doc]
+    if missing:
+        raise SpmlError(f"lacks {', '.join(missing)}; the file is damaged", path)
+
+    def bad(key: str, what: str) -> SpmlError:
+        return SpmlError(f"{key} must be {what}, got {reprlib.repr(doc[key])}; the file is damaged", path)
+
+    for key in ("best_epoch", "epochs_run"):
+        if isinstance(doc[key], bool) or not isinstance(doc[key], int) or doc[key] < 0:
+            raise bad(key, "a whole number >= 0")
+    for key in ("val_map", "test_map", "train_label_map"):
+        if key in doc and not _fraction(doc[key]):
+            raise bad(key, "a number in [0, 1] or NaN")
+    for key in ("stopped_early", "val_only"):
+        if key in doc and not isinstance(doc[key], bool):
+            raise bad(key, "true or false")
+    for key in ("method", "test_metrics"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise bad(key, "an object")
+    per_class = doc.get("per_class_test_ap", {})
+    if not isinstance(per_class, dict) or not all(v is None or _fraction(v) for v in per_class.values()):
+        raise bad("per_class_test_ap", "an object of class -> AP in [0, 1] or null")
+    return doc
+
+
 def read_results(run_dir: str | Path) -> dict[str, Any]:
-    """The ``results.json`` of a completed run; SpmlError when the run has not completed."""
+    """The ``results.json`` of a completed run, checked by :func:`check_results`.
+
+    Raises:
+        SpmlError: The run has not completed, or the file does not parse or holds something else.
+    """
     run_dir = Path(run_dir)
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise SpmlError("run has not completed (no results.json); resume it first", run_dir)
-    return readers.read_json_object(path, "run results")
+    return check_results(read_json(path), path)
 
 
 def read_result(run_dir: str | Path) -> RunResult:
-    """The :class:`RunResult` of a completed run, from its ``results.json``."""
+    """The :class:`RunResult` of a completed run, from its ``results.json`` (a val-only run's test mAPs are NaN)."""
     r = read_results(run_dir)
-    path = Path(run_dir) / RESULTS_FILE
-
-    def field(key: str, kind: type | tuple[type, ...]) -> Any:
-        value = r.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
-            raise SpmlError(f"run results: {key} is missing or not {_KIND_NAMES[kind]} ({value!r:.40})", path)
-        return value
-
-    number = (int, float)
     return RunResult(
-        Path(run_dir), field("best_epoch", int), float(field("val_map", number)), float(field("test_map", number)),
-        float(field("train_label_map", number)), field("epochs_run", int), field("stopped_early", bool),
-    )
-
-
-_KIND_NAMES: dict[Any, str] = {int: "a whole number", (int, float): "a number", bool: "true/false"}
+        Path(run_dir), r["best_epoch"], float(r["val_map"]), float(r.get("test_map", math.nan)),
+        float(r.get("train_label_map", math.nan)), r["epochs_run"], r["stopped_early"],
+    )  # fmt: skip

@@ -8,6 +8,7 @@ Shared by training (:mod:`spml.training.engine`) and by everything that uses a f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from spml.metrics import map_report, paper_metrics
 from spml.progress import progress
 from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
-from spml.training.config import TrainConfig, load_config
+from spml.training.config import DEVICES, TrainConfig, load_config
 from spml.training.feature_rows import FeatureRows
 from spml.training.runfolder import BEST_FILE, CONFIG_FILE, run_data_dir
 
@@ -33,11 +34,18 @@ FEATURE_EVAL_ROWS = 4096
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable explicit device is an SpmlError."""
+    """``auto`` -> CUDA when available, else CPU; an unknown or unavailable device is an SpmlError.
+
+    Accepts :data:`~spml.training.config.DEVICES` and ``cuda:N`` (one GPU of several).
+    """
+    if not isinstance(name, str) or (name not in DEVICES and not re.fullmatch(r"cuda:\d+", name)):
+        raise SpmlError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpmlError("device=cuda but no CUDA device is available (use device=auto or cpu)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpmlError(f"device={name} but no CUDA device is available (use device=auto or cpu)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise SpmlError(f"device={name} but only {torch.cuda.device_count()} CUDA devices are visible")
     if name == "mps" and not torch.backends.mps.is_available():
         raise SpmlError("device=mps but MPS is not available (use device=auto or cpu)")
     return torch.device(name)
