@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from spml import readers
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
 from spml.data.output import claim_file, write_file
