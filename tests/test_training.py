@@ -144,7 +144,8 @@ def test_linear_run_writes_every_artifact(data: Path, tmp_path: Path) -> None:
     # evaluate reloads best.safetensors (the head only: linear) and recomputes the same test mAP.
     assert set(load_file(str(run / "best.safetensors"))) == {"model.fc.weight", "model.fc.bias"}
     assert evaluate(run)["map"] == pytest.approx(results["test_map"], abs=1e-12)
-    assert not (run / "last.safetensors").exists()
+    # Only the final state is kept (for --resume --set epochs=N), not the interrupted run's fallback.
+    assert (run / "last.safetensors").is_file() and not (run / "last.prev.safetensors").exists()
     # config.yaml holds the resolved config: the bare observed name became its absolute path.
     observed = str((data / "observed" / "single-positive-seed0.npy").resolve())
     # Keys left null (early_stopping.patience) hold the regime's default.

@@ -5,12 +5,14 @@
     spml train DATA_DIR [--config FILE|NAME] [--set key=value ...] --out RUN_DIR
     spml train DATA_DIR --method pseudo-multilabel --teacher RUN_DIR --threshold 0.75 --out STUDENT
     spml train --resume RUN_DIR [DATA_DIR]
+    spml train --resume RUN_DIR --set epochs=N   # extend a run (finished or not) to N epochs
     spml train ... --nproc N       # the same on N processes: torchrun --standalone --nproc-per-node N -m spml train ...
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from spml.api import config_path, list_methods, load_config, resume, train
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
 from spml.training import RunResult, TrainConfig, distributed
-from spml.training.config import default_config_path
+from spml.training.config import default_config_path, parse_overrides
+from spml.training.runfolder import is_run
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,16 +79,44 @@ def print_result(result: RunResult) -> None:
     )
 
 
+def resume_epochs(args: argparse.Namespace) -> int | None:
+    """``--resume RUN --set epochs=N``: the N to extend the run to (None: a plain resume)."""
+    if args.config or args.method or args.teacher or args.threshold is not None:
+        raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--method (--set epochs=N extends it)")
+    values = parse_overrides(args.overrides)
+    if set(values) - {"epochs"}:
+        raise SpmlError(
+            f"--resume takes only --set epochs=N (to extend the run), not {', '.join(sorted(set(values) - {'epochs'}))}; "
+            "the run keeps its own config.yaml"
+        )
+    if "epochs" not in values:
+        return None
+    epochs = values["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise SpmlError(f"epochs must be a positive integer, got {epochs!r}")
+    return epochs
+
+
 def checked_config(args: argparse.Namespace) -> TrainConfig | None:
     """Check the argument combination; return the config to train (None for ``--resume``)."""
     if args.resume is not None:
-        if args.config or args.overrides or args.method or args.teacher or args.threshold is not None:
-            raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--set/--method")
+        resume_epochs(args)
         return None
     if args.data_dir is None or args.out is None:
         raise SpmlError("give DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
     extra = {} if args.threshold is None else {"method_params.threshold": args.threshold}
     return config_from_args(args, extra)
+
+
+def interrupted_advice(out: Path) -> str:
+    """What to do after Ctrl-C: resume the run where ``out`` holds one, else start again.
+
+    Before the run folder exists (during the learning-rate selection, or while the config is
+    checked) there is nothing to resume.
+    """
+    if is_run(out):
+        return f"interrupted; continue with: spml train --resume {shlex.quote(str(out))}"
+    return f"interrupted before {out} held a run (nothing to resume); start the same command again"
 
 
 def process_arguments(args: argparse.Namespace) -> list[str]:
@@ -121,14 +152,14 @@ def _run(args: argparse.Namespace) -> int:
     config = checked_config(args)
     if config is None:
         with epoch_logging(args.log):
-            print_result(resume(args.resume, args.data_dir))
+            print_result(resume(args.resume, args.data_dir, epochs=resume_epochs(args)))
         return 0
     try:
         with epoch_logging(args.log):
             print_result(train(args.data_dir, config, args.out))
     except KeyboardInterrupt:
         if distributed.is_main():  # once under torchrun
-            print(f"interrupted; continue with: spml train --resume {args.out}")
+            print(interrupted_advice(args.out))
         raise
     return 0
 
@@ -142,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR", help="prepared data folder")
     parser.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to create")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last epoch")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last epoch; with --set epochs=N, extend it (finished or not) to N epochs")
     add_config_arguments(parser)
     parser.add_argument("--threshold", type=float, help="pseudo-multilabel: teacher probability threshold T")
     parser.add_argument(

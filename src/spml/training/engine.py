@@ -777,13 +777,14 @@ class Trainer:
                 "world_size": distributed.world_size(),
             },
         )
-        self._remove_resume_files()
+        # last.safetensors stays: the state after the last epoch, from which extend() trains on.
+        self._remove_resume_files(keep_last=True)
         distributed.barrier()
         return result
 
-    def _remove_resume_files(self) -> None:
-        """A finished run keeps no checkpoint to resume from (rank 0)."""
-        for name in (LAST_FILE, LAST_PREV_FILE, LINEAR_BEST_FILE):
+    def _remove_resume_files(self, keep_last: bool = False) -> None:
+        """Remove what only an interrupted run needs (rank 0); ``keep_last`` keeps the final state."""
+        for name in (LAST_PREV_FILE, LINEAR_BEST_FILE, *(() if keep_last else (LAST_FILE,))):
             (self.run_dir / name).unlink(missing_ok=True)
 
     def _finish_val_only(self, state: RunState, metrics: list[dict[str, Any]], best: dict[str, Any]) -> RunResult:
@@ -863,11 +864,19 @@ def resume(
     *,
     method: MethodInfo = STANDARD,
     callbacks: Sequence[TrainingHooks] = (),
+    epochs: int | None = None,
 ) -> RunResult:
     """Continue a run from its last completed epoch (a completed run just returns its results).
 
     The run's own ``config.yaml`` is used (``method`` must be the one it names); the result equals
     that of an uninterrupted run.
+
+    ``epochs``: extend the run (finished or not) to this many epochs (``epochs`` of the config:
+    the fine-tuning phase's for ``linear-init``), training on from its last epoch's state. The
+    result equals a run trained for ``epochs`` from the start where nothing depends on the planned
+    length: a ``constant`` schedule, early stopping that did not stop it, a loss without an epoch
+    count (EM+APL, GR and GPR read ``num_epochs``); a ``cosine`` schedule continues over the new
+    length from where it is, so it differs. Refused for a run that was stopped early.
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -875,7 +884,56 @@ def resume(
     config = load_run_config(run_dir / CONFIG_FILE)
     distributed.init(distributed.local_device(resolve_device(config.device)))
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        if is_complete(run_dir):
+        kept: dict[str, Any] = {}
+        if epochs is not None:
+            config, kept = _extend(run_dir, config, epochs)
+        elif is_complete(run_dir):
             return read_result(run_dir)
         data = PreparedData.open(run_data_dir(run_dir, data_dir))
-        return Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)
+        result = Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)
+        if kept and distributed.is_main():
+            path = run_dir / RESULTS_FILE
+            write_json(path, {**json.loads(path.read_text()), **kept})
+        distributed.barrier()
+        return result
+
+
+# results.json sections written beside the engine's own (the selection's): an extension keeps them.
+KEPT_RESULT_KEYS = ("autotune",)
+
+
+def _extend(run_dir: Path, config: TrainConfig, epochs: int) -> tuple[TrainConfig, dict[str, Any]]:
+    """Make the run in ``run_dir`` one of ``epochs`` epochs; return its new config and the results sections to keep.
+
+    A finished run kept ``last.safetensors`` (the state after its last epoch); its ``results.json``
+    is removed first, so an extension that is interrupted resumes like any run. A run that early
+    stopping (or its method) ended would stop again at once, so it is refused.
+    """
+    if epochs <= config.epochs:
+        raise SpmlError(f"the run already has epochs={config.epochs}; extending needs more (epochs={epochs} given)", run_dir)
+    if is_complete(run_dir):
+        if not (run_dir / LAST_FILE).is_file():
+            raise SpmlError(
+                f"this run finished without keeping {LAST_FILE} (an older spml removed it), so it cannot be "
+                f"extended; train a new run with epochs={epochs}",
+                run_dir,
+            )
+        if load_checkpoint(run_dir / LAST_FILE)[1].get("stopped_early"):
+            raise SpmlError(
+                "this run was stopped early (no val mAP improvement within early_stopping.patience, or its method "
+                f"stopped it), so more epochs would stop again at once; train a new run with epochs={epochs} "
+                "(and early_stopping.patience=0 to train every epoch)",
+                run_dir,
+            )
+    kept = {}
+    if distributed.is_main():
+        if is_complete(run_dir):
+            old = json.loads((run_dir / RESULTS_FILE).read_text())
+            kept = {key: old[key] for key in KEPT_RESULT_KEYS if key in old}
+        # results.json first: if the process dies before config.yaml is rewritten, a resume finishes
+        # the old run again; after it, a resume trains the extension.
+        (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+        config = dataclasses.replace(config, epochs=epochs)
+        write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
+    distributed.barrier()
+    return load_run_config(run_dir / CONFIG_FILE), kept
