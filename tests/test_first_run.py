@@ -107,7 +107,7 @@ def test_extensions_that_cannot_work_are_one_line(data: Path, tmp_path: Path, ca
     capsys.readouterr()
     before = (run / "results.json").read_text()
     for argv, says in (
-        (["--set", "epochs=2"], "the run already has epochs=2"),
+        (["--set", "epochs=2"], "the run already has 2 epochs"),
         (["--set", "lr=0.1"], "--resume takes only --set epochs=N"),
         (["--set", "epochs=two"], "epochs must be a positive integer"),
     ):

@@ -54,7 +54,7 @@ from spml.progress import log, progress, quiet
 from spml.training import distributed
 from spml.training.config import TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
-from spml.training.engine import TrainingDiverged, train
+from spml.training.engine import TrainingDiverged, check_weights, train
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
 from spml.training.runmodel import resolve_device
@@ -330,6 +330,7 @@ def train_tuned(
         return train(data_dir, config, run_dir, method=method, callbacks=callbacks, loss=loss)
     if (Path(run_dir) / CONFIG_FILE).exists():  # refuse before minutes of probes, as train would after
         raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
+    check_weights(config, method)  # every missing weights file in one line, before the probes
     data = PreparedData.open(data_dir)  # read once for the probes and the run
     log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
     selection = select(data, config, loss=loss)

@@ -48,13 +48,14 @@ from spml.errors import SpmlError
 from spml.losses import Epoch, SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
 from spml import __version__
-from spml.models.backbones import check_weights_available
+from spml.models.backbones import missing_backbone_weights
+from spml.models.hub import MissingWeights, missing_message
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
 from spml.training import distributed
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
-from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_run_config
+from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, config_to_yaml, load_run_config
 from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
@@ -82,6 +83,7 @@ from spml.training.runfolder import (
 )
 from spml.training.runmodel import RunModel, load_weights, resolve_device, save_weights
 from spml.training.schedule import lr_factor
+from spml.vlm.model import missing_vlm_weights
 
 LINEAR, FINETUNE = "linear", "finetune"
 # Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
@@ -809,6 +811,28 @@ class Trainer:
         return result
 
 
+def missing_weights(config: TrainConfig, method: MethodInfo = STANDARD) -> list[MissingWeights]:
+    """Every weights file ``config`` needs that is neither cached nor downloadable: backbone and CLIP.
+
+    The CLIP is the method's ``method_params.vlm`` (VLPL, AEVLP, CDUL, CCD), unless a score cache
+    (``vlm_cache``) or a checkpoint file replaces it.
+    """
+    missing = [missing_backbone_weights(config.backbone, config.pretrained)]
+    if method.params is not None:
+        params = build_dataclass(method.params, config.method_params, "method_params.")
+        spec = getattr(params, "vlm", None)
+        if isinstance(spec, str) and not getattr(params, "vlm_cache", None):
+            missing.append(missing_vlm_weights(spec, getattr(params, "vlm_checkpoint", None)))
+    return [m for m in missing if m is not None]
+
+
+def check_weights(config: TrainConfig, method: MethodInfo = STANDARD) -> None:
+    """Refuse, in one line naming all of them, a run whose weights cannot be had (:func:`missing_weights`)."""
+    missing = missing_weights(config, method)
+    if missing:
+        raise SpmlError(missing_message(missing))
+
+
 def train(
     data_dir: str | Path | PreparedData,
     config: TrainConfig,
@@ -830,7 +854,7 @@ def train(
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
     check_config(config, method, loss=loss)
-    check_weights_available(config.backbone, config.pretrained)  # before the run folder exists
+    check_weights(config, method)  # before the run folder exists and anything slow
     distributed.init(distributed.local_device(resolve_device(config.device)))
     main = distributed.is_main()
     run_dir = Path(run_dir)
@@ -910,7 +934,7 @@ def _extend(run_dir: Path, config: TrainConfig, epochs: int) -> tuple[TrainConfi
     stopping (or its method) ended would stop again at once, so it is refused.
     """
     if epochs <= config.epochs:
-        raise SpmlError(f"the run already has epochs={config.epochs}; extending needs more (epochs={epochs} given)", run_dir)
+        raise SpmlError(f"the run already has {config.epochs} epochs; extending it needs more than that ({epochs} given)", run_dir)
     if is_complete(run_dir):
         if not (run_dir / LAST_FILE).is_file():
             raise SpmlError(

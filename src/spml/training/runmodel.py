@@ -37,9 +37,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpmlError("device=cuda but no CUDA device is available (use device=auto or cpu)")
+        raise SpmlError("device 'cuda' is set but no CUDA device is available (use device=auto or device=cpu)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise SpmlError("device=mps but MPS is not available (use device=auto or cpu)")
+        raise SpmlError("device 'mps' is set but MPS is not available (use device=auto or device=cpu)")
     return torch.device(name)
 
 
