@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from spml.deploy.model import load
@@ -21,7 +22,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | 
     """
     files = RunFiles.open(run_dir)
     if not files.completed:
-        raise SpmlError("run has not completed (no results.json); finish it with spml train --resume", run_dir)
+        raise SpmlError(
+            f"run has not completed (no results.json); finish it with spml train --resume {shlex.quote(str(run_dir))}", run_dir
+        )
     out = Path(out_dir)
     if out.resolve() == files.root.resolve():
         raise SpmlError("--out must be a new folder, not the run folder", out)
