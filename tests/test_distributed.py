@@ -142,7 +142,7 @@ def test_launch_returns_the_failed_process_exit_status(monkeypatch: pytest.Monke
 def test_nproc_forwards_every_option_but_itself() -> None:
     parser = build_parser()
     full = ["train", "--out", "o", "--resume", "r", "--config", "c.yaml", "--method", "m", "--teacher", "t", "--log", "tensorboard",
-            "--threshold", "0.75", "--set", "a=1", "--set", "b=2", "--quiet", "--nproc", "3", "--", "-d"]
+            "--threshold", "0.75", "--set", "a=1", "--set", "b=2", "--cpu-friendly", "--quiet", "--nproc", "3", "--", "-d"]
     args = parser.parse_args(full)
     minimal = vars(parser.parse_args(["train", "--nproc", "3"]))
     # The full command line sets every option (an option added later must be forwarded too).

@@ -284,3 +284,31 @@ def test_offline_clip_advice_in_spml_score_uses_its_flags(
     args = build_parser().parse_args(["score", str(single_positive), "--config", "vlpl",
                                       *shlex.split(advice.group(1).replace("FILE", str(weights)))])
     assert vlm_model.missing_vlm_weights(args.vlm, args.vlm_checkpoint) is None
+
+
+# -- a paper config on a CPU ------------------------------------------------------------------------
+
+
+def test_cpu_friendly_turns_any_paper_config_into_the_linear_recipe() -> None:
+    parser = build_parser()
+    shipped = sorted(p.stem for p in (SRC / "configs").glob("*.yaml"))
+    for name in shipped:
+        config = config_from_args(parser.parse_args(["train", "D", "--config", name, "--cpu-friendly", "--out", "R"]))
+        assert (config.regime, config.lr, config.epochs, config.batch_size, config.image_size) == ("linear", None, None, None, 224), name
+        assert (config.schedule, config.warmup_steps, config.center_features, config.early_stopping.patience) == (None,) * 4, name
+    # The user's --set wins over the profile; without the profile the paper's settings stay.
+    mine = config_from_args(parser.parse_args(["train", "D", "--config", "vlpl", "--cpu-friendly", "--set", "lr=0.01", "--out", "R"]))
+    assert (mine.lr, mine.regime) == (0.01, "linear")
+    paper = config_from_args(parser.parse_args(["train", "D", "--config", "vlpl", "--out", "R"]))
+    assert (paper.regime, paper.lr, paper.epochs, paper.batch_size, paper.image_size) == ("finetune", 1e-5, 10, 8, 448)
+
+
+def test_a_cpu_friendly_paper_run_selects_and_trains_like_a_default_run(single_positive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(single_positive), "--config", "coco", "--cpu-friendly", "--set", "backbone=test_resnet",
+                 "--set", "pretrained=none", "--set", "image_size=32", "--set", "observed=single-positive-seed0.npy",
+                 "--set", "device=cpu", "--quiet", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "autotune" in results  # lr was left to the selection, as in a default run
+    config = (out / "config.yaml").read_text()
+    assert "regime: linear" in config and "epochs: 10\n" not in config  # not coco's 10 fine-tuning epochs

@@ -22,6 +22,7 @@ from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
 from spml.training import RunResult, TrainConfig, distributed
 from spml.training.config import default_config_path, parse_overrides
+from spml.training.defaults import CPU_FRIENDLY
 from spml.training.runfolder import is_run
 
 
@@ -46,6 +47,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--teacher", metavar="RUN_DIR", help="pseudo-multilabel: the finished teacher run")
     parser.add_argument(
+        "--cpu-friendly",
+        action="store_true",
+        help="run any config on a CPU: the linear regime at 224 px, with lr, epochs, batch size, schedule and "
+        "patience sized to the data by the linear recipe (over the config, under --set)",
+    )
+    parser.add_argument(
         "--log", choices=("tensorboard",), help="also log every epoch to RUN_DIR/tensorboard (pip install 'spml[tensorboard]')"
     )
 
@@ -65,7 +72,21 @@ def config_from_args(args: argparse.Namespace, extra: Mapping[str, Any] | None =
         keys["method"] = args.method
     if args.teacher:
         keys["method_params.teacher"] = args.teacher
-    return load_config(resolve_config_path(args.config), args.overrides, **keys)
+    overrides = list(args.overrides)
+    if args.cpu_friendly:
+        overrides = [*profile_overrides(CPU_FRIENDLY), *overrides]
+    return load_config(resolve_config_path(args.config), overrides, **keys)
+
+
+def profile_overrides(profile: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` overrides (YAML values: ``null`` for None) of a nested profile mapping."""
+    out = []
+    for key, value in profile.items():
+        if isinstance(value, Mapping):
+            out += profile_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={'null' if value is None else value}")
+    return out
 
 
 def print_result(result: RunResult) -> None:
@@ -81,7 +102,7 @@ def print_result(result: RunResult) -> None:
 
 def resume_epochs(args: argparse.Namespace) -> int | None:
     """``--resume RUN --set epochs=N``: the N to extend the run to (None: a plain resume)."""
-    if args.config or args.method or args.teacher or args.threshold is not None:
+    if args.config or args.method or args.teacher or args.threshold is not None or args.cpu_friendly:
         raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--method (--set epochs=N extends it)")
     values = parse_overrides(args.overrides)
     if set(values) - {"epochs"}:
@@ -127,6 +148,8 @@ def process_arguments(args: argparse.Namespace) -> list[str]:
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
+    if args.cpu_friendly:
+        argv.append("--cpu-friendly")
     for override in args.overrides:
         argv += ["--set", override]
     if args.quiet:
