@@ -277,7 +277,7 @@ def test_offline_clip_advice_in_spml_score_uses_its_flags(
     assert main(["score", str(single_positive), "--config", "vlpl"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    advice = re.search(r"train with (--vlm \S+ --vlm-checkpoint FILE)", err)
+    advice = re.search(r"run with (--vlm \S+ --vlm-checkpoint FILE)", err)
     assert advice is not None, err
     weights = tmp_path / "clip.bin"
     weights.write_bytes(b"")

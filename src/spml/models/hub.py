@@ -63,18 +63,22 @@ class MissingWeights:
         settings: Config settings that use the fetched file instead (``FILE`` stands for its path),
             in the ``key=value`` form of ``--set``.
         alternative: Other settings that need no download, or empty.
+        note: Why the settings read as they do, or empty.
     """
 
     what: str
     file: str
     settings: Mapping[str, str] = field(default_factory=dict)
     alternative: Mapping[str, str] = field(default_factory=dict)
+    note: str = ""
 
     def describe(self) -> str:
-        """``what`` (missing ``file``): fetch it where there is network, then train with the settings."""
-        text = f"{self.what} (missing {self.file}): fetch that file where there is network, then train with {_assign(self.settings)}"
+        """``what`` (missing ``file``): fetch it where there is network, then run with the settings."""
+        text = f"{self.what} (missing {self.file}): fetch that file where there is network, then run with {_assign(self.settings)}"
         if self.alternative:
             text += f" (or without it: {_assign(self.alternative)})"
+        if self.note:
+            text += f" ({self.note})"
         return text
 
 

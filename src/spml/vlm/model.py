@@ -395,6 +395,7 @@ def _identity(source: VlmSource) -> dict[str, Any]:
 # The method parameters that name a CLIP: the one spelling of the offline advice (the CLI writes
 # them as --set KEY=VALUE for spml train, as --vlm / --vlm-checkpoint for spml score).
 VLM_PARAM, CHECKPOINT_PARAM = "method_params.vlm", "method_params.vlm_checkpoint"
+_QUICK_GELU_NOTE = "the -quickgelu name keeps the activation these weights were trained with"
 # Where open_clip keeps weights it downloads from a URL (its download_pretrained_from_url default).
 _URL_CACHE = Path("~/.cache/clip").expanduser()
 
@@ -441,9 +442,10 @@ def missing_vlm_weights(spec: str, checkpoint: str | Path | None = None) -> Miss
         return None
     where = f"{hub[1]} from huggingface.co/{hub[0]}" if hub is not None else (url or "the weights file")
     return MissingWeights(
-        what=f"CLIP {spec}" + (" (the -quickgelu name keeps the activation it was trained with)" if _quick_gelu_tag(name, tag) else ""),
+        what=f"CLIP {spec}",
         file=where,
         settings={VLM_PARAM: f"open_clip:{model_name}", CHECKPOINT_PARAM: "FILE"},
+        note=_QUICK_GELU_NOTE if _quick_gelu_tag(name, tag) else "",
     )
 
 
@@ -461,6 +463,7 @@ def _missing_weights_message(source: VlmSource) -> str:
         missing = MissingWeights(
             what=f"CLIP {source.spec}", file=f"{hub[1]} from huggingface.co/{hub[0]}" if hub else (url or "the weights file"),
             settings={VLM_PARAM: f"open_clip:{source.model_name}", CHECKPOINT_PARAM: "FILE"},
+            note=_QUICK_GELU_NOTE if source.quick_gelu else "",
         )
     return f"the weights are not available (download failed): {missing.describe()}"
 
