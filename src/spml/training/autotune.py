@@ -38,6 +38,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -295,12 +296,12 @@ def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
 def describe(selection: Selection) -> str:
     """One line: what was selected and why (its val mAP, the margin over the runner-up), every candidate, the seconds."""
     tried = ", ".join(f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}: {c.val_map:.4f}" for c in selection.candidates)
-    best = next(c for c in selection.candidates if (c.optimizer, c.lr, c.weight_decay) == (
-        selection.optimizer, selection.lr, selection.weight_decay))
+    chosen = (selection.optimizer, selection.lr, selection.weight_decay)
+    best = next((c for c in selection.candidates if (c.optimizer, c.lr, c.weight_decay) == chosen), None)
     others = [c for c in selection.candidates if c is not best and c.val_map == c.val_map]
     runner = max(others, key=lambda c: c.val_map, default=None)
     margin = ""
-    if runner is not None:
+    if best is not None and runner is not None:
         nxt = f"({runner.optimizer} lr {runner.lr:g}, weight_decay {runner.weight_decay:g})"
         margin = (
             f", {best.val_map - runner.val_map:.4f} above the next {nxt}" if best.val_map > runner.val_map
@@ -308,8 +309,9 @@ def describe(selection: Selection) -> str:
         )
     return (
         f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g} "
-        f"on val mAP in {selection.seconds:.1f} s: the best val mAP {best.val_map:.4f} of "
-        f"{len(selection.candidates)} candidates{margin} (optimizer lr/wd: {tried})"
+        f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
+        f"{best.val_map if best is not None else math.nan:.4f} of {len(selection.candidates)} candidates{margin} "
+        f"(optimizer lr/wd: {tried})"
     )
 
 
