@@ -27,7 +27,16 @@ _formatter: list[Callable[[str], str]] = []
 # Seconds a step runs before its first plain progress line in a log, and between two of them
 # (the environment variable SPML_PROGRESS_INTERVAL sets another; 0: a line at every step).
 LINE_INTERVAL_S = 30.0
-_line_interval = {"seconds": max(0.0, float(os.environ.get("SPML_PROGRESS_INTERVAL") or LINE_INTERVAL_S))}
+
+
+def _interval_from_environment() -> float:
+    try:
+        return max(0.0, float(os.environ.get("SPML_PROGRESS_INTERVAL") or LINE_INTERVAL_S))
+    except ValueError:  # not a number: the default rather than a crash at import
+        return LINE_INTERVAL_S
+
+
+_LINE_INTERVAL = _interval_from_environment()
 # Called with (run folder, epoch record) after every epoch: optional loggers such as TensorBoard.
 EpochListener = Callable[[Path, dict[str, Any]], None]
 _listeners: list[EpochListener] = []
@@ -41,13 +50,6 @@ def set_quiet(quiet: bool) -> None:
 def set_formatter(formatter: Callable[[str], str] | None) -> None:
     """Apply ``formatter`` to every :func:`log` line from now on (None: lines as written)."""
     _formatter[:] = [] if formatter is None else [formatter]
-
-
-def set_line_interval(seconds: float) -> float:
-    """Set the seconds between plain progress lines in a log (0: at every step); return the previous value."""
-    before = _line_interval["seconds"]
-    _line_interval["seconds"] = max(0.0, float(seconds))
-    return before
 
 
 @contextmanager
@@ -120,7 +122,7 @@ class _LineProgress(tqdm):
         if msg is not None or _LineProgress._active[-1:] != [self]:
             return True  # a clear request, or an inner step is running and reports for both
         now = self._time()
-        if now - max(self.start_t, self._last_line) < _line_interval["seconds"]:
+        if now - max(self.start_t, self._last_line) < _LINE_INTERVAL:
             return True
         self._lines, self._last_line = self._lines + 1, now
         _write(self._line(final=False))
@@ -151,7 +153,7 @@ def progress(iterable: Iterable | None = None, **kwargs: object) -> tqdm:
     if bars_enabled() or disable:
         kwargs.setdefault("file", sys.stderr)
         return tqdm(iterable, disable=disable, **kwargs)
-    interval = _line_interval["seconds"]
+    interval = _LINE_INTERVAL
     kwargs.update(file=_Discard(), mininterval=min(interval, 1.0), miniters=1, delay=0)
     return _LineProgress(iterable, disable=not lines, **kwargs)
 
