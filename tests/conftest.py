@@ -41,3 +41,14 @@ def micro_clip(tmp_path_factory: pytest.TempPathFactory) -> MicroClip:
         data_dir, root / "model", steps=100, batch_size=128, seed=0, lr=3e-3, threads=1
     )
     return MicroClip(data_dir=Path(data_dir), checkpoint=checkpoint, config=config)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs the micro CLIP: the session trains it first (25-45 s).
+
+    So ``pytest -m "not slow"`` (the README's quick command) never trains a CLIP; the full suite
+    runs them all.
+    """
+    for item in items:
+        if "micro_clip" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -61,6 +61,7 @@ def test_observe_errors_are_one_line(tmp_path, capsys):
     assert err[0].startswith(f"spml observe: error: {out.resolve() / 'observed' / 'none.npy'}: exists but was made")
 
 
+@pytest.mark.slow  # the whole demo: 52 s on an idle 2-core machine
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
