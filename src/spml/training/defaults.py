@@ -73,9 +73,9 @@ REGIME_DEFAULTS: dict[str, RegimeDefaults] = {
 # ``--cpu-friendly``: any config (a paper's fine-tuning setting included) as a CPU run. The linear
 # regime trains on features extracted once; the keys a paper config fixes for its fine-tuning
 # (lr, epochs, batch size, schedule, centring, patience) go back to null, so the linear recipe
-# sizes them to the data (a paper's lr 1e-5 and 10 epochs, kept in the linear regime, left VLPL on
-# the synthetic set at 0.468 test mAP against 0.755 with the recipe); 224 px extracts about 4x
-# faster than 448 px. Applied over the config and under the user's --set.
+# sizes them to the data (VLPL's lr 1e-5, 10 epochs and batch 8, kept in the linear regime, left a
+# synthetic set at 0.531 test mAP against 0.883 with the recipe: docs/training.md); 224 px extracts
+# about 4x faster than 448 px. Applied over the config and under the user's --set.
 CPU_FRIENDLY: dict[str, Any] = {
     "regime": "linear",
     "lr": None,
