@@ -22,8 +22,6 @@ from typing import Any
 from tqdm import tqdm
 
 _state = {"quiet": False, "steps_only": False}
-# Applied to every log line: the CLI writes advised settings as its users type them (--set KEY=VALUE).
-_formatter: list[Callable[[str], str]] = []
 # Seconds a step runs before its first plain progress line in a log, and between two of them
 # (the environment variable SPML_PROGRESS_INTERVAL sets another; 0: a line at every step).
 LINE_INTERVAL_S = 30.0
@@ -45,11 +43,6 @@ _listeners: list[EpochListener] = []
 def set_quiet(quiet: bool) -> None:
     """Silence progress bars and :func:`log` lines (``--quiet``); errors are still printed."""
     _state["quiet"] = bool(quiet)
-
-
-def set_formatter(formatter: Callable[[str], str] | None) -> None:
-    """Apply ``formatter`` to every :func:`log` line from now on (None: lines as written)."""
-    _formatter[:] = [] if formatter is None else [formatter]
 
 
 @contextmanager
@@ -166,8 +159,6 @@ def log(message: str) -> None:
     """One plain line on stderr (above any bar on a terminal); nothing when quiet."""
     if _state["quiet"] or _state["steps_only"]:
         return
-    for formatter in _formatter:
-        message = formatter(message)
     if bars_enabled():
         tqdm.write(message, file=sys.stderr)
     else:

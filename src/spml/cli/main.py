@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from spml import __version__
 from spml.data.atomic import disk_error
 from spml.errors import SpmlError
-from spml.progress import set_formatter, set_quiet
+from spml.progress import set_quiet
 from spml.training.config import TrainConfig
 
 COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "score", "micro_clip",
@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``spml`` with ``argv``; return the exit code (2 for an :class:`SpmlError`)."""
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)
-    set_formatter(as_set_options if hasattr(args, "overrides") else None)  # advice in log lines too
     try:
         return int(args.func(args) or 0)
     except SpmlError as err:

@@ -261,7 +261,7 @@ class Trainer:
         if method.partial_labels and config.observed == FULL_OBSERVED:
             log(
                 f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
-                "(the default): it trains on every true train label; set observed=FILE (spml observe)"
+                "(the default): it trains on every true train label; --set observed=FILE (a file from spml observe)"
             )
         self.rm = RunModel(config, data, self.device)
         self.rm.model = distributed.prepare_model(self.rm.model, self.device)
