@@ -108,6 +108,7 @@ def flags(settings: dict) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={'null' if value is None else value}")]
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_an_on_two_processes_equals_one(data: Path, one_an: Path, tmp_path: Path) -> None:
     torchrun("train", str(data), *flags({**SETTINGS, "loss": "an"}), "--quiet", "--out", str(tmp_path / "two"))
     assert_same_run(one_an, tmp_path / "two")
@@ -165,6 +166,7 @@ def test_nproc_refuses_below_one_and_under_torchrun(data: Path, tmp_path: Path, 
     assert not Path(out).exists()
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
     """ROLE's label estimator and batch-mean regulariser survive a resume from one process on two.
 

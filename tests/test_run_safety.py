@@ -317,6 +317,7 @@ def test_a_second_process_on_a_busy_run_folder_is_refused(
     same_results(run_dir, reference)
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_two_runs_on_one_data_folder_at_once_both_succeed(data: Path, tmp_path: Path) -> None:
     fresh = tmp_path / "data"
     shutil.copytree(data, fresh, ignore=shutil.ignore_patterns("cache"))  # image paths are absolute

@@ -187,6 +187,7 @@ def test_observed_val_variant_selects_on_observed_labels(data: Path, tmp_path: P
     assert result.val_map != pytest.approx(mean_average_precision(scores, run.data.split("val").labels), abs=1e-6)
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_finetune_and_linear_init(data: Path, tmp_path: Path) -> None:
     ft = train(data, config("regime=finetune", "epochs=1", *TINY_BACKBONE), tmp_path / "ft")
     assert ft.epochs_run == 1 and math.isfinite(ft.test_map)
@@ -223,6 +224,7 @@ def test_resume_linear_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_resume_linear_init_mid_finetune_equals_uninterrupted(
     data: Path, tmp_path: Path
 ) -> None:
