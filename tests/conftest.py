@@ -15,15 +15,6 @@ import torch
 CUDA_ON_CPU = os.environ.get("SPML_TEST_CUDA_ON_CPU") == "1"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available() or CUDA_ON_CPU:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device (SPML_TEST_CUDA_ON_CPU=1 runs it on the CPU)")
-    for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
-
-
 @pytest.fixture
 def cuda_device() -> torch.device:
     """The device of a ``cuda`` test: the GPU, or the CPU under SPML_TEST_CUDA_ON_CPU=1."""
@@ -63,3 +54,18 @@ def micro_clip(tmp_path_factory: pytest.TempPathFactory) -> MicroClip:
         data_dir, root / "model", steps=100, batch_size=128, seed=0, lr=3e-3, threads=1
     )
     return MicroClip(data_dir=Path(data_dir), checkpoint=checkpoint, config=config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs the micro CLIP, and skip ``cuda`` tests without a CUDA device.
+
+    The session trains the micro CLIP first (25-45 s), so ``pytest -m "not slow"`` (the README's
+    quick command) never trains one; the full suite runs them all.
+    """
+    skip_cuda = not (torch.cuda.is_available() or CUDA_ON_CPU)
+    skip = pytest.mark.skip(reason="needs a CUDA device (SPML_TEST_CUDA_ON_CPU=1 runs it on the CPU)")
+    for item in items:
+        if "micro_clip" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+        if skip_cuda and item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

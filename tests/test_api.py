@@ -27,6 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_python_api_trains_and_finds_methods_with_only_import_spml(data: Path, tmp_path: Path) -> None:
     observed = data / "observed" / "single-positive-seed0.npy"
     script = f"""
@@ -124,6 +125,7 @@ def test_backbone_params_reach_timm(data: Path) -> None:
     assert tuple(plain.model.backbone.patch_embed.img_size) == (160, 160)
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_loss_and_callbacks_get_the_same_epoch_record(data: Path, tmp_path: Path) -> None:
     from spml.training import TrainingHooks
 

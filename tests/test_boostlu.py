@@ -77,6 +77,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_boostlu_with_ll_r_end_to_end_and_export(data: Path, tmp_path: Path) -> None:
     run = train(data, load_config(None, [*TINY, "method=boostlu", "loss=ll_r", "loss_params.delta_rel=0.5"]), tmp_path / "run")
     assert 0.0 < run.test_map <= 1.0

@@ -61,6 +61,7 @@ def test_observe_errors_are_one_line(tmp_path, capsys):
     assert err[0].startswith(f"spml observe: error: {out.resolve() / 'observed' / 'none.npy'}: exists but was made")
 
 
+@pytest.mark.slow  # the whole demo: 52 s on an idle 2-core machine
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
@@ -92,6 +93,7 @@ def test_demo_in_temporary_folder(capsys, monkeypatch):
     assert not Path(data_line.removeprefix("synthetic data: ")).exists()  # removed afterwards
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 @pytest.mark.skipif(shutil.which("spml") is None, reason="the spml console script is not installed")
 def test_console_script(tmp_path):
     """One real process: exit status 2, one line on stderr, nothing written."""

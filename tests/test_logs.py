@@ -27,9 +27,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic(tmp_path_factory.mktemp("logs") / "data", num_images=40, image_size=32, num_classes=3, seed=1)
 
 
-def spml_to_file(argv: list[str], log: Path) -> str:
+def spml_to_file(argv: list[str], log: Path, **env_vars: str) -> str:
     """Run the spml CLI in a subprocess with stdout and stderr going to ``log`` (not a terminal)."""
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           **env_vars}
     with open(log, "wb") as f:
         code = subprocess.run([sys.executable, "-m", "spml.cli.main", *argv], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300, check=False).returncode
     text = log.read_text()
@@ -49,6 +50,35 @@ def test_grid_piped_to_a_file_is_plain_lines(data: Path, tmp_path: Path) -> None
     # mAP is a fraction everywhere: the epoch line shows what metrics.jsonl holds.
     first = json.loads((tmp_path / "grid" / "lr0.01" / "metrics.jsonl").read_text().splitlines()[0])
     assert f"val mAP {first['val_map']:.4f}" in epochs[0]
+
+
+def test_selection_and_feature_extraction_show_progress_in_a_piped_log(tmp_path: Path) -> None:
+    # A fresh data folder: the first probe of the selection extracts the feature caches, which
+    # used to run silenced with the probes (751 s without a line on coco128).
+    fresh = make_synthetic(tmp_path / "data", num_images=40, image_size=32, num_classes=3, seed=3)  # TINY: lr unset
+    text = spml_to_file(["train", str(fresh), *TINY, "--out", str(tmp_path / "run")], tmp_path / "log",
+                        SPML_PROGRESS_INTERVAL="0")
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+    start = first("autotune: selecting")
+    assert "L-BFGS solves" in lines[start] and "train rows <= autotune.lbfgs_max_rows" in lines[start]
+    extraction = first("features test_resnet train")
+    candidates = [i for i, line in enumerate(lines) if line.startswith("autotune: candidate ")]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    assert len(candidates) == len(results["candidates"]) == 4
+    assert start < extraction < candidates[0]  # the extraction reports inside the selection
+    assert lines[candidates[0]].startswith("autotune: candidate 1/4 lbfgs lr 1 weight_decay 1e-05: val mAP ")
+    assert f"val mAP {results['candidates'][0]['val_map']:.4f}" in lines[candidates[0]]
+    assert all(c["seconds"] > 0 for c in results["candidates"])
+    selected = first("autotune: selected")
+    assert selected > candidates[-1] and "the best val mAP" in lines[selected] and ("above the next" in lines[selected] or "tied with" in lines[selected])
+    # The probes' own epoch lines stay out; the run's come after the selection.
+    assert not [line for line in lines[:selected] if line.startswith("epoch ")]
+    assert first("spml ") > selected and first("epoch 1/") > selected
 
 
 def test_quiet_prints_only_the_result(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,6 +61,7 @@ def test_lr_factor_hand_computed() -> None:
         lr_factor("step", 0, 10, 0)
 
 
+@pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_the_optimizer_gets_the_scheduled_rate(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[float] = []
     original = torch.optim.Adam.step

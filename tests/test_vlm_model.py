@@ -11,6 +11,7 @@ import torch
 from spml.errors import SpmlError
 from spml.vlm import Preprocess, load_vlm, model_name_for, parse_spec
 from spml.vlm.micro_clip import MicroClipConfig
+from spml.vlm import model as vlm_model
 from spml.vlm.model import IMAGENET_MEAN, IMAGENET_STD
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,7 +38,7 @@ def test_unknown_tag_lists_valid_tags():
 
 
 def test_model_without_weights_is_refused():
-    with pytest.raises(SpmlError, match=r"has no weights.*--vlm-checkpoint.*ViT-B-32/none"):
+    with pytest.raises(SpmlError, match=r"has no weights.*method_params.vlm_checkpoint=FILE.*ViT-B-32/none"):
         load_vlm("open_clip:ViT-B-32")
 
 
@@ -53,8 +54,8 @@ def test_offline_download_gives_one_line(monkeypatch):
     message = str(err.value)
     assert "\n" not in message
     assert "open_clip_pytorch_model.bin" in message and "timm/resnet50_clip.openai" in message
-    assert "--vlm-checkpoint FILE" in message and "open_clip:RN50" in message
-    with pytest.raises(SpmlError, match=r"not available offline .*huggingface.co/org/clip.*local-dir:FOLDER"):
+    assert "method_params.vlm_checkpoint=FILE" in message and "method_params.vlm=open_clip:RN50" in message
+    with pytest.raises(SpmlError, match=r"huggingface.co/org/clip.*method_params.vlm=open_clip:local-dir:FOLDER"):
         load_vlm("open_clip:hf-hub:org/clip")
 
 
@@ -201,6 +202,7 @@ def test_openai_weights_build_the_quick_gelu_model(monkeypatch):
         return real(name, **{**kwargs, "pretrained": None, "load_weights": False})
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", weightless)
+    monkeypatch.setattr(vlm_model, "missing_vlm_weights", lambda *args: None)  # as if cached: no offline refusal
     vlm = load_vlm("open_clip:ViT-B-32/openai")
     assert built["name"] == "ViT-B-32-quickgelu" == vlm.identity["model"]
     acts = {type(m) for m in vlm.model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}

@@ -214,11 +214,14 @@ def train(
     return autotune.train_tuned(data_dir, config, out, method=method, callbacks=_callbacks(hooks), loss=loss)
 
 
-def resume(run_dir: str | Path, data_dir: str | Path | None = None) -> RunResult:
-    """Continue an interrupted run from its last epoch (a finished run returns its result)."""
+def resume(run_dir: str | Path, data_dir: str | Path | None = None, *, epochs: int | None = None) -> RunResult:
+    """Continue an interrupted run from its last epoch (a finished run returns its result).
+
+    ``epochs``: extend the run, finished or not, to this many epochs (see :func:`spml.training.engine.resume`).
+    """
     path = Path(run_dir) / CONFIG_FILE
     name = read_config(path).method if path.is_file() else TrainConfig.method
-    return engine.resume(run_dir, data_dir, method=get_method(name))
+    return engine.resume(run_dir, data_dir, method=get_method(name), epochs=epochs)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:

@@ -5,12 +5,14 @@
     spml train DATA_DIR [--config FILE|NAME] [--set key=value ...] --out RUN_DIR
     spml train DATA_DIR --method pseudo-multilabel --teacher RUN_DIR --threshold 0.75 --out STUDENT
     spml train --resume RUN_DIR [DATA_DIR]
+    spml train --resume RUN_DIR --set epochs=N   # extend a run (finished or not) to N epochs
     spml train ... --nproc N       # the same on N processes: torchrun --standalone --nproc-per-node N -m spml train ...
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from spml.api import config_path, list_methods, load_config, resume, train
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
 from spml.training import RunResult, TrainConfig, distributed
-from spml.training.config import default_config_path
+from spml.training.config import default_config_path, parse_overrides
+from spml.training.defaults import CPU_FRIENDLY
+from spml.training.runfolder import is_run
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +47,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--teacher", metavar="RUN_DIR", help="pseudo-multilabel: the finished teacher run")
     parser.add_argument(
+        "--cpu-friendly",
+        action="store_true",
+        help="run any config on a CPU: the linear regime at 224 px, with lr, epochs, batch size, schedule and "
+        "patience sized to the data by the linear recipe (over the config, under --set)",
+    )
+    parser.add_argument(
         "--log", choices=("tensorboard",), help="also log every epoch to RUN_DIR/tensorboard (pip install 'spml[tensorboard]')"
     )
 
@@ -62,7 +72,21 @@ def config_from_args(args: argparse.Namespace, extra: Mapping[str, Any] | None =
         keys["method"] = args.method
     if args.teacher:
         keys["method_params.teacher"] = args.teacher
-    return load_config(resolve_config_path(args.config), args.overrides, **keys)
+    overrides = list(args.overrides)
+    if args.cpu_friendly:
+        overrides = [*profile_overrides(CPU_FRIENDLY), *overrides]
+    return load_config(resolve_config_path(args.config), overrides, **keys)
+
+
+def profile_overrides(profile: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` overrides (YAML values: ``null`` for None) of a nested profile mapping."""
+    out = []
+    for key, value in profile.items():
+        if isinstance(value, Mapping):
+            out += profile_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={'null' if value is None else value}")
+    return out
 
 
 def print_result(result: RunResult) -> None:
@@ -76,16 +100,44 @@ def print_result(result: RunResult) -> None:
     )
 
 
+def resume_epochs(args: argparse.Namespace) -> int | None:
+    """``--resume RUN --set epochs=N``: the N to extend the run to (None: a plain resume)."""
+    if args.config or args.method or args.teacher or args.threshold is not None or args.cpu_friendly:
+        raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--method (--set epochs=N extends it)")
+    values = parse_overrides(args.overrides)
+    if set(values) - {"epochs"}:
+        raise SpmlError(
+            f"--resume takes only --set epochs=N (to extend the run), not {', '.join(sorted(set(values) - {'epochs'}))}; "
+            "the run keeps its own config.yaml"
+        )
+    if "epochs" not in values:
+        return None
+    epochs = values["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise SpmlError(f"epochs must be a positive integer, got {epochs!r}")
+    return epochs
+
+
 def checked_config(args: argparse.Namespace) -> TrainConfig | None:
     """Check the argument combination; return the config to train (None for ``--resume``)."""
     if args.resume is not None:
-        if args.config or args.overrides or args.method or args.teacher or args.threshold is not None:
-            raise SpmlError("--resume continues a run with its own config.yaml; drop --config/--set/--method")
+        resume_epochs(args)
         return None
     if args.data_dir is None or args.out is None:
         raise SpmlError("give DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
     extra = {} if args.threshold is None else {"method_params.threshold": args.threshold}
     return config_from_args(args, extra)
+
+
+def interrupted_advice(out: Path) -> str:
+    """What to do after Ctrl-C: resume the run where ``out`` holds one, else start again.
+
+    Before the run folder exists (during the learning-rate selection, or while the config is
+    checked) there is nothing to resume.
+    """
+    if is_run(out):
+        return f"interrupted; continue with: spml train --resume {shlex.quote(str(out))}"
+    return f"interrupted before {out} held a run (nothing to resume); start the same command again"
 
 
 def process_arguments(args: argparse.Namespace) -> list[str]:
@@ -96,6 +148,8 @@ def process_arguments(args: argparse.Namespace) -> list[str]:
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
+    if args.cpu_friendly:
+        argv.append("--cpu-friendly")
     for override in args.overrides:
         argv += ["--set", override]
     if args.quiet:
@@ -121,14 +175,14 @@ def _run(args: argparse.Namespace) -> int:
     config = checked_config(args)
     if config is None:
         with epoch_logging(args.log):
-            print_result(resume(args.resume, args.data_dir))
+            print_result(resume(args.resume, args.data_dir, epochs=resume_epochs(args)))
         return 0
     try:
         with epoch_logging(args.log):
             print_result(train(args.data_dir, config, args.out))
     except KeyboardInterrupt:
         if distributed.is_main():  # once under torchrun
-            print(f"interrupted; continue with: spml train --resume {args.out}")
+            print(interrupted_advice(args.out))
         raise
     return 0
 
@@ -142,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR", help="prepared data folder")
     parser.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to create")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last epoch")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last epoch; with --set epochs=N, extend it (finished or not) to N epochs")
     add_config_arguments(parser)
     parser.add_argument("--threshold", type=float, help="pseudo-multilabel: teacher probability threshold T")
     parser.add_argument(

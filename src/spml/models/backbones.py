@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from huggingface_hub import try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from torch import nn
 
 from spml.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from spml.errors import SpmlError
+from spml.models.hub import MissingWeights, file_name, hub_file_cached, missing_message, online
 from spml.models.weights import (
     LITE0_ARCH,
     LITE0_PACKAGE,
@@ -148,56 +146,58 @@ def spatial_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
 
 
-# Hosts the timm weights come from; one short connection attempt tells "offline" apart.
-_WEIGHTS_HOST = ("huggingface.co", 443)
-_CONNECT_TIMEOUT_S = 3.0
-
-
 def _weights_cached(full: str) -> bool:
     """Whether timm's weights ``full`` (``arch.tag``) are already on disk (hub or torch-hub cache)."""
     cfg = get_pretrained_cfg(full)
     if cfg is None:
         return True  # no known source: let timm report it
     if cfg.hf_hub_id:
-        for filename in filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
-            if isinstance(try_to_load_from_cache(cfg.hf_hub_id.split("@")[0], filename), str):
-                return True
+        names = filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+        if hub_file_cached(cfg.hf_hub_id.split("@")[0], names):
+            return True
     if cfg.url:
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
+        return (Path(torch.hub.get_dir()) / "checkpoints" / file_name(cfg.url)).is_file()
     return False
 
 
-def _online() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection(_WEIGHTS_HOST, timeout=_CONNECT_TIMEOUT_S).close()
-    except OSError:
-        return False
-    return True
+def missing_backbone_weights(name: str, pretrained: str | Path | None) -> MissingWeights | None:
+    """The timm weights ``pretrained`` names when they are neither cached nor downloadable, else None.
+
+    Local files, ``none`` and the offline Lite0 weights are always available.
+    """
+    if pretrained is None or str(pretrained).lower() in NO_WEIGHTS or str(pretrained) == LITE0_PACKAGE:
+        return None
+    if is_weights_path(pretrained):
+        return None
+    arch = name.split(".")[0]
+    text = str(pretrained)
+    full = name if text == "timm" else (text if "." in text else f"{arch}.{text}")
+    if _weights_cached(full) or online():
+        return None
+    cfg = get_pretrained_cfg(full)
+    if cfg is not None and cfg.hf_hub_id:
+        source = f"{cfg.hf_hub_filename or 'model.safetensors'} from huggingface.co/{cfg.hf_hub_id.split('@')[0]}"
+    elif cfg is not None and cfg.url:
+        source = cfg.url
+    else:
+        source = "the weights file"
+    return MissingWeights(
+        what=f"backbone weights {full!r}",
+        file=source,
+        settings={"pretrained": "FILE"},
+        alternative={"backbone": LITE0_ARCH, "pretrained": LITE0_PACKAGE},
+    )
 
 
 def check_weights_available(name: str, pretrained: str | Path | None) -> None:
     """Fail fast when ``pretrained`` names timm weights that are neither cached nor downloadable.
 
     Without this, an offline run of a config naming hub weights (``pretrained: tv_in1k``) spends a
-    minute in download retries and ends in a traceback. Local files, ``none`` and the offline
-    Lite0 weights are always available.
+    minute in download retries and ends in a traceback.
 
     Raises:
-        SpmlError: One line naming the weights and the offline overrides.
+        SpmlError: One line naming the weights, the file to fetch and the offline settings.
     """
-    if pretrained is None or str(pretrained).lower() in NO_WEIGHTS or str(pretrained) == LITE0_PACKAGE:
-        return
-    if is_weights_path(pretrained):
-        return
-    arch = name.split(".")[0]
-    text = str(pretrained)
-    full = name if text == "timm" else (text if "." in text else f"{arch}.{text}")
-    if _weights_cached(full) or _online():
-        return
-    raise SpmlError(
-        f"pretrained weights {full!r} are not in the local cache and cannot be downloaded (offline); "
-        f"set pretrained=PATH to a weights file, or train offline with backbone={LITE0_ARCH} pretrained={LITE0_PACKAGE} "
-        "(or pretrained=none)"
-    )
+    missing = missing_backbone_weights(name, pretrained)
+    if missing is not None:
+        raise SpmlError(missing_message([missing]))

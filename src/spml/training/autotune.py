@@ -22,8 +22,11 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   batch of 1,024 the four take about 12 s on a 2-core CPU (docs/benchmarks.md).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
-with every candidate's val mAP and best epoch and the selection's seconds, and one log line says
-what was selected.
+with every candidate's val mAP, best epoch and seconds and the selection's seconds. The log says
+what the selection tries and why (:func:`plan`), one line per candidate as it finishes (candidate
+i of n, its val mAP, the seconds so far), the long steps of the probes (the first one extracts the
+feature caches) as progress, and what was selected and why (:func:`describe`), before the run's
+own lines.
 
 Only the ``standard`` method is tuned (a method's hooks may build teachers or score caches per
 run); other runs with ``lr`` unset use the regime's default (:mod:`spml.training.defaults`).
@@ -34,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -47,11 +51,11 @@ from spml.data.atomic import write_json
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.losses import SpmlLoss, get_loss_info
-from spml.progress import log, quiet
+from spml.progress import log, progress, quiet
 from spml.training import distributed
 from spml.training.config import TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
-from spml.training.engine import TrainingDiverged, train
+from spml.training.engine import TrainingDiverged, check_weights, train
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
 from spml.training.runmodel import resolve_device
@@ -78,6 +82,7 @@ class Candidate:
         val_map: Its best val mAP (NaN when it diverged).
         best_epoch: The epoch of that mAP (0 when it diverged).
         optimizer: ``adam`` or ``lbfgs``.
+        seconds: Wall time of its run.
     """
 
     lr: float
@@ -85,6 +90,7 @@ class Candidate:
     val_map: float
     best_epoch: int
     optimizer: str = "adam"
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -182,10 +188,44 @@ def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     return max(finite, key=lambda c: (c.val_map, -c.lr, -c.weight_decay))
 
 
+def plan(config: TrainConfig, num_train: int) -> str:
+    """What the selection of ``config`` on ``num_train`` train rows tries, and why (one clause for the log)."""
+    probes = probe_configs(config, num_train)
+    lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
+    adam = [p for p in probes if p.optimizer == "adam"]
+    parts = []
+    if lbfgs:
+        why = (
+            "optimizer lbfgs is set" if config.optimizer == "lbfgs"
+            else f"{num_train} train rows <= autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows} "
+            f"and loss {config.loss!r} keeps one objective"
+        )
+        parts.append(f"{len(lbfgs)} L-BFGS solves over weight_decay {_values(p.weight_decay for p in lbfgs)} ({why})")
+    if adam:
+        if lbfgs:
+            why = f"loss {config.loss!r} trains state of its own, so Adam too"
+        elif num_train > config.autotune.lbfgs_max_rows:
+            why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
+        else:
+            why = f"loss {config.loss!r} changes its objective between epochs"
+        parts.append(
+            f"{len(adam)} Adam runs of {adam[0].epochs} epoch(s) over lr {_values(p.lr or 0.0 for p in adam)} "
+            f"x weight_decay {_values(p.weight_decay for p in adam)} ({why})"
+        )
+    return "; ".join(parts)
+
+
+def _values(values: Iterator[float] | Sequence[float]) -> str:
+    return "{" + ", ".join(f"{v:g}" for v in dict.fromkeys(values)) + "}"
+
+
 def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
     """Train every candidate of :func:`probe_configs` (temporary run folders) and pick one on val.
 
-    A candidate that diverges counts as NaN (never selected). The probes run quietly.
+    A candidate that diverges counts as NaN (never selected). The probes' own epoch lines are
+    silenced; their long steps (the first probe extracts the feature caches) still show progress,
+    and one line per candidate says how far the selection is (candidate i of n, its val mAP, the
+    seconds so far).
     """
     start = time.perf_counter()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
@@ -193,14 +233,23 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     probes = probe_configs(config, len(data.split("train")))
     candidates = []
     with probe_folder(data, config) as tmp:
-        for i, probe in enumerate(probes):
+        for i, probe in enumerate(progress(probes, desc="autotune", unit="candidate", lines=False), start=1):
             lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
+            began = time.perf_counter()
             try:
-                with quiet():
-                    result = train(data, probe, Path(tmp) / f"probe{i}", loss=_fresh(loss), val_only=True)
-                candidates.append(Candidate(lr, wd, float(result.val_map), int(result.best_epoch), probe.optimizer))
+                with quiet(keep_steps=True):
+                    result = train(data, probe, Path(tmp) / f"probe{i - 1}", loss=_fresh(loss), val_only=True)
+                candidate = Candidate(lr, wd, float(result.val_map), int(result.best_epoch), probe.optimizer,
+                                      round(time.perf_counter() - began, 2))
             except TrainingDiverged:
-                candidates.append(Candidate(lr, wd, float("nan"), 0, probe.optimizer))
+                candidate = Candidate(lr, wd, float("nan"), 0, probe.optimizer, round(time.perf_counter() - began, 2))
+            candidates.append(candidate)
+            log(
+                f"autotune: candidate {i}/{len(probes)} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}: "
+                + (f"val mAP {candidate.val_map:.4f} (best epoch {candidate.best_epoch})"
+                   if candidate.best_epoch else "diverged")
+                + f" in {candidate.seconds:.1f} s; {time.perf_counter() - start:.1f} s elapsed"
+            )
     best = best_candidate(candidates)
     return Selection(best.lr, best.weight_decay, tuple(candidates), best.optimizer, time.perf_counter() - start)
 
@@ -245,11 +294,24 @@ def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
 
 
 def describe(selection: Selection) -> str:
-    """One line: the selected optimizer, lr and weight decay, every candidate's val mAP, the seconds."""
-    tried = ", ".join(f"{c.lr:g}/{c.weight_decay:g}: {c.val_map:.4f}" for c in selection.candidates)
+    """One line: what was selected and why (its val mAP, the margin over the runner-up), every candidate, the seconds."""
+    tried = ", ".join(f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}: {c.val_map:.4f}" for c in selection.candidates)
+    chosen = (selection.optimizer, selection.lr, selection.weight_decay)
+    best = next((c for c in selection.candidates if (c.optimizer, c.lr, c.weight_decay) == chosen), None)
+    others = [c for c in selection.candidates if c is not best and c.val_map == c.val_map]
+    runner = max(others, key=lambda c: c.val_map, default=None)
+    margin = ""
+    if best is not None and runner is not None:
+        nxt = f"({runner.optimizer} lr {runner.lr:g}, weight_decay {runner.weight_decay:g})"
+        margin = (
+            f", {best.val_map - runner.val_map:.4f} above the next {nxt}" if best.val_map > runner.val_map
+            else f", tied with {nxt}: ties go to the smaller lr, then the smaller weight decay"
+        )
     return (
         f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g} "
-        f"on val mAP in {selection.seconds:.1f} s (lr/wd: {tried})"
+        f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
+        f"{best.val_map if best is not None else math.nan:.4f} of {len(selection.candidates)} candidates{margin} "
+        f"(optimizer lr/wd: {tried})"
     )
 
 
@@ -270,8 +332,9 @@ def train_tuned(
         return train(data_dir, config, run_dir, method=method, callbacks=callbacks, loss=loss)
     if (Path(run_dir) / CONFIG_FILE).exists():  # refuse before minutes of probes, as train would after
         raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
-    log("autotune: selecting optimizer, lr and weight_decay on val")
+    check_weights(config, method)  # every missing weights file in one line, before the probes
     data = PreparedData.open(data_dir)  # read once for the probes and the run
+    log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
     selection = select(data, config, loss=loss)
     log(describe(selection))
     tuned = tuned_config(config, selection)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -48,13 +49,14 @@ from spml.errors import SpmlError
 from spml.losses import Epoch, SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
 from spml import __version__
-from spml.models.backbones import check_weights_available
+from spml.models.backbones import missing_backbone_weights
+from spml.models.hub import MissingWeights, missing_message
 from spml.metrics import map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
 from spml.training import distributed
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
-from spml.training.config import FULL_OBSERVED, TrainConfig, config_to_yaml, load_run_config
+from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, config_to_yaml, load_run_config
 from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
@@ -82,6 +84,7 @@ from spml.training.runfolder import (
 )
 from spml.training.runmodel import RunModel, load_weights, resolve_device, save_weights
 from spml.training.schedule import lr_factor
+from spml.vlm.model import missing_vlm_weights
 
 LINEAR, FINETUNE = "linear", "finetune"
 # Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
@@ -261,7 +264,7 @@ class Trainer:
         if method.partial_labels and config.observed == FULL_OBSERVED:
             log(
                 f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
-                "(the default): it trains on every true train label; set observed=FILE (spml observe)"
+                "(the default): it trains on every true train label; --set observed=FILE (a file from spml observe)"
             )
         self.rm = RunModel(config, data, self.device)
         self.rm.model = distributed.prepare_model(self.rm.model, self.device)
@@ -780,13 +783,14 @@ class Trainer:
                 "world_size": distributed.world_size(),
             },
         )
-        self._remove_resume_files()
+        # last.safetensors stays: the state after the last epoch, from which extend() trains on.
+        self._remove_resume_files(keep_last=True)
         distributed.barrier()
         return result
 
-    def _remove_resume_files(self) -> None:
-        """A finished run keeps no checkpoint to resume from (rank 0)."""
-        for name in (LAST_FILE, LAST_PREV_FILE, LINEAR_BEST_FILE):
+    def _remove_resume_files(self, keep_last: bool = False) -> None:
+        """Remove what only an interrupted run needs (rank 0); ``keep_last`` keeps the final state."""
+        for name in (LAST_PREV_FILE, LINEAR_BEST_FILE, *(() if keep_last else (LAST_FILE,))):
             (self.run_dir / name).unlink(missing_ok=True)
 
     def _finish_val_only(self, state: RunState, metrics: list[dict[str, Any]], best: dict[str, Any]) -> RunResult:
@@ -811,6 +815,28 @@ class Trainer:
         return result
 
 
+def missing_weights(config: TrainConfig, method: MethodInfo = STANDARD) -> list[MissingWeights]:
+    """Every weights file ``config`` needs that is neither cached nor downloadable: backbone and CLIP.
+
+    The CLIP is the method's ``method_params.vlm`` (VLPL, AEVLP, CDUL, CCD), unless a score cache
+    (``vlm_cache``) or a checkpoint file replaces it.
+    """
+    missing = [missing_backbone_weights(config.backbone, config.pretrained)]
+    if method.params is not None:
+        params = build_dataclass(method.params, config.method_params, "method_params.")
+        spec = getattr(params, "vlm", None)
+        if isinstance(spec, str) and not getattr(params, "vlm_cache", None):
+            missing.append(missing_vlm_weights(spec, getattr(params, "vlm_checkpoint", None)))
+    return [m for m in missing if m is not None]
+
+
+def check_weights(config: TrainConfig, method: MethodInfo = STANDARD) -> None:
+    """Refuse, in one line naming all of them, a run whose weights cannot be had (:func:`missing_weights`)."""
+    missing = missing_weights(config, method)
+    if missing:
+        raise SpmlError(missing_message(missing))
+
+
 def train(
     data_dir: str | Path | PreparedData,
     config: TrainConfig,
@@ -832,7 +858,7 @@ def train(
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
     check_config(config, method, loss=loss)
-    check_weights_available(config.backbone, config.pretrained)  # before the run folder exists
+    check_weights(config, method)  # before the run folder exists and anything slow
     distributed.init(distributed.local_device(resolve_device(config.device)))
     main = distributed.is_main()
     run_dir = Path(run_dir)
@@ -867,11 +893,19 @@ def resume(
     *,
     method: MethodInfo = STANDARD,
     callbacks: Sequence[TrainingHooks] = (),
+    epochs: int | None = None,
 ) -> RunResult:
     """Continue a run from its last completed epoch (a completed run just returns its results).
 
     The run's own ``config.yaml`` is used (``method`` must be the one it names); the result equals
     that of an uninterrupted run.
+
+    ``epochs``: extend the run (finished or not) to this many epochs (``epochs`` of the config:
+    the fine-tuning phase's for ``linear-init``), training on from its last epoch's state. The
+    result equals a run trained for ``epochs`` from the start where nothing depends on the planned
+    length: a ``constant`` schedule, early stopping that did not stop it, a loss without an epoch
+    count (EM+APL, GR and GPR read ``num_epochs``); a ``cosine`` schedule continues over the new
+    length from where it is, so it differs. Refused for a run that was stopped early.
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -879,7 +913,56 @@ def resume(
     config = load_run_config(run_dir / CONFIG_FILE)
     distributed.init(distributed.local_device(resolve_device(config.device)))
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        if is_complete(run_dir):
+        kept: dict[str, Any] = {}
+        if epochs is not None:
+            config, kept = _extend(run_dir, config, epochs)
+        elif is_complete(run_dir):
             return read_result(run_dir)
         data = PreparedData.open(run_data_dir(run_dir, data_dir))
-        return Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)
+        result = Trainer(config, data, run_dir, method=method, callbacks=callbacks).fit(resume=True)
+        if kept and distributed.is_main():
+            path = run_dir / RESULTS_FILE
+            write_json(path, {**json.loads(path.read_text()), **kept})
+        distributed.barrier()
+        return result
+
+
+# results.json sections written beside the engine's own (the selection's): an extension keeps them.
+KEPT_RESULT_KEYS = ("autotune",)
+
+
+def _extend(run_dir: Path, config: TrainConfig, epochs: int) -> tuple[TrainConfig, dict[str, Any]]:
+    """Make the run in ``run_dir`` one of ``epochs`` epochs; return its new config and the results sections to keep.
+
+    A finished run kept ``last.safetensors`` (the state after its last epoch); its ``results.json``
+    is removed first, so an extension that is interrupted resumes like any run. A run that early
+    stopping (or its method) ended would stop again at once, so it is refused.
+    """
+    if epochs <= config.epochs:
+        raise SpmlError(f"the run already has {config.epochs} epochs; extending it needs more than that ({epochs} given)", run_dir)
+    if is_complete(run_dir):
+        if not (run_dir / LAST_FILE).is_file():
+            raise SpmlError(
+                f"this run finished without keeping {LAST_FILE} (an older spml removed it), so it cannot be "
+                f"extended; train a new run with epochs={epochs}",
+                run_dir,
+            )
+        if load_checkpoint(run_dir / LAST_FILE)[1].get("stopped_early"):
+            raise SpmlError(
+                "this run was stopped early (no val mAP improvement within early_stopping.patience, or its method "
+                f"stopped it), so more epochs would stop again at once; train a new run with epochs={epochs} "
+                "(and early_stopping.patience=0 to train every epoch)",
+                run_dir,
+            )
+    kept = {}
+    if distributed.is_main():
+        if is_complete(run_dir):
+            old = json.loads((run_dir / RESULTS_FILE).read_text())
+            kept = {key: old[key] for key in KEPT_RESULT_KEYS if key in old}
+        # results.json first: if the process dies before config.yaml is rewritten, a resume finishes
+        # the old run again; after it, a resume trains the extension.
+        (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+        config = dataclasses.replace(config, epochs=epochs)
+        write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
+    distributed.barrier()
+    return load_run_config(run_dir / CONFIG_FILE), kept

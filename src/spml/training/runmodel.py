@@ -43,11 +43,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpmlError(f"device={name} but no CUDA device is available (use device=auto or cpu)")
+        raise SpmlError(f"device {name!r} is set but no CUDA device is available (use device=auto or device=cpu)")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise SpmlError(f"device={name} but only {torch.cuda.device_count()} CUDA devices are visible")
+        raise SpmlError(f"device {name!r} is set but only {torch.cuda.device_count()} CUDA devices are visible")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise SpmlError("device=mps but MPS is not available (use device=auto or cpu)")
+        raise SpmlError("device 'mps' is set but MPS is not available (use device=auto or device=cpu)")
     return torch.device(name)
 
 

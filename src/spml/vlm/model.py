@@ -45,6 +45,7 @@ from torchvision.transforms.v2 import functional as TF
 from spml import readers
 from spml.data.cache import hash_file, hash_material
 from spml.errors import SpmlError
+from spml.models.hub import MissingWeights, file_name, hub_file_cached, missing_message, online
 
 SPEC_PREFIX = "open_clip:"
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"  # open_clip's schemas: the model brings config and weights
@@ -340,7 +341,8 @@ def load_vlm(
             raise SpmlError(
                 f"{spec!r} has no weights: use open_clip:{name}/TAG (tags: "
                 f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none shipped'}), "
-                f"--vlm-checkpoint FILE, or open_clip:{name}/{WEIGHTLESS_TAG} for random weights"
+                f"{VLM_PARAM}=open_clip:{name} {CHECKPOINT_PARAM}=FILE (local weights), or "
+                f"{VLM_PARAM}=open_clip:{name}/{WEIGHTLESS_TAG} for random weights"
             )
         if tag not in (None, WEIGHTLESS_TAG) and tag not in open_clip.list_pretrained_tags_by_model(name):
             tags = open_clip.list_pretrained_tags_by_model(name)
@@ -348,6 +350,9 @@ def load_vlm(
                 f"unknown pretrained tag {tag!r} for {name}; valid: {', '.join(tags) or 'none'} "
                 "(all pairs: open_clip.list_pretrained())"
             )
+    missing = missing_vlm_weights(spec, checkpoint)
+    if missing is not None:  # offline and not cached: say so now, before open_clip retries for a minute
+        raise SpmlError(missing_message([missing]))
     source = VlmSource(
         spec=spec, model_name=model_name_for(spec), pretrained=tag, checkpoint=checkpoint,
         model_config=model_config, quick_gelu=_quick_gelu_tag(name, tag), preprocessing=preprocessing,
@@ -385,26 +390,80 @@ def _identity(source: VlmSource) -> dict[str, Any]:
     return identity
 
 
+# The method parameters that name a CLIP: the one spelling of the offline advice (the CLI writes
+# them as --set KEY=VALUE for spml train, as --vlm / --vlm-checkpoint for spml score).
+VLM_PARAM, CHECKPOINT_PARAM = "method_params.vlm", "method_params.vlm_checkpoint"
+_QUICK_GELU_NOTE = "the -quickgelu name keeps the activation these weights were trained with"
+# Where open_clip keeps weights it downloads from a URL (its download_pretrained_from_url default).
+_URL_CACHE = Path("~/.cache/clip").expanduser()
+
+
+def _hub_source(model_name: str, tag: str) -> tuple[str, str, list[str]] | None:
+    """``(repo, file to name, files open_clip may load)`` of a pretrained tag on the hub, or None."""
+    hub = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    return repo.rstrip("/"), filename, [filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def missing_vlm_weights(spec: str, checkpoint: str | Path | None = None) -> MissingWeights | None:
+    """The weights ``spec`` needs when they are neither in the local cache nor downloadable, else None.
+
+    Asks nothing of the network when the weights are cached, a checkpoint file is given, or the
+    tag is ``none``; otherwise :func:`spml.models.hub.online` (asked once per process).
+    """
+    if checkpoint is not None:
+        return None
+    name, tag = parse_spec(spec)
+    if name.startswith(LOCAL_DIR) or tag == WEIGHTLESS_TAG:
+        return None
+    if name.startswith(HF_HUB):
+        repo = name[len(HF_HUB) :]
+        if hub_file_cached(repo, ["open_clip_config.json"]) or online():
+            return None
+        return MissingWeights(
+            what=f"CLIP {spec}", file=f"open_clip_config.json and the weights of huggingface.co/{repo}",
+            settings={VLM_PARAM: f"open_clip:{LOCAL_DIR}FOLDER"},
+        )
+    if tag is None or name not in open_clip.list_models():
+        return None  # no weights named (or an unknown name): load_vlm says so
+    model_name = model_name_for(spec)
+    hub = _hub_source(model_name, tag)
+    url = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("url", "")
+    if hub is not None and hub_file_cached(hub[0], hub[2]):
+        return None
+    if url and (_URL_CACHE / file_name(url)).is_file():
+        return None
+    if online():
+        return None
+    where = f"{hub[1]} from huggingface.co/{hub[0]}" if hub is not None else (url or "the weights file")
+    return MissingWeights(
+        what=f"CLIP {spec}",
+        file=where,
+        settings={VLM_PARAM: f"open_clip:{model_name}", CHECKPOINT_PARAM: "FILE"},
+        note=_QUICK_GELU_NOTE if _quick_gelu_tag(name, tag) else "",
+    )
+
+
 def _missing_weights_message(source: VlmSource) -> str:
+    """open_clip failed to download: the same advice as :func:`missing_vlm_weights`."""
     if source.model_name.startswith(HF_HUB):
         repo = source.model_name[len(HF_HUB) :]
-        return (
-            f"{source.spec} is not available offline (missing open_clip_config.json and the weights of "
-            f"huggingface.co/{repo}); download that repository where there is network and pass "
-            f"--vlm open_clip:{LOCAL_DIR}FOLDER"
+        missing = MissingWeights(
+            what=f"CLIP {source.spec}", file=f"open_clip_config.json and the weights of huggingface.co/{repo}",
+            settings={VLM_PARAM: f"open_clip:{LOCAL_DIR}FOLDER"},
         )
-    cfg = open_clip.get_pretrained_cfg(source.model_name, source.pretrained or "") or {}
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        repo, filename = os.path.split(hub)
-        where = f"{filename or 'open_clip_pytorch_model.bin'} from huggingface.co/{repo.rstrip('/')}"
     else:
-        where = cfg.get("url", "the weights file")
-    return (
-        f"weights for {source.spec} are not available offline (missing {where}); fetch that file where "
-        f"there is network and pass --vlm open_clip:{source.model_name} --vlm-checkpoint FILE"
-        + (" (the -quickgelu name keeps the activation these weights were trained with)" if source.quick_gelu else "")
-    )
+        hub = _hub_source(source.model_name, source.pretrained or "")
+        url = (open_clip.get_pretrained_cfg(source.model_name, source.pretrained or "") or {}).get("url", "")
+        missing = MissingWeights(
+            what=f"CLIP {source.spec}", file=f"{hub[1]} from huggingface.co/{hub[0]}" if hub else (url or "the weights file"),
+            settings={VLM_PARAM: f"open_clip:{source.model_name}", CHECKPOINT_PARAM: "FILE"},
+            note=_QUICK_GELU_NOTE if source.quick_gelu else "",
+        )
+    return f"the weights are not available (download failed): {missing.describe()}"
 
 
 def _load(source: VlmSource, device: torch.device, image_size: int | None) -> VLM:

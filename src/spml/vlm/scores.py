@@ -29,6 +29,7 @@ from spml.data.cache import ArrayCache
 from spml.data.dataset import load_image, pixel_limit
 from spml.data.layout import Split
 from spml.errors import SpmlError
+from spml.progress import progress
 from spml.vlm.model import VLM, Preprocess
 from spml.vlm.text import check_classes, check_templates, text_embeddings
 
@@ -178,7 +179,7 @@ def score_split(
             num_workers=num_workers,
         )
         rows = []
-        for pixels in loader:
+        for pixels in progress(loader, desc=f"CLIP images {start}-{stop}", unit="batch", leave=False):
             both = torch.cat([pixels, pixels.flip(-1)])  # one forward pass for both views
             sims = _similarities(model, both, text).cpu()
             rows.append(torch.stack([sims[: len(pixels)], sims[len(pixels) :]], dim=1))
