@@ -14,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import spml
 from spml.cli.main import main
+from spml.data.dataset import load_image
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
@@ -118,10 +121,47 @@ def test_jsonl_top_k_unreadable_images_and_image_arguments(run_dir: Path, tmp_pa
     for r in records:
         assert set(r) == {"path", "labels", "scores"} and list(r["scores"]) == data.classes
         assert len(r["labels"]) == 2 and r["labels"][0] == max(r["scores"], key=r["scores"].get)
-    with pytest.raises(SpmlError, match="does not decode"):
-        spml.load(run_dir).predict([tmp_path / "broken.jpg"])
+    with pytest.raises(SpmlError, match="does not decode") as raised:
+        spml.load(run_dir).predict([tmp_path / "broken.jpg"], errors="raise")
+    assert str(raised.value).count("does not decode") == 1
     with pytest.raises(SpmlError, match="no such image"):
         collect_images([tmp_path / "missing"])
+
+
+def test_predict_takes_paths_pil_arrays_and_tensors_and_reports_bad_items(run_dir: Path, tmp_path: Path) -> None:
+    data = PreparedData.open(json.loads((run_dir / "run.json").read_text())["data_dir"])
+    paths = data.split("test").images[:2]
+    model = spml.load(run_dir)
+    expected = model.predict(paths)
+    pixels = [load_image(p).permute(1, 2, 0).numpy() for p in paths]  # H x W x 3 uint8, as decoded from the files
+    inputs = {
+        "PIL": [Image.fromarray(a) for a in pixels],
+        "numpy uint8": pixels,
+        "numpy float": [a.astype(np.float32) / 255 for a in pixels],
+        "numpy batch": np.stack(pixels),
+        "tensor uint8": [torch.from_numpy(a).permute(2, 0, 1) for a in pixels],
+        "tensor float batch": torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255,
+    }
+    for kind, images in inputs.items():
+        np.testing.assert_allclose(model.predict(images), expected, atol=1e-5, err_msg=kind)
+    np.testing.assert_allclose(model.predict(Image.fromarray(pixels[0])), expected[:1], atol=1e-5)
+
+    # One bad input of each kind in a batch: a row of NaN and one warning line each; the others predicted.
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    distinctive = np.full((8, 8, 5), 0.123456, dtype=np.float32)  # five channels: refused
+    batch = [paths[0], tmp_path / "broken.jpg", distinctive, pixels[1].astype(np.float32), 42, pixels[1]]
+    with pytest.warns(UserWarning) as caught:
+        probs = model.predict(batch)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 4, messages
+    np.testing.assert_allclose(probs[[0, 5]], expected[[0, 1]], atol=1e-5)
+    assert np.isnan(probs[1:5]).all() and model.labels(probs[1:5]) == [[], [], [], []]
+    assert messages[0].startswith(f"{tmp_path / 'broken.jpg'}: image does not decode") and messages[0].count("decode") == 1
+    assert messages[1].startswith("image #2 (numpy array 8x8x5 float32): expected H x W x C")
+    assert "in [0, 1]" in messages[2] and messages[3].startswith("image #4 (int): unsupported input type int")
+    assert all("0.123" not in m and len(m) < 200 and "\n" not in m for m in messages[1:])  # never the pixels
+    with pytest.raises(SpmlError, match=r"^image #0 \(numpy array 8x8x5 float32\)"):
+        model.predict([distinctive], errors="raise")
 
 
 def test_bad_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

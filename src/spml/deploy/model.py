@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from spml import __version__
 from spml.data.atomic import atomic_dir, atomic_path, write_json
-from spml.data.dataset import ImageTransform, load_image
+from spml.data.dataset import ImageTransform
+from spml.deploy.images import ImageInput, describe, image_items, image_tensor
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
 from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, f1_per_class
 from spml.errors import SpmlError
@@ -73,19 +75,24 @@ class Prediction:
     error: str | None = None
 
 
-class _ImageFiles(Dataset):
-    """Decoded, transformed images; a file that does not decode yields its error instead."""
+class _Images(Dataset):
+    """Transformed images; an input that cannot be read yields its error instead."""
 
-    def __init__(self, paths: Sequence[str | Path], transform: ImageTransform) -> None:
-        self.paths = [str(p) for p in paths]
+    def __init__(self, items: Sequence[ImageInput], transform: ImageTransform) -> None:
+        self.items = list(items)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
+
+    def name(self, index: int) -> str:
+        """A file's path; an in-memory image's position and description (never its pixels)."""
+        item = self.items[index]
+        return str(item) if isinstance(item, (str, Path)) else f"image #{index} ({describe(item)})"
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, self.transform(load_image(self.paths[index])), None
+            return index, self.transform(image_tensor(self.items[index])), None
         except SpmlError as err:
             return index, None, err.message
 
@@ -146,13 +153,14 @@ class SpmlModel:
         return torch.sigmoid(logits).float().cpu().numpy()
 
     def predict_files(
-        self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0
+        self, paths: ImageInput | Iterable[ImageInput], batch_size: int = 32, num_workers: int = 0
     ) -> Iterator[Prediction]:
-        """Predict image files in batches, in order.
+        """Predict images in batches, in order: files, PIL images, arrays or tensors (:mod:`spml.deploy.images`).
 
-        An unreadable file yields a :class:`Prediction` with its ``error``, and the others go on.
+        Each input yields one :class:`Prediction` (its ``path``: a file's path, else ``image #i
+        (description)``); one that cannot be read carries its ``error``, and the others go on.
         """
-        dataset = _ImageFiles(paths, self.preprocessing.transform())
+        dataset = _Images(image_items(paths), self.preprocessing.transform())
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_items)
         batches = progress(loader, total=len(loader), desc="predict", unit="batch")
         for batch in batches:
@@ -160,21 +168,36 @@ class SpmlModel:
             scores = self.predict_tensors(torch.stack([x for _, x in good])) if good else np.zeros((0, len(self.classes)))
             by_index = {i: row for (i, _), row in zip(good, scores)}
             for i, _, error in batch:
-                yield Prediction(dataset.paths[i], by_index.get(i), error)
+                yield Prediction(dataset.name(i), by_index.get(i), error)
 
-    def predict(self, images: Sequence[str | Path], batch_size: int = 32) -> np.ndarray:
-        """float32 ``N x L`` probabilities of image files, in the order of :attr:`classes`.
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], batch_size: int = 32, errors: str = "warn"
+    ) -> np.ndarray:
+        """float32 ``N x L`` probabilities, in the order of :attr:`classes`.
+
+        Args:
+            images: One image or several: file paths, PIL images, numpy arrays (``H x W x C``,
+                uint8 0-255 or float 0-1), torch tensors (``C x H x W``); a 4-D array or tensor is
+                a batch (:mod:`spml.deploy.images`).
+            batch_size: Images per forward pass.
+            errors: ``warn``: an input that cannot be read gets a row of NaN (no labels from
+                :meth:`labels`) and one warning naming it and the problem, the others are
+                predicted; ``raise``: an SpmlError at the first such input.
 
         Raises:
-            SpmlError: An image does not decode (use :meth:`predict_files` to skip such files).
+            SpmlError: With ``errors="raise"``, an input that cannot be read.
         """
-        if isinstance(images, (str, Path)):
-            images = [images]
+        if errors not in ("warn", "raise"):
+            raise SpmlError(f"errors must be 'warn' or 'raise', got {errors!r}")
         rows = []
-        for p in self.predict_files(list(images), batch_size=batch_size):
+        for p in self.predict_files(images, batch_size=batch_size):
             if p.scores is None:
-                raise SpmlError(f"image does not decode ({p.error})", p.path)
-            rows.append(p.scores)
+                if errors == "raise":
+                    raise SpmlError(f"{p.path}: {p.error}")
+                warnings.warn(f"{p.path}: {p.error}; its row of probabilities is NaN", stacklevel=2)
+                rows.append(np.full(len(self.classes), np.nan, dtype=np.float32))
+            else:
+                rows.append(p.scores)
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def labels(self, scores: np.ndarray, threshold: float | None = None, top_k: int | None = None) -> list[list[str]]:
