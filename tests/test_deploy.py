@@ -7,6 +7,7 @@ formats, unreadable images, image arguments.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import stat
@@ -24,6 +25,7 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import best_f1_thresholds, collect_images, f1_per_class, macro_f1
+from spml.deploy.thresholds import choose_decision
 from spml.errors import SpmlError
 from spml.api import load_config, load_run, train
 
@@ -162,6 +164,35 @@ def test_predict_takes_paths_pil_arrays_and_tensors_and_reports_bad_items(run_di
     assert all("0.123" not in m and len(m) < 200 and "\n" not in m for m in messages[1:])  # never the pixels
     with pytest.raises(SpmlError, match=r"^image #0 \(numpy array 8x8x5 float32\)"):
         model.predict([distinctive], errors="raise")
+
+
+def test_thresholds_are_keyed_by_the_data_they_were_chosen_on(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("thresholds*.json"))  # as a fresh run
+    own_data = PreparedData.open(json.loads((run / "run.json").read_text())["data_dir"])
+    other = PreparedData.open(make_synthetic(tmp_path / "other", num_images=240, image_size=32, num_classes=6, seed=9))
+    own, _ = choose_decision(load_run(run).predict("val"), own_data.split("val").labels)
+    elsewhere, _ = choose_decision(load_run(run, other.root).predict("val"), other.split("val").labels)
+    assert not np.allclose(own.thresholds, elsewhere.thresholds)  # the two data folders call for different ones
+
+    def exported(*args: str) -> list[float]:
+        out = tmp_path / f"model{len(list(tmp_path.glob('model*')))}"
+        assert main(["export", str(run), *args, "--out", str(out)]) == 0
+        return json.loads((out / "model.json").read_text())["thresholds"]
+
+    # Exporting with another data folder first (as in issue 18) must not give the run those thresholds.
+    assert exported("--data", str(other.root)) == pytest.approx(list(elsewhere.thresholds))
+    assert not (run / "thresholds.json").exists()
+    assert exported() == pytest.approx(list(own.thresholds))
+    kept = (run / "thresholds.json").read_bytes()
+    assert exported("--data", str(other.root)) == pytest.approx(list(elsewhere.thresholds))
+    assert (run / "thresholds.json").read_bytes() == kept  # never overwritten by another data folder's
+    assert [p.name for p in run.glob("thresholds-*.json")] == [f"thresholds-{other.split('val').fingerprint}.json"]
+
+    # Thresholds stored before they were keyed (here: wrong ones for these weights) are not reused.
+    weights = hashlib.sha256((run / "best.safetensors").read_bytes()).hexdigest()[:16]
+    (run / "thresholds.json").write_text(json.dumps({"weights": weights, "thresholds": [0.123] * 6, "val_f1": [None] * 6}))
+    assert exported() == pytest.approx(list(own.thresholds))
 
 
 def test_bad_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,15 +7,15 @@ Hugging Face or timm model folder::
     DIR/model.json          classes, architecture, preprocessing, per-class thresholds, provenance
 
 A run folder is loaded through the engine's :func:`~spml.training.load_run` (which needs the run's
-data folder); its per-class thresholds are chosen on the val split once and stored in
-``RUN_DIR/thresholds.json``.
+data folder); its decision rule (per-class thresholds, labels per image) is chosen on the val split
+once and stored in ``RUN_DIR/thresholds.json``, keyed by the weights and the data it was computed
+on (another data folder's go beside it: :func:`_run_decision`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -33,10 +33,10 @@ from spml.data.atomic import atomic_dir, atomic_path, write_json
 from spml.data.dataset import ImageTransform
 from spml.deploy.images import ImageInput, describe, image_items, image_tensor
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
-from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, f1_per_class
+from spml.deploy.thresholds import RULE_VERSION, Decision, bounded_labels, choose_decision
 from spml.errors import SpmlError
 from spml.models import Classifier, create_classifier
-from spml.progress import progress
+from spml.progress import log, progress
 from spml.training import LoadedRun, load_run
 
 MODEL_JSON = "model.json"
@@ -111,13 +111,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 class SpmlModel:
-    """A multi-label classifier with its class names, preprocessing and decision thresholds.
+    """A multi-label classifier with its class names, preprocessing and decision rule.
 
     Args:
         classifier: Backbone and head with trained weights.
         classes: Class names, in the order of the outputs.
         preprocessing: The input transform the classifier was trained with.
-        thresholds: Per-class decision thresholds (``score >= threshold`` is a label).
+        thresholds: How probabilities become labels: a :class:`~spml.deploy.thresholds.Decision`
+            (per-class thresholds and labels-per-image bounds), or per-class thresholds alone
+            (``score >= threshold`` is a label).
         architecture: ``{"backbone", "head", "head_params"}`` to rebuild the classifier.
         provenance: Training facts (config, data fingerprint, metrics) carried into an export.
         device: Where the classifier runs.
@@ -128,7 +130,7 @@ class SpmlModel:
         classifier: Classifier,
         classes: list[str],
         preprocessing: Preprocessing,
-        thresholds: np.ndarray,
+        thresholds: Decision | np.ndarray,
         architecture: dict[str, Any],
         provenance: dict[str, Any],
         device: torch.device,
@@ -136,10 +138,15 @@ class SpmlModel:
         self.classifier = classifier.to(device).eval()
         self.classes = list(classes)
         self.preprocessing = preprocessing
-        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        self.decision = thresholds if isinstance(thresholds, Decision) else Decision(np.asarray(thresholds, dtype=np.float64))
         self.architecture = architecture
         self.provenance = provenance
         self.device = device
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """float64 ``L`` per-class thresholds of :attr:`decision`."""
+        return self.decision.thresholds
 
     def __repr__(self) -> str:
         """Architecture, class count and device."""
@@ -204,16 +211,21 @@ class SpmlModel:
         """Class names called present per row of ``scores``, highest score first.
 
         Args:
-            scores: ``N x L`` probabilities.
-            threshold: One threshold for all classes; None uses the per-class :attr:`thresholds`.
-            top_k: Keep at most the ``top_k`` highest-scoring of the labels above threshold.
+            scores: ``N x L`` probabilities (a row with NaN, an unreadable image, gets none).
+            threshold: One threshold for all classes, without the rule's per-image bounds; None
+                uses :attr:`decision` (per-class thresholds, at least ``min_labels`` and at most
+                ``max_labels`` labels per image).
+            top_k: Keep at most the ``top_k`` highest-scoring labels (instead of ``max_labels``).
         """
-        scores = np.atleast_2d(np.asarray(scores))
-        cut = self.thresholds if threshold is None else np.full(len(self.classes), float(threshold))
+        scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+        d = self.decision
+        if threshold is None:
+            chosen = bounded_labels(scores, d.thresholds, d.min_labels, top_k if top_k is not None else d.max_labels)
+        else:
+            chosen = bounded_labels(scores, float(threshold), 0, top_k)
         out = []
-        for row in scores:
-            order = [j for j in np.argsort(-row, kind="stable") if row[j] >= cut[j]]
-            out.append([self.classes[j] for j in order[:top_k]])
+        for row, keep in zip(scores, chosen):
+            out.append([self.classes[j] for j in np.argsort(-row, kind="stable") if keep[j]])
         return out
 
     def save(self, out_dir: str | Path) -> Path:
@@ -227,6 +239,7 @@ class SpmlModel:
             "architecture": self.architecture,
             "preprocessing": {**asdict(self.preprocessing), "color": "RGB", "scale": "pixel / 255"},
             "thresholds": [float(t) for t in self.thresholds],
+            "decision": self.decision.to_json(),
             "provenance": self.provenance,
         }
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.classifier.state_dict().items()}
@@ -261,13 +274,28 @@ def _load_export(folder: Path, device: torch.device) -> SpmlModel:
         raise SpmlError(f"unknown resize mode {preprocessing.resize!r}", doc_path)
     if len(thresholds) != len(classes):
         raise SpmlError(f"{len(thresholds)} thresholds for {len(classes)} classes", doc_path)
+    decision = _decision(thresholds, doc.get("decision"), doc_path)
     classifier = create_classifier(arch["backbone"], "none", len(classes), head=arch["head"], **arch.get("head_params", {}))
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         classifier.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SpmlError(f"weights do not load ({str(err).splitlines()[0]})", folder / WEIGHTS_FILE) from None
-    return SpmlModel(classifier, classes, preprocessing, thresholds, arch, doc.get("provenance", {}), device)
+    return SpmlModel(classifier, classes, preprocessing, decision, arch, doc.get("provenance", {}), device)
+
+
+def _decision(thresholds: np.ndarray, stored: Any, path: Path) -> Decision:
+    """The :class:`Decision` of ``model.json`` (format 1 has per-class thresholds only)."""
+    if stored is None:
+        return Decision(thresholds)
+    if not isinstance(stored, dict):
+        raise SpmlError(f"model.json's decision must be a mapping, got {type(stored).__name__}", path)
+    low, high = stored.get("min_labels", 0), stored.get("max_labels")
+    if isinstance(low, bool) or not isinstance(low, int) or low < 0:
+        raise SpmlError(f"model.json's decision.min_labels must be a whole number >= 0, got {low!r}", path)
+    if high is not None and (isinstance(high, bool) or not isinstance(high, int) or high < 1):
+        raise SpmlError(f"model.json's decision.max_labels must be null or a whole number >= 1, got {high!r}", path)
+    return Decision(thresholds, low, high, str(stored.get("rule", "")), str(stored.get("description", "")))
 
 
 def _hash_file(path: Path) -> str:
@@ -287,7 +315,8 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
     fingerprint = hashlib.sha256(
         json.dumps({"classes": data.classes, **{k: s.fingerprint for k, s in splits.items()}}).encode()
     ).hexdigest()[:16]
-    thresholds, val_f1 = _run_thresholds(files, run, splits["val"].labels, _hash_file(folder / BEST_FILE))
+    own_data = data_dir is None or _same_folder(data.root, files.info.get("data_dir"))
+    decision, record = _run_decision(files, run, own_data)
     t = rm.eval_transform
     config = run.config
     arch = {"backbone": config.backbone, "head": config.head, "head_params": dict(config.head_params)}
@@ -302,37 +331,64 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
             "split_sizes": {k: len(s) for k, s in splits.items()},
         },
         "metrics": files.results if files.completed else {},
-        "thresholds": {
-            "selection": "per class, maximum F1 on the val split (true labels); 0.5 where val has no positive",
-            "val_f1": [None if math.isnan(f) else float(f) for f in val_f1],
-        },
+        "thresholds": {k: v for k, v in record.items() if k != "thresholds"},
     }
     preprocessing = Preprocessing(t.size, tuple(t.mean), tuple(t.std))
-    return SpmlModel(rm.model, data.classes, preprocessing, thresholds, arch, provenance, device)
+    return SpmlModel(rm.model, data.classes, preprocessing, decision, arch, provenance, device)
 
 
-def _run_thresholds(files: RunFiles, run: LoadedRun, val_labels: np.ndarray, weights_hash: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class max-F1 thresholds on val, stored in ``RUN_DIR/thresholds.json`` for the best weights."""
-    path = files.path(THRESHOLDS_FILE)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("weights") == weights_hash and len(stored.get("thresholds", [])) == val_labels.shape[1]:
-            f1 = [math.nan if v is None else v for v in stored["val_f1"]]
-            return np.asarray(stored["thresholds"], dtype=np.float64), np.asarray(f1, dtype=np.float64)
-    val_scores = run.predict("val")
-    thresholds, f1 = best_f1_thresholds(val_scores, val_labels, DEFAULT_THRESHOLD)
-    fixed = f1_per_class(val_scores, val_labels, DEFAULT_THRESHOLD)
-    write_json(
-        path,
-        {
-            "weights": weights_hash,
-            "selection": "max F1 per class on the val split",
-            "thresholds": [float(v) for v in thresholds],
-            "val_f1": [None if math.isnan(v) else float(v) for v in f1],
-            "val_f1_at_0.5": [None if math.isnan(v) else float(v) for v in fixed],
-        },
-    )
-    return thresholds, f1
+def _same_folder(a: Path, b: str | None) -> bool:
+    return b is not None and a.resolve() == Path(b).resolve()
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A stored thresholds file, or None when absent or unreadable (a torn write: it is recomputed)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _run_decision(files: RunFiles, run: LoadedRun, own_data: bool) -> tuple[Decision, dict[str, Any]]:
+    """The decision rule of a run's best weights, chosen on the val split of the data it is loaded with.
+
+    It is stored in the run folder keyed by what it was computed from: the best weights, the class
+    names, the val split's fingerprint (:attr:`spml.data.layout.Split.fingerprint`: images, labels,
+    file sizes and times) and the rule's version. A stored one is reused only when the whole key
+    matches. ``THRESHOLDS_FILE`` holds those of the run's own data (the folder in ``run.json``);
+    another data folder's go to ``thresholds-<val fingerprint>.json``, so that exporting with
+    ``--data OTHER`` never replaces the run's own.
+    """
+    val = run.run_model.split("val")
+    classes = run.run_model.data.classes
+    key = {
+        "weights": _hash_file(files.path(BEST_FILE)),
+        "classes": hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16],
+        "val_split": val.fingerprint,
+        "rule": RULE_VERSION,
+    }
+    own_path, other_path = files.path(THRESHOLDS_FILE), files.path(f"thresholds-{val.fingerprint}.json")
+    own_record = _read_record(own_path)
+    for record in (own_record, _read_record(other_path)):
+        if record is not None and record.get("key") == key:
+            return _decision(np.asarray(record["thresholds"], dtype=np.float64), record["decision"], own_path), record
+    decision, report = choose_decision(run.predict("val"), val.labels)
+    record = {
+        "key": key,
+        "data_dir": str(run.run_model.data.root.resolve()),
+        "thresholds": [float(v) for v in decision.thresholds],
+        "decision": decision.to_json(),
+        **report,
+    }
+    # The run's own file is replaced only by the same val split's (newer weights or rule), or when
+    # it is missing, torn or from before thresholds were keyed.
+    replaceable = own_record is None or own_record.get("key", {}).get("val_split") in (None, key["val_split"])
+    target = own_path if own_data and replaceable else other_path
+    if target == other_path:
+        log(f"thresholds chosen on {record['data_dir']}'s val split, not the run's own data: kept apart in {target}")
+    write_json(target, record)
+    return decision, record
 
 
 def load(path: str | Path, device: str = "auto", data_dir: str | Path | None = None) -> SpmlModel:

@@ -8,7 +8,12 @@ positive and the next lower score, so that ``score >= threshold`` reproduces the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+from spml.metrics import decision_metrics
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -64,3 +69,153 @@ def macro_f1(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | fl
     """Mean F1 over the classes with positives."""
     f1 = f1_per_class(scores, labels, thresholds)
     return float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How probabilities become labels: per-class thresholds, then bounds on labels per image.
+
+    An image's labels are the classes at or above their threshold, the ``max_labels`` highest-scoring
+    of them when more pass, and at least its ``min_labels`` highest-scoring classes.
+
+    Attributes:
+        thresholds: float64 ``L`` per-class thresholds.
+        min_labels: Labels every image gets whatever its scores (0: none).
+        max_labels: Most labels per image (None: no bound).
+        rule: Short name of the rule that chose them.
+        description: The rule in one line, for ``model.json`` and the CLI.
+    """
+
+    thresholds: np.ndarray
+    min_labels: int = 0
+    max_labels: int | None = None
+    rule: str = "thresholds"
+    description: str = "per-class thresholds"
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        """Boolean ``N x L`` labels of ``N x L`` probabilities (a row with NaN gets none)."""
+        return bounded_labels(scores, self.thresholds, self.min_labels, self.max_labels)
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-image bounds and the rule (the thresholds are stored beside them)."""
+        return {"rule": self.rule, "description": self.description, "min_labels": self.min_labels, "max_labels": self.max_labels}
+
+
+def bounded_labels(
+    scores: np.ndarray, thresholds: np.ndarray | float, min_labels: int = 0, max_labels: int | None = None
+) -> np.ndarray:
+    """Boolean ``N x L`` labels of ``N x L`` probabilities under per-image bounds.
+
+    ``scores >= thresholds``, at most the ``max_labels`` highest-scoring of those per row, and at
+    least each row's ``min_labels`` highest-scoring classes; a row with NaN (an unreadable image)
+    gets none.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    finite = np.isfinite(scores).all(axis=1, keepdims=True)
+    above = (scores >= np.asarray(thresholds)) & finite
+    if max_labels is not None:
+        # A class's position among the classes above their thresholds only.
+        above &= _ranks(np.where(above, scores, -np.inf)) < max_labels
+    if min_labels:
+        above |= (_ranks(scores) < min_labels) & finite
+    return above
+
+
+# Version of choose_decision's rule: stored thresholds chosen by another version are recomputed.
+RULE_VERSION = 2
+# A class gets its own threshold only with at least this many val positives; fewer cannot place it.
+MIN_CLASS_POSITIVES = 5
+# Shrinkage of a class's own threshold toward the global one: weight positives / (positives + this).
+SHRINK_POSITIVES = 10
+# The per-image label caps tried on val.
+MAX_LABELS = (1, 2, 3, 4, 5)
+_EPS = 1e-7
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _objective(predicted: np.ndarray, truth: np.ndarray) -> float:
+    return decision_metrics(predicted, truth)["of1"]
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Each class's position in its row by falling score (0: the top; ties: lower class index first)."""
+    rank = np.empty(scores.shape, dtype=np.int64)
+    np.put_along_axis(rank, np.argsort(-scores, axis=1, kind="stable"), np.arange(scores.shape[1])[None, :], axis=1)
+    return rank
+
+
+def _global_rule(scores: np.ndarray, truth: np.ndarray) -> tuple[float, int, float]:
+    """``(threshold, cap, objective)``: the best global threshold and label cap on val.
+
+    With one threshold for every class, the classes above it are a row's top ones, so the cap is a
+    rank bound and the ranking is computed once. Candidate thresholds are the scores that can
+    become labels (ranked below the largest cap), at most 1024 quantiles of them.
+    """
+    rank = _ranks(scores)
+    relevant = scores[rank < max(MAX_LABELS)]
+    candidates = np.unique(relevant)
+    if len(candidates) > 1024:
+        candidates = np.unique(np.quantile(relevant, np.linspace(0.0, 1.0, 1024)))
+    top = rank < 1
+    best = (float(candidates[-1]), 1, -np.inf)
+    for cap in MAX_LABELS:
+        in_cap = rank < cap
+        for t in candidates:
+            value = _objective(((scores >= t) & in_cap) | top, truth)
+            if value > best[2]:
+                best = (float(t), cap, value)
+    return best
+
+
+def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Decision, dict[str, Any]]:
+    """The decision rule for a model whose val-split probabilities are ``val_scores``.
+
+    Robust to small val splits: one global threshold and one per-image label cap are chosen
+    jointly on val (every image keeps at least its top label); a class gets its own max-F1
+    threshold only with at least :data:`MIN_CLASS_POSITIVES` val positives, shrunk toward the
+    global one in logit space with weight ``positives / (positives + SHRINK_POSITIVES)``.
+
+    Returns:
+        ``(decision, report)``; ``report`` holds ``global_threshold``, ``own_threshold_classes``,
+        ``val_f1`` (per class, None without val positives), ``val_metrics`` and ``warnings``
+        (one line when the val split cannot support per-class thresholds).
+    """
+    scores = np.asarray(val_scores, dtype=np.float64)
+    truth = np.asarray(val_labels) == 1
+    num_classes = scores.shape[1]
+    global_t, cap, _ = _global_rule(scores, truth)
+    own, _ = best_f1_thresholds(scores, truth.astype(np.int8), global_t)
+    positives = truth.sum(axis=0)
+    weight = np.where(positives >= MIN_CLASS_POSITIVES, positives / (positives + SHRINK_POSITIVES), 0.0)
+    thresholds = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
+    decision = Decision(
+        thresholds, 1, cap, f"global+cap+shrunk-v{RULE_VERSION}",
+        f"one threshold {global_t:.4g} chosen on val with at most {cap} labels and at least 1 per image; "
+        f"{int((weight > 0).sum())} of {num_classes} classes with >= {MIN_CLASS_POSITIVES} val positives get their "
+        f"own max-F1 threshold shrunk toward it",
+    )
+    few = int((positives < MIN_CLASS_POSITIVES).sum())
+    warnings = []
+    if few:
+        warnings.append(
+            f"{few} of {num_classes} classes have fewer than {MIN_CLASS_POSITIVES} val positives (val: {len(scores)} images): "
+            "they use the global threshold, per-class thresholds need a larger val split"
+        )
+    chosen = decision.predict(scores)
+    f1 = f1_per_class(chosen, truth, 0.5)  # booleans: a label is 1 >= 0.5
+    report = {
+        "global_threshold": global_t,
+        "own_threshold_classes": int((weight > 0).sum()),
+        "val_f1": [None if np.isnan(v) else float(v) for v in f1],
+        "val_metrics": {k: v for k, v in decision_metrics(chosen, truth).items()},
+        "warnings": warnings,
+    }
+    return decision, report
