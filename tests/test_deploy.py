@@ -25,7 +25,8 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import best_f1_thresholds, collect_images, f1_per_class, macro_f1
-from spml.deploy.thresholds import choose_decision
+from spml.deploy.thresholds import bounded_labels, choose_decision
+from spml.metrics import decision_metrics
 from spml.errors import SpmlError
 from spml.api import load_config, load_run, train
 
@@ -56,6 +57,56 @@ def test_best_f1_thresholds_by_hand() -> None:
     # Ties are never split: both 0.2s are called positive or neither.
     t, f = best_f1_thresholds(np.array([[0.2], [0.2], [0.1]]), np.array([[1], [0], [0]]))
     assert t[0] == pytest.approx(0.15) and f[0] == pytest.approx(2 / 3)
+
+
+def test_bounded_labels_by_hand() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.05, 0.04, 0.03, 0.02], [np.nan, 0.9, 0.9, 0.9]])
+    # Above 0.5, at most 2, at least 1: the second row keeps its top class, the NaN row (unreadable) nothing.
+    assert bounded_labels(scores, 0.5, 1, 2).tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    # Per-class thresholds: the cap counts only the classes above theirs.
+    assert bounded_labels(scores[:1], np.array([0.95, 0.5, 0.5, 0.05]), 0, 2).tolist() == [[0, 1, 1, 0]]
+    assert bounded_labels(scores[:1], 0.75, 0, None).tolist() == [[1, 1, 0, 0]]
+
+
+def _val_margin(metrics: dict, baselines: list[dict]) -> float:
+    return min(metrics[k] - max(b[k] for b in baselines) for k in ("cf1", "of1"))
+
+
+def test_decision_on_a_small_val_split_is_one_threshold_with_bounds_and_a_warning() -> None:
+    # coco128's shape: 25 val images, 80 classes, about 3 labels per image, no class with 5 positives.
+    rng = np.random.default_rng(0)
+    labels = np.zeros((25, 80), dtype=np.int8)
+    for row in labels:
+        row[rng.choice(80, size=rng.integers(1, 5), replace=False)] = 1
+    labels[:, :2] = 0
+    labels[:4, 0] = 1  # the most frequent class: 4 positives, still too few for its own threshold
+    scores = np.clip(0.02 * rng.random((25, 80)) + 0.03 * labels * rng.random((25, 80)), 0, 1)
+    decision, report = choose_decision(scores, labels)
+    assert report["own_threshold_classes"] == 0
+    assert np.all(decision.thresholds == report["global_threshold"])
+    assert report["warnings"] == [
+        "80 of 80 classes have fewer than 5 val positives (val: 25 images): they use the global threshold, "
+        "per-class thresholds need a larger val split"
+    ]
+    # Its candidates include both baselines (one global threshold, top-3): on val it is at least as
+    # good as either against the better of them, on the worse of CF1 and OF1.
+    val = report["val_metrics"]
+    baselines = [val["global"], val["top-3"]]
+    assert _val_margin(val["rule"], baselines) >= max(_val_margin(b, baselines) for b in baselines)
+    assert val["top-3"] == decision_metrics(bounded_labels(scores, -np.inf, 0, 3), labels == 1)
+    assert "chosen on val against one global threshold and top-3" in decision.description
+
+
+def test_decision_on_a_large_val_split_gives_classes_their_own_thresholds() -> None:
+    rng = np.random.default_rng(1)
+    labels = (rng.random((300, 6)) < [0.05, 0.1, 0.2, 0.3, 0.4, 0.5]).astype(np.int8)
+    scale = np.array([0.1, 0.2, 0.4, 0.6, 0.8, 1.0])  # classes calibrated differently
+    scores = scale * np.clip(0.5 * labels + 0.6 * rng.random((300, 6)), 0, 1)
+    decision, report = choose_decision(scores, labels)
+    assert report["own_threshold_classes"] == 6 and report["warnings"] == []
+    assert len(set(np.round(decision.thresholds, 6))) == 6
+    # The least-calibrated class gets a lower threshold than the best-calibrated one.
+    assert decision.thresholds[0] < decision.thresholds[5]
 
 
 def test_val_thresholds_beat_a_fixed_half_on_single_positive_run(run_dir: Path) -> None:
@@ -184,6 +235,9 @@ def test_thresholds_are_keyed_by_the_data_they_were_chosen_on(run_dir: Path, tmp
     assert exported("--data", str(other.root)) == pytest.approx(list(elsewhere.thresholds))
     assert not (run / "thresholds.json").exists()
     assert exported() == pytest.approx(list(own.thresholds))
+    model = spml.load(sorted(tmp_path.glob("model*"))[-1])
+    assert (model.decision.min_labels, model.decision.max_labels) == (own.min_labels, own.max_labels)
+    assert model.decision.description == own.description and model.provenance["thresholds"]["key"]["val_split"] == own_data.split("val").fingerprint
     kept = (run / "thresholds.json").read_bytes()
     assert exported("--data", str(other.root)) == pytest.approx(list(elsewhere.thresholds))
     assert (run / "thresholds.json").read_bytes() == kept  # never overwritten by another data folder's

@@ -22,8 +22,8 @@ RUN_MAPS = {
 
 
 def metric_lines(metrics: Mapping[str, float]) -> list[str]:
-    """``  key value: description`` for every metric of ``metrics`` (``paper_metrics``' keys)."""
-    return [f"  {key} {value:.4f}: {METRIC_DESCRIPTIONS[key]}" for key, value in metrics.items()]
+    """``  key value: description`` for every metric of ``metrics`` (``paper_metrics``' keys), in the table's order."""
+    return [f"  {key} {metrics[key]:.4f}: {text}" for key, text in METRIC_DESCRIPTIONS.items() if key in metrics]
 
 
 def chance_line(split: str, value: float, chance: float) -> str:

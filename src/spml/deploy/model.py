@@ -42,7 +42,7 @@ from spml.training import LoadedRun, load_run
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "spml-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.json has "decision" (bounds on labels per image); 1 is read as thresholds only
 RESIZE_MODE = "square-bilinear-antialias"
 
 

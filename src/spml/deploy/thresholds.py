@@ -127,8 +127,11 @@ RULE_VERSION = 2
 MIN_CLASS_POSITIVES = 5
 # Shrinkage of a class's own threshold toward the global one: weight positives / (positives + this).
 SHRINK_POSITIVES = 10
-# The per-image label caps tried on val.
-MAX_LABELS = (1, 2, 3, 4, 5)
+# The per-image label caps tried on val (None: no cap) and the floors (labels every image keeps).
+MAX_LABELS = (1, 2, 3, 4, 5, None)
+MIN_LABELS = (0, 1)
+TOP_K = 3  # the top-k baseline
+_CANDIDATES = 1024  # most candidate thresholds tried on a large val split (quantiles)
 _EPS = 1e-7
 
 
@@ -141,10 +144,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _objective(predicted: np.ndarray, truth: np.ndarray) -> float:
-    return decision_metrics(predicted, truth)["of1"]
-
-
 def _ranks(scores: np.ndarray) -> np.ndarray:
     """Each class's position in its row by falling score (0: the top; ties: lower class index first)."""
     rank = np.empty(scores.shape, dtype=np.int64)
@@ -152,55 +151,86 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _global_rule(scores: np.ndarray, truth: np.ndarray) -> tuple[float, int, float]:
-    """``(threshold, cap, objective)``: the best global threshold and label cap on val.
+def global_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The one threshold for every class that maximises OF1 (all classes pooled) on ``labels``."""
+    (t,), _ = best_f1_thresholds(np.reshape(scores, (-1, 1)), np.reshape(np.asarray(labels) == 1, (-1, 1)))
+    return float(t)
 
-    With one threshold for every class, the classes above it are a row's top ones, so the cap is a
-    rank bound and the ranking is computed once. Candidate thresholds are the scores that can
-    become labels (ranked below the largest cap), at most 1024 quantiles of them.
+
+def _margin(metrics: dict[str, float], baselines: list[dict[str, float]]) -> tuple[float, float]:
+    """How far ``metrics`` are above the best baseline on the worse of CF1 and OF1; then CF1 + OF1."""
+    worst = min(metrics[k] - max(b[k] for b in baselines) for k in ("cf1", "of1"))
+    return worst, metrics["cf1"] + metrics["of1"]
+
+
+def _bounds_rule(scores: np.ndarray, truth: np.ndarray) -> tuple[float, int, int | None, dict[str, dict[str, float]]]:
+    """``(threshold, min_labels, max_labels, baselines)``: one threshold and per-image bounds chosen on val.
+
+    The candidates include both baselines, one global threshold (:func:`global_threshold`, no
+    bounds) and top-3 (no threshold, at most 3); the one kept does best on val against both, on
+    the worse of CF1 and OF1. With one threshold for every class, the classes above it are a row's
+    top ones, so the bounds are rank bounds and the ranking is computed once. Candidate thresholds
+    are the scores that can become labels (ranked within the largest cap), at most
+    :data:`_CANDIDATES` quantiles of them, and the global one.
     """
     rank = _ranks(scores)
-    relevant = scores[rank < max(MAX_LABELS)]
+    flat = global_threshold(scores, truth)
+    baselines = {
+        "global": decision_metrics(scores >= flat, truth),
+        f"top-{TOP_K}": decision_metrics(rank < TOP_K, truth),
+    }
+    relevant = scores[rank < max(c for c in MAX_LABELS if c is not None)]
     candidates = np.unique(relevant)
-    if len(candidates) > 1024:
-        candidates = np.unique(np.quantile(relevant, np.linspace(0.0, 1.0, 1024)))
-    top = rank < 1
-    best = (float(candidates[-1]), 1, -np.inf)
+    if len(candidates) > _CANDIDATES:
+        candidates = np.unique(np.quantile(relevant, np.linspace(0.0, 1.0, _CANDIDATES)))
+    candidates = np.unique(np.r_[candidates, flat, -np.inf])
+    best: tuple[tuple[float, float], float, int, int | None] | None = None
     for cap in MAX_LABELS:
-        in_cap = rank < cap
-        for t in candidates:
-            value = _objective(((scores >= t) & in_cap) | top, truth)
-            if value > best[2]:
-                best = (float(t), cap, value)
-    return best
+        in_cap = rank < (cap if cap is not None else scores.shape[1])
+        for floor in MIN_LABELS:
+            kept = rank < floor
+            for t in candidates:
+                value = _margin(decision_metrics(((scores >= t) & in_cap) | kept, truth), list(baselines.values()))
+                if best is None or value > best[0]:
+                    best = (value, float(t), floor, cap)
+    _, t, floor, cap = best
+    return t, floor, cap, baselines
 
 
 def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Decision, dict[str, Any]]:
     """The decision rule for a model whose val-split probabilities are ``val_scores``.
 
-    Robust to small val splits: one global threshold and one per-image label cap are chosen
-    jointly on val (every image keeps at least its top label); a class gets its own max-F1
-    threshold only with at least :data:`MIN_CLASS_POSITIVES` val positives, shrunk toward the
-    global one in logit space with weight ``positives / (positives + SHRINK_POSITIVES)``.
+    Robust to small val splits: one threshold for every class and bounds on the labels per image
+    are chosen on val (:func:`_bounds_rule`: two or three numbers, whatever the class count); a
+    class gets its own max-F1 threshold only with at least :data:`MIN_CLASS_POSITIVES` val
+    positives, shrunk toward the common one in logit space with weight
+    ``positives / (positives + SHRINK_POSITIVES)``.
 
     Returns:
-        ``(decision, report)``; ``report`` holds ``global_threshold``, ``own_threshold_classes``,
-        ``val_f1`` (per class, None without val positives), ``val_metrics`` and ``warnings``
+        ``(decision, report)``; ``report`` holds ``global_threshold`` (the common threshold; -inf:
+        none), ``own_threshold_classes``, ``val_f1`` (per class, None without val positives),
+        ``val_metrics`` (CF1, OF1... of the rule and of the two baselines on val) and ``warnings``
         (one line when the val split cannot support per-class thresholds).
     """
     scores = np.asarray(val_scores, dtype=np.float64)
     truth = np.asarray(val_labels) == 1
     num_classes = scores.shape[1]
-    global_t, cap, _ = _global_rule(scores, truth)
-    own, _ = best_f1_thresholds(scores, truth.astype(np.int8), global_t)
+    global_t, floor, cap, baselines = _bounds_rule(scores, truth)
     positives = truth.sum(axis=0)
-    weight = np.where(positives >= MIN_CLASS_POSITIVES, positives / (positives + SHRINK_POSITIVES), 0.0)
-    thresholds = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
+    own_classes = positives >= MIN_CLASS_POSITIVES
+    thresholds = np.full(num_classes, global_t)
+    if own_classes.any() and np.isfinite(global_t):
+        own, _ = best_f1_thresholds(scores, truth.astype(np.int8), global_t)
+        weight = np.where(own_classes, positives / (positives + SHRINK_POSITIVES), 0.0)
+        thresholds = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
+    bounds = [f"at most {cap}" if cap is not None else "", "at least 1" if floor else ""]
+    described = " and ".join(b for b in bounds if b)
+    cut = "no threshold" if not np.isfinite(global_t) else f"threshold {global_t:.4g}"
     decision = Decision(
-        thresholds, 1, cap, f"global+cap+shrunk-v{RULE_VERSION}",
-        f"one threshold {global_t:.4g} chosen on val with at most {cap} labels and at least 1 per image; "
-        f"{int((weight > 0).sum())} of {num_classes} classes with >= {MIN_CLASS_POSITIVES} val positives get their "
-        f"own max-F1 threshold shrunk toward it",
+        thresholds, floor, cap, f"bounds-shrunk-v{RULE_VERSION}",
+        f"{cut} for every class{', ' + described + ' labels per image' if described else ''} (chosen on val "
+        f"against one global threshold and top-{TOP_K}); {int(own_classes.sum())} of {num_classes} classes with "
+        f">= {MIN_CLASS_POSITIVES} val positives: their own max-F1 threshold shrunk toward it",
     )
     few = int((positives < MIN_CLASS_POSITIVES).sum())
     warnings = []
@@ -213,9 +243,9 @@ def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Dec
     f1 = f1_per_class(chosen, truth, 0.5)  # booleans: a label is 1 >= 0.5
     report = {
         "global_threshold": global_t,
-        "own_threshold_classes": int((weight > 0).sum()),
+        "own_threshold_classes": int(own_classes.sum()),
         "val_f1": [None if np.isnan(v) else float(v) for v in f1],
-        "val_metrics": {k: v for k, v in decision_metrics(chosen, truth).items()},
+        "val_metrics": {"rule": decision_metrics(chosen, truth), **baselines},
         "warnings": warnings,
     }
     return decision, report
