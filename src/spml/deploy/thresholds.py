@@ -204,7 +204,8 @@ def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Dec
     are chosen on val (:func:`_bounds_rule`: two or three numbers, whatever the class count); a
     class gets its own max-F1 threshold only with at least :data:`MIN_CLASS_POSITIVES` val
     positives, shrunk toward the common one in logit space with weight
-    ``positives / (positives + SHRINK_POSITIVES)``.
+    ``positives / (positives + SHRINK_POSITIVES)``, and only if that keeps the rule's val margin
+    against the two baselines.
 
     Returns:
         ``(decision, report)``; ``report`` holds ``global_threshold`` (the common threshold; -inf:
@@ -222,7 +223,13 @@ def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Dec
     if own_classes.any() and np.isfinite(global_t):
         own, _ = best_f1_thresholds(scores, truth.astype(np.int8), global_t)
         weight = np.where(own_classes, positives / (positives + SHRINK_POSITIVES), 0.0)
-        thresholds = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
+        shrunk = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
+        # Kept only if it does not undo on val what the bounds won against the baselines.
+        common = _margin(decision_metrics(bounded_labels(scores, thresholds, floor, cap), truth), list(baselines.values()))
+        if _margin(decision_metrics(bounded_labels(scores, shrunk, floor, cap), truth), list(baselines.values())) >= common:
+            thresholds = shrunk
+        else:
+            own_classes = np.zeros(num_classes, dtype=bool)
     bounds = [f"at most {cap}" if cap is not None else "", "at least 1" if floor else ""]
     described = " and ".join(b for b in bounds if b)
     cut = "no threshold" if not np.isfinite(global_t) else f"threshold {global_t:.4g}"
