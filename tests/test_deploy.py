@@ -25,7 +25,7 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import best_f1_thresholds, collect_images, f1_per_class, macro_f1
-from spml.deploy.thresholds import bounded_labels, choose_decision
+from spml.deploy.thresholds import bounded_labels, choose_decision, global_threshold
 from spml.metrics import decision_metrics
 from spml.errors import SpmlError
 from spml.api import load_config, load_run, train
@@ -68,10 +68,6 @@ def test_bounded_labels_by_hand() -> None:
     assert bounded_labels(scores[:1], 0.75, 0, None).tolist() == [[1, 1, 0, 0]]
 
 
-def _val_margin(metrics: dict, baselines: list[dict]) -> float:
-    return min(metrics[k] - max(b[k] for b in baselines) for k in ("cf1", "of1"))
-
-
 def test_decision_on_a_small_val_split_is_one_threshold_with_bounds_and_a_warning() -> None:
     # coco128's shape: 25 val images, 80 classes, about 3 labels per image, no class with 5 positives.
     rng = np.random.default_rng(0)
@@ -88,13 +84,12 @@ def test_decision_on_a_small_val_split_is_one_threshold_with_bounds_and_a_warnin
         "80 of 80 classes have fewer than 5 val positives (val: 25 images): they use the global threshold, "
         "per-class thresholds need a larger val split"
     ]
-    # Its candidates include both baselines (one global threshold, top-3): on val it is at least as
-    # good as either against the better of them, on the worse of CF1 and OF1.
+    # One threshold (the global one, max val OF1) and the bounds with the best val OF1, no bounds among them.
     val = report["val_metrics"]
-    baselines = [val["global"], val["top-3"]]
-    assert _val_margin(val["rule"], baselines) >= max(_val_margin(b, baselines) for b in baselines)
+    assert report["global_threshold"] == global_threshold(scores, labels)
+    assert val["rule"]["of1"] >= val["global"]["of1"] and val["rule"] == decision_metrics(decision.predict(scores), labels == 1)
     assert val["top-3"] == decision_metrics(bounded_labels(scores, -np.inf, 0, 3), labels == 1)
-    assert "chosen on val against one global threshold and top-3" in decision.description
+    assert decision.description.startswith(f"threshold {report['global_threshold']:.4g} for every class (max val OF1)")
 
 
 def test_decision_on_a_large_val_split_gives_classes_their_own_thresholds() -> None:

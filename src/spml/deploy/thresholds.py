@@ -130,8 +130,7 @@ SHRINK_POSITIVES = 10
 # The per-image label caps tried on val (None: no cap) and the floors (labels every image keeps).
 MAX_LABELS = (1, 2, 3, 4, 5, None)
 MIN_LABELS = (0, 1)
-TOP_K = 3  # the top-k baseline
-_CANDIDATES = 1024  # most candidate thresholds tried on a large val split (quantiles)
+TOP_K = 3  # the top-k baseline reported beside the rule
 _EPS = 1e-7
 
 
@@ -157,87 +156,69 @@ def global_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(t)
 
 
-def _margin(metrics: dict[str, float], baselines: list[dict[str, float]]) -> tuple[float, float]:
-    """How far ``metrics`` are above the best baseline on the worse of CF1 and OF1; then CF1 + OF1."""
-    worst = min(metrics[k] - max(b[k] for b in baselines) for k in ("cf1", "of1"))
-    return worst, metrics["cf1"] + metrics["of1"]
+def _bounds_rule(scores: np.ndarray, truth: np.ndarray) -> tuple[float, int, int | None]:
+    """``(threshold, min_labels, max_labels)``: one threshold for every class and per-image bounds on val.
 
-
-def _bounds_rule(scores: np.ndarray, truth: np.ndarray) -> tuple[float, int, int | None, dict[str, dict[str, float]]]:
-    """``(threshold, min_labels, max_labels, baselines)``: one threshold and per-image bounds chosen on val.
-
-    The candidates include both baselines, one global threshold (:func:`global_threshold`, no
-    bounds) and top-3 (no threshold, at most 3); the one kept does best on val against both, on
-    the worse of CF1 and OF1. With one threshold for every class, the classes above it are a row's
-    top ones, so the bounds are rank bounds and the ranking is computed once. Candidate thresholds
-    are the scores that can become labels (ranked within the largest cap), at most
-    :data:`_CANDIDATES` quantiles of them, and the global one.
+    The threshold is :func:`global_threshold`; the bounds (at most :data:`MAX_LABELS`, at least
+    :data:`MIN_LABELS`) are those with the best val OF1 (then CF1), no bounds included. Only
+    pooled quantities are fitted, three numbers whatever the class count: a per-class quantity
+    (a class's F1, CF1) rests on a handful of positives in a small val split. With one threshold
+    for every class, the classes above it are a row's top ones, so the bounds are rank bounds.
     """
+    t = global_threshold(scores, truth)
     rank = _ranks(scores)
-    flat = global_threshold(scores, truth)
-    baselines = {
-        "global": decision_metrics(scores >= flat, truth),
-        f"top-{TOP_K}": decision_metrics(rank < TOP_K, truth),
-    }
-    relevant = scores[rank < max(c for c in MAX_LABELS if c is not None)]
-    candidates = np.unique(relevant)
-    if len(candidates) > _CANDIDATES:
-        candidates = np.unique(np.quantile(relevant, np.linspace(0.0, 1.0, _CANDIDATES)))
-    candidates = np.unique(np.r_[candidates, flat, -np.inf])
-    best: tuple[tuple[float, float], float, int, int | None] | None = None
+    above = scores >= t
+    best: tuple[tuple[float, float], int, int | None] | None = None
     for cap in MAX_LABELS:
-        in_cap = rank < (cap if cap is not None else scores.shape[1])
+        capped = above & (rank < (cap if cap is not None else scores.shape[1]))
         for floor in MIN_LABELS:
-            kept = rank < floor
-            for t in candidates:
-                value = _margin(decision_metrics(((scores >= t) & in_cap) | kept, truth), list(baselines.values()))
-                if best is None or value > best[0]:
-                    best = (value, float(t), floor, cap)
-    _, t, floor, cap = best
-    return t, floor, cap, baselines
+            m = decision_metrics(capped | (rank < floor), truth)
+            if best is None or (m["of1"], m["cf1"]) > best[0]:
+                best = ((m["of1"], m["cf1"]), floor, cap)
+    _, floor, cap = best
+    return t, floor, cap
 
 
 def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Decision, dict[str, Any]]:
     """The decision rule for a model whose val-split probabilities are ``val_scores``.
 
     Robust to small val splits: one threshold for every class and bounds on the labels per image
-    are chosen on val (:func:`_bounds_rule`: two or three numbers, whatever the class count); a
-    class gets its own max-F1 threshold only with at least :data:`MIN_CLASS_POSITIVES` val
-    positives, shrunk toward the common one in logit space with weight
-    ``positives / (positives + SHRINK_POSITIVES)``, and only if that keeps the rule's val margin
-    against the two baselines.
+    are chosen on val (:func:`_bounds_rule`: three numbers, whatever the class count); a class
+    gets its own max-F1 threshold only with at least :data:`MIN_CLASS_POSITIVES` val positives,
+    shrunk toward the common one in logit space with weight
+    ``positives / (positives + SHRINK_POSITIVES)``, and only if neither val CF1 nor val OF1 drops.
 
     Returns:
-        ``(decision, report)``; ``report`` holds ``global_threshold`` (the common threshold; -inf:
-        none), ``own_threshold_classes``, ``val_f1`` (per class, None without val positives),
+        ``(decision, report)``; ``report`` holds ``global_threshold`` (the common threshold),
+        ``own_threshold_classes``, ``val_f1`` (per class, None without val positives),
         ``val_metrics`` (CF1, OF1... of the rule and of the two baselines on val) and ``warnings``
         (one line when the val split cannot support per-class thresholds).
     """
     scores = np.asarray(val_scores, dtype=np.float64)
     truth = np.asarray(val_labels) == 1
     num_classes = scores.shape[1]
-    global_t, floor, cap, baselines = _bounds_rule(scores, truth)
+    global_t, floor, cap = _bounds_rule(scores, truth)
     positives = truth.sum(axis=0)
     own_classes = positives >= MIN_CLASS_POSITIVES
     thresholds = np.full(num_classes, global_t)
-    if own_classes.any() and np.isfinite(global_t):
+    if own_classes.any():
         own, _ = best_f1_thresholds(scores, truth.astype(np.int8), global_t)
         weight = np.where(own_classes, positives / (positives + SHRINK_POSITIVES), 0.0)
         shrunk = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
-        # Kept only if it does not undo on val what the bounds won against the baselines.
-        common = _margin(decision_metrics(bounded_labels(scores, thresholds, floor, cap), truth), list(baselines.values()))
-        if _margin(decision_metrics(bounded_labels(scores, shrunk, floor, cap), truth), list(baselines.values())) >= common:
+        # Kept only when neither val CF1 nor val OF1 drops: fitted on val, they cannot be trusted further.
+        before = decision_metrics(bounded_labels(scores, thresholds, floor, cap), truth)
+        after = decision_metrics(bounded_labels(scores, shrunk, floor, cap), truth)
+        if after["cf1"] >= before["cf1"] and after["of1"] >= before["of1"]:
             thresholds = shrunk
         else:
             own_classes = np.zeros(num_classes, dtype=bool)
     bounds = [f"at most {cap}" if cap is not None else "", "at least 1" if floor else ""]
     described = " and ".join(b for b in bounds if b)
-    cut = "no threshold" if not np.isfinite(global_t) else f"threshold {global_t:.4g}"
     decision = Decision(
         thresholds, floor, cap, f"bounds-shrunk-v{RULE_VERSION}",
-        f"{cut} for every class{', ' + described + ' labels per image' if described else ''} (chosen on val "
-        f"against one global threshold and top-{TOP_K}); {int(own_classes.sum())} of {num_classes} classes with "
-        f">= {MIN_CLASS_POSITIVES} val positives: their own max-F1 threshold shrunk toward it",
+        f"threshold {global_t:.4g} for every class (max val OF1){', ' + described + ' labels per image' if described else ''}; "
+        f"{int(own_classes.sum())} of {num_classes} classes get their own max-F1 threshold shrunk toward it (at least "
+        f"{MIN_CLASS_POSITIVES} val positives, and neither val CF1 nor OF1 lower)",
     )
     few = int((positives < MIN_CLASS_POSITIVES).sum())
     warnings = []
@@ -252,7 +233,11 @@ def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Dec
         "global_threshold": global_t,
         "own_threshold_classes": int(own_classes.sum()),
         "val_f1": [None if np.isnan(v) else float(v) for v in f1],
-        "val_metrics": {"rule": decision_metrics(chosen, truth), **baselines},
+        "val_metrics": {
+            "rule": decision_metrics(chosen, truth),
+            "global": decision_metrics(scores >= global_t, truth),
+            f"top-{TOP_K}": decision_metrics(_ranks(scores) < TOP_K, truth),
+        },
         "warnings": warnings,
     }
     return decision, report
