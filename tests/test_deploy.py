@@ -104,6 +104,17 @@ def test_decision_on_a_large_val_split_gives_classes_their_own_thresholds() -> N
     assert decision.thresholds[0] < decision.thresholds[5]
 
 
+def test_own_thresholds_that_do_not_help_held_out_images_are_dropped() -> None:
+    # Weak scores, classes alike: per-class thresholds fit val's noise. Scored on the images they were
+    # fitted on they would pass (all 6 kept); fitted on one half of val, they do not help the other.
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 6)) < 0.3).astype(np.int8)
+    scores = rng.random((200, 6)) * 0.5 + 0.2 * labels * rng.random((200, 6))
+    decision, report = choose_decision(scores, labels)
+    assert report["own_threshold_classes"] == 0 and np.all(decision.thresholds == report["global_threshold"])
+    assert "0 of 6 classes get their own max-F1 threshold" in decision.description
+
+
 def test_val_thresholds_beat_a_fixed_half_on_single_positive_run(run_dir: Path) -> None:
     run = load_run(run_dir)
     scores, labels = run.predict("val"), run.run_model.split("val").labels

@@ -126,7 +126,7 @@ RULE_VERSION = 2
 # A class gets its own threshold only with at least this many val positives; fewer cannot place it.
 MIN_CLASS_POSITIVES = 5
 # Shrinkage of a class's own threshold toward the global one: weight positives / (positives + this).
-SHRINK_POSITIVES = 10
+SHRINK_POSITIVES = 30
 # The per-image label caps tried on val (None: no cap) and the floors (labels every image keeps).
 MAX_LABELS = (1, 2, 3, 4, 5, None)
 MIN_LABELS = (0, 1)
@@ -179,6 +179,30 @@ def _bounds_rule(scores: np.ndarray, truth: np.ndarray) -> tuple[float, int, int
     return t, floor, cap
 
 
+def _shrunk_thresholds(scores: np.ndarray, truth: np.ndarray, common: float) -> np.ndarray:
+    """Each class with enough positives: its max-F1 threshold shrunk toward ``common`` in logit space."""
+    positives = truth.sum(axis=0)
+    own, _ = best_f1_thresholds(scores, truth.astype(np.int8), common)
+    weight = np.where(positives >= MIN_CLASS_POSITIVES, positives / (positives + SHRINK_POSITIVES), 0.0)
+    return _sigmoid(weight * _logit(own) + (1 - weight) * _logit(common))
+
+
+def _own_thresholds_help(scores: np.ndarray, truth: np.ndarray, common: float, floor: int, cap: int | None) -> bool:
+    """Whether per-class thresholds beat the common one on images they were not fitted on.
+
+    Two-fold cross-validation on val (images alternately assigned): each half's labels come from
+    thresholds fitted on the other half. They are kept only when neither CF1 nor OF1 of these
+    out-of-fold labels drops: fitted and scored on the same images, they would always look better.
+    """
+    halves = [np.arange(len(scores)) % 2 == k for k in (0, 1)]
+    own = np.zeros(scores.shape, dtype=bool)
+    for fit, held in (halves, halves[::-1]):
+        own[held] = bounded_labels(scores[held], _shrunk_thresholds(scores[fit], truth[fit], common), floor, cap)
+    common_labels = bounded_labels(scores, common, floor, cap)
+    before, after = decision_metrics(common_labels, truth), decision_metrics(own, truth)
+    return after["cf1"] >= before["cf1"] and after["of1"] >= before["of1"]
+
+
 def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Decision, dict[str, Any]]:
     """The decision rule for a model whose val-split probabilities are ``val_scores``.
 
@@ -186,7 +210,8 @@ def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Dec
     are chosen on val (:func:`_bounds_rule`: three numbers, whatever the class count); a class
     gets its own max-F1 threshold only with at least :data:`MIN_CLASS_POSITIVES` val positives,
     shrunk toward the common one in logit space with weight
-    ``positives / (positives + SHRINK_POSITIVES)``, and only if neither val CF1 nor val OF1 drops.
+    ``positives / (positives + SHRINK_POSITIVES)``, and only if neither CF1 nor OF1 drops on
+    held-out val images (:func:`_own_thresholds_help`).
 
     Returns:
         ``(decision, report)``; ``report`` holds ``global_threshold`` (the common threshold),
@@ -201,24 +226,17 @@ def choose_decision(val_scores: np.ndarray, val_labels: np.ndarray) -> tuple[Dec
     positives = truth.sum(axis=0)
     own_classes = positives >= MIN_CLASS_POSITIVES
     thresholds = np.full(num_classes, global_t)
-    if own_classes.any():
-        own, _ = best_f1_thresholds(scores, truth.astype(np.int8), global_t)
-        weight = np.where(own_classes, positives / (positives + SHRINK_POSITIVES), 0.0)
-        shrunk = _sigmoid(weight * _logit(own) + (1 - weight) * _logit(global_t))
-        # Kept only when neither val CF1 nor val OF1 drops: fitted on val, they cannot be trusted further.
-        before = decision_metrics(bounded_labels(scores, thresholds, floor, cap), truth)
-        after = decision_metrics(bounded_labels(scores, shrunk, floor, cap), truth)
-        if after["cf1"] >= before["cf1"] and after["of1"] >= before["of1"]:
-            thresholds = shrunk
-        else:
-            own_classes = np.zeros(num_classes, dtype=bool)
+    if own_classes.any() and _own_thresholds_help(scores, truth, global_t, floor, cap):
+        thresholds = _shrunk_thresholds(scores, truth, global_t)
+    else:
+        own_classes = np.zeros(num_classes, dtype=bool)
     bounds = [f"at most {cap}" if cap is not None else "", "at least 1" if floor else ""]
     described = " and ".join(b for b in bounds if b)
     decision = Decision(
         thresholds, floor, cap, f"bounds-shrunk-v{RULE_VERSION}",
         f"threshold {global_t:.4g} for every class (max val OF1){', ' + described + ' labels per image' if described else ''}; "
         f"{int(own_classes.sum())} of {num_classes} classes get their own max-F1 threshold shrunk toward it (at least "
-        f"{MIN_CLASS_POSITIVES} val positives, and neither val CF1 nor OF1 lower)",
+        f"{MIN_CLASS_POSITIVES} val positives, and better on held-out val images)",
     )
     few = int((positives < MIN_CLASS_POSITIVES).sum())
     warnings = []
