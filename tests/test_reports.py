@@ -103,7 +103,7 @@ def _fake_run(folder: Path, config: dict, test_map: float) -> Path:
 def test_compare_across_methods_shows_only_differing_settings_by_run_name(tmp_path: Path) -> None:
     # As in a finished run's config.yaml: the regime's defaults (lr, epochs, batch size) filled in.
     an = load_config(None, ["observed=single-positive-seed0.npy", "lr=0.001", "epochs=20", "batch_size=16"]).to_dict()
-    vlpl = load_config("vlpl", ["observed=single-positive-seed0.npy"]).to_dict()
+    vlpl = {**load_config("vlpl").to_dict(), "observed": "/data/coco/observed/single-positive-seed0.npy"}
     _fake_run(tmp_path / "an-run", an, 0.4)
     _fake_run(tmp_path / "vlpl-run", vlpl, 0.5)
     _fake_run(tmp_path / "b" / "vlpl-run", {**vlpl, "seed": 1}, 0.6)  # same name elsewhere: pooled, named by path
@@ -116,6 +116,7 @@ def test_compare_across_methods_shows_only_differing_settings_by_run_name(tmp_pa
     assert "method=standard" in by_run["an-run"] and "loss=an" in by_run["an-run"]
     vlpl_setting = by_run["b/vlpl-run, vlpl-run"]
     assert "method=vlpl" in vlpl_setting and "method_params.tau=" in vlpl_setting and "seed" not in vlpl_setting
+    assert "observed=observed/single-positive-seed0.npy" in vlpl_setting  # relative to the run's data folder
     # Only settings that differ: the shared image size is in no row.
     assert all("image_size" not in row[1] for row in table.rows)
 

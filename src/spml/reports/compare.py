@@ -2,7 +2,8 @@
 
 Each row is labelled by its runs' folder names and shows only the settings that tell the runs apart
 (method, loss, a grid's axes...): a key that one run's config lacks (another method's parameters) is
-left out of that run's row rather than shown as ``key=None``. Runs differing only in ``seed`` are
+left out of that run's row rather than shown as ``key=None``, and a path inside the run's data folder
+is shown relative to it. Runs differing only in ``seed`` are
 pooled as one row with mean +- std (sample std, n - 1) over the seeds.
 Columns are the metrics (val, test and train-label mAP) for runs on one dataset, or one test-mAP
 column per dataset when the runs span several. mAP is a fraction in [0, 1], as in ``results.json``.
@@ -88,6 +89,14 @@ def run_names(runs: Sequence[RunFiles]) -> list[str]:
     return [str(root.relative_to(common)) or root.name for root in roots]
 
 
+def _short_paths(config: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+    """Paths inside the run's data folder relative to it (``observed=single-positive-seed0.npy``)."""
+    if not data_dir:
+        return config
+    prefix = str(Path(data_dir)) + os.sep
+    return {k: v[len(prefix):] if isinstance(v, str) and v.startswith(prefix) else v for k, v in config.items()}
+
+
 def _row_label(names: Sequence[str]) -> str:
     if len(names) <= _NAMED_RUNS:
         return ", ".join(names)
@@ -100,7 +109,7 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
     Columns: ``run`` (the runs' names), ``setting`` (only the settings that differ between the
     runs; a key a run's config lacks is left out of its row), then the metrics.
     """
-    configs = [_flatten(r.config) for r in runs]
+    configs = [_short_paths(_flatten(r.config), r.info.get("data_dir")) for r in runs]
     keys = sorted({k for c in configs for k in c} - _IGNORED)
     differing = [k for k in keys if len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
     datasets = sorted({_dataset(r) for r in runs})
