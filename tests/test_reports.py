@@ -115,7 +115,7 @@ def test_compare_across_methods_shows_only_differing_settings_by_run_name(tmp_pa
     assert "None" not in by_run["an-run"] and "method_params" not in by_run["an-run"]
     assert "method=standard" in by_run["an-run"] and "loss=an" in by_run["an-run"]
     vlpl_setting = by_run["b/vlpl-run, vlpl-run"]
-    assert "method=vlpl" in vlpl_setting and "method_params.tau=" in vlpl_setting and "seed" not in vlpl_setting
+    assert "method=vlpl" in vlpl_setting and "method_params.tau=" in vlpl_setting and "seed=" not in vlpl_setting
     assert "observed=observed/single-positive-seed0.npy" in vlpl_setting  # relative to the run's data folder
     # Only settings that differ: the shared image size is in no row.
     assert all("image_size" not in row[1] for row in table.rows)
