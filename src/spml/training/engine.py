@@ -255,11 +255,6 @@ class Trainer:
             check_observed(self.observed, "labels to train on")
         except ValueError as err:
             raise SpmlError(f"method {config.method!r}: {err}") from None
-        # After the method's own checks, so that a refused run prints only its error.
-        self.partial_method = method.partial_labels
-        observed_note = diagnostics.observed_warning(config, data.root, method.partial_labels)
-        if observed_note:
-            log(f"note: {observed_note}")
         self.rm = RunModel(config, data, self.device)
         self.rm.model = distributed.prepare_model(self.rm.model, self.device)
         on_cuda = self.device.type == "cuda"
@@ -290,6 +285,11 @@ class Trainer:
         self.centering: HeadCentering | None = None
         self._train_mean: torch.Tensor | None = None
         self.phase_norm = 0.0  # norm of the trained weights when the phase started (divergence check)
+        # After every check (method, backbone, loss), so that a refused run prints only its error.
+        self.partial_method = method.partial_labels
+        observed_note = diagnostics.observed_warning(config, data.root, method.partial_labels)
+        if observed_note:
+            log(f"note: {observed_note}")
 
     def _create_loss(self) -> SpmlLoss:
         hparams = dict(self.config.loss_params)
