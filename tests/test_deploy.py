@@ -249,6 +249,15 @@ def test_thresholds_are_keyed_by_the_data_they_were_chosen_on(run_dir: Path, tmp
     assert (run / "thresholds.json").read_bytes() == kept  # never overwritten by another data folder's
     assert [p.name for p in run.glob("thresholds-*.json")] == [f"thresholds-{other.split('val').fingerprint}.json"]
 
+    # An export of format version 1 (thresholds alone, no decision) still loads, as thresholds alone.
+    old_format = sorted(tmp_path.glob("model*"))[-1] / "model.json"
+    document = json.loads(old_format.read_text())
+    del document["decision"]
+    old_format.write_text(json.dumps({**document, "format_version": 1}))
+    legacy = spml.load(old_format.parent)
+    assert (legacy.decision.min_labels, legacy.decision.max_labels) == (0, None)
+    assert sorted(legacy.labels(np.array([list(legacy.thresholds)]))[0]) == sorted(legacy.classes)  # each at its threshold: no cap
+
     # Thresholds stored before they were keyed (here: wrong ones for these weights) are not reused.
     weights = hashlib.sha256((run / "best.safetensors").read_bytes()).hexdigest()[:16]
     (run / "thresholds.json").write_text(json.dumps({"weights": weights, "thresholds": [0.123] * 6, "val_f1": [None] * 6}))
