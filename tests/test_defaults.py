@@ -22,6 +22,7 @@ from spml.training.defaults import (
     not_done_warning,
     resolve_defaults,
 )
+from spml.training.diagnostics import run_warnings
 from spml.training.hooks import MethodInfo, TrainingHooks
 from subsets import TINY_SYNTH, tiny_single_positive_set
 
@@ -115,7 +116,9 @@ def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     expected = not_done_warning(metrics, stopped_early=False)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["warnings"] == ([expected] if expected else [])
+    # After it, the run's setting warnings (spml.training.diagnostics: here observed is left at full).
+    setting = run_warnings(cfg, data, PreparedData.open(data).split("val").labels)
+    assert results["warnings"] == ([expected] if expected else []) + setting
     assert expected is not None and expected in capsys.readouterr().err
 
 

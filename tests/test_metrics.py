@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from spml.metrics import (
+    METRIC_DESCRIPTIONS,
+    chance_map,
     average_precision,
     average_precision_torch,
     map_report,
@@ -160,3 +163,29 @@ def test_paper_metrics_skip_images_without_positives_and_never_predicted_classes
     assert never["cp"] == 0.0 and never["op"] == 0.0 and never["of1"] == 0.0
     torch_in = paper_metrics(torch.from_numpy(PAPER_SCORES).float(), torch.from_numpy(PAPER_LABELS))
     assert torch_in["cf1"] == pytest.approx(base["cf1"]) and torch_in["map"] == pytest.approx(base["map"], abs=1e-6)
+
+
+def test_chance_map_is_the_exact_mean_ap_over_every_ranking():
+    # Every ordering of 6 images is equally likely under random scores: average sklearn's AP over all 720.
+    labels = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    ranks = np.array(list(itertools.permutations(range(6))), dtype=np.float64)
+    expected = np.mean([
+        np.mean([average_precision_score(labels[:, c], r) for c in range(3)]) for r in ranks
+    ])
+    assert chance_map(labels) == pytest.approx(expected, abs=1e-12)
+    # A class without positives is left out, as mAP leaves it out; one positive in 25 images: H_25 / 25, not 1/25.
+    assert chance_map(np.c_[labels, np.zeros(6)]) == pytest.approx(expected, abs=1e-12)
+    one_of_25 = np.zeros((25, 1))
+    one_of_25[3] = 1
+    assert chance_map(one_of_25) == pytest.approx(sum(1 / k for k in range(1, 26)) / 25)
+    assert math.isnan(chance_map(np.zeros((4, 2))))
+    # Large splits: about the positive rate.
+    rng = np.random.default_rng(0)
+    big = (rng.random((20000, 4)) < [0.01, 0.1, 0.3, 0.6]).astype(int)
+    assert chance_map(big) == pytest.approx(big.mean(axis=0).mean(), abs=2e-3)
+
+
+def test_every_paper_metric_has_a_one_line_description():
+    keys = paper_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]])).keys()
+    assert set(METRIC_DESCRIPTIONS) == set(keys)
+    assert all(text and "\n" not in text for text in METRIC_DESCRIPTIONS.values())

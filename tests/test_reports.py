@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 from chromium import CHROMIUM, SKIP_REASON, probe, screenshot
 
 from spml.cli.main import main
@@ -78,17 +79,47 @@ def test_report_without_the_data_folder_says_what_is_missing(runs: Path, data: P
 def test_compare_pools_seeds_into_mean_and_std(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", str(runs), "--format", "md"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| setting | val mAP | test mAP | train-label mAP | seeds |"
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| loss=an", "| loss=an_ls"]
+    assert lines[0] == "| run | setting | val mAP | test mAP | train-label mAP | seeds |"
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| an-s0, an-s1", "loss=an"], ["| an_ls-s0, an_ls-s1", "loss=an_ls"]]
     tests = [json.loads((runs / f"an-s{s}" / "results.json").read_text())["test_map"] for s in (0, 1)]
     mean, std = np.mean(tests), np.std(tests, ddof=1)
     assert f"{mean:.4f} ± {std:.4f}" in lines[2] and lines[2].endswith("| 2 |")
 
     table = compare_runs(find_runs([runs / "an-s0", runs / "an_ls-s0"]))
     rows = list(csv.reader(io.StringIO(format_table(table, "csv"))))
-    assert rows[0][0] == "setting" and rows[1][-1] == "1" and len(rows) == 3
+    assert rows[0][:2] == ["run", "setting"] and rows[1][:2] == ["an-s0", "loss=an"] and rows[1][-1] == "1" and len(rows) == 3
     latex = format_table(table, "latex")
-    assert latex.startswith("\\begin{tabular}{lrrrr}") and "loss=an\\_ls" in latex and "\\bottomrule" in latex
+    assert latex.startswith("\\begin{tabular}{llrrrr}") and "loss=an\\_ls" in latex and "\\bottomrule" in latex
+
+
+def _fake_run(folder: Path, config: dict, test_map: float) -> Path:
+    """A completed run folder as compare reads it: config.yaml, run.json, results.json."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "run.json").write_text(json.dumps({"data_dir": "/data/coco"}))
+    (folder / "results.json").write_text(json.dumps({"val_map": 0.5, "test_map": test_map, "train_label_map": 0.6}))
+    return folder
+
+
+def test_compare_across_methods_shows_only_differing_settings_by_run_name(tmp_path: Path) -> None:
+    # As in a finished run's config.yaml: the regime's defaults (lr, epochs, batch size) filled in.
+    an = load_config(None, ["observed=single-positive-seed0.npy", "lr=0.001", "epochs=20", "batch_size=16"]).to_dict()
+    vlpl = {**load_config("vlpl").to_dict(), "observed": "/data/coco/observed/single-positive-seed0.npy"}
+    _fake_run(tmp_path / "an-run", an, 0.4)
+    _fake_run(tmp_path / "vlpl-run", vlpl, 0.5)
+    _fake_run(tmp_path / "b" / "vlpl-run", {**vlpl, "seed": 1}, 0.6)  # same name elsewhere: pooled, named by path
+    table = compare_runs(find_runs([tmp_path]))
+    assert table.header[:2] == ["run", "setting"]
+    by_run = {row[0]: row[1] for row in table.rows}
+    assert set(by_run) == {"an-run", "b/vlpl-run, vlpl-run"}
+    # The AN run has no VLPL parameters: none of them is listed as key=None in its row.
+    assert "None" not in by_run["an-run"] and "method_params" not in by_run["an-run"]
+    assert "method=standard" in by_run["an-run"] and "loss=an" in by_run["an-run"]
+    vlpl_setting = by_run["b/vlpl-run, vlpl-run"]
+    assert "method=vlpl" in vlpl_setting and "method_params.tau=" in vlpl_setting and "seed=" not in vlpl_setting
+    assert "observed=observed/single-positive-seed0.npy" in vlpl_setting  # relative to the run's data folder
+    # Only settings that differ: the shared image size is in no row.
+    assert all("image_size" not in row[1] for row in table.rows)
 
 
 def test_compare_of_nothing_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,4 +187,4 @@ def test_vlpl_figures_and_tau_theta_heatmap(micro_clip, tmp_path: Path, capsys: 
     capsys.readouterr()
     assert main(["compare", str(grid)]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
-    assert len(rows) == 4 and rows[0].startswith("| method_params.tau=0.03, method_params.theta=0.3 |")
+    assert len(rows) == 4 and rows[0].split(" | ")[1] == "method_params.tau=0.03, method_params.theta=0.3"

@@ -37,7 +37,7 @@ from spml.training.config import (
 )
 from spml.training.config import load_config as read_config
 from spml.training.grid import GridResult, run_grid
-from spml.training.hooks import TrainingHooks
+from spml.training.hooks import MethodInfo, TrainingHooks
 from spml.training.resolve import check_config, resolve_paths
 from spml.training.runfolder import CONFIG_FILE, RunResult
 from spml.training.runmodel import LoadedRun, evaluate_run, load_run
@@ -228,10 +228,16 @@ def evaluate(run_dir: str | Path, split: str = "test", data_dir: str | Path | No
     """Recompute a finished run's mAP on ``split`` from its best weights.
 
     Returns:
-        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes", "metrics"}``; ``metrics``
-        is :func:`spml.metrics.paper_metrics`.
+        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes", "metrics", "chance_map",
+        "warnings"}``: :func:`spml.training.runmodel.evaluate_run`.
     """
-    return evaluate_run(run_dir, split, data_dir)
+    return evaluate_run(run_dir, split, data_dir, partial_method=_run_method(run_dir).partial_labels)
+
+
+def _run_method(run_dir: str | Path) -> MethodInfo:
+    """The method a run's ``config.yaml`` names (the default method when the file is missing)."""
+    path = Path(run_dir) / CONFIG_FILE
+    return get_method(read_config(path).method if path.is_file() else TrainConfig.method)
 
 
 def grid(data_dir: str | Path, base: TrainConfig, axes: Mapping[str, Sequence[Any]], out_dir: str | Path) -> GridResult:

@@ -168,8 +168,8 @@ def _f1(p: float, r: float) -> float:
     return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
 
 
-def _prf(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Per-class (C*) and overall (O*) precision, recall and F1 of boolean predictions."""
+def decision_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1`` of boolean N x L predictions against boolean N x L truth."""
     tp = (predicted & truth).sum(axis=0)
     n_pred = predicted.sum(axis=0)
     n_pos = truth.sum(axis=0)
@@ -215,11 +215,11 @@ def paper_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float = THRES
         "map": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
         "map_zero": float(np.nan_to_num(ap, nan=0.0).mean()) if len(ap) else float("nan"),
     }
-    out.update(_prf(s_np >= threshold, truth))
+    out.update(decision_metrics(s_np >= threshold, truth))
     # One stable sort serves every top-k: ties go to the lower class index.
     order = np.argsort(-s_np, axis=1, kind="stable")[:, : max(*TOP_K, TOP_CLASSES)]
     num_classes = s_np.shape[1]
-    top = _prf(_top_k_mask(order, TOP_CLASSES, num_classes), truth)
+    top = decision_metrics(_top_k_mask(order, TOP_CLASSES, num_classes), truth)
     out["cf1_top3"], out["of1_top3"] = top["cf1"], top["of1"]
     n_pos = truth.sum(axis=1)
     has_pos = n_pos > 0
@@ -228,3 +228,49 @@ def paper_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float = THRES
         out[f"p@{k}"] = float((hits / k).mean()) if has_pos.any() else float("nan")
         out[f"r@{k}"] = float((hits / n_pos[has_pos]).mean()) if has_pos.any() else float("nan")
     return out
+
+
+# One line per key of paper_metrics (docs/metrics.md has the exact definitions): what the CLI prints
+# beside the numbers.
+METRIC_DESCRIPTIONS: dict[str, str] = {
+    "map": "mean over classes of average precision: how well each class's positives are ranked first (1 = perfect)",
+    "map_zero": "mAP counting a class without positives as AP 0 (Cole et al.'s convention)",
+    "cp": f"per-class precision of the labels with probability >= {THRESHOLD}, averaged over all classes (0 if never predicted)",
+    "cr": f"per-class recall at probability >= {THRESHOLD}, averaged over the classes with positives",
+    "cf1": "harmonic mean of cp and cr",
+    "op": f"overall precision at probability >= {THRESHOLD}: correct labels / labels predicted, all classes pooled",
+    "or": f"overall recall at probability >= {THRESHOLD}: correct labels / true labels, all classes pooled",
+    "of1": "harmonic mean of op and or",
+    "cf1_top3": f"cf1 with each image's {TOP_CLASSES} highest-scoring classes as its labels",
+    "of1_top3": f"of1 with each image's {TOP_CLASSES} highest-scoring classes as its labels",
+    **{f"p@{k}": f"share of true labels among each image's {k} highest-scoring classes" for k in TOP_K},
+    **{f"r@{k}": f"share of each image's true labels found among its {k} highest-scoring classes" for k in TOP_K},
+}
+
+
+def chance_map(labels: ArrayLike) -> float:
+    """Expected mAP of random scores on ``labels`` (every ranking equally likely): mAP's chance level.
+
+    A class with ``P`` positives among ``n`` images has expected AP
+    ``H_n / n + (P - 1) / (n - 1) * (1 - H_n / n)`` (``H_n`` the n-th harmonic number), averaged here
+    over the classes with positives as :func:`mean_average_precision` does. On large splits this is
+    about the class's positive rate ``P / n``; on small ones it is higher (one positive among 25
+    images: 0.15, not 0.04).
+
+    Args:
+        labels: N x L true labels (> 0 is positive).
+
+    Returns:
+        The chance mAP, NaN when no class has a positive.
+    """
+    truth = _as_numpy(labels, "labels") > 0
+    n = truth.shape[0]
+    positives = truth.sum(axis=0)
+    positives = positives[positives > 0].astype(np.float64)
+    if len(positives) == 0:
+        return float("nan")
+    if n == 1:
+        return 1.0
+    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
+    expected = harmonic / n + (positives - 1) / (n - 1) * (1 - harmonic / n)
+    return float(expected.mean())

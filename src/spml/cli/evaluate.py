@@ -1,12 +1,17 @@
-"""``spml evaluate RUN_DIR [DATA_DIR] [--split test]``: reload a run's best weights and recompute mAP."""
+"""``spml evaluate RUN_DIR [DATA_DIR] [--split test]``: reload a run's best weights and recompute mAP.
+
+Prints the split's mAP, every metric of :func:`spml.metrics.paper_metrics` with its meaning in one
+line, mAP's chance level on the split (random scores) and the run's warnings.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from spml.data.layout import SPLITS
 from spml.api import evaluate
+from spml.cli import explain
+from spml.data.layout import SPLITS
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -17,7 +22,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{len(report['per_class_ap'])} classes, {len(skipped)} without positives skipped"
         f"{': ' + ', '.join(skipped) if skipped else ''})"
     )
-    print("  ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()))
+    print("\n".join(explain.metric_lines(report["metrics"])))
+    chance = explain.chance_line(args.split, report["map"], report["chance_map"])
+    if chance:
+        print(chance)
+    for line in explain.warning_lines(report["warnings"]):
+        print(line)
     if args.per_class:
         for name, ap in report["per_class_ap"].items():
             print(f"  {name:30s} {'-' if ap is None else f'{ap:.4f}'}")

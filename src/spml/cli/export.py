@@ -8,13 +8,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from spml.deploy import export_run
+from spml.deploy.model import MODEL_JSON
+from spml.progress import log
 
 
 def _run(args: argparse.Namespace) -> int:
     out = export_run(args.run_dir, args.out, data_dir=args.data)
+    document = json.loads((out / MODEL_JSON).read_text())
+    log(f"labels: {document['decision']['description']}")
+    for line in document["provenance"]["thresholds"].get("warnings", []):
+        log(f"warning: {line}")
     print(out)
     return 0
 
@@ -24,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="write a run's model as a self-contained folder (safetensors + model.json)",
-        description="Export RUN_DIR's best weights (backbone and head), class names, preprocessing, per-class "
-        "thresholds chosen on val (max F1) and training provenance into --out; spml predict and spml.load "
-        "read it with no data folder. The last line printed is the folder.",
+        description="Export RUN_DIR's best weights (backbone and head), class names, preprocessing, the decision "
+        "rule chosen on val (a global threshold, a cap on labels per image, per-class thresholds where val has "
+        "enough positives: printed) and training provenance into --out; spml predict and spml.load read it with "
+        "no data folder. The last line printed is the folder.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
     parser.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="export folder to write")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from spml.data.output import claim_file, write_file
-from spml.deploy import collect_images, format_rows, load, output_format
+from spml.deploy import SpmlModel, collect_images, format_rows, load, output_format
 from spml.deploy.model import check_batching
 from spml.deploy.thresholds import check_threshold
 from spml.errors import SpmlError
@@ -45,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     model = load(args.model, device=args.device)
     # --top-k alone ranks every class; with --threshold it keeps the top K above that threshold.
     threshold = args.threshold if args.threshold is not None or args.top_k is None else 0.0
+    log(f"labels: {label_rule(model, args.threshold, args.top_k)}")
     rows, failed = [], 0
     for p in model.predict_files(images, batch_size=args.batch_size, num_workers=args.workers):
         if p.scores is None:
@@ -62,14 +63,25 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed and not rows else 0
 
 
+def label_rule(model: SpmlModel, threshold: float | None, top_k: int | None) -> str:
+    """The rule the labels follow, in one line: ``--threshold`` / ``--top-k``, else the model's own (with its warnings)."""
+    if threshold is not None:
+        return f"probability >= {threshold:g} (--threshold)" + ("" if top_k is None else f", at most the {top_k} highest (--top-k)")
+    if top_k is not None:
+        return f"the {top_k} highest-scoring classes of each image (--top-k)"
+    warnings = model.provenance.get("thresholds", {}).get("warnings", [])
+    return model.decision.description + "".join(f"; warning: {w}" for w in warnings)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``predict`` sub-command."""
     parser = subparsers.add_parser(
         "predict",
         help="predict labels of image files with an exported model or a run",
         description="Write one row per image: the labels called present and every class's probability. "
-        "Labels use the per-class thresholds chosen on the run's val split (max F1) unless --threshold "
-        "is given. An image that does not decode is reported on one line and skipped.",
+        "Labels follow the model's decision rule chosen on the run's val split (printed: a global threshold, "
+        "a cap on labels per image, per-class thresholds where val has enough positives) unless --threshold "
+        "or --top-k is given. An image that does not decode is reported on one line and skipped.",
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="export folder or finished run folder")
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders, glob patterns or .txt lists")

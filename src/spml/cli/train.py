@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spml.cli import explain
 from spml.api import config_path, list_methods, load_config, resume, train
 from spml.errors import SpmlError
 from spml.reports.tensorboard import epoch_logging
 from spml.training import RunResult, TrainConfig, distributed
 from spml.training.config import default_config_path, parse_overrides
 from spml.training.defaults import CPU_FRIENDLY
-from spml.training.runfolder import is_run
+from spml.training.runfolder import is_run, read_results
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +92,11 @@ def profile_overrides(profile: Mapping[str, Any], prefix: str = "") -> list[str]
 
 
 def print_result(result: RunResult) -> None:
-    """One line: best epoch, val / test / train-label mAP and the results file (rank 0 only under torchrun)."""
+    """Best epoch, val / test / train-label mAP and the results file, then what they mean (rank 0 only).
+
+    Under the first line: each mAP and test metric explained in one line, and the test mAP's
+    chance level (:mod:`spml.cli.explain`). The run's warnings were logged when it finished.
+    """
     if not distributed.is_main():
         return
     print(
@@ -98,6 +104,15 @@ def print_result(result: RunResult) -> None:
         f"test mAP {result.test_map:.4f}, train-label mAP {result.train_label_map:.4f} "
         f"-> {result.run_dir / 'results.json'}"
     )
+    for name, meaning in explain.RUN_MAPS.items():
+        print(f"  {name}: {meaning}")
+    results = read_results(result.run_dir)
+    if "test_metrics" in results:
+        print("test metrics (fractions in [0, 1]; docs/metrics.md):")
+        print("\n".join(explain.metric_lines(results["test_metrics"])))
+    chance = explain.chance_line("test", result.test_map, float(results.get("test_chance_map", math.nan)))
+    if chance:
+        print(chance)
 
 
 def resume_epochs(args: argparse.Namespace) -> int | None:

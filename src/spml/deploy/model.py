@@ -7,8 +7,9 @@ Hugging Face or timm model folder::
     DIR/model.json          classes, architecture, preprocessing, per-class thresholds, provenance
 
 A run folder is loaded through the engine's :func:`~spml.training.load_run` (which needs the run's
-data folder); its per-class thresholds are chosen on the val split once and stored in
-``RUN_DIR/thresholds.json``.
+data folder); its decision rule (per-class thresholds, labels per image) is chosen on the val split
+once and stored in ``RUN_DIR/thresholds.json``, keyed by the weights and the data it was computed
+on (another data folder's go beside it: :func:`_run_decision`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,20 +32,21 @@ from torch.utils.data import DataLoader, Dataset
 from spml import __version__, readers
 from spml.coerce import coerce
 from spml.data.atomic import save_safetensors, write_json
-from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, load_image, pixel_limit
+from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, pixel_limit
 from spml.data.output import Inputs, write_folder
+from spml.deploy.images import ImageInput, describe, image_items, image_tensor
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
-from spml.deploy.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds, check_threshold, f1_per_class
+from spml.deploy.thresholds import RULE_VERSION, Decision, bounded_labels, check_threshold, choose_decision
 from spml.errors import SpmlError
 from spml.models import Classifier, create_classifier
-from spml.progress import progress
+from spml.progress import log, progress
 from spml.training import LoadedRun, load_run
 from spml.training.runmodel import resolve_device
 
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "spml-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.json has "decision" (bounds on labels per image); 1 is read as thresholds only
 RESIZE_MODE = "square-bilinear-antialias"
 
 
@@ -77,20 +79,25 @@ class Prediction:
     error: str | None = None
 
 
-class _ImageFiles(Dataset):
-    """Decoded, transformed images; a file that does not decode yields its error instead."""
+class _Images(Dataset):
+    """Transformed images; an input that cannot be read yields its error instead."""
 
-    def __init__(self, paths: Sequence[str | Path], transform: ImageTransform) -> None:
-        self.paths = [str(p) for p in paths]
+    def __init__(self, items: Sequence[ImageInput], transform: ImageTransform) -> None:
+        self.items = list(items)
         self.transform = transform
         self.max_pixels = pixel_limit()  # read here, so that a bad $SPML_MAX_PIXELS is not a worker's traceback
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
+
+    def name(self, index: int) -> str:
+        """A file's path; an in-memory image's position and description (never its pixels)."""
+        item = self.items[index]
+        return str(item) if isinstance(item, (str, Path)) else f"image #{index} ({describe(item)})"
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, self.transform(load_image(self.paths[index], self.max_pixels)), None
+            return index, self.transform(image_tensor(self.items[index], self.max_pixels)), None
         except SpmlError as err:
             return index, None, err.message
 
@@ -108,13 +115,15 @@ def check_batching(batch_size: int, num_workers: int) -> None:
 
 
 class SpmlModel:
-    """A multi-label classifier with its class names, preprocessing and decision thresholds.
+    """A multi-label classifier with its class names, preprocessing and decision rule.
 
     Args:
         classifier: Backbone and head with trained weights.
         classes: Class names, in the order of the outputs.
         preprocessing: The input transform the classifier was trained with.
-        thresholds: Per-class decision thresholds (``score >= threshold`` is a label).
+        thresholds: How probabilities become labels: a :class:`~spml.deploy.thresholds.Decision`
+            (per-class thresholds and labels-per-image bounds), or per-class thresholds alone
+            (``score >= threshold`` is a label).
         architecture: ``{"backbone", "head", "head_params"}`` to rebuild the classifier.
         provenance: Training facts (config, data fingerprint, metrics) carried into an export.
         device: Where the classifier runs.
@@ -126,7 +135,7 @@ class SpmlModel:
         classifier: Classifier,
         classes: list[str],
         preprocessing: Preprocessing,
-        thresholds: np.ndarray,
+        thresholds: Decision | np.ndarray,
         architecture: dict[str, Any],
         provenance: dict[str, Any],
         device: torch.device,
@@ -135,11 +144,16 @@ class SpmlModel:
         self.classifier = classifier.to(device).eval()
         self.classes = list(classes)
         self.preprocessing = preprocessing
-        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        self.decision = thresholds if isinstance(thresholds, Decision) else Decision(np.asarray(thresholds, dtype=np.float64))
         self.architecture = architecture
         self.provenance = provenance
         self.device = device
         self.source = source
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """float64 ``L`` per-class thresholds of :attr:`decision`."""
+        return self.decision.thresholds
 
     def __repr__(self) -> str:
         """Architecture, class count and device."""
@@ -157,17 +171,18 @@ class SpmlModel:
         return probs
 
     def predict_files(
-        self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0
+        self, paths: ImageInput | Iterable[ImageInput], batch_size: int = 32, num_workers: int = 0
     ) -> Iterator[Prediction]:
-        """Predict image files in batches, in order.
+        """Predict images in batches, in order: files, PIL images, arrays or tensors (:mod:`spml.deploy.images`).
 
-        An unreadable file yields a :class:`Prediction` with its ``error``, and the others go on.
+        Each input yields one :class:`Prediction` (its ``path``: a file's path, else ``image #i
+        (description)``); one that cannot be read carries its ``error``, and the others go on.
 
         Raises:
             SpmlError: ``batch_size`` below 1 or ``num_workers`` below 0.
         """
         check_batching(batch_size, num_workers)
-        dataset = _ImageFiles(paths, self.preprocessing.transform())
+        dataset = _Images(image_items(paths), self.preprocessing.transform())
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_items)
         batches = progress(loader, total=len(loader), desc="predict", unit="batch")
         for batch in batches:
@@ -175,38 +190,58 @@ class SpmlModel:
             scores = self.predict_tensors(torch.stack([x for _, x in good])) if good else np.zeros((0, len(self.classes)))
             by_index = {i: row for (i, _), row in zip(good, scores)}
             for i, _, error in batch:
-                yield Prediction(dataset.paths[i], by_index.get(i), error)
+                yield Prediction(dataset.name(i), by_index.get(i), error)
 
-    def predict(self, images: Sequence[str | Path], batch_size: int = 32) -> np.ndarray:
-        """float32 ``N x L`` probabilities of image files, in the order of :attr:`classes`.
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], batch_size: int = 32, errors: str = "warn"
+    ) -> np.ndarray:
+        """float32 ``N x L`` probabilities, in the order of :attr:`classes`.
+
+        Args:
+            images: One image or several: file paths, PIL images, numpy arrays (``H x W x C``,
+                uint8 0-255 or float 0-1), torch tensors (``C x H x W``); a 4-D array or tensor is
+                a batch (:mod:`spml.deploy.images`).
+            batch_size: Images per forward pass.
+            errors: ``warn``: an input that cannot be read gets a row of NaN (no labels from
+                :meth:`labels`) and one warning naming it and the problem, the others are
+                predicted; ``raise``: an SpmlError at the first such input.
 
         Raises:
-            SpmlError: An image does not decode (use :meth:`predict_files` to skip such files).
+            SpmlError: With ``errors="raise"``, an input that cannot be read.
         """
-        if isinstance(images, (str, Path)):
-            images = [images]
+        if errors not in ("warn", "raise"):
+            raise SpmlError(f"errors must be 'warn' or 'raise', got {errors!r}")
         rows = []
-        for p in self.predict_files(list(images), batch_size=batch_size):
+        for p in self.predict_files(images, batch_size=batch_size):
             if p.scores is None:
-                raise SpmlError(f"image does not decode ({p.error})", p.path)
-            rows.append(p.scores)
+                if errors == "raise":
+                    raise SpmlError(f"{p.path}: {p.error}")
+                warnings.warn(f"{p.path}: {p.error}; its row of probabilities is NaN", stacklevel=2)
+                rows.append(np.full(len(self.classes), np.nan, dtype=np.float32))
+            else:
+                rows.append(p.scores)
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def labels(self, scores: np.ndarray, threshold: float | None = None, top_k: int | None = None) -> list[list[str]]:
         """Class names called present per row of ``scores``, highest score first.
 
         Args:
-            scores: ``N x L`` probabilities.
-            threshold: One threshold for all classes; None uses the per-class :attr:`thresholds`.
-            top_k: Keep at most the ``top_k`` highest-scoring of the labels above threshold.
+            scores: ``N x L`` probabilities (a row with NaN, an unreadable image, gets none).
+            threshold: One threshold for all classes, without the rule's per-image bounds; None
+                uses :attr:`decision` (per-class thresholds, at least ``min_labels`` and at most
+                ``max_labels`` labels per image).
+            top_k: Keep at most the ``top_k`` highest-scoring labels (instead of ``max_labels``).
         """
         check_threshold(threshold)
-        scores = np.atleast_2d(np.asarray(scores))
-        cut = self.thresholds if threshold is None else np.full(len(self.classes), float(threshold))
+        scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+        d = self.decision
+        if threshold is None:
+            chosen = bounded_labels(scores, d.thresholds, d.min_labels, top_k if top_k is not None else d.max_labels)
+        else:
+            chosen = bounded_labels(scores, float(threshold), 0, top_k)
         out = []
-        for row in scores:
-            order = [j for j in np.argsort(-row, kind="stable") if row[j] >= cut[j]]
-            out.append([self.classes[j] for j in order[:top_k]])
+        for row, keep in zip(scores, chosen):
+            out.append([self.classes[j] for j in np.argsort(-row, kind="stable") if keep[j]])
         return out
 
     def save(self, out_dir: str | Path, inputs: Inputs = ()) -> Path:
@@ -224,6 +259,7 @@ class SpmlModel:
             "architecture": self.architecture,
             "preprocessing": {**asdict(self.preprocessing), "color": "RGB", "scale": "pixel / 255"},
             "thresholds": [float(t) for t in self.thresholds],
+            "decision": self.decision.to_json(),
             "provenance": self.provenance,
         }
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.classifier.state_dict().items()}
@@ -316,7 +352,22 @@ def _load_export(folder: Path, device: torch.device) -> SpmlModel:
         classifier.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SpmlError(f"weights do not load ({str(err).splitlines()[0]})", folder / WEIGHTS_FILE) from None
-    return SpmlModel(classifier, classes, preprocessing, thresholds, arch, doc.get("provenance", {}), device, folder)
+    return SpmlModel(classifier, classes, preprocessing, _decision(thresholds, doc.get("decision"), doc_path), arch,
+                     doc.get("provenance", {}), device, folder)
+
+
+def _decision(thresholds: np.ndarray, stored: Any, path: Path) -> Decision:
+    """The :class:`Decision` of ``model.json`` (format 1 has per-class thresholds only)."""
+    if stored is None:
+        return Decision(thresholds)
+    if not isinstance(stored, dict):
+        raise SpmlError(f"model.json's decision must be a mapping, got {type(stored).__name__}", path)
+    low, high = stored.get("min_labels", 0), stored.get("max_labels")
+    if isinstance(low, bool) or not isinstance(low, int) or low < 0:
+        raise SpmlError(f"model.json's decision.min_labels must be a whole number >= 0, got {low!r}", path)
+    if high is not None and (isinstance(high, bool) or not isinstance(high, int) or high < 1):
+        raise SpmlError(f"model.json's decision.max_labels must be null or a whole number >= 1, got {high!r}", path)
+    return Decision(thresholds, low, high, str(stored.get("rule", "")), str(stored.get("description", "")))
 
 
 def _hash_file(path: Path) -> str:
@@ -336,7 +387,8 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
     fingerprint = hashlib.sha256(
         json.dumps({"classes": data.classes, **{k: s.fingerprint for k, s in splits.items()}}).encode()
     ).hexdigest()[:16]
-    thresholds, val_f1 = _run_thresholds(files, run, splits["val"].labels, _hash_file(folder / BEST_FILE))
+    own_data = data_dir is None or _same_folder(data.root, files.info.get("data_dir"))
+    decision, record = _run_decision(files, run, own_data)
     t = rm.eval_transform
     config = run.config
     arch = {"backbone": config.backbone, "head": config.head, "head_params": dict(config.head_params)}
@@ -351,62 +403,86 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
             "split_sizes": {k: len(s) for k, s in splits.items()},
         },
         "metrics": files.results if files.completed else {},
-        "thresholds": {
-            "selection": "per class, maximum F1 on the val split (true labels); 0.5 where val has no positive",
-            "val_f1": [None if math.isnan(f) else float(f) for f in val_f1],
-        },
+        "thresholds": {k: v for k, v in record.items() if k != "thresholds"},
     }
     preprocessing = Preprocessing(t.size, tuple(t.mean), tuple(t.std))
-    return SpmlModel(rm.model, data.classes, preprocessing, thresholds, arch, provenance, device, folder)
+    return SpmlModel(rm.model, data.classes, preprocessing, decision, arch, provenance, device, folder)
 
 
-def _stored_thresholds(path: Path, weights_hash: str, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The thresholds and val F1 in ``thresholds.json`` when they are for these weights, else None.
+def _same_folder(a: Path, b: str | None) -> bool:
+    return b is not None and a.resolve() == Path(b).resolve()
 
-    The file is derived: one that is torn or does not hold ``num_classes`` numbers in [0, 1] is
-    chosen again, with a warning, instead of failing the command.
-    """
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A stored thresholds file; None when absent, or (with a warning) torn: it is derived, so it is chosen again."""
+    if not path.exists():
+        return None
     try:
-        stored = readers.read_json_object(path, "thresholds file")
+        return readers.read_json_object(path, "thresholds file")
     except SpmlError as err:
-        warnings.warn(f"{err}; choosing the thresholds again", stacklevel=3)
+        warnings.warn(f"{err}; choosing the thresholds again", stacklevel=4)
         return None
-    if stored.get("weights") != weights_hash:
-        return None
-    thresholds, f1 = stored.get("thresholds"), stored.get("val_f1")
-    if not (
-        isinstance(thresholds, list) and isinstance(f1, list) and len(thresholds) == len(f1) == num_classes
-        and all(_is_probability(v) for v in thresholds) and all(v is None or _is_probability(v) for v in f1)
-    ):
-        warnings.warn(f"{path}: does not hold {num_classes} thresholds in [0, 1]; choosing the thresholds again", stacklevel=3)
-        return None
-    return np.asarray(thresholds, dtype=np.float64), np.asarray([math.nan if v is None else v for v in f1], dtype=np.float64)
 
 
 def _is_probability(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def _run_thresholds(files: RunFiles, run: LoadedRun, val_labels: np.ndarray, weights_hash: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class max-F1 thresholds on val, stored in ``RUN_DIR/thresholds.json`` for the best weights."""
-    path = files.path(THRESHOLDS_FILE)
-    stored = _stored_thresholds(path, weights_hash, val_labels.shape[1]) if path.exists() else None
-    if stored is not None:
-        return stored
-    val_scores = run.predict("val")
-    thresholds, f1 = best_f1_thresholds(val_scores, val_labels, DEFAULT_THRESHOLD)
-    fixed = f1_per_class(val_scores, val_labels, DEFAULT_THRESHOLD)
-    write_json(
-        path,
-        {
-            "weights": weights_hash,
-            "selection": "max F1 per class on the val split",
-            "thresholds": [float(v) for v in thresholds],
-            "val_f1": [None if math.isnan(v) else float(v) for v in f1],
-            "val_f1_at_0.5": [None if math.isnan(v) else float(v) for v in fixed],
-        },
-    )
-    return thresholds, f1
+def _stored_decision(record: dict[str, Any], num_classes: int, path: Path) -> Decision | None:
+    """The decision of a stored record whose key matched; None (with a warning) when it is tampered."""
+    thresholds = record.get("thresholds")
+    if not (isinstance(thresholds, list) and len(thresholds) == num_classes and all(_is_probability(v) for v in thresholds)):
+        warnings.warn(f"{path}: does not hold {num_classes} thresholds in [0, 1]; choosing the thresholds again", stacklevel=4)
+        return None
+    try:
+        return _decision(np.asarray(thresholds, dtype=np.float64), record.get("decision"), path)
+    except SpmlError as err:
+        warnings.warn(f"{err}; choosing the thresholds again", stacklevel=4)
+        return None
+
+
+def _run_decision(files: RunFiles, run: LoadedRun, own_data: bool) -> tuple[Decision, dict[str, Any]]:
+    """The decision rule of a run's best weights, chosen on the val split of the data it is loaded with.
+
+    It is stored in the run folder keyed by what it was computed from: the best weights, the class
+    names, the val split's fingerprint (:attr:`spml.data.layout.Split.fingerprint`: images, labels,
+    file sizes and times) and the rule's version. A stored one is reused only when the whole key
+    matches. ``THRESHOLDS_FILE`` holds those of the run's own data (the folder in ``run.json``);
+    another data folder's go to ``thresholds-<val fingerprint>.json``, so that exporting with
+    ``--data OTHER`` never replaces the run's own.
+    """
+    val = run.run_model.split("val")
+    classes = run.run_model.data.classes
+    key = {
+        "weights": _hash_file(files.path(BEST_FILE)),
+        "classes": hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16],
+        "val_split": val.fingerprint,
+        "rule": RULE_VERSION,
+    }
+    own_path, other_path = files.path(THRESHOLDS_FILE), files.path(f"thresholds-{val.fingerprint}.json")
+    own_record = _read_record(own_path)
+    for path, record in ((own_path, own_record), (other_path, _read_record(other_path))):
+        if record is not None and record.get("key") == key:
+            stored = _stored_decision(record, len(classes), path)
+            if stored is not None:
+                return stored, record
+    decision, report = choose_decision(run.predict("val"), val.labels)
+    record = {
+        "key": key,
+        "data_dir": str(run.run_model.data.root.resolve()),
+        "thresholds": [float(v) for v in decision.thresholds],
+        "decision": decision.to_json(),
+        **report,
+    }
+    # The run's own file is replaced only by the same val split's (newer weights or rule), or when
+    # it is missing, torn or from before thresholds were keyed.
+    own_key = own_record.get("key") if own_record is not None else None
+    replaceable = not isinstance(own_key, dict) or own_key.get("val_split") in (None, key["val_split"])
+    target = own_path if own_data and replaceable else other_path
+    if target == other_path:
+        log(f"thresholds chosen on {record['data_dir']}'s val split, not the run's own data: kept apart in {target}")
+    write_json(target, record)
+    return decision, record
 
 
 def load(path: str | Path, device: str = "auto", data_dir: str | Path | None = None) -> SpmlModel:

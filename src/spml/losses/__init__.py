@@ -10,7 +10,13 @@ from spml.losses import cole, entropy, focal, large_loss, robust, soft  # noqa: 
 from spml.losses.base import INPUT_NAMES, LOG_EPSILON, Epoch, LossTerms, SpmlLoss, neg_log
 from spml.losses.registry import LossInfo, check_hparams, create, get_loss_info, list_losses, register_loss
 
+# Losses for which fully observed labels (observed: full) are the normal input: the supervised
+# baselines, and the pseudo-label losses that never read the observed labels. Every other loss was
+# written for weak labels, so training it on full labels is usually a forgotten --set observed.
+FULL_LABEL_LOSSES = frozenset({"bce", "bce_ls", "focal", "asl", "soft_bce", "ccd"})
+
 __all__ = [
+    "FULL_LABEL_LOSSES",
     "INPUT_NAMES",
     "LOG_EPSILON",
     "Epoch",

@@ -1,7 +1,10 @@
 """``compare``: one table over runs in the papers' layout, as Markdown, CSV or LaTeX.
 
-Rows are the settings that tell the runs apart (method, loss, a grid's axes...), runs differing
-only in ``seed`` are pooled as one row with mean +- std (sample std, n - 1) over the seeds.
+Each row is labelled by its runs' folder names and shows only the settings that tell the runs apart
+(method, loss, a grid's axes...): a key that one run's config lacks (another method's parameters) is
+left out of that run's row rather than shown as ``key=None``, and a path inside the run's data folder
+is shown relative to it. Runs differing only in ``seed`` are
+pooled as one row with mean +- std (sample std, n - 1) over the seeds.
 Columns are the metrics (val, test and train-label mAP) for runs on one dataset, or one test-mAP
 column per dataset when the runs span several. mAP is a fraction in [0, 1], as in ``results.json``.
 """
@@ -9,6 +12,7 @@ column per dataset when the runs span several. mAP is a fraction in [0, 1], as i
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,25 +74,59 @@ def _dataset(run: RunFiles) -> str:
     return (Path(recorded).name if isinstance(recorded, str) else "") or "?"
 
 
+# A pooled row names at most this many runs, then how many there are.
+_NAMED_RUNS = 3
+_MISSING = object()  # a key the run's config does not have (another method's parameter)
+
+
+def run_names(runs: Sequence[RunFiles]) -> list[str]:
+    """Short, distinct names of ``runs``: the folder names, or paths from their common folder when two collide."""
+    names = [r.root.name for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    roots = [r.root.resolve() for r in runs]
+    common = Path(os.path.commonpath(roots))
+    return [str(root.relative_to(common)) or root.name for root in roots]
+
+
+def _short_paths(config: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+    """Paths inside the run's data folder relative to it (``observed=single-positive-seed0.npy``)."""
+    if not data_dir:
+        return config
+    prefix = str(Path(data_dir)) + os.sep
+    return {k: v[len(prefix):] if isinstance(v, str) and v.startswith(prefix) else v for k, v in config.items()}
+
+
+def _row_label(names: Sequence[str]) -> str:
+    if len(names) <= _NAMED_RUNS:
+        return ", ".join(names)
+    return f"{', '.join(names[:2])}, ... ({len(names)} runs)"
+
+
 def compare_runs(runs: Sequence[RunFiles]) -> Table:
-    """Group ``runs`` by their differing settings (seeds pooled) into a :class:`Table`."""
-    configs = [_flatten(r.config) for r in runs]
+    """Group ``runs`` by their differing settings (seeds pooled) into a :class:`Table`.
+
+    Columns: ``run`` (the runs' names), ``setting`` (only the settings that differ between the
+    runs; a key a run's config lacks is left out of its row), then the metrics.
+    """
+    configs = [_short_paths(_flatten(r.config), r.info.get("data_dir")) for r in runs]
     keys = sorted({k for c in configs for k in c} - _IGNORED)
-    differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    differing = [k for k in keys if len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
     datasets = sorted({_dataset(r) for r in runs})
-    groups: dict[str, list[RunFiles]] = {}
-    for run, config in zip(runs, configs):
-        label = ", ".join(f"{k}={config.get(k)}" for k in differing) or f"{config.get('method')} / {config.get('loss')}"
-        groups.setdefault(label, []).append(run)
+    groups: dict[str, list[tuple[str, RunFiles]]] = {}
+    for name, run, config in zip(run_names(runs), runs, configs):
+        setting = ", ".join(f"{k}={config[k]}" for k in differing if k in config)
+        groups.setdefault(setting or f"{config.get('method')} / {config.get('loss')}", []).append((name, run))
     if len(datasets) > 1:
-        header = ["setting", *(f"{d} test mAP" for d in datasets)]
+        header = ["run", "setting", *(f"{d} test mAP" for d in datasets)]
         columns = [(d, "test_map") for d in datasets]
     else:
-        header = ["setting", *(title for _, title in METRICS), "seeds"]
+        header = ["run", "setting", *(title for _, title in METRICS), "seeds"]
         columns = [(None, key) for key, _ in METRICS]
     rows, values = [], []
-    for label, members in groups.items():
-        cells, numbers = [label], []
+    for setting, named in groups.items():
+        members = [run for _, run in named]
+        cells, numbers = [_row_label([name for name, _ in named]), setting], []
         for dataset, key in columns:
             # A val-only run has no test mAPs; results.json was checked when read (numbers or NaN).
             vals = [float(m.results.get(key, math.nan)) for m in members if dataset is None or _dataset(m) == dataset]
@@ -145,7 +183,7 @@ def format_table(table: Table, fmt: str) -> str:
         def tex(cell: str) -> str:
             return tex_escape(cell).replace(" ± ", r" $\pm$ ")
 
-        spec = "l" + "r" * (len(table.header) - 1)
+        spec = "ll" + "r" * (len(table.header) - 2)
         lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(tex, table.header)) + r" \\", r"\midrule"]
         lines += [" & ".join(map(tex, row)) + r" \\" for row in table.rows]
         lines += [r"\bottomrule", r"\end{tabular}"]

@@ -51,9 +51,9 @@ from spml.losses import create as create_loss
 from spml import __version__
 from spml.models.backbones import missing_backbone_weights
 from spml.models.hub import MissingWeights, missing_message
-from spml.metrics import map_report, mean_average_precision, paper_metrics
+from spml.metrics import chance_map, map_report, mean_average_precision, paper_metrics
 from spml.progress import epoch_done, log, progress
-from spml.training import distributed
+from spml.training import diagnostics, distributed
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, config_to_yaml, load_run_config
@@ -260,12 +260,6 @@ class Trainer:
             check_observed(self.observed, "labels to train on")
         except ValueError as err:
             raise SpmlError(f"method {config.method!r}: {err}") from None
-        # After the method's own checks, so that a refused run prints only its error.
-        if method.partial_labels and config.observed == FULL_OBSERVED:
-            log(
-                f"note: method {config.method!r} is meant for partial labels but observed is {FULL_OBSERVED!r} "
-                "(the default): it trains on every true train label; --set observed=FILE (a file from spml observe)"
-            )
         self.rm = RunModel(config, data, self.device)
         self.rm.model = distributed.prepare_model(self.rm.model, self.device)
         on_cuda = self.device.type == "cuda"
@@ -296,6 +290,11 @@ class Trainer:
         self.centering: HeadCentering | None = None
         self._train_mean: torch.Tensor | None = None
         self.phase_norm = 0.0  # norm of the trained weights when the phase started (divergence check)
+        # After every check (method, backbone, loss), so that a refused run prints only its error.
+        self.partial_method = method.partial_labels
+        observed_note = diagnostics.observed_warning(config, data.root, method.partial_labels)
+        if observed_note:
+            log(f"note: {observed_note}")
 
     def _create_loss(self) -> SpmlLoss:
         hparams = dict(self.config.loss_params)
@@ -762,8 +761,11 @@ class Trainer:
             return result
         test = report.to_dict(self.data.classes)
         warning = not_done_warning(metrics, state.stopped_early, self.config.optimizer)
-        if warning:
-            log(warning)
+        run_warnings = [*([warning] if warning else []), *diagnostics.run_warnings(
+            self.config, self.data.root, self.rm.split("val").labels, self.partial_method
+        )]
+        for line in run_warnings:
+            log(f"warning: {line}")
         write_json(
             self.run_dir / RESULTS_FILE,
             {
@@ -772,6 +774,7 @@ class Trainer:
                 "val_set_variant": self.config.val_set_variant,
                 "protocol": self.config.protocol,  # reference: val_map is the test split's (docs/reproduction.md)
                 "test_map": result.test_map,
+                "test_chance_map": chance_map(self.rm.split("test").labels),
                 "train_label_map": result.train_label_map,
                 "per_class_test_ap": test["per_class_ap"],
                 "test_metrics": paper_metrics(scores, self.rm.split("test").labels),
@@ -779,7 +782,7 @@ class Trainer:
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
                 "method": {"name": self.config.method, **self.hooks.summary()},
-                "warnings": [warning] if warning else [],
+                "warnings": run_warnings,
                 "world_size": distributed.world_size(),
             },
         )

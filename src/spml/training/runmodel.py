@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader, Subset
 from spml.data.dataset import ImageTransform, SplitDataset
 from spml.data.layout import PreparedData, Split
 from spml.errors import SpmlError
-from spml.metrics import map_report, paper_metrics
+from spml.metrics import chance_map, map_report, paper_metrics
 from spml.progress import progress
 from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
 from spml.training.config import DEVICES, TrainConfig, load_config
+from spml.training.diagnostics import run_warnings
 from spml.training.feature_rows import FeatureRows
 from spml.training.runfolder import BEST_FILE, CONFIG_FILE, run_data_dir
 
@@ -239,20 +240,29 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedR
     return LoadedRun(run_dir=run_dir, config=config, run_model=rm, part=state["part"], best_epoch=int(state["epoch"]))
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None, partial_method: bool = False
+) -> dict[str, Any]:
     """Reload a run's best weights and recompute mAP on ``split`` against its true labels.
 
+    ``partial_method``: the run's method is meant for partial labels (for its warning).
+
     Returns:
-        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes", "metrics"}``; ``metrics``
-        is :func:`spml.metrics.paper_metrics`.
+        ``{"split", "best_epoch", "map", "per_class_ap", "skipped_classes", "metrics", "chance_map",
+        "warnings"}``; ``metrics`` is :func:`spml.metrics.paper_metrics`, ``chance_map`` the
+        expected mAP of random scores on ``split`` (:func:`spml.metrics.chance_map`), ``warnings``
+        the run's :func:`spml.training.diagnostics.run_warnings`.
     """
     run = load_run(run_dir, data_dir)
     scores = run.predict(split)
     labels = run.run_model.split(split).labels
     report = map_report(scores, labels)
+    data = run.run_model.data
     return {
         "split": split,
         "best_epoch": run.best_epoch,
-        **report.to_dict(run.run_model.data.classes),
+        **report.to_dict(data.classes),
         "metrics": paper_metrics(scores, labels),
+        "chance_map": chance_map(labels),
+        "warnings": run_warnings(run.config, data.root, run.run_model.split("val").labels, partial_method),
     }
