@@ -28,7 +28,9 @@ FORMATS = ("md", "csv", "latex")
 METRICS = (("val_map", "val mAP"), ("test_map", "test mAP"), ("train_label_map", "train-label mAP"))
 # Config keys that never tell settings apart: the seed is pooled; the rest are paths or plumbing.
 _IGNORED = frozenset({"seed", "device", "num_workers", "eval_batch_size"})
-
+# The text columns that label a row; the numbers follow them.
+LABEL_HEADER = ("run", "setting")
+LABEL_COLUMNS = len(LABEL_HEADER)
 
 @dataclass(frozen=True)
 class Table:
@@ -118,10 +120,10 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
         setting = ", ".join(f"{k}={config[k]}" for k in differing if k in config)
         groups.setdefault(setting or f"{config.get('method')} / {config.get('loss')}", []).append((name, run))
     if len(datasets) > 1:
-        header = ["run", "setting", *(f"{d} test mAP" for d in datasets)]
+        header = [*LABEL_HEADER, *(f"{d} test mAP" for d in datasets)]
         columns = [(d, "test_map") for d in datasets]
     else:
-        header = ["run", "setting", *(title for _, title in METRICS), "seeds"]
+        header = [*LABEL_HEADER, *(title for _, title in METRICS), "seeds"]
         columns = [(None, key) for key, _ in METRICS]
     rows, values = [], []
     for setting, named in groups.items():
@@ -177,13 +179,17 @@ def format_table(table: Table, fmt: str) -> str:
         return "\n".join(lines) + "\n"
     if fmt == "csv":
         # An empty cell, not "-", where no run has the metric: "-" alone would be neutralised to "'-".
-        body = [[row[0], *("" if c == "-" else c.replace(" ± ", " +- ") for c in row[1:])] for row in table.rows]
+        # The first LABEL_COLUMNS cells (run, setting) are text and kept as they are.
+        body = [
+            [*row[:LABEL_COLUMNS], *("" if c == "-" else c.replace(" ± ", " +- ") for c in row[LABEL_COLUMNS:])]
+            for row in table.rows
+        ]
         return csv_text([table.header, *body])
     if fmt == "latex":
         def tex(cell: str) -> str:
             return tex_escape(cell).replace(" ± ", r" $\pm$ ")
 
-        spec = "ll" + "r" * (len(table.header) - 2)
+        spec = "l" * LABEL_COLUMNS + "r" * (len(table.header) - LABEL_COLUMNS)
         lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(map(tex, table.header)) + r" \\", r"\midrule"]
         lines += [" & ".join(map(tex, row)) + r" \\" for row in table.rows]
         lines += [r"\bottomrule", r"\end{tabular}"]
