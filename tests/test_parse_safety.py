@@ -32,7 +32,7 @@ from spml.data.observe import observe
 from spml.data.prepare import prepare
 from spml.data.synth import make_synthetic
 from spml.deploy import collect_images
-from spml.deploy.model import _ImageFiles
+from spml.deploy.model import _Images
 from spml.errors import SpmlError
 from spml.methods.ccd.method import image_size
 
@@ -127,7 +127,7 @@ def test_a_postscript_file_named_jpg_never_reaches_the_eps_plugin(postscript_jpg
 
 
 def test_predict_skips_a_postscript_jpg_without_running_it(postscript_jpg: Path, eps_plugin_trap: list[str]) -> None:
-    index, tensor, error = _ImageFiles([postscript_jpg], ImageTransform(32))[0]
+    index, tensor, error = _Images([postscript_jpg], ImageTransform(32))[0]
     assert (index, tensor) == (0, None) and error is not None and "not a JPEG" in error
     assert eps_plugin_trap == []
 
@@ -318,7 +318,7 @@ def test_spml_max_pixels_is_read_when_an_image_is(tmp_path: Path, monkeypatch: p
             load_image(path)
         _one_line(err)
         with pytest.raises(SpmlError, match="SPML_MAX_PIXELS"):
-            _ImageFiles([path], ImageTransform(32))  # predict's dataset reads it in the main process, not in a worker
+            _Images([path], ImageTransform(32))  # predict's dataset reads it in the main process, not in a worker
 
 
 # --- model.json, a schema ---------------------------------------------------------------------------
