@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import spml
 from spml.deploy import RunFiles
-from spml.deploy.model import Preprocessing, SpmlModel, _stored_thresholds
+from spml.deploy.model import Preprocessing, SpmlModel, _read_record, _stored_decision
 from spml.errors import SpmlError
 from spml.models import create_classifier
 from spml.reports.compare import compare_runs, find_runs
@@ -169,7 +169,14 @@ CONFIG = "lr: 0.001\nepochs: 2\nbackbone: test_resnet\nmethod: standard\nloss: a
 RESULTS = {"best_epoch": 2, "val_map": 0.5, "test_map": 0.4, "train_label_map": 0.6, "epochs_run": 2,
            "stopped_early": False, "per_class_test_ap": {"a": 0.4, "b": None}, "method": {"name": "standard"}}
 METRICS = [{"epoch": 1, "val_map": 0.4, "train_loss": 0.7}, {"epoch": 2, "val_map": 0.5, "train_loss": 0.6}]
-THRESHOLDS = {"weights": "abc", "thresholds": [0.5, 0.25], "val_f1": [0.5, None], "selection": "max F1"}
+KEY = {"weights": "abc", "classes": "def", "val_split": "0123", "rule": 1}
+THRESHOLDS = {"key": KEY, "thresholds": [0.5, 0.25], "decision": {"rule": "global", "description": "", "min_labels": 0, "max_labels": 3}}
+
+
+def _stored(run: Path) -> object:
+    """The stored decision rule of ``run`` for KEY (2 classes), as the loader reads it."""
+    path = run / "thresholds.json"
+    return _stored_decision(_read_record(path), KEY, 2, path)
 
 config_bytes = st.one_of(
     st.lists(st.one_of(st.sampled_from(CONFIG.splitlines(keepends=True) + [
@@ -198,7 +205,7 @@ def _read_everything(run: Path, other: Path) -> None:
     files = RunFiles.open(run)
     for reader in (lambda: files.config, lambda: files.results, lambda: files.metrics, lambda: files.info,
                    lambda: files.data_dir, lambda: read_result(run), lambda: load_run_config(run / "config.yaml"),
-                   lambda: read_metrics(run), lambda: _stored_thresholds(run / "thresholds.json", "abc", 2),
+                   lambda: read_metrics(run), lambda: _stored(run),
                    lambda: compare_runs(find_runs([run, other]))):
         one_line_or_result(reader)
 
@@ -228,6 +235,6 @@ def test_the_untouched_run_folder_reads(tmp_path: Path) -> None:
     """The fuzzing starts from run files that every reader accepts."""
     other, run = _run_folder(tmp_path, "other", {}), _run_folder(tmp_path, "run", {})
     assert read_result(run).val_map == 0.5 and len(read_metrics(run)) == 2
-    assert _stored_thresholds(run / "thresholds.json", "abc", 2) is not None
+    assert _stored(run) is not None
     assert len(compare_runs(find_runs([run, other])).rows) == 1
     shutil.rmtree(run)

@@ -428,8 +428,10 @@ def _is_probability(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def _stored_decision(record: dict[str, Any], num_classes: int, path: Path) -> Decision | None:
-    """The decision of a stored record whose key matched; None (with a warning) when it is tampered."""
+def _stored_decision(record: dict[str, Any] | None, key: dict[str, Any], num_classes: int, path: Path) -> Decision | None:
+    """The decision of a stored ``record`` computed from ``key``; None when there is none for it, or (with a warning) it is tampered."""
+    if record is None or record.get("key") != key:
+        return None
     thresholds = record.get("thresholds")
     if not (isinstance(thresholds, list) and len(thresholds) == num_classes and all(_is_probability(v) for v in thresholds)):
         warnings.warn(f"{path}: does not hold {num_classes} thresholds in [0, 1]; choosing the thresholds again", stacklevel=4)
@@ -462,10 +464,9 @@ def _run_decision(files: RunFiles, run: LoadedRun, own_data: bool) -> tuple[Deci
     own_path, other_path = files.path(THRESHOLDS_FILE), files.path(f"thresholds-{val.fingerprint}.json")
     own_record = _read_record(own_path)
     for path, record in ((own_path, own_record), (other_path, _read_record(other_path))):
-        if record is not None and record.get("key") == key:
-            stored = _stored_decision(record, len(classes), path)
-            if stored is not None:
-                return stored, record
+        stored = _stored_decision(record, key, len(classes), path)
+        if stored is not None:
+            return stored, record
     decision, report = choose_decision(run.predict("val"), val.labels)
     record = {
         "key": key,
