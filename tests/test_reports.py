@@ -97,7 +97,9 @@ def _fake_run(folder: Path, config: dict, test_map: float) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "run.json").write_text(json.dumps({"data_dir": "/data/coco"}))
-    (folder / "results.json").write_text(json.dumps({"val_map": 0.5, "test_map": test_map, "train_label_map": 0.6}))
+    results = {"val_map": 0.5, "test_map": test_map, "train_label_map": 0.6, "best_epoch": 1, "epochs_run": 1,
+               "stopped_early": False, "per_class_test_ap": {}}
+    (folder / "results.json").write_text(json.dumps(results))
     return folder
 
 

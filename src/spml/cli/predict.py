@@ -45,7 +45,6 @@ def _run(args: argparse.Namespace) -> int:
     model = load(args.model, device=args.device)
     # --top-k alone ranks every class; with --threshold it keeps the top K above that threshold.
     threshold = args.threshold if args.threshold is not None or args.top_k is None else 0.0
-    log(f"labels: {label_rule(model, args.threshold, args.top_k)}")
     rows, failed = [], 0
     for p in model.predict_files(images, batch_size=args.batch_size, num_workers=args.workers):
         if p.scores is None:
@@ -53,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"spml predict: skipped {p.path}: {p.error}", file=sys.stderr)
             continue
         rows.append((p.path, model.labels(p.scores, threshold, args.top_k)[0], p.scores))
+    # After predicting: a model that cannot predict (NaN outputs) is then one error line alone.
+    log(f"labels: {label_rule(model, args.threshold, args.top_k)}")
     text = format_rows(rows, model.classes, fmt)
     if args.out is None:
         sys.stdout.write(text)
