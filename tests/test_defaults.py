@@ -15,7 +15,8 @@ from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.training import STANDARD, Trainer
-from spml.training.autotune import Candidate, best_candidate, should_tune
+from spml.training.autotune import Candidate, best_candidate, describe, rung_plan, should_tune, successive_halving
+from spml.training.autotune import Selection
 from spml.training.defaults import (
     default_epochs,
     default_patience,
@@ -71,6 +72,40 @@ def test_best_candidate_prefers_val_map_then_smaller_lr_and_skips_diverged() -> 
         best_candidate([Candidate(0.03, 0.0, nan, 0)])
 
 
+def test_rung_plan_grows_budgets_and_stops_short_of_the_run() -> None:
+    assert rung_plan(6, 47, 3) == [(6, 6), (2, 16)]
+    assert rung_plan(12, 100, 3) == [(12, 4), (4, 12), (2, 34)]  # 12 -> 4 -> 2 over 100/27, 100/9, 100/3, rounded up
+    assert rung_plan(3, 10, 3) == [(3, 4)]  # no more than `halving`: one rung
+    assert rung_plan(9, 2, 3) == [(9, 1), (3, 1)]  # at least one epoch
+
+
+def test_successive_halving_keeps_the_best_and_ranks_the_finalists_on_their_long_probes() -> None:
+    # A fake scorer where short probes favour large rates and long ones small rates (as single
+    # positives at scale): rung 1 (2 epochs) ranks lr 1e-2 > 3e-3 > 1e-3 > 3e-4 > 1e-4, and lr 3e-2
+    # diverges; rung 2 (6 epochs) has lr 3e-3 above 1e-2. Ties go to the smaller lr.
+    short = {1e-4: 0.1, 3e-4: 0.2, 1e-3: 0.3, 3e-3: 0.4, 1e-2: 0.5, 3e-2: float("nan")}
+    long = {3e-3: 0.7, 1e-2: 0.6}
+    calls: list[tuple[float, int, int]] = []
+
+    def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
+        calls.append((config.lr, config.epochs, rung))
+        val = (short if rung == 0 else long)[config.lr]
+        return Candidate(config.lr, 0.0, val, 1, epochs=config.epochs, rung=rung)
+
+    configs = [spml.load_config(lr=lr, epochs=6) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)]
+    probes, last = successive_halving(configs, [(6, 2), (2, 6)], score)
+    assert calls == [(lr, 2, 0) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)] + [(1e-2, 6, 1), (3e-3, 6, 1)]
+    assert [c.lr for c in last] == [1e-2, 3e-3] and len(probes) == 8
+    assert best_candidate(last).lr == 3e-3  # the long probes decide, not the short ones
+    text = describe(Selection(3e-3, 0.0, tuple(probes)))
+    assert "the best val mAP 0.7000 of 2 finalists, 0.1000 above the next (adam lr 0.01" in text
+    # A tie on the first rung keeps the smaller lr.
+    short.update({1e-2: 0.4, 3e-3: 0.4, 1e-3: 0.4})
+    calls.clear()
+    successive_halving(configs, [(6, 2), (2, 6)], lambda c, r: score(c, 0))
+    assert [lr for lr, _, _ in calls[6:]] == [3e-3, 1e-3]
+
+
 def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:
     return {"epoch": epoch, "phase": phase, "val_map": val_map, "train_loss": loss, "lr": 1e-4}
 
@@ -93,7 +128,7 @@ def test_not_done_warning() -> None:
 
 def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # lbfgs_max_rows 0: the Adam selection of large train sets (tests/test_autotune_lbfgs.py: the small-data one).
-    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "large_probe_epochs": 2}
+    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
     cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, autotune=tune_keys, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())

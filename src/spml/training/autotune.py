@@ -14,17 +14,22 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   its selection was 3.4 test mAP points below the probe, L-BFGS's 0.7 points above it
   (docs/benchmarks.md). About 1-5 s per solve on a few hundred rows (2-core CPU). A loss with its
   own trained state (ROLE) gets the Adam candidates below as well.
-* Otherwise Adam over ``autotune.lrs`` x ``autotune.weight_decays``; above
-  ``autotune.lbfgs_max_rows`` rows only the first weight decay, and each probe is cut to
-  ``autotune.large_probe_epochs`` epochs, so that the selection costs four epochs of the run
-  whatever its size (a full-batch L-BFGS iteration over 65k rows would cost about as much as an
-  Adam epoch). Probes end after validation (``val_only``): at 65,665 rows and the linear regime's
-  batch of 1,024 the four take about 12 s on a 2-core CPU (docs/benchmarks.md).
+* Otherwise Adam over ``autotune.lrs`` (1e-4 ... 3e-2) x ``autotune.weight_decays`` (above
+  ``autotune.lbfgs_max_rows`` rows only the first weight decay), ranked by successive halving
+  (:func:`rung_plan`, :func:`successive_halving`): every candidate trains a probe of a ninth of the
+  run's epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
+  (``autotune.halving``) trains a probe three times longer, and so on down to at most three
+  finalists whose probes are a third of the run; the best finalist's val mAP wins. Six candidates
+  of a 47-epoch run (COCO's 65,665 rows at batch 1,024): 6 probes of 6 epochs, then 2 of 16, 1.4
+  runs' worth of epochs (early stopping cuts it further). One-epoch probes, used before, ranked how
+  fast a rate starts and picked the largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP
+  where lr 1e-4 reached 0.689); a probe long enough to peak and stop early ranks what it reaches.
+  Probes end after validation (``val_only``).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
-with every candidate's val mAP, best epoch and seconds and the selection's seconds. The log says
-what the selection tries and why (:func:`plan`), one line per candidate as it finishes (candidate
-i of n, its val mAP, the seconds so far), the long steps of the probes (the first one extracts the
+with every probe's val mAP, best epoch, seconds, epochs and rung, and the selection's seconds. The log says
+what the selection tries and why (:func:`plan`), one line per probe as it finishes (candidate
+i of n, its rung and epochs, its val mAP, the seconds so far), the long steps of the probes (the first one extracts the
 feature caches) as progress, and what was selected and why (:func:`describe`), before the run's
 own lines.
 
@@ -42,7 +47,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +88,8 @@ class Candidate:
         best_epoch: The epoch of that mAP (0 when it diverged).
         optimizer: ``adam`` or ``lbfgs``.
         seconds: Wall time of its run.
+        epochs: Its planned epochs (its budget; early stopping may end it sooner).
+        rung: Its rung of the successive halving (0 for every L-BFGS solve).
     """
 
     lr: float
@@ -91,6 +98,8 @@ class Candidate:
     best_epoch: int
     optimizer: str = "adam"
     seconds: float = 0.0
+    epochs: int = 0
+    rung: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,10 @@ def uses_lbfgs(config: TrainConfig, num_train: int) -> bool:
 
 
 def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
-    """The candidate configs of the selection, in the order tried (see the module docstring)."""
+    """The candidate configs of the selection (see the module docstring), Adam ones at the run's full epochs.
+
+    The Adam candidates' probes train the shorter budgets of :func:`rung_plan`.
+    """
     lbfgs: list[TrainConfig] = []
     if uses_lbfgs(config, num_train):
         lbfgs = [
@@ -162,18 +174,66 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
             return lbfgs
     batch_size = config.batch_size or default_batch_size(config.regime, num_train)
     epochs = config.epochs or default_epochs(config.regime, num_train, batch_size)
-    weight_decays = config.autotune.weight_decays
-    if num_train > config.autotune.lbfgs_max_rows:
-        # Bounded cost at scale: short probes, and Adam's weight decay (within val noise on every
-        # set measured) is not searched.
-        epochs = min(epochs, config.autotune.large_probe_epochs)
-        weight_decays = weight_decays[:1]
+    # Adam's weight decay was within val noise on every set measured: searched on small data only.
+    weight_decays = config.autotune.weight_decays if num_train <= config.autotune.lbfgs_max_rows else config.autotune.weight_decays[:1]
     adam = [
         dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs)
         for lr in config.autotune.lrs
         for wd in weight_decays
     ]
     return lbfgs + adam
+
+
+def rung_plan(candidates: int, epochs: int, halving: int) -> list[tuple[int, int]]:
+    """Successive halving's rungs for ``candidates`` Adam candidates of a run of ``epochs`` epochs.
+
+    One ``(candidates, epochs)`` pair per rung: each rung keeps the best ``ceil(n / halving)`` of
+    its ``n`` candidates while more than ``halving`` remain, and trains ``halving`` times longer
+    than the one before; the last rung trains ``epochs / halving`` (rounded up), so that the final
+    run, ``epochs`` long, is never repeated by a probe. Six candidates of a 47-epoch run with
+    ``halving`` 3: ``[(6, 6), (2, 16)]``, 68 probe epochs (1.4 runs). Three or fewer: one rung.
+    A probe is a whole (shorter) schedule with its own cosine decay and early stopping, so it ranks
+    what a learning rate reaches, not how fast it starts: one-epoch probes favoured large rates
+    (docs/benchmarks.md, "Selection at scale").
+    """
+    counts = [candidates]
+    while counts[-1] > halving:
+        counts.append(math.ceil(counts[-1] / halving))
+    rungs = len(counts)
+    return [(n, max(1, math.ceil(epochs / halving ** (rungs - i)))) for i, n in enumerate(counts)]
+
+
+def rank_key(candidate: Candidate) -> tuple[float, float, float]:
+    """Sort key, best first: the highest val mAP (NaN last), then the smaller lr, then the smaller weight decay."""
+    val = candidate.val_map if candidate.val_map == candidate.val_map else -math.inf
+    return (-val, candidate.lr, candidate.weight_decay)
+
+
+def successive_halving(
+    configs: Sequence[TrainConfig], plan: Sequence[tuple[int, int]], score: Callable[[TrainConfig, int], Candidate]
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Run ``plan`` (:func:`rung_plan`) over ``configs``: every probe, and the last rung's.
+
+    Args:
+        configs: The candidates, in the order tried.
+        plan: ``(candidates, epochs)`` per rung; the first count must be ``len(configs)``.
+        score: Trains one probe of a config for the given epochs at the given rung and returns its
+            :class:`Candidate` (called as ``score(config, rung)``; the epochs are set on the config).
+
+    Returns:
+        Every probe in the order trained, and the last rung's probes (the finalists).
+    """
+    alive = list(configs)
+    probes: list[Candidate] = []
+    rung_probes: list[Candidate] = []
+    for rung, (_, epochs) in enumerate(plan):
+        rung_probes = [score(dataclasses.replace(c, epochs=epochs), rung) for c in alive]
+        probes += rung_probes
+        if rung + 1 < len(plan):
+            order = sorted(range(len(alive)), key=lambda i: rank_key(rung_probes[i]))
+            keep = sorted(order[: plan[rung + 1][0]])  # survivors in the order tried
+            alive = [alive[i] for i in keep]
+    return probes, rung_probes
 
 
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
@@ -185,7 +245,7 @@ def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     finite = [c for c in candidates if c.val_map == c.val_map]
     if not finite:
         raise SpmlError("every learning rate of the selection diverged; set lr=... (or autotune.lrs) lower")
-    return max(finite, key=lambda c: (c.val_map, -c.lr, -c.weight_decay))
+    return min(finite, key=rank_key)
 
 
 def plan(config: TrainConfig, num_train: int) -> str:
@@ -208,9 +268,12 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
+        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving)
         parts.append(
-            f"{len(adam)} Adam runs of {adam[0].epochs} epoch(s) over lr {_values(p.lr or 0.0 for p in adam)} "
-            f"x weight_decay {_values(p.weight_decay for p in adam)} ({why})"
+            f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
+            f"x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
+            + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
+            + f" of the run's {adam[0].epochs}"
         )
     return "; ".join(parts)
 
@@ -220,38 +283,54 @@ def _values(values: Iterator[float] | Sequence[float]) -> str:
 
 
 def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
-    """Train every candidate of :func:`probe_configs` (temporary run folders) and pick one on val.
+    """Train the L-BFGS candidates and the Adam ones' successive halving (temporary run folders); pick one on val.
 
-    A candidate that diverges counts as NaN (never selected). The probes' own epoch lines are
-    silenced; their long steps (the first probe extracts the feature caches) still show progress,
-    and one line per candidate says how far the selection is (candidate i of n, its val mAP, the
-    seconds so far).
+    The pick is the best val mAP among the L-BFGS solves and the last rung's Adam probes. A probe
+    that diverges counts as NaN (never kept). The probes' own epoch lines are silenced; their long
+    steps (the first probe extracts the feature caches) still show progress, and one line per probe
+    says how far the selection is (candidate i, its rung and epochs, its val mAP, the seconds so far).
     """
     start = time.perf_counter()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     probes = probe_configs(config, len(data.split("train")))
-    candidates = []
+    lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
+    adam = [p for p in probes if p.optimizer == "adam"]
+    rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving) if adam else []
+    total = len(lbfgs) + sum(n for n, _ in rungs)
+    done: list[Candidate] = []
     with probe_folder(data, config) as tmp:
-        for i, probe in enumerate(progress(probes, desc="autotune", unit="candidate", lines=False), start=1):
+        bar = progress(total=total, desc="autotune", unit="probe", lines=False)
+
+        def score(probe: TrainConfig, rung: int) -> Candidate:
             lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
             began = time.perf_counter()
             try:
                 with quiet(keep_steps=True):
-                    result = train(data, probe, Path(tmp) / f"probe{i - 1}", loss=_fresh(loss), val_only=True)
-                candidate = Candidate(lr, wd, float(result.val_map), int(result.best_epoch), probe.optimizer,
-                                      round(time.perf_counter() - began, 2))
+                    result = train(data, probe, Path(tmp) / f"probe{len(done)}", loss=_fresh(loss), val_only=True)
+                val, best_epoch = float(result.val_map), int(result.best_epoch)
             except TrainingDiverged:
-                candidate = Candidate(lr, wd, float("nan"), 0, probe.optimizer, round(time.perf_counter() - began, 2))
-            candidates.append(candidate)
+                val, best_epoch = float("nan"), 0
+            candidate = Candidate(lr, wd, val, best_epoch, probe.optimizer, round(time.perf_counter() - began, 2),
+                                  int(probe.epochs or 0), rung)
+            done.append(candidate)
+            bar.update(1)
             log(
-                f"autotune: candidate {i}/{len(probes)} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}: "
+                f"autotune: candidate {len(done)}/{total} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}"
+                + (f" (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)" if probe.optimizer == "adam" else "")
+                + ": "
                 + (f"val mAP {candidate.val_map:.4f} (best epoch {candidate.best_epoch})"
                    if candidate.best_epoch else "diverged")
                 + f" in {candidate.seconds:.1f} s; {time.perf_counter() - start:.1f} s elapsed"
             )
-    best = best_candidate(candidates)
-    return Selection(best.lr, best.weight_decay, tuple(candidates), best.optimizer, time.perf_counter() - start)
+            return candidate
+
+        last = [score(p, 0) for p in lbfgs]
+        if adam:
+            last += successive_halving(adam, rungs, score)[1]
+        bar.close()
+    best = best_candidate(last)
+    return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start)
 
 
 def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
@@ -293,12 +372,22 @@ def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
     return None if loss is None else copy.deepcopy(loss)
 
 
+def finalists(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The probes the pick compares: every L-BFGS solve and the Adam probes of the last rung."""
+    last = max((c.rung for c in candidates if c.optimizer == "adam"), default=0)
+    return [c for c in candidates if c.optimizer != "adam" or c.rung == last]
+
+
 def describe(selection: Selection) -> str:
     """One line: what was selected and why (its val mAP, the margin over the runner-up), every candidate, the seconds."""
-    tried = ", ".join(f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}: {c.val_map:.4f}" for c in selection.candidates)
+    tried = ", ".join(
+        f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}" + (f" x{c.epochs}" if c.optimizer == "adam" else "") + f": {c.val_map:.4f}"
+        for c in selection.candidates
+    )
     chosen = (selection.optimizer, selection.lr, selection.weight_decay)
-    best = next((c for c in selection.candidates if (c.optimizer, c.lr, c.weight_decay) == chosen), None)
-    others = [c for c in selection.candidates if c is not best and c.val_map == c.val_map]
+    final = finalists(selection.candidates)
+    best = next((c for c in final if (c.optimizer, c.lr, c.weight_decay) == chosen), None)
+    others = [c for c in final if c is not best and c.val_map == c.val_map]
     runner = max(others, key=lambda c: c.val_map, default=None)
     margin = ""
     if best is not None and runner is not None:
@@ -310,8 +399,8 @@ def describe(selection: Selection) -> str:
     return (
         f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g} "
         f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
-        f"{best.val_map if best is not None else math.nan:.4f} of {len(selection.candidates)} candidates{margin} "
-        f"(optimizer lr/wd: {tried})"
+        f"{best.val_map if best is not None else math.nan:.4f} of {len(final)} finalists{margin} "
+        f"(optimizer lr/wd [x Adam epochs]: {tried})"
     )
 
 

@@ -89,23 +89,25 @@ class AutotuneConfig:
     Used only when ``lr`` is None (auto) in the ``linear`` regime with the standard method: every
     candidate is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
     Up to ``lbfgs_max_rows`` train rows (and a loss without per-epoch hooks) the candidates are
-    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; above, Adam runs over ``lrs``
-    at the first of ``weight_decays``, each of at most ``large_probe_epochs`` epochs.
+    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; otherwise (and for a loss with
+    state of its own as well) Adam runs over ``lrs`` x ``weight_decays`` (above ``lbfgs_max_rows``
+    rows the first weight decay only), ranked by successive halving.
 
     Attributes:
         lrs: Adam learning rates tried.
         weight_decays: Adam weight decays tried.
         lbfgs_weight_decays: L2 strengths of the L-BFGS solves tried.
         lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
-        large_probe_epochs: Epochs of each Adam probe above ``lbfgs_max_rows`` rows (the final run
-            trains its full schedule); only the first of ``weight_decays`` is tried there.
+        halving: Successive halving's rate: each rung keeps the best ``1 / halving`` of its Adam
+            candidates (at least one) and trains them ``halving`` times longer, the last rung the run's
+            full schedule (:func:`spml.training.autotune.rung_plan`).
     """
 
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     weight_decays: tuple[float, ...] = (0.0, 1e-3)
     lbfgs_weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     lbfgs_max_rows: int = 20_000
-    large_probe_epochs: int = 1
+    halving: int = 3
 
 
 @dataclass
@@ -260,8 +262,8 @@ class TrainConfig:
         }.items():
             if value < 0:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
-        if self.autotune.lbfgs_max_rows < 0 or self.autotune.large_probe_epochs < 1:
-            raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.large_probe_epochs >= 1", source)
+        if self.autotune.lbfgs_max_rows < 0 or self.autotune.halving < 2:
+            raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.halving >= 2", source)
         tuned = {
             "autotune.lrs": self.autotune.lrs,
             "autotune.weight_decays": self.autotune.weight_decays,
