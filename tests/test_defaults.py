@@ -136,7 +136,10 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
     assert [c["lr"] for c in tune["candidates"]] == [1e-3, 1e-2]
     best = max(tune["candidates"], key=lambda c: (c["val_map"], -c["lr"]))
     assert (tune["lr"], tune["weight_decay"]) == (best["lr"], 0.0)
-    assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
+    # Two candidates, no more than autotune.halving: one rung, its probes a third of the run (1 of
+    # 2 epochs, rounded up); the run then trains its full schedule at the selected lr.
+    assert [(c["epochs"], c["rung"]) for c in tune["candidates"]] == [(1, 0), (1, 0)]
+    assert result.epochs_run == 2
     written = spml.load_config(tmp_path / "run" / "config.yaml")
     assert (written.lr, written.epochs) == (tune["lr"], 2)  # config.yaml holds concrete values
     assert f"autotune: selected adam lr {tune['lr']:g}" in capsys.readouterr().err
