@@ -58,6 +58,9 @@ def test_tuned_config_takes_the_selection() -> None:
     assert (tuned.optimizer, tuned.lr, tuned.weight_decay, tuned.epochs) == ("lbfgs", 1.0, 1e-3, LBFGS_EPOCHS)
     adam = tuned_config(spml.load_config(), Selection(0.01, 0.0, ()))
     assert (adam.optimizer, adam.lr, adam.epochs) == ("adam", 0.01, None)  # the step budget sizes it later
+    # An Adam run repeats the selected probe's budget, unless the config sets its epochs.
+    assert tuned_config(spml.load_config(), Selection(0.01, 0.0, (), epochs=16)).epochs == 16
+    assert tuned_config(spml.load_config(epochs=4), Selection(0.01, 0.0, (), epochs=16)).epochs == 4
 
 
 def test_lbfgs_needs_the_linear_regime() -> None:

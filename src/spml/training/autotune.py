@@ -19,9 +19,10 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   (:func:`rung_plan`, :func:`successive_halving`): every candidate trains a probe of a ninth of the
   run's epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
   (``autotune.halving``) trains a probe three times longer, and so on down to at most three
-  finalists whose probes are a third of the run; the best finalist's val mAP wins. Six candidates
-  of a 47-epoch run (COCO's 65,665 rows at batch 1,024): 6 probes of 6 epochs, then 2 of 16, 1.4
-  runs' worth of epochs (early stopping cuts it further). One-epoch probes, used before, ranked how
+  finalists whose probes are a third of the step budget's epochs; the best finalist's val mAP
+  wins, and the run repeats it (its lr and epochs; a set ``epochs`` is kept). Six candidates at
+  COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 6 probes of 6 epochs, then 2 of 16, 1.4
+  budgets' worth of epochs (early stopping cuts it further). One-epoch probes, used before, ranked how
   fast a rate starts and picked the largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP
   where lr 1e-4 reached 0.689); a probe long enough to peak and stop early ranks what it reaches.
   Probes end after validation (``val_only``).
@@ -112,6 +113,7 @@ class Selection:
         candidates: Every probe, in the order tried.
         optimizer: The selected optimizer (``adam`` or ``lbfgs``).
         seconds: Wall time of the probes.
+        epochs: The selected probe's epochs (its rung's budget; 0: not an Adam probe).
     """
 
     lr: float
@@ -119,13 +121,15 @@ class Selection:
     candidates: tuple[Candidate, ...]
     optimizer: str = "adam"
     seconds: float = 0.0
+    epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: ``{"optimizer", "lr", "weight_decay", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
+        """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
         return {
             "optimizer": self.optimizer,
             "lr": self.lr,
             "weight_decay": self.weight_decay,
+            "epochs": self.epochs,
             "selected_on": "val_map",
             "seconds": round(self.seconds, 2),
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
@@ -273,7 +277,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
             f"x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
-            + f" of the run's {adam[0].epochs}"
+            + f" of the step budget's {adam[0].epochs}"
+            + ("; the run repeats the best finalist" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
 
@@ -330,12 +335,22 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             last += successive_halving(adam, rungs, score)[1]
         bar.close()
     best = best_candidate(last)
-    return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start)
+    epochs = best.epochs if best.optimizer == "adam" else 0
+    return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start, epochs)
 
 
 def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
-    """``config`` with the selection's optimizer, lr and weight decay (and L-BFGS's epochs when unset)."""
-    epochs = (config.epochs or LBFGS_EPOCHS) if selection.optimizer == "lbfgs" else config.epochs
+    """``config`` with the selection's optimizer, lr and weight decay, and its epochs when unset.
+
+    Unset epochs: an L-BFGS run trains ``LBFGS_EPOCHS``; an Adam run repeats the selected probe, its
+    rung's budget (a third of the step-budget schedule or less): a longer cosine schedule at the
+    same lr peaked lower on single positives (13,133 COCO-like rows, AN, lr 1e-2: 0.395 val mAP in
+    34 epochs, 0.344 by epoch 48 of 100; docs/benchmarks.md, "Selection at scale").
+    """
+    if selection.optimizer == "lbfgs":
+        epochs = config.epochs or LBFGS_EPOCHS
+    else:
+        epochs = config.epochs or selection.epochs or None
     return dataclasses.replace(
         config, optimizer=selection.optimizer, lr=selection.lr, weight_decay=selection.weight_decay, epochs=epochs
     )
