@@ -15,8 +15,16 @@ from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.training import STANDARD, Trainer
-from spml.training.autotune import Candidate, best_candidate, describe, rung_plan, should_tune, successive_halving
-from spml.training.autotune import Selection
+from spml.training.autotune import (
+    Candidate,
+    Selection,
+    best_candidate,
+    describe,
+    probe_configs,
+    rung_plan,
+    should_tune,
+    successive_halving,
+)
 from spml.training.defaults import (
     default_epochs,
     default_patience,
@@ -143,6 +151,24 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
     written = spml.load_config(tmp_path / "run" / "config.yaml")
     assert (written.lr, written.epochs) == (tune["lr"], 2)  # config.yaml holds concrete values
     assert f"autotune: selected adam lr {tune['lr']:g}" in capsys.readouterr().err
+
+
+def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path) -> None:
+    # epochs unset: four candidates, 4 -> 2 over probes of a ninth then a third of the step
+    # budget's epochs; the run trains the best finalist's lr and epochs, so it repeats its probe.
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
+    cfg = spml.load_config(observed="single-positive-seed0.npy", autotune=tune_keys, early_stopping={"patience": 2}, **TINY)
+    result = spml.train(data, cfg, tmp_path / "run")
+    tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    budget = probe_configs(cfg, len(PreparedData.open(data).split("train")))[0].epochs
+    plan = rung_plan(4, budget, 3)
+    assert [n for n, _ in plan] == [4, 2] and plan[1][1] > plan[0][1]
+    assert [(c["rung"], c["epochs"]) for c in tune["candidates"]] == [(r, e) for r, (n, e) in enumerate(plan) for _ in range(n)]
+    finalists = [c for c in tune["candidates"] if c["rung"] == 1]
+    best = max(finalists, key=lambda c: (c["val_map"], -c["lr"]))
+    assert (tune["lr"], tune["epochs"]) == (best["lr"], best["epochs"])
+    assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
+    assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == best["epochs"]
 
 
 def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
