@@ -76,6 +76,8 @@ LBFGS_EPOCHS = 15
 # the start (ROLE's label estimator, trained with the head) is not convex jointly: it gets the Adam
 # candidates too and val decides (on coco128 L-BFGS won for ROLE, on the synthetic set Adam did).
 STATIC_HOOKS = frozenset({"on_train_start"})
+# The smallest batch of a probe from ``autotune.batch_divisors`` (the linear regime's smallest).
+MIN_PROBE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Candidate:
         seconds: Wall time of its run.
         epochs: Its planned epochs (its budget; early stopping may end it sooner).
         rung: Its rung of the successive halving (0 for every L-BFGS solve).
+        batch_size: Its batch size (0: full batch, L-BFGS).
     """
 
     lr: float
@@ -100,7 +103,9 @@ class Candidate:
     optimizer: str = "adam"
     seconds: float = 0.0
     epochs: int = 0
+    batch_size: int = 0
     rung: int = 0
+    batch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class Selection:
         optimizer: The selected optimizer (``adam`` or ``lbfgs``).
         seconds: Wall time of the probes.
         epochs: The selected probe's epochs (its rung's budget; 0: not an Adam probe).
+        batch_size: The selected probe's batch size (0: not an Adam probe).
     """
 
     lr: float
@@ -122,6 +128,7 @@ class Selection:
     optimizer: str = "adam"
     seconds: float = 0.0
     epochs: int = 0
+    batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
@@ -130,6 +137,7 @@ class Selection:
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "epochs": self.epochs,
+            "batch_size": self.batch_size,
             "selected_on": "val_map",
             "seconds": round(self.seconds, 2),
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
@@ -180,8 +188,15 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
     epochs = config.epochs or default_epochs(config.regime, num_train, batch_size)
     # Adam's weight decay was within val noise on every set measured: searched on small data only.
     weight_decays = config.autotune.weight_decays if num_train <= config.autotune.lbfgs_max_rows else config.autotune.weight_decays[:1]
+    # Smaller batches too: at 13,133 rows batch 1,024 is 12 steps an epoch, and batch 64 peaked
+    # higher on single positives (docs/benchmarks.md, "Selection at scale"). Every candidate gets the
+    # epochs of the run's batch, so a smaller batch trains more steps in the same epochs.
+    batches = sorted({max(MIN_PROBE_BATCH, batch_size // d) for d in config.autotune.batch_divisors} | {batch_size}, reverse=True)
+    if config.batch_size is not None:  # a set batch is kept
+        batches = [batch_size]
     adam = [
-        dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs)
+        dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs, batch_size=b)
+        for b in batches
         for lr in config.autotune.lrs
         for wd in weight_decays
     ]
@@ -207,10 +222,10 @@ def rung_plan(candidates: int, epochs: int, halving: int) -> list[tuple[int, int
     return [(n, max(1, math.ceil(epochs / halving ** (rungs - i)))) for i, n in enumerate(counts)]
 
 
-def rank_key(candidate: Candidate) -> tuple[float, float, float]:
-    """Sort key, best first: the highest val mAP (NaN last), then the smaller lr, then the smaller weight decay."""
+def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
+    """Sort key, best first: the highest val mAP (NaN last), the smaller lr, the smaller weight decay, the larger batch."""
     val = candidate.val_map if candidate.val_map == candidate.val_map else -math.inf
-    return (-val, candidate.lr, candidate.weight_decay)
+    return (-val, candidate.lr, candidate.weight_decay, -candidate.batch_size)
 
 
 def successive_halving(
@@ -275,7 +290,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
         rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving)
         parts.append(
             f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
-            f"x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
+            f"x weight_decay {_values(p.weight_decay for p in adam)} x batch {_values(float(p.batch_size or 0) for p in adam)} "
+            f"({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
             + f" of the step budget's {adam[0].epochs}"
             + ("; the run repeats the best finalist" if not config.epochs else f"; the run trains epochs {config.epochs}")
@@ -317,12 +333,13 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             except TrainingDiverged:
                 val, best_epoch = float("nan"), 0
             candidate = Candidate(lr, wd, val, best_epoch, probe.optimizer, round(time.perf_counter() - began, 2),
-                                  int(probe.epochs or 0), rung)
+                                  int(probe.epochs or 0), rung, int(probe.batch_size or 0) if probe.optimizer == "adam" else 0)
             done.append(candidate)
             bar.update(1)
             log(
                 f"autotune: candidate {len(done)}/{total} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}"
-                + (f" (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)" if probe.optimizer == "adam" else "")
+                + (f" batch {candidate.batch_size} (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)"
+                   if probe.optimizer == "adam" else "")
                 + ": "
                 + (f"val mAP {candidate.val_map:.4f} (best epoch {candidate.best_epoch})"
                    if candidate.best_epoch else "diverged")
@@ -335,24 +352,28 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             last += successive_halving(adam, rungs, score)[1]
         bar.close()
     best = best_candidate(last)
-    epochs = best.epochs if best.optimizer == "adam" else 0
-    return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start, epochs)
+    adam_best = best.optimizer == "adam"
+    return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
+                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0)
 
 
 def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
-    """``config`` with the selection's optimizer, lr and weight decay, and its epochs when unset.
+    """``config`` with the selection's optimizer, lr and weight decay, and its epochs and batch size when unset.
 
     Unset epochs: an L-BFGS run trains ``LBFGS_EPOCHS``; an Adam run repeats the selected probe, its
     rung's budget (a third of the step-budget schedule or less): a longer cosine schedule at the
     same lr peaked lower on single positives (13,133 COCO-like rows, AN, lr 1e-2: 0.395 val mAP in
     34 epochs, 0.344 by epoch 48 of 100; docs/benchmarks.md, "Selection at scale").
     """
+    batch_size = config.batch_size
     if selection.optimizer == "lbfgs":
         epochs = config.epochs or LBFGS_EPOCHS
     else:
         epochs = config.epochs or selection.epochs or None
+        batch_size = batch_size or selection.batch_size or None
     return dataclasses.replace(
-        config, optimizer=selection.optimizer, lr=selection.lr, weight_decay=selection.weight_decay, epochs=epochs
+        config, optimizer=selection.optimizer, lr=selection.lr, weight_decay=selection.weight_decay, epochs=epochs,
+        batch_size=batch_size,
     )
 
 
@@ -396,26 +417,29 @@ def finalists(candidates: Sequence[Candidate]) -> list[Candidate]:
 def describe(selection: Selection) -> str:
     """One line: what was selected and why (its val mAP, the margin over the runner-up), every candidate, the seconds."""
     tried = ", ".join(
-        f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}" + (f" x{c.epochs}" if c.optimizer == "adam" else "") + f": {c.val_map:.4f}"
+        f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}" + (f" b{c.batch_size} x{c.epochs}" if c.optimizer == "adam" else "")
+        + f": {c.val_map:.4f}"
         for c in selection.candidates
     )
-    chosen = (selection.optimizer, selection.lr, selection.weight_decay)
+    chosen = (selection.optimizer, selection.lr, selection.weight_decay, selection.batch_size)
     final = finalists(selection.candidates)
-    best = next((c for c in final if (c.optimizer, c.lr, c.weight_decay) == chosen), None)
+    best = next((c for c in final if (c.optimizer, c.lr, c.weight_decay, c.batch_size) == chosen), None)
     others = [c for c in final if c is not best and c.val_map == c.val_map]
     runner = max(others, key=lambda c: c.val_map, default=None)
     margin = ""
     if best is not None and runner is not None:
-        nxt = f"({runner.optimizer} lr {runner.lr:g}, weight_decay {runner.weight_decay:g})"
+        nxt = f"({runner.optimizer} lr {runner.lr:g}, weight_decay {runner.weight_decay:g}" + (
+            f", batch {runner.batch_size})" if runner.batch_size else ")")
         margin = (
             f", {best.val_map - runner.val_map:.4f} above the next {nxt}" if best.val_map > runner.val_map
             else f", tied with {nxt}: ties go to the smaller lr, then the smaller weight decay"
         )
     return (
-        f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g} "
-        f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
+        f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g}"
+        + (f", batch {selection.batch_size}, {selection.epochs} epochs " if selection.batch_size else " ")
+        + f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
         f"{best.val_map if best is not None else math.nan:.4f} of {len(final)} finalists{margin} "
-        f"(optimizer lr/wd [x Adam epochs]: {tried})"
+        f"(optimizer lr/wd [Adam batch x epochs]: {tried})"
     )
 
 

@@ -98,6 +98,8 @@ class AutotuneConfig:
         weight_decays: Adam weight decays tried.
         lbfgs_weight_decays: L2 strengths of the L-BFGS solves tried.
         lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
+        batch_divisors: Adam batch sizes tried: the run's batch (``batch_size``, or the regime's
+            data-sized one) divided by each, at least ``16``; duplicates once.
         halving: Successive halving's rate: each rung keeps the best ``1 / halving`` of its Adam
             candidates (at least one) and trains them ``halving`` times longer, the last rung the run's
             full schedule (:func:`spml.training.autotune.rung_plan`).
@@ -109,6 +111,7 @@ class AutotuneConfig:
     # L-BFGS matched a tuned scikit-learn probe on 101-320 rows; at 13,133 COCO-like rows it was 0.10
     # val mAP below Adam's early-stopped runs (AN; ROLE 0.07 against 0.39) at 150-300 s a solve.
     lbfgs_max_rows: int = 2_000
+    batch_divisors: tuple[int, ...] = (1, 16)
     halving: int = 3
 
 
@@ -271,6 +274,8 @@ class TrainConfig:
             "autotune.weight_decays": self.autotune.weight_decays,
             "autotune.lbfgs_weight_decays": self.autotune.lbfgs_weight_decays,
         }
+        if not self.autotune.batch_divisors or any(d < 1 for d in self.autotune.batch_divisors):
+            raise SpmlError(f"autotune.batch_divisors must be a non-empty list of integers >= 1, got {self.autotune.batch_divisors!r}", source)
         for key, values in tuned.items():
             if not values or any(v < 0 or (key == "autotune.lrs" and v == 0) for v in values):
                 raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)
