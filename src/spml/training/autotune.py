@@ -103,7 +103,6 @@ class Candidate:
     optimizer: str = "adam"
     seconds: float = 0.0
     epochs: int = 0
-    batch_size: int = 0
     rung: int = 0
     batch_size: int = 0
 
