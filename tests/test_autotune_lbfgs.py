@@ -41,12 +41,16 @@ def test_probe_configs_by_size_and_loss() -> None:
     assert [c.optimizer for c in role] == ["lbfgs"] + ["adam"] * 8
     assert not uses_lbfgs(spml.load_config(loss="ll_r", loss_params={"delta_rel": 0.2}), 101)
     assert not uses_lbfgs(cfg, 1001)
-    # Above the bound: Adam over lrs at the first weight decay, at the run's epochs (batch 1,024:
-    # 64 steps an epoch, 47 epochs), the probes cut to successive halving's rungs.
+    # Above the bound: Adam over lrs at the first weight decay and at the run's batch (1,024: 64
+    # steps an epoch, 47 epochs) and a 16th of it, every one at the run's epochs, the probes cut to
+    # successive halving's rungs. A set batch size is the only one.
     large = probe_configs(cfg, 65_665)
-    assert [(c.optimizer, c.lr, c.weight_decay) for c in large] == [("adam", lr, 0.0) for lr in cfg.autotune.lrs]
+    assert [(c.optimizer, c.lr, c.weight_decay, c.batch_size) for c in large] == [
+        ("adam", lr, 0.0, b) for b in (1024, 64) for lr in cfg.autotune.lrs
+    ]
     assert {c.epochs for c in large} == {47}
-    assert rung_plan(len(large), 47, cfg.autotune.halving) == [(6, 6), (2, 16)]
+    assert rung_plan(len(large), 47, cfg.autotune.halving) == [(12, 2), (4, 6), (2, 16)]
+    assert {c.batch_size for c in probe_configs(spml.load_config(batch_size=256), 65_665)} == {256}
     # A set epochs is kept; optimizer lbfgs asks for the L-BFGS candidates at any size.
     assert {c.epochs for c in probe_configs(spml.load_config(epochs=4), 50)} == {4}
     assert probe_configs(spml.load_config(optimizer="lbfgs"), 10**6)[0].optimizer == "lbfgs"
