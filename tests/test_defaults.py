@@ -87,7 +87,7 @@ def test_rung_plan_grows_budgets_and_stops_short_of_the_run() -> None:
     assert rung_plan(9, 2, 3) == [(9, 1), (3, 1)]  # at least one epoch
 
 
-def test_successive_halving_keeps_the_best_and_ranks_the_finalists_on_their_long_probes() -> None:
+def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> None:
     # A fake scorer where short probes favour large rates and long ones small rates (as single
     # positives at scale): rung 1 (2 epochs) ranks lr 1e-2 > 3e-3 > 1e-3 > 3e-4 > 1e-4, and lr 3e-2
     # diverges; rung 2 (6 epochs) has lr 3e-3 above 1e-2. Ties go to the smaller lr.
@@ -104,9 +104,9 @@ def test_successive_halving_keeps_the_best_and_ranks_the_finalists_on_their_long
     probes, last = successive_halving(configs, [(6, 2), (2, 6)], score)
     assert calls == [(lr, 2, 0) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)] + [(1e-2, 6, 1), (3e-3, 6, 1)]
     assert [c.lr for c in last] == [1e-2, 3e-3] and len(probes) == 8
-    assert best_candidate(last).lr == 3e-3  # the long probes decide, not the short ones
+    assert best_candidate(probes).lr == 3e-3  # the long probes decide, not the short ones
     text = describe(Selection(3e-3, 0.0, tuple(probes)))
-    assert "the best val mAP 0.7000 of 2 finalists, 0.1000 above the next (adam lr 0.01" in text
+    assert "the best val mAP 0.7000 of 8 probes, 0.1000 above the next (adam lr 0.01" in text
     # A tie on the first rung keeps the smaller lr.
     short.update({1e-2: 0.4, 3e-3: 0.4, 1e-3: 0.4})
     calls.clear()
@@ -155,7 +155,7 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
 
 def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path) -> None:
     # epochs unset: four candidates, 4 -> 2 over probes of a ninth then a third of the step
-    # budget's epochs; the run trains the best finalist's lr and epochs, so it repeats its probe.
+    # budget's epochs; the run trains the best probe's lr and epochs, so it repeats it.
     tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
     cfg = spml.load_config(observed="single-positive-seed0.npy", autotune=tune_keys, early_stopping={"patience": 2}, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
@@ -164,8 +164,7 @@ def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path)
     plan = rung_plan(4, budget, 3)
     assert [n for n, _ in plan] == [4, 2] and plan[1][1] > plan[0][1]
     assert [(c["rung"], c["epochs"]) for c in tune["candidates"]] == [(r, e) for r, (n, e) in enumerate(plan) for _ in range(n)]
-    finalists = [c for c in tune["candidates"] if c["rung"] == 1]
-    best = max(finalists, key=lambda c: (c["val_map"], -c["lr"]))
+    best = min(tune["candidates"], key=lambda c: (-c["val_map"], c["lr"]))
     assert (tune["lr"], tune["epochs"]) == (best["lr"], best["epochs"])
     assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
     assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == best["epochs"]

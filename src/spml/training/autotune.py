@@ -15,17 +15,18 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   (docs/benchmarks.md). About 1-5 s per solve on a few hundred rows (2-core CPU). A loss with its
   own trained state (ROLE) gets the Adam candidates below as well.
 * Otherwise Adam over ``autotune.lrs`` (1e-4 ... 3e-2) x ``autotune.weight_decays`` (above
-  ``autotune.lbfgs_max_rows`` rows only the first weight decay), ranked by successive halving
-  (:func:`rung_plan`, :func:`successive_halving`): every candidate trains a probe of a ninth of the
-  run's epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
-  (``autotune.halving``) trains a probe three times longer, and so on down to at most three
-  finalists whose probes are a third of the step budget's epochs; the best finalist's val mAP
-  wins, and the run repeats it (its lr and epochs; a set ``epochs`` is kept). Six candidates at
-  COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 6 probes of 6 epochs, then 2 of 16, 1.4
-  budgets' worth of epochs (early stopping cuts it further). One-epoch probes, used before, ranked how
-  fast a rate starts and picked the largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP
-  where lr 1e-4 reached 0.689); a probe long enough to peak and stop early ranks what it reaches.
-  Probes end after validation (``val_only``).
+  ``autotune.lbfgs_max_rows`` rows only the first weight decay) x two batch sizes (the run's and a
+  16th of it, ``autotune.batch_divisors``), ranked by successive halving (:func:`rung_plan`,
+  :func:`successive_halving`): every candidate trains a probe of a 27th of the step budget's
+  epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
+  (``autotune.halving``) a probe three times longer, and so on up to probes of a third of the
+  budget. The best val mAP of every probe wins and the run repeats that probe (its lr, batch and
+  epochs; a set ``epochs`` or ``batch_size`` is kept): on single positives a longer schedule at the
+  same lr peaked lower, so neither the budget's full length nor the last rung is always best.
+  Twelve candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 12 probes of 2 epochs,
+  4 of 6, 2 of 16. One-epoch probes, used before, ranked how fast a rate starts and picked the
+  largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr 1e-4 batch 8 reached
+  0.689). Probes end after validation (``val_only``).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
 with every probe's val mAP, best epoch, seconds, epochs and rung, and the selection's seconds. The log says
@@ -239,7 +240,7 @@ def successive_halving(
             :class:`Candidate` (called as ``score(config, rung)``; the epochs are set on the config).
 
     Returns:
-        Every probe in the order trained, and the last rung's probes (the finalists).
+        Every probe in the order trained, and the last rung's probes.
     """
     alive = list(configs)
     probes: list[Candidate] = []
@@ -293,7 +294,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
             f"({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
             + f" of the step budget's {adam[0].epochs}"
-            + ("; the run repeats the best finalist" if not config.epochs else f"; the run trains epochs {config.epochs}")
+            + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
 
@@ -305,7 +306,7 @@ def _values(values: Iterator[float] | Sequence[float]) -> str:
 def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
     """Train the L-BFGS candidates and the Adam ones' successive halving (temporary run folders); pick one on val.
 
-    The pick is the best val mAP among the L-BFGS solves and the last rung's Adam probes. A probe
+    The pick is the best val mAP of every probe (L-BFGS solves and every rung's Adam probes). A probe
     that diverges counts as NaN (never kept). The probes' own epoch lines are silenced; their long
     steps (the first probe extracts the feature caches) still show progress, and one line per probe
     says how far the selection is (candidate i, its rung and epochs, its val mAP, the seconds so far).
@@ -346,11 +347,15 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             )
             return candidate
 
-        last = [score(p, 0) for p in lbfgs]
+        for p in lbfgs:
+            score(p, 0)
         if adam:
-            last += successive_halving(adam, rungs, score)[1]
+            successive_halving(adam, rungs, score)
         bar.close()
-    best = best_candidate(last)
+    # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
+    # every rung competes: a longer schedule at the same lr peaked lower on single positives
+    # (docs/benchmarks.md, "Selection at scale"), so the last rung is not always the best.
+    best = best_candidate(done)
     adam_best = best.optimizer == "adam"
     return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
                      best.epochs if adam_best else 0, best.batch_size if adam_best else 0)
@@ -407,12 +412,6 @@ def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
     return None if loss is None else copy.deepcopy(loss)
 
 
-def finalists(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The probes the pick compares: every L-BFGS solve and the Adam probes of the last rung."""
-    last = max((c.rung for c in candidates if c.optimizer == "adam"), default=0)
-    return [c for c in candidates if c.optimizer != "adam" or c.rung == last]
-
-
 def describe(selection: Selection) -> str:
     """One line: what was selected and why (its val mAP, the margin over the runner-up), every candidate, the seconds."""
     tried = ", ".join(
@@ -421,7 +420,7 @@ def describe(selection: Selection) -> str:
         for c in selection.candidates
     )
     chosen = (selection.optimizer, selection.lr, selection.weight_decay, selection.batch_size)
-    final = finalists(selection.candidates)
+    final = selection.candidates
     best = next((c for c in final if (c.optimizer, c.lr, c.weight_decay, c.batch_size) == chosen), None)
     others = [c for c in final if c is not best and c.val_map == c.val_map]
     runner = max(others, key=lambda c: c.val_map, default=None)
@@ -437,7 +436,7 @@ def describe(selection: Selection) -> str:
         f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g}"
         + (f", batch {selection.batch_size}, {selection.epochs} epochs " if selection.batch_size else " ")
         + f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
-        f"{best.val_map if best is not None else math.nan:.4f} of {len(final)} finalists{margin} "
+        f"{best.val_map if best is not None else math.nan:.4f} of {len(final)} probes{margin} "
         f"(optimizer lr/wd [Adam batch x epochs]: {tried})"
     )
 
