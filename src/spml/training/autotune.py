@@ -421,7 +421,8 @@ def describe(selection: Selection) -> str:
     )
     chosen = (selection.optimizer, selection.lr, selection.weight_decay, selection.batch_size)
     final = selection.candidates
-    best = next((c for c in final if (c.optimizer, c.lr, c.weight_decay, c.batch_size) == chosen), None)
+    # The selected probe: the best of those with its settings (a candidate has one probe per rung).
+    best = min((c for c in final if (c.optimizer, c.lr, c.weight_decay, c.batch_size) == chosen), key=rank_key, default=None)
     others = [c for c in final if c is not best and c.val_map == c.val_map]
     runner = max(others, key=lambda c: c.val_map, default=None)
     margin = ""
