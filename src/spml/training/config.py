@@ -108,9 +108,9 @@ class AutotuneConfig:
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     weight_decays: tuple[float, ...] = (0.0, 1e-3)
     lbfgs_weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
-    # L-BFGS matched a tuned scikit-learn probe on 101-320 rows; at 13,133 COCO-like rows it was 0.10
-    # val mAP below Adam's early-stopped runs (AN 0.29 against 0.43; ROLE 0.07 against 0.45) at 150-300 s
-    # a solve (docs/benchmarks.md, "Selection at scale").
+    # L-BFGS matched a tuned scikit-learn probe on 101-320 rows; at 13,133 COCO-like rows it was far
+    # below Adam's early-stopped runs (val mAP, AN 0.29 against 0.43; ROLE 0.07 against 0.45) at
+    # 150-300 s a solve (docs/benchmarks.md, "Selection at scale").
     lbfgs_max_rows: int = 2_000
     batch_divisors: tuple[int, ...] = (1, 16)
     halving: int = 3
