@@ -49,7 +49,7 @@ def test_probe_configs_by_size_and_loss() -> None:
         ("adam", lr, 0.0, b) for b in (1024, 64) for lr in cfg.autotune.lrs
     ]
     assert {c.epochs for c in large} == {47}
-    assert rung_plan(len(large), 47, cfg.autotune.halving) == [(12, 2), (4, 6), (2, 16)]
+    assert rung_plan(len(large), 47, cfg.autotune.halving, cfg.autotune.longest_probe) == [(12, 2), (4, 4), (2, 12)]
     assert {c.batch_size for c in probe_configs(spml.load_config(batch_size=256), 65_665)} == {256}
     # A set epochs is kept; optimizer lbfgs asks for the L-BFGS candidates at any size.
     assert {c.epochs for c in probe_configs(spml.load_config(epochs=4), 50)} == {4}

@@ -80,10 +80,10 @@ def test_best_candidate_prefers_val_map_then_smaller_lr_and_skips_diverged() -> 
         best_candidate([Candidate(0.03, 0.0, nan, 0)])
 
 
-def test_rung_plan_grows_budgets_and_stops_short_of_the_run() -> None:
-    assert rung_plan(6, 47, 3) == [(6, 6), (2, 16)]
-    assert rung_plan(12, 100, 3) == [(12, 4), (4, 12), (2, 34)]  # 12 -> 4 -> 2 over 100/27, 100/9, 100/3, rounded up
-    assert rung_plan(3, 10, 3) == [(3, 4)]  # no more than `halving`: one rung
+def test_rung_plan_grows_budgets_up_to_the_longest_probe() -> None:
+    assert rung_plan(12, 100, 3) == [(12, 3), (4, 9), (2, 25)]  # 12 -> 4 -> 2 over 25/9, 25/3, 25 rounded up
+    assert rung_plan(6, 47, 3, longest=1 / 3) == [(6, 6), (2, 16)]
+    assert rung_plan(3, 10, 3) == [(3, 3)]  # no more than `halving`: one rung
     assert rung_plan(9, 2, 3) == [(9, 1), (3, 1)]  # at least one epoch
 
 
@@ -112,6 +112,23 @@ def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> Non
     calls.clear()
     successive_halving(configs, [(6, 2), (2, 6)], lambda c, r: score(c, 0))
     assert [lr for lr, _, _ in calls[6:]] == [3e-3, 1e-3]
+
+
+def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
+    # Short probes favour batch 64 (more steps an epoch): its three rates beat every batch-1,024
+    # one on the first rung, yet the best batch-1,024 rate survives to the next.
+    short = {(64, 1e-3): 0.5, (64, 3e-3): 0.45, (64, 1e-2): 0.4, (1024, 1e-3): 0.1, (1024, 3e-3): 0.2, (1024, 1e-2): 0.3}
+    kept: list[tuple[int, float]] = []
+
+    def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
+        if rung:
+            kept.append((config.batch_size, config.lr))
+        return Candidate(config.lr, 0.0, short[(config.batch_size, config.lr)], 1, epochs=config.epochs, rung=rung,
+                         batch_size=config.batch_size)
+
+    configs = [spml.load_config(lr=lr, batch_size=b, epochs=6) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
+    successive_halving(configs, [(6, 2), (2, 6)], score)
+    assert kept == [(1024, 1e-2), (64, 1e-3)]
 
 
 def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:

@@ -17,14 +17,15 @@ decay), and trains the run with it. The candidates depend on the train set's siz
 * Otherwise Adam over ``autotune.lrs`` (1e-4 ... 3e-2) x ``autotune.weight_decays`` (above
   ``autotune.lbfgs_max_rows`` rows only the first weight decay) x two batch sizes (the run's and a
   16th of it, ``autotune.batch_divisors``), ranked by successive halving (:func:`rung_plan`,
-  :func:`successive_halving`): every candidate trains a probe of a 27th of the step budget's
+  :func:`successive_halving`): every candidate trains a probe of a 36th of the step budget's
   epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
-  (``autotune.halving``) a probe three times longer, and so on up to probes of a third of the
-  budget. The best val mAP of every probe wins and the run repeats that probe (its lr, batch and
-  epochs; a set ``epochs`` or ``batch_size`` is kept): on single positives a longer schedule at the
-  same lr peaked lower, so neither the budget's full length nor the last rung is always best.
+  (``autotune.halving``; the best of each batch size first) a probe three times longer, and so on
+  up to probes of a quarter of the budget (``autotune.longest_probe``). The best val mAP of every
+  probe wins and the run repeats that probe (its lr, batch and epochs; a set ``epochs`` or
+  ``batch_size`` is kept): on single positives a longer schedule at the same lr peaked lower, so
+  the budget's full length is not the best run.
   Twelve candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 12 probes of 2 epochs,
-  4 of 6, 2 of 16. One-epoch probes, used before, ranked how fast a rate starts and picked the
+  4 of 4, 2 of 12; at 13,133 rows (a 100-epoch budget) 12 of 3, 4 of 9, 2 of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
   largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr 1e-4 batch 8 reached
   0.689). Probes end after validation (``val_only``).
 
@@ -203,23 +204,22 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
     return lbfgs + adam
 
 
-def rung_plan(candidates: int, epochs: int, halving: int) -> list[tuple[int, int]]:
-    """Successive halving's rungs for ``candidates`` Adam candidates of a run of ``epochs`` epochs.
+def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25) -> list[tuple[int, int]]:
+    """Successive halving's rungs for ``candidates`` Adam candidates of a step budget of ``epochs`` epochs.
 
     One ``(candidates, epochs)`` pair per rung: each rung keeps the best ``ceil(n / halving)`` of
     its ``n`` candidates while more than ``halving`` remain, and trains ``halving`` times longer
-    than the one before; the last rung trains ``epochs / halving`` (rounded up), so that the final
-    run, ``epochs`` long, is never repeated by a probe. Six candidates of a 47-epoch run with
-    ``halving`` 3: ``[(6, 6), (2, 16)]``, 68 probe epochs (1.4 runs). Three or fewer: one rung.
-    A probe is a whole (shorter) schedule with its own cosine decay and early stopping, so it ranks
-    what a learning rate reaches, not how fast it starts: one-epoch probes favoured large rates
-    (docs/benchmarks.md, "Selection at scale").
+    than the one before; the last rung trains ``longest`` of ``epochs`` (rounded up; every rung at
+    least one epoch). Twelve candidates of a 100-epoch budget with ``halving`` 3: ``[(12, 3), (4,
+    9), (2, 25)]``. Three or fewer: one rung. A probe is a whole (shorter) schedule with its own
+    cosine decay and early stopping, so it ranks what a setting reaches, not how fast it starts:
+    one-epoch probes favoured large rates (docs/benchmarks.md, "Selection at scale").
     """
     counts = [candidates]
     while counts[-1] > halving:
         counts.append(math.ceil(counts[-1] / halving))
-    rungs = len(counts)
-    return [(n, max(1, math.ceil(epochs / halving ** (rungs - i)))) for i, n in enumerate(counts)]
+    top = epochs * longest
+    return [(n, max(1, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
 
 
 def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
@@ -250,7 +250,13 @@ def successive_halving(
         probes += rung_probes
         if rung + 1 < len(plan):
             order = sorted(range(len(alive)), key=lambda i: rank_key(rung_probes[i]))
-            keep = sorted(order[: plan[rung + 1][0]])  # survivors in the order tried
+            # The best of each batch size survives first: a short probe favours the smaller batch
+            # (16x the steps an epoch), which peaked lower than batch 1,024 for ROLE once both ran
+            # long enough (docs/benchmarks.md, "Selection at scale").
+            firsts = list(dict.fromkeys(next(i for i in order if alive[i].batch_size == b) for b in
+                                        dict.fromkeys(alive[i].batch_size for i in order)))
+            count = plan[rung + 1][0]
+            keep = sorted((firsts[:count] + [i for i in order if i not in firsts])[:count])  # in the order tried
             alive = [alive[i] for i in keep]
     return probes, rung_probes
 
@@ -287,7 +293,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
-        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving)
+        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe)
         parts.append(
             f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
             f"x weight_decay {_values(p.weight_decay for p in adam)} x batch {_values(float(p.batch_size or 0) for p in adam)} "
@@ -317,7 +323,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     probes = probe_configs(config, len(data.split("train")))
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
-    rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving) if adam else []
+    rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe) if adam else []
     total = len(lbfgs) + sum(n for n, _ in rungs)
     done: list[Candidate] = []
     with probe_folder(data, config) as tmp:

@@ -103,6 +103,8 @@ class AutotuneConfig:
         halving: Successive halving's rate: each rung keeps the best ``1 / halving`` of its Adam
             candidates (at least one) and trains them ``halving`` times longer, the last rung the run's
             full schedule (:func:`spml.training.autotune.rung_plan`).
+        longest_probe: The last rung's probes' share of the step budget's epochs (the earlier rungs
+            ``halving`` times shorter each).
     """
 
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -114,6 +116,7 @@ class AutotuneConfig:
     lbfgs_max_rows: int = 2_000
     batch_divisors: tuple[int, ...] = (1, 16)
     halving: int = 3
+    longest_probe: float = 0.25
 
 
 @dataclass
@@ -268,8 +271,8 @@ class TrainConfig:
         }.items():
             if value < 0:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
-        if self.autotune.lbfgs_max_rows < 0 or self.autotune.halving < 2:
-            raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.halving >= 2", source)
+        if self.autotune.lbfgs_max_rows < 0 or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1:
+            raise SpmlError("autotune.lbfgs_max_rows must be >= 0, autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
         tuned = {
             "autotune.lrs": self.autotune.lrs,
             "autotune.weight_decays": self.autotune.weight_decays,
