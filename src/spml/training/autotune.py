@@ -19,7 +19,7 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   16th of it, ``autotune.batch_divisors``), ranked by successive halving (:func:`rung_plan`,
   :func:`successive_halving`): every candidate trains a probe of a 36th of the step budget's
   epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
-  (``autotune.halving``; the best of each batch size first) a probe three times longer, and so on
+  (``autotune.halving``) and the best of each batch size a probe three times longer, and so on
   up to probes of a quarter of the budget (``autotune.longest_probe``). The best val mAP of every
   probe wins and the run repeats that probe (its lr, batch and epochs; a set ``epochs`` or
   ``batch_size`` is kept): on single positives a longer schedule at the same lr peaked lower, so
@@ -250,13 +250,11 @@ def successive_halving(
         probes += rung_probes
         if rung + 1 < len(plan):
             order = sorted(range(len(alive)), key=lambda i: rank_key(rung_probes[i]))
-            # The best of each batch size survives first: a short probe favours the smaller batch
-            # (16x the steps an epoch), which peaked lower than batch 1,024 for ROLE once both ran
-            # long enough (docs/benchmarks.md, "Selection at scale").
-            firsts = list(dict.fromkeys(next(i for i in order if alive[i].batch_size == b) for b in
-                                        dict.fromkeys(alive[i].batch_size for i in order)))
-            count = plan[rung + 1][0]
-            keep = sorted((firsts[:count] + [i for i in order if i not in firsts])[:count])  # in the order tried
+            # The best of each batch size survives too: a short probe favours the smaller batch (16x
+            # the steps an epoch), which peaked lower than batch 1,024 for ROLE once both ran long
+            # enough (docs/benchmarks.md, "Selection at scale").
+            firsts = {next(i for i in order if alive[i].batch_size == b) for b in {c.batch_size for c in alive}}
+            keep = sorted(set(order[: plan[rung + 1][0]]) | firsts)  # in the order tried
             alive = [alive[i] for i in keep]
     return probes, rung_probes
 

@@ -101,8 +101,8 @@ class AutotuneConfig:
         batch_divisors: Adam batch sizes tried: the run's batch (``batch_size``, or the regime's
             data-sized one) divided by each, at least ``16``; duplicates once.
         halving: Successive halving's rate: each rung keeps the best ``1 / halving`` of its Adam
-            candidates (at least one) and trains them ``halving`` times longer, the last rung the run's
-            full schedule (:func:`spml.training.autotune.rung_plan`).
+            candidates (at least one) and the best of each batch size, and trains them ``halving``
+            times longer (:func:`spml.training.autotune.rung_plan`).
         longest_probe: The last rung's probes' share of the step budget's epochs (the earlier rungs
             ``halving`` times shorter each).
     """
