@@ -235,7 +235,8 @@ def successive_halving(
 
     Args:
         configs: The candidates, in the order tried.
-        plan: ``(candidates, epochs)`` per rung; the first count must be ``len(configs)``.
+        plan: ``(candidates, epochs)`` per rung; the first count must be ``len(configs)``. A rung
+            keeps its count's best and the best of each batch size (one more at most per batch size).
         score: Trains one probe of a config for the given epochs at the given rung and returns its
             :class:`Candidate` (called as ``score(config, rung)``; the epochs are set on the config).
 
@@ -313,7 +314,8 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     The pick is the best val mAP of every probe (L-BFGS solves and every rung's Adam probes). A probe
     that diverges counts as NaN (never kept). The probes' own epoch lines are silenced; their long
     steps (the first probe extracts the feature caches) still show progress, and one line per probe
-    says how far the selection is (candidate i, its rung and epochs, its val mAP, the seconds so far).
+    says how far the selection is (candidate i of at most n, its rung and epochs, its val mAP, the
+    seconds so far).
     """
     start = time.perf_counter()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
@@ -322,7 +324,9 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
     rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe) if adam else []
-    total = len(lbfgs) + sum(n for n, _ in rungs)
+    # At most: a rung after the first may keep one more per batch size than its count.
+    batches = len({p.batch_size for p in adam})
+    total = len(lbfgs) + sum(n if i == 0 else min(n + batches, rungs[0][0]) for i, (n, _) in enumerate(rungs))
     done: list[Candidate] = []
     with probe_folder(data, config) as tmp:
         bar = progress(total=total, desc="autotune", unit="probe", lines=False)
