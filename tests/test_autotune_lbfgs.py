@@ -15,7 +15,7 @@ import spml
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.training import Trainer
-from spml.training.autotune import LBFGS_EPOCHS, Selection, probe_configs, tuned_config, uses_lbfgs
+from spml.training.autotune import LBFGS_EPOCHS, Selection, probe_configs, rung_plan, tuned_config, uses_lbfgs
 from subsets import TINY_SYNTH, interrupted_at, tiny_single_positive_set
 
 TINY = TINY_SYNTH
@@ -36,14 +36,21 @@ def test_probe_configs_by_size_and_loss() -> None:
     # ROLE's estimator is set once (a static objective) but trained with the head (not convex):
     # L-BFGS and Adam candidates. LL-R's schedule changes the objective every epoch: Adam only.
     assert uses_lbfgs(spml.load_config(loss="role"), 101)
-    role = probe_configs(spml.load_config(loss="role", autotune={"lbfgs_weight_decays": [1e-3]}), 101)
+    role_keys = {"lbfgs_weight_decays": [1e-3], "lrs": [1e-3, 3e-3, 1e-2, 3e-2]}
+    role = probe_configs(spml.load_config(loss="role", autotune=role_keys), 101)
     assert [c.optimizer for c in role] == ["lbfgs"] + ["adam"] * 8
     assert not uses_lbfgs(spml.load_config(loss="ll_r", loss_params={"delta_rel": 0.2}), 101)
     assert not uses_lbfgs(cfg, 1001)
-    # Above the bound: Adam over lrs at the first weight decay, each probe cut to large_probe_epochs.
+    # Above the bound: Adam over lrs at the first weight decay and at the run's batch (1,024: 64
+    # steps an epoch, 47 epochs) and a 16th of it, every one at the run's epochs, the probes cut to
+    # successive halving's rungs. A set batch size is the only one.
     large = probe_configs(cfg, 65_665)
-    assert [(c.optimizer, c.lr, c.weight_decay) for c in large] == [("adam", lr, 0.0) for lr in cfg.autotune.lrs]
-    assert {c.epochs for c in large} == {1}
+    assert [(c.optimizer, c.lr, c.weight_decay, c.batch_size) for c in large] == [
+        ("adam", lr, 0.0, b) for b in (1024, 64) for lr in cfg.autotune.lrs
+    ]
+    assert {c.epochs for c in large} == {47}
+    assert rung_plan(len(large), 47, cfg.autotune.halving, cfg.autotune.longest_probe) == [(12, 2), (4, 4), (2, 12)]
+    assert {c.batch_size for c in probe_configs(spml.load_config(batch_size=256), 65_665)} == {256}
     # A set epochs is kept; optimizer lbfgs asks for the L-BFGS candidates at any size.
     assert {c.epochs for c in probe_configs(spml.load_config(epochs=4), 50)} == {4}
     assert probe_configs(spml.load_config(optimizer="lbfgs"), 10**6)[0].optimizer == "lbfgs"
@@ -55,6 +62,9 @@ def test_tuned_config_takes_the_selection() -> None:
     assert (tuned.optimizer, tuned.lr, tuned.weight_decay, tuned.epochs) == ("lbfgs", 1.0, 1e-3, LBFGS_EPOCHS)
     adam = tuned_config(spml.load_config(), Selection(0.01, 0.0, ()))
     assert (adam.optimizer, adam.lr, adam.epochs) == ("adam", 0.01, None)  # the step budget sizes it later
+    # An Adam run repeats the selected probe's budget, unless the config sets its epochs.
+    assert tuned_config(spml.load_config(), Selection(0.01, 0.0, (), epochs=16)).epochs == 16
+    assert tuned_config(spml.load_config(epochs=4), Selection(0.01, 0.0, (), epochs=16)).epochs == 4
 
 
 def test_lbfgs_needs_the_linear_regime() -> None:

@@ -15,7 +15,16 @@ from spml.cli.main import main
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.training import STANDARD, Trainer
-from spml.training.autotune import Candidate, best_candidate, should_tune
+from spml.training.autotune import (
+    Candidate,
+    Selection,
+    best_candidate,
+    describe,
+    probe_configs,
+    rung_plan,
+    should_tune,
+    successive_halving,
+)
 from spml.training.defaults import (
     default_epochs,
     default_patience,
@@ -72,6 +81,57 @@ def test_best_candidate_prefers_val_map_then_smaller_lr_and_skips_diverged() -> 
         best_candidate([Candidate(0.03, 0.0, nan, 0)])
 
 
+def test_rung_plan_grows_budgets_up_to_the_longest_probe() -> None:
+    assert rung_plan(12, 100, 3) == [(12, 3), (4, 9), (2, 25)]  # 12 -> 4 -> 2 over 25/9, 25/3, 25 rounded up
+    assert rung_plan(6, 47, 3, longest=1 / 3) == [(6, 6), (2, 16)]
+    assert rung_plan(3, 10, 3) == [(3, 3)]  # no more than `halving`: one rung
+    assert rung_plan(9, 2, 3) == [(9, 1), (3, 1)]  # at least one epoch
+
+
+def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> None:
+    # A fake scorer where short probes favour large rates and long ones small rates (as single
+    # positives at scale): rung 1 (2 epochs) ranks lr 1e-2 > 3e-3 > 1e-3 > 3e-4 > 1e-4, and lr 3e-2
+    # diverges; rung 2 (6 epochs) has lr 3e-3 above 1e-2. Ties go to the smaller lr.
+    short = {1e-4: 0.1, 3e-4: 0.2, 1e-3: 0.3, 3e-3: 0.4, 1e-2: 0.5, 3e-2: float("nan")}
+    long = {3e-3: 0.7, 1e-2: 0.6}
+    calls: list[tuple[float, int, int]] = []
+
+    def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
+        calls.append((config.lr, config.epochs, rung))
+        val = (short if rung == 0 else long)[config.lr]
+        return Candidate(config.lr, 0.0, val, 1, epochs=config.epochs, rung=rung)
+
+    configs = [spml.load_config(lr=lr, epochs=6) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)]
+    probes, last = successive_halving(configs, [(6, 2), (2, 6)], score)
+    assert calls == [(lr, 2, 0) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)] + [(1e-2, 6, 1), (3e-3, 6, 1)]
+    assert [c.lr for c in last] == [1e-2, 3e-3] and len(probes) == 8
+    assert best_candidate(probes).lr == 3e-3  # the long probes decide, not the short ones
+    text = describe(Selection(3e-3, 0.0, tuple(probes)))
+    assert "the best val mAP 0.7000 of 8 probes, 0.1000 above the next (adam lr 0.01" in text
+    # A tie on the first rung keeps the smaller lr.
+    short.update({1e-2: 0.4, 3e-3: 0.4, 1e-3: 0.4})
+    calls.clear()
+    successive_halving(configs, [(6, 2), (2, 6)], lambda c, r: score(c, 0))
+    assert [lr for lr, _, _ in calls[6:]] == [3e-3, 1e-3]
+
+
+def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
+    # Short probes favour batch 64 (more steps an epoch): its three rates beat every batch-1,024
+    # one on the first rung, yet the best batch-1,024 rate survives to the next, beside the best two.
+    short = {(64, 1e-3): 0.5, (64, 3e-3): 0.45, (64, 1e-2): 0.4, (1024, 1e-3): 0.1, (1024, 3e-3): 0.2, (1024, 1e-2): 0.3}
+    kept: list[tuple[int, float]] = []
+
+    def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
+        if rung:
+            kept.append((config.batch_size, config.lr))
+        return Candidate(config.lr, 0.0, short[(config.batch_size, config.lr)], 1, epochs=config.epochs, rung=rung,
+                         batch_size=config.batch_size)
+
+    configs = [spml.load_config(lr=lr, batch_size=b, epochs=6) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
+    successive_halving(configs, [(6, 2), (2, 6)], score)
+    assert kept == [(1024, 1e-2), (64, 1e-3), (64, 3e-3)]
+
+
 def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:
     return {"epoch": epoch, "phase": phase, "val_map": val_map, "train_loss": loss, "lr": 1e-4}
 
@@ -95,7 +155,7 @@ def test_not_done_warning() -> None:
 @pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # lbfgs_max_rows 0: the Adam selection of large train sets (tests/test_autotune_lbfgs.py: the small-data one).
-    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "large_probe_epochs": 2}
+    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
     cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, autotune=tune_keys, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -103,10 +163,30 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
     assert [c["lr"] for c in tune["candidates"]] == [1e-3, 1e-2]
     best = max(tune["candidates"], key=lambda c: (c["val_map"], -c["lr"]))
     assert (tune["lr"], tune["weight_decay"]) == (best["lr"], 0.0)
-    assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
+    # Two candidates, no more than autotune.halving: one rung, its probes a third of the run (1 of
+    # 2 epochs, rounded up); the run then trains its full schedule at the selected lr.
+    assert [(c["epochs"], c["rung"]) for c in tune["candidates"]] == [(1, 0), (1, 0)]
+    assert result.epochs_run == 2
     written = spml.load_config(tmp_path / "run" / "config.yaml")
     assert (written.lr, written.epochs) == (tune["lr"], 2)  # config.yaml holds concrete values
     assert f"autotune: selected adam lr {tune['lr']:g}" in capsys.readouterr().err
+
+
+def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path) -> None:
+    # epochs unset: four candidates, 4 -> 2 over probes of a ninth then a third of the step
+    # budget's epochs; the run trains the best probe's lr and epochs, so it repeats it.
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
+    cfg = spml.load_config(observed="single-positive-seed0.npy", autotune=tune_keys, early_stopping={"patience": 2}, **TINY)
+    result = spml.train(data, cfg, tmp_path / "run")
+    tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    budget = probe_configs(cfg, len(PreparedData.open(data).split("train")))[0].epochs
+    plan = rung_plan(4, budget, 3)
+    assert [n for n, _ in plan] == [4, 2] and plan[1][1] > plan[0][1]
+    assert [(c["rung"], c["epochs"]) for c in tune["candidates"]] == [(r, e) for r, (n, e) in enumerate(plan) for _ in range(n)]
+    best = min(tune["candidates"], key=lambda c: (-c["val_map"], c["lr"]))
+    assert (tune["lr"], tune["epochs"]) == (best["lr"], best["epochs"])
+    assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
+    assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == best["epochs"]
 
 
 def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

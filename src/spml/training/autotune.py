@@ -14,17 +14,25 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   its selection was 3.4 test mAP points below the probe, L-BFGS's 0.7 points above it
   (docs/benchmarks.md). About 1-5 s per solve on a few hundred rows (2-core CPU). A loss with its
   own trained state (ROLE) gets the Adam candidates below as well.
-* Otherwise Adam over ``autotune.lrs`` x ``autotune.weight_decays``; above
-  ``autotune.lbfgs_max_rows`` rows only the first weight decay, and each probe is cut to
-  ``autotune.large_probe_epochs`` epochs, so that the selection costs four epochs of the run
-  whatever its size (a full-batch L-BFGS iteration over 65k rows would cost about as much as an
-  Adam epoch). Probes end after validation (``val_only``): at 65,665 rows and the linear regime's
-  batch of 1,024 the four take about 12 s on a 2-core CPU (docs/benchmarks.md).
+* Otherwise Adam over ``autotune.lrs`` (1e-4 ... 3e-2) x ``autotune.weight_decays`` (above
+  ``autotune.lbfgs_max_rows`` rows only the first weight decay) x two batch sizes (the run's and a
+  16th of it, ``autotune.batch_divisors``), ranked by successive halving (:func:`rung_plan`,
+  :func:`successive_halving`): every candidate trains a probe of a 36th of the step budget's
+  epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
+  (``autotune.halving``) and the best of each batch size a probe three times longer, and so on
+  up to probes of a quarter of the budget (``autotune.longest_probe``). The best val mAP of every
+  probe wins and the run repeats that probe (its lr, batch and epochs; a set ``epochs`` or
+  ``batch_size`` is kept): on single positives a longer schedule at the same lr peaked lower, so
+  the budget's full length is not the best run.
+  Twelve candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 12 probes of 2 epochs,
+  4 of 4, 2 of 12; at 13,133 rows (a 100-epoch budget) 12 of 3, 4 of 9, 2 of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
+  largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr 1e-4 batch 8 reached
+  0.689). Probes end after validation (``val_only``).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
-with every candidate's val mAP, best epoch and seconds and the selection's seconds. The log says
-what the selection tries and why (:func:`plan`), one line per candidate as it finishes (candidate
-i of n, its val mAP, the seconds so far), the long steps of the probes (the first one extracts the
+with every probe's val mAP, best epoch, seconds, epochs and rung, and the selection's seconds. The log says
+what the selection tries and why (:func:`plan`), one line per probe as it finishes (candidate
+i of n, its rung and epochs, its val mAP, the seconds so far), the long steps of the probes (the first one extracts the
 feature caches) as progress, and what was selected and why (:func:`describe`), before the run's
 own lines.
 
@@ -41,7 +49,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +78,8 @@ LBFGS_EPOCHS = 15
 # the start (ROLE's label estimator, trained with the head) is not convex jointly: it gets the Adam
 # candidates too and val decides (on coco128 L-BFGS won for ROLE, on the synthetic set Adam did).
 STATIC_HOOKS = frozenset({"on_train_start"})
+# The smallest batch of a probe from ``autotune.batch_divisors`` (the linear regime's smallest).
+MIN_PROBE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,9 @@ class Candidate:
         best_epoch: The epoch of that mAP (0 when it diverged).
         optimizer: ``adam`` or ``lbfgs``.
         seconds: Wall time of its run.
+        epochs: Its planned epochs (its budget; early stopping may end it sooner).
+        rung: Its rung of the successive halving (0 for every L-BFGS solve).
+        batch_size: Its batch size (0: full batch, L-BFGS).
     """
 
     lr: float
@@ -91,6 +104,9 @@ class Candidate:
     best_epoch: int
     optimizer: str = "adam"
     seconds: float = 0.0
+    epochs: int = 0
+    rung: int = 0
+    batch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ class Selection:
         candidates: Every probe, in the order tried.
         optimizer: The selected optimizer (``adam`` or ``lbfgs``).
         seconds: Wall time of the probes.
+        epochs: The selected probe's epochs (its rung's budget; 0: not an Adam probe).
+        batch_size: The selected probe's batch size (0: not an Adam probe).
     """
 
     lr: float
@@ -110,13 +128,17 @@ class Selection:
     candidates: tuple[Candidate, ...]
     optimizer: str = "adam"
     seconds: float = 0.0
+    epochs: int = 0
+    batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: ``{"optimizer", "lr", "weight_decay", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
+        """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
         return {
             "optimizer": self.optimizer,
             "lr": self.lr,
             "weight_decay": self.weight_decay,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
             "selected_on": "val_map",
             "seconds": round(self.seconds, 2),
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
@@ -149,7 +171,10 @@ def uses_lbfgs(config: TrainConfig, num_train: int) -> bool:
 
 
 def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
-    """The candidate configs of the selection, in the order tried (see the module docstring)."""
+    """The candidate configs of the selection (see the module docstring), Adam ones at the run's full epochs.
+
+    The Adam candidates' probes train the shorter budgets of :func:`rung_plan`.
+    """
     lbfgs: list[TrainConfig] = []
     if uses_lbfgs(config, num_train):
         lbfgs = [
@@ -162,18 +187,77 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
             return lbfgs
     batch_size = config.batch_size or default_batch_size(config.regime, num_train)
     epochs = config.epochs or default_epochs(config.regime, num_train, batch_size)
-    weight_decays = config.autotune.weight_decays
-    if num_train > config.autotune.lbfgs_max_rows:
-        # Bounded cost at scale: short probes, and Adam's weight decay (within val noise on every
-        # set measured) is not searched.
-        epochs = min(epochs, config.autotune.large_probe_epochs)
-        weight_decays = weight_decays[:1]
+    # Adam's weight decay was within val noise on every set measured: searched on small data only.
+    weight_decays = config.autotune.weight_decays if num_train <= config.autotune.lbfgs_max_rows else config.autotune.weight_decays[:1]
+    # Smaller batches too: at 13,133 rows batch 1,024 is 12 steps an epoch, and batch 64 peaked
+    # higher on single positives (docs/benchmarks.md, "Selection at scale"). Every candidate gets the
+    # epochs of the run's batch, so a smaller batch trains more steps in the same epochs.
+    batches = sorted({max(MIN_PROBE_BATCH, batch_size // d) for d in config.autotune.batch_divisors} | {batch_size}, reverse=True)
+    if config.batch_size is not None:  # a set batch is kept
+        batches = [batch_size]
     adam = [
-        dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs)
+        dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs, batch_size=b)
+        for b in batches
         for lr in config.autotune.lrs
         for wd in weight_decays
     ]
     return lbfgs + adam
+
+
+def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25) -> list[tuple[int, int]]:
+    """Successive halving's rungs for ``candidates`` Adam candidates of a step budget of ``epochs`` epochs.
+
+    One ``(candidates, epochs)`` pair per rung: each rung keeps the best ``ceil(n / halving)`` of
+    its ``n`` candidates while more than ``halving`` remain, and trains ``halving`` times longer
+    than the one before; the last rung trains ``longest`` of ``epochs`` (rounded up; every rung at
+    least one epoch). Twelve candidates of a 100-epoch budget with ``halving`` 3: ``[(12, 3), (4,
+    9), (2, 25)]``. Three or fewer: one rung. A probe is a whole (shorter) schedule with its own
+    cosine decay and early stopping, so it ranks what a setting reaches, not how fast it starts:
+    one-epoch probes favoured large rates (docs/benchmarks.md, "Selection at scale").
+    """
+    counts = [candidates]
+    while counts[-1] > halving:
+        counts.append(math.ceil(counts[-1] / halving))
+    top = epochs * longest
+    return [(n, max(1, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
+
+
+def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
+    """Sort key, best first: the highest val mAP (NaN last), the smaller lr, the smaller weight decay, the larger batch."""
+    val = candidate.val_map if candidate.val_map == candidate.val_map else -math.inf
+    return (-val, candidate.lr, candidate.weight_decay, -candidate.batch_size)
+
+
+def successive_halving(
+    configs: Sequence[TrainConfig], plan: Sequence[tuple[int, int]], score: Callable[[TrainConfig, int], Candidate]
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Run ``plan`` (:func:`rung_plan`) over ``configs``: every probe, and the last rung's.
+
+    Args:
+        configs: The candidates, in the order tried.
+        plan: ``(candidates, epochs)`` per rung; the first count must be ``len(configs)``. A rung
+            keeps its count's best and the best of each batch size (one more at most per batch size).
+        score: Trains one probe of a config for the given epochs at the given rung and returns its
+            :class:`Candidate` (called as ``score(config, rung)``; the epochs are set on the config).
+
+    Returns:
+        Every probe in the order trained, and the last rung's probes.
+    """
+    alive = list(configs)
+    probes: list[Candidate] = []
+    rung_probes: list[Candidate] = []
+    for rung, (_, epochs) in enumerate(plan):
+        rung_probes = [score(dataclasses.replace(c, epochs=epochs), rung) for c in alive]
+        probes += rung_probes
+        if rung + 1 < len(plan):
+            order = sorted(range(len(alive)), key=lambda i: rank_key(rung_probes[i]))
+            # The best of each batch size survives too: a short probe favours the smaller batch (16x
+            # the steps an epoch), which peaked lower than batch 1,024 for ROLE once both ran long
+            # enough (docs/benchmarks.md, "Selection at scale").
+            firsts = {next(i for i in order if alive[i].batch_size == b) for b in {c.batch_size for c in alive}}
+            keep = sorted(set(order[: plan[rung + 1][0]]) | firsts)  # in the order tried
+            alive = [alive[i] for i in keep]
+    return probes, rung_probes
 
 
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
@@ -185,7 +269,7 @@ def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     finite = [c for c in candidates if c.val_map == c.val_map]
     if not finite:
         raise SpmlError("every learning rate of the selection diverged; set lr=... (or autotune.lrs) lower")
-    return max(finite, key=lambda c: (c.val_map, -c.lr, -c.weight_decay))
+    return min(finite, key=rank_key)
 
 
 def plan(config: TrainConfig, num_train: int) -> str:
@@ -208,9 +292,14 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
+        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe)
         parts.append(
-            f"{len(adam)} Adam runs of {adam[0].epochs} epoch(s) over lr {_values(p.lr or 0.0 for p in adam)} "
-            f"x weight_decay {_values(p.weight_decay for p in adam)} ({why})"
+            f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
+            f"x weight_decay {_values(p.weight_decay for p in adam)} x batch {_values(float(p.batch_size or 0) for p in adam)} "
+            f"({why}), by successive halving: "
+            + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
+            + f" of the step budget's {adam[0].epochs}"
+            + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
 
@@ -220,45 +309,83 @@ def _values(values: Iterator[float] | Sequence[float]) -> str:
 
 
 def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
-    """Train every candidate of :func:`probe_configs` (temporary run folders) and pick one on val.
+    """Train the L-BFGS candidates and the Adam ones' successive halving (temporary run folders); pick one on val.
 
-    A candidate that diverges counts as NaN (never selected). The probes' own epoch lines are
-    silenced; their long steps (the first probe extracts the feature caches) still show progress,
-    and one line per candidate says how far the selection is (candidate i of n, its val mAP, the
+    The pick is the best val mAP of every probe (L-BFGS solves and every rung's Adam probes). A probe
+    that diverges counts as NaN (never kept). The probes' own epoch lines are silenced; their long
+    steps (the first probe extracts the feature caches) still show progress, and one line per probe
+    says how far the selection is (candidate i of at most n, its rung and epochs, its val mAP, the
     seconds so far).
     """
     start = time.perf_counter()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     probes = probe_configs(config, len(data.split("train")))
-    candidates = []
+    lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
+    adam = [p for p in probes if p.optimizer == "adam"]
+    rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe) if adam else []
+    # At most: a rung after the first may keep one more per batch size than its count.
+    batches = len({p.batch_size for p in adam})
+    total = len(lbfgs) + sum(n if i == 0 else min(n + batches, rungs[0][0]) for i, (n, _) in enumerate(rungs))
+    done: list[Candidate] = []
     with probe_folder(data, config) as tmp:
-        for i, probe in enumerate(progress(probes, desc="autotune", unit="candidate", lines=False), start=1):
+        bar = progress(total=total, desc="autotune", unit="probe", lines=False)
+
+        def score(probe: TrainConfig, rung: int) -> Candidate:
             lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
             began = time.perf_counter()
             try:
                 with quiet(keep_steps=True):
-                    result = train(data, probe, Path(tmp) / f"probe{i - 1}", loss=_fresh(loss), val_only=True)
-                candidate = Candidate(lr, wd, float(result.val_map), int(result.best_epoch), probe.optimizer,
-                                      round(time.perf_counter() - began, 2))
+                    result = train(data, probe, Path(tmp) / f"probe{len(done)}", loss=_fresh(loss), val_only=True)
+                val, best_epoch = float(result.val_map), int(result.best_epoch)
             except TrainingDiverged:
-                candidate = Candidate(lr, wd, float("nan"), 0, probe.optimizer, round(time.perf_counter() - began, 2))
-            candidates.append(candidate)
+                val, best_epoch = float("nan"), 0
+            candidate = Candidate(lr, wd, val, best_epoch, probe.optimizer, round(time.perf_counter() - began, 2),
+                                  int(probe.epochs or 0), rung, int(probe.batch_size or 0) if probe.optimizer == "adam" else 0)
+            done.append(candidate)
+            bar.update(1)
             log(
-                f"autotune: candidate {i}/{len(probes)} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}: "
+                f"autotune: candidate {len(done)}/{total} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}"
+                + (f" batch {candidate.batch_size} (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)"
+                   if probe.optimizer == "adam" else "")
+                + ": "
                 + (f"val mAP {candidate.val_map:.4f} (best epoch {candidate.best_epoch})"
                    if candidate.best_epoch else "diverged")
                 + f" in {candidate.seconds:.1f} s; {time.perf_counter() - start:.1f} s elapsed"
             )
-    best = best_candidate(candidates)
-    return Selection(best.lr, best.weight_decay, tuple(candidates), best.optimizer, time.perf_counter() - start)
+            return candidate
+
+        for p in lbfgs:
+            score(p, 0)
+        if adam:
+            successive_halving(adam, rungs, score)
+        bar.close()
+    # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
+    # every rung competes: a longer schedule at the same lr peaked lower on single positives
+    # (docs/benchmarks.md, "Selection at scale"), so the last rung is not always the best.
+    best = best_candidate(done)
+    adam_best = best.optimizer == "adam"
+    return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
+                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0)
 
 
 def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
-    """``config`` with the selection's optimizer, lr and weight decay (and L-BFGS's epochs when unset)."""
-    epochs = (config.epochs or LBFGS_EPOCHS) if selection.optimizer == "lbfgs" else config.epochs
+    """``config`` with the selection's optimizer, lr and weight decay, and its epochs and batch size when unset.
+
+    Unset epochs: an L-BFGS run trains ``LBFGS_EPOCHS``; an Adam run repeats the selected probe, its
+    rung's budget (a third of the step-budget schedule or less): a longer cosine schedule at the
+    same lr peaked lower on single positives (13,133 COCO-like rows, AN, lr 1e-2: 0.395 val mAP in
+    34 epochs, 0.344 by epoch 48 of 100; docs/benchmarks.md, "Selection at scale").
+    """
+    batch_size = config.batch_size
+    if selection.optimizer == "lbfgs":
+        epochs = config.epochs or LBFGS_EPOCHS
+    else:
+        epochs = config.epochs or selection.epochs or None
+        batch_size = batch_size or selection.batch_size or None
     return dataclasses.replace(
-        config, optimizer=selection.optimizer, lr=selection.lr, weight_decay=selection.weight_decay, epochs=epochs
+        config, optimizer=selection.optimizer, lr=selection.lr, weight_decay=selection.weight_decay, epochs=epochs,
+        batch_size=batch_size,
     )
 
 
@@ -295,23 +422,31 @@ def _fresh(loss: SpmlLoss | None) -> SpmlLoss | None:
 
 def describe(selection: Selection) -> str:
     """One line: what was selected and why (its val mAP, the margin over the runner-up), every candidate, the seconds."""
-    tried = ", ".join(f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}: {c.val_map:.4f}" for c in selection.candidates)
-    chosen = (selection.optimizer, selection.lr, selection.weight_decay)
-    best = next((c for c in selection.candidates if (c.optimizer, c.lr, c.weight_decay) == chosen), None)
-    others = [c for c in selection.candidates if c is not best and c.val_map == c.val_map]
+    tried = ", ".join(
+        f"{c.optimizer} {c.lr:g}/{c.weight_decay:g}" + (f" b{c.batch_size} x{c.epochs}" if c.optimizer == "adam" else "")
+        + f": {c.val_map:.4f}"
+        for c in selection.candidates
+    )
+    chosen = (selection.optimizer, selection.lr, selection.weight_decay, selection.batch_size)
+    final = selection.candidates
+    # The selected probe: the best of those with its settings (a candidate has one probe per rung).
+    best = min((c for c in final if (c.optimizer, c.lr, c.weight_decay, c.batch_size) == chosen), key=rank_key, default=None)
+    others = [c for c in final if c is not best and c.val_map == c.val_map]
     runner = max(others, key=lambda c: c.val_map, default=None)
     margin = ""
     if best is not None and runner is not None:
-        nxt = f"({runner.optimizer} lr {runner.lr:g}, weight_decay {runner.weight_decay:g})"
+        nxt = f"({runner.optimizer} lr {runner.lr:g}, weight_decay {runner.weight_decay:g}" + (
+            f", batch {runner.batch_size})" if runner.batch_size else ")")
         margin = (
             f", {best.val_map - runner.val_map:.4f} above the next {nxt}" if best.val_map > runner.val_map
             else f", tied with {nxt}: ties go to the smaller lr, then the smaller weight decay"
         )
     return (
-        f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g} "
-        f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
-        f"{best.val_map if best is not None else math.nan:.4f} of {len(selection.candidates)} candidates{margin} "
-        f"(optimizer lr/wd: {tried})"
+        f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g}"
+        + (f", batch {selection.batch_size}, {selection.epochs} epochs " if selection.batch_size else " ")
+        + f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
+        f"{best.val_map if best is not None else math.nan:.4f} of {len(final)} probes{margin} "
+        f"(optimizer lr/wd [Adam batch x epochs]: {tried})"
     )
 
 

@@ -80,23 +80,34 @@ class AutotuneConfig:
     Used only when ``lr`` is None (auto) in the ``linear`` regime with the standard method: every
     candidate is trained on the cached features and the best val mAP wins (:mod:`spml.training.autotune`).
     Up to ``lbfgs_max_rows`` train rows (and a loss without per-epoch hooks) the candidates are
-    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; above, Adam runs over ``lrs``
-    at the first of ``weight_decays``, each of at most ``large_probe_epochs`` epochs.
+    full-batch L-BFGS solves, one per ``lbfgs_weight_decays`` value; otherwise (and for a loss with
+    state of its own as well) Adam runs over ``lrs`` x ``weight_decays`` (above ``lbfgs_max_rows``
+    rows the first weight decay only), ranked by successive halving.
 
     Attributes:
         lrs: Adam learning rates tried.
         weight_decays: Adam weight decays tried.
         lbfgs_weight_decays: L2 strengths of the L-BFGS solves tried.
         lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
-        large_probe_epochs: Epochs of each Adam probe above ``lbfgs_max_rows`` rows (the final run
-            trains its full schedule); only the first of ``weight_decays`` is tried there.
+        batch_divisors: Adam batch sizes tried: the run's batch (``batch_size``, or the regime's
+            data-sized one) divided by each, at least ``16``; duplicates once.
+        halving: Successive halving's rate: each rung keeps the best ``1 / halving`` of its Adam
+            candidates (at least one) and the best of each batch size, and trains them ``halving``
+            times longer (:func:`spml.training.autotune.rung_plan`).
+        longest_probe: The last rung's probes' share of the step budget's epochs (the earlier rungs
+            ``halving`` times shorter each).
     """
 
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     weight_decays: tuple[float, ...] = (0.0, 1e-3)
     lbfgs_weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
-    lbfgs_max_rows: int = 20_000
-    large_probe_epochs: int = 1
+    # L-BFGS matched a tuned scikit-learn probe on 101-320 rows; at 13,133 COCO-like rows it was far
+    # below Adam's early-stopped runs (val mAP, AN 0.29 against 0.43; ROLE 0.07 against 0.45) at
+    # 150-300 s a solve (docs/benchmarks.md, "Selection at scale").
+    lbfgs_max_rows: int = 2_000
+    batch_divisors: tuple[int, ...] = (1, 16)
+    halving: int = 3
+    longest_probe: float = 0.25
 
 
 @dataclass
@@ -268,13 +279,15 @@ class TrainConfig:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
             if not math.isfinite(value):
                 raise SpmlError(f"{key} must be finite, got {value!r}", source)
-        if self.autotune.lbfgs_max_rows < 0 or self.autotune.large_probe_epochs < 1:
-            raise SpmlError("autotune.lbfgs_max_rows must be >= 0 and autotune.large_probe_epochs >= 1", source)
+        if self.autotune.lbfgs_max_rows < 0 or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1:
+            raise SpmlError("autotune.lbfgs_max_rows must be >= 0, autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
         tuned = {
             "autotune.lrs": self.autotune.lrs,
             "autotune.weight_decays": self.autotune.weight_decays,
             "autotune.lbfgs_weight_decays": self.autotune.lbfgs_weight_decays,
         }
+        if not self.autotune.batch_divisors or any(d < 1 for d in self.autotune.batch_divisors):
+            raise SpmlError(f"autotune.batch_divisors must be a non-empty list of integers >= 1, got {self.autotune.batch_divisors!r}", source)
         for key, values in tuned.items():
             if not values or any(not 0 <= v < math.inf or (key == "autotune.lrs" and v == 0) for v in values):
                 raise SpmlError(f"{key} must be a non-empty list of {'positive' if key == 'autotune.lrs' else 'non-negative'} numbers, got {values!r}", source)

@@ -1,0 +1,117 @@
+"""Default ``spml train`` (lr selected on val) against the best of spml's own lr x batch grid.
+
+On the spml layout of ``benchmarks/coco_scale.py`` (planted ResNet-50-shaped features, single
+positives), per loss setting: one default run (``spml.train`` with only ``loss`` and ``observed``
+set: the linear regime's defaults and :mod:`spml.training.autotune`'s selection), and the grid
+cells asked for (Adam, ``lr`` x ``batch_size``, 25 epochs, everything else the recipe's: cosine,
+warm-up, centring, early stopping), each trained with :func:`spml.training.engine.train`. Writes
+one JSON object (``--out``), rewritten after every run: per setting, every cell's best val mAP,
+test mAP, best epoch, epochs run and seconds, the default's the same plus its ``autotune``
+section, the grid's best and the default's distance to it, and the load average before and after.
+
+Run by hand from the repository root (``OMP_NUM_THREADS=1`` on a shared CPU):
+
+    python benchmarks/coco_scale.py /tmp/cs3 --rows-scale 0.2 --seed 3 --signal 0.15
+    python benchmarks/bench_selection.py /tmp/cs3/spml --out sel3.json --settings sp:an sp:role full:an
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import spml
+from spml.api import load_config
+from spml.data.atomic import write_json
+from spml.training.engine import train
+
+BASE = ["backbone=resnet50", "pretrained=none", "regime=linear", "device=cpu"]
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+BATCHES = (8, 64, 1024)
+GRID_EPOCHS = 25
+
+
+def _overrides(setting: str) -> list[str]:
+    labels, loss = setting.split(":")
+    observed = "full" if labels == "full" else "single-positive.npy"
+    return [*BASE, f"loss={loss}", f"observed={observed}"]
+
+
+def _summary(result: Any, seconds: float, run: Path) -> dict[str, Any]:
+    return {
+        "val_map": round(result.val_map, 4),
+        "test_map": round(result.test_map, 4),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "seconds": round(seconds, 1),
+        "load": round(os.getloadavg()[0], 1),
+        **({"autotune": json.loads((run / "results.json").read_text()).get("autotune")} if run.exists() else {}),
+    }
+
+
+def run_default(data: Path, setting: str, tmp: Path, extra: list[str]) -> dict[str, Any]:
+    """The default run of ``setting`` (lr unset: the selection runs), with ``extra`` overrides."""
+    config = load_config(None, [*_overrides(setting), *extra])
+    start = time.perf_counter()
+    result = spml.train(data, config, tmp / "default")
+    return _summary(result, time.perf_counter() - start, tmp / "default")
+
+
+def run_cell(data: Path, setting: str, lr: float, batch: int, tmp: Path) -> dict[str, Any]:
+    """One grid cell: Adam at ``lr`` and ``batch`` for 25 epochs, the recipe otherwise."""
+    config = load_config(None, [*_overrides(setting), f"lr={lr}", f"batch_size={batch}", f"epochs={GRID_EPOCHS}"])
+    start = time.perf_counter()
+    result = train(data, config, tmp / f"cell-{lr:g}-{batch}")
+    summary = _summary(result, time.perf_counter() - start, Path("/nonexistent"))
+    return {"lr": lr, "batch_size": batch, **summary}
+
+
+def main() -> None:
+    """Parse the options, run the default and the grid per setting, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="coco_scale.py's OUT/spml folder")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file written")
+    parser.add_argument("--settings", nargs="+", default=["sp:an", "sp:role", "full:an"])
+    parser.add_argument("--cells", nargs="*", default=None, metavar="LR:BATCH",
+                        help="grid cells to run (default: all 15); none with --no-grid")
+    parser.add_argument("--no-grid", action="store_true", help="only the default runs")
+    parser.add_argument("--no-default", action="store_true", help="only the grid")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the default run only (e.g. autotune.lbfgs_max_rows=0)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cells = [(lr, b) for b in BATCHES for lr in LRS]
+    if args.cells:
+        cells = [(float(c.split(":")[0]), int(c.split(":")[1])) for c in args.cells]
+    if args.no_grid:
+        cells = []
+    report: dict[str, Any] = {"data": str(args.data), "default_overrides": args.extra, "load_start": os.getloadavg()[0],
+                              "settings": {}}
+    for setting in args.settings:
+        entry: dict[str, Any] = {"grid": []}
+        report["settings"][setting] = entry
+        with tempfile.TemporaryDirectory(prefix="spml-selection-") as tmp:
+            if not args.no_default:
+                entry["default"] = run_default(args.data, setting, Path(tmp), args.extra)
+                write_json(args.out, report)
+            for lr, batch in cells:
+                entry["grid"].append(run_cell(args.data, setting, lr, batch, Path(tmp)))
+                best = max(entry["grid"], key=lambda c: c["val_map"])
+                entry["grid_best"] = {k: best[k] for k in ("lr", "batch_size", "val_map", "test_map")}
+                entry["grid_seconds"] = round(sum(c["seconds"] for c in entry["grid"]), 1)
+                if "default" in entry:
+                    entry["default_minus_grid_best"] = round(entry["default"]["val_map"] - best["val_map"], 4)
+                write_json(args.out, report)
+    report["load_end"] = os.getloadavg()[0]
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
