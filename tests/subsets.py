@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from spml.api import load_config, train
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
@@ -75,3 +76,17 @@ def tiny_single_positive_set(out: Path, seed: int) -> Path:
     root = make_synthetic(out, num_images=40, image_size=32, num_classes=3, seed=seed)
     observe(PreparedData.open(root), "single-positive", seed=0)
     return root
+
+
+# A linear probe on timm's tiny random test_resnet: a run takes about a second. An `an` model's
+# probabilities sit far below 0.5 (single positives: every unobserved label is trained as negative).
+TINY_PROBE = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
+              "epochs=4", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
+
+
+def tiny_probe_run(root: Path, num_images: int, num_classes: int, seed: int, *settings: str) -> Path:
+    """``root/run``: a :data:`TINY_PROBE` run (with ``settings`` on top) on a synthetic set with single positives in ``root/data``."""
+    data = make_synthetic(root / "data", num_images=num_images, image_size=32, num_classes=num_classes, seed=seed)
+    observe(PreparedData.open(data), "single-positive", seed=0)
+    train(data, load_config(None, [*TINY_PROBE, *settings]), root / "run")
+    return root / "run"

@@ -22,27 +22,19 @@ import spml
 from spml.cli.main import main
 from spml.data.dataset import load_image
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import best_f1_thresholds, collect_images, f1_per_class, macro_f1
 from spml.deploy.thresholds import bounded_labels, choose_decision, global_threshold
 from spml.metrics import decision_metrics
 from spml.errors import SpmlError
 from spml.api import load_config, load_run, train
+from subsets import TINY_PROBE, tiny_probe_run
 
-# A linear probe on timm's tiny random test_resnet: a run takes about a second. An `an` model's
-# probabilities sit far below 0.5 (single positives: every unobserved label is trained as negative).
-TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-        "epochs=4", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("deploy")
-    data = make_synthetic(root / "data", num_images=240, image_size=32, num_classes=6, seed=5)
-    observe(PreparedData.open(data), "single-positive", seed=0)
-    train(data, load_config(None, TINY), root / "run")
-    return root / "run"
+    return tiny_probe_run(tmp_path_factory.mktemp("deploy"), 240, 6, 5)
 
 
 def test_best_f1_thresholds_by_hand() -> None:
@@ -274,7 +266,7 @@ def test_bad_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_finetuned_query2label_run_exports_whole_model(run_dir: Path, tmp_path: Path) -> None:
     data = json.loads((run_dir / "run.json").read_text())["data_dir"]
-    config = load_config(None, [*TINY, "regime=finetune", "epochs=1", "head=query2label"])
+    config = load_config(None, [*TINY_PROBE, "regime=finetune", "epochs=1", "head=query2label"])
     train(data, config, tmp_path / "ft")
     expected = load_run(tmp_path / "ft").predict("test")[:4]
     assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "model")]) == 0

@@ -22,16 +22,13 @@ from safetensors.torch import load_file, save_file
 from spml.cli.main import main
 from spml.data.csv_out import FORMULA_START, csv_text
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.deploy import format_rows
 from spml.reports import figures
 from spml.reports.compare import Table, format_table
 from spml.training.grid import GridRow, write_grid_tables
-from spml.api import load_config, train
+from subsets import tiny_probe_run
 
-TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-        "epochs=2", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
 # Class names that collide with the fixed columns, hold the label separator or a quote, or are
 # formulas to a spreadsheet and mathtext to matplotlib.
 HOSTILE = ["labels", "path", "a;b", '=HYPERLINK("http://evil.example","x")', 'say "hi"', "$x^$"]
@@ -40,11 +37,7 @@ DANGEROUS = ['=HYPERLINK("http://evil.example","click")', "=1+1", "+1+1", "-2+3"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("formats")
-    data = make_synthetic(root / "data", num_images=120, image_size=32, num_classes=6, seed=5)
-    observe(PreparedData.open(data), "single-positive", seed=0)
-    train(data, load_config(None, TINY), root / "run")
-    return root / "run"
+    return tiny_probe_run(tmp_path_factory.mktemp("formats"), 120, 6, 5, "epochs=2")
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,13 @@ from spml.api import load_config
 from spml.cli.main import main
 from spml.data.dataset import ImageTransform, load_image
 from spml.data.formats.yolo import read_names
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
 from spml.data.prepare import prepare
 from spml.data.synth import make_synthetic
 from spml.deploy import collect_images
 from spml.deploy.model import _Images
 from spml.errors import SpmlError
 from spml.methods.ccd.method import image_size
+from subsets import tiny_probe_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -323,16 +322,12 @@ def test_spml_max_pixels_is_read_when_an_image_is(tmp_path: Path, monkeypatch: p
 
 # --- model.json, a schema ---------------------------------------------------------------------------
 
-TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-        "epochs=1", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
-    data = make_synthetic(root / "data", num_images=60, image_size=32, num_classes=3, seed=1)
-    observe(PreparedData.open(data), "single-positive", seed=0)
-    assert main(["train", str(data), "--out", str(root / "run"), "--quiet", *sum((["--set", t] for t in TINY), [])]) == 0
+    tiny_probe_run(root, 60, 3, 1, "epochs=1")
     assert main(["export", str(root / "run"), "--out", str(root / "export")]) == 0
     return root / "export"
 
