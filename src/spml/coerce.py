@@ -27,7 +27,7 @@ def type_name(tp: Any) -> str:
     if typing.get_origin(tp) is dict:
         return "a mapping"
     if typing.get_origin(tp) is tuple:
-        return "a list of numbers"
+        return "a list of integers" if typing.get_args(tp)[0] is int else "a list of numbers"
     if isinstance(tp, type):
         return _NAMES.get(tp.__name__, tp.__name__)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -41,7 +41,8 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
     Args:
         value: What the user gave (from YAML, an override or a keyword argument).
         tp: ``str``, ``int``, ``float``, ``bool``, ``dict`` / ``dict[str, X]``, ``tuple[float, ...]``
-            (a list of numbers, returned as a tuple of floats) or ``X | None`` of those.
+            (a list of numbers, returned as a tuple of floats), ``tuple[int, ...]`` (a list of whole
+            numbers, kept as ints) or ``X | None`` of those.
         name: The parameter's name in messages (``"lr"``, ``"loss 'an_ls': hyperparameter ls_coef"``).
 
     Raises:
@@ -60,9 +61,14 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
             raise bad
         return dict(value)
     if origin is tuple:
-        if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+        if not isinstance(value, list | tuple):
             raise bad
-        return tuple(float(v) for v in value)
+        # Each element by the element type: an int tuple stays ints (it is written back to config.yaml as given).
+        element = typing.get_args(tp)[0]
+        try:
+            return tuple(coerce(v, element, name) for v in value)
+        except SpmlError:
+            raise bad from None
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
