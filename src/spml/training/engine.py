@@ -865,9 +865,11 @@ def train(
     distributed.init(distributed.local_device(resolve_device(config.device)))
     main = distributed.is_main()
     run_dir = Path(run_dir)
-    data_root = data_dir.root if isinstance(data_dir, PreparedData) else data_dir
-    check_new_run_dir(run_dir, [("the data folder", data_root)])
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
+    # The data folder is an input, except its cache: spml's own, where the selection's probes run
+    # under torchrun (autotune.probe_folder), beside the features they train on.
+    own_cache = Path(run_dir).resolve().is_relative_to(data.cache_dir.resolve())
+    check_new_run_dir(run_dir, [] if own_cache else [("the data folder", data.root)])
     config = resolve_paths(config, method, data.root)
     distributed.barrier()  # every rank checked before rank 0 creates the folder
     created = create_run_dir(run_dir) if main else False  # a method's setup may write its own files there
