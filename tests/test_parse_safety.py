@@ -399,3 +399,20 @@ def test_a_torn_thresholds_json_is_chosen_again_with_a_warning(export_dir: Path)
         thresholds.write_text(json.dumps({**doc, "thresholds": stored}))
         with pytest.warns(UserWarning, match="does not hold 3 thresholds in"):
             np.testing.assert_array_equal(spml.load(run, device="cpu").thresholds, good)
+
+
+def test_a_fifo_as_observed_labels_or_weights_is_named_a_fifo(tmp_path: Path) -> None:
+    """Refused for what it is (not "does not exist"), without opening it: a FIFO's open blocks."""
+    from spml.data.layout import PreparedData
+    from spml.data.observe import load_observed
+    from spml.models.weights import read_state_dict
+
+    data = make_synthetic(tmp_path / "data", num_images=20, image_size=16, num_classes=3, seed=0)
+    fifo = tmp_path / "labels.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(SpmlError, match="observed labels file is a FIFO") as err:
+        load_observed(PreparedData.open(data), fifo)
+    _one_line(err)
+    with pytest.raises(SpmlError, match="weights file is a FIFO") as err:
+        read_state_dict(fifo)
+    _one_line(err)

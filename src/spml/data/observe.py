@@ -147,8 +147,8 @@ def load_observed(data: PreparedData, path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_absolute() and not path.exists() and (data.observed_dir / path).exists():
         path = data.observed_dir / path
-    if not path.is_file():
-        raise SpmlError("observed labels file does not exist", path)
+    # A FIFO or device is refused without opening it (np.load would block or never end).
+    readers.regular_file(path, "observed labels file")
     try:
         labels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spml import readers
 from spml.data.atomic import atomic_path
 from spml.data.cache import hash_file
 from spml.errors import SpmlError
@@ -93,8 +94,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     unwrapped, and a ``module.`` prefix (DataParallel) is stripped.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SpmlError("weights file not found", path)
+    readers.regular_file(path, "weights file")  # a FIFO or device is refused without opening it
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
