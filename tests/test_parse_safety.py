@@ -416,3 +416,19 @@ def test_a_fifo_as_observed_labels_or_weights_is_named_a_fifo(tmp_path: Path) ->
     with pytest.raises(SpmlError, match="weights file is a FIFO") as err:
         read_state_dict(fifo)
     _one_line(err)
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line() -> None:
+    """Torch re-raises a worker's SpmlError with the worker's traceback: the one line is kept."""
+    from torch.utils.data import DataLoader, Dataset
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int) -> int:
+            raise SpmlError("image does not decode", "/photos/a.jpg")
+
+    with pytest.raises(SpmlError) as err:
+        list(DataLoader(Broken(), num_workers=1))
+    assert _one_line(err) == "/photos/a.jpg: image does not decode"
