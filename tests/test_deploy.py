@@ -140,7 +140,7 @@ def test_export_travels_without_its_data_folder(run_dir: Path, tmp_path: Path, c
         out = tmp_path / "pred.csv"
         assert main(["predict", str(tmp_path / "model"), str(images), "--out", str(out)]) == 0
         rows = list(csv.reader(out.open()))
-        assert rows[0] == ["path", "labels", *(f"score:{c}" for c in data.classes)]
+        assert rows[0] == ["path", "labels", *data.classes]
         assert len(rows) == 1 + len(list(images.iterdir()))
         for row in rows[1:]:
             assert all(label in data.classes for label in row[1].split(";") if label)

@@ -61,7 +61,7 @@ def test_export_delete_data_predict_folder(coco_run: tuple[Path, Path], tmp_path
     shutil.rmtree(data)  # the export alone must be enough
     assert main(["predict", str(tmp_path / "model"), str(photos), "--format", "csv"]) == 0
     rows = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert rows[0] == ["path", "labels", *(f"score:{c}" for c in classes)] and len(rows) == 1 + PHOTOS
+    assert rows[0] == ["path", "labels", *classes] and len(rows) == 1 + PHOTOS
     # Per-class thresholds (chosen on val) give labels although every probability is small.
     assert any(row[1] for row in rows[1:])
     assert all(label in classes for row in rows[1:] for label in row[1].split(";") if label)

@@ -89,7 +89,8 @@ def test_predict_csv_columns_cannot_collide_and_labels_split_back(export: Path, 
     out = tmp_path / "pred.csv"
     assert main(["predict", str(export), *map(str, images), "--out", str(out), "--threshold", "0"]) == 0
     rows = list(csv.reader(out.open(newline="")))
-    assert rows[0] == ["path", "labels", *(f"score:{c}" for c in HOSTILE)]
+    # The pinned header keeps each class's name; only the names that collide with a column are prefixed.
+    assert rows[0] == ["path", "labels", "score:labels", "score:path", *HOSTILE[2:3], *(f"'{c}" if c.startswith("=") else c for c in HOSTILE[3:])]
     assert len(set(rows[0])) == len(rows[0])
     for row in rows[1:]:
         assert not any(evaluated(cell) for cell in row), row
@@ -323,4 +324,13 @@ def test_unplottable_values_in_method_records_are_left_out(tmp_path: Path) -> No
 def test_undecodable_file_names_and_class_names_still_write_utf8_csv() -> None:
     text = format_rows([("odd/\udcff.jpg", ["\ud800"], [0.5])], ["\ud800"], "csv")
     rows = list(csv.reader(io.StringIO(text.encode("utf-8").decode("utf-8"))))
-    assert rows == [["path", "labels", "score:\\ud800"], ["odd/\\udcff.jpg", "\\ud800", "0.5"]]
+    assert rows == [["path", "labels", "\\ud800"], ["odd/\\udcff.jpg", "\\ud800", "0.5"]]
+
+
+def test_class_columns_keep_the_pinned_names_and_never_collide() -> None:
+    from spml.deploy.inputs import class_columns
+
+    assert class_columns(["cat", "dog"]) == ["cat", "dog"]  # the pinned header: the class names themselves
+    columns = class_columns(["labels", "score:labels", "path", "cat"])
+    assert columns == ["score:labels", "score:score:labels", "score:path", "cat"]
+    assert len({"path", "labels", *columns}) == 2 + len(columns)

@@ -16,9 +16,24 @@ from spml.readers import read_lines, regular_file
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 FORMATS = ("csv", "jsonl")
-# The CSV's fixed columns; class columns carry SCORE_PREFIX, so no class name can collide with them.
+# The CSV's fixed columns. The header is pinned as ``path,labels,<class 1>,...``; a class column
+# whose name would collide with a fixed column (a class named ``labels``) or with a column already
+# written (``score:labels`` itself) takes SCORE_PREFIX until it is unique.
 CSV_COLUMNS = ("path", "labels")
 SCORE_PREFIX = "score:"
+
+
+def class_columns(classes: Sequence[str]) -> list[str]:
+    """The CSV's class column names: each class's own name, prefixed only where it would collide."""
+    taken = set(CSV_COLUMNS)
+    columns = []
+    for name in classes:
+        column = name
+        while column in taken:
+            column = SCORE_PREFIX + column
+        taken.add(column)
+        columns.append(column)
+    return columns
 
 
 def collect_images(specs: Sequence[str | Path]) -> list[Path]:
@@ -91,13 +106,13 @@ def format_rows(
 ) -> str:
     """The predictions as text.
 
-    ``csv``: header ``path,labels,score:<class 1>,...,score:<class L>``; ``labels`` as
+    ``csv``: header ``path,labels,<class 1>,...,<class L>`` (:func:`class_columns`); ``labels`` as
     :func:`join_labels` writes it; probabilities; every cell neutralised for spreadsheets
     (:mod:`spml.data.csv_out`).
     ``jsonl``: one ``{"path", "labels", "scores": {class: probability}}`` per image.
     """
     if fmt == "csv":
-        header = [*CSV_COLUMNS, *(SCORE_PREFIX + c for c in classes)]
+        header = [*CSV_COLUMNS, *class_columns(classes)]
         body = ([path, join_labels(labels), *(f"{float(s):.6g}" for s in scores)] for path, labels, scores in rows)
         return csv_text([header, *body])
     buf = io.StringIO()
