@@ -441,3 +441,17 @@ def test_a_csv_may_go_beside_the_images_and_a_table_into_a_grid_folder(world, tm
     shutil.copytree(world.run, grid / "lr0.01")
     assert main(["compare", str(grid), "--out", str(grid / "table.md")]) == 0
     assert (photos / "labels.csv").is_file() and (grid / "table.md").is_file()
+
+
+def test_a_marker_that_is_a_fifo_reads_as_not_spmls_without_hanging(tmp_path: Path) -> None:
+    """Markers are read through the bounded reader: a FIFO is never opened (an open would block)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / MARKER)
+    proc = subprocess.run([sys.executable, "-m", "spml", "synth", str(out), "--images", "10"],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 2 and "holds no prepared data" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
+from spml import readers
 from spml.data.atomic import atomic_dir, disk_errors, write_json, write_text
 from spml.errors import SpmlError
 
@@ -71,9 +71,15 @@ def _real(path: str | Path) -> Path:
 
 
 def _read_json(path: Path) -> object:
+    """A marker or manifest's JSON through the bounded reader; None when absent or not readable JSON.
+
+    A marker is user-reachable: one replaced by a FIFO, a huge file or garbage reads as "not spml's".
+    """
+    if not path.exists():
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return readers.read_json(path, "marker")
+    except SpmlError:
         return None
 
 
