@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +11,8 @@ from spml.api import load_config, train
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
-from spml.training import engine as engine_module
+from spml.losses import Epoch
+from spml.training import TrainingHooks
 from spml.vlm import load_vlm, score_split
 
 
@@ -51,20 +51,21 @@ def micro_clip_params(micro_clip) -> list[str]:  # type: ignore[no-untyped-def]
             f"method_params.vlm_model_config={micro_clip.config}"]
 
 
-@contextlib.contextmanager
-def interrupted_at(stop_epoch: int) -> Iterator[None]:
-    """A Ctrl-C when epoch ``stop_epoch`` would run: the block (a training call) must end with it."""
-    original = engine_module.Trainer.run_epoch
+class StopAt(TrainingHooks):
+    """Interrupts the run (as Ctrl-C would) when epoch ``number`` starts (before it trains)."""
 
-    def run_epoch(self, phase, epoch, state):  # type: ignore[no-untyped-def]
-        if epoch == stop_epoch:
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def on_epoch_start(self, epoch: Epoch) -> None:
+        if epoch.number == self.number:
             raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
 
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            yield
+
+def train_interrupted_at(stop_epoch: int, *args: Any, **kwargs: Any) -> None:
+    """``spml.train(*args, **kwargs)`` stopped by a Ctrl-C when epoch ``stop_epoch`` starts."""
+    with pytest.raises(KeyboardInterrupt):
+        train(*args, hooks=[StopAt(stop_epoch)], **kwargs)
 
 
 # Settings of the tiny synthetic runs below: 32 px images, CPU.

@@ -12,11 +12,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import spml
-from spml.data.layout import PreparedData
 from spml.errors import SpmlError
-from spml.training import Trainer
+import spml.training
+from spml.training.checkpoint import load_checkpoint
 from spml.training.autotune import LBFGS_EPOCHS, Selection, probe_configs, rung_plan, tuned_config, uses_lbfgs
-from subsets import TINY_SYNTH, interrupted_at, tiny_single_positive_set
+from subsets import TINY_SYNTH, train_interrupted_at, tiny_single_positive_set
 
 TINY = TINY_SYNTH
 
@@ -78,21 +78,20 @@ def test_lbfgs_head_is_sklearns_logistic_regression(data: Path) -> None:
     # Full labels, loss an = BCE averaged over N x L; + wd/2 ||W||^2 is sklearn's objective divided
     # by C N L, so C = 1 / (wd N L) gives the same weights (bias unpenalised in both).
     wd = 1e-2
-    cfg = spml.load_config(optimizer="lbfgs", lr=1.0, weight_decay=wd, epochs=10, **TINY)
+    cfg = spml.load_config(optimizer="lbfgs", lr=1.0, weight_decay=wd, epochs=3, early_stopping={"patience": 0}, **TINY)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, PreparedData.open(data), Path(tmp))
-        phase = trainer.phases[0]
-        trainer.enter_phase(phase, from_previous=False)
-        for epoch in (1, 2, 3):
-            trainer.train_epoch(phase, epoch)
-        x = trainer.rm.features("train").block(0, len(trainer.train_split)).astype(np.float64)
-        y = trainer.train_split.labels
-        fc = trainer.rm.model.head.fc
+        run = Path(tmp) / "run"
+        spml.training.train(data, cfg, run)  # no selection: the config's optimizer
+        head = load_checkpoint(run / "last.safetensors")[0]["model"]  # the weights after epoch 3
+        loaded = spml.load_run(run)
+        split = loaded.data.split("train")
+        x = loaded.run_model.features("train").block(0, len(split)).astype(np.float64)
+        y = split.labels
         n, num_classes = y.shape
         for j in range(num_classes):
             ref = LogisticRegression(C=1.0 / (wd * n * num_classes), tol=1e-10, max_iter=10_000).fit(x, y[:, j])
-            np.testing.assert_allclose(fc.weight[j].detach().double().numpy(), ref.coef_[0], atol=2e-3)
-            np.testing.assert_allclose(float(fc.bias[j].detach()), ref.intercept_[0], atol=2e-3)
+            np.testing.assert_allclose(head["fc.weight"][j].double().numpy(), ref.coef_[0], atol=2e-3)
+            np.testing.assert_allclose(float(head["fc.bias"][j]), ref.intercept_[0], atol=2e-3)
 
 
 def test_default_train_selects_lbfgs_on_small_data_and_records_it(
@@ -114,8 +113,7 @@ def test_default_train_selects_lbfgs_on_small_data_and_records_it(
 def test_interrupted_lbfgs_run_resumes(data: Path, tmp_path: Path) -> None:
     # The checkpoint holds no L-BFGS history: the resumed run restarts it from the saved weights.
     cfg = spml.load_config(optimizer="lbfgs", lr=1.0, weight_decay=1e-3, epochs=3, early_stopping={"patience": 0}, **TINY)
-    with interrupted_at(2):
-        spml.train(data, cfg, tmp_path / "cut")
+    train_interrupted_at(2, data, cfg, tmp_path / "cut")
     result = spml.resume(tmp_path / "cut")
     rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and result.epochs_run == 3

@@ -33,7 +33,7 @@ from spml.losses import Epoch, SpmlLoss, create, get_loss_info, list_losses
 from spml.training import RunModel, Trainer
 from spml.training.runfolder import read_metrics
 from spml.vlm import load_vlm, score_split
-from subsets import interrupted_at, small_copy
+from subsets import train_interrupted_at, small_copy
 from test_losses_registry import REQUIRED, batch, observed_for
 
 pytestmark = pytest.mark.cuda
@@ -166,8 +166,7 @@ def test_resume_on_the_device_repeats_the_uninterrupted_run(data: Path, tmp_path
     """Interrupted at epoch 3 of 4 and resumed: the losses, mAP and weights of the run that was not."""
     cfg = load_config({**TINY, "regime": "finetune", "device": cuda_device.type, "epochs": 4})
     whole = train(data, cfg, tmp_path / "whole")
-    with interrupted_at(3):
-        train(data, cfg, tmp_path / "resumed")
+    train_interrupted_at(3, data, cfg, tmp_path / "resumed")
     resumed = resume(tmp_path / "resumed")
     assert resumed.best_epoch == whole.best_epoch
     # cuDNN's backward sums in an order that may change between calls: equal to rounding.

@@ -36,7 +36,7 @@ from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import distributed
-from subsets import interrupted_at, micro_clip_params, small_copy
+from subsets import train_interrupted_at, micro_clip_params, small_copy
 from conftest import MicroClip
 
 SETTINGS = {
@@ -186,8 +186,7 @@ def test_role_resumed_on_two_processes_equals_one(data: Path, tmp_path: Path) ->
     """
     cfg = load_config(**SETTINGS, loss="role")
     train(data, cfg, tmp_path / "one")
-    with interrupted_at(2):
-        train(data, cfg, tmp_path / "two")
+    train_interrupted_at(2, data, cfg, tmp_path / "two")
     torchrun("train", "--resume", str(tmp_path / "two"), "--quiet")
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert resume(tmp_path / "two").best_epoch == json.loads((tmp_path / "one" / "results.json").read_text())["best_epoch"]

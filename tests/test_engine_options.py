@@ -7,18 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from spml.api import load_config, resume, train
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
+from spml.losses import create as create_loss
 from spml.methods.registry import get_method
 from spml.training import TrainConfig, plan_phases
-from spml.training import engine as engine_module
-from spml.training.engine import Trainer
+from spml.training import evaluation
+from spml.training.runmodel import RunModel
+from spml.training.steps import build_optimizer
 from spml.training.resolve import check_config
-from subsets import interrupted_at
+from subsets import train_interrupted_at
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32",
         "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
@@ -31,17 +34,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _groups(data: Path, tmp_path: Path, *overrides: str) -> tuple[Trainer, list[dict]]:
+def _groups(data: Path, *overrides: str) -> tuple[torch.nn.Module, list[dict]]:
+    """The model of a run of ``overrides`` and the parameter groups of its last phase's optimizer."""
     cfg = load_config(None, [*TINY, *overrides])
-    trainer = Trainer(cfg, PreparedData.open(data), tmp_path / "run")
-    phases = plan_phases(cfg)
-    trainer.enter_phase(phases[-1], from_previous=False)
-    return trainer, trainer.optimizer.param_groups
+    cpu = torch.device("cpu")
+    model = RunModel(cfg, PreparedData.open(data), cpu).model
+    loss = create_loss(cfg.loss, num_classes=PreparedData.open(data).num_classes)
+    return model, build_optimizer(cfg, model, loss, plan_phases(cfg)[-1], cpu).param_groups
 
 
-def test_head_trains_at_the_multiplied_rate(data: Path, tmp_path: Path) -> None:
-    trainer, groups = _groups(data, tmp_path, "regime=finetune", "head_lr_mult=10")
-    model = trainer.rm.model
+def test_head_trains_at_the_multiplied_rate(data: Path) -> None:
+    model, groups = _groups(data, "regime=finetune", "head_lr_mult=10")
     head = {id(p) for p in model.head.parameters()}
     backbone = {id(p) for p in model.backbone.parameters()}
     assert [g["lr"] for g in groups] == pytest.approx([0.001, 0.01])
@@ -49,11 +52,11 @@ def test_head_trains_at_the_multiplied_rate(data: Path, tmp_path: Path) -> None:
     assert {id(p) for p in groups[1]["params"]} == head
 
 
-def test_without_multiplier_one_group_and_linear_phase_ignores_it(data: Path, tmp_path: Path) -> None:
-    _, groups = _groups(data, tmp_path, "regime=finetune")
+def test_without_multiplier_one_group_and_linear_phase_ignores_it(data: Path) -> None:
+    _, groups = _groups(data, "regime=finetune")
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.001)
     # A frozen backbone: lr is the head's own rate, the multiplier has nothing to be relative to.
-    _, groups = _groups(data, tmp_path, "regime=linear", "head_lr_mult=10")
+    _, groups = _groups(data, "regime=linear", "head_lr_mult=10")
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.001)
 
 
@@ -61,8 +64,7 @@ def test_without_multiplier_one_group_and_linear_phase_ignores_it(data: Path, tm
 def test_resume_with_two_groups_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = load_config(None, [*TINY, "regime=finetune", "epochs=2", "head_lr_mult=10"])
     train(data, cfg, tmp_path / "full")
-    with interrupted_at(2):
-        train(data, cfg, tmp_path / "cut")
+    train_interrupted_at(2, data, cfg, tmp_path / "cut")
     resume(tmp_path / "cut")
     # Epoch 2 after the resume trains from both groups' restored Adam moments: same losses and scores.
     rows = {}
@@ -86,12 +88,12 @@ def test_max_drop_stops_when_val_falls_below_best_by_more(data: Path, tmp_path: 
     # Scripted val mAPs: best 0.8 at epoch 2; 0.78 is within 0.03, 0.76 is not: stop after epoch 4.
     num_val = len(PreparedData.open(data).split("val"))
     scripted = iter([0.5, 0.8, 0.78, 0.76, 0.9, 0.9])
-    real = engine_module.mean_average_precision
+    real = evaluation.mean_average_precision
 
     def fake(scores: np.ndarray, target: np.ndarray) -> float:  # the engine's val calls get the script
         return next(scripted) if len(target) == num_val and len(scores) == num_val else real(scores, target)
 
-    monkeypatch.setattr(engine_module, "mean_average_precision", fake)
+    monkeypatch.setattr(evaluation, "mean_average_precision", fake)
     result = train(data, load_config(None, [*TINY, "epochs=6", "early_stopping.max_drop=0.03"]), tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_map"] for r in rows] == pytest.approx([0.5, 0.8, 0.78, 0.76])

@@ -21,6 +21,7 @@ from spml.cli.train import config_from_args
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
+from spml.progress import add_epoch_listener, remove_epoch_listener
 from spml.training import TrainConfig, autotune
 from spml.training import engine as engine_module
 from spml.vlm import model as vlm_model
@@ -64,20 +65,17 @@ def test_ctrl_c_during_the_selection_does_not_advise_a_resume(
     assert f"interrupted before {out} held a run (nothing to resume); start the same command again" in stdout
 
 
-def test_ctrl_c_during_training_advises_a_resume_that_works(
-    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    original = engine_module.Trainer.run_epoch
-
-    def run_epoch(self, phase, epoch, state):  # type: ignore[no-untyped-def]
-        if epoch == 2:
+def test_ctrl_c_during_training_advises_a_resume_that_works(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def ctrl_c(run_dir: Path, record: dict) -> None:  # while epoch 2 is saved: resumed from epoch 1's checkpoint
+        if record["epoch"] == 2:
             raise KeyboardInterrupt
-        return original(self, phase, epoch, state)
 
     out = tmp_path / "a run"  # a space: the advice must quote it
-    with monkeypatch.context() as m:
-        m.setattr(engine_module.Trainer, "run_epoch", run_epoch)
+    add_epoch_listener(ctrl_c)
+    try:
         assert main(["train", str(data), *FIXED, "--set", "epochs=3", "--out", str(out)]) == 130
+    finally:
+        remove_epoch_listener(ctrl_c)
     argv = advised_command(capsys.readouterr().out)
     assert argv == ["train", "--resume", str(out)]
     assert main(argv) == 0 and (out / "results.json").is_file()

@@ -19,11 +19,12 @@ from spml.losses import Epoch
 from spml.losses.entropy import EntropyMaximizationAPL
 from spml.training import TrainingHooks
 from spml.training import engine as engine_module
+from spml.training.evaluation import Evaluator
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.defaults import default_batch_size, default_warmup_steps, resolve_defaults
 from spml.training.feature_rows import FeatureRows
 from spml.training.schedule import lr_factor
-from subsets import interrupted_at
+from subsets import train_interrupted_at
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.003", "eval_batch_size=32"]
 
@@ -84,8 +85,7 @@ def test_resume_with_schedule_cadence_and_centring_equals_uninterrupted(
 ) -> None:
     cfg = config("epochs=4", "loss=role", "schedule=cosine", "warmup_steps=3", "eval_every=2", "center_features=true")
     train(data, cfg, tmp_path / "full")
-    with interrupted_at(3):
-        train(data, cfg, tmp_path / "cut")
+    train_interrupted_at(3, data, cfg, tmp_path / "cut")
     resume(tmp_path / "cut")
     a, b = tmp_path / "full", tmp_path / "cut"
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
@@ -115,13 +115,13 @@ class Blind(Recorder):
 
 def test_cadence_records_null_and_selects_among_validated_epochs(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scored: list[str] = []
-    original = engine_module.Trainer.score
+    original = Evaluator.score
 
-    def score(self, name, phase, epoch):  # type: ignore[no-untyped-def]
+    def score(self, name, from_features, epoch):  # type: ignore[no-untyped-def]
         scored.append(name)
-        return original(self, name, phase, epoch)
+        return original(self, name, from_features, epoch)
 
-    monkeypatch.setattr(engine_module.Trainer, "score", score)
+    monkeypatch.setattr(Evaluator, "score", score)
     blind = Blind()
     result = engine_module.train(data, config("epochs=5", "eval_every=2"), tmp_path / "run", callbacks=[blind])
     rows = records(tmp_path / "run")

@@ -28,7 +28,7 @@ from spml.data.atomic import atomic_path
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.losses import Epoch
-from spml.training import TrainingDiverged, TrainingHooks, engine, runfolder
+from spml.training import TrainingDiverged, TrainingHooks, engine, run_writer, runfolder
 from spml.training.checkpoint import load_checkpoint
 from spml.training.runmodel import check_finite_features
 
@@ -229,11 +229,11 @@ def _full_atomic(target: Path, *args: Any) -> None:
 
 
 def _full_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "write_text", _full_atomic)
+    monkeypatch.setattr(run_writer, "write_text", _full_atomic)
 
 
 def _full_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "write_json", _full_atomic)
+    monkeypatch.setattr(run_writer, "write_json", _full_atomic)
 
 
 def _full_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -363,21 +363,18 @@ def test_non_finite_cached_features_are_named_not_blamed_on_the_learning_rate(tm
         check_finite_features(array, "train", tmp_path, block=4)
 
 
-def test_a_nan_loss_in_the_first_epoch_says_no_checkpoint_was_kept(
-    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_nan_loss_in_the_first_epoch_says_no_checkpoint_was_kept(data: Path, tmp_path: Path) -> None:
     import torch
 
-    real = engine.Trainer.enter_phase
+    class Poison(TrainingHooks):
+        """NaN head weights before the first epoch: the first batch's loss is NaN."""
 
-    def poisoned(self: engine.Trainer, *args: Any, **kwargs: Any) -> None:
-        real(self, *args, **kwargs)
-        with torch.no_grad():
-            next(self.rm.model.head.parameters()).fill_(float("nan"))
+        def setup(self, model: torch.nn.Module, loss: torch.nn.Module) -> None:
+            with torch.no_grad():
+                next(model.head.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(engine.Trainer, "enter_phase", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, batch 1/\d+.*no epoch completed, so no checkpoint was written"):
-        train(data, load_config(SETTINGS), tmp_path / "run")
+        train(data, load_config(SETTINGS), tmp_path / "run", hooks=[Poison()])
     assert not (tmp_path / "run" / "last.safetensors").exists()
     with pytest.raises(SpmlError):
         load_checkpoint(tmp_path / "run" / "last.safetensors")

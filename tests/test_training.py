@@ -20,11 +20,11 @@ from spml.api import evaluate, load_config, load_run, register_method, resume, t
 from spml.losses import Epoch
 from spml.metrics import mean_average_precision, paper_metrics
 from spml.training import MethodInfo, TrainConfig, TrainingDiverged, TrainingHooks, plan_phases
-from spml.training import engine as engine_module
+from spml.training.evaluation import val_targets
 from spml.training.defaults import resolve_defaults
 from spml.training.config import config_to_yaml, default_config_path, parse_overrides
 from spml.training.feature_rows import FeatureRows
-from subsets import interrupted_at
+from subsets import train_interrupted_at
 
 TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32"]
 # A small random-init backbone keeps the image regimes fast on a shared 2-core CPU.
@@ -181,7 +181,7 @@ def test_observed_val_variant_selects_on_observed_labels(data: Path, tmp_path: P
     # The val mAP is that of the best weights against single-positive val labels, not the clean ones.
     run = load_run(tmp_path / "run")
     scores = run.predict("val")
-    target = engine_module.val_targets(run.data, run.config, run.data.split("val"))
+    target = val_targets(run.data, run.config, run.data.split("val"))
     assert (target == 1).sum(axis=1).max() == 1  # single positives
     assert result.val_map == pytest.approx(mean_average_precision(scores, target), abs=1e-12)
     assert result.val_map != pytest.approx(mean_average_precision(scores, run.data.split("val").labels), abs=1e-6)
@@ -216,8 +216,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 def test_resume_linear_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
     cfg = config("epochs=3", "loss=role")  # ROLE: loss parameters in the optimizer and the checkpoint
     train(data, cfg, tmp_path / "full")
-    with interrupted_at(2):
-        train(data, cfg, tmp_path / "cut")
+    train_interrupted_at(2, data, cfg, tmp_path / "cut")
     assert [r["epoch"] for r in metrics(tmp_path / "cut")] == [1]
     assert (tmp_path / "cut" / "last.safetensors").is_file() and not (tmp_path / "cut" / "results.json").exists()
     resume(tmp_path / "cut")
@@ -230,8 +229,7 @@ def test_resume_linear_init_mid_finetune_equals_uninterrupted(
 ) -> None:
     cfg = config("regime=linear-init", "linear_init.epochs=1", "epochs=2", "loss=role", *TINY_BACKBONE)
     train(data, cfg, tmp_path / "full")
-    with interrupted_at(3):  # after the phase switch and one fine-tuning epoch
-        train(data, cfg, tmp_path / "cut")
+    train_interrupted_at(3, data, cfg, tmp_path / "cut")  # after the phase switch and one fine-tuning epoch
     resume(tmp_path / "cut")
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
 

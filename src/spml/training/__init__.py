@@ -12,7 +12,7 @@ from spml.training.config import (
     save_config,
     shipped_config,
 )
-from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume, train
+from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume, time_epochs, train
 from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks
 from spml.training.resolve import check_config, resolve_paths
 from spml.training.runfolder import RunResult, read_result, read_results
@@ -48,5 +48,6 @@ __all__ = [
     "resume",
     "save_config",
     "shipped_config",
+    "time_epochs",
     "train",
 ]

@@ -1,0 +1,324 @@
+"""The optimisation step as a strategy: Adam over batches, or full-batch L-BFGS on a linear head.
+
+A :class:`StepStrategy` owns the optimizer of the current phase (its parameter groups, the
+learning-rate schedule, the linear head's centring), the one training forward (:meth:`forward`:
+bf16 autocast, ``torch.compile`` for the fine-tune forward), the loss inputs of a batch and the
+divergence checks. :class:`AdamSteps` trains over the epoch's batches; :class:`LbfgsSteps` runs
+:data:`LBFGS_ITERS_PER_EPOCH` iterations of L-BFGS on the whole train set per "epoch".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spml.errors import SpmlError
+from spml.losses import SpmlLoss
+from spml.progress import progress
+from spml.training import distributed
+from spml.training.batches import BatchSource
+from spml.training.centering import HeadCentering, feature_mean
+from spml.training.checkpoint import load_optimizer_state, optimizer_state
+from spml.training.config import TrainConfig
+from spml.training.hooks import Batch, TrainingHooks
+from spml.training.phases import LINEAR, Phase
+from spml.training.runmodel import RunModel
+from spml.training.schedule import lr_factor
+
+# Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
+# run between them as between Adam epochs.
+LBFGS_ITERS_PER_EPOCH = 20
+# A run has diverged when its trained weights' norm grows this many times over the phase's start.
+# Adam's steps are bounded by the learning rate, so a far too high rate does not turn the loss NaN:
+# it inflates the weights (lr=1e10 gave weights near 5e10) while the clamped loss stays finite.
+DIVERGED_GROWTH = 1e4
+
+
+class TrainingDiverged(SpmlError):
+    """The loss or the model's scores became NaN or infinite, or its weights exploded; the last good checkpoint is kept."""
+
+
+def kept_message(epoch: int) -> str:
+    """What a diverged run keeps: the checkpoint of the epoch before ``epoch``, if there was one."""
+    if epoch <= 1:
+        return "no epoch completed, so no checkpoint was written"
+    return f"the last good checkpoint (epoch {epoch - 1}) is kept"
+
+
+def precision_settings(config: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """``(bf16, channels_last)``: autocast to bf16 (``precision``; ``auto`` on CUDA), and the NHWC layout.
+
+    NHWC is the layout tensor cores read, and oneDNN's fast bf16 convolutions on a CPU (in fp32 on
+    a CPU it was not faster: docs/benchmarks.md).
+    """
+    on_cuda = device.type == "cuda"
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
+    return bf16, on_cuda or bf16
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, loss: nn.Module, phase: Phase, device: torch.device) -> torch.optim.Optimizer:
+    """Freeze what ``phase`` does not train and return its optimizer (Adam, or L-BFGS for ``optimizer: lbfgs``).
+
+    The head trains at ``head_lr_mult`` times the backbone's rate when fine-tuning (a second group);
+    the loss's own parameters at ``loss.param_lr_mult`` times the rate.
+    """
+    trainable = model.head if phase.name == LINEAR else model
+    model.requires_grad_(False)
+    trainable.requires_grad_(True)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    groups = [{"params": params, "lr": phase.lr}]
+    if phase.name != LINEAR and config.head_lr_mult != 1.0:
+        # The head at head_lr_mult x the backbone's rate (LL, CCD: 10x); one group otherwise,
+        # so runs without a multiplier keep their optimiser state layout.
+        head = {id(p) for p in model.head.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in head], "lr": phase.lr},
+            {"params": [p for p in params if id(p) in head], "lr": phase.lr * config.head_lr_mult},
+        ]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": phase.lr * float(getattr(loss, "param_lr_mult", 1.0))})
+    if config.optimizer == "lbfgs":
+        # One group: L-BFGS has no per-group rates; its line search scales the steps.
+        return torch.optim.LBFGS(
+            [p for group in groups for p in group["params"]], lr=phase.lr, max_iter=LBFGS_ITERS_PER_EPOCH,
+            history_size=20, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+        )
+    # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
+    # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
+    return torch.optim.Adam(groups, lr=phase.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+class StepStrategy:
+    """How a phase's epochs update the weights; the one training forward.
+
+    Args:
+        config: The run's resolved config.
+        rm: The run model.
+        loss: The run's loss.
+        hooks: The method's hooks (their per-batch loss inputs).
+        batches: The train batches.
+        loss_inputs_needed: Names of the loss's per-batch inputs.
+        bf16: Autocast the forward to bf16.
+        run_dir: The run folder (named by divergence errors).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        rm: RunModel,
+        loss: SpmlLoss,
+        hooks: TrainingHooks,
+        batches: BatchSource,
+        loss_inputs_needed: tuple[str, ...],
+        bf16: bool,
+        run_dir: Path,
+    ) -> None:
+        self.config = config
+        self.rm = rm
+        self.loss = loss
+        self.hooks = hooks
+        self.batches = batches
+        self.loss_inputs_needed = loss_inputs_needed
+        self.bf16 = bf16
+        self.run_dir = run_dir
+        self.device = batches.device
+        # Compiled lazily at the first fine-tune batch; it shares the model's parameters, and
+        # evaluation keeps the eager model (no second compilation for eval mode).
+        self.train_forward = torch.compile(rm.model) if config.compile else rm.model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.phase_norm = 0.0  # norm of the trained weights when the phase started (divergence check)
+
+    def enter(self, phase: Phase) -> None:
+        """Freeze/unfreeze for ``phase`` and build its optimizer (the phase's start norm recorded)."""
+        if phase.name == LINEAR:
+            for split in ("train", "val", "test"):  # extract (or open) every cache before timing epochs
+                self.rm.features(split)
+        self.optimizer = build_optimizer(self.config, self.rm.model, self.loss, phase, self.device)
+        self.phase_norm = self.trained_norm()
+
+    def forward(self, batch: Batch, phase_name: str) -> torch.Tensor:
+        """Logits of a train batch: the head on ``features`` (linear) or the (compiled) model on ``image``, under autocast."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if phase_name == LINEAR:
+                return self.rm.model.forward_head(batch["features"])
+            return self.train_forward(batch["image"])
+
+    def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The loss's keyword inputs for ``batch``: from the batch, true labels if declared, the method's."""
+        inputs = {k: batch[k] for k in self.loss_inputs_needed if k in batch}
+        if "labels" in self.loss_inputs_needed:
+            # True labels reach only a loss that declares them (IUN), after the method's hooks saw the batch.
+            inputs["labels"] = self.batches.true_labels(batch)
+        inputs.update(self.hooks.loss_inputs(batch))
+        missing = [k for k in self.loss_inputs_needed if k not in inputs]
+        if missing:
+            raise SpmlError(f"method {self.config.method!r} gave no {', '.join(missing)} input for loss {self.config.loss!r}")
+        return inputs
+
+    def train_epoch(self, phase: Phase, epoch: int) -> float:
+        """Train one epoch of ``phase``; return its loss (TrainingDiverged on a non-finite one)."""
+        model = self.rm.model
+        if phase.name == LINEAR:
+            model.eval()
+            model.head.train()
+        else:
+            model.train()
+        self.loss.train()
+        return self._epoch(phase, epoch)
+
+    def _epoch(self, phase: Phase, epoch: int) -> float:
+        raise NotImplementedError
+
+    def trained_norm(self) -> float:
+        """The L2 norm of every weight the current phase trains (the loss's own parameters too)."""
+        if self.optimizer is None:
+            return 0.0
+        params = [p.detach() for group in self.optimizer.param_groups for p in group["params"]]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.float()) for p in params]))) if params else 0.0
+
+    def check_divergence(self, phase: Phase, epoch: int) -> None:
+        """TrainingDiverged when the trained weights are not finite or grew :data:`DIVERGED_GROWTH` times."""
+        norm = self.trained_norm()
+        start = self.phase_norm
+        if math.isfinite(norm) and (start <= 0.0 or norm <= DIVERGED_GROWTH * start):
+            return
+        grew = "became non-finite" if not math.isfinite(norm) else f"grew from {start:.3g} to {norm:.3g}"
+        raise TrainingDiverged(
+            f"the run diverged at epoch {epoch} ({phase.name}): the trained weights' norm {grew}; "
+            f"lower lr (now {phase.lr:g}) and train again; {kept_message(epoch)}",
+            self.run_dir,
+        )
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        """The optimizer's tensors and JSON part for a checkpoint."""
+        if self.optimizer is None:
+            raise RuntimeError("no phase entered")
+        return optimizer_state(self.optimizer)
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: Any) -> None:
+        """Restore what :meth:`state` returned (into the optimizer of the phase entered)."""
+        if meta is not None and self.optimizer is not None:
+            load_optimizer_state(self.optimizer, tensors, meta)
+
+
+class AdamSteps(StepStrategy):
+    """Adam over the epoch's batches: the lr schedule per step, the linear head's centring, gradients averaged over ranks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.base_lrs: list[float] = []  # each parameter group's rate before the schedule's factor
+        self.centering: HeadCentering | None = None
+        self._train_mean: torch.Tensor | None = None
+
+    def enter(self, phase: Phase) -> None:
+        """Build the phase's Adam; centre a linear head's cached features when ``center_features``."""
+        super().enter(phase)
+        self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]  # type: ignore[union-attr]
+        self.centering = None
+        fc = getattr(self.rm.model.head, "fc", None)
+        if phase.name == LINEAR and self.config.center_features and isinstance(fc, nn.Linear) and fc.bias is not None:
+            if self._train_mean is None:
+                self._train_mean = feature_mean(self.rm.features("train"))
+            self.centering = HeadCentering(fc, self._train_mean)
+
+    def _epoch(self, phase: Phase, epoch: int) -> float:
+        optimizer = self.optimizer
+        if optimizer is None:
+            raise RuntimeError("no phase entered")
+        total, count = 0.0, 0
+        n_batches = len(self.batches.order(epoch, phase.batch_size))
+        # The schedule runs over the phase's planned steps; every epoch has the same number of batches.
+        first_step = (epoch - phase.first_epoch) * n_batches
+        phase_steps = (phase.last_epoch - phase.first_epoch + 1) * n_batches
+        schedule, warmup = self.config.schedule, self.config.warmup_steps  # filled by resolve_defaults
+        bar = progress(
+            self.batches.batches(phase.name, phase.batch_size, epoch), total=n_batches,
+            desc=f"epoch {epoch}/{self.config.total_epochs} {phase.name}", unit="batch", leave=False,
+        )
+        for b, batch in enumerate(bar, start=1):
+            # Full input checks on the first batch of the epoch only: each costs a host sync.
+            self.loss.validate = b == 1
+            optimizer.zero_grad(set_to_none=True)
+            logits = self.forward(batch, phase.name)
+            # The loss math in float32 (logs of probabilities near 0 and 1, the fixtures' precision).
+            value = self.loss(logits.float(), batch["observed"], **self.loss_inputs(batch))
+            item = float(value.detach())
+            finite = math.isfinite(item)
+            if finite:
+                value.backward()
+            # Under torchrun the gradients' all-reduce also tells every rank whether any rank's loss
+            # was not finite, so that all stop here rather than the others wait at the next one.
+            if not distributed.average_gradients((p for group in optimizer.param_groups for p in group["params"]), finite=finite):
+                # The inputs were checked finite (cached features on load; images are 8-bit), so the
+                # weights, the learning rate or the loss's parameters are at fault.
+                raise TrainingDiverged(
+                    f"{f'loss is {item}' if not finite else 'the loss of another process is not finite'} at epoch {epoch}, "
+                    f"batch {b}/{n_batches}; training stopped: the inputs are finite, so lower lr (now {phase.lr:g}) "
+                    f"or check the loss parameters; {kept_message(epoch)}",
+                    self.run_dir,
+                )
+            factor = lr_factor(schedule, first_step + b - 1, phase_steps, warmup)
+            for group, base in zip(optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * factor
+            if self.centering is not None:
+                self.centering.before_step()
+            optimizer.step()
+            if self.centering is not None:
+                self.centering.after_step()
+            total += item
+            count += 1
+            if b % 10 == 0 or b == n_batches:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        return distributed.mean_over_ranks(total / max(count, 1))
+
+
+class LbfgsSteps(StepStrategy):
+    """Full-batch L-BFGS on a linear head with sklearn's L2 penalty on its weight matrices (one process)."""
+
+    def _epoch(self, phase: Phase, epoch: int) -> float:
+        """:data:`LBFGS_ITERS_PER_EPOCH` iterations on the whole train set; the last loss evaluated (without the L2 term)."""
+        optimizer = self.optimizer
+        if not isinstance(optimizer, torch.optim.LBFGS):
+            raise TypeError("the L-BFGS epoch needs the L-BFGS optimizer")
+        batch = next(self.batches.batches(phase.name, len(self.batches), epoch))
+        inputs = self.loss_inputs(batch)
+        # The L2 penalty of sklearn's LogisticRegression: weight matrices only, not biases.
+        decayed = [p for p in self.rm.model.head.parameters() if p.ndim > 1]
+        values: list[float] = []
+
+        def objective() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            # Not autocast: the line search compares objective values that bf16 would blur.
+            value = self.loss(self.rm.model.forward_head(batch["features"]).float(), batch["observed"], **inputs)
+            values.append(float(value.detach()))
+            total = value + 0.5 * self.config.weight_decay * sum((p * p).sum() for p in decayed)
+            total.backward()
+            return total
+
+        self.loss.validate = True
+        optimizer.step(objective)
+        if not all(math.isfinite(v) for v in values):
+            raise TrainingDiverged(
+                f"loss is not finite at epoch {epoch} (L-BFGS): lower lr (now {phase.lr:g}) or check the loss parameters; "
+                f"{kept_message(epoch)}",
+                self.run_dir,
+            )
+        return values[-1]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        """Nothing: L-BFGS's history is lists of tensors that the checkpoint format does not hold.
+
+        A resumed L-BFGS run restarts its curvature estimate (its weights are restored all the same).
+        """
+        return {}, None
+
+
+def make_steps(config: TrainConfig, *args: Any, **kwargs: Any) -> StepStrategy:
+    """The step strategy of ``config.optimizer`` (arguments: :class:`StepStrategy`)."""
+    return (LbfgsSteps if config.optimizer == "lbfgs" else AdamSteps)(config, *args, **kwargs)
