@@ -6,9 +6,8 @@ Run by hand (coco128 prepared into WORK/data on first use)::
     python benchmarks/bench_finetune_epoch.py --work /tmp/spml_bench_ft --image-cache   # cache
     torchrun --standalone --nproc-per-node 2 benchmarks/bench_finetune_epoch.py --work /tmp/spml_bench_ft --image-cache
 
-Times one training epoch of :class:`spml.training.Trainer` (public API: ``enter_phase`` and
-``train_epoch``) after a one-batch warm-up and after the image cache is built; also times the data
-loader alone (decode or cache read, flip, normalise). Prints one Markdown table row (rank 0).
+Times the training steps of one epoch of the engine (``spml.training.time_epochs``) after the
+image cache is built; also times the data loader alone (decode or cache read, flip, normalise). Prints one Markdown table row (rank 0).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
 from spml.data.layout import PreparedData
 from spml.data.prepare import prepare
-from spml.training import Trainer, distributed, plan_phases
+from spml.training import RunModel, distributed, time_epochs
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 
@@ -47,27 +46,20 @@ def main() -> None:
                  "backbone": args.backbone, "pretrained": "none", "image_cache": args.image_cache}
     config = load_config(**overrides)
     data = PreparedData.open(data_dir)
-    run = args.work / f"run-{distributed.rank()}"
-    run.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, data, run)
-    split = trainer.train_split
+    rm = RunModel(config, data, torch.device("cpu"))
+    split = rm.split("train")
     if args.image_cache:
         pixels = decoded_images(split, args.size, data.cache_dir)  # built before timing
-        dataset = CachedSplitDataset(split, trainer.rm.train_transform, pixels, seed=0)
+        dataset = CachedSplitDataset(split, rm.train_transform, pixels, seed=0)
     else:
-        dataset = SplitDataset(split, trainer.rm.train_transform, seed=0)
+        dataset = SplitDataset(split, rm.train_transform, seed=0)
     start = time.perf_counter()
     for i in range(len(dataset)):
         dataset[i]
     loader_rate = len(dataset) / (time.perf_counter() - start)
-    phase = plan_phases(config)[0]
-    trainer.enter_phase(phase, from_previous=False)
-    images = len(trainer.order(1, phase.batch_size)) * phase.batch_size
+    images = max(1, len(split) // args.batch) * args.batch  # the epoch drops the last partial batch
     distributed.barrier()
-    start = time.perf_counter()
-    trainer.train_epoch(phase, 1)
-    distributed.barrier()
-    seconds = time.perf_counter() - start
+    seconds = time_epochs(config, data, 1)[0].train_seconds
     if distributed.is_main():
         print(
             f"| {args.backbone} | {args.size} | {args.batch} | {distributed.world_size()} | {torch.get_num_threads()} | "

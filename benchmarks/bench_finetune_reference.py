@@ -13,7 +13,7 @@ never part of spml) gets the same images through its ``datasets.py`` layout: the
 ``formatted_*.npy`` files it expects are written into WORK/reference/data/coco, ordered so that its
 seeded train/val split draws exactly spml's train and val images; its ``train.py`` then runs one
 epoch of its ``end_to_end`` (fine-tune) mode: train, then score val and test. spml runs one
-``Trainer.run_epoch``: train, then score val and train (train-label mAP). Both use a randomly
+epoch of ``spml.training.time_epochs``: train, then score val and train (train-label mAP). Both use a randomly
 initialised ResNet-50 (torchvision's in the reference, timm's ``resnet50`` in spml: the same
 network), Adam, the same batch size, image size and DataLoader workers, on the CPU.
 
@@ -43,8 +43,7 @@ from spml.api import load_config
 from spml.data.image_cache import decoded_images
 from spml.data.layout import PreparedData
 from spml.data.prepare import prepare
-from spml.training import Trainer, plan_phases
-from spml.training.engine import RunState
+from spml.training import time_epochs
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 SPLIT_SEED = 1200  # Cole et al.'s train/val split seed (train.py: P['split_seed'])
@@ -169,37 +168,27 @@ def reference_epoch(ref: Path, data: PreparedData, work: Path, args: argparse.Na
 
 
 def spml_epoch(data_dir: Path, work: Path, name: str, overrides: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """``Trainer.run_epoch`` of spml's fine-tune regime (the image cache built before timing).
+    """An epoch of spml's fine-tune regime through ``time_epochs`` (the image cache built before timing).
 
     Times the last of ``epochs`` epochs; the first epoch's training pass is returned too (with
     ``compile: true`` it includes the compilation).
     """
     config = load_config({**overrides, "epochs": epochs})
     data = PreparedData.open(data_dir)
-    run = work / f"run-{name}"
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    trainer = Trainer(config, data, run)
+    split = data.split("train")
     build = 0.0
     if config.image_cache:
         shutil.rmtree(data.cache_dir, ignore_errors=True)
         start = time.perf_counter()
-        decoded_images(trainer.train_split, config.image_size, data.cache_dir)
+        decoded_images(split, config.image_size, data.cache_dir)
         build = time.perf_counter() - start
-    phase = plan_phases(config)[0]
-    trainer.enter_phase(phase, from_previous=False)
-    seconds: list[float] = []
-    trainer.train_epoch = timed(trainer.train_epoch, seconds)  # type: ignore[method-assign]
-    state = RunState()
-    for number in range(1, epochs + 1):
-        start = time.perf_counter()
-        record = trainer.run_epoch(phase, number, state)
-        epoch = time.perf_counter() - start
-    scored = f"val {len(trainer.val_split)}"
+    timings = time_epochs(config, data, epochs)
+    record = timings[-1].record
+    scored = f"val {len(data.split('val'))}"
     if record.get("train_label_map") is not None:
-        scored += f" + train {len(trainer.train_split)}"
-    return {"train_images": len(trainer.order(1, phase.batch_size)) * phase.batch_size, "train_s": seconds[-1],
-            "epoch_s": epoch, "scored": scored, "cache_build_s": build, "first_train_s": seconds[0]}
+        scored += f" + train {len(split)}"
+    return {"train_images": max(1, len(split) // record["batch_size"]) * record["batch_size"], "train_s": timings[-1].train_seconds,
+            "epoch_s": timings[-1].seconds, "scored": scored, "cache_build_s": build, "first_train_s": timings[0].train_seconds}
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

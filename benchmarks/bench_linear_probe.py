@@ -3,9 +3,9 @@
 A synthetic, random float16 feature cache of COCO-2014's size (65,665 train rows, 16,416 val rows,
 2,048 channels: ResNet-50 pooled features) and 80 classes with ~2.9 positives per image is written
 to a temporary folder (outside the project). For every registered loss except ``pr``, one training
-epoch is timed at batch 1,024 (and optionally 8): the engine's ``Trainer.train_epoch`` (gather rows from the
-cache, loss, backward, Adam), then the evaluation the engine runs after it (val and train
-predictions, val mAP, training-label mAP).
+epoch is timed at batch 1,024 (and optionally 8): the engine's own epoch (``spml.training.time_epochs``: gather rows from
+the cache, loss, backward, Adam), then the evaluation the engine runs after it (val and train
+predictions, val mAP, training-label mAP, the record).
 
 Peak memory: a child process runs one full epoch (loss ``an``, batch 1,024) for two cache sizes
 and reports its peak RSS; the feature rows are read with positioned reads, not mapped, so the
@@ -24,7 +24,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,7 @@ from spml.data.layout import write_prepared
 from spml.data.observe import simulate_observed
 from spml.losses import list_losses
 from spml.api import get_method, load_config, register_method
-from spml.data.layout import PreparedData
-from spml.metrics import mean_average_precision
-from spml.training import MethodInfo, Phase, RunContext, RunState, Trainer, TrainingHooks, plan_phases
+from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, time_epochs
 from spml.training.feature_rows import FeatureRows
 
 TRAIN_ROWS, VAL_ROWS, CHANNELS, CLASSES = 65_665, 16_416, 2_048, 80
@@ -89,42 +86,30 @@ def make_data(root: Path, train_rows: int) -> tuple[Path, dict[str, Path]]:
     return data, features
 
 
-def make_trainer(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path) -> tuple[Trainer, Phase]:
-    """A Trainer on the benchmark's random feature caches, in its linear phase."""
+def bench_config(data: Path, loss: str, batch_size: int, *, evaluate: bool = True) -> TrainConfig:
+    """The linear-regime config of one timed loss and batch size (val and train scored after each epoch)."""
     full = loss in FULL_LABEL_LOSSES
     overrides = [
         f"loss={loss}", f"batch_size={batch_size}", "lr=1e-4", "epochs=10", "device=cpu", "regime=linear",
         "backbone=resnet50", "pretrained=none", f"observed={'full' if full else data / 'observed' / 'sp.npy'}",
+        f"train_map_every={1 if evaluate else 0}", "eval_every=1",
         *(f"loss_params.{k}={v}" for k, v in LOSS_PARAMS.get(loss, {}).items()),
     ]
     if loss == "vlpl":
         overrides.append("method=bench-random-pseudo")
-    config = load_config(None, overrides)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, PreparedData.open(data), run_dir, method=get_method(config.method))
-    # The benchmark's random caches stand in for extract_features' (same dtype, same reader).
-    for split, path in features.items():
-        trainer.rm.set_features(split, FeatureRows(np.load(path, mmap_mode="r")))
-    phase = plan_phases(config)[0]
-    trainer.enter_phase(phase, from_previous=False)
-    return trainer, phase
+    return load_config(None, overrides)
 
 
-def time_epoch(data: Path, features: dict[str, Path], loss: str, batch_size: int, run_dir: Path) -> dict:
-    """Seconds of one training epoch and of its evaluation for one loss and batch size."""
-    trainer, phase = make_trainer(data, features, loss, batch_size, run_dir)
-    torch.manual_seed(0)
-    trainer.loss.on_epoch_start(phase.epoch(1))
-    start = time.perf_counter()
-    trainer.train_epoch(phase, 1)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    val = trainer.score("val", phase, 1)
-    train_scores = trainer.score("train", phase, 1)
-    mean_average_precision(val, trainer.val_target)
-    mean_average_precision(train_scores, trainer.train_split.labels)
-    eval_s = time.perf_counter() - start
-    return {"loss": loss, "batch_size": batch_size, "train_s": train_s, "eval_s": eval_s}
+def cached_rows(features: dict[str, Path]) -> dict[str, FeatureRows]:
+    """The benchmark's random caches, standing in for extract_features' (same dtype, same reader)."""
+    return {split: FeatureRows(np.load(path, mmap_mode="r")) for split, path in features.items()}
+
+
+def time_epoch(data: Path, features: dict[str, Path], loss: str, batch_size: int) -> dict:
+    """Seconds of one training epoch and of its evaluation (val and train scores, val and train-label mAP)."""
+    config = bench_config(data, loss, batch_size)
+    timing = time_epochs(config, data, 1, method=get_method(config.method), features=cached_rows(features))[0]
+    return {"loss": loss, "batch_size": batch_size, "train_s": timing.train_seconds, "eval_s": timing.seconds - timing.train_seconds}
 
 
 def rss_child(root: Path) -> None:
@@ -135,12 +120,11 @@ def rss_child(root: Path) -> None:
     data = root / "data"
     features = {name: root / f"features_{name}.npy" for name in ("train", "val", "test")}
     train_rows = len(np.load(features["train"], mmap_mode="r"))
-    trainer, phase = make_trainer(data, features, "an", 1024, root / "run")
-    setup = peak_rss_mib()
-    trainer.run_epoch(phase, 1, RunState())
+    config = bench_config(data, "an", 1024)
+    time_epochs(config, data, 1, features=cached_rows(features))
     size = sum(p.stat().st_size for p in features.values())
     print(json.dumps({"train_rows": train_rows, "peak_rss_mib": round(peak_rss_mib(), 1),
-                      "peak_rss_after_setup_mib": round(setup, 1), "feature_files_mib": round(size / 2**20, 1)}))
+                      "feature_files_mib": round(size / 2**20, 1)}))
 
 
 def peak_rss_mib() -> float:
@@ -171,7 +155,7 @@ def main() -> None:
         print("|---|---|---|---|")
         for batch in (1024, 8) if args.batch_8 else (1024,):
             for loss in losses:
-                r = time_epoch(data, features, loss, batch, root / "runs" / f"{loss}-{batch}")
+                r = time_epoch(data, features, loss, batch)
                 print(f"| {loss} | {batch} | {r['train_s']:.2f} | {r['eval_s']:.2f} |", flush=True)
         for rows in () if args.skip_rss else (TRAIN_ROWS // 4, TRAIN_ROWS, 2 * TRAIN_ROWS):
             rss_root = root / f"rss{rows}"

@@ -147,7 +147,7 @@ def spml_child(data: Path, overrides: list[str], run_dir: Path, result_path: Pat
     """Run ``spml.api.train`` with ``overrides``, timing each epoch of the final run; write the record."""
     import spml.api
     from spml.training import TrainingHooks
-    from spml.training import engine
+    from spml.training.steps import StepStrategy
 
     clock: dict[str, float] = {}
     marks: list[dict[str, float]] = []
@@ -163,8 +163,8 @@ def spml_child(data: Path, overrides: list[str], run_dir: Path, result_path: Pat
             """Mark the end of the epoch's evaluation (val and train scores, both mAPs)."""
             marks[-1]["end"] = time.perf_counter() - clock["start"]
 
-    # The engine's train pass, wrapped to split an epoch's time into training and evaluation.
-    train_epoch = engine.Trainer.train_epoch
+    # The step strategy's train pass, wrapped to split an epoch's time into training and evaluation.
+    train_epoch = StepStrategy.train_epoch
 
     def timed_train_epoch(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = train_epoch(self, *args, **kwargs)
@@ -172,7 +172,7 @@ def spml_child(data: Path, overrides: list[str], run_dir: Path, result_path: Pat
             marks[-1]["train_end"] = time.perf_counter() - clock["start"]
         return out
 
-    engine.Trainer.train_epoch = timed_train_epoch  # type: ignore[method-assign]
+    StepStrategy.train_epoch = timed_train_epoch  # type: ignore[method-assign]
     config = spml.api.load_config(None, overrides)
     clock["start"] = time.perf_counter()
     result = spml.api.train(data, config, run_dir, hooks=Clock())

@@ -3,7 +3,7 @@ r"""VLPL training speed: pseudo-labels from the score cache vs a VLM forward on 
 The VLPL method (``spml.methods.vlpl``) scores the train split once with CLIP (``score_split``,
 original and mirrored image) and training reads the cached pseudo-labels of each batch. The
 alternative it avoids runs the VLM on every training batch. Both variants here go through the
-engine's own epoch loop (``Trainer.train_epoch``: the DataLoader decodes and augments images, the
+engine's own epoch loop (``spml.training.time_epochs``: the DataLoader decodes and augments images, the
 backbone trains end to end with the ``vlpl`` loss, Adam steps) with the same backbone, VLM, data,
 seed and batches; they differ only in where the batch's ``pseudo=`` input comes from:
 
@@ -32,7 +32,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from spml.data.synth import make_synthetic
 from spml.methods.vlpl import VlplParams
 from spml.models import backbone_data_config
 from spml.api import get_method, load_config, register_method
-from spml.training import MethodInfo, RunContext, Trainer, TrainingHooks, build_dataclass, plan_phases
+from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, time_epochs
 from spml.pseudolabels.vlpl import vlpl_pseudo_labels
 from spml.vlm import VLM, load_vlm, score_split, text_embeddings
 
@@ -89,36 +88,26 @@ register_method(MethodInfo(ONLINE, OnlineVlplHooks, "benchmark: VLPL with a VLM 
                            config_defaults={"loss": "vlpl"}, provides=("pseudo",)))
 
 
-def make_trainer(data: Path, method: str, args: argparse.Namespace, run_dir: Path) -> tuple[Any, Any]:
-    """The engine's trainer of one variant, in its (only) fine-tuning phase."""
-    config = load_config(None, [
+def variant_config(method: str, args: argparse.Namespace) -> TrainConfig:
+    """The fine-tuning config of one variant (the same but for the method)."""
+    return load_config(None, [
         f"method={method}", "loss=vlpl", "regime=finetune", f"backbone={args.backbone}",
         f"pretrained={args.pretrained}", f"image_size={args.image_size}", f"batch_size={args.batch_size}",
         "lr=1e-5", f"epochs={args.epochs}", "device=cpu", f"num_workers={args.workers}",
         "observed=single-positive-seed0.npy", "method_params.tau=0.03", "method_params.theta=0.3",
+        f"eval_every={args.epochs}",  # validation only after the last epoch: it is not timed
     ])
-    run_dir.mkdir(parents=True)
-    trainer = Trainer(config, PreparedData.open(data), run_dir, method=get_method(method))
-    phase = plan_phases(config)[0]
-    trainer.enter_phase(phase, from_previous=False)
-    return trainer, phase
 
 
-def time_epochs(data: Path, args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
-    """Seconds of each training epoch (the engine's loop only, no evaluation) per variant.
+def time_variants(data: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds of each epoch's training steps (``time_epochs``' ``train_seconds``, no evaluation) per variant.
 
-    The variants alternate epoch by epoch, so that a change in the load of a shared machine hits
-    both alike.
+    The variants run one after the other (each its own run); the first epoch of each warms up.
     """
-    trainers = {method: make_trainer(data, method, args, tmp / method) for method in ("vlpl", ONLINE)}
-    seconds: dict[str, list[float]] = {method: [] for method in trainers}
-    for epoch in range(1, args.epochs + 1):
-        for method, (trainer, phase) in trainers.items():
-            torch.manual_seed(epoch)
-            start = time.perf_counter()
-            trainer.train_epoch(phase, epoch)
-            seconds[method].append(time.perf_counter() - start)
-    return seconds
+    return {
+        method: [t.train_seconds for t in time_epochs(variant_config(method, args), data, args.epochs, method=get_method(method))]
+        for method in ("vlpl", ONLINE)
+    }
 
 
 def main() -> None:
@@ -153,7 +142,7 @@ def main() -> None:
                     batch_size=32, num_workers=1)
         score_s = time.perf_counter() - start
         n = len(data.split("train"))
-        seconds = time_epochs(root, args, tmp)
+        seconds = time_variants(root, args)
     finally:
         shutil.rmtree(tmp)
 

@@ -354,7 +354,7 @@ def synthetic_data(st: Stage) -> Path:
 
 
 def finetune_rate(data_dir: Path, run_dir: Path, overrides: dict[str, Any], model_bound: bool, warm: int) -> dict[str, Any]:
-    """images/s of ``Trainer.train_epoch`` over one epoch, its first ``warm`` steps not timed.
+    """images/s of the engine's training steps over one epoch (``StepStrategy.train_epoch``), its first ``warm`` steps not timed.
 
     ``model_bound``: the same steps on a few batches loaded before timing and kept on the device
     (what the step costs when the input pipeline costs nothing).
@@ -364,7 +364,7 @@ def finetune_rate(data_dir: Path, run_dir: Path, overrides: dict[str, Any], mode
     from spml.api import load_config
     from spml.data.image_cache import decoded_images
     from spml.data.layout import PreparedData
-    from spml.training import Trainer, plan_phases
+    from spml.training import Trainer
 
     config = load_config(overrides)
     data = PreparedData.open(data_dir)
@@ -372,23 +372,25 @@ def finetune_rate(data_dir: Path, run_dir: Path, overrides: dict[str, Any], mode
     run_dir.mkdir(parents=True)
     trainer = Trainer(config, data, run_dir)
     if config.image_cache:
-        decoded_images(trainer.train_split, config.image_size, data.cache_dir)  # built once, before timing
-    phase = plan_phases(config)[0]
-    trainer.enter_phase(phase, from_previous=False)
-    steps = len(trainer.order(1, phase.batch_size))
+        decoded_images(trainer.rm.split("train"), config.image_size, data.cache_dir)  # built once, before timing
+    phase = trainer.phases[0]
+    trainer.loop.enter(phase, from_previous=False)
+    # The engine's own collaborators: its batch source (wrapped to time the steps) and step strategy.
+    steps_strategy, batch_source = trainer.loop.steps, trainer.loop.steps.batches
+    steps = len(batch_source.order(1, phase.batch_size))
     warm = min(warm, steps - 1)  # at least one timed step
-    source: Callable[[Any, int], Iterator[dict[str, torch.Tensor]]] = trainer.batches
+    source: Callable[[str, int, int], Iterator[dict[str, torch.Tensor]]] = batch_source.batches
     if model_bound:
-        ready = list(itertools.islice(trainer.batches(phase, 1), min(steps, 8)))
+        ready = list(itertools.islice(batch_source.batches(phase.name, phase.batch_size, 1), min(steps, 8)))
 
-        def source(phase: Any, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        def source(name: str, batch_size: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
             return itertools.islice(itertools.cycle(ready), steps)
 
     marks: dict[str, float] = {}
 
-    def timed(phase: Any, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def timed(name: str, batch_size: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         # The engine reads each loss (a device sync) before it asks for the next batch.
-        batches = iter(source(phase, epoch))
+        batches = iter(source(name, batch_size, epoch))
         for i in itertools.count():
             if i == warm:
                 synchronize()
@@ -400,10 +402,10 @@ def finetune_rate(data_dir: Path, run_dir: Path, overrides: dict[str, Any], mode
         synchronize()
         marks["stop"] = time.perf_counter()
 
-    trainer.batches = timed  # type: ignore[method-assign]
+    batch_source.batches = timed  # type: ignore[method-assign]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.train_epoch(phase, 1)
+    steps_strategy.train_epoch(phase, 1)
     images = (steps - warm) * phase.batch_size
     return {"batch": phase.batch_size, "steps_timed": steps - warm, "images_per_s": images / (marks["stop"] - marks["start"]),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None}
@@ -505,7 +507,7 @@ def stage_linear(st: Stage) -> None:
     """One linear-probe epoch (train, then val scores and val mAP) on coco_scale.py's features, twice."""
     from spml.api import load_config
     from spml.data.layout import PreparedData
-    from spml.training import RunState, Trainer, plan_phases
+    from spml.training import time_epochs
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import coco_scale
@@ -517,29 +519,11 @@ def stage_linear(st: Stage) -> None:
     st.row(what="generate the features (coco_scale.py)", rows=summary["rows"]["train"], seconds=time.perf_counter() - start)
     overrides = [o for o in coco_scale.SPML_BACKBONE if not o.startswith("device=")]
     config = load_config(None, [*overrides, f"device={st.sizes['device']}", "observed=single-positive.npy", "epochs=2"])
-    trainer = Trainer(config, PreparedData.open(summary["spml_data"]), st.args.work / "run-linear")
-    phase = plan_phases(trainer.config)[0]
-    start = time.perf_counter()
-    trainer.enter_phase(phase, from_previous=False)
-    st.row(what="open the caches, train mean", rows=len(trainer.train_split), seconds=time.perf_counter() - start)
-    train_seconds: list[float] = []
-    train_epoch = trainer.train_epoch
-
-    def timed(phase: Any, number: int) -> float:
-        begin = time.perf_counter()
-        loss = train_epoch(phase, number)
-        synchronize()
-        train_seconds.append(time.perf_counter() - begin)
-        return loss
-
-    trainer.train_epoch = timed  # type: ignore[method-assign]
-    state = RunState()
-    for epoch in (1, 2):
-        start = time.perf_counter()
-        record = trainer.run_epoch(phase, epoch, state)
-        total = time.perf_counter() - start
-        st.row(what=f"epoch {epoch}", rows=len(trainer.train_split), batch=phase.batch_size, train_s=train_seconds[-1],
-               val_scores_and_map_s=total - train_seconds[-1], seconds=total, val_map=record["val_map"])
+    data = PreparedData.open(summary["spml_data"])
+    for epoch, timing in enumerate(time_epochs(config, data, 2), start=1):
+        total, train_s = timing.seconds, timing.train_seconds
+        st.row(what=f"epoch {epoch}", rows=len(data.split("train")), batch=timing.record["batch_size"], train_s=train_s,
+               val_scores_and_map_s=total - train_s, seconds=total, val_map=timing.record["val_map"])
 
 
 def run_one_stage(args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from spml.errors import SpmlError
 from spml.api import evaluate, load_config, load_run, register_method, resume, train
 from spml.losses import Epoch
 from spml.metrics import mean_average_precision, paper_metrics
-from spml.training import MethodInfo, TrainConfig, TrainingDiverged, TrainingHooks, plan_phases
+from spml.training import MethodInfo, TrainConfig, TrainingDiverged, TrainingHooks, plan_phases, time_epochs
 from spml.training.evaluation import val_targets
 from spml.training.defaults import resolve_defaults
 from spml.training.config import config_to_yaml, default_config_path, parse_overrides
@@ -211,6 +211,16 @@ def _assert_same_run(a: Path, b: Path) -> None:
     np.testing.assert_array_equal(np.load(a / "test_predictions.npy"), np.load(b / "test_predictions.npy"))
     wa, wb = load_file(str(a / "best.safetensors")), load_file(str(b / "best.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_time_epochs_runs_the_engines_epochs_and_keeps_nothing(data: Path, tmp_path: Path) -> None:
+    cfg = config("epochs=3", "eval_every=2", "early_stopping.patience=0", "seed=4")
+    train(data, cfg, tmp_path / "run")
+    timings = time_epochs(cfg, data, 2)
+    # The same epochs as the run's (same seed, same losses and val mAPs), each timed.
+    assert [t.record for t in timings] == [{**r, "seconds": t.seconds} for r, t in zip(metrics(tmp_path / "run")[:2], timings)]
+    assert all(0 < t.train_seconds <= t.seconds + 1e-3 for t in timings)  # seconds: rounded to ms in the record
+    assert timings[0].record["val_map"] is None and timings[1].record["val_map"] is not None
 
 
 def test_resume_linear_equals_uninterrupted(data: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from spml.training.batches import BatchSource
 from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, load_run_config
 from spml.training.defaults import resolve_defaults
 from spml.training.evaluation import Evaluator
+from spml.training.feature_rows import FeatureRows
 from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.loop import EpochLoop, RunState
 from spml.training.phases import LINEAR, Phase, plan_phases
@@ -174,17 +175,26 @@ class EpochTiming:
 
 
 def time_epochs(
-    config: TrainConfig, data: str | Path | PreparedData, epochs: int, *, phase: int = -1, method: MethodInfo = STANDARD
+    config: TrainConfig,
+    data: str | Path | PreparedData,
+    epochs: int,
+    *,
+    phase: int = -1,
+    method: MethodInfo = STANDARD,
+    features: Mapping[str, FeatureRows] | None = None,
 ) -> list[EpochTiming]:
     """Time the first ``epochs`` epochs of one phase of ``config`` (default: the last) in a scratch run folder.
 
     For benchmarks: the epochs run exactly as in :func:`train` (callbacks, steps, validation every
     ``eval_every``-th epoch, train scoring when due), timed each; the features of a linear phase
-    are extracted before the first. Nothing is kept.
+    are extracted (or opened) before the first, or ``features`` (split name -> rows) stand in for
+    them. Nothing is kept.
     """
     data = data if isinstance(data, PreparedData) else PreparedData.open(data)
     with tempfile.TemporaryDirectory(prefix="spml-time-") as tmp:
         trainer = Trainer(config, data, Path(tmp), method=method)
+        for split, rows in (features or {}).items():
+            trainer.rm.set_features(split, rows)
         loop, run_phase = trainer.loop, trainer.phases[phase]
         loop.enter(run_phase, from_previous=False)
         state, out = RunState(), []
