@@ -191,6 +191,7 @@ def train(
     *,
     hooks: TrainingHooks | Sequence[TrainingHooks] | None = None,
     loss: SpmlLoss | None = None,
+    callbacks: TrainingHooks | Sequence[TrainingHooks] | None = None,
 ) -> RunResult:
     """Train one run into the new folder ``out`` and return its :class:`RunResult`.
 
@@ -199,10 +200,12 @@ def train(
         config: A :class:`TrainConfig` (from :func:`load_config`) or anything :func:`load_config`
             takes as its source.
         out: The run folder to create (see :mod:`spml.training.runfolder`).
-        hooks: Extra callbacks (:class:`~spml.training.TrainingHooks`) called at every epoch, after
-            the method's own.
+        hooks: Extra callbacks (:class:`~spml.training.callbacks.Callback`, also named
+            ``TrainingHooks``), each member called after the method's own (labels to train on,
+            setup, epoch start and end, loss inputs, stopping, state in every checkpoint, summary).
         loss: A ready loss module of the loss ``config.loss`` names, used instead of building one
             (``config.yaml`` names what was trained).
+        callbacks: More extra callbacks, called after ``hooks`` (the same surface under its own name).
 
     Raises:
         SpmlError: Anything wrong with the config, the data or ``out`` (which must not hold a run);
@@ -211,7 +214,7 @@ def train(
     if not isinstance(config, TrainConfig):
         config = load_config(config)
     method = get_method(config.method)
-    return autotune.train_tuned(data_dir, config, out, method=method, callbacks=_callbacks(hooks), loss=loss)
+    return autotune.train_tuned(data_dir, config, out, method=method, callbacks=_callbacks(hooks) + _callbacks(callbacks), loss=loss)
 
 
 def resume(run_dir: str | Path, data_dir: str | Path | None = None, *, epochs: int | None = None) -> RunResult:

@@ -3,7 +3,7 @@
 :class:`BatchSource` owns the train split's inputs: the seeded batch order, each rank's share of it,
 the cached features read by sorted row blocks, the image pipeline (decoded-image cache, workers,
 channels-last) and the true labels a loss may declare. Batches are dicts of tensors on the run's
-device (:data:`~spml.training.hooks.Batch`); true labels are never among them.
+device (:class:`~spml.training.callbacks.Batch`); true labels are never among them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
 from spml.training import distributed
 from spml.training.config import TrainConfig
-from spml.training.hooks import Batch
+from spml.training.callbacks import Batch
 from spml.training.phases import LINEAR
 from spml.training.runmodel import RunModel
 

@@ -44,6 +44,7 @@ from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, lo
 from spml.training.defaults import resolve_defaults
 from spml.training.evaluation import Evaluator
 from spml.training.feature_rows import FeatureRows
+from spml.training.callbacks import CallbackList
 from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.loop import EpochLoop, RunState
 from spml.training.phases import LINEAR, Phase, plan_phases
@@ -79,8 +80,8 @@ class Trainer:
         data: The prepared data.
         run_dir: The run folder (written by :meth:`fit`).
         method: The method named by ``config.method`` (default: plain training with the loss).
-        callbacks: More hooks objects, called after the method's at every epoch (their loss inputs
-            and states are ignored: they observe the run).
+        callbacks: More callbacks, each called after the method's hooks at every member
+            (:class:`~spml.training.callbacks.CallbackList`).
         loss: A ready loss module of the registered loss ``config.loss`` (e.g. with state from
             elsewhere), used instead of building one.
         val_only: End after validation, without scoring test or train (a selection probe, which
@@ -113,7 +114,7 @@ class Trainer:
         inputs_needed = get_loss_info(config.loss).inputs if loss is None else tuple(loss.inputs)
         observed = load_train_observed(data, config)
         hooks = build_hooks(RunContext(config=config, data=data, run_dir=run_dir, device=device, observed=observed), method)
-        observed = np.asarray(hooks.train_observed(observed), dtype=OBSERVED_DTYPE)
+        observed = np.asarray(CallbackList(hooks, callbacks).train_observed(observed), dtype=OBSERVED_DTYPE)
         try:
             check_observed(observed, "labels to train on")
         except ValueError as err:
@@ -131,12 +132,12 @@ class Trainer:
         loss = (self._create_loss() if loss is None else loss).to(device)
         # int8 as stored: an int64 copy would be 8 bytes per train label.
         loss.on_train_start(torch.from_numpy(observed).to(device))
-        for each in (hooks, *callbacks):
-            each.setup(rm.model, loss)
+        run_callbacks = CallbackList(hooks, callbacks, loss=loss)
+        run_callbacks.setup(rm.model, loss)
         batches = BatchSource(config, rm, observed, device, self.channels_last)
-        steps = make_steps(config, rm, loss, hooks, batches, inputs_needed, self.bf16, run_dir)
+        steps = make_steps(config, rm, loss, run_callbacks, batches, inputs_needed, self.bf16, run_dir)
         self.loop = EpochLoop(
-            config, data, self.phases, rm, loss, hooks, tuple(callbacks), steps, evaluator, RunWriter(run_dir),
+            config, data, self.phases, rm, loss, run_callbacks, steps, evaluator, RunWriter(run_dir),
             val_only=val_only, partial_labels=method.partial_labels,
         )
         # After every check (method, backbone, loss), so that a refused run prints only its error.

@@ -1,7 +1,7 @@
 """How methods plug into the training engine: a hooks object per run, described by a :class:`MethodInfo`.
 
 The engine (:class:`spml.training.engine.Trainer`) calls the hooks at fixed points; the base class
-:class:`TrainingHooks` does nothing at each, so a method overrides only what it needs. A method is
+:class:`TrainingHooks` (the one callback surface, :class:`~spml.training.callbacks.Callback`) does nothing at each, so a method overrides only what it needs. A method is
 described by a :class:`MethodInfo` (name, hooks factory, implied config values, the loss inputs it
 provides); the engine is given one and never looks methods up by name. The registry of methods
 lives in :mod:`spml.methods.registry` (a higher layer). See docs/training.md for the full contract
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
-from spml.losses import Epoch
 
+from spml.training.callbacks import Batch as Batch  # re-exported: methods import it from here
+from spml.training.callbacks import Callback
 from spml.training.config import TrainConfig, build_dataclass
 
 
@@ -46,80 +46,8 @@ class RunContext:
     observed: np.ndarray
 
 
-Batch = dict[str, torch.Tensor]
-
-
-class TrainingHooks:
-    """Callbacks of one training run. Every method is optional; the defaults change nothing.
-
-    A train batch is a dict of tensors on the run's device: ``observed`` (int64 B x L, -1/0/1),
-    ``index`` (row in the train split), ``flipped``
-    (bool, whether the view is mirrored) and either ``features`` (``linear`` regime: cached
-    pooled backbone features, B x C) or ``image`` (image regimes: normalised B x 3 x S x S).
-    """
-
-    def train_observed(self, observed: np.ndarray) -> np.ndarray:
-        """Return the int8 N x L labels to train on instead of ``observed`` (called once, at setup).
-
-        Teacher-student replaces single positives with a teacher's pseudo multi-labels here.
-        """
-        return observed
-
-    def setup(self, model: nn.Module, loss: nn.Module) -> None:
-        """Called once after the model and loss exist, before the first epoch.
-
-        Also on resume, before the checkpoint's state is loaded into the model, the loss and these
-        hooks. A method that needs the model in later callbacks keeps it from here.
-        """
-
-    def on_epoch_start(self, epoch: Epoch) -> None:
-        """Called before ``epoch`` trains (the same record the loss gets)."""
-
-    def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Extra keyword inputs of the loss for this batch, e.g. ``{"pseudo": ...}`` for ``vlpl``.
-
-        Called after the batch's logits were computed, once per batch; the names a method returns
-        are declared in its :attr:`MethodInfo.provides`. No hook replaces the loss: a method that
-        needs another objective gives a registered loss its inputs (CCD: ``soft``, ``strong_logits``).
-        """
-        return {}
-
-    @property
-    def needs_train_probs(self) -> bool:
-        """Whether :meth:`on_epoch_end` reads ``train_probs``: by default, whether a subclass overrides it.
-
-        The trainer scores the whole train split after an epoch only when a callback needs it (or
-        the train-label mAP is due); a subclass whose ``on_epoch_end`` ignores them may say False.
-        """
-        return type(self).on_epoch_end is not TrainingHooks.on_epoch_end
-
-    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
-        """Called after ``epoch`` trained and, when due (``eval_every``), was validated (the same call the loss gets).
-
-        Args:
-            epoch: The epoch that just finished.
-            train_probs: float32 N x L sigmoid probabilities of the model (in eval mode) on the
-                unflipped train split, row-aligned with the train labels, on the run's device;
-                0 x L when no callback of the run :attr:`needs_train_probs`.
-        """
-
-    def should_stop(self, epoch: Epoch) -> bool:
-        """Whether to stop after ``epoch`` (a method's own early stopping).
-
-        Like ``early_stopping`` it ends the current phase: the run, unless a fine-tuning phase follows.
-        """
-        return False
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that must survive a resume (e.g. updated labels); saved with every checkpoint."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able facts about the method merged into ``results.json`` under ``method``."""
-        return {}
+# The method's hooks are callbacks (:class:`~spml.training.callbacks.Callback`); the name stays.
+TrainingHooks = Callback
 
 
 HooksFactory = Callable[[RunContext], TrainingHooks]

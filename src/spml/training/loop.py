@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from spml.training import diagnostics, distributed
 from spml.training.config import TrainConfig
 from spml.training.defaults import not_done_warning
 from spml.training.evaluation import Evaluator
-from spml.training.hooks import TrainingHooks
+from spml.training.callbacks import CallbackList
 from spml.training.phases import LINEAR, Phase
 from spml.training.run_writer import RunWriter
 from spml.training.runfolder import RunResult
@@ -87,9 +86,8 @@ class EpochLoop:
         data: The prepared data (in the run's protocol).
         phases: The run's phases.
         rm: The run model.
-        loss: The run's loss (its epoch callbacks are called first).
-        hooks: The method's hooks.
-        callbacks: Extra hooks that observe the run (called after the method's).
+        loss: The run's loss.
+        callbacks: The loss's epoch hooks, the method's hooks and the extra callbacks, as one.
         steps: The step strategy.
         evaluator: Scores the splits.
         writer: Writes the run folder.
@@ -102,8 +100,7 @@ class EpochLoop:
     phases: list[Phase]
     rm: RunModel
     loss: SpmlLoss
-    hooks: TrainingHooks
-    callbacks: Sequence[TrainingHooks]
+    callbacks: CallbackList
     steps: StepStrategy
     evaluator: Evaluator
     writer: RunWriter
@@ -121,7 +118,7 @@ class EpochLoop:
             groups, saved = self.writer.read_last()
             self.rm.part_module(saved["part"]).load_state_dict(groups.get("model", {}))
             self.loss.load_state_dict(groups.get("loss", {}))
-            self.hooks.load_state_dict(groups.get("hooks", {}))
+            self.callbacks.load_state_dict(groups.get("hooks", {}))
             state, optim_meta, optim_tensors = RunState.from_dict(saved), saved["optimizer"], groups.get("optim", {})
         metrics = self.writer.metrics_before(state.next_epoch)
         c = self.config
@@ -150,7 +147,7 @@ class EpochLoop:
                 metrics.append(self.run_epoch(phase, epoch, state))
                 # Early stopping (or a method's) ends the phase: the run, unless fine-tuning follows.
                 val_map = metrics[-1]["val_map"]
-                stop = (val_map is not None and self._early_stop(state, val_map)) or self.hooks.should_stop(phase.epoch(epoch))
+                stop = (val_map is not None and self._early_stop(state, val_map)) or self.callbacks.should_stop(phase.epoch(epoch))
                 phase_done = stop or epoch == phase.last_epoch
                 state.next_epoch = phase.last_epoch + 1 if phase_done else epoch + 1
                 state.stopped_early = stop and epoch < phase.last_epoch
@@ -159,7 +156,7 @@ class EpochLoop:
                 opt_tensors, opt_meta = self.steps.state()
                 self.writer.save_last(
                     {"model": self.rm.part_module(phase.part).state_dict(), "loss": self.loss.state_dict(),
-                     "optim": opt_tensors, "hooks": self.hooks.state_dict()},
+                     "optim": opt_tensors, "hooks": self.callbacks.state_dict()},
                     {**state.to_dict(), "optimizer": opt_meta, "part": phase.part},
                 )
                 if phase_done:
@@ -184,10 +181,9 @@ class EpochLoop:
         start = time.perf_counter()
         record_epoch = phase.epoch(epoch)
         in_phase = record_epoch.in_phase
-        callbacks = (self.loss, self.hooks, *self.callbacks)
+        callbacks = self.callbacks
         torch.manual_seed(epoch_seed(self.config.seed, epoch))
-        for callback in callbacks:
-            callback.on_epoch_start(record_epoch)
+        callbacks.on_epoch_start(record_epoch)
         train_loss = self.steps.train_epoch(phase, epoch)
         self.train_seconds = time.perf_counter() - start
         self.steps.check_divergence(phase, epoch)
@@ -196,16 +192,15 @@ class EpochLoop:
         val_map = self.evaluator.val_map(linear, epoch) if due else None
         map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0
         train_label_map: float | None = None
-        if map_due or any(callback.needs_train_probs for callback in callbacks):
+        if map_due or callbacks.needs_train_probs:
             train_scores = self.evaluator.score("train", linear, epoch)
             if map_due:
                 train_label_map = self.evaluator.train_label_map(train_scores)
             train_probs = torch.from_numpy(train_scores).to(self.steps.device)
         else:
             train_probs = torch.zeros(0, self.data.num_classes, device=self.steps.device)
-        for callback in callbacks:
-            callback.on_epoch_end(record_epoch, train_probs)
-        if val_map is None and self.hooks.should_stop(record_epoch):  # the method ends the phase here
+        callbacks.on_epoch_end(record_epoch, train_probs)
+        if val_map is None and callbacks.should_stop(record_epoch):  # the method ends the phase here
             val_map = self.evaluator.val_map(linear, epoch)
         is_best = val_map is not None and _is_better(val_map, state.best_score)
         if val_map is not None:
@@ -278,7 +273,7 @@ class EpochLoop:
             "test_metrics": s["test_metrics"],
             "skipped_classes": s["skipped_classes"],
             **done,
-            "method": {"name": self.config.method, **self.hooks.summary()},
+            "method": {"name": self.config.method, **self.callbacks.summary()},
             "warnings": run_warnings,
             "world_size": distributed.world_size(),
         }, test.scores)

@@ -24,7 +24,7 @@ from spml.training.batches import BatchSource
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_optimizer_state, optimizer_state
 from spml.training.config import TrainConfig
-from spml.training.hooks import Batch, TrainingHooks
+from spml.training.callbacks import Batch, Callback
 from spml.training.phases import LINEAR, Phase
 from spml.training.runmodel import RunModel
 from spml.training.schedule import lr_factor
@@ -100,7 +100,7 @@ class StepStrategy:
         config: The run's resolved config.
         rm: The run model.
         loss: The run's loss.
-        hooks: The method's hooks (their per-batch loss inputs).
+        callbacks: The run's callbacks (their per-batch loss inputs).
         batches: The train batches.
         loss_inputs_needed: Names of the loss's per-batch inputs.
         bf16: Autocast the forward to bf16.
@@ -112,7 +112,7 @@ class StepStrategy:
         config: TrainConfig,
         rm: RunModel,
         loss: SpmlLoss,
-        hooks: TrainingHooks,
+        callbacks: Callback,
         batches: BatchSource,
         loss_inputs_needed: tuple[str, ...],
         bf16: bool,
@@ -121,7 +121,7 @@ class StepStrategy:
         self.config = config
         self.rm = rm
         self.loss = loss
-        self.hooks = hooks
+        self.callbacks = callbacks
         self.batches = batches
         self.loss_inputs_needed = loss_inputs_needed
         self.bf16 = bf16
@@ -152,9 +152,9 @@ class StepStrategy:
         """The loss's keyword inputs for ``batch``: from the batch, true labels if declared, the method's."""
         inputs = {k: batch[k] for k in self.loss_inputs_needed if k in batch}
         if "labels" in self.loss_inputs_needed:
-            # True labels reach only a loss that declares them (IUN), after the method's hooks saw the batch.
+            # True labels reach only a loss that declares them (IUN), after the callbacks saw the batch.
             inputs["labels"] = self.batches.true_labels(batch)
-        inputs.update(self.hooks.loss_inputs(batch))
+        inputs.update(self.callbacks.loss_inputs(batch))
         missing = [k for k in self.loss_inputs_needed if k not in inputs]
         if missing:
             raise SpmlError(f"method {self.config.method!r} gave no {', '.join(missing)} input for loss {self.config.loss!r}")
