@@ -16,11 +16,11 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.training import resume
-from spml.training.callbacks import Batch, Callback, CallbackList, Epoch
+from spml.training.callbacks import Batch, Callback, CallbackList, Epoch, RunHandle
 
 TINY = {"image_size": 32, "device": "cpu", "batch_size": 16, "lr": 1e-3, "eval_batch_size": 32, "backbone": "test_resnet",
         "pretrained": "none", "observed": "single-positive-seed0.npy"}
-MEMBERS = ("train_observed", "setup", "on_epoch_start", "loss_inputs", "needs_train_probs", "on_epoch_end", "should_stop",
+MEMBERS = ("train_observed", "setup", "on_run_start", "on_epoch_start", "loss_inputs", "needs_train_probs", "on_epoch_end", "should_stop",
            "state_dict", "summary")
 
 
@@ -47,6 +47,10 @@ class Recording(Callback):
     def setup(self, model: torch.nn.Module, loss: torch.nn.Module) -> None:
         self.calls["setup"] += 1
 
+    def on_run_start(self, run: RunHandle) -> None:
+        self.calls["on_run_start"] += 1
+        self.run = run
+
     def on_epoch_start(self, epoch: Epoch) -> None:
         self.calls["on_epoch_start"] += 1
         if epoch.number == self.stop_at:
@@ -54,6 +58,9 @@ class Recording(Callback):
 
     def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.calls["loss_inputs"] += 1
+        if "image" in batch and self.calls["loss_inputs"] == 1:  # the engine's forward, as a method's extra view uses it
+            logits = self.run.forward(batch["image"])
+            assert logits.dtype == torch.float32 and logits.shape == (len(batch["image"]), 3) and logits.requires_grad
         return {}
 
     @property
@@ -65,6 +72,8 @@ class Recording(Callback):
         self.calls["on_epoch_end"] += 1
         self.phases.append(epoch.phase)
         assert train_probs.shape[0] == 32  # 80 % of 40 train rows: the probabilities it asked for
+        if epoch.phase == "finetune":  # the same scores as the engine's evaluator gives from the images
+            np.testing.assert_allclose(train_probs.numpy(), self.run.predict("train"), atol=1e-6)
 
     def should_stop(self, epoch: Epoch) -> bool:
         self.calls["should_stop"] += 1

@@ -10,7 +10,8 @@ receive it) and given here with the rest of the surface.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 
 from spml.losses import Epoch, SpmlLoss
 
-__all__ = ["Batch", "Callback", "CallbackList", "Epoch", "LossCallback"]
+__all__ = ["Batch", "Callback", "CallbackList", "Epoch", "LossCallback", "RunHandle"]
 
 
 class Batch(TypedDict, total=False):
@@ -38,6 +39,23 @@ class Batch(TypedDict, total=False):
     flipped: torch.Tensor
     features: torch.Tensor
     image: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """What the engine lends the callbacks of a run (:meth:`Callback.on_run_start`).
+
+    Attributes:
+        forward: Images (a batch's ``image``, or a view of it) to float32 logits through the
+            engine's own training forward: bf16 autocast and ``torch.compile`` apply as to the
+            batch's logits, and gradients flow.
+        predict: A split's name to float32 N x L sigmoid probabilities of the current model (eval
+            mode, unflipped images), scored by the engine's evaluator (rows sharded over ranks,
+            gathered on every rank: every rank must call it).
+    """
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    predict: Callable[[str], np.ndarray]
 
 
 class Callback:
@@ -66,6 +84,9 @@ class Callback:
         Also on resume, before the checkpoint's state is loaded into the model, the loss and these
         hooks. A method that needs the model in later callbacks keeps it from here.
         """
+
+    def on_run_start(self, run: RunHandle) -> None:
+        """Called once after :meth:`setup` with the engine's forward and evaluation, for a method that runs the model itself."""
 
     def on_epoch_start(self, epoch: Epoch) -> None:
         """Called before ``epoch`` trains (the same record the loss gets)."""
@@ -172,6 +193,11 @@ class CallbackList(Callback):
         """Each callback's ``setup``."""
         for callback in self.own:
             callback.setup(model, loss)
+
+    def on_run_start(self, run: RunHandle) -> None:
+        """Each callback's ``on_run_start``."""
+        for callback in self.own:
+            callback.on_run_start(run)
 
     def on_epoch_start(self, epoch: Epoch) -> None:
         """Each member's ``on_epoch_start`` (the loss first)."""

@@ -44,7 +44,7 @@ from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, lo
 from spml.training.defaults import resolve_defaults
 from spml.training.evaluation import Evaluator
 from spml.training.feature_rows import FeatureRows
-from spml.training.callbacks import CallbackList
+from spml.training.callbacks import CallbackList, RunHandle
 from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.loop import EpochLoop, RunState
 from spml.training.phases import LINEAR, Phase, plan_phases
@@ -136,6 +136,7 @@ class Trainer:
         run_callbacks.setup(rm.model, loss)
         batches = BatchSource(config, rm, observed, device, self.channels_last)
         steps = make_steps(config, rm, loss, run_callbacks, batches, inputs_needed, self.bf16, run_dir)
+        run_callbacks.on_run_start(RunHandle(steps.forward_images, lambda split: evaluator.predict(split, from_features=False)))
         self.loop = EpochLoop(
             config, data, self.phases, rm, loss, run_callbacks, steps, evaluator, RunWriter(run_dir),
             val_only=val_only, partial_labels=method.partial_labels,

@@ -148,6 +148,11 @@ class StepStrategy:
                 return self.rm.model.forward_head(batch["features"])
             return self.train_forward(batch["image"])
 
+    def forward_images(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 logits of ``images`` through the training forward (what a method's extra view uses)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.train_forward(images).float()
+
     def loss_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The loss's keyword inputs for ``batch``: from the batch, true labels if declared, the method's."""
         inputs = {k: batch[k] for k in self.loss_inputs_needed if k in batch}

@@ -69,6 +69,7 @@ from spml.vlm import PREPROCESSING_MODES, prompt_names
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
+from spml.training.callbacks import RunHandle
 from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks
 
 VIEW_POLICIES = ("cam", "grid")
@@ -404,6 +405,10 @@ class CCDHooks(TrainingHooks):
             clip_bias_confident_images=self.bias.num_confident,
         )
 
+    def on_run_start(self, run: RunHandle) -> None:
+        """Keep the engine's forward (the strong view's logits) and evaluation (the annotation-free test score)."""
+        self.run = run
+
     # -- training -----------------------------------------------------------------------------
 
     def on_epoch_start(self, epoch: Epoch) -> None:
@@ -415,7 +420,7 @@ class CCDHooks(TrainingHooks):
         images = batch["image"]
         inputs = {"soft": self.labels[batch["index"].cpu()].to(images.device)}
         if self.consistency and self.epoch > self.params.warmup_epochs:
-            inputs["strong_logits"] = self.model(self.strong(images))
+            inputs["strong_logits"] = self.run.forward(self.strong(images))  # the engine's forward: autocast, compile
         return inputs
 
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
@@ -440,7 +445,7 @@ class CCDHooks(TrainingHooks):
         ground-truth val labels; this is the model CCD's own stopping rule keeps, needing none.
         """
         test = self.ctx.data.split("test")
-        probs = self.probabilities(test, self.transform)
+        probs = self.run.predict("test")  # the engine's evaluation (sharded over ranks under torchrun)
         return {
             "epoch": epoch,
             "rule": rule,
