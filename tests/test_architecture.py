@@ -12,20 +12,46 @@ LAYERS = [
     "methods", "reports", "api", "cli",
 ]  # fmt: skip
 RANK = {name: i for i, name in enumerate(LAYERS)}
+RANK["_version"] = RANK["errors"]  # the version string: imports nothing
 RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
 RANK["readers"] = RANK["coerce"]  # bounded file readers: every layer reads its files through them
 RANK["progress"] = RANK["coerce"]  # imports no spml module: every layer may report progress
 RANK["__main__"] = RANK["cli"]  # ``python -m spml``: the command line
+# ``import spml`` or ``from spml import train``: the package root re-exports the api (and deploy.load),
+# so reaching a name through it is an arrow to the api layer.
+ROOT = "api"
 
 
 def imported_spml_packages(path: Path) -> set[str]:
+    """Every top-level spml module or package ``path`` imports, the package root counted as ``ROOT``.
+
+    ``from spml import readers`` is an import of ``spml.readers``; ``from spml import __version__``
+    (or ``train``) and ``import spml`` go through the root, which is the api layer.
+    """
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        found |= {n.split(".")[1] for n in names if n.startswith("spml.") and n.count(".") >= 1}
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "spml":
+                    found.add(ROOT)
+                elif alias.name.startswith("spml."):
+                    found.add(alias.name.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "spml":
+                found |= {a.name if a.name in RANK else ROOT for a in node.names}
+            elif node.module.startswith("spml."):
+                found.add(node.module.split(".")[1])
     return found
+
+
+def test_the_import_parser_sees_every_form(tmp_path):
+    """The checker must see an arrow through the root, or the layering test could pass on a violation."""
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import spml\nimport spml.data.cache\nfrom spml import readers, __version__\n"
+        "from spml.losses import registry\ndef f():\n    from spml import train\n"
+    )
+    assert imported_spml_packages(source) == {ROOT, "data", "readers", "losses"}
 
 
 def test_no_package_imports_a_higher_layer():

@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Mapping
 
-from spml import __version__
+from spml._version import __version__
 from spml.data.atomic import disk_error
 from spml.errors import SpmlError
 from spml.progress import set_quiet

@@ -29,7 +29,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from spml import __version__, readers
+from spml import readers
+from spml._version import __version__
 from spml.coerce import coerce
 from spml.data.atomic import save_safetensors, write_json
 from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, pixel_limit

@@ -48,7 +48,7 @@ from spml.data.observe import load_observed, simulate_observed
 from spml.errors import SpmlError
 from spml.losses import Epoch, SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
-from spml import __version__
+from spml._version import __version__
 from spml.models.backbones import missing_backbone_weights
 from spml.models.hub import MissingWeights, missing_message
 from spml.metrics import chance_map, map_report, mean_average_precision, paper_metrics
