@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from spml.errors import SpmlError
-from spml.losses import Epoch, get_loss_info
+from spml.losses import Epoch
 from spml.methods.aevlp import tile_scores
 from spml.methods.clip import ClipParams
 from spml.pseudolabels.cdul import (
@@ -35,7 +35,7 @@ from spml.pseudolabels.cdul import (
     update_labels,
 )
 from spml.pseudolabels.quality import label_map, positive_quality
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.training import MethodInfo, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.training.config import FULL_OBSERVED
 
 METHOD = "cdul"
@@ -95,8 +95,6 @@ class CdulHooks(TrainingHooks):
     def __init__(self, ctx: RunContext) -> None:
         """Load CLIP, read (or build) the global and tile caches, and set the initial labels."""
         self.params: CdulParams = build_dataclass(CdulParams, ctx.config.method_params, "method_params.", None)
-        if "soft" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method 'cdul' trains a loss on soft labels (soft_bce), not {ctx.config.loss!r}")
         if ctx.config.observed != FULL_OBSERVED:
             warnings.warn(f"cdul is annotation-free: the observed labels {ctx.config.observed!r} are ignored", stacklevel=2)
         p = self.params
@@ -167,6 +165,7 @@ INFO = MethodInfo(
     "CDUL: annotation-free soft labels from global + 3x3 tile CLIP views, updated by gradient alignment (soft_bce)",
     config_defaults={"loss": "soft_bce"},
     provides=("soft",),
+    requires=Requires(loss_inputs=("soft",)),
     params=CdulParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
 )

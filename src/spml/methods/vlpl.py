@@ -25,8 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from spml.errors import SpmlError
-from spml.losses import get_loss_info
 from spml.methods.clip import ClipParams
 from spml.pseudolabels.vlpl import (
     VlplSettings,
@@ -34,7 +32,7 @@ from spml.pseudolabels.vlpl import (
     pseudo_label_diagnostics,
     vlpl_pseudo_labels,
 )
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.training import MethodInfo, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import (
     load_score_cache,
 )
@@ -88,8 +86,6 @@ class VlplHooks(TrainingHooks):
 
     def __init__(self, ctx: RunContext) -> None:
         self.params: VlplParams = build_dataclass(VlplParams, ctx.config.method_params, "method_params.", None)
-        if "pseudo" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method 'vlpl' needs a loss that takes pseudo-labels (vlpl), not {ctx.config.loss!r}")
         train = ctx.data.split("train")
         p = self.params
         if p.vlm_cache:
@@ -124,6 +120,7 @@ INFO = MethodInfo(
     "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
     config_defaults={"loss": "vlpl"},
     provides=("pseudo",),
+    requires=Requires(loss_inputs=("pseudo",)),
     params=VlplParams,
     path_params=("vlm_cache", "vlm_checkpoint", "vlm_model_config"),
     partial_labels=True,

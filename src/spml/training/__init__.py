@@ -13,7 +13,7 @@ from spml.training.config import (
     shipped_config,
 )
 from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume, train
-from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks
+from spml.training.hooks import STANDARD, MethodInfo, Requires, RunContext, TrainingHooks
 from spml.training.resolve import check_config, resolve_paths
 from spml.training.runfolder import RunResult, read_result, read_results
 from spml.training.runmodel import LoadedRun, RunModel, evaluate_run, load_run
@@ -25,6 +25,7 @@ __all__ = [
     "LoadedRun",
     "MethodInfo",
     "Phase",
+    "Requires",
     "RunContext",
     "RunModel",
     "RunResult",

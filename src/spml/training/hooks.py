@@ -126,6 +126,23 @@ HooksFactory = Callable[[RunContext], TrainingHooks]
 
 
 @dataclass(frozen=True)
+class Requires:
+    """What a method needs of the rest of the config, checked once when the config is resolved.
+
+    Attributes:
+        loss_inputs: Per-batch inputs the loss must take (VLPL's ``pseudo``: its hooks give the
+            loss pseudo-labels, which a loss without that input would drop). Any loss that takes
+            them is allowed, so a newly registered one works without touching the method.
+        regimes: The regimes the method trains in (empty: any).
+        heads: The heads it works with (empty: any).
+    """
+
+    loss_inputs: tuple[str, ...] = ()
+    regimes: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """A training method: what builds its hooks and what it implies for the config.
 
@@ -143,6 +160,8 @@ class MethodInfo:
         path_params: ``method_params`` keys holding file or folder paths (made absolute on resolution).
         partial_labels: The method is meant for partial (e.g. single-positive) observed labels; a
             run with ``observed: full`` says that it trains on every true label.
+        requires: The losses (by the inputs they take), regimes and heads the method works with;
+            :func:`spml.training.resolve.check_config` refuses any other combination.
     """
 
     name: str
@@ -154,6 +173,7 @@ class MethodInfo:
     params: type | None = None
     path_params: tuple[str, ...] = ()
     partial_labels: bool = False
+    requires: Requires = field(default_factory=Requires)
 
 
 def _standard_hooks(ctx: RunContext) -> TrainingHooks:

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from spml.errors import SpmlError
-from spml.losses import SpmlLoss, check_hparams, get_loss_info
+from spml.losses import SpmlLoss, check_hparams, get_loss_info, list_losses
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.hooks import MethodInfo, check_method_params
 
@@ -27,6 +27,8 @@ RUN_VALUES = ("num_examples", "num_epochs", "seed", "expected_num_pos")
 # Per-batch loss inputs the engine itself supplies; ``labels`` (true labels) reach only a loss that
 # declares it needs them, never a method's hooks.
 BATCH_INPUTS = ("index", "labels")
+# What a method's required loss input carries, for the message that refuses a loss without it.
+_INPUT_WORDS = {"pseudo": "pseudo-labels", "soft": "soft labels", "strong_logits": "strong-view logits"}
 
 
 def check_config(
@@ -61,7 +63,30 @@ def check_config(
             f"{method.name!r} does not provide",
             source,
         )
+    check_requires(config, method, source)
     check_method_params(method, config.method_params, source)
+
+
+def check_requires(config: TrainConfig, method: MethodInfo, source: str | Path | None = None) -> None:
+    """Refuse a loss, regime or head that ``method`` does not work with (:class:`~spml.training.hooks.Requires`).
+
+    Raises:
+        SpmlError: One line naming the method, the parameter and what it accepts.
+    """
+    need = method.requires
+    inputs = get_loss_info(config.loss).inputs
+    for name in need.loss_inputs:
+        if name not in inputs:
+            takers = [loss for loss in list_losses() if name in get_loss_info(loss).inputs]
+            raise SpmlError(
+                f"method {method.name!r} needs a loss that takes {_INPUT_WORDS.get(name, name)} "
+                f"(loss: {', '.join(takers)}), not loss {config.loss!r}",
+                source,
+            )
+    if need.regimes and config.regime not in need.regimes:
+        raise SpmlError(f"method {method.name!r} needs regime {' or '.join(need.regimes)}, not regime {config.regime!r}", source)
+    if need.heads and config.head not in need.heads:
+        raise SpmlError(f"method {method.name!r} needs head {' or '.join(need.heads)}, not head {config.head!r}", source)
 
 
 def _absolute(value: str) -> str:

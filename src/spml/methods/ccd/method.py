@@ -69,7 +69,7 @@ from spml.vlm import PREPROCESSING_MODES, prompt_names
 from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
-from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks
+from spml.training.hooks import Batch, MethodInfo, Requires, RunContext, TrainingHooks
 
 VIEW_POLICIES = ("cam", "grid")
 VIEW_THRESHOLDS = ("adaptive", "exact", "fixed")
@@ -320,10 +320,6 @@ class CCDHooks(TrainingHooks):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.params = CCDParams.from_params(ctx.config.method_params)
-        if "soft" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method ccd trains a loss on soft labels (ccd or soft_bce), not {ctx.config.loss!r}")
-        if ctx.config.regime != "finetune":
-            raise SpmlError(f"method ccd trains on images (CAMs, augmented views): set regime=finetune, not {ctx.config.regime!r}")
         if ctx.config.observed != FULL_OBSERVED:
             warnings.warn(
                 f"ccd is annotation-free: the observed labels {ctx.config.observed!r} are ignored "
@@ -610,6 +606,8 @@ INFO = MethodInfo(
     "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
     config_defaults=CONFIG_DEFAULTS,
     provides=("soft", "strong_logits"),
+    # Soft labels for its loss; images for the CAMs and augmented views.
+    requires=Requires(loss_inputs=("soft",), regimes=("finetune",)),
     params=CCDParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
 )
