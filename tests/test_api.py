@@ -186,3 +186,25 @@ def test_a_ready_loss_must_be_the_configured_one(data: Path, tmp_path: Path) -> 
     with pytest.raises(spml.errors.SpmlError, match="the given loss is 'bce', but the config names loss 'an'"):
         spml.train(data, cfg, tmp_path / "run", loss=spml.create_loss("bce", num_classes=4))
     assert not (tmp_path / "run").exists()
+
+
+def test_one_train_checks_and_resolves_its_config_once(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spml.training import resolve
+
+    calls = {"check_config": 0, "resolve_paths": 0}
+    for name in calls:
+        original = getattr(resolve, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(resolve, name, counted)
+    keys = {**TINY, "epochs": 1, "regime": "linear", "observed": "single-positive-seed0.npy"}
+    spml.train(data, keys, tmp_path / "run")  # a mapping: load_config resolves it
+    assert calls == {"check_config": 1, "resolve_paths": 1}
+    spml.train(data, spml.load_config(keys), tmp_path / "again")  # a resolved config: taken as it is
+    assert calls == {"check_config": 2, "resolve_paths": 2}
+    # Resolving is what makes the type: a plain TrainConfig is checked when it is given.
+    plain = TrainConfig(**{k: v for k, v in keys.items()})
+    assert not isinstance(plain, spml.training.ResolvedConfig) and spml.load_config(plain) == plain

@@ -7,14 +7,13 @@ from spml.training.config import (
     build_dataclass,
     config_to_yaml,
     default_config_path,
-    load_config,
     parse_overrides,
-    save_config,
     shipped_config,
 )
-from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume, train
+from spml.training.autotune import train_tuned as train  # selects on val like spml.train (select=False: not)
+from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume
 from spml.training.hooks import STANDARD, MethodInfo, Requires, RunContext, TrainingHooks
-from spml.training.resolve import check_config, resolve_paths
+from spml.training.resolve import ResolvedConfig, check_config, resolve_config, resolve_paths
 from spml.training.runfolder import RunResult, read_result, read_results
 from spml.training.runmodel import LoadedRun, RunModel, evaluate_run, load_run
 
@@ -29,6 +28,7 @@ __all__ = [
     "RunContext",
     "RunModel",
     "RunResult",
+    "ResolvedConfig",
     "RunState",
     "TrainConfig",
     "Trainer",
@@ -39,15 +39,14 @@ __all__ = [
     "config_to_yaml",
     "default_config_path",
     "evaluate_run",
-    "load_config",
     "load_run",
     "parse_overrides",
     "plan_phases",
     "read_result",
     "read_results",
+    "resolve_config",
     "resolve_paths",
     "resume",
-    "save_config",
     "shipped_config",
     "train",
 ]
