@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spml import readers
-from spml.data.atomic import atomic_path, save_npy, write_json, write_text
+from spml.data.atomic import atomic_path, save_npy, write_json
 from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
 from spml.data.labels import OBSERVED_DTYPE, check_observed, observed_from_true
@@ -56,13 +56,13 @@ from spml.progress import epoch_done, log, progress
 from spml.training import diagnostics, distributed
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
-from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, config_to_yaml, load_run_config
+from spml.training import run_config
+from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass
 from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
-from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
+from spml.training.resolve import RUN_VALUES, check_loss, observed_in, resolve_config
 from spml.training.runfolder import (
     BEST_FILE,
-    CONFIG_FILE,
     LAST_FILE,
     LAST_PREV_FILE,
     LINEAR_BEST_FILE,
@@ -235,10 +235,10 @@ class Trainer:
         loss: SpmlLoss | None = None,
         val_only: bool = False,
     ) -> None:
-        check_config(config, method, loss=loss)
+        config = resolve_config(config, method)  # checked once: a resolved config is taken as it is
         self.val_only = val_only
         data = data.for_protocol(config.protocol)  # `reference`: train = train + val, val = test
-        config = resolve_defaults(resolve_paths(config, method, data.root), len(data.split("train")))
+        config = resolve_defaults(observed_in(config, data.root), len(data.split("train")))
         self.config = config
         self.data = data
         self.run_dir = run_dir
@@ -860,7 +860,8 @@ def train(
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
-    check_config(config, method, loss=loss)
+    config = resolve_config(config, method)
+    check_loss(config, loss)
     check_weights(config, method)  # before the run folder exists and anything slow
     distributed.init(distributed.local_device(resolve_device(config.device)))
     main = distributed.is_main()
@@ -870,7 +871,7 @@ def train(
     # under torchrun (autotune.probe_folder), beside the features they train on.
     own_cache = Path(run_dir).resolve().is_relative_to(data.cache_dir.resolve())
     check_new_run_dir(run_dir, [] if own_cache else [("the data folder", data.root)])
-    config = resolve_paths(config, method, data.root)
+    config = observed_in(config, data.root)
     distributed.barrier()  # every rank checked before rank 0 creates the folder
     created = create_run_dir(run_dir) if main else False  # a method's setup may write its own files there
     distributed.barrier()
@@ -880,7 +881,7 @@ def train(
                 check_new_run_dir(run_dir)
             trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
             if main:
-                write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
+                run_config.write(run_dir, trainer.config)  # the regime's defaults filled in
         except BaseException:
             if created and not is_run(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing behind
@@ -913,9 +914,7 @@ def resume(
     length from where it is, so it differs. Refused for a run that was stopped early.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise SpmlError("not a run folder (no config.yaml) to resume", run_dir)
-    config = load_run_config(run_dir / CONFIG_FILE)
+    config = run_config.read(run_dir)
     distributed.init(distributed.local_device(resolve_device(config.device)))
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         kept: dict[str, Any] = {}
@@ -968,6 +967,6 @@ def _extend(run_dir: Path, config: TrainConfig, epochs: int) -> tuple[TrainConfi
         # the old run again; after it, a resume trains the extension.
         (run_dir / RESULTS_FILE).unlink(missing_ok=True)
         config = dataclasses.replace(config, epochs=epochs)
-        write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
+        run_config.write(run_dir, config)
     distributed.barrier()
-    return load_run_config(run_dir / CONFIG_FILE), kept
+    return run_config.read(run_dir), kept
