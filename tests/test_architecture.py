@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import spml
@@ -72,3 +73,42 @@ def test_every_package_is_placed_in_a_layer():
     packages = {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     modules = {p.stem for p in root.glob("*.py") if p.stem != "__init__"}
     assert packages | modules <= set(RANK), (packages | modules) - set(RANK)
+
+
+# A command-line flag in a message: ``--word`` not inside a longer token.
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
+
+
+def error_texts(source: str) -> list[tuple[int, str]]:
+    """The literal text of every ``SpmlError(...)`` call in ``source`` (f-string fields dropped)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "SpmlError":
+            for part in ast.walk(node):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    found.append((part.lineno, part.value))
+    return found
+
+
+def test_library_errors_name_parameters_not_flags():
+    """Below ``spml.cli`` an error names the parameter; ``cli.main`` writes the flag a command declares."""
+    root = Path(spml.__file__).parent
+    flagged = [
+        f"{path.relative_to(root)}:{line}: {text!r}"
+        for path in sorted(root.rglob("*.py"))
+        if path.relative_to(root).parts[0] not in ("cli", "__main__.py")
+        for line, text in error_texts(path.read_text())
+        if FLAG.search(text)
+    ]
+    assert flagged == []
+    # The check sees a flag in an f-string's literal part, and not a parameter name.
+    assert [t for _, t in error_texts('raise SpmlError(f"bad {x}; pass --allow-outside-raw")') if FLAG.search(t)]
+    assert not [t for _, t in error_texts('raise SpmlError("bad; allow_outside accepts it")') if FLAG.search(t)]
+
+
+def test_the_command_line_writes_the_flag_for_a_parameter():
+    from spml.cli.main import build_parser, in_flags
+
+    args = build_parser().parse_args(["prepare", "csv", "--raw", "r", "--out", "o"])
+    message = in_flags("image path 'x' lies outside the raw folder r; allow_outside accepts it", args.flags)
+    assert message.endswith("; --allow-outside-raw accepts it")

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"--verify: refuse images with more pixels (default $SPML_MAX_PIXELS, or {DEFAULT_MAX_PIXELS})",
     )
-    p.set_defaults(func=run, flags=flag_names(PARAMS))
+    # allow_outside is a switch (not in PARAMS, which pass values): its errors name the flag too.
+    p.set_defaults(func=run, flags={**flag_names(PARAMS), "allow_outside": "--allow-outside-raw"})
 
 
 def run(args: argparse.Namespace) -> int:
