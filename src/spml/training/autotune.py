@@ -454,6 +454,11 @@ def describe(selection: Selection) -> str:
     )
 
 
+def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None) -> Selection:
+    """:func:`select` for :func:`train_tuned`, whose switch of that name hides it there."""
+    return select(data, config, loss=loss)
+
+
 def train_tuned(
     data_dir: str | Path,
     config: TrainConfig,
@@ -488,7 +493,7 @@ def train_tuned(
     check_weights(config, method)  # every missing weights file in one line, before the probes
     data = PreparedData.open(data_dir)  # read once for the probes and the run
     log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
-    selection = select(data, config, loss=loss)
+    selection = _select(data, config, loss=loss)
     log(describe(selection))
     tuned = tuned_config(config, selection)
     result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spml import readers
-from spml.data.atomic import atomic_path, save_npy, write_json
+from spml.data.atomic import atomic_path, save_npy, write_json, write_text
 from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
 from spml.data.labels import OBSERVED_DTYPE, check_observed, observed_from_true
@@ -57,12 +57,13 @@ from spml.training import diagnostics, distributed
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from spml.training import run_config
-from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass
+from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, config_to_yaml
 from spml.training.defaults import not_done_warning, resolve_defaults
 from spml.training.hooks import STANDARD, Batch, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.resolve import RUN_VALUES, check_loss, observed_in, resolve_config
 from spml.training.runfolder import (
     BEST_FILE,
+    CONFIG_FILE,
     LAST_FILE,
     LAST_PREV_FILE,
     LINEAR_BEST_FILE,
@@ -881,7 +882,7 @@ def train(
                 check_new_run_dir(run_dir)
             trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
             if main:
-                run_config.write(run_dir, trainer.config)  # the regime's defaults filled in
+                write_text(run_dir / CONFIG_FILE, config_to_yaml(trainer.config))  # the regime's defaults filled in
         except BaseException:
             if created and not is_run(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # a refused run leaves nothing behind
@@ -967,6 +968,6 @@ def _extend(run_dir: Path, config: TrainConfig, epochs: int) -> tuple[TrainConfi
         # the old run again; after it, a resume trains the extension.
         (run_dir / RESULTS_FILE).unlink(missing_ok=True)
         config = dataclasses.replace(config, epochs=epochs)
-        run_config.write(run_dir, config)
+        write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
     distributed.barrier()
     return run_config.read(run_dir), kept

@@ -1,4 +1,4 @@
-"""The one reader and writer of a run folder's ``config.yaml``.
+"""The one reader of a run folder's ``config.yaml`` (the engine writes it when a run starts).
 
 A run writes its resolved config (every key, the regime's defaults filled in for the data's size)
 when it starts; resuming, extending, evaluating, loading, exporting and reporting a run, and a grid
@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spml.data.atomic import write_text
 from spml.errors import SpmlError
-from spml.training.config import TrainConfig, config_from_dict, config_to_yaml, read_yaml
+from spml.training.config import TrainConfig, config_from_dict, read_yaml
 from spml.training.runfolder import CONFIG_FILE
 
 # Keys added after runs were first written, with the values those runs trained with.
@@ -40,11 +39,6 @@ def read(run_dir: str | Path) -> TrainConfig:
     values = read_yaml(path)
     missing = {key: value for key, value in PREDATED_KEYS.items() if key not in values}
     return config_from_dict({**values, **missing}, path)
-
-
-def write(run_dir: str | Path, config: TrainConfig) -> None:
-    """Write ``config`` as the run's ``config.yaml`` (atomically); :func:`read` gives it back."""
-    write_text(Path(run_dir) / CONFIG_FILE, config_to_yaml(config))
 
 
 def method_name(run_dir: str | Path) -> str:
