@@ -14,6 +14,7 @@ LAYERS = [
 ]  # fmt: skip
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["_version"] = RANK["errors"]  # the version string: imports nothing
+RANK["_lazy"] = RANK["errors"]  # lazy package exports: imports nothing of spml
 RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors
 RANK["readers"] = RANK["coerce"]  # bounded file readers: every layer reads its files through them
 RANK["progress"] = RANK["coerce"]  # imports no spml module: every layer may report progress

@@ -12,6 +12,7 @@ import json
 import shlex
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.deploy import RunFiles, export_run
 from spml.deploy.model import MODEL_JSON
 from spml.errors import SpmlError
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` sub-command."""
     parser = subparsers.add_parser(
         "export",
-        help="write a run's model as a self-contained folder (safetensors + model.json)",
+        help=SUMMARIES["export"],
         description="Export RUN_DIR's best weights (backbone and head), class names, preprocessing, the decision "
         "rule chosen on val (a global threshold, a cap on labels per image, per-class thresholds where val has "
         "enough positives: printed) and training provenance into --out; spml predict and spml.load read it with "

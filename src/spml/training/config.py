@@ -28,7 +28,7 @@ import yaml
 
 from spml import readers
 from spml.coerce import coerce
-from spml.data.dataset import MAX_IMAGE_SIZE
+from spml.data.limits import MAX_IMAGE_SIZE
 from spml.data.layout import PROTOCOLS, STANDARD_PROTOCOL
 from spml.errors import SpmlError
 from spml.training.schedule import SCHEDULES
