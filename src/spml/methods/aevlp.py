@@ -37,7 +37,7 @@ from spml.pseudolabels.aevlp import (
     damp_pseudo_labels,
     draw_flips,
 )
-from spml.training import MethodInfo, Requires, RunContext, TrainingHooks, build_dataclass
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import (
     VLM,
     score_images,
@@ -203,4 +203,10 @@ INFO = MethodInfo(
     requires=Requires(loss_inputs=("pseudo",)),
     params=AevlpParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
+    figures=(
+        ReportFigure("AEVLP pseudo-label quality (train split, last epoch)", "quality",
+                     caption="DAMP's added pseudo-positives vs the true labels that were not observed"),
+        ReportFigure("AEVLP pseudo-label quality per epoch", "quality_curves", key="pseudo_labels_by_epoch",
+                     caption="DAMP's added pseudo-positives, new each epoch"),
+    ),
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from spml.errors import SpmlError
-from spml.training import MethodInfo, Requires, RunContext, TrainingHooks
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks
 
 METHOD = "boostlu"
 ALPHA = 5.0
@@ -43,4 +43,8 @@ INFO = MethodInfo(
     config_defaults={"head_params": {"boost": ALPHA}, "regime": "finetune"},
     # The linear head's class activation maps, which need spatial maps (images).
     requires=Requires(regimes=("finetune",), heads=("linear",)),
+    figures=(
+        ReportFigure("BoostLU: boosted class activation maps (test images)", "cams",
+                     caption="the top class's CAM, positive values boosted (head_params.boost)"),
+    ),
 )

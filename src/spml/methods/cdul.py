@@ -34,8 +34,8 @@ from spml.pseudolabels.cdul import (
     soft_bce_label_gradient,
     update_labels,
 )
-from spml.pseudolabels.quality import label_map, positive_quality
-from spml.training import MethodInfo, Requires, RunContext, TrainingHooks, build_dataclass
+from spml.pseudolabels.quality import quality_record
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.training.config import FULL_OBSERVED
 
 METHOD = "cdul"
@@ -116,13 +116,7 @@ class CdulHooks(TrainingHooks):
 
     def quality(self, labels: np.ndarray) -> dict[str, float | None]:
         """Report-only quality of soft labels against the true train labels (positives: label >= 0.5)."""
-        q = positive_quality(labels >= REPORT_THRESHOLD, self.split.labels)
-        return {
-            "pseudo_positives_per_image": q["positives_per_image"],
-            "pseudo_positive_precision": q["precision"],
-            "pseudo_positive_recall": q["recall"],
-            "pseudo_label_map": label_map(labels, self.split.labels),
-        }
+        return quality_record(labels >= REPORT_THRESHOLD, self.split.labels, scores=labels)
 
     def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch's current soft labels as ``soft=``."""
@@ -168,4 +162,10 @@ INFO = MethodInfo(
     requires=Requires(loss_inputs=("soft",)),
     params=CdulParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
+    figures=(
+        ReportFigure("CDUL pseudo-label quality (train split, last update)", "quality",
+                     caption="soft labels >= 0.5 as positives; label mAP of the soft labels"),
+        ReportFigure("CDUL pseudo-label quality per epoch", "quality_curves", key="pseudo_labels_by_epoch",
+                     caption="epoch 0: the initial global-local labels; then each gradient-alignment update"),
+    ),
 )

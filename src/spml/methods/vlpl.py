@@ -32,7 +32,7 @@ from spml.pseudolabels.vlpl import (
     pseudo_label_diagnostics,
     vlpl_pseudo_labels,
 )
-from spml.training import MethodInfo, Requires, RunContext, TrainingHooks, build_dataclass
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import (
     load_score_cache,
 )
@@ -124,4 +124,17 @@ INFO = MethodInfo(
     params=VlplParams,
     path_params=("vlm_cache", "vlm_checkpoint", "vlm_model_config"),
     partial_labels=True,
+    figures=(
+        ReportFigure(
+            "VLPL pseudo-label quality (train split)", key="pseudo_labels", caption="VLPL pseudo-labels vs true train labels",
+            values=("pseudo_positive_precision", "pseudo_positive_recall", "pseudo_negative_precision",
+                    "merged_positive_precision", "chance_precision"),
+            ylabel="fraction", fractions=True,
+        ),
+        ReportFigure(
+            "VLPL pseudo-labels per image", key="pseudo_labels", caption="labels per image", ylabel="count",
+            values=("pseudo_positives_per_image", "true_positives_per_image", "pseudo_negatives_per_image", "added_positives_per_image"),
+        ),
+        ReportFigure("VLPL grid: val mAP over tau x theta", "grid_heatmap", values=("tau", "theta")),
+    ),
 )

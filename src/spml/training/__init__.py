@@ -30,6 +30,7 @@ __getattr__, __all__ = lazy_exports(
         "resume": _ENGINE,
         "STANDARD": _HOOKS,
         "MethodInfo": _HOOKS,
+        "ReportFigure": _HOOKS,
         "Requires": _HOOKS,
         "RunContext": _HOOKS,
         "TrainingHooks": _HOOKS,
