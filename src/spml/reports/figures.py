@@ -182,7 +182,7 @@ def heatmap(matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], row_na
 
 
 @_literal_text
-def bias_chart(classes: Sequence[str], bias: Sequence[float], fallback: Sequence[int], title: str) -> Figure:
+def bias_chart(classes: Sequence[str], bias: Sequence[float], fallback: Sequence[int], title: str = "CLIP bias per class") -> Figure:
     """A per-class CLIP bias (CCD's mean top-1 probability) with a legend for estimated vs fallback."""
     fig = Figure(figsize=(max(6.0, 0.2 * len(classes) + 2), 3.8), layout="constrained")
     ax = fig.add_subplot()
