@@ -1,6 +1,6 @@
 """The large-batch linear recipe on COCO-scale cached features: time to a target val mAP, final mAP.
 
-Trains ``spml.training.train`` (no lr selection: ``lr`` unset takes the regime's default) on the
+Trains ``spml.training.engine.train`` (no lr selection: ``lr`` unset takes the regime's default) on the
 spml layout written by ``benchmarks/coco_scale.py`` (its planted ResNet-50-shaped feature caches,
 single positives) once per setting, and prints per setting: epochs run, best epoch, val / test
 mAP (fractions), the wall time of the whole run (features opened, every epoch, test scoring) and

@@ -76,6 +76,33 @@ def test_load_time_checks_name_the_problem() -> None:
         spml.load_config(method="vlpl", method_params={"tua": 0.1})
 
 
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"method": "vlpl", "loss": "an"}, "method 'vlpl' needs a loss that takes pseudo-labels (loss: gpr, vlpl), not loss 'an'"),
+        ({"method": "aevlp", "loss": "bce"}, "method 'aevlp' needs a loss that takes pseudo-labels (loss: gpr, vlpl), not loss 'bce'"),
+        ({"method": "cdul", "loss": "an"}, "method 'cdul' needs a loss that takes soft labels (loss: ccd, soft_bce), not loss 'an'"),
+        ({"method": "ccd", "regime": "linear"}, "method 'ccd' needs regime finetune, not regime 'linear'"),
+        ({"method": "boostlu", "head": "query2label"}, "method 'boostlu' needs head linear, not head 'query2label'"),
+        ({"method": "boostlu", "regime": "linear-init"}, "method 'boostlu' needs regime finetune, not regime 'linear-init'"),
+    ],
+)
+def test_a_method_refuses_a_loss_regime_or_head_it_cannot_train_at_load_time(keys: dict, message: str) -> None:
+    # These used to pass load_config and fail inside the method's hooks, after the run folder existed.
+    with pytest.raises(spml.errors.SpmlError) as err:
+        spml.load_config(**keys)
+    assert str(err.value) == f"overrides: {message}"  # one line, naming the parameters
+
+
+def test_a_method_accepts_every_combination_its_hooks_train() -> None:
+    # Any loss taking the method's input, and the regimes and heads its hooks work with.
+    assert spml.load_config(method="vlpl", loss="gpr").loss == "gpr"
+    assert spml.load_config(method="ccd", loss="soft_bce").loss == "soft_bce"
+    assert spml.load_config(method="cdul", regime="linear").regime == "linear"
+    assert spml.load_config(method="boostlu", loss="ll_r", loss_params={"delta_rel": 0.5}).head == "linear"
+    assert spml.load_config(head="query2label", regime="finetune").head == "query2label"  # standard: any head
+
+
 def test_shipped_default_lists_every_default_commented_out() -> None:
     text = default_config_path().read_text()
     assert yaml.safe_load(text) is None  # sets nothing
@@ -159,3 +186,25 @@ def test_a_ready_loss_must_be_the_configured_one(data: Path, tmp_path: Path) -> 
     with pytest.raises(spml.errors.SpmlError, match="the given loss is 'bce', but the config names loss 'an'"):
         spml.train(data, cfg, tmp_path / "run", loss=spml.create_loss("bce", num_classes=4))
     assert not (tmp_path / "run").exists()
+
+
+def test_one_train_checks_and_resolves_its_config_once(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spml.training import resolve
+
+    calls = {"check_config": 0, "resolve_paths": 0}
+    for name in calls:
+        original = getattr(resolve, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(resolve, name, counted)
+    keys = {**TINY, "epochs": 1, "regime": "linear", "observed": "single-positive-seed0.npy"}
+    spml.train(data, keys, tmp_path / "run")  # a mapping: load_config resolves it
+    assert calls == {"check_config": 1, "resolve_paths": 1}
+    spml.train(data, spml.load_config(keys), tmp_path / "again")  # a resolved config: taken as it is
+    assert calls == {"check_config": 2, "resolve_paths": 2}
+    # Resolving is what makes the type: a plain TrainConfig is checked when it is given.
+    plain = TrainConfig(**{k: v for k, v in keys.items()})
+    assert not isinstance(plain, spml.training.ResolvedConfig) and spml.load_config(plain) == plain

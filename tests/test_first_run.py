@@ -291,7 +291,14 @@ def test_cpu_friendly_turns_any_paper_config_into_the_linear_recipe() -> None:
     parser = build_parser()
     shipped = sorted(p.stem for p in (SRC / "configs").glob("*.yaml"))
     for name in shipped:
-        config = config_from_args(parser.parse_args(["train", "D", "--config", name, "--cpu-friendly", "--out", "R"]))
+        args = parser.parse_args(["train", "D", "--config", name, "--cpu-friendly", "--out", "R"])
+        method = spml.get_method(config_from_args(parser.parse_args(["train", "D", "--config", name, "--out", "R"])).method)
+        if "linear" not in (method.requires.regimes or ("linear",)):
+            # A method that trains only on images (CCD's CAMs, BoostLU's maps) refuses the profile at once.
+            with pytest.raises(spml.errors.SpmlError, match=rf"^.*: method '{method.name}' needs regime finetune, not regime 'linear'$"):
+                config_from_args(args)
+            continue
+        config = config_from_args(args)
         assert (config.regime, config.lr, config.epochs, config.batch_size, config.image_size) == ("linear", None, None, None, 224), name
         assert (config.schedule, config.warmup_steps, config.center_features, config.early_stopping.patience) == (None,) * 4, name
     # The user's --set wins over the profile; without the profile the paper's settings stay.

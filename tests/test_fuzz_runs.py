@@ -27,7 +27,7 @@ from spml.errors import SpmlError
 from spml.models import create_classifier
 from spml.reports.compare import compare_runs, find_runs
 from spml.training import read_result
-from spml.training.config import load_run_config
+from spml.training import run_config
 from spml.training.runfolder import read_metrics
 
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -204,7 +204,7 @@ def _run_folder(root: Path, name: str, files: dict[str, bytes]) -> Path:
 def _read_everything(run: Path, other: Path) -> None:
     files = RunFiles.open(run)
     for reader in (lambda: files.config, lambda: files.results, lambda: files.metrics, lambda: files.info,
-                   lambda: files.data_dir, lambda: read_result(run), lambda: load_run_config(run / "config.yaml"),
+                   lambda: files.data_dir, lambda: read_result(run), lambda: run_config.read(run),
                    lambda: read_metrics(run), lambda: _stored(run),
                    lambda: compare_runs(find_runs([run, other]))):
         one_line_or_result(reader)

@@ -84,7 +84,8 @@ def test_reference_defaults_and_spml_style_unchanged() -> None:
 
 def test_shipped_q2l_config_builds_the_reference_head() -> None:
     from spml.losses.registry import create
-    from spml.training.config import load_config, shipped_config
+    from spml.api import load_config
+    from spml.training.config import shipped_config
 
     config = load_config(shipped_config("q2l"))
     assert config.head == "query2label" and config.head_params == REFERENCE_CONFIG

@@ -237,17 +237,19 @@ def test_config_errors(override: str, message: str) -> None:
 
 
 def test_a_run_config_that_predates_the_recipe_keys_resumes_as_it_started(tmp_path):
-    from spml.training.config import PREDATED_KEYS, load_config, load_run_config, save_config
+    from spml.api import load_config
+    from spml.training.config import config_to_yaml
+    from spml.training.run_config import PREDATED_KEYS, read
 
     path = tmp_path / "config.yaml"
-    save_config(load_config(None, ["regime=linear", "lr=0.01"]), path)
+    path.write_text(config_to_yaml(load_config(None, ["regime=linear", "lr=0.01"])))
     text = "\n".join(
         line for line in path.read_text().splitlines() if line.split(":")[0] not in ("schedule", "center_features", "train_map_every")
     )
     path.write_text(text + "\n")
-    old = load_run_config(path)
+    old = read(tmp_path)
     assert (old.schedule, old.center_features, old.train_map_every) == ("constant", False, 1)
     assert old.lr == 0.01 and old.optimizer == load_config(path).optimizer  # present keys are kept
-    save_config(load_config(None, ["schedule=cosine"]), path)
-    assert load_run_config(path).schedule == "cosine"  # a key the file holds wins
+    path.write_text(config_to_yaml(load_config(None, ["schedule=cosine"])))
+    assert read(tmp_path).schedule == "cosine"  # a key the file holds wins
     assert set(PREDATED_KEYS) <= set(load_config(None).to_dict())

@@ -190,3 +190,63 @@ def test_vlpl_figures_and_tau_theta_heatmap(micro_clip, tmp_path: Path, capsys: 
     assert main(["compare", str(grid)]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == 4 and rows[0].split(" | ")[1] == "method_params.tau=0.03, method_params.theta=0.3"
+
+
+def _summary_run(root: Path, method: str, summary: dict) -> Path:
+    """A completed run folder as the engine leaves it (no weights, no data): what the method figures read."""
+    run = root / method
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"method: {method}\nloss: an\n")
+    results = {"best_epoch": 2, "epochs_run": 2, "val_map": 0.5, "test_map": 0.4, "train_label_map": 0.3,
+               "stopped_early": False, "per_class_test_ap": {"cat": 0.4}, "method": {"name": method, **summary}}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_aevlp_and_cdul_draw_their_pseudo_label_quality(tmp_path: Path) -> None:
+    from spml.pseudolabels.quality import QUALITY_FRACTIONS, quality_record
+
+    rng = np.random.default_rng(0)
+    true = (rng.random((30, 4)) < 0.3).astype(np.uint8)
+    epochs = {str(e): quality_record(rng.random((30, 4)) < 0.3, true, scores=rng.random((30, 4))) for e in (0, 1, 2)}
+    assert set(QUALITY_FRACTIONS) <= set(epochs["2"])  # the one schema every labeller reports
+    for method, heading in (("aevlp", "AEVLP"), ("cdul", "CDUL")):
+        run = _summary_run(tmp_path, method, {**epochs["2"], "pseudo_labels_by_epoch": epochs})
+        assert main(["report", str(run)]) == 0
+        drawn = images_of(run / "report.html")
+        assert [h for h in drawn if h.startswith(heading)] == [
+            f"{heading} pseudo-label quality (train split, last {'epoch' if method == 'aevlp' else 'update'})",
+            f"{heading} pseudo-label quality per epoch",
+        ]
+    # A run that recorded none of it (an older summary) gets no method figure, and no error.
+    bare = _summary_run(tmp_path / "old", "cdul", {})
+    assert main(["report", str(bare)]) == 0
+    assert not [h for h in images_of(bare / "report.html") if h.startswith("CDUL")]
+
+
+def test_a_registered_method_brings_its_figures_and_the_report_names_no_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ast
+
+    import spml
+    from spml.methods import registry
+    from spml.reports import report
+    from spml.training import STANDARD, MethodInfo, ReportFigure
+
+    mine = MethodInfo("mine", STANDARD.factory, "a user's method",
+                      figures=(ReportFigure("Mine: label counts", values=("added",), ylabel="count"),))
+    monkeypatch.setitem(registry._METHODS, "mine", mine)  # registered for this test only
+    run = _summary_run(tmp_path, "mine", {"added": 3.0, "other": 1.0})
+    assert main(["report", str(run)]) == 0
+    assert "Mine: label counts" in images_of(run / "report.html")
+    # The report draws what the registry declares: no method name appears in its code.
+    strings = {n.value for n in ast.walk(ast.parse(Path(report.__file__).read_text())) if isinstance(n, ast.Constant)}
+    assert not strings & (set(spml.list_methods()) - {"mine"})
+
+
+def test_boostlu_draws_its_boosted_class_activation_maps(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "boostlu"
+    train(data, load_config(None, [*TINY, "method=boostlu", "loss=an", "epochs=1"]), run)
+    assert main(["report", str(run)]) == 0
+    assert "BoostLU: boosted class activation maps (test images)" in images_of(run / "report.html")

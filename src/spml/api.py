@@ -10,8 +10,9 @@
 with or without a file: :class:`~spml.training.TrainConfig`'s defaults < the method's
 ``config_defaults`` < the config file (or mapping) < overrides. Paths are made absolute by the rule
 of :mod:`spml.training.resolve`, and the config is checked (loss, its parameters, its inputs,
-method parameters) before it is returned, so nothing is written or read for a config that cannot
-train.
+method parameters, the loss, regime and head the method works with) before it is returned as a
+:class:`~spml.training.ResolvedConfig`, so nothing is written or read for a config that cannot
+train, and nothing downstream checks it again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from spml.losses import SpmlLoss, list_losses
 from spml.losses import create as create_loss
 from spml.methods import get_method, list_methods, register_method
 from spml.models import create_classifier
-from spml.training import autotune, engine
+from spml.training import autotune, engine, run_config
 from spml.training.config import (
     GRID_SECTION,
     TrainConfig,
@@ -35,11 +36,10 @@ from spml.training.config import (
     read_yaml,
     shipped_config,
 )
-from spml.training.config import load_config as read_config
 from spml.training.grid import GridResult, run_grid
 from spml.training.hooks import MethodInfo, TrainingHooks
-from spml.training.resolve import check_config, resolve_paths
-from spml.training.runfolder import CONFIG_FILE, RunResult
+from spml.training.resolve import ResolvedConfig, resolve_config
+from spml.training.runfolder import RunResult
 from spml.training.runmodel import LoadedRun, evaluate_run, load_run
 from spml.vlm import load_vlm
 
@@ -126,7 +126,7 @@ def _overrides(overrides: Overrides) -> dict[str, Any]:
     return parse_overrides(list(overrides))
 
 
-def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **keys: Any) -> TrainConfig:
+def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **keys: Any) -> ResolvedConfig:
     """Resolve a training config: defaults, the method's defaults, a file or mapping, overrides.
 
     Args:
@@ -144,7 +144,9 @@ def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **key
     Raises:
         SpmlError: An unknown key (with the closest valid key), a wrong type or value, an unknown
             loss or method, loss parameters that do not fit, a loss input that neither the batch
-            nor the method supplies, or wrong method parameters; naming the file or ``overrides``.
+            nor the method supplies, a loss, regime or head the method does not work with
+            (:class:`~spml.training.hooks.Requires`), or wrong method parameters; one line naming
+            the file or ``overrides``.
     """
     try:
         return _load_config(source, overrides, keys)
@@ -153,7 +155,7 @@ def load_config(source: ConfigSource = None, overrides: Overrides = (), /, **key
         raise SpmlError("config nested too deeply") from None
 
 
-def _load_config(source: ConfigSource, overrides: Overrides, keys: dict[str, Any]) -> TrainConfig:
+def _load_config(source: ConfigSource, overrides: Overrides, keys: dict[str, Any]) -> ResolvedConfig:
     label: str | Path | None = None
     if source is None:
         values: dict[str, Any] = {}
@@ -173,9 +175,7 @@ def _load_config(source: ConfigSource, overrides: Overrides, keys: dict[str, Any
         raise SpmlError(f"method must be a string, got {name!r}", label)
     method = get_method(name)
     config = config_from_dict(merge(merge(method.config_defaults, values), update), label)
-    config = resolve_paths(config, method)
-    check_config(config, method, label)
-    return config
+    return resolve_config(config, method, label)
 
 
 def _callbacks(hooks: TrainingHooks | Sequence[TrainingHooks] | None) -> tuple[TrainingHooks, ...]:
@@ -192,6 +192,7 @@ def train(
     hooks: TrainingHooks | Sequence[TrainingHooks] | None = None,
     loss: SpmlLoss | None = None,
     callbacks: TrainingHooks | Sequence[TrainingHooks] | None = None,
+    select: bool = True,
 ) -> RunResult:
     """Train one run into the new folder ``out`` and return its :class:`RunResult`.
 
@@ -206,15 +207,20 @@ def train(
         loss: A ready loss module of the loss ``config.loss`` names, used instead of building one
             (``config.yaml`` names what was trained).
         callbacks: More extra callbacks, called after ``hooks`` (the same surface under its own name).
+        select: Select the optimizer, ``lr`` and weight decay on val when the config leaves ``lr``
+            unset in the ``linear`` regime (:mod:`spml.training.autotune`); False trains with the
+            regime's default lr. :func:`grid` and ``spml.training.train`` take the same switch.
 
     Raises:
         SpmlError: Anything wrong with the config, the data or ``out`` (which must not hold a run);
             :class:`~spml.training.TrainingDiverged` on a non-finite loss.
     """
-    if not isinstance(config, TrainConfig):
+    if not isinstance(config, ResolvedConfig):
         config = load_config(config)
     method = get_method(config.method)
-    return autotune.train_tuned(data_dir, config, out, method=method, callbacks=_callbacks(hooks) + _callbacks(callbacks), loss=loss)
+    return autotune.train_tuned(
+        data_dir, config, out, method=method, callbacks=_callbacks(hooks) + _callbacks(callbacks), loss=loss, select=select
+    )
 
 
 def resume(run_dir: str | Path, data_dir: str | Path | None = None, *, epochs: int | None = None) -> RunResult:
@@ -222,9 +228,7 @@ def resume(run_dir: str | Path, data_dir: str | Path | None = None, *, epochs: i
 
     ``epochs``: extend the run, finished or not, to this many epochs (see :func:`spml.training.engine.resume`).
     """
-    path = Path(run_dir) / CONFIG_FILE
-    name = read_config(path).method if path.is_file() else TrainConfig.method
-    return engine.resume(run_dir, data_dir, method=get_method(name), epochs=epochs)
+    return engine.resume(run_dir, data_dir, method=get_method(run_config.method_name(run_dir)), epochs=epochs)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
@@ -239,11 +243,15 @@ def evaluate(run_dir: str | Path, split: str = "test", data_dir: str | Path | No
 
 def _run_method(run_dir: str | Path) -> MethodInfo:
     """The method a run's ``config.yaml`` names (the default method when the file is missing)."""
-    path = Path(run_dir) / CONFIG_FILE
-    return get_method(read_config(path).method if path.is_file() else TrainConfig.method)
+    return get_method(run_config.method_name(run_dir))
 
 
-def grid(data_dir: str | Path, base: TrainConfig, axes: Mapping[str, Sequence[Any]], out_dir: str | Path) -> GridResult:
-    """Train every combination of ``axes`` over ``base`` and select on validation mAP (:func:`spml.training.grid.run_grid`)."""
-    return run_grid(data_dir, base, axes, out_dir, method=get_method(base.method))
+def grid(
+    data_dir: str | Path, base: TrainConfig, axes: Mapping[str, Sequence[Any]], out_dir: str | Path, *, select: bool = True
+) -> GridResult:
+    """Train every combination of ``axes`` over ``base`` and select on validation mAP (:func:`spml.training.grid.run_grid`).
+
+    ``select``: as in :func:`train`, for every run of the grid.
+    """
+    return run_grid(data_dir, base, axes, out_dir, method=get_method(base.method), select=select)
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.data.output import write_file
 from spml.reports import compare_runs, find_runs, format_table
 from spml.reports.compare import FORMATS
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` sub-command."""
     parser = subparsers.add_parser(
         "compare",
-        help="tabulate runs or grids: rows = settings, columns = mAP metrics or datasets",
+        help=SUMMARIES["compare"],
         description="Rows are the settings that differ between the runs (seeds pooled: mean +- std), columns the "
         "val / test / train-label mAP (fractions), or test mAP per dataset when the runs span several.",
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spml.cli.commands import SUMMARIES
 from spml.data.labels import POSITIVE
 from spml.data.layout import SPLITS, PreparedData
 from spml.data.observe import load_observed, observe
@@ -127,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = subparsers.add_parser(
         "demo",
-        help="fast offline tour: synthetic data, single-positive labels, linear probes",
+        help=SUMMARIES["demo"],
         description="Synthesise a small multi-label set, simulate single-positive labels, train linear probes.",
     )
     p.add_argument("--out", type=Path, default=None, help="working folder to keep (default: a temporary one)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.api import evaluate
 from spml.cli import explain
 from spml.data.layout import SPLITS
@@ -36,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``spml evaluate``."""
-    parser = subparsers.add_parser("evaluate", help="recompute a finished run's mAP from its best weights")
+    parser = subparsers.add_parser("evaluate", help=SUMMARIES["evaluate"])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR", help="data folder (default: the run's own)")

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
-from spml.deploy import export_run
+from spml.cli.commands import SUMMARIES
+from spml.deploy import RunFiles, export_run
 from spml.deploy.model import MODEL_JSON
+from spml.errors import SpmlError
 from spml.progress import log
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not RunFiles.open(args.run_dir).completed:  # the library says "resume it"; here, the command that does
+        raise SpmlError(
+            f"run has not completed (no results.json); finish it with spml train --resume {shlex.quote(str(args.run_dir))}",
+            args.run_dir,
+        )
     out = export_run(args.run_dir, args.out, data_dir=args.data)
     document = json.loads((out / MODEL_JSON).read_text())
     log(f"labels: {document['decision']['description']}")
@@ -30,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` sub-command."""
     parser = subparsers.add_parser(
         "export",
-        help="write a run's model as a self-contained folder (safetensors + model.json)",
+        help=SUMMARIES["export"],
         description="Export RUN_DIR's best weights (backbone and head), class names, preprocessing, the decision "
         "rule chosen on val (a global threshold, a cap on labels per image, per-class thresholds where val has "
         "enough positives: printed) and training provenance into --out; spml predict and spml.load read it with "

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from spml.cli.commands import SUMMARIES
 from spml.api import grid
 from spml.cli.train import add_config_arguments, config_from_args, resolve_config_path
 from spml.errors import SpmlError
@@ -75,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``spml grid``."""
     parser = subparsers.add_parser(
         "grid",
-        help="train a grid (lr x batch size, or any config key) and select on validation mAP",
+        help=SUMMARIES["grid"],
         description="One run per combination in GRID_DIR/<name>/; results.csv and results.md tabulate them.",
     )
     parser.add_argument("data_dir", type=Path, metavar="DATA_DIR")

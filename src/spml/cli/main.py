@@ -5,6 +5,10 @@ and returning an exit code. :class:`spml.errors.SpmlError` becomes one line on s
 Library errors name parameters (``method_params.tau``); a sub-command whose flags set parameters
 declares ``flags`` (parameter -> flag) in its defaults, and :func:`main` writes those names as the
 flags, here and nowhere else.
+
+Start-up is cheap: a run imports only the module of its own sub-command (``spml --help`` lists the
+others from :mod:`spml.cli.commands` without importing them), so ``spml --help`` and ``spml compare``
+do not pay for torch (``benchmarks/bench_startup.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +20,11 @@ import re
 import sys
 from collections.abc import Mapping
 
-from spml import __version__
+from spml._version import __version__
+from spml.cli.commands import COMMANDS, SUMMARIES
 from spml.data.atomic import disk_error
 from spml.errors import SpmlError
 from spml.progress import set_quiet
-from spml.training.config import TrainConfig
-
-COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "score", "micro_clip",
-            "predict", "export", "report", "compare")
 
 
 def in_flags(message: str, flags: Mapping[str, str]) -> str:
@@ -49,18 +50,29 @@ def as_set_options(message: str) -> str:
     :class:`~spml.training.TrainConfig` field, dotted into its sections and parameter maps (the
     keys ``--set`` accepts); a leading "set " is absorbed, one already after ``--set`` is kept.
     """
+    from spml.training.config import TrainConfig  # only when an error is printed
+
     keys = "|".join(sorted((f.name for f in dataclasses.fields(TrainConfig)), key=len, reverse=True))
     pattern = rf"(?:\bset )?(?<![\w.=-])(?<!--set )((?:{keys})(?:\.\w+)*={_VALUE})"
     return re.sub(pattern, r"--set \1", message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``spml`` parser with every sub-command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``spml`` parser: every sub-command's, or with ``command`` only that one's (the others listed by name).
+
+    Args:
+        command: The sub-command about to run (``spml COMMAND ...``): only its module is imported;
+            the other sub-commands appear in ``spml --help`` with their one-line help (``""``: none
+            imported). None: every one (the full parser, for tests and documentation).
+    """
     parser = argparse.ArgumentParser(prog="spml", description="Multi-label classifiers from weak labels.")
     parser.add_argument("--version", action="version", version=f"spml {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"spml.cli.{name}").register(sub)
+    for module, name in COMMANDS.items():
+        if command is None or command == name:
+            importlib.import_module(f"spml.cli.{module}").register(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[module])
     for command in sub.choices.values():
         command.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (errors still print)")
     return parser
@@ -68,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``spml`` with ``argv``; return the exit code (2 for an :class:`SpmlError`)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The first word that is not an option names the sub-command (the top level has only --help and --version).
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS.values() else "").parse_args(argv)  # "": none imported
     set_quiet(args.quiet)
     try:
         return int(args.func(args) or 0)

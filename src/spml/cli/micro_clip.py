@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.cli.args import flag_names, given
 from spml.vlm.micro_clip import DEFAULT_NAME, train_micro_clip
 
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``spml micro-clip``."""
     p = subparsers.add_parser(
         "micro-clip",
-        help="train a micro CLIP on a synthetic set (offline demo; not for real data)",
+        help=SUMMARIES["micro_clip"],
         description=(
             "Train a tiny open_clip CLIP contrastively on the train split of a DATA_DIR made by `spml synth`, "
             "with captions generated from the labels. It stands in for a real CLIP where no weights can be "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spml.cli.commands import SUMMARIES
 from spml.cli.args import flag_names, given
 from spml.data.labels import NEGATIVE, POSITIVE
 from spml.data.layout import PreparedData
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``observe`` sub-command."""
     p = subparsers.add_parser(
         "observe",
-        help="simulate observed train labels from the true ones",
+        help=SUMMARIES["observe"],
         description="Write int8 observed train labels (1 positive, 0 unknown, -1 negative) under "
         "DATA_DIR/observed/. The last line printed is the file's path.",
     )

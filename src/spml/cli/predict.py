@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.data.output import claim_file, write_file
 from spml.deploy import SpmlModel, collect_images, format_rows, load, output_format
 from spml.deploy.model import check_batching
@@ -78,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``predict`` sub-command."""
     parser = subparsers.add_parser(
         "predict",
-        help="predict labels of image files with an exported model or a run",
+        help=SUMMARIES["predict"],
         description="Write one row per image: the labels called present and every class's probability. "
         "Labels follow the model's decision rule chosen on the run's val split (printed: a global threshold, "
         "a cap on labels per image, per-class thresholds where val has enough positives) unless --threshold "

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.cli.args import flag_names, given
 from spml.data.dataset import DEFAULT_MAX_PIXELS
 from spml.data.formats import FORMATS
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``prepare`` sub-command."""
     p = subparsers.add_parser(
         "prepare",
-        help="turn an official dataset layout into a prepared DATA_DIR",
+        help=SUMMARIES["prepare"],
         description="Read a dataset in its official layout, drop train-pool images without labels, "
         "split val off the train pool and write the prepared layout atomically.",
         epilog="formats: " + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
@@ -41,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"--verify: refuse images with more pixels (default $SPML_MAX_PIXELS, or {DEFAULT_MAX_PIXELS})",
     )
-    p.set_defaults(func=run, flags=flag_names(PARAMS))
+    # allow_outside is a switch (not in PARAMS, which pass values): its errors name the flag too.
+    p.set_defaults(func=run, flags={**flag_names(PARAMS), "allow_outside": "--allow-outside-raw"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.reports import write_report
 
 
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` sub-command."""
     parser = subparsers.add_parser(
         "report",
-        help="write RUN_DIR/report.html: training curves, per-class AP, PR curves, method figures",
+        help=SUMMARIES["report"],
         description="Write RUN_DIR/report.html, a static page with embedded figures, and print its path last.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")

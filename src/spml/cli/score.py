@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spml.cli.commands import SUMMARIES
 from spml.api import load_config
 from spml.cli.train import resolve_config_path
 from spml.data.layout import SPLITS, PreparedData
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``spml score``."""
     p = subparsers.add_parser(
         "score",
-        help="cache VLPL's CLIP scores of a split and report its pseudo-labels' quality",
+        help=SUMMARIES["score"],
         description=(
             "Score every image of a split (and its mirror) with the CLIP of a VLPL config once, into "
             "DATA_DIR/cache, then print the quality of its pseudo-labels (softmax(sim / tau) > theta) "

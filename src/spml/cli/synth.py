@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spml.cli.commands import SUMMARIES
 from spml.cli.args import flag_names, given
 from spml.data.layout import SPLITS, PreparedData
 from spml.data.synth import MAX_CLASSES, make_synthetic
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``synth`` sub-command."""
     p = subparsers.add_parser(
         "synth",
-        help="generate a synthetic multi-label image set (coloured shapes on clutter)",
+        help=SUMMARIES["synth"],
         description="Generate a learnable synthetic multi-label set as a prepared DATA_DIR "
         "(train/val/test, images stored inside it, object boxes in synth_objects.json).",
     )

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spml.cli.commands import SUMMARIES
 from spml.cli import explain
 from spml.api import config_path, list_methods, load_config, resume, train
 from spml.errors import SpmlError
@@ -206,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``spml train``."""
     parser = subparsers.add_parser(
         "train",
-        help="train a classifier (linear probe, fine-tuning, linear-init) from observed labels",
+        help=SUMMARIES["train"],
         description="Train one run into --out RUN_DIR; --resume RUN_DIR continues an interrupted run.",
     )
     parser.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR", help="prepared data folder")

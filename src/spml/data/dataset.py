@@ -50,9 +50,6 @@ from spml.readers import env_int, regular_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Largest square input side accepted from a config or a model.json: 2048 x 2048 float32 is 48 MiB an
-# image; 100,000 would be 120 GB and only show up as an allocation failure.
-MAX_IMAGE_SIZE = 2048
 
 
 # The decoders PIL may run on a user's file; every other format is refused before any plugin sees it.

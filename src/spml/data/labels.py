@@ -8,8 +8,13 @@ Observed labels (``observed/*.npy``, loss inputs) are ``int8`` with :data:`POSIT
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PRESENT = 1
 ABSENT = 0
@@ -21,9 +26,17 @@ NEGATIVE = -1
 OBSERVED_DTYPE = np.int8
 
 
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch (a reader of label files never needs it)."""
+    torch_module = sys.modules.get("torch")  # a tensor can exist only once torch was imported
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
+
+
 def observed_from_true(true: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Fully observed labels: present -> POSITIVE, absent -> NEGATIVE."""
-    if isinstance(true, torch.Tensor):
+    if _is_tensor(true):
+        import torch
+
         return torch.where(true == PRESENT, POSITIVE, NEGATIVE).to(torch.int8)
     return np.where(np.asarray(true) == PRESENT, POSITIVE, NEGATIVE).astype(OBSERVED_DTYPE)
 
@@ -39,7 +52,7 @@ def check_true(labels: np.ndarray, what: str = "true labels") -> None:
 
 def check_observed(labels: np.ndarray | torch.Tensor, what: str = "observed labels") -> None:
     """Raise ValueError unless ``labels`` is a 2-D matrix of -1/0/1."""
-    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    arr = labels.detach().cpu().numpy() if _is_tensor(labels) else np.asarray(labels)
     if arr.ndim != 2:
         raise ValueError(f"{what} must be N x L, got shape {arr.shape}")
     bad = ~np.isin(arr, (NEGATIVE, UNKNOWN, POSITIVE))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spml import __version__, readers
+from spml import readers
+from spml._version import __version__
 from spml.data.atomic import save_npy, write_json
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, PRESENT, UNKNOWN
 from spml.data.layout import PreparedData

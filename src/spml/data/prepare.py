@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spml import __version__
+from spml._version import __version__
 from spml.data.dataset import verify_images
 from spml.data.formats import FormatOptions, get_format
 from spml.data.labels import TRUE_DTYPE

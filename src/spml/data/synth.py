@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spml import __version__
+from spml._version import __version__
 from spml.data.labels import PRESENT, TRUE_DTYPE
 from spml.data.layout import MANIFEST_FILE, write_prepared
 from spml.data.output import write_folder

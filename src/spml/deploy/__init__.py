@@ -1,26 +1,26 @@
 """Use and share a trained model: load a run or an export, predict image files, export a run.
 
 Sits above :mod:`spml.training` (it rebuilds runs through :func:`spml.training.load_run`) and below
-the CLI. ``spml.load`` is :func:`load`.
+the CLI. ``spml.load`` is :func:`load`. The names are imported on first use (:mod:`spml._lazy`), so
+reading a run folder (:class:`RunFiles`) does not import torch.
 """
 
-from spml.deploy.export import export_run
-from spml.deploy.inputs import collect_images, format_rows, output_format
-from spml.deploy.model import Prediction, Preprocessing, SpmlModel, load
-from spml.deploy.runfiles import RunFiles
-from spml.deploy.thresholds import best_f1_thresholds, f1_per_class, macro_f1
+from spml._lazy import lazy_exports
 
-__all__ = [
-    "Prediction",
-    "Preprocessing",
-    "RunFiles",
-    "SpmlModel",
-    "best_f1_thresholds",
-    "collect_images",
-    "export_run",
-    "f1_per_class",
-    "format_rows",
-    "load",
-    "macro_f1",
-    "output_format",
-]
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "export_run": "spml.deploy.export",
+        "collect_images": "spml.deploy.inputs",
+        "format_rows": "spml.deploy.inputs",
+        "output_format": "spml.deploy.inputs",
+        "Prediction": "spml.deploy.model",
+        "Preprocessing": "spml.deploy.model",
+        "SpmlModel": "spml.deploy.model",
+        "load": "spml.deploy.model",
+        "RunFiles": "spml.deploy.runfiles",
+        "best_f1_thresholds": "spml.deploy.thresholds",
+        "f1_per_class": "spml.deploy.thresholds",
+        "macro_f1": "spml.deploy.thresholds",
+    },
+)

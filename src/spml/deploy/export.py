@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from spml.data.output import claim_folder
@@ -25,7 +24,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | 
     files = RunFiles.open(run_dir)
     if not files.completed:
         raise SpmlError(
-            f"run has not completed (no results.json); finish it with spml train --resume {shlex.quote(str(run_dir))}", run_dir
+            "run has not completed (no results.json); resume it first", run_dir
         )
     inputs = [("the run folder", files.root), ("the data folder", data_dir or files.data_dir)]
     claim_folder(out_dir, "export", inputs, what="the export folder")  # before anything is computed

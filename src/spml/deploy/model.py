@@ -29,10 +29,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from spml import __version__, readers
+from spml import readers
+from spml._version import __version__
 from spml.coerce import coerce
 from spml.data.atomic import save_safetensors, write_json
-from spml.data.dataset import MAX_IMAGE_SIZE, ImageTransform, pixel_limit
+from spml.data.dataset import ImageTransform, pixel_limit
+from spml.data.limits import MAX_IMAGE_SIZE
 from spml.data.output import Inputs, write_folder
 from spml.deploy.images import ImageInput, describe, image_items, image_tensor
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from spml import readers
 from spml.errors import SpmlError
 
+from spml.training import run_config
 from spml.training.runfolder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -53,12 +54,8 @@ class RunFiles:
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        """The resolved config as a plain mapping."""
-        path = self.root / CONFIG_FILE
-        loaded = readers.read_yaml(path, "run config")
-        if not isinstance(loaded, dict):
-            raise SpmlError("run config must be a mapping of keys", path)
-        return loaded
+        """The resolved config as a plain mapping (read by :func:`spml.training.run_config.read`: every key)."""
+        return run_config.read(self.root).to_dict()
 
     @cached_property
     def info(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from spml.data.cache import ArrayCache
 from spml.data.dataset import load_image
 from spml.data.layout import Split
 from spml.errors import SpmlError
-from spml.losses import Epoch, get_loss_info
+from spml.losses import Epoch
 from spml.methods.clip import ClipParams
 from spml.pseudolabels.aevlp import (
     DampSettings,
@@ -37,7 +37,7 @@ from spml.pseudolabels.aevlp import (
     damp_pseudo_labels,
     draw_flips,
 )
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import (
     VLM,
     score_images,
@@ -141,8 +141,6 @@ class AevlpHooks(TrainingHooks):
 
     def __init__(self, ctx: RunContext) -> None:
         self.params: AevlpParams = build_dataclass(AevlpParams, ctx.config.method_params, "method_params.", None)
-        if "pseudo" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method 'aevlp' needs a loss that takes pseudo-labels (gpr), not {ctx.config.loss!r}")
         p = self.params
         self.seed = ctx.config.seed
         self.observed = ctx.observed
@@ -202,6 +200,13 @@ INFO = MethodInfo(
     "AEVLP: DAMP pseudo-labels (cached global + tile CLIP views, new flips each epoch) with the gpr loss",
     config_defaults={"loss": "gpr"},
     provides=("pseudo",),
+    requires=Requires(loss_inputs=("pseudo",)),
     params=AevlpParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
+    figures=(
+        ReportFigure("AEVLP pseudo-label quality (train split, last epoch)", "quality",
+                     caption="DAMP's added pseudo-positives vs the true labels that were not observed"),
+        ReportFigure("AEVLP pseudo-label quality per epoch", "quality_curves", key="pseudo_labels_by_epoch",
+                     caption="DAMP's added pseudo-positives, new each epoch"),
+    ),
 )

@@ -5,7 +5,8 @@ The boosting itself is a property of the linear head (``head_params.boost``,
 maps with their positive values multiplied by ``boost`` (the authors' ``alpha``, 5). It therefore
 composes with every loss and every method (``--set head_params.boost=5`` with ``--method vlpl``,
 ``aevlp``, ...). ``--method boostlu`` is the standard method with ``head_params.boost`` 5 and the
-fine-tune regime by default, checked at setup; the paper pairs it with LL-R (shipped config
+fine-tune regime by default (its ``requires``: regime finetune, head linear, checked by ``load_config``; boost > 1
+checked at setup); the paper pairs it with LL-R (shipped config
 ``boostlu``). See docs/boostlu.md.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from spml.errors import SpmlError
-from spml.training import MethodInfo, RunContext, TrainingHooks
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks
 
 METHOD = "boostlu"
 ALPHA = 5.0
@@ -27,10 +28,6 @@ class BoostLUHooks(TrainingHooks):
         """Refuse a config in which BoostLU cannot act."""
         config = ctx.config
         self.boost = float(config.head_params.get("boost", 1.0))
-        if config.head != "linear":
-            raise SpmlError(f"method 'boostlu' boosts the linear head's class activation maps; head is {config.head!r}")
-        if config.regime != "finetune":
-            raise SpmlError(f"method 'boostlu' needs regime finetune (spatial maps), got {config.regime!r}")
         if self.boost <= 1.0:
             raise SpmlError(f"method 'boostlu' needs head_params.boost > 1, got {self.boost}")
 
@@ -44,4 +41,10 @@ INFO = MethodInfo(
     BoostLUHooks,
     "BoostLU: positive CAM values of the linear head multiplied by head_params.boost (5), with any loss",
     config_defaults={"head_params": {"boost": ALPHA}, "regime": "finetune"},
+    # The linear head's class activation maps, which need spatial maps (images).
+    requires=Requires(regimes=("finetune",), heads=("linear",)),
+    figures=(
+        ReportFigure("BoostLU: boosted class activation maps (test images)", "cams",
+                     caption="the top class's CAM, positive values boosted (head_params.boost)"),
+    ),
 )

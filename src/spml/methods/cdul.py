@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from spml.errors import SpmlError
-from spml.losses import Epoch, get_loss_info
+from spml.losses import Epoch
 from spml.methods.aevlp import tile_scores
 from spml.methods.clip import ClipParams
 from spml.pseudolabels.cdul import (
@@ -34,8 +34,8 @@ from spml.pseudolabels.cdul import (
     soft_bce_label_gradient,
     update_labels,
 )
-from spml.pseudolabels.quality import label_map, positive_quality
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.pseudolabels.quality import quality_record
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.training.config import FULL_OBSERVED
 
 METHOD = "cdul"
@@ -95,8 +95,6 @@ class CdulHooks(TrainingHooks):
     def __init__(self, ctx: RunContext) -> None:
         """Load CLIP, read (or build) the global and tile caches, and set the initial labels."""
         self.params: CdulParams = build_dataclass(CdulParams, ctx.config.method_params, "method_params.", None)
-        if "soft" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method 'cdul' trains a loss on soft labels (soft_bce), not {ctx.config.loss!r}")
         if ctx.config.observed != FULL_OBSERVED:
             warnings.warn(f"cdul is annotation-free: the observed labels {ctx.config.observed!r} are ignored", stacklevel=2)
         p = self.params
@@ -118,13 +116,7 @@ class CdulHooks(TrainingHooks):
 
     def quality(self, labels: np.ndarray) -> dict[str, float | None]:
         """Report-only quality of soft labels against the true train labels (positives: label >= 0.5)."""
-        q = positive_quality(labels >= REPORT_THRESHOLD, self.split.labels)
-        return {
-            "pseudo_positives_per_image": q["positives_per_image"],
-            "pseudo_positive_precision": q["precision"],
-            "pseudo_positive_recall": q["recall"],
-            "pseudo_label_map": label_map(labels, self.split.labels),
-        }
+        return quality_record(labels >= REPORT_THRESHOLD, self.split.labels, scores=labels)
 
     def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch's current soft labels as ``soft=``."""
@@ -167,6 +159,13 @@ INFO = MethodInfo(
     "CDUL: annotation-free soft labels from global + 3x3 tile CLIP views, updated by gradient alignment (soft_bce)",
     config_defaults={"loss": "soft_bce"},
     provides=("soft",),
+    requires=Requires(loss_inputs=("soft",)),
     params=CdulParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
+    figures=(
+        ReportFigure("CDUL pseudo-label quality (train split, last update)", "quality",
+                     caption="soft labels >= 0.5 as positives; label mAP of the soft labels"),
+        ReportFigure("CDUL pseudo-label quality per epoch", "quality_curves", key="pseudo_labels_by_epoch",
+                     caption="epoch 0: the initial global-local labels; then each gradient-alignment update"),
+    ),
 )

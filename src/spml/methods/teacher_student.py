@@ -24,7 +24,7 @@ import numpy as np
 from spml.data.cache import ArrayCache, hash_file
 from spml.errors import SpmlError
 from spml.pseudolabels.teacher import pseudo_label_stats, pseudo_multilabels
-from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, load_run
+from spml.training import MethodInfo, ReportFigure, RunContext, TrainConfig, TrainingHooks, build_dataclass, load_run
 from spml.training.runfolder import BEST_FILE
 from spml.training.grid import GridResult, run_grid, with_values
 
@@ -130,4 +130,10 @@ INFO = MethodInfo(
     params=TeacherStudentParams,
     path_params=("teacher",),
     partial_labels=True,
+    figures=(
+        ReportFigure(
+            "Teacher-student pseudo-labels", caption="teacher threshold {threshold}", ylabel="count / fraction",
+            values=("mean_positives_per_image", "true_positives_per_image", "pseudo_precision", "pseudo_recall"),
+        ),
+    ),
 )

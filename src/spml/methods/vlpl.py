@@ -25,8 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from spml.errors import SpmlError
-from spml.losses import get_loss_info
 from spml.methods.clip import ClipParams
 from spml.pseudolabels.vlpl import (
     VlplSettings,
@@ -34,7 +32,7 @@ from spml.pseudolabels.vlpl import (
     pseudo_label_diagnostics,
     vlpl_pseudo_labels,
 )
-from spml.training import MethodInfo, RunContext, TrainingHooks, build_dataclass
+from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
 from spml.vlm import (
     load_score_cache,
 )
@@ -88,8 +86,6 @@ class VlplHooks(TrainingHooks):
 
     def __init__(self, ctx: RunContext) -> None:
         self.params: VlplParams = build_dataclass(VlplParams, ctx.config.method_params, "method_params.", None)
-        if "pseudo" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method 'vlpl' needs a loss that takes pseudo-labels (vlpl), not {ctx.config.loss!r}")
         train = ctx.data.split("train")
         p = self.params
         if p.vlm_cache:
@@ -124,7 +120,21 @@ INFO = MethodInfo(
     "VLPL: cached CLIP pseudo-labels (softmax(sim / tau) > theta) with the vlpl loss",
     config_defaults={"loss": "vlpl"},
     provides=("pseudo",),
+    requires=Requires(loss_inputs=("pseudo",)),
     params=VlplParams,
     path_params=("vlm_cache", "vlm_checkpoint", "vlm_model_config"),
     partial_labels=True,
+    figures=(
+        ReportFigure(
+            "VLPL pseudo-label quality (train split)", key="pseudo_labels", caption="VLPL pseudo-labels vs true train labels",
+            values=("pseudo_positive_precision", "pseudo_positive_recall", "pseudo_negative_precision",
+                    "merged_positive_precision", "chance_precision"),
+            ylabel="fraction", fractions=True,
+        ),
+        ReportFigure(
+            "VLPL pseudo-labels per image", key="pseudo_labels", caption="labels per image", ylabel="count",
+            values=("pseudo_positives_per_image", "true_positives_per_image", "pseudo_negatives_per_image", "added_positives_per_image"),
+        ),
+        ReportFigure("VLPL grid: val mAP over tau x theta", "grid_heatmap", values=("tau", "theta")),
+    ),
 )

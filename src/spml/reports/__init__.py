@@ -5,7 +5,17 @@ folders through :class:`spml.deploy.RunFiles` and rebuilds models only through
 :func:`spml.training.load_run`.
 """
 
-from spml.reports.compare import Table, compare_runs, find_runs, format_table
-from spml.reports.report import REPORT_FILE, write_report
+from spml._lazy import lazy_exports
 
-__all__ = ["REPORT_FILE", "Table", "compare_runs", "find_runs", "format_table", "write_report"]
+# Imported on first use (spml._lazy): a table over runs does not import matplotlib or torch.
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "Table": "spml.reports.compare",
+        "compare_runs": "spml.reports.compare",
+        "find_runs": "spml.reports.compare",
+        "format_table": "spml.reports.compare",
+        "REPORT_FILE": "spml.reports.report",
+        "write_report": "spml.reports.report",
+    },
+)

@@ -133,6 +133,35 @@ def bar_chart(values: Mapping[str, float], title: str, ylabel: str, ylim: tuple[
 
 
 @_literal_text
+def quality_curves(series: Mapping[str, Sequence[tuple[int, float]]], title: str) -> Figure:
+    """Pseudo-label quality (fractions) per epoch, one line per key of the quality record."""
+    fig = Figure(figsize=(6.5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    for key, points in series.items():
+        if points:
+            ax.plot(*zip(*sorted(points)), marker="o", label=key)
+    ax.set(xlabel="epoch", ylabel="fraction", ylim=(0, 1.05), title=title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+@_literal_text
+def cam_grid(images: np.ndarray, maps: np.ndarray, names: Sequence[str], title: str) -> Figure:
+    """Images with a class activation map over each (scaled to the image, its own colour range) and the class named."""
+    fig = Figure(figsize=(2.6 * len(images), 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(images)))
+    for ax, image, cam, name in zip(axes, images, maps, names, strict=True):
+        side = image.shape[0]
+        ax.imshow(image)
+        ax.imshow(cam, cmap="jet", alpha=0.45, extent=(-0.5, side - 0.5, side - 0.5, -0.5), interpolation="bilinear")
+        ax.set_title(str(name), fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+@_literal_text
 def heatmap(matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], row_name: str, col_name: str, title: str, mark: tuple[int, int] | None) -> Figure:
     """An annotated heatmap (a tau x theta grid's val mAP); ``mark`` outlines the current run's cell."""
     fig = Figure(figsize=(1.0 * len(cols) + 3, 0.6 * len(rows) + 2), layout="constrained")
@@ -153,8 +182,8 @@ def heatmap(matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], row_na
 
 
 @_literal_text
-def bias_chart(classes: Sequence[str], bias: Sequence[float], fallback: Sequence[int]) -> Figure:
-    """CCD's per-class CLIP bias (mean top-1 probability) with a legend for estimated vs fallback."""
+def bias_chart(classes: Sequence[str], bias: Sequence[float], fallback: Sequence[int], title: str = "CLIP bias per class") -> Figure:
+    """A per-class CLIP bias (CCD's mean top-1 probability) with a legend for estimated vs fallback."""
     fig = Figure(figsize=(max(6.0, 0.2 * len(classes) + 2), 3.8), layout="constrained")
     ax = fig.add_subplot()
     colors = ["lightgray" if i in set(fallback) else "tab:blue" for i in range(len(classes))]
@@ -162,6 +191,6 @@ def bias_chart(classes: Sequence[str], bias: Sequence[float], fallback: Sequence
     ax.bar([0], [0], color="tab:blue", label="estimated from confident top-1 predictions")
     ax.bar([0], [0], color="lightgray", label="fallback: mean bias")
     ax.set_xticks(range(len(classes)), list(classes), rotation=90, fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="mean top-1 probability", title="CCD: CLIP bias per class")
+    ax.set(ylim=(0, 1), ylabel="mean top-1 probability", title=title)
     ax.legend(loc="upper right", fontsize=8)
     return fig

@@ -26,7 +26,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise SpmlError("--log tensorboard needs TensorBoard: pip install 'spml[tensorboard]'") from None
+            raise SpmlError("logging epochs to tensorboard needs TensorBoard: pip install 'spml[tensorboard]'") from None
         self._writer_class = SummaryWriter
         self._writers: dict[Path, Any] = {}
 
@@ -54,7 +54,7 @@ def epoch_logging(kind: str | None) -> Iterator[None]:
         yield
         return
     if kind != "tensorboard":
-        raise SpmlError(f"unknown --log {kind!r}; valid: tensorboard")
+        raise SpmlError(f"unknown epoch log {kind!r}; valid: tensorboard")
     logger = TensorBoardLogger()
     add_epoch_listener(logger)
     try:

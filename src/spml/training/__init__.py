@@ -1,53 +1,50 @@
-"""Typed configs, the training loop, the run folder and run model, method hooks and grids."""
+"""Typed configs, the training loop, the run folder and run model, method hooks and grids.
 
-from spml.training.config import (
-    EarlyStoppingConfig,
-    LinearInitConfig,
-    TrainConfig,
-    build_dataclass,
-    config_to_yaml,
-    default_config_path,
-    load_config,
-    parse_overrides,
-    save_config,
-    shipped_config,
+The names below are imported on first use (:mod:`spml._lazy`): importing ``spml.training.config``
+or ``spml.training.runfolder`` does not import the engine or torch.
+"""
+
+from spml._lazy import lazy_exports
+
+_CONFIG, _ENGINE, _HOOKS, _RESOLVE = "spml.training.config", "spml.training.engine", "spml.training.hooks", "spml.training.resolve"
+_RUNFOLDER, _RUNMODEL = "spml.training.runfolder", "spml.training.runmodel"
+
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "EarlyStoppingConfig": _CONFIG,
+        "LinearInitConfig": _CONFIG,
+        "TrainConfig": _CONFIG,
+        "build_dataclass": _CONFIG,
+        "config_to_yaml": _CONFIG,
+        "default_config_path": _CONFIG,
+        "parse_overrides": _CONFIG,
+        "shipped_config": _CONFIG,
+        # spml.training.train selects on val like spml.train (select=False: it does not).
+        "train": "spml.training.autotune:train_tuned",
+        "Phase": _ENGINE,
+        "RunState": _ENGINE,
+        "Trainer": _ENGINE,
+        "TrainingDiverged": _ENGINE,
+        "plan_phases": _ENGINE,
+        "resume": _ENGINE,
+        "time_epochs": _ENGINE,
+        "STANDARD": _HOOKS,
+        "MethodInfo": _HOOKS,
+        "ReportFigure": _HOOKS,
+        "Requires": _HOOKS,
+        "RunContext": _HOOKS,
+        "TrainingHooks": _HOOKS,
+        "ResolvedConfig": _RESOLVE,
+        "check_config": _RESOLVE,
+        "resolve_config": _RESOLVE,
+        "resolve_paths": _RESOLVE,
+        "RunResult": _RUNFOLDER,
+        "read_result": _RUNFOLDER,
+        "read_results": _RUNFOLDER,
+        "LoadedRun": _RUNMODEL,
+        "RunModel": _RUNMODEL,
+        "evaluate_run": _RUNMODEL,
+        "load_run": _RUNMODEL,
+    },
 )
-from spml.training.engine import Phase, RunState, Trainer, TrainingDiverged, plan_phases, resume, time_epochs, train
-from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks
-from spml.training.resolve import check_config, resolve_paths
-from spml.training.runfolder import RunResult, read_result, read_results
-from spml.training.runmodel import LoadedRun, RunModel, evaluate_run, load_run
-
-__all__ = [
-    "STANDARD",
-    "EarlyStoppingConfig",
-    "LinearInitConfig",
-    "LoadedRun",
-    "MethodInfo",
-    "Phase",
-    "RunContext",
-    "RunModel",
-    "RunResult",
-    "RunState",
-    "TrainConfig",
-    "Trainer",
-    "TrainingDiverged",
-    "TrainingHooks",
-    "build_dataclass",
-    "check_config",
-    "config_to_yaml",
-    "default_config_path",
-    "evaluate_run",
-    "load_config",
-    "load_run",
-    "parse_overrides",
-    "plan_phases",
-    "read_result",
-    "read_results",
-    "resolve_paths",
-    "resume",
-    "save_config",
-    "shipped_config",
-    "time_epochs",
-    "train",
-]

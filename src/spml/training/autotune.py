@@ -369,6 +369,10 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
                      best.epochs if adam_best else 0, best.batch_size if adam_best else 0)
 
 
+# The keys the selection sets (the rest of a tuned run's config is the one it was given).
+SELECTED_KEYS = ("optimizer", "lr", "weight_decay", "epochs", "batch_size")
+
+
 def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
     """``config`` with the selection's optimizer, lr and weight decay, and its epochs and batch size when unset.
 
@@ -450,6 +454,11 @@ def describe(selection: Selection) -> str:
     )
 
 
+def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None) -> Selection:
+    """:func:`select` for :func:`train_tuned`, whose switch of that name hides it there."""
+    return select(data, config, loss=loss)
+
+
 def train_tuned(
     data_dir: str | Path,
     config: TrainConfig,
@@ -458,22 +467,36 @@ def train_tuned(
     method: MethodInfo = STANDARD,
     callbacks: Sequence[TrainingHooks] = (),
     loss: SpmlLoss | None = None,
+    select: bool = True,
+    val_only: bool = False,
 ) -> RunResult:
     """Train like :func:`spml.training.engine.train`, selecting optimizer, ``lr`` and ``weight_decay`` first if :func:`should_tune`.
 
-    The selection is logged and written to ``results.json`` under ``autotune``.
+    This is ``spml.training.train``, and ``spml.train`` and ``spml.grid`` train through it, so the
+    three select alike. The selection is logged and written to ``results.json`` under ``autotune``.
+
+    Args:
+        data_dir: The prepared data.
+        config: The config (a :class:`~spml.training.resolve.ResolvedConfig` is taken as it is).
+        run_dir: The new run folder.
+        method: The method ``config.method`` names.
+        callbacks: Extra hooks of the run (not of the probes).
+        loss: A ready loss module of the loss ``config.loss`` names.
+        select: Whether to select when :func:`should_tune` (``lr`` unset, ``linear`` regime,
+            standard method); False trains with the regime's default lr instead.
+        val_only: End the run after validation (see :class:`~spml.training.engine.Trainer`).
     """
-    if not should_tune(config, method):
-        return train(data_dir, config, run_dir, method=method, callbacks=callbacks, loss=loss)
+    if not (select and should_tune(config, method)):
+        return train(data_dir, config, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
     if (Path(run_dir) / CONFIG_FILE).exists():  # refuse before minutes of probes, as train would after
         raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
     check_weights(config, method)  # every missing weights file in one line, before the probes
     data = PreparedData.open(data_dir)  # read once for the probes and the run
     log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
-    selection = select(data, config, loss=loss)
+    selection = _select(data, config, loss=loss)
     log(describe(selection))
     tuned = tuned_config(config, selection)
-    result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss)
+    result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
         write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})

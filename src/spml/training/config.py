@@ -1,4 +1,8 @@
-"""Typed training configuration, loaded from YAML with ``key=value`` overrides and validated on load.
+"""Typed training configuration: the dataclasses, their value checks, YAML and ``key=value`` parsing.
+
+``spml.load_config`` (:mod:`spml.api`) is the one resolver built on these (defaults, the method's
+defaults, a file, overrides; then :func:`spml.training.resolve.resolve_config`); a run folder's
+``config.yaml`` is read by :mod:`spml.training.run_config`.
 
 A config file holds any subset of :class:`TrainConfig`'s keys; the rest keep their defaults (the
 shipped ``spml/configs/default.yaml`` spells them all out). Overrides use dotted keys for nested
@@ -24,8 +28,7 @@ import yaml
 
 from spml import readers
 from spml.coerce import coerce
-from spml.data.atomic import write_text
-from spml.data.dataset import MAX_IMAGE_SIZE
+from spml.data.limits import MAX_IMAGE_SIZE
 from spml.data.layout import PROTOCOLS, STANDARD_PROTOCOL
 from spml.errors import SpmlError
 from spml.training.schedule import SCHEDULES
@@ -306,6 +309,12 @@ class TrainConfig:
         """Plain nested dict of every key (what ``config.yaml`` holds)."""
         return dataclasses.asdict(self)
 
+    def __eq__(self, other: object) -> bool:
+        """The same keys and values; a resolved config (:class:`~spml.training.resolve.ResolvedConfig`) equals its plain twin."""
+        if not isinstance(other, TrainConfig):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(TrainConfig))
+
 
 def _choice(value: str, choices: Sequence[str], key: str, source: str | Path | None) -> None:
     if value not in choices:
@@ -429,66 +438,6 @@ def config_from_dict(values: dict[str, Any], source: str | Path | None = None) -
     return build_dataclass(TrainConfig, values, "", source)
 
 
-def load_config(
-    path: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    defaults: dict[str, Any] | None = None,
-) -> TrainConfig:
-    """Load a config file (the shipped default when None) with a method's ``defaults`` and ``overrides``.
-
-    Precedence, lowest first: the shipped default file < ``defaults`` < a user's file < ``overrides``.
-    A user's file is explicit, so it keeps every value it sets; the shipped default only lists
-    :class:`TrainConfig`'s defaults, so a method's defaults apply over it.
-
-    Args:
-        path: YAML file with any subset of the keys (a ``grid:`` section of ``spml grid`` axes is
-            skipped: the file then is the grid's base config).
-        overrides: ``key=value`` strings (dotted keys for nested sections and parameter dicts).
-        defaults: A method's own defaults (e.g. ``loss: bce`` for the teacher-student student),
-            applied under a user's file and the overrides.
-
-    Raises:
-        SpmlError: Unknown key (with the closest valid key), wrong type or invalid value.
-    """
-    source = Path(path) if path is not None else default_config_path()
-    values = read_yaml(source)
-    values.pop(GRID_SECTION, None)
-    config_from_dict(values, source)  # report a bad file against the file itself
-    if defaults:
-        values = merge(values, defaults) if path is None else merge(defaults, values)
-    if overrides:
-        values = merge(values, parse_overrides(overrides))
-        source_label: str | Path = f"{source} + --set"
-    else:
-        source_label = source
-    return config_from_dict(values, source_label)
-
-
 def config_to_yaml(config: TrainConfig) -> str:
     """The fully resolved config as YAML (every key, nested sections included)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-
-
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the fully resolved config atomically; ``load_config(path)`` gives it back."""
-    write_text(path, config_to_yaml(config))
-
-
-
-# Keys added after runs were first written, with the values those runs trained with: a run's
-# config.yaml that predates a key must resume (and re-run) as it started, not with the new default.
-PREDATED_KEYS: dict[str, Any] = {
-    "optimizer": "adam",
-    "schedule": "constant",
-    "warmup_steps": 0,
-    "center_features": False,
-    "eval_every": 1,
-    "train_map_every": 1,
-}
-
-
-def load_run_config(path: str | Path) -> TrainConfig:
-    """A run folder's ``config.yaml``; keys it predates take :data:`PREDATED_KEYS`' values."""
-    present = read_yaml(Path(path))
-    missing = {key: value for key, value in PREDATED_KEYS.items() if key not in present}
-    return dataclasses.replace(load_config(path), **missing)

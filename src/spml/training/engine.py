@@ -40,7 +40,7 @@ from spml.models.hub import MissingWeights, missing_message
 from spml.progress import log
 from spml.training import diagnostics, distributed
 from spml.training.batches import BatchSource
-from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass, load_run_config
+from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass
 from spml.training.defaults import resolve_defaults
 from spml.training.evaluation import Evaluator
 from spml.training.feature_rows import FeatureRows
@@ -48,9 +48,10 @@ from spml.training.callbacks import CallbackList, RunHandle
 from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks, build_hooks
 from spml.training.loop import EpochLoop, RunState
 from spml.training.phases import LINEAR, Phase, plan_phases
-from spml.training.resolve import RUN_VALUES, check_config, resolve_paths
+from spml.training import run_config
+from spml.training.resolve import RUN_VALUES, check_loss, observed_in, resolve_config
 from spml.training.run_writer import RunWriter, locked, new_run
-from spml.training.runfolder import CONFIG_FILE, RunResult, check_new_run_dir, is_complete, read_result, run_data_dir
+from spml.training.runfolder import RunResult, check_new_run_dir, is_complete, read_result, run_data_dir
 from spml.training.runmodel import RunModel, resolve_device
 from spml.training.steps import TrainingDiverged, make_steps, precision_settings
 from spml.vlm.model import missing_vlm_weights
@@ -61,7 +62,7 @@ __all__ = ["Phase", "RunState", "Trainer", "TrainingDiverged", "plan_phases", "r
 def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
     """int8 N x L observed train labels of ``config.observed`` (``full``: all labels observed).
 
-    ``config`` has its paths resolved (:func:`~spml.training.resolve.resolve_paths`).
+    ``config`` has its paths resolved (:func:`~spml.training.resolve.observed_in`).
     """
     if config.observed == FULL_OBSERVED:
         return observed_from_true(data.split("train").labels)
@@ -71,7 +72,7 @@ def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
 class Trainer:
     """One run, wired: built fresh for a new run and for a resumed one alike.
 
-    Building it checks the config (:func:`~spml.training.resolve.check_config`), loads the observed
+    Building it takes the config resolved once (:func:`~spml.training.resolve.resolve_config`), loads the observed
     labels, builds the method's hooks, the model, the loss and the collaborators; nothing is
     written before :meth:`fit`.
 
@@ -99,9 +100,9 @@ class Trainer:
         loss: SpmlLoss | None = None,
         val_only: bool = False,
     ) -> None:
-        check_config(config, method, loss=loss)
+        config = resolve_config(config, method)  # checked once: a resolved config is taken as it is
         data = data.for_protocol(config.protocol)  # `reference`: train = train + val, val = test
-        config = resolve_defaults(resolve_paths(config, method, data.root), len(data.split("train")))
+        config = resolve_defaults(observed_in(config, data.root), len(data.split("train")))
         self.config, self.data, self.run_dir = config, data, run_dir
         device = distributed.local_device(resolve_device(config.device))
         distributed.init(device)
@@ -248,7 +249,8 @@ def train(
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
             wrong shape; :class:`TrainingDiverged` on a NaN/inf loss.
     """
-    check_config(config, method, loss=loss)
+    config = resolve_config(config, method)
+    check_loss(config, loss)
     check_weights(config, method)  # before the run folder exists and anything slow
     distributed.init(distributed.local_device(resolve_device(config.device)))
     run_dir = Path(run_dir)
@@ -257,7 +259,7 @@ def train(
     # under torchrun (autotune.probe_folder), beside the features they train on.
     own_cache = Path(run_dir).resolve().is_relative_to(data.cache_dir.resolve())
     check_new_run_dir(run_dir, [] if own_cache else [("the data folder", data.root)])
-    config = resolve_paths(config, method, data.root)
+    config = observed_in(config, data.root)
     with new_run(run_dir) as writer:
         trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
         writer.write_config(trainer.config)  # the regime's defaults filled in
@@ -286,9 +288,7 @@ def resume(
     length from where it is, so it differs. Refused for a run that was stopped early.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise SpmlError("not a run folder (no config.yaml) to resume", run_dir)
-    config = load_run_config(run_dir / CONFIG_FILE)
+    config = run_config.read(run_dir)
     distributed.init(distributed.local_device(resolve_device(config.device)))
     writer = RunWriter(run_dir)
     with locked(run_dir):

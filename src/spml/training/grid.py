@@ -8,6 +8,7 @@ method's scalar facts (e.g. a teacher-student's mean positives per image) as ext
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -21,11 +22,13 @@ from spml.data.layout import PreparedData
 from spml.data.output import open_folder, write_folder
 from spml.errors import SpmlError
 from spml.progress import log
-from spml.training.config import TrainConfig, config_from_dict, load_config, merge
+from spml.training import run_config
+from spml.training.autotune import SELECTED_KEYS, should_tune, train_tuned
+from spml.training.config import TrainConfig, config_from_dict, merge
 from spml.training.defaults import resolve_defaults
-from spml.training.engine import TrainingDiverged, resume, train
+from spml.training.engine import TrainingDiverged, resume
 from spml.training.hooks import STANDARD, MethodInfo
-from spml.training.resolve import resolve_paths
+from spml.training.resolve import observed_in, resolve_config
 from spml.training.runfolder import CONFIG_FILE, read_results
 
 # Short forms of common axis keys in run folder names.
@@ -96,8 +99,11 @@ def run_grid(
     axes: Mapping[str, Sequence[Any]],
     out_dir: str | Path,
     method: MethodInfo = STANDARD,
+    select: bool = True,
 ) -> GridResult:
     """Train every combination of ``axes`` over ``base`` and select on validation mAP.
+
+    Every run is trained as ``spml.train`` trains it (:func:`~spml.training.autotune.train_tuned`).
 
     Args:
         data_dir: The prepared data.
@@ -105,6 +111,8 @@ def run_grid(
         axes: Dotted config key -> values, e.g. ``{"lr": [1e-2, 1e-3], "batch_size": [8, 16]}``.
         out_dir: The grid folder; finished runs in it are reused, interrupted ones resumed.
         method: The method ``base.method`` names.
+        select: A run whose config leaves ``lr`` unset (``linear`` regime, standard method) selects
+            it on val first, as ``spml.train`` does; False trains it with the regime's default lr.
 
     Returns:
         The rows in axis order and the selected row.
@@ -116,18 +124,16 @@ def run_grid(
     for number, combo in enumerate(combos, start=1):
         values = dict(zip(keys, combo))
         log(f"grid run {number}/{len(combos)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        config = resolve_paths(with_values(base, values), method, Path(data_dir))
+        # An axis may change any key (the loss too): each run's config is checked on its own, once.
+        config = resolve_config(with_values(base, values), method, "grid")
         name = run_name(values)
         run_dir = out_dir / name
         try:
             if (run_dir / CONFIG_FILE).is_file():
-                # A run's config.yaml holds the regime's defaults filled in for this data's size.
-                num_train = len(PreparedData.open(data_dir).split("train"))
-                if load_config(run_dir / CONFIG_FILE) != resolve_defaults(config, num_train):
-                    raise SpmlError("holds a run with another config than this grid's; use another grid folder", run_dir)
+                _check_own_run(run_dir, config, data_dir, tuned=select and should_tune(config, method))
                 resume(run_dir, data_dir, method=method)
             else:
-                train(data_dir, config, run_dir, method=method)
+                train_tuned(data_dir, config, run_dir, method=method, select=select)
             rows.append(_row(name, values, run_dir))
         except TrainingDiverged:
             rows.append(GridRow(name, values, "diverged"))
@@ -135,6 +141,18 @@ def run_grid(
     selected = max(done, key=lambda r: r.val_map) if done else None
     write_grid_tables(out_dir, rows, selected)
     return GridResult(rows, selected)
+
+
+def _check_own_run(run_dir: Path, config: TrainConfig, data_dir: str | Path, *, tuned: bool) -> None:
+    """Refuse a run folder holding a run of another config than ``config`` (what a grid run resumes)."""
+    held = run_config.read(run_dir)
+    if tuned:  # the selection chose these: the run holds its choice
+        config = dataclasses.replace(config, **{key: getattr(held, key) for key in SELECTED_KEYS})
+    # A run's config.yaml holds the regime's defaults filled in for this data's size.
+    data = PreparedData.open(data_dir)
+    expected = resolve_defaults(observed_in(config, data.root), len(data.for_protocol(config.protocol).split("train")))
+    if held != expected:
+        raise SpmlError("holds a run with another config than this grid's; use another grid folder", run_dir)
 
 
 def _table(rows: list[GridRow], selected: GridRow | None) -> tuple[list[str], list[list[str]]]:

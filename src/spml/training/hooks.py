@@ -53,6 +53,66 @@ TrainingHooks = Callback
 HooksFactory = Callable[[RunContext], TrainingHooks]
 
 
+# Kinds of a method's report figure (drawn by spml.reports.report from what the run recorded).
+FIGURE_KINDS = ("bars", "quality", "quality_curves", "class_bias", "grid_heatmap", "cams")
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """One figure a method contributes to ``spml report``, declared as data: the report draws it.
+
+    The record is ``results.json["method"]`` (``source`` empty) or a JSON file the method wrote in
+    the run folder (``source``: its name), then ``key`` (dotted) inside it. A record the run lacks
+    leaves the figure out; a damaged one is one error naming the file.
+
+    Attributes:
+        title: The section heading.
+        kind: ``bars`` (the numbers ``values`` names, or every number of the record), ``quality``
+            (a pseudo-label quality record, :data:`spml.pseudolabels.quality.QUALITY_FRACTIONS`),
+            ``quality_curves`` (a record of such records per epoch), ``class_bias`` (class ->
+            number, with the classes ``values[0]`` names drawn as fallbacks), ``grid_heatmap``
+            (val mAP of the grid folder the run sits in, over the two axes ending in ``values``) or
+            ``cams`` (the best weights' class activation maps of the first test images, each for its
+            top class: a linear head on an image regime, drawn when the data folder is there).
+        source: The run-folder file holding the record; empty: the method's summary.
+        key: Dotted path of the record inside the source; empty: the whole source.
+        values: See ``kind``.
+        caption: The figure's own title; ``{name}`` is replaced by the record's ``name`` value.
+        ylabel: The value axis of ``bars``.
+        fractions: ``bars`` of fractions (the axis runs 0 to 1).
+    """
+
+    title: str
+    kind: str = "bars"
+    source: str = ""
+    key: str = ""
+    values: tuple[str, ...] = ()
+    caption: str = ""
+    ylabel: str = ""
+    fractions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIGURE_KINDS:
+            raise ValueError(f"figure {self.title!r}: kind must be one of {', '.join(FIGURE_KINDS)}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Requires:
+    """What a method needs of the rest of the config, checked once when the config is resolved.
+
+    Attributes:
+        loss_inputs: Per-batch inputs the loss must take (VLPL's ``pseudo``: its hooks give the
+            loss pseudo-labels, which a loss without that input would drop). Any loss that takes
+            them is allowed, so a newly registered one works without touching the method.
+        regimes: The regimes the method trains in (empty: any).
+        heads: The heads it works with (empty: any).
+    """
+
+    loss_inputs: tuple[str, ...] = ()
+    regimes: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """A training method: what builds its hooks and what it implies for the config.
@@ -71,6 +131,9 @@ class MethodInfo:
         path_params: ``method_params`` keys holding file or folder paths (made absolute on resolution).
         partial_labels: The method is meant for partial (e.g. single-positive) observed labels; a
             run with ``observed: full`` says that it trains on every true label.
+        requires: The losses (by the inputs they take), regimes and heads the method works with;
+            :func:`spml.training.resolve.check_config` refuses any other combination.
+        figures: What ``spml report`` draws for a run of the method, after the common figures.
     """
 
     name: str
@@ -82,6 +145,8 @@ class MethodInfo:
     params: type | None = None
     path_params: tuple[str, ...] = ()
     partial_labels: bool = False
+    requires: Requires = field(default_factory=Requires)
+    figures: tuple[ReportFigure, ...] = ()
 
 
 def _standard_hooks(ctx: RunContext) -> TrainingHooks:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spml import __version__
+from spml._version import __version__
 from spml.data.layout import PreparedData
 from spml.losses import SpmlLoss
 from spml.progress import log

@@ -30,7 +30,8 @@ from spml.errors import SpmlError
 from spml.progress import epoch_done
 from spml.training import distributed
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
-from spml.training.config import TrainConfig, config_to_yaml, load_run_config
+from spml.training import run_config
+from spml.training.config import TrainConfig, config_to_yaml
 from spml.training.runfolder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -240,4 +241,4 @@ class RunWriter:
             (run_dir / RESULTS_FILE).unlink(missing_ok=True)
             write_text(run_dir / CONFIG_FILE, config_to_yaml(dataclasses.replace(config, epochs=epochs)))
         distributed.barrier()
-        return load_run_config(run_dir / CONFIG_FILE), kept
+        return run_config.read(run_dir), kept

@@ -36,7 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from spml import __version__, readers
+from spml import readers
+from spml._version import __version__
 from spml.data.atomic import disk_errors, write_json, write_text
 from spml.data.output import Inputs, claim_folder
 from spml.errors import SpmlError

@@ -25,10 +25,11 @@ from spml.metrics import chance_map, map_report, paper_metrics
 from spml.progress import progress
 from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
-from spml.training.config import DEVICES, TrainConfig, load_config
+from spml.training import run_config
+from spml.training.config import DEVICES, TrainConfig
 from spml.training.diagnostics import run_warnings
 from spml.training.feature_rows import FeatureRows
-from spml.training.runfolder import BEST_FILE, CONFIG_FILE, run_data_dir
+from spml.training.runfolder import BEST_FILE, run_data_dir
 
 # Rows per forward pass when scoring cached features: the head is cheap, memory is B x C floats.
 FEATURE_EVAL_ROWS = 4096
@@ -231,7 +232,7 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedR
     best = run_dir / BEST_FILE
     if not best.is_file():
         raise SpmlError("run has no best.safetensors (no epoch completed yet)", run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
+    config = run_config.read(run_dir)
     data = PreparedData.open(run_data_dir(run_dir, data_dir))
     _, state = load_checkpoint(best)
     # A whole-model checkpoint replaces the backbone: skip loading (or downloading) pretrained weights.

@@ -133,7 +133,7 @@ def image_path(base: Path, name: str, root: Path, listed_in: Path, options: Form
         inside = Path(os.path.normpath(os.path.abspath(joined)))
         if not inside.is_relative_to(os.path.normpath(os.path.abspath(root))):
             raise SpmlError(
-                f"image path {name!r} lies outside the raw folder {root}; pass --allow-outside-raw to accept it",
+                f"image path {name!r} lies outside the raw folder {root}; allow_outside accepts it",
                 listed_in,
             )
     try:

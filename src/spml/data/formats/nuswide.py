@@ -130,7 +130,7 @@ def nuswide_release(raw: Path) -> str:
     official = (raw / "ImageList" / "TrainImagelist.txt").is_file()
     if recrawl and official:
         raise SpmlError(
-            "holds both NUS-WIDE releases (formatted_*.npy and ImageList/); point --raw at a folder with one", raw
+            "holds both NUS-WIDE releases (formatted_*.npy and ImageList/); use a folder with one of them", raw
         )
     if not (recrawl or official):
         raise SpmlError(

@@ -70,7 +70,7 @@ from spml.vlm.model import VLM, load_vlm
 from spml.vlm.scores import score_images, score_split
 from spml.vlm.text import check_templates, text_embeddings
 from spml.training.callbacks import RunHandle
-from spml.training.hooks import Batch, MethodInfo, RunContext, TrainingHooks
+from spml.training.hooks import Batch, MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks
 
 VIEW_POLICIES = ("cam", "grid")
 VIEW_THRESHOLDS = ("adaptive", "exact", "fixed")
@@ -79,6 +79,8 @@ CROP_RESIZE_MODES = ("longest", "shortest", "squash")
 # on every dataset; images are needed for CAMs and augmented views; the code trains the head at
 # 10x the backbone's rate; up to 10 epochs). Batch 16 is the paper's (set here: TrainConfig leaves batch_size to the regime).
 # A config file and overrides win over these (spml.load_config). See docs/ccd.md, "Defaults".
+# The diagnostics CCD writes into the run folder (its report figures read them).
+BIAS_FILE, LABELS_FILE = "ccd_bias.json", "ccd_labels.json"
 CONFIG_DEFAULTS: dict[str, Any] = {"loss": "ccd", "regime": "finetune", "lr": 1e-5, "batch_size": 16, "epochs": 10, "head_lr_mult": 10.0}
 
 # A pseudo-label at or above this counts as positive when the training-label mAP (early stopping)
@@ -321,10 +323,6 @@ class CCDHooks(TrainingHooks):
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.params = CCDParams.from_params(ctx.config.method_params)
-        if "soft" not in get_loss_info(ctx.config.loss).inputs:
-            raise SpmlError(f"method ccd trains a loss on soft labels (ccd or soft_bce), not {ctx.config.loss!r}")
-        if ctx.config.regime != "finetune":
-            raise SpmlError(f"method ccd trains on images (CAMs, augmented views): set regime=finetune, not {ctx.config.regime!r}")
         if ctx.config.observed != FULL_OBSERVED:
             warnings.warn(
                 f"ccd is annotation-free: the observed labels {ctx.config.observed!r} are ignored "
@@ -396,7 +394,7 @@ class CCDHooks(TrainingHooks):
             names = ", ".join(self.classes[i] for i in self.bias.fallback)
             warnings.warn(f"ccd: classes never a confident CLIP top-1 get the mean bias: {names}", stacklevel=2)
         if distributed.is_main():  # under torchrun every rank computes the same; rank 0 writes
-            write_json(self.ctx.run_dir / "ccd_bias.json", self.bias.to_dict(self.classes))
+            write_json(self.ctx.run_dir / BIAS_FILE, self.bias.to_dict(self.classes))
             plot_bias(self.bias, self.classes, self.ctx.run_dir / "ccd_bias.png")
         self.initial = np.clip(self._calibrate(self.raw_initial), 0.0, 1.0)
         self.labels = torch.from_numpy(self.initial.copy())
@@ -539,7 +537,7 @@ class CCDHooks(TrainingHooks):
         )
         diagnostics["views"] = {k: self.facts[k] for k in ("num_local_views", "mean_local_views_per_image", "images_without_views")}
         if distributed.is_main():
-            write_json(self.ctx.run_dir / "ccd_labels.json", diagnostics)
+            write_json(self.ctx.run_dir / LABELS_FILE, diagnostics)
         self.facts["pseudo_label_map"] = {"initial": diagnostics["map"]["used_initial"], "updated": diagnostics["map"]["used_updated"]}
 
     def score_views(self, views: np.ndarray) -> np.ndarray:
@@ -615,6 +613,13 @@ INFO = MethodInfo(
     "annotation-free: CLIP labels, debiased, refined by CAM-guided (or grid) local views (Kim and Shim)",
     config_defaults=CONFIG_DEFAULTS,
     provides=("soft", "strong_logits"),
+    # Soft labels for its loss; images for the CAMs and augmented views.
+    requires=Requires(loss_inputs=("soft",), regimes=("finetune",)),
+    figures=(
+        ReportFigure("CCD: CLIP bias per class", "class_bias", source=BIAS_FILE, key="bias", values=("fallback_classes",)),
+        ReportFigure("CCD: pseudo-label mAP before and after the update", source=LABELS_FILE, key="map",
+                     caption="label mAP vs true train labels", ylabel="mAP (fraction)", fractions=True),
+    ),
     params=CCDParams,
     path_params=("vlm_checkpoint", "vlm_model_config"),
 )

@@ -313,7 +313,7 @@ def query2label_from_reference(
     if settings.get("style") != "reference":
         raise SpmlError("query2label_from_reference builds the reference style only")
     if any(".self_attn." in k and k.startswith("transformer.decoder.") for k in sd):
-        raise SpmlError("these weights keep decoder self-attention (--keep_*_self_attn_dec), which spml does not build")
+        raise SpmlError("these weights keep decoder self-attention (the reference's keep_*_self_attn_dec options), which spml does not build")
     head = Query2LabelHead(num_features, num_classes, **settings)
     mapped: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
