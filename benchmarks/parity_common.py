@@ -33,13 +33,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 import parity  # noqa: E402  (tests/parity.py: the data, weights, order and flip rules both sides share)
 
 # Names modern NumPy removed that the releases use (same meaning); restored before importing them.
-NUMPY_SHIM = "np.bool = bool, np.Inf = np.inf (removed from NumPy >= 1.24 / 2.0)"
+NUMPY_SHIM = "np.bool (np.bool_) and np.Inf (np.inf) where this NumPy lacks them (removed in 1.24 / 2.0)"
 
 
 def restore_numpy_names() -> None:
-    """Give NumPy back ``np.bool`` and ``np.Inf`` for code written before their removal."""
-    np.bool = bool  # type: ignore[attr-defined]
-    np.Inf = np.inf  # type: ignore[attr-defined]
+    """Give NumPy back ``np.bool`` and ``np.Inf`` for code written before their removal (NumPy 2 has ``np.bool`` again)."""
+    if not hasattr(np, "bool"):
+        np.bool = np.bool_  # type: ignore[attr-defined]
+    if not hasattr(np, "Inf"):
+        np.Inf = np.inf  # type: ignore[attr-defined]
 
 
 def import_reference(code: Path, *modules: str) -> list[Any]:
