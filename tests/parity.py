@@ -200,6 +200,8 @@ class Recorder(TrainingHooks):
             mask = loss.pseudo_mask.cpu().numpy()
             record["pseudo_negatives"] = int(mask.sum())
             record["pseudo_entries"] = np.argwhere(mask).tolist()
+            # Read now: the run ends by restoring the best epoch's loss state.
+            record["targets"] = loss.pseudo_target.cpu().numpy()[mask].tolist()
         if hasattr(loss, "corrected"):  # LL-Cp: entries permanently turned positive
             record["corrected_entries"] = np.argwhere(loss.corrected.cpu().numpy()).tolist()
         self.state.append(record)
