@@ -2,7 +2,7 @@ r"""Record EM / EM+APL's own training loop (Correr-Zhou/SPML-AckTheUnknown ``mai
 
 Runs ``main.py``'s ``execute_training_run`` from a scratch copy of the release on the tiny data and
 initial weights of ``tests/parity.py`` with its COCO settings (ResNet-50, Adam lr 1e-5, batch 16,
-alpha 0.1; EM+APL beta 0.9, neg_proportion 0.9: ``--config em`` / ``em_apl``) for 4 epochs (EM+APL:
+alpha 0.1; EM+APL beta 0.9, neg_proportion 0.9: ``--config em`` / ``em_apl``) for 5 epochs (EM+APL:
 warm-up 1, so that pseudo-labelling runs), stopping at the first epoch without val improvement as
 the release does, and writes ``tests/fixtures/parity/em.json`` or ``em_apl.json``.
 
@@ -33,7 +33,7 @@ from parity_common import parity  # noqa: E402
 
 REPO = "Correr-Zhou/SPML-AckTheUnknown"
 SEED = 1200  # em.yaml's seed and their P['seed']: spml's order and flips on both sides
-EPOCHS, WARMUP = 4, 1
+EPOCHS, WARMUP = 5, 1
 SPML = {
     "em": ("em", [f"epochs={EPOCHS}"]),
     "em_apl": ("em_apl", [f"epochs={EPOCHS}", f"loss_params.num_epochs={EPOCHS}", f"loss_params.warmup_epoch={WARMUP}"]),

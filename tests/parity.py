@@ -159,7 +159,8 @@ def load_fixture(method: str) -> dict[str, Any]:
 class Recorder(TrainingHooks):
     """Loads :func:`init_state` into spml's model before the run and records its trajectory.
 
-    Records the value of every training loss call (``losses``), and after every epoch the weights'
+    Records the value of every training loss call (``losses``; for LL-R / LL-Ct also the number of
+    entries strictly above the batch's threshold, ``strict``), and after every epoch the weights'
     summary (``weights``) and, where the loss keeps them, its label state (``state``: EM+APL's
     pseudo-negatives, LL-Cp's permanent corrections).
 
@@ -170,6 +171,7 @@ class Recorder(TrainingHooks):
     def __init__(self, finetune: bool) -> None:
         self.finetune = finetune
         self.losses: list[float] = []
+        self.strict: list[int] = []
         self.weights: list[dict[str, Any]] = []
         self.state: list[dict[str, Any]] = []
         self.model: torch.nn.Module | None = None
@@ -186,6 +188,10 @@ class Recorder(TrainingHooks):
         def record(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
             if module.training and torch.is_grad_enabled():
                 self.losses.append(float(output.detach()))
+                if hasattr(module, "select") and not hasattr(module, "corrected"):
+                    # LL-R / LL-Ct: the entries strictly above the k-th largest loss (the release's
+                    # `correction_idx`); the selection is stateless, so recomputing it changes nothing.
+                    self.strict.append(int(module.select(args[0].detach(), args[1]).strict.sum()))
 
         loss.register_forward_hook(record)
 

@@ -47,6 +47,7 @@ def test_large_loss_matches_reference(tmp_path, scheme: str) -> None:
     """LL-R / LL-Ct: the release's batch-wise rejection / temporary correction, step by step."""
     ref, recorder, result = run(tmp_path, scheme)
     assert max(ref["strict_corrections_per_step"]) > 0  # the schedule did select entries
+    assert recorder.strict == ref["strict_corrections_per_step"]
     check(ref, recorder, result)
 
 
@@ -64,6 +65,7 @@ def test_ll_cp_release_runs_as_ll_ct(tmp_path) -> None:
     overrides = ref["header"]["spml"]["overrides"]
     as_ct, result = run_spml(data, tmp_path / "ct", "ll_ct", overrides, finetune=True)
     check(ref, as_ct, result)
+    assert as_ct.strict == ref["strict_corrections_per_step"]
     assert ref["corrected_entries"][-1] == []  # the release keeps no correction
     cp, _ = run_spml(data, tmp_path / "cp", "ll_cp", overrides, finetune=True)
     assert cp.state[-1]["corrected_entries"]  # spml's ll_cp does
