@@ -22,6 +22,7 @@ Same inputs on both sides, by construction:
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,11 @@ def observed_labels(root: Path) -> np.ndarray:
     return np.load(root / "observed" / "single-positive-seed0.npy")
 
 
+@functools.cache
 def init_state(num_classes: int = NUM_CLASSES, seed: int = INIT_SEED) -> dict[str, torch.Tensor]:
     """ResNet-50 + ``fc`` weights under torchvision's (= timm's) names, drawn per tensor with NumPy.
+
+    Cached (a few seconds to draw): callers copy the tensors (``load_state_dict``), never change them.
 
     Convolutions: He normal (fan out, torchvision's rule); BatchNorm: weight 1 (0 for each residual
     block's last, ``bn3``), bias 0, running mean 0, variance 1; ``fc``: uniform +-1/sqrt(2048).
