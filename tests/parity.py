@@ -185,7 +185,7 @@ class Recorder(TrainingHooks):
         """Load the shared initial weights; watch the loss's training calls."""
         state = init_state()
         head = {k.removeprefix("fc."): v for k, v in state.items() if k.startswith("fc.")}
-        model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
         model.head.fc.load_state_dict(head)
         self.model, self.loss = model, loss
 
