@@ -11,6 +11,7 @@ Their files are not edited; the shims (``benchmarks/parity_common.py``) are list
         | tar -x -C /tmp/ref-cole
     python benchmarks/parity_cole.py /tmp/ref-cole --mode linear
     python benchmarks/parity_cole.py /tmp/ref-cole --mode finetune
+    python benchmarks/parity_cole.py /tmp/ref-cole --mode linear --loss role     # also an_ls, wan, epr
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ def spml_features(data: Path, work: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def params(mode: str, val_frac: float, feats: dict[str, Path]) -> dict[str, Any]:
+def params(mode: str, val_frac: float, feats: dict[str, Path], loss: str = "an") -> dict[str, Any]:
     """Their ``P`` for ``coco`` (train.py ``__main__``), ``train_mode`` per ``mode``, our lr / batch / epochs."""
     linear = mode == "linear"
     return {
-        "dataset": "coco", "loss": "an", "train_mode": "linear_fixed_features" if linear else "end_to_end",
+        "dataset": "coco", "loss": loss, "train_mode": "linear_fixed_features" if linear else "end_to_end",
         "val_set_variant": "clean", "experiment_name": "parity", "load_path": "./data", "save_path": "./results/parity",
         "lr_mult": 10.0, "stop_metric": "map", "ls_coef": 0.1, "seed": SEED, "use_pretrained": False,
         "num_workers": 0, "split_seed": 1200, "val_frac": val_frac, "ss_seed": 999, "ss_frac_train": 1.0,
@@ -70,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("reference", type=Path, help="scratch copy of elijahcole/single-positive-multi-label")
     ap.add_argument("--mode", choices=("linear", "finetune"), required=True)
+    ap.add_argument("--loss", default="an", choices=("an", "an_ls", "wan", "epr", "role"), help="linear mode: the loss (spml --set loss=)")
     ap.add_argument("--commit", default=None, help="the reference's commit (default: the stored snapshot's HEAD)")
     args = ap.parse_args()
     code = args.reference.resolve()
@@ -112,13 +114,16 @@ def main() -> None:
             fc.load_state_dict(head)
             if model.f.feature_extractor is not None:
                 model.f.feature_extractor.load_state_dict(body)
+        loss_init["estimator_logits"] = model.g.logits.detach().tolist()
         return P, Z, model
 
+    loss_init: dict[str, Any] = {}
     ref_train.initialize_training_run = initialize_training_run
     shims.append("train.initialize_training_run wrapped: tests/parity.py init_state loaded into the model it built (use_pretrained False)")
 
     losses: list[float] = []
     weights: list[dict[str, Any]] = []
+    estimates: list[dict[str, Any]] = []
     compute = ref_train.compute_batch_loss
 
     def compute_batch_loss(batch: Any, P: Any, Z: Any) -> Any:  # noqa: N803
@@ -133,22 +138,31 @@ def main() -> None:
         out = run_train_phase(model, P, Z, logger, epoch, phase)
         fc = model.f.linear_classifier.fc if P["arch"] == "linear" else model.f.linear_classifier
         weights.append(parity.weights_summary(model.f.feature_extractor if P["arch"] != "linear" else None, fc))
+        estimates.append(parity.tensor_summary(torch.from_numpy(model.g.get_estimated_labels())))
         return out
 
     ref_train.run_train_phase = train_phase
-    P = params(args.mode, val_frac, feats)  # noqa: N806
+    if args.mode == "finetune" and args.loss != "an":
+        raise SystemExit("--loss applies to --mode linear")
+    P = params(args.mode, val_frac, feats, args.loss)  # noqa: N806
     with pc.install_loader(clock, SEED, sort=args.mode == "linear"):
         *_, logs = ref_train.execute_training_run(P, feature_extractor=None, linear_classifier=None)
     val = [logs["metrics"]["val"][e]["map_clean"] / 100.0 for e in range(P["num_epochs"])]
     test = [logs["metrics"]["test"][e]["map_clean"] / 100.0 for e in range(P["num_epochs"])]
     best = int(np.argmax(val))  # their update_best_results: the first strict maximum
     config, overrides = SPML[args.mode]
-    header = pc.common_header(REPO, args.commit or pc.mirror_commit(REPO), f"python benchmarks/parity_cole.py REF --mode {args.mode}", shims)
+    name = f"cole_{args.mode}" if args.loss == "an" else f"cole_{args.mode}_{args.loss}"
+    if args.loss != "an":
+        overrides = [*overrides, f"loss={args.loss}"]
+    command = f"python benchmarks/parity_cole.py REF --mode {args.mode}" + (f" --loss {args.loss}" if args.loss != "an" else "")
+    header = pc.common_header(REPO, args.commit or pc.mirror_commit(REPO), command, shims)
     header["spml"] = {"config": config, "overrides": overrides, "seed": SEED}
     header["params"] = {k: v for k, v in P.items() if not k.endswith("_file")}
     record = {"losses": losses, "weights": weights, "val_map": val, "test_map_per_epoch": test,
               "best_epoch": best + 1, "test_map": test[best]}
-    print(pc.write_fixture(f"cole_{args.mode}", header, record))
+    if args.loss == "role":  # the estimator's random start (their torch.rand), given to spml too
+        record["loss_init"], record["estimates"] = loss_init, estimates
+    print(pc.write_fixture(name, header, record))
 
 
 if __name__ == "__main__":

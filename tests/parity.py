@@ -170,10 +170,13 @@ class Recorder(TrainingHooks):
 
     Args:
         finetune: Whether the backbone trains (its norm is recorded).
+        loss_init: Initial values of the loss's own parameters, by name (ROLE's ``estimator_logits``:
+            the reference's random initial label estimates), loaded after spml initialised them.
     """
 
-    def __init__(self, finetune: bool) -> None:
+    def __init__(self, finetune: bool, loss_init: dict[str, Any] | None = None) -> None:
         self.finetune = finetune
+        self.loss_init = loss_init or {}
         self.losses: list[float] = []
         self.strict: list[int] = []
         self.weights: list[dict[str, Any]] = []
@@ -187,6 +190,9 @@ class Recorder(TrainingHooks):
         head = {k.removeprefix("fc."): v for k, v in state.items() if k.startswith("fc.")}
         model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
         model.head.fc.load_state_dict(head)
+        with torch.no_grad():
+            for name, value in self.loss_init.items():
+                getattr(loss, name).copy_(torch.tensor(value))
         self.model, self.loss = model, loss
 
         def record(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -212,20 +218,24 @@ class Recorder(TrainingHooks):
             record["pseudo_entries"] = np.argwhere(mask).tolist()
             # Read now: the run ends by restoring the best epoch's loss state.
             record["targets"] = loss.pseudo_target.cpu().numpy()[mask].tolist()
+        if hasattr(loss, "estimator_logits"):  # ROLE: the label estimates
+            record["estimates"] = tensor_summary(torch.sigmoid(loss.estimator_logits))
         if hasattr(loss, "corrected"):  # LL-Cp: entries permanently turned positive
             record["corrected_entries"] = np.argwhere(loss.corrected.cpu().numpy()).tolist()
         self.state.append(record)
 
 
-def run_spml(data: Path, out: Path, config: str, overrides: list[str], finetune: bool) -> tuple[Recorder, dict[str, Any]]:
+def run_spml(
+    data: Path, out: Path, config: str, overrides: list[str], finetune: bool, loss_init: dict[str, Any] | None = None
+) -> tuple[Recorder, dict[str, Any]]:
     """Train ``--config config`` with :data:`SPML_COMMON` and ``overrides`` from the shared weights.
 
     Returns the recorder and the run's record: per-epoch val mAP (``val_map``, ``metrics.jsonl``),
-    the selected epoch and its test mAP (``results.json``).
+    the selected epoch and its test mAP (``results.json``). ``loss_init``: see :class:`Recorder`.
     """
     from spml.api import load_config, train
 
-    recorder = Recorder(finetune)
+    recorder = Recorder(finetune, loss_init)
     result = train(data, load_config(config, [*SPML_COMMON, *overrides]), out, hooks=recorder)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return recorder, {

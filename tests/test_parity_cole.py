@@ -41,6 +41,27 @@ def test_cole_linear_matches_reference(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loss", ["an_ls", "wan", "epr", "role"])
+def test_cole_linear_losses_match_reference(tmp_path, loss: str) -> None:
+    """``--config cole_linear --set loss=...`` = their linear run with that loss; ROLE from their initial estimates.
+
+    ROLE's label estimator starts from their ``torch.rand`` draw (given to spml's ``estimator_logits``)
+    and trains at 10x the lr in both; its estimates are compared after every epoch.
+    """
+    ref = load_fixture(f"cole_linear_{loss}")
+    spml = ref["header"]["spml"]
+    recorder, result = run_spml(
+        tiny_data(tmp_path / "data"), tmp_path / "run", spml["config"], spml["overrides"], finetune=False,
+        loss_init=ref.get("loss_init"),
+    )
+    check(ref, recorder, result)
+    if loss == "role":
+        for epoch, (got, want) in enumerate(zip(recorder.state, ref["estimates"], strict=True), start=1):
+            for part in ("norm", "sum", "first"):
+                assert_close(got["estimates"][part], want[part], RTOL, ATOL, f"epoch {epoch} estimates {part}")
+
+
+@pytest.mark.slow
 def test_cole_finetune_matches_reference(tmp_path) -> None:
     """``--config coco`` (end to end, Adam 1e-4, batch 8) = their end_to_end for three epochs."""
     ref = load_fixture("cole_finetune")
