@@ -40,7 +40,6 @@ def test_cole_linear_matches_reference(tmp_path) -> None:
     check(ref, recorder, result)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["an_ls", "wan", "epr", "role"])
 def test_cole_linear_losses_match_reference(tmp_path, loss: str) -> None:
     """``--config cole_linear --set loss=...`` = their linear run with that loss; ROLE from their initial estimates.
