@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import torch
@@ -47,9 +46,7 @@ def record(checkout: Path, commit: str) -> Path:
     start = ref.parity_tiny.initial_state(data_dir, CONFIG, OVERRIDES)
     folder = ref.write_reference_data(data_dir, work / "formatted")
 
-    munch = types.ModuleType("munch")
-    munch.Munch = type("Munch", (dict,), {"__getattr__": dict.__getitem__, "__setattr__": dict.__setitem__, "__module__": "munch"})
-    sys.modules["munch"] = munch
+    ref.shim_munch()
     mods = ref.import_release(checkout, ["config", "datasets", "models", "losses", "train"])
     n_train = len(ref.reference_split(ref.parity_tiny.POOL)[0])
     order = ref.SpmlOrder(n_train, BATCH, seed=1200)  # gr.yaml: seed 1200
@@ -69,9 +66,7 @@ def record(checkout: Path, commit: str) -> Path:
     ref.wrap(mods["losses"], "GR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     maps: list[float] = []
     ref.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
-    torch_load = torch.load
-    torch.load = lambda path, *a, **k: torch_load(path, *a, **{**k, "weights_only": False})
-
+    ref.shim_torch_load()
     argparse.Namespace.delta_rel = 0
     sys.argv = ["main.py", "--dataset", "pascal", "--num_epochs", str(EPOCHS), "--bsize", str(BATCH),
                 "--use_pretrained", "false", "--num_workers", "0", "--save_path", str(work / "runs")]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
+import types
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -254,3 +255,24 @@ def after_init(cls: type, then: Callable[..., None]) -> None:
         then(self, *args, **kwargs)
 
     cls.__init__ = __init__
+
+
+def shim_munch() -> None:
+    """``munch`` (not installed here): a dict with attribute access, all the releases use of it."""
+    module = types.ModuleType("munch")
+    attrs = {"__getattr__": dict.__getitem__, "__setattr__": dict.__setitem__, "__module__": "munch"}
+    module.Munch = type("Munch", (dict,), attrs)  # importable by name: the releases pickle it in P
+    sys.modules["munch"] = module
+
+
+def shim_torch_load() -> None:
+    """``torch.load`` with ``weights_only=False``.
+
+    The releases reload their own ``(state_dict, P)`` tuple, which torch >= 2.6 refuses by default.
+    """
+    original = torch.load
+
+    def load(path: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(path, *args, **{**kwargs, "weights_only": False})
+
+    torch.load = load
