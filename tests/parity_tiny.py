@@ -18,7 +18,7 @@ method-specific arrays added by the caller (pseudo-labels per epoch).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,42 @@ def build_data(root: Path) -> Path:
     return data_dir
 
 
+CLIP_NAME = "parity-clip"
+
+
+def build_clip(root: Path) -> tuple[Path, Path]:
+    """The CLIP stand-in both sides use: an untrained micro CLIP at the tiny size, seed 0.
+
+    open_clip's own initialisation under ``torch.manual_seed(0)`` (no training: parity needs the
+    same model on both sides, not a good one); a 48 px ViT with 8 px patches, so that both sides'
+    CLIP inputs are the training images themselves. Returns ``(checkpoint, model_config)``.
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    from spml.vlm.micro_clip import MicroClipConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / f"{CLIP_NAME}.json"
+    config.write_text(json.dumps(MicroClipConfig(image_size=SIZE).to_open_clip()))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model(CLIP_NAME, load_weights=False)
+    checkpoint = root / f"{CLIP_NAME}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint)
+    return checkpoint, config
+
+
+def clip_overrides(root: Path) -> dict[str, str]:
+    """``method_params`` naming the stand-in CLIP of :func:`build_clip` (files under ``root``)."""
+    checkpoint, config = build_clip(root)
+    return {
+        "method_params.vlm": f"open_clip:{CLIP_NAME}",
+        "method_params.vlm_checkpoint": str(checkpoint),
+        "method_params.vlm_model_config": str(config),
+    }
+
+
 def weight_stats(state: Mapping[str, torch.Tensor], names: Mapping[str, str] | None = None) -> list[float]:
     """Norm and first entries of each tracked tensor (``names`` maps spml's names to ``state``'s)."""
     out: list[float] = []
@@ -80,7 +116,6 @@ class Recorder(TrainingHooks):
         """Start empty; ``keep_inputs``: loss keyword inputs to keep per step (e.g. ``pseudo``)."""
         self.losses: list[float] = []
         self.weights: list[list[float]] = []
-        self.indices: list[list[int]] = []
         self.inputs: dict[str, list[np.ndarray]] = {k: [] for k in keep_inputs}
         self.model: torch.nn.Module | None = None
         self._handles: list[Any] = []
@@ -97,11 +132,6 @@ class Recorder(TrainingHooks):
         self.losses.append(float(output.detach()))
         for key, values in self.inputs.items():
             values.append(kwargs[key].detach().cpu().numpy().copy())
-
-    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Record the batch's train rows (the data order); add no input."""
-        self.indices.append(batch["index"].cpu().tolist())
-        return {}
 
     def _on_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self.model is not None:
@@ -120,7 +150,6 @@ def run_spml(
     config: str,
     overrides: Mapping[str, Any],
     keep_inputs: tuple[str, ...] = (),
-    extra: Callable[[Recorder, Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train shipped ``config`` with ``overrides`` through :func:`spml.train`; return its trajectory."""
     cfg = spml.load_config(config, **dict(overrides))
@@ -133,14 +162,11 @@ def run_spml(
     trajectory = {
         "step_loss": recorder.losses,
         "step_weights": recorder.weights,
-        "order": recorder.indices,
         "val_map": [100.0 * m["val_map"] for m in metrics if m.get("val_map") is not None],
         "best_epoch": result.best_epoch,
         "test_map": 100.0 * result.test_map,
         "inputs": recorder.inputs,
     }
-    if extra is not None:
-        trajectory.update(extra(recorder, out))
     return trajectory
 
 
