@@ -51,7 +51,7 @@ def record(checkout: Path, commit: str) -> Path:
     n_train = len(ref.reference_split(ref.parity_tiny.POOL)[0])
     order = ref.SpmlOrder(n_train, BATCH, seed=1200)  # gr.yaml: seed 1200
     ref.patch_metadata(mods["datasets"], folder, ref.parity_tiny.CLASSES)
-    ref.patch_transforms(mods["datasets"], order, ref.parity_tiny.SIZE)
+    ref.patch_transforms(mods["datasets"], {"train": order}, ref.parity_tiny.SIZE)
     ref.patch_dataloader(order)
     tracker = ref.StepTracker(NAMES)
 

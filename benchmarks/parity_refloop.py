@@ -134,8 +134,8 @@ class SpmlOrder(torch.utils.data.Sampler):
 class QueuedFlip(torch.nn.Module):
     """The release's ``RandomHorizontalFlip`` with the flips spml draws (a PIL image in, as the original)."""
 
-    def __init__(self, order: SpmlOrder) -> None:
-        """Flip as ``order`` queued."""
+    def __init__(self, order: Any) -> None:
+        """Flip as ``order`` queued (an object with a ``flips`` list, popped from the end)."""
         super().__init__()
         self.order = order
 
@@ -144,8 +144,12 @@ class QueuedFlip(torch.nn.Module):
         return image.transpose(Image.FLIP_LEFT_RIGHT) if self.order.flips.pop() else image
 
 
-def patch_transforms(module: Any, order: SpmlOrder, size: int) -> None:
-    """``module.get_transforms``: the release's own transforms, at ``size`` and with spml's flips."""
+def patch_transforms(module: Any, flips: Mapping[str, Any], size: int) -> None:
+    """``module.get_transforms``: the release's own transforms, at ``size`` and with spml's flips.
+
+    ``flips``: for each transform (``train``; AEVLP's CLIP views ``pl``) the object whose ``flips``
+    list :class:`QueuedFlip` pops; a flip in any other transform is refused.
+    """
     from torchvision import transforms
 
     original = module.get_transforms
@@ -158,9 +162,9 @@ def patch_transforms(module: Any, order: SpmlOrder, size: int) -> None:
                 if isinstance(step, transforms.Resize):
                     step = transforms.Resize((size, size))
                 elif isinstance(step, transforms.RandomHorizontalFlip):
-                    if phase != "train":
+                    if phase not in flips:
                         raise ValueError(f"the release flips its {phase} images")
-                    step = QueuedFlip(order)
+                    step = QueuedFlip(flips[phase])
                 steps.append(step)
             compose.transforms = steps
         return tx
@@ -260,7 +264,12 @@ def after_init(cls: type, then: Callable[..., None]) -> None:
 def shim_munch() -> None:
     """``munch`` (not installed here): a dict with attribute access, all the releases use of it."""
     module = types.ModuleType("munch")
-    attrs = {"__getattr__": dict.__getitem__, "__setattr__": dict.__setitem__, "__module__": "munch"}
+    attrs = {
+        "__getattr__": dict.__getitem__,
+        "__setattr__": dict.__setitem__,
+        "__dict__": property(dict),  # vars(munch), as munch's own (AEVLP's config reads it)
+        "__module__": "munch",
+    }
     module.Munch = type("Munch", (dict,), attrs)  # importable by name: the releases pickle it in P
     sys.modules["munch"] = module
 

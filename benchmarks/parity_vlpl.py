@@ -104,7 +104,7 @@ def record(checkout: Path, commit: str) -> Path:
     n_train = len(ref.reference_split(ref.parity_tiny.POOL)[0])
     order = ref.SpmlOrder(n_train, BATCH, seed=0)  # vlpl.yaml: spml's default seed
     ref.patch_metadata(mods["datasets"], folder, ref.parity_tiny.CLASSES)
-    ref.patch_transforms(mods["datasets"], order, ref.parity_tiny.SIZE)
+    ref.patch_transforms(mods["datasets"], {"train": order}, ref.parity_tiny.SIZE)
     ref.patch_dataloader(order)
     torchvision.transforms.Resize = ClipResize
     mods["models"].resnet50 = lambda pretrained=False: torchvision.models.resnet50(weights=None)

@@ -203,3 +203,23 @@ def assert_trajectory(spml_run: Mapping[str, Any], reference: Mapping[str, Any])
     np.testing.assert_allclose(spml_run["val_map"], reference["val_map"], rtol=0, atol=MAP_ATOL)
     assert spml_run["best_epoch"] == reference["best_epoch"]
     assert abs(spml_run["test_map"] - reference["test_map"]) <= MAP_ATOL
+
+
+def assert_pseudo_on_unknown(spml_run: Mapping[str, Any], reference: Mapping[str, Any], data_dir: Path) -> None:
+    """Whether spml's ``pseudo`` loss input equals the release's pseudo-labels on every unknown entry.
+
+    Unknown entries are the only ones at which either loss reads a pseudo-label. On observed
+    positives spml's ``pseudo`` holds the observed 1 (observed labels win) while the releases keep
+    CLIP's own decision there; both losses then use the observed label, so that is pinned as a
+    difference of representation only. Also checks that the steps held some pseudo-positive (a
+    comparison of empty rows would prove nothing).
+    """
+    observed = np.load(data_dir / "observed" / OBSERVED)
+    assert len(spml_run["inputs"]["pseudo"]) == len(reference["step_pseudo"])
+    pseudo_positives = 0
+    for ours, theirs, rows in zip(spml_run["inputs"]["pseudo"], reference["step_pseudo"], reference["order"], strict=True):
+        unknown = observed[rows] == 0
+        np.testing.assert_array_equal(ours[unknown], np.asarray(theirs)[unknown])
+        assert (ours[~unknown] == 1).all()
+        pseudo_positives += int((ours[unknown] == 1).sum())
+    assert pseudo_positives > 0

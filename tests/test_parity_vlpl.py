@@ -7,9 +7,9 @@ release on the tiny data of ``parity_tiny`` with the untrained micro CLIP of
 
 Compared first, the CLIP pseudo-labels of every step (the release computes them in its forward
 pass, spml reads them from its score cache): equal on every unknown entry, the only entries either
-loss reads them at. On observed positives the release's ``logits_pl`` is CLIP's raw decision, spml's
-``pseudo`` the observed 1 (observed labels win); both losses use ``-log p`` there whatever the
-pseudo-label, so this difference of representation changes no number (pinned below). spml stores the
+loss reads them at (``parity_tiny.assert_pseudo_on_unknown``; on observed positives the release's
+``logits_pl`` is CLIP's raw decision, spml's ``pseudo`` the observed 1, and both losses use
+``-log p`` there). spml stores the
 similarities as float16 (docs/vlm.md): with tau 0.01 that moves p by about 2 % relative, so a
 pseudo-label whose p lies within that of theta could differ; none does here.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import parity_tiny
@@ -35,14 +34,5 @@ def test_vlpl_matches_release(tmp_path: Path) -> None:
     overrides = {**reference["header"]["spml"]["overrides"], **parity_tiny.clip_overrides(tmp_path / "clip")}
     run = parity_tiny.run_spml(data_dir, tmp_path / "run", "vlpl", overrides, keep_inputs=("pseudo",))
 
-    observed = np.load(data_dir / "observed" / parity_tiny.OBSERVED)
-    assert len(run["inputs"]["pseudo"]) == len(reference["step_pseudo"])
-    pseudo_positives = 0
-    for ours, theirs, rows in zip(run["inputs"]["pseudo"], reference["step_pseudo"], reference["order"], strict=True):
-        unknown = observed[rows] == 0
-        np.testing.assert_array_equal(ours[unknown], np.asarray(theirs)[unknown])
-        assert (ours[~unknown] == 1).all()  # spml: the observed positive; the release: CLIP's decision
-        pseudo_positives += int((ours[unknown] == 1).sum())
-    assert pseudo_positives > 0  # the comparison covers pseudo-positives, not only empty rows
-
+    parity_tiny.assert_pseudo_on_unknown(run, reference, data_dir)
     parity_tiny.assert_trajectory(run, reference)
