@@ -10,7 +10,7 @@ pass, spml reads them from its score cache): equal on every unknown entry, the o
 loss reads them at (``parity_tiny.assert_pseudo_on_unknown``; on observed positives the release's
 ``logits_pl`` is CLIP's raw decision, spml's ``pseudo`` the observed 1, and both losses use
 ``-log p`` there). spml stores the
-similarities as float16 (docs/vlm.md): with tau 0.01 that moves p by about 2 % relative, so a
+similarities as float16 (docs/vlm.md): with tau 0.01 that moves p by a few percent relative, so a
 pseudo-label whose p lies within that of theta could differ; none does here.
 
 Then the trajectory: the loss of every step, the weights after every step, val mAP per epoch, the
