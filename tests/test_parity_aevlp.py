@@ -13,11 +13,10 @@ weights after every step, val mAP per epoch (both stop after epoch 2: val mAP mo
 below the best, the release's ``bestmap_val - map_val > 2``), the selected epoch and its test mAP
 (tolerances: ``parity_tiny.assert_trajectory``).
 
-Differences that change no number here: spml resizes each 12 px tile to the CLIP's input with the
-CLIP's own interpolation on uint8 pixels (open_clip's bicubic), the release with PIL's bilinear; the
-similarities differ in the last digits, and no pseudo-label at temp 0.01 moves. spml stores the
-similarities as float16 (docs/vlm.md). The release's frozen random GCN on the text embeddings is
-left out on both sides (spml omits it: docs/aevlp.md).
+The shipped config resamples the views bilinear, as the release's ``transforms.Resize``
+(``vlm_interpolation``), which makes the float32 similarities of every view equal to the release's;
+spml then stores them as float16 (docs/vlm.md), which moves no pseudo-label here. The release's
+frozen random GCN on the text embeddings is left out on both sides (spml omits it: docs/aevlp.md).
 """
 
 from __future__ import annotations

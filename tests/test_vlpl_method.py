@@ -58,6 +58,7 @@ def test_shipped_configs_hold_the_paper_settings():
     assert (base.lr, base.batch_size, base.epochs) == (1e-5, 8, 10)
     assert base.loss_params == {"alpha": 0.1, "beta": 0.7, "gamma": 0.0, "ls": 0.9}
     assert base.method_params == {"vlm": "open_clip:ViT-L-14-336/openai", "vlm_preprocess": "squash",
+                                  "vlm_interpolation": "bilinear",
                                   "template": "{}", "prompt_names": "raw", "tau": 0.01, "theta": 0.3, "neg_fraction": 0.0}
 
     axes = {name: yaml.safe_load(shipped_config(name).read_text())["grid"]
