@@ -106,7 +106,7 @@ def record(checkout: Path, commit: str) -> Path:
         "spml": {"config": CONFIG, "overrides": OVERRIDES},
         "shims": __doc__.split("Shims")[1].split("Recorded")[0].strip() + " See benchmarks/parity_refloop.py.",
     }
-    return ref.write_fixture(METHOD, header, {
+    return ref.write_fixture(METHOD, header, start, {
         "step_loss": losses, "step_weights": tracker.weights,
         "val_map": val_map, "best_epoch": best, "test_map": test_map,
         "test_scores": scores[-1].tolist(), "test_cam": test_cam.tolist(),

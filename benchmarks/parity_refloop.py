@@ -227,11 +227,12 @@ def commit_of(checkout: Path) -> str:
         return ""
 
 
-def write_fixture(method: str, header: dict[str, Any], trajectory: dict[str, Any]) -> Path:
-    """``tests/fixtures/parity/<method>.json``: the header and the numbers."""
+def write_fixture(method: str, header: dict[str, Any], start: Mapping[str, torch.Tensor], trajectory: dict[str, Any]) -> Path:
+    """``tests/fixtures/parity/<method>.json``: the header, the initial weights' stats and the numbers."""
     path = parity_tiny.FIXTURES / f"{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"header": header, **trajectory}, indent=1) + "\n")
+    numbers = {"initial_weights": parity_tiny.weight_stats(start), **trajectory}
+    path.write_text(json.dumps({"header": header, **numbers}, indent=1) + "\n")
     return path
 
 

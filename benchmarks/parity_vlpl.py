@@ -168,7 +168,7 @@ def record(checkout: Path, commit: str) -> Path:
         "spml": {"config": CONFIG, "overrides": OVERRIDES, "clip": "parity_tiny.clip_overrides"},
         "shims": __doc__.split("Shims")[1].split("Recorded")[0].strip() + " See benchmarks/parity_refloop.py.",
     }
-    return ref.write_fixture(METHOD, header, {
+    return ref.write_fixture(METHOD, header, start, {
         "step_loss": [s["loss"] for s in steps], "step_weights": tracker.weights,
         "order": [s["rows"] for s in steps], "step_pseudo": [s["pseudo"] for s in steps],
         "val_map": val_map, "best_epoch": best, "test_map": float(metrics["test"][best]["map_clean"]),

@@ -178,6 +178,20 @@ def initial_state(data_dir: Path, config: str, overrides: Mapping[str, Any]) -> 
     return {k: v.clone() for k, v in RunModel(cfg, PreparedData.open(data_dir), torch.device("cpu")).model.state_dict().items()}
 
 
+def assert_same_start(data_dir: Path, config: str, overrides: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
+    """Whether spml starts from the weights the release was given (norms and first entries, exactly).
+
+    They come from timm's ResNet-50 initialisation under the config's seed: another timm or torch
+    version may draw others, and the whole trajectory would then differ for that reason alone.
+    """
+    ours = weight_stats(initial_state(data_dir, config, overrides))
+    if not np.allclose(ours, reference["initial_weights"], rtol=1e-7, atol=0):
+        raise AssertionError(
+            "spml's initial weights differ from those the fixture was recorded from (another timm or torch "
+            "version?): record it again with its header's command"
+        )
+
+
 def load_fixture(method: str) -> dict[str, Any]:
     """The recorded reference trajectory ``tests/fixtures/parity/<method>.json``."""
     return json.loads((FIXTURES / f"{method}.json").read_text())

@@ -34,6 +34,7 @@ def test_aevlp_matches_release(tmp_path: Path) -> None:
     reference = parity_tiny.load_fixture("aevlp")
     data_dir = parity_tiny.build_data(tmp_path)
     overrides = {**reference["header"]["spml"]["overrides"], **parity_tiny.clip_overrides(tmp_path / "clip")}
+    parity_tiny.assert_same_start(data_dir, "gpr_coco", overrides, reference)
     run = parity_tiny.run_spml(data_dir, tmp_path / "run", "gpr_coco", overrides, keep_inputs=("pseudo",))
     parity_tiny.assert_pseudo_on_unknown(run, reference, data_dir)
     parity_tiny.assert_trajectory(run, reference)

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slow  # ResNet-50 on 16 images for 4 epochs: about 15 s
 def test_boostlu_matches_release(tmp_path: Path) -> None:
     reference = parity_tiny.load_fixture("boostlu")
     data_dir = parity_tiny.build_data(tmp_path)
-    run = parity_tiny.run_spml(data_dir, tmp_path / "run", "boostlu", reference["header"]["spml"]["overrides"])
+    overrides = reference["header"]["spml"]["overrides"]
+    parity_tiny.assert_same_start(data_dir, "boostlu", overrides, reference)
+    run = parity_tiny.run_spml(data_dir, tmp_path / "run", "boostlu", overrides)
     parity_tiny.assert_trajectory(run, reference)
 
     loaded = spml.load_run(tmp_path / "run")

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow  # ResNet-50 on 16 images for 2 epochs: about 15 s
 def test_gr_matches_release(tmp_path: Path) -> None:
     reference = parity_tiny.load_fixture("gr")
     data_dir = parity_tiny.build_data(tmp_path)
-    run = parity_tiny.run_spml(data_dir, tmp_path / "run", "gr", reference["header"]["spml"]["overrides"])
+    overrides = reference["header"]["spml"]["overrides"]
+    parity_tiny.assert_same_start(data_dir, "gr", overrides, reference)
+    run = parity_tiny.run_spml(data_dir, tmp_path / "run", "gr", overrides)
     parity_tiny.assert_trajectory(run, reference)
     # The recorded run exercises the 2-point drop: it stopped before its last epoch.
     assert len(reference["val_map"]) < reference["header"]["spml"]["overrides"]["epochs"]
