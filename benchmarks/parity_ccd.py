@@ -187,7 +187,8 @@ def shim(ref: Path, work: Path, clip: tuple[Path, Path], init: Path) -> None:
     replace(tr, "                                temp_label = torch.cat((temp_label, crop_softscore), dim=0)",
             "                                temp_label = torch.cat((temp_label, crop_softscore), dim=0)\n"
             "                                REC.setdefault('views', []).append({'id': id[0], 'class': cls_idx.item(), 'box': list(crop_box), "
-            "'first': [int(BOX1_W), int(BOX1_H)], 'last': [int(BOX2_W), int(BOX2_H)], 'scores': val(crop_softscore[0])})")
+            "'first': [int(BOX1_W), int(BOX1_H)], 'last': [int(BOX2_W), int(BOX2_H)], 'scores': val(crop_softscore[0]), "
+            "'cam': val(CAM[0, cls_idx.item()])})")
     replace(tr, "            if coeff > 0:\n",
             "            REC['names'] = list(table_name)\n"
             "            REC['clip_bias'] = val(clip_bias)\n"

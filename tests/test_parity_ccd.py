@@ -14,11 +14,13 @@ What must agree, and how closely:
   before CLIP's preprocessing, the reference resizes the normalised float tensor twice).
 * Training (slow test): the two warm-up epochs to 1e-3 relative (one Adam step magnifies float
   noise in near-zero gradients into lr-sized steps; the second epoch then differs at ~2e-4).
-* Deliberate differences, pinned: spml boxes the CAM by the bounding box of every pixel above 0.95
-  where the release takes the first and last such pixels in raster order as corners (and slices
-  up to ``last + offset`` exclusive): every spml box contains the release's box, the updated labels
-  differ (mean |diff| < 0.05 here) and so do the post-update losses (< 5% here) and the epoch
-  picked; spml's training-label mAP (eval-mode predictions, labels >= 0.5) differs from the
+* The CAM box: the release's own CAMs boxed by spml with ``cam_box_rule: raster`` give its boxes
+  exactly.
+* Deliberate differences, pinned: spml's default box (``bbox``) is the bounding box of every
+  pixel above 0.95, where the release takes the first and last such pixels in raster order as
+  corners (and slices up to ``last + offset`` exclusive): every spml box contains the release's
+  box, the updated labels differ (mean |diff| < 0.05 here) and so do the post-update losses (< 5%
+  here) and the epoch picked; spml's training-label mAP (eval-mode predictions, labels >= 0.5) differs from the
   release's (training-mode predictions, labels == 1), so the early-stopping epochs differ.
 """
 
@@ -38,7 +40,7 @@ from parity_vlm import NAMES, checksum, make_backbone, make_clip, make_images
 from spml.api import load_config, train
 from spml.data.dataset import load_image
 from spml.data.layout import ReferenceProtocolData
-from spml.methods.ccd.views import crop_resized, max_over_views
+from spml.methods.ccd.views import cam_box, crop_resized, max_over_views
 from spml.pseudolabels.ccd import (
     adaptive_view_threshold,
     clip_probabilities,
@@ -121,6 +123,17 @@ def test_label_update_matches_reference() -> None:
     np.testing.assert_allclose(updated, ref_array("updated_labels"), atol=1e-6, rtol=0)
 
 
+def test_cam_boxes_match_reference() -> None:
+    """The release's CAMs boxed by spml: ``raster`` gives its boxes exactly, spml's ``bbox`` contains them."""
+    size, offset = INPUTS["size"], INPUTS["offset"]
+    for view in REF["views"]:
+        cam = torch.tensor(view["cam"])
+        assert list(cam_box(cam, (size, size), 0.95, offset, rule="raster")) == view["box"]
+        x0, y0, x1, y1 = cam_box(cam, (size, size), 0.95, offset)
+        bx0, by0, bx1, by1 = view["box"]
+        assert x0 <= bx0 and y0 <= by0 and x1 >= bx1 and y1 >= by1
+
+
 def test_early_stopping_rule_matches_reference() -> None:
     """The release's rule on its own training-label mAPs picks its ``bestccd`` epoch (0-based there)."""
     maps = [e["train_map"] for e in REF["epochs"]]
@@ -164,14 +177,21 @@ class WeightRecorder(TrainingHooks):
 
 
 @pytest.mark.slow
-def test_training_trajectory(inputs: dict, tmp_path: Path) -> None:
-    """spml.train with the shipped ``ccd`` config on the reference's inputs, protocol reference."""
+@pytest.mark.parametrize("rule", ["bbox", "raster"])
+def test_training_trajectory(inputs: dict, tmp_path: Path, rule: str) -> None:
+    """spml.train with the shipped ``ccd`` config on the reference's inputs, protocol reference.
+
+    ``raster`` (the release's box rule, ``method_params.cam_box_rule``) runs all 6 epochs: the
+    trajectory, the epoch picked and its test mAP are the release's. ``bbox`` (the shipped rule)
+    runs the warm-up and the update epoch, and pins how far its labels and losses move.
+    """
     checkpoint, config = inputs["clip"]
     size = INPUTS["size"]
+    epochs = INPUTS["epochs"] if rule == "raster" else 3
     overrides = {
         # the tiny set: backbone and its weights, sizes, full batch, epochs, lr (as the recording)
         "backbone": "resnet18", "pretrained": str(inputs["backbone"]), "image_size": size,
-        "batch_size": sum(INPUTS["counts"][s] for s in ("train", "val")), "epochs": INPUTS["epochs"],
+        "batch_size": sum(INPUTS["counts"][s] for s in ("train", "val")), "epochs": epochs,
         "lr": INPUTS["lr"], "protocol": "reference", "device": "cpu",
         "method_params.vlm": "open_clip:parity-clip", "method_params.vlm_checkpoint": str(checkpoint),
         "method_params.vlm_model_config": str(config),
@@ -179,6 +199,7 @@ def test_training_trajectory(inputs: dict, tmp_path: Path) -> None:
         "method_params.cam_image_size": size, "method_params.box_offset": INPUTS["offset"],
         "method_params.box_offset_frame": size, "method_params.crop_long_side": size,
         "method_params.crop_resize_mode": "squash", "method_params.color_jitter": 0.0,
+        "method_params.cam_box_rule": rule,
     }
     recorder = WeightRecorder()
     run = tmp_path / "run"
@@ -186,7 +207,7 @@ def test_training_trajectory(inputs: dict, tmp_path: Path) -> None:
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     results = json.loads((run / "results.json").read_text())
     steps = REF["steps"]
-    assert len(steps) == len(metrics) == INPUTS["epochs"]  # one full-batch step an epoch
+    assert len(steps) == INPUTS["epochs"] and len(metrics) == epochs  # one full-batch step an epoch
     assert recorder.initial == INPUTS["head"]  # the reference's 1x1 classifier started from spml's head
     warmup = 2
     for m, s, e, w in zip(metrics[:warmup], steps[:warmup], REF["epochs"][:warmup], recorder.epochs[:warmup]):
@@ -194,20 +215,32 @@ def test_training_trajectory(inputs: dict, tmp_path: Path) -> None:
         assert m["val_map"] == pytest.approx(e["test_map"] / 100, abs=0.01)
         assert w["head_weight_norm"] == pytest.approx(e["head_weight_norm"], rel=1e-3)
         np.testing.assert_allclose(w["head_bias"], e["head_bias"], atol=2e-3)
-    # The update: same threshold, same (image, class) views, spml's boxes contain the release's.
+    # The update: same threshold, same (image, class) views.
     assert results["method"]["class_threshold_used"] == pytest.approx(REF["multiplier"])
     views = np.load(run / "ccd_views.npy")
     ref_boxes = {(REF["names"].index(v["id"]), v["class"]): v["box"] for v in REF["views"]}
     assert sorted((int(v[0]), int(v[5])) for v in views) == sorted(ref_boxes)
-    for v in views:
-        x0, y0, x1, y1 = ref_boxes[(int(v[0]), int(v[5]))]
-        # 1 px of slack: the CAMs differ at float rounding, which can move a pixel across 0.95
-        assert v[1] <= x0 + 1 and v[2] <= y0 + 1 and v[3] >= x1 - 1 and v[4] >= y1 - 1
     labels = load_file(str(run / "last.safetensors"))["hooks.labels"].double().numpy()
     diff = np.abs(labels - ref_array("updated_labels"))
-    assert diff.mean() < 0.05  # 0.027 when recorded; with the release's boxes it is 1e-6 (test above)
+    if rule == "bbox":
+        for v in views:
+            x0, y0, x1, y1 = ref_boxes[(int(v[0]), int(v[5]))]
+            # 1 px of slack: the CAMs differ at float rounding, which can move a pixel across 0.95
+            assert v[1] <= x0 + 1 and v[2] <= y0 + 1 and v[3] >= x1 - 1 and v[4] >= y1 - 1
+        assert diff.mean() < 0.05  # 0.027 when recorded: the boxes alone
+        for m, s in zip(metrics[warmup:], steps[warmup:]):
+            assert m["train_loss"] == pytest.approx(s["loss"], rel=0.05)  # 2.7% when recorded
+        return
+    # raster: the release's boxes, but its corners are unstable: when float rounding moves one pixel
+    # across 0.95, a blob's first pixel in raster order can jump along its top row (3 of the 120
+    # boxes moved by 5-11 px when recorded; the release's own CAMs give all 120: test above). The
+    # labels then differ by that and spml's crop scoring (uint8 crop): 0.0028 on average when
+    # recorded; the losses by < 0.4%; the epoch picked and its test mAP are the release's.
+    moved = [v for v in views if np.abs(np.asarray(v[1:5]) - np.asarray(ref_boxes[(int(v[0]), int(v[5]))])).max() > 1]
+    assert len(moved) <= len(views) // 20
+    assert diff.mean() < 0.01
     for m, s in zip(metrics[warmup:], steps[warmup:]):
-        assert m["train_loss"] == pytest.approx(s["loss"], rel=0.05)
-    # The epoch picked on test (protocol reference) and its mAP: the release's best, up to the labels' difference.
+        assert m["train_loss"] == pytest.approx(s["loss"], rel=0.01)
     assert results["protocol"] == "reference"
-    assert results["test_map"] == pytest.approx(REF["best"]["test_map"] / 100, abs=0.03)
+    assert results["best_epoch"] == REF["best"]["epoch"] + 1  # the release counts epochs from 0
+    assert results["test_map"] == pytest.approx(REF["best"]["test_map"] / 100, abs=0.005)
