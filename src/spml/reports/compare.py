@@ -134,7 +134,7 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
             vals = [float(m.results.get(key, math.nan)) for m in members if dataset is None or _dataset(m) == dataset]
             vals = [v for v in vals if not math.isnan(v)]
             numbers.append(vals)
-            cells.append(_mean_std(vals))
+            cells.append(mean_std(vals))
         if len(datasets) == 1:
             cells.append(str(len(members)))
         rows.append(cells)
@@ -142,7 +142,8 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
     return Table(header, rows, values)
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
+    """``0.8123`` for one value, ``0.8123 ± 0.0100`` (sample std) for several, ``-`` for none."""
     if not values:
         return "-"
     if len(values) == 1:
