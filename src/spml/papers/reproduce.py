@@ -355,7 +355,7 @@ def row_values(run: RowRun, metric: str) -> tuple[list[float], str]:
 # --- the table ------------------------------------------------------------------------------------
 
 
-def _published_text(value: float) -> str:
+def published_text(value: float) -> str:
     """A published percent as a fraction, keeping the paper's precision (86.7 -> 0.867)."""
     decimals = len(repr(float(value)).split(".")[1]) if "." in repr(float(value)) else 0
     return f"{value / 100:.{decimals + 2}f}"
@@ -421,7 +421,7 @@ def build_table(paper: Paper, table: PublishedTable, runs: Sequence[RowRun], pro
                 continue
             published = run.row.fractions.get(table.metric)
             got, state = row_values(run, table.metric)
-            pub_text = "-" if published is None else _published_text(run.row.published[table.metric])
+            pub_text = "-" if published is None else published_text(run.row.published[table.metric])
             spml_text = mean_std(got) if got else state
             diff = "-" if published is None or not got else f"{float(np.mean(got)) - published:+.4f}"
             line += [pub_text, spml_text, diff]
