@@ -51,9 +51,10 @@ def _run(args: argparse.Namespace) -> int:
         everything = sum(r.estimate_s or 0.0 for r in runs)
         print(f"estimated compute on this machine: {format_seconds(total)} for the runnable rows, "
               f"{format_seconds(everything)} for all {len(runs)} rows")
-        print("how: training steps x measured step time + validation and test forward passes (+ one feature "
-              "extraction for frozen features), from a few timed steps of each network with random weights; "
-              "not counted: data loading, CLIP scoring, downloads. Timed:")
+        print("how: training steps x measured step time + validation and test forward passes; frozen features: one "
+              "extraction pass per data folder and backbone (the first row pays, later rows read the cache); step, head "
+              "step and forward times from a few timed steps of each network with random weights; not counted: "
+              "data loading, CLIP scoring, downloads. Timed:")
         print("\n".join(f"  {note}" for note in notes))
         return 0
     open_out(out, runs)

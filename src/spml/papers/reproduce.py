@@ -11,7 +11,9 @@ The compute estimate of :func:`estimate` times a few optimiser steps (and forwar
 row's own network, randomly initialised, on this machine's device: on a GPU at the row's image
 size and batch, on a CPU at a reduced size and batch, scaled up by pixels x batch. It counts the
 training steps, the validation passes and, for frozen features, one extraction pass over the data;
-it leaves out data loading, CLIP scoring (VLPL, CCD, CDUL, AEVLP) and the first download of weights.
+frozen features are counted once per data folder and backbone (the first row pays for the cache the
+others read), then a linear head's steps on them (timed at the row's batch). It leaves out data loading, CLIP scoring (VLPL,
+CCD, CDUL, AEVLP) and the first download of weights.
 """
 
 from __future__ import annotations
@@ -196,10 +198,11 @@ def plan(
 
 @dataclass(frozen=True)
 class StepTimes:
-    """Measured seconds: one training step at the row's batch, and one image's forward pass."""
+    """Measured seconds: one training step at the row's batch, one image's forward pass, one head-only step."""
 
     step_s: float
     forward_s: float
+    head_step_s: float
     note: str
 
 
@@ -248,11 +251,24 @@ def _time_steps(config: TrainConfig, num_classes: int, batch: int, device: torch
     step_s = seconds(step)
     model.eval()
     forward_s = seconds(forward) / timed_batch
+    # A linear head on cached features: pooled B x C features at the row's batch.
+    with torch.no_grad():
+        pooled = model.forward_features(images[:1]).mean(dim=(2, 3)).expand(batch, -1).contiguous()
+    head = torch.nn.Linear(pooled.shape[1], num_classes).to(device)
+    head_optimizer = torch.optim.Adam(head.parameters(), lr=1e-6)
+    head_targets = torch.randint(0, 2, (batch, num_classes), device=device).float()
+
+    def head_step() -> None:
+        head_optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), head_targets).backward()
+        head_optimizer.step()
+
+    head_step_s = seconds(head_step)
     scale = (config.image_size / size) ** 2
     note = f"{device.type}: {config.backbone} + {config.head} timed at {size} px, batch {timed_batch}"
     if scale != 1 or timed_batch != batch:
         note += f", scaled to {config.image_size} px, batch {batch} (x pixels, x batch)"
-    return StepTimes(step_s * scale * batch / timed_batch, forward_s * scale, note)
+    return StepTimes(step_s * scale * batch / timed_batch, forward_s * scale, head_step_s, note)
 
 
 def estimate(runs: Sequence[RowRun]) -> list[str]:
@@ -262,6 +278,7 @@ def estimate(runs: Sequence[RowRun]) -> list[str]:
     (how it was made), for the plan's printout.
     """
     timings: dict[tuple, StepTimes] = {}
+    extracted: set[tuple] = set()
     for run in runs:
         config = run.config
         n_train, n_val, n_test, classes = _sizes(run)
@@ -273,16 +290,22 @@ def estimate(runs: Sequence[RowRun]) -> list[str]:
         if key not in timings:
             timings[key] = _time_steps(config, classes, config.batch_size, device)
         t = timings[key]
-        steps = math.ceil(n_train / config.batch_size)
-        extraction = (n_train + n_val + n_test) * t.forward_s
-        if config.regime == "linear":
-            # Frozen features: one extraction pass (shared by every row on this data and backbone);
-            # a linear head's steps on cached features cost little next to it.
-            seconds = extraction
-        else:
-            finetune = config.epochs * (steps * t.step_s + n_val * t.forward_s) + n_test * t.forward_s
-            seconds = finetune + (extraction if config.regime == "linear-init" else 0.0)
-        run.estimate_s = seconds * len(run.seeds)
+        seconds = 0.0
+        if config.regime in ("linear", "linear-init"):
+            # Frozen features are extracted once per data folder, backbone and size (a cache every
+            # later row and seed reads); then the head's steps on them.
+            features = (str(run.data_dir) if run.data_dir is not None else run.row.dataset, config.backbone,
+                        config.pretrained, config.image_size)
+            if features not in extracted:
+                extracted.add(features)
+                seconds += (n_train + n_val + n_test) * t.forward_s
+            linear_epochs = config.epochs if config.regime == "linear" else config.linear_init.epochs
+            linear_batch = config.batch_size if config.regime == "linear" else config.linear_init.batch_size or config.batch_size
+            seconds += len(run.seeds) * linear_epochs * math.ceil(n_train / linear_batch) * t.head_step_s
+        if config.regime != "linear":
+            steps = math.ceil(n_train / config.batch_size)
+            seconds += len(run.seeds) * (config.epochs * (steps * t.step_s + n_val * t.forward_s) + n_test * t.forward_s)
+        run.estimate_s = seconds
     return [t.note for t in timings.values()]
 
 
