@@ -145,6 +145,8 @@ def test_reproduce_runs_resumes_after_an_interruption_and_tabulates(tmp_path, ca
     first = runs[0].run_dir(runs[0].seeds[0])
     assert [r.state() for r in runs] == ["resume", "new"]
     assert not (first / "results.json").exists()
+    cells = {row[0]: row[3] for row in build_table(paper, table, runs, "honest", TINY).table.rows}
+    assert cells == {"BCE": "unfinished", "AN": "not run"}  # rows in the paper's order: BCE ran first
 
     args = ["reproduce", "cole2021", "--rows", "linear-an-coco2014", "linear-bce-coco2014", "--data",
             f"coco2014={data['coco2014']}", "--seeds", "2", "--out", str(out), *(a for s in TINY for a in ("--set", s))]

@@ -58,7 +58,11 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(f"  {note}" for note in notes))
         return 0
     open_out(out, runs)
-    run_rows(runs)
+    try:
+        run_rows(runs)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again: finished rows are read, the interrupted run resumes")
+        raise
     result = build_table(paper, table, runs, args.protocol, args.overrides)
     written = write_outputs(out, table, runs, result, args.protocol)
     print(table_markdown(result), end="")

@@ -363,7 +363,7 @@ def run_rows(runs: Sequence[RowRun]) -> None:
 
 
 def row_values(run: RowRun, metric: str) -> tuple[list[float], str]:
-    """The finished seeds' ``metric`` (NaN dropped) and the row's state for the table."""
+    """The finished seeds' ``metric`` (NaN dropped), and what the table shows where there is none."""
     if run.missing:
         return [], "skipped"
     values = []
@@ -372,7 +372,13 @@ def row_values(run: RowRun, metric: str) -> tuple[list[float], str]:
             value = float(read_results(run.run_dir(seed)).get(metric, math.nan))
             if not math.isnan(value):
                 values.append(value)
-    return values, "" if values else "not run"
+    if values:
+        return values, ""
+    record = run.folder / "grid.json"
+    statuses = readers.read_json_object(record, "grid record").get("rows", []) if record.is_file() else []
+    if statuses and all(isinstance(r, dict) and r.get("status") == "diverged" for r in statuses):
+        return [], "diverged"
+    return [], "unfinished" if any(is_run(run.run_dir(s)) for s in run.seeds) else "not run"
 
 
 # --- the table ------------------------------------------------------------------------------------
