@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from spml.api import load_config, train
-from spml.cli.main import main
+from spml.cli.main import build_parser, main
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
@@ -116,6 +117,10 @@ def test_plan_lists_runs_data_commands_and_cost(tmp_path, capsys):
     assert "a synthetic set (spml synth), not coco2014" in out
     assert out.count("estimated") >= 4 and "timed at 32 px" in out
     assert not (tmp_path / "out").exists()  # --plan runs and writes nothing
+    commands = [line.strip().split(", then")[0] for line in out.splitlines() if line.startswith("      spml ")]
+    assert len(commands) == 2
+    for command in commands:  # the advice works as printed
+        build_parser().parse_args(shlex.split(command)[1:])
 
 
 def test_unknown_rows_tables_and_datasets_are_one_line(tmp_path, capsys):
@@ -209,3 +214,19 @@ def test_table_marks_rows_without_runs(tmp_path):
     assert result.table.rows == [["AN", "1 Pos. & 0 Neg.", "0.842", "skipped", "-", "0.623", "skipped", "-"]]
     written = write_outputs(tmp_path / "out", table, runs, result, "honest")
     assert [p.name for p in written] == ["table-1.md", "table-1.csv"]
+
+
+def test_reference_protocol_sets_the_papers_selection_and_the_table_says_so(tmp_path):
+    paper = load_paper("ccd")
+    table = paper.table("1")
+    rows = table.select(["ccd-voc2012", "ll-r-voc2012"])
+    honest = plan(paper, table, rows, {}, tmp_path / "out")
+    reference = plan(paper, table, rows, {}, tmp_path / "out", protocol="reference")
+    assert [r.config.protocol for r in honest] == ["standard", "standard"]
+    # In the table's order: LL-R's row has no reference setting; CCD's release trains on train + val
+    # and picks the epoch on test.
+    assert [(r.row.id, r.config.protocol) for r in reference] == [("ll-r-voc2012", "standard"), ("ccd-voc2012", "reference")]
+    heading = build_table(paper, table, reference, "reference").heading
+    assert heading[-1].startswith("Protocol: reference (the paper's own selection where it differs: CCD's release")
+    with pytest.raises(SpmlError, match="protocol must be one of honest, reference"):
+        plan(paper, table, rows, {}, tmp_path / "out", protocol="test")

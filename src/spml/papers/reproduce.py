@@ -119,16 +119,21 @@ def parse_data(items: Sequence[str]) -> dict[str, Path]:
     return data
 
 
+def _command(*argv: str) -> str:
+    """A ``spml`` command line, quoted for a shell (tests parse the plan's commands with the real parser)."""
+    return shlex.join(["spml", *argv])
+
+
 def _observed_command(data_dir: str, observed: str) -> str:
     name = Path(observed).name.removesuffix(".npy")
     match = re.fullmatch(r"single-positive-seed(\d+)", name)
     if match:
-        return f"spml observe {data_dir} --mode single-positive --seed {match.group(1)}"
+        return _command("observe", data_dir, "--mode", "single-positive", "--seed", match.group(1))
     match = re.fullmatch(r"partial-keep(.+)-seed(\d+)", name)
     if match:
-        return f"spml observe {data_dir} --mode partial --keep {match.group(1)} --seed {match.group(2)}"
+        return _command("observe", data_dir, "--mode", "partial", "--keep", match.group(1), "--seed", match.group(2))
     if name == "none":
-        return f"spml observe {data_dir} --mode none"
+        return _command("observe", data_dir, "--mode", "none")
     return f"the observed labels {observed} (not made by `spml observe`)"
 
 
@@ -136,11 +141,10 @@ def _check_data(run: RowRun) -> None:
     """Fill ``run.missing`` (commands making the data) and ``run.stand_in``."""
     dataset = run.row.dataset
     if run.data_dir is None:
-        run.missing.append(f"spml prepare {dataset} --raw RAW_DIR --out DATA_DIR, then --data {dataset}=DATA_DIR")
+        run.missing.append(_command("prepare", dataset, "--raw", "RAW_DIR", "--out", "DATA_DIR") + f", then --data {dataset}=DATA_DIR")
         return
-    quoted = shlex.quote(str(run.data_dir))
     if not (run.data_dir / MANIFEST_FILE).is_file() and not (run.data_dir / "classes.txt").is_file():
-        run.missing.append(f"spml prepare {dataset} --raw RAW_DIR --out {quoted}")
+        run.missing.append(_command("prepare", dataset, "--raw", "RAW_DIR", "--out", str(run.data_dir)))
         return
     observed = run.config.observed
     if observed != FULL_OBSERVED:
@@ -148,7 +152,7 @@ def _check_data(run: RowRun) -> None:
         if not path.is_absolute():
             path = PreparedData.open(run.data_dir).observed_dir / observed
         if not path.is_file():
-            run.missing.append(_observed_command(quoted, observed))
+            run.missing.append(_observed_command(str(run.data_dir), observed))
     found = PreparedData.open(run.data_dir).manifest.get("format")
     if found != dataset:
         kind = "a synthetic set (spml synth)" if found == "synth" else f"a {found or 'hand-made'} set"
