@@ -2,7 +2,8 @@
 
 A run is matched to a published row in one of two ways:
 
-1. A run that ``spml reproduce`` trained: the reproduction folder's ``reproduce.json`` names its row.
+1. A run that ``spml reproduce`` trained for this table: the reproduction folder's ``reproduce.json``
+   names its row.
 2. Any other run: the row on the run's dataset (its data folder's ``manifest.json`` format) whose
    shipped config, with the row's overrides, sets the same method, loss, regime, loss / method /
    head parameters and row overrides, with the same kind of labels (full or not). Settings a user
@@ -76,11 +77,9 @@ class _Matcher:
 
     def _match(self, run: RunFiles) -> PublishedRow | None:
         recorded = _recorded_row(run.root)
-        if recorded is not None:
-            paper, table, row_id = recorded
-            if (paper, table) != (self.table.paper, self.table.table):
-                return None
-            return next((r for r in self.table.rows if r.id == row_id), None)
+        if recorded is not None and recorded[:2] == (self.table.paper, self.table.table):
+            return next((r for r in self.table.rows if r.id == recorded[2]), None)
+        # Not reproduced for this table (or not by spml reproduce): matched by its config.
         data_dir = run.data_dir
         dataset = PreparedData.open(data_dir).manifest.get("format") if data_dir is not None else None
         config = flatten(run.config)
