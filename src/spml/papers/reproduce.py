@@ -137,13 +137,18 @@ def _observed_command(data_dir: str, observed: str) -> str:
     return f"the observed labels {observed} (not made by `spml observe`)"
 
 
+def _prepared(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a prepared layout (its manifest, or a hand-written classes list)."""
+    return (data_dir / MANIFEST_FILE).is_file() or (data_dir / "classes.txt").is_file()
+
+
 def _check_data(run: RowRun) -> None:
     """Fill ``run.missing`` (commands making the data) and ``run.stand_in``."""
     dataset = run.row.dataset
     if run.data_dir is None:
         run.missing.append(_command("prepare", dataset, "--raw", "RAW_DIR", "--out", "DATA_DIR") + f", then --data {dataset}=DATA_DIR")
         return
-    if not (run.data_dir / MANIFEST_FILE).is_file() and not (run.data_dir / "classes.txt").is_file():
+    if not _prepared(run.data_dir):
         run.missing.append(_command("prepare", dataset, "--raw", "RAW_DIR", "--out", str(run.data_dir)))
         return
     observed = run.config.observed
@@ -212,7 +217,7 @@ class StepTimes:
 
 def _sizes(run: RowRun) -> tuple[int, int, int, int]:
     """Train, val and test images and classes: from the data when given, else :data:`KNOWN_SIZES`."""
-    if run.data_dir is not None and not run.missing:
+    if run.data_dir is not None and _prepared(run.data_dir):
         data = PreparedData.open(run.data_dir)
         return len(data.split("train")), len(data.split("val")), len(data.split("test")), data.num_classes
     pool, test, classes = KNOWN_SIZES.get(run.row.dataset, (1000, 250, 20))
