@@ -48,6 +48,7 @@ KINDS = {
     "report": "a report",
     "table": "a comparison table",
     "diagnostics": "a diagnostics",
+    "reproduce": "a reproduction",
 }
 
 Inputs = Iterable["str | Path | None | tuple[str, str | Path | None]"]
