@@ -1,6 +1,7 @@
-"""``spml annotate``: the annotation store (atomic saves, resume, two writers, no overwrite), the
-server through Flask's test client (validation, 4xx, traversal), suggestions and queue order, and
-training on an annotation while it is being made.
+"""``spml annotate``: its store, server, queue and training on an annotation being made.
+
+The store: atomic saves, resume, two writers, no overwrite. The server through Flask's test client:
+validation, 4xx, traversal. Suggestions and the queue's order.
 """
 
 from __future__ import annotations
