@@ -152,3 +152,145 @@ def test_rows_to_train_are_the_answered_rows_of_an_annotation_only(data: Prepare
     other = data.observed_dir / "plain.npy"
     np.save(other, np.load(path))
     assert rows_to_train(other, np.load(other)) is None  # not an annotation: every row is trained on
+
+
+# --- the server, through Flask's test client -----------------------------------------------------
+
+flask = pytest.importorskip("flask", reason="spml annotate needs the annotate extra (Flask)")
+
+
+@pytest.fixture
+def client(data: PreparedData):  # noqa: ANN201
+    from spml.annotate.server import build_session, create_app
+
+    app = create_app(build_session(data, "web"))
+    return app.test_client()
+
+
+def test_the_page_state_items_images_and_answers(client, data: PreparedData) -> None:
+    assert client.get("/").status_code == 200 and b"spml annotate" in client.get("/").data
+    state = client.get("/api/state").get_json()
+    assert state["classes"] == data.classes and state["total"] == len(data.split("train")) and state["order"] == "random-seed0"
+    first = client.get(f"/api/item/{state['position']}").get_json()
+    image = client.get(first["image"])
+    assert image.status_code == 200 and image.mimetype == "image/png" and image.data.startswith(b"\x89PNG")
+    reply = client.post("/api/answer", json={"index": first["index"], "answer": 1}).get_json()
+    assert reply["summary"]["answered"] == 1 and reply["summary"]["per_class"][1] == 1 and reply["next"] == state["position"] + 1
+    assert client.get(f"/api/item/{state['position']}").get_json()["answer"] == 1
+    assert client.post("/api/answer", json={"index": first["index"], "answer": "none"}).get_json()["summary"]["none"] == 1
+    assert load_observed(data, annotated_path(data, "web"))[first["index"]].tolist() == [-1] * 4
+
+
+@pytest.mark.parametrize(("method", "url", "kwargs", "status", "message"), [
+    ("get", "/image/../../../etc/passwd", {}, 404, "not found"),
+    ("get", "/image/%2e%2e%2fclasses.txt", {}, 404, "not found"),
+    ("get", "/image/-1", {}, 404, "not found"),
+    ("get", "/image/99999", {}, 404, "no train image 99999"),
+    ("get", "/image/1e3", {}, 404, "not found"),
+    ("get", "/classes.txt", {}, 404, "not found"),
+    ("get", "/api/item/48", {}, 404, "no queue position 48"),
+    ("get", "/api/answer", {}, 405, "not allowed"),
+    ("post", "/api/answer", {"data": "index=1&answer=1"}, 415, "as JSON"),
+    ("post", "/api/answer", {"data": "{", "content_type": "application/json"}, 400, "JSON object"),
+    ("post", "/api/answer", {"json": [1, 2]}, 400, "JSON object"),
+    ("post", "/api/answer", {"json": {"index": 1}}, 400, "JSON object"),
+    ("post", "/api/answer", {"json": {"index": 1, "answer": 1, "path": "/etc"}}, 400, "JSON object"),
+    ("post", "/api/answer", {"json": {"index": 48, "answer": 1}}, 400, "image index"),
+    ("post", "/api/answer", {"json": {"index": "1", "answer": 1}}, 400, "image index"),
+    ("post", "/api/answer", {"json": {"index": 1, "answer": 9}}, 400, "answer must be"),
+    ("post", "/api/answer", {"json": {"index": 1, "answer": "../x"}}, 400, "answer must be"),
+    ("post", "/api/answer", {"json": {"index": 1, "answer": "x" * 5000}}, 413, "exceeds the capacity limit"),
+    ("get", "/api/state", {"headers": {"Host": "evil.example:8765"}}, 403, "not this server's address"),
+])
+def test_bad_requests_are_a_4xx_with_a_json_message_and_change_nothing(
+    client, data: PreparedData, method: str, url: str, kwargs: dict, status: int, message: str
+) -> None:
+    before = annotated_path(data, "web").read_bytes()
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == status and response.is_json
+    assert message.lower() in response.get_json()["error"].lower() and "Traceback" not in response.get_data(as_text=True)
+    assert annotated_path(data, "web").read_bytes() == before
+
+
+def test_an_unreadable_image_is_a_4xx_naming_it_and_a_server_fault_hides_its_internals(data: PreparedData, tmp_path: Path) -> None:
+    from spml.annotate.server import build_session, create_app
+
+    session = build_session(data, "web")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    session.images[0] = broken
+    session.images[1] = tmp_path / "gone.jpg"
+    client = create_app(session).test_client()
+    for row in (0, 1):
+        response = client.get(f"/image/{row}")
+        assert response.status_code == 422 and response.get_json()["error"].startswith(str(session.images[row]))
+    session.order = None  # a bug inside the server: a generic message, no traceback
+    response = client.get("/api/item/0")
+    assert response.status_code == 500 and "Traceback" not in response.get_data(as_text=True)
+
+
+def test_orders_and_suggestions() -> None:
+    from spml.annotate.queue import margins, queue_order, suggested_classes
+
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.1, 0.8, 0.1], [0.3, 0.34, 0.36],
+                      [0.5, 0.45, 0.05], [np.nan, np.nan, np.nan]])
+    assert suggested_classes(probs).tolist() == [0, 0, 1, 2, 0, -1]
+    assert np.allclose(margins(probs)[:5], [0.85, 0.05, 0.7, 0.02, 0.05]) and margins(probs)[5] == -np.inf
+    order = queue_order(6, "uncertain", 0, probs)
+    # Round one: each suggested class's least certain image (the unreadable one first); then the rest.
+    assert order[:4].tolist() == [5, 3, 1, 2] or order[:4].tolist() == [5, 3, 4, 2]
+    assert sorted(order.tolist()) == list(range(6)) and order[-1] == 0
+    assert queue_order(6, "random", 3).tolist() == queue_order(6, "random", 3).tolist() != queue_order(6, "random", 4).tolist()
+    with pytest.raises(SpmlError, match="needs suggestions"):
+        queue_order(6, "uncertain")
+
+
+def test_a_trained_run_suggests_and_orders_the_queue(data: PreparedData, tmp_path: Path) -> None:
+    from subsets import TINY_PROBE
+
+    from spml.annotate.queue import model_probabilities
+    from spml.annotate.server import build_session, create_app
+    from spml.api import load_config, train
+    from spml.data.observe import observe
+
+    observe(data, "single-positive", seed=0)
+    run = tmp_path / "run"
+    train(data.root, load_config(None, TINY_PROBE), run)
+    probs = model_probabilities(data, run, device="cpu")
+    session = build_session(data, "suggested", probs=probs, suggest=str(run))
+    assert session.policy == "uncertain" and (session.suggested == probs.argmax(axis=1)).all()
+    item = create_app(session).test_client().get("/api/item/0").get_json()
+    assert item["suggestion"] == int(probs[item["index"]].argmax()) and item["confidence"] == pytest.approx(probs[item["index"]].max(), abs=1e-3)
+
+
+def test_train_on_an_annotation_being_made_uses_the_answered_rows(data: PreparedData, tmp_path: Path, capsys) -> None:
+    from subsets import TINY_PROBE
+
+    from spml.cli.main import main
+
+    store = AnnotationStore(data, "part")
+    argv = ["train", str(data.root), *(a for s in TINY_PROBE if not s.startswith("observed=") for a in ("--set", s)),
+            "--set", "observed=annotated-part.npy"]
+    assert main([*argv, "--out", str(tmp_path / "empty")]) == 2
+    assert "without any answer yet" in capsys.readouterr().err
+    truth = data.split("train").labels
+    for row in range(0, 40, 2):
+        store.answer(row, int(np.argmax(truth[row])))
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert "has answers for 20 of 48 train images so far; training on those" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["best_epoch"] >= 1
+
+
+def test_the_cli_refuses_bad_input_in_one_line(data: PreparedData, capsys) -> None:
+    from spml.cli.main import main
+
+    for argv, message in [
+        (["--name", "../up"], "annotation name"),
+        (["--port", "70000"], "--port must be"),
+        (["--vlm-checkpoint", "x.safetensors"], "go with --suggest-clip"),
+        (["--order", "uncertain"], "needs suggestions"),
+        (["--suggest", str(data.root)], "neither an export folder"),
+    ]:
+        assert main(["annotate", str(data.root), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("spml annotate: error:") and message in err and "\n" not in err
