@@ -294,3 +294,33 @@ def test_the_cli_refuses_bad_input_in_one_line(data: PreparedData, capsys) -> No
         assert main(["annotate", str(data.root), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("spml annotate: error:") and message in err and "\n" not in err
+
+
+def test_clip_suggestions_from_the_micro_clip_through_the_cli(micro_clip, tmp_path: Path, monkeypatch, capsys) -> None:
+    from subsets import small_copy
+
+    import spml.annotate.server as server
+    from spml.annotate.queue import clip_probabilities
+    from spml.cli.main import main
+
+    root = small_copy(micro_clip.data_dir, tmp_path / "data", 64, 16)
+    data = PreparedData.open(root)
+    probs = clip_probabilities(data, micro_clip.spec, micro_clip.checkpoint, micro_clip.config)
+    assert probs.shape == (64, 8) and np.allclose(probs.sum(axis=1), 1.0)
+    truth = data.split("train").labels
+    hits = truth[np.arange(64), probs.argmax(axis=1)].mean()
+    assert hits > 0.5  # chance: about 0.3 (2.4 of 8 classes per image)
+    served = {}
+
+    def serve(app, host, port, ready):  # noqa: ANN001, ANN202
+        served["state"] = app.test_client().get("/api/state").get_json()
+        ready(f"http://{host}:{port}/")
+        raise KeyboardInterrupt  # Ctrl-C: the command ends normally
+
+    monkeypatch.setattr(server, "serve", serve)
+    argv = ["annotate", str(root), "--name", "clip", "--suggest-clip", micro_clip.spec,
+            "--vlm-checkpoint", str(micro_clip.checkpoint), "--vlm-config", str(micro_clip.config)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "open http://127.0.0.1:8765/" in out and "0 of 64 images answered" in out
+    assert served["state"]["order"] == "uncertain" and served["state"]["suggest"] == micro_clip.spec
