@@ -12,11 +12,14 @@ letter by letter, ``--key`` seconds a key, until that class is the filter's firs
 presses Enter. Labels per minute are answers over wall-clock minutes (pace, server and browser
 included); keys per label are counted.
 
-Sessions, each a new annotation of the same train split:
+The workflow measured is annotate, train, continue with suggestions. First ``--seed-answers``
+images (60) are answered without suggestions (not timed) and a linear probe is trained on them:
+the suggester. Then three annotations that start from those answers each answer the next
+``--paced`` images (60) at the fixed pace:
 
 1. ``plain``: no suggestions, the seeded random order;
-2. ``suggest-random``: suggestions from a linear probe trained on ``plain``'s first answers, the same
-   random order (the same images as ``plain``);
+2. ``suggest-random``: the suggester's suggestions, the same random order (the same images as
+   ``plain``, none of them seen by the suggester);
 3. ``suggest-uncertain``: the same suggestions, the default order with suggestions (least certain
    first, balanced over the suggested classes).
 
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_annotate"))
     p.add_argument("--images", type=int, default=600, help="synthetic train pool (default 600)")
     p.add_argument("--classes", type=int, default=12, help="classes (default 12)")
+    p.add_argument("--seed-answers", type=int, default=60, help="answers the suggester is trained on (default 60)")
     p.add_argument("--paced", type=int, default=60, help="images answered at the fixed pace per session (default 60)")
     p.add_argument("--n", type=int, default=150, help="annotated images the models are trained on (default 150)")
     p.add_argument("--look", type=float, default=0.5, help="seconds looking at an image (default 0.5)")
@@ -127,22 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     truth = data.split("train").labels
     rows: dict[str, dict] = {}
 
-    plain = build_session(data, "plain", restart=True)
-    rows["plain"] = annotate(plain, truth, args.paced, args.look, args.key)
+    first = build_session(data, "first", restart=True)
+    annotate(first, truth, args.seed_answers, 0.0, 0.0)
+    first_answers = first.store.answers()
     run0 = args.work / "suggester"
     if not (run0 / "results.json").is_file():
-        train(root, load_config(None, [*common(args.image_size, 0), f"observed={annotated_path(data, 'plain')}"]), run0)
+        train(root, load_config(None, [*common(args.image_size, 0), f"observed={first.store.path}"]), run0)
     probs = model_probabilities(data, run0, device="cpu")
-    for name, order in (("suggest-random", "random"), ("suggest-uncertain", "uncertain")):
-        session = build_session(data, name, restart=True, order=order, probs=probs, suggest=str(run0))
-        shot = args.screenshot if order == "random" else None
+    sessions = {}
+    for name, order, session_probs in (("plain", "random", None), ("suggest-random", "random", probs),
+                                       ("suggest-uncertain", "uncertain", probs)):
+        session = build_session(data, name, restart=True, order=order, probs=session_probs,
+                                suggest=None if session_probs is None else str(run0))
+        for row in np.flatnonzero(first_answers != UNANSWERED):  # the answers the suggester was trained on
+            session.store.answer(int(row), int(first_answers[row]))
+        shot = args.screenshot if name == "suggest-random" else None
         rows[name] = annotate(session, truth, args.paced, args.look, args.key, shot)
+        sessions[name] = session
 
-    # Continue plain and suggest-random to N answers without pacing (a resumed annotation).
-    for name, session_probs in (("plain", None), ("suggest-random", probs)):
-        session = build_session(data, name, order="random", probs=session_probs, suggest=None if session_probs is None else str(run0))
-        done = int((session.store.answers() != UNANSWERED).sum())
-        annotate(session, truth, args.n - done, 0.0, 0.0)
+    # Continue plain and suggest-random to N answers without pacing (the same session: a resumed page).
+    for name in ("plain", "suggest-random"):
+        done = int((sessions[name].store.answers() != UNANSWERED).sum())
+        annotate(sessions[name], truth, args.n - done, 0.0, 0.0)
 
     answered = np.flatnonzero((load_observed(data, annotated_path(data, "plain")) != 0).any(axis=1))
     maps: dict[str, list[float]] = {}

@@ -281,6 +281,18 @@ def test_train_on_an_annotation_being_made_uses_the_answered_rows(data: Prepared
     assert json.loads((tmp_path / "run" / "results.json").read_text())["best_epoch"] >= 1
 
 
+def test_without_flask_the_cli_names_the_extra_in_one_line(data: PreparedData, monkeypatch, capsys) -> None:
+    import sys
+
+    from spml.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "flask", None)  # as if not installed: importing it raises ImportError
+    assert main(["annotate", str(data.root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "spml annotate: error: spml annotate needs Flask, which the core install leaves out: pip install 'spml[annotate]'"
+    assert not data.observed_dir.exists()  # nothing written
+
+
 def test_the_cli_refuses_bad_input_in_one_line(data: PreparedData, capsys) -> None:
     from spml.cli.main import main
 
