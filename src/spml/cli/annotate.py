@@ -31,8 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Serve a local page showing the train images one at a time with the class names as buttons and keys; "
             "the class you see first is the image's single positive label. Every answer is saved at once in "
-            "DATA_DIR/observed/annotated-NAME.npy (observed labels: spml train --set observed=annotated-NAME.npy "
-            "works at any time); started again, it continues where it stopped. Needs pip install 'spml[annotate]'."
+            "DATA_DIR/observed/annotated-NAME.npy (observed labels; train on them at any time with "
+            "spml train DATA_DIR --set observed=annotated-NAME.npy); started again, it continues where it stopped. "
+            "Needs pip install 'spml[annotate]'."
         ),
     )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="a prepared data folder (its train split is annotated)")
@@ -90,5 +91,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         done = session.summary(session.store.answers())
         print(f"stopped: {done['answered']} of {done['total']} images answered in {session.store.path}")
-        print(f"train on them: spml train {args.data_dir} --set observed={session.store.path.name} ...")
+        print(f"train on them: spml train {args.data_dir} --set observed={session.store.path.name} --out RUN_DIR")
     return 0
