@@ -336,3 +336,51 @@ def test_clip_suggestions_from_the_micro_clip_through_the_cli(micro_clip, tmp_pa
     out = capsys.readouterr().out
     assert "open http://127.0.0.1:8765/" in out and "0 of 64 images answered" in out
     assert served["state"]["order"] == "uncertain" and served["state"]["suggest"] == micro_clip.spec
+
+
+@pytest.mark.slow
+def test_a_killed_server_loses_no_answer_and_the_next_one_continues(data: PreparedData) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH"))))}
+
+    def start() -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "spml", "annotate", str(data.root), "--name", "killed", "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        line = proc.stdout.readline()
+        found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+        assert found, line
+        return proc, found.group(1)
+
+    def call(url: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(url, None if body is None else json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    proc, url = start()
+    try:
+        state = call(url + "api/state")
+        rows = [call(f"{url}api/item/{p}")["index"] for p in range(state["position"], state["position"] + 3)]
+        for row, answer in zip(rows, (1, "none", 3)):
+            call(url + "api/answer", {"index": row, "answer": answer})
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    proc, url = start()
+    try:
+        state = call(url + "api/state")
+        assert state["summary"]["answered"] == 3 and state["summary"]["none"] == 1
+        assert call(f"{url}api/item/{state['position']}")["index"] not in rows  # continues after the answered ones
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "3 of 48 images answered" in out
+    labels = load_observed(data, annotated_path(data, "killed"))
+    assert labels[rows[0]].tolist() == [0, 1, 0, 0] and labels[rows[1]].tolist() == [-1] * 4 and labels[rows[2]].tolist() == [0, 0, 0, 1]

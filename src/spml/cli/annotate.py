@@ -12,6 +12,7 @@ Serves a local page (the URL is printed) until Ctrl-C; every answer is saved at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from spml.annotate.queue import ORDERS
@@ -86,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
         log(f"annotating {summary['total']} train images ({summary['answered']} answered so far) into {session.store.path}")
         print(f"open {url} in a browser; Ctrl-C stops (every answer is already saved)", flush=True)
 
-    try:
+    # Ctrl-C ends serving (Werkzeug's loop returns on it); every answer is saved already.
+    with contextlib.suppress(KeyboardInterrupt):
         serve(app, args.host, args.port, ready)
-    except KeyboardInterrupt:
-        done = session.summary(session.store.answers())
-        print(f"stopped: {done['answered']} of {done['total']} images answered in {session.store.path}")
-        print(f"train on them: spml train {args.data_dir} --set observed={session.store.path.name} --out RUN_DIR")
+    done = session.summary(session.store.answers())
+    print(f"stopped: {done['answered']} of {done['total']} images answered in {session.store.path}")
+    print(f"train on them: spml train {args.data_dir} --set observed={session.store.path.name} --out RUN_DIR")
     return 0
