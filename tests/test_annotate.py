@@ -6,6 +6,7 @@ validation, 4xx, traversal. Suggestions and the queue's order.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 from pathlib import Path
@@ -156,7 +157,8 @@ def test_rows_to_train_are_the_answered_rows_of_an_annotation_only(data: Prepare
 
 # --- the server, through Flask's test client -----------------------------------------------------
 
-flask = pytest.importorskip("flask", reason="spml annotate needs the annotate extra (Flask)")
+# The store and the training need no Flask; the app does (the extra spml[annotate], in spml[test]).
+needs_flask = pytest.mark.skipif(importlib.util.find_spec("flask") is None, reason="needs the annotate extra (Flask)")
 
 
 @pytest.fixture
@@ -167,6 +169,7 @@ def client(data: PreparedData):  # noqa: ANN201
     return app.test_client()
 
 
+@needs_flask
 def test_the_page_state_items_images_and_answers(client, data: PreparedData) -> None:
     assert client.get("/").status_code == 200 and b"spml annotate" in client.get("/").data
     state = client.get("/api/state").get_json()
@@ -181,6 +184,7 @@ def test_the_page_state_items_images_and_answers(client, data: PreparedData) -> 
     assert load_observed(data, annotated_path(data, "web"))[first["index"]].tolist() == [-1] * 4
 
 
+@needs_flask
 @pytest.mark.parametrize(("method", "url", "kwargs", "status", "message"), [
     ("get", "/image/../../../etc/passwd", {}, 404, "not found"),
     ("get", "/image/%2e%2e%2fclasses.txt", {}, 404, "not found"),
@@ -212,6 +216,7 @@ def test_bad_requests_are_a_4xx_with_a_json_message_and_change_nothing(
     assert annotated_path(data, "web").read_bytes() == before
 
 
+@needs_flask
 def test_an_unreadable_image_is_a_4xx_naming_it_and_a_server_fault_hides_its_internals(data: PreparedData, tmp_path: Path) -> None:
     from spml.annotate.server import build_session, create_app
 
@@ -245,6 +250,7 @@ def test_orders_and_suggestions() -> None:
         queue_order(6, "uncertain")
 
 
+@needs_flask
 def test_a_trained_run_suggests_and_orders_the_queue(data: PreparedData, tmp_path: Path) -> None:
     from subsets import TINY_PROBE
 
@@ -293,6 +299,7 @@ def test_without_flask_the_cli_names_the_extra_in_one_line(data: PreparedData, m
     assert not data.observed_dir.exists()  # nothing written
 
 
+@needs_flask
 def test_the_cli_refuses_bad_input_in_one_line(data: PreparedData, capsys) -> None:
     from spml.cli.main import main
 
@@ -308,6 +315,7 @@ def test_the_cli_refuses_bad_input_in_one_line(data: PreparedData, capsys) -> No
         assert err.startswith("spml annotate: error:") and message in err and "\n" not in err
 
 
+@needs_flask
 def test_clip_suggestions_from_the_micro_clip_through_the_cli(micro_clip, tmp_path: Path, monkeypatch, capsys) -> None:
     from subsets import small_copy
 
@@ -338,6 +346,7 @@ def test_clip_suggestions_from_the_micro_clip_through_the_cli(micro_clip, tmp_pa
     assert served["state"]["order"] == "uncertain" and served["state"]["suggest"] == micro_clip.spec
 
 
+@needs_flask
 @pytest.mark.slow
 def test_a_killed_server_loses_no_answer_and_the_next_one_continues(data: PreparedData) -> None:
     import os
