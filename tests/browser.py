@@ -35,16 +35,15 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="spml-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-
-        def descriptors() -> None:  # in the child, before exec: the pipe ends at 3 and 4
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
         flags = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--hide-scrollbars",
                  "--remote-debugging-pipe", f"--user-data-dir={self.profile}", f"--window-size={width},{height}"]
         env = {**os.environ, "HOME": os.environ.get("HOME", "/tmp")}
-        self.process = subprocess.Popen([CHROMIUM, *flags, "about:blank"], preexec_fn=descriptors, close_fds=False,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        # bash (dash takes only one-digit descriptors) puts the pipe ends at 3 and 4 and execs Chromium:
+        # no Python runs between fork and exec (a preexec_fn could deadlock with the test's server thread).
+        script = f'exec "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        self.process = subprocess.Popen(["bash", "-c", script, "bash", CHROMIUM, *flags, "about:blank"],
+                                        pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env=env)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
