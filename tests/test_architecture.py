@@ -9,7 +9,7 @@ import spml
 
 LAYERS = [
     "errors", "coerce", "metrics", "data", "models", "losses", "pseudolabels", "vlm", "training", "deploy",
-    "methods", "reports", "api", "papers", "cli",
+    "methods", "reports", "annotate", "api", "papers", "cli",
 ]  # fmt: skip
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["metrics"] = RANK["coerce"]  # coerce and metrics share the layer above errors

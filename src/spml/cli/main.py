@@ -23,7 +23,8 @@ from spml.progress import set_quiet
 from spml.training.config import TrainConfig
 
 COMMANDS = ("prepare", "observe", "synth", "demo", "train", "evaluate", "grid", "score", "micro_clip",
-            "predict", "export", "report", "compare", "reproduce")
+            "predict", "export", "report", "compare", "reproduce",
+            "annotate")
 
 
 def in_flags(message: str, flags: Mapping[str, str]) -> str:

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spml import readers
+from spml.data import annotated
 from spml.data.atomic import atomic_path, save_npy, write_json, write_text
 from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
@@ -178,6 +179,23 @@ def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
     return load_observed(data, config.observed)
 
 
+def train_rows(config: TrainConfig, observed: np.ndarray) -> np.ndarray:
+    """The train rows a run learns from: every row, or an annotation's answered rows (said in one line).
+
+    Raises:
+        SpmlError: An annotation without any answer yet.
+    """
+    rows = None if config.observed == FULL_OBSERVED else annotated.rows_to_train(config.observed, observed)
+    if rows is None:
+        return np.arange(len(observed))
+    if len(rows) == 0:
+        raise SpmlError("is an annotation without any answer yet; annotate some images first (spml annotate)", config.observed)
+    if len(rows) < len(observed):
+        log(f"note: {Path(config.observed).name} has answers for {len(rows)} of {len(observed)} train images so far; "
+            "training on those (the others have no label yet)")
+    return rows
+
+
 def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarray:
     """Labels the val mAP is computed against.
 
@@ -190,6 +208,8 @@ def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarr
     sidecar = Path(config.observed).with_suffix(".json")
     settings = readers.read_json_object(sidecar, "observed labels' record") if sidecar.is_file() else {}
     mode, seed, keep = settings.get("mode", "single-positive"), settings.get("seed", config.seed), settings.get("keep", 0.1)
+    if mode == annotated.MODE:
+        mode = "single-positive"  # a person's single positives: val observed the same way, drawn with the run's seed
     if not (isinstance(mode, str) and type(seed) is int and 0 <= seed < 2**32 and type(keep) in (int, float)):
         raise SpmlError("observed labels' record: mode, seed or keep has the wrong type", sidecar)
     return simulate_observed(val.labels, mode, float(keep), np.random.default_rng(seed))
@@ -278,6 +298,8 @@ class Trainer:
                 f"method {config.method!r} gave labels of shape {self.observed.shape}, "
                 f"train split has {self.train_split.labels.shape}"
             )
+        # An annotation being made (spml annotate) is trained on the rows answered so far.
+        self.train_rows = train_rows(config, observed)
         self.val_split = self.rm.split("val")
         self.val_target = val_targets(data, config, self.val_split)
         self.loss = (self._create_loss() if loss is None else loss).to(self.device)
@@ -397,8 +419,8 @@ class Trainer:
         The last partial batch is dropped (Cole et al.; it also spares BatchNorm a batch of one)
         unless it is the only one.
         """
-        n = len(self.train_split)
-        perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+        n = len(self.train_rows)
+        perm = self.train_rows[np.random.default_rng([self.config.seed, epoch]).permutation(n)]
         n_batches = max(1, n // batch_size)
         return [perm[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
 
@@ -514,7 +536,7 @@ class Trainer:
         optimizer = self.optimizer
         if not isinstance(optimizer, torch.optim.LBFGS):
             raise TypeError("the L-BFGS epoch needs the L-BFGS optimizer")
-        batch = next(self.batches(dataclasses.replace(phase, batch_size=len(self.train_split)), epoch))
+        batch = next(self.batches(dataclasses.replace(phase, batch_size=len(self.train_rows)), epoch))
         inputs = self._loss_inputs(batch)
         # The L2 penalty of sklearn's LogisticRegression: weight matrices only, not biases.
         decayed = [p for p in self.rm.model.head.parameters() if p.ndim > 1]
