@@ -10,7 +10,7 @@ import spml
 
 LAYERS = [
     "errors", "coerce", "metrics", "data", "models", "losses", "pseudolabels", "vlm", "training", "deploy",
-    "methods", "reports", "api", "cli",
+    "methods", "reports", "annotate", "api", "papers", "cli",
 ]  # fmt: skip
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["_version"] = RANK["errors"]  # the version string: imports nothing

@@ -118,6 +118,9 @@ def test_params_validation():
         CCDParams.from_params({"mean_views": 0})
     with pytest.raises(SpmlError, match="vlm_preprocess"):
         CCDParams.from_params({"vlm_preprocess": "crop"})
+    with pytest.raises(SpmlError, match="cam_box_rule"):
+        CCDParams.from_params({"cam_box_rule": "blob"})
+    assert CCDParams.from_params({"cam_box_rule": "raster"}).cam_box_rule == "raster"
 
 
 

@@ -58,6 +58,7 @@ def test_shipped_configs_hold_the_paper_settings():
     assert (base.lr, base.batch_size, base.epochs) == (1e-5, 8, 10)
     assert base.loss_params == {"alpha": 0.1, "beta": 0.7, "gamma": 0.0, "ls": 0.9}
     assert base.method_params == {"vlm": "open_clip:ViT-L-14-336/openai", "vlm_preprocess": "squash",
+                                  "vlm_interpolation": "bilinear",
                                   "template": "{}", "prompt_names": "raw", "tau": 0.01, "theta": 0.3, "neg_fraction": 0.0}
 
     axes = {name: yaml.safe_load(shipped_config(name).read_text())["grid"]
@@ -114,3 +115,12 @@ def test_bad_grid_section_is_one_line(data_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "grid: section must map config keys to non-empty lists" in err[-1] and str(config) in err[-1]
     assert not (tmp_path / "g").exists()
+
+
+def test_ablation_configs_share_vlpl_clip_settings() -> None:
+    """The ablations' headers say "the rest as vlpl.yaml": same CLIP, input, prompts (and so the same score cache)."""
+    clip_keys = ("vlm", "vlm_preprocess", "vlm_interpolation", "template", "prompt_names")
+    base = load_config("vlpl").method_params
+    for name in ("vlpl_negatives", "vlpl_label_smoothing", "vlpl_tau_theta"):
+        params = load_config(name).method_params
+        assert {k: params.get(k) for k in clip_keys} == {k: base[k] for k in clip_keys}, name

@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "report": "report",
     "compare": "compare",
+    "reproduce": "reproduce",
+    "annotate": "annotate",
 }
 SUMMARIES: dict[str, str] = {
     "prepare": "turn an official dataset layout into a prepared DATA_DIR",
@@ -36,4 +38,6 @@ SUMMARIES: dict[str, str] = {
     "export": "write a run's model as a self-contained folder (safetensors + model.json)",
     "report": "write RUN_DIR/report.html: training curves, per-class AP, PR curves, method figures",
     "compare": "tabulate runs or grids: rows = settings, columns = mAP metrics or datasets",
+    "reproduce": "run a paper's table from the shipped configs; print it with the published numbers beside spml's",
+    "annotate": "label the train images in a browser: one single positive per image",
 }

@@ -2,7 +2,7 @@
 
 ::
 
-    spml compare RUN_OR_GRID... [--format md|csv|latex] [--out FILE]
+    spml compare RUN_OR_GRID... [--format md|csv|latex] [--out FILE] [--published PAPER[:TABLE]]
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ from pathlib import Path
 
 from spml.cli.commands import SUMMARIES
 from spml.data.output import write_file
+from spml.papers.published import add_published
 from spml.reports import compare_runs, find_runs, format_table
 from spml.reports.compare import FORMATS
 
 
 def _run(args: argparse.Namespace) -> int:
     runs = find_runs(args.runs)
-    text = format_table(compare_runs(runs), args.format)
+    table = compare_runs(runs)
+    if args.published:
+        table = add_published(table, args.published)
+    text = format_table(table, args.format)
     if args.out is None:
         sys.stdout.write(text)
     else:
@@ -40,4 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_GRID", help="run folders or folders of runs")
     parser.add_argument("--format", choices=FORMATS, default="md", help="md (default), csv or latex")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the table here instead of stdout")
+    parser.add_argument("--published", metavar="PAPER[:TABLE]",
+                        help="add the paper's published number beside each row's (spml reproduce's tables; docs/reproduce.md)")
     parser.set_defaults(func=_run)

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise SpmlError(f"--observed labels belong to the train split, not {split.name!r}", args.observed)
     observed = load_observed(data, args.observed) if args.observed else None
     vlm = load_vlm(params.vlm, params.vlm_checkpoint, params.vlm_model_config, device=resolve_device(args.device),
-                   preprocessing=params.vlm_preprocess)
+                   preprocessing=params.vlm_preprocess, interpolation=params.vlm_interpolation)
     cache = split_scores(vlm, split, data.classes, [params.template], data.cache_dir, batch_size=params.vlm_batch_size,
                          image_size=params.vlm_image_size, num_workers=args.num_workers,
                          prompt_names=prompt_names(data.classes, params.prompt_names))

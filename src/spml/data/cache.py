@@ -72,8 +72,8 @@ def file_crc32(path: Path, offset: int = 0) -> int:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, waiting: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed); print ``waiting`` if it is busy.
+def file_lock(path: Path, waiting: str | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); print ``waiting`` (if given) if it is busy.
 
     The kernel releases the lock when its holder dies, so a crashed builder never blocks the next.
     """
@@ -83,7 +83,8 @@ def file_lock(path: Path, waiting: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(waiting, file=sys.stderr, flush=True)
+            if waiting is not None:
+                print(waiting, file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

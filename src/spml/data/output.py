@@ -28,8 +28,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from spml import readers
-from spml.data.atomic import atomic_dir, disk_errors, write_json, write_text
+from spml.data.atomic import atomic_dir, disk_errors, save_npy, write_json, write_text
 from spml.errors import SpmlError
 
 MARKER = ".spml.json"
@@ -43,11 +45,13 @@ KINDS = {
     "export": "an export",
     "data": "a prepared data",
     "observed": "an observed labels",
+    "annotated": "an annotated labels",
     "micro-clip": "a micro CLIP",
     "predictions": "a predictions",
     "report": "a report",
     "table": "a comparison table",
     "diagnostics": "a diagnostics",
+    "reproduce": "a reproduction",
 }
 
 Inputs = Iterable["str | Path | None | tuple[str, str | Path | None]"]
@@ -369,7 +373,29 @@ def write_file(
     target = Path(target)
     claim_file(target, kind, inputs, what=what)
     write_text(target, text)
+    record_file(target, kind)
+    return target
+
+
+def save_array(target: str | Path, array: np.ndarray, kind: str, inputs: Inputs = (), *, what: str = "the output file") -> Path:
+    """Save ``array`` as a ``.npy`` file (never pickled) at ``target`` under the output rule; return ``target``.
+
+    As :func:`write_file`: checked by :func:`claim_file`, written atomically, its kind and hash recorded.
+    """
+    target = Path(target)
+    claim_file(target, kind, inputs, what=what)
+    save_npy(target, array)
+    record_file(target, kind)
+    return target
+
+
+def record_file(target: str | Path, kind: str) -> None:
+    """Record the file ``target``, as it is now, as written by spml as ``kind`` (the next claim may replace it).
+
+    For a writer that updates its own file in place under a lock (an annotation), and so keeps
+    every byte it did not mean to change.
+    """
+    target = Path(target)
     records = _file_records(target.parent)
     records[target.name] = {"kind": kind, "sha256": _digest(target)}
     write_json(target.parent / FILES_MARKER, records)
-    return target

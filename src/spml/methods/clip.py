@@ -14,6 +14,7 @@ from spml.errors import SpmlError
 from spml.training import RunContext
 from spml.vlm import (
     DEFAULT_TEMPLATES,
+    INTERPOLATIONS,
     PREPROCESSING_MODES,
     VLM,
     ScoreCache,
@@ -35,6 +36,9 @@ class ClipParams:
         vlm_image_size: CLIP input side other than the model's native one (None: native).
         vlm_preprocess: ``native`` (the model's centre crop and statistics) or ``squash`` (the whole
             image resized to a square with ImageNet statistics, as the references fed CLIP).
+        vlm_interpolation: ``bilinear`` or ``bicubic`` resampling of the CLIP inputs; None keeps the
+            model's own (bicubic for OpenAI's CLIPs). VLPL's and AEVLP's releases resized with
+            torchvision's default, bilinear.
         prompt_names: Names in the prompts: ``auto`` (readable names shipped for VOC and CUB, else
             the class names), ``raw`` (the class names) or a names file, one per line in class order.
         template: The prompt template (``{}`` is the class name).
@@ -46,12 +50,13 @@ class ClipParams:
     vlm_model_config: str | None = None
     vlm_image_size: int | None = None
     vlm_preprocess: str = "squash"
+    vlm_interpolation: str | None = None
     prompt_names: str = "auto"
     template: str = DEFAULT_TEMPLATES[0]
     vlm_batch_size: int = 64
 
     def check_clip(self) -> None:
-        """Refuse an unknown preprocessing mode, a template without ``{}`` or a batch size below 1.
+        """Refuse an unknown preprocessing mode or interpolation, a template without ``{}`` or a batch size below 1.
 
         Raises:
             SpmlError: Naming the ``method_params`` key.
@@ -60,6 +65,10 @@ class ClipParams:
             raise SpmlError(
                 f"method_params.vlm_preprocess must be one of {', '.join(PREPROCESSING_MODES)}, got {self.vlm_preprocess!r}"
             )
+        if self.vlm_interpolation is not None and self.vlm_interpolation not in INTERPOLATIONS:
+            raise SpmlError(
+                f"method_params.vlm_interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.vlm_interpolation!r}"
+            )
         check_templates([self.template])
         if self.vlm_batch_size < 1:
             raise SpmlError(f"method_params.vlm_batch_size must be positive, got {self.vlm_batch_size}")
@@ -67,7 +76,8 @@ class ClipParams:
     def load_clip(self, ctx: RunContext) -> VLM:
         """Return the frozen CLIP these settings name, on the run's device."""
         return load_vlm(
-            self.vlm, self.vlm_checkpoint, self.vlm_model_config, device=ctx.device, preprocessing=self.vlm_preprocess
+            self.vlm, self.vlm_checkpoint, self.vlm_model_config, device=ctx.device, preprocessing=self.vlm_preprocess,
+            interpolation=self.vlm_interpolation,
         )
 
     def words(self, ctx: RunContext) -> list[str]:

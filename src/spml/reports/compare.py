@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,15 @@ LABEL_COLUMNS = len(LABEL_HEADER)
 
 @dataclass(frozen=True)
 class Table:
-    """A comparison table: ``header`` and rows of cells; ``values[r][c]`` holds the per-seed numbers."""
+    """A comparison table: ``header`` and rows of cells; ``values[r][c]`` holds the per-seed numbers.
+
+    ``groups[r]`` lists the run folders pooled in row ``r`` (for :func:`compare_runs`' tables).
+    """
 
     header: list[str]
     rows: list[list[str]]
     values: list[list[list[float]]]
+    groups: list[list[Path]] = field(default_factory=list)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[RunFiles]:
@@ -60,12 +64,13 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunFiles]:
     return done
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted keys (``loss_params.ls_coef``)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{name}."))
+            out.update(flatten(value, f"{name}."))
         else:
             out[name] = value
     return out
@@ -111,7 +116,7 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
     Columns: ``run`` (the runs' names), ``setting`` (only the settings that differ between the
     runs; a key a run's config lacks is left out of its row), then the metrics.
     """
-    configs = [_short_paths(_flatten(r.config), r.info.get("data_dir")) for r in runs]
+    configs = [_short_paths(flatten(r.config), r.info.get("data_dir")) for r in runs]
     keys = sorted({k for c in configs for k in c} - _IGNORED)
     differing = [k for k in keys if len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
     datasets = sorted({_dataset(r) for r in runs})
@@ -125,7 +130,7 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
     else:
         header = [*LABEL_HEADER, *(title for _, title in METRICS), "seeds"]
         columns = [(None, key) for key, _ in METRICS]
-    rows, values = [], []
+    rows, values, pooled = [], [], []
     for setting, named in groups.items():
         members = [run for _, run in named]
         cells, numbers = [_row_label([name for name, _ in named]), setting], []
@@ -134,15 +139,17 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
             vals = [float(m.results.get(key, math.nan)) for m in members if dataset is None or _dataset(m) == dataset]
             vals = [v for v in vals if not math.isnan(v)]
             numbers.append(vals)
-            cells.append(_mean_std(vals))
+            cells.append(mean_std(vals))
         if len(datasets) == 1:
             cells.append(str(len(members)))
         rows.append(cells)
         values.append(numbers)
-    return Table(header, rows, values)
+        pooled.append([run.root for run in members])
+    return Table(header, rows, values, pooled)
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
+    """``0.8123`` for one value, ``0.8123 ± 0.0100`` (sample std) for several, ``-`` for none."""
     if not values:
         return "-"
     if len(values) == 1:

@@ -9,18 +9,39 @@ device (:class:`~spml.training.callbacks.Batch`); true labels are never among th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from spml.data import annotated
 from spml.data.dataset import SplitDataset
 from spml.data.image_cache import CachedSplitDataset, decoded_images
+from spml.errors import SpmlError
+from spml.progress import log
 from spml.training import distributed
-from spml.training.config import TrainConfig
+from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.callbacks import Batch
 from spml.training.phases import LINEAR
 from spml.training.runmodel import RunModel
+
+
+def train_rows(config: TrainConfig, observed: np.ndarray) -> np.ndarray:
+    """The train rows a run learns from: every row, or an annotation's answered rows (said in one line).
+
+    Raises:
+        SpmlError: An annotation without any answer yet.
+    """
+    rows = None if config.observed == FULL_OBSERVED else annotated.rows_to_train(config.observed, observed)
+    if rows is None:
+        return np.arange(len(observed))
+    if len(rows) == 0:
+        raise SpmlError("is an annotation without any answer yet; annotate some images first (spml annotate)", config.observed)
+    if len(rows) < len(observed):
+        log(f"note: {Path(config.observed).name} has answers for {len(rows)} of {len(observed)} train images so far; "
+            "training on those (the others have no label yet)")
+    return rows
 
 
 class BatchSource:
@@ -30,12 +51,15 @@ class BatchSource:
         config: The run's resolved config (seed, image cache, workers, image size).
         rm: The run model (train split, its feature cache and transforms).
         observed: int8 N x L labels to train on (after the method rewrote them).
+        rows: The train rows to learn from (:func:`train_rows`: all of them, or an annotation's answered ones).
         device: Where batches go.
         channels_last: Give images in the channels-last layout (the model's).
     """
 
-    def __init__(self, config: TrainConfig, rm: RunModel, observed: np.ndarray, device: torch.device, channels_last: bool) -> None:
+    def __init__(self, config: TrainConfig, rm: RunModel, observed: np.ndarray, device: torch.device, channels_last: bool,
+                 rows: np.ndarray) -> None:
         self.config = config
+        self.rows = rows
         self.rm = rm
         self.split = rm.split("train")
         self.observed = observed
@@ -43,7 +67,7 @@ class BatchSource:
         self.channels_last = channels_last
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.rows)
 
     def order(self, epoch: int, batch_size: int) -> list[np.ndarray]:
         """The epoch's batches of train rows: a seeded permutation.
@@ -51,8 +75,8 @@ class BatchSource:
         The last partial batch is dropped (Cole et al.; it also spares BatchNorm a batch of one)
         unless it is the only one.
         """
-        n = len(self.split)
-        perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+        n = len(self.rows)
+        perm = self.rows[np.random.default_rng([self.config.seed, epoch]).permutation(n)]
         n_batches = max(1, n // batch_size)
         return [perm[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
 

@@ -39,7 +39,7 @@ from spml.models.backbones import missing_backbone_weights
 from spml.models.hub import MissingWeights, missing_message
 from spml.progress import log
 from spml.training import diagnostics, distributed
-from spml.training.batches import BatchSource
+from spml.training.batches import BatchSource, train_rows
 from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass
 from spml.training.defaults import resolve_defaults
 from spml.training.evaluation import Evaluator
@@ -135,7 +135,8 @@ class Trainer:
         loss.on_train_start(torch.from_numpy(observed).to(device))
         run_callbacks = CallbackList(hooks, callbacks, loss=loss)
         run_callbacks.setup(rm.model, loss)
-        batches = BatchSource(config, rm, observed, device, self.channels_last)
+        # An annotation being made (spml annotate) is trained on the rows answered so far.
+        batches = BatchSource(config, rm, observed, device, self.channels_last, train_rows(config, observed))
         steps = make_steps(config, rm, loss, run_callbacks, batches, inputs_needed, self.bf16, run_dir)
         run_callbacks.on_run_start(RunHandle(steps.forward_images, lambda split: evaluator.predict(split, from_features=False)))
         self.loop = EpochLoop(

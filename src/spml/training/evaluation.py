@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from spml import readers
+from spml.data import annotated
 from spml.data.layout import PreparedData, Split
 from spml.data.observe import simulate_observed
 from spml.errors import SpmlError
@@ -37,6 +38,8 @@ def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarr
     sidecar = Path(config.observed).with_suffix(".json")
     settings = readers.read_json_object(sidecar, "observed labels' record") if sidecar.is_file() else {}
     mode, seed, keep = settings.get("mode", "single-positive"), settings.get("seed", config.seed), settings.get("keep", 0.1)
+    if mode == annotated.MODE:
+        mode = "single-positive"  # a person's single positives: val observed the same way, drawn with the run's seed
     if not (isinstance(mode, str) and type(seed) is int and 0 <= seed < 2**32 and type(keep) in (int, float)):
         raise SpmlError("observed labels' record: mode, seed or keep has the wrong type", sidecar)
     return simulate_observed(val.labels, mode, float(keep), np.random.default_rng(seed))

@@ -51,6 +51,7 @@ SPEC_PREFIX = "open_clip:"
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"  # open_clip's schemas: the model brings config and weights
 WEIGHTLESS_TAG = "none"
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+INTERPOLATIONS = tuple(_INTERPOLATIONS)  # what load_vlm's interpolation (method_params.vlm_interpolation) takes
 PREPROCESSING_MODES = ("native", "squash")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,6 +150,7 @@ class VlmSource:
     preprocessing: str = "native"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    interpolation: str | None = None
 
 
 @dataclass
@@ -188,7 +190,8 @@ class VLM:
         """Return this model (shared, not reloaded) with another preprocessing mode (see the module docstring)."""
         source = replace(self.source, preprocessing=mode, mean=mean, std=std)
         native = Preprocess.from_open_clip(self.model.visual.preprocess_cfg)
-        return replace(self, preprocess=preprocessing_for(native, mode, mean, std), source=source, _resized={})
+        preprocess = preprocessing_for(native, mode, mean, std, self.source.interpolation)
+        return replace(self, preprocess=preprocess, source=source, _resized={})
 
     @property
     def logit_scale(self) -> float:
@@ -244,15 +247,22 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def preprocessing_for(
-    native: Preprocess, mode: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+    native: Preprocess,
+    mode: str,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    interpolation: str | None = None,
 ) -> Preprocess:
-    """Build the :class:`Preprocess` of ``mode`` from the model's ``native`` one (statistics overridable).
+    """Build the :class:`Preprocess` of ``mode`` from the model's ``native`` one (statistics and resampling overridable).
 
     Raises:
-        SpmlError: Unknown mode, or statistics that are not three numbers with positive std.
+        SpmlError: Unknown mode or interpolation, or statistics that are not three numbers with
+            positive std.
     """
     if mode not in PREPROCESSING_MODES:
         raise SpmlError(f"unknown VLM preprocessing {mode!r}; valid: {', '.join(PREPROCESSING_MODES)}")
+    if interpolation is not None and interpolation not in _INTERPOLATIONS:
+        raise SpmlError(f"unknown VLM interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
     for what, values in (("mean", mean), ("std", std)):
         if values is not None and (len(values) != 3 or (what == "std" and min(values) <= 0)):
             raise SpmlError(f"VLM preprocessing {what} must be three numbers (std positive), got {list(values)}")
@@ -262,6 +272,7 @@ def preprocessing_for(
         native,
         mean=tuple(float(v) for v in mean) if mean is not None else native.mean,
         std=tuple(float(v) for v in std) if std is not None else native.std,
+        interpolation=interpolation or native.interpolation,
     )
 
 
@@ -298,6 +309,7 @@ def load_vlm(
     preprocessing: str = "native",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    interpolation: str | None = None,
 ) -> VLM:
     """Load a frozen open_clip model with its preprocessing and tokenizer (see the module docstring).
 
@@ -312,13 +324,15 @@ def load_vlm(
         preprocessing: ``native`` or ``squash`` (see the module docstring).
         mean: Normalisation mean replacing the mode's.
         std: Normalisation std replacing the mode's.
+        interpolation: ``bilinear`` or ``bicubic`` replacing the model's resampling (None: the
+            model's own, bicubic for OpenAI's CLIPs).
 
     Raises:
-        SpmlError: Unknown model, tag or preprocessing mode, missing files, weights that cannot be
-            downloaded.
+        SpmlError: Unknown model, tag, preprocessing mode or interpolation, missing files, weights
+            that cannot be downloaded.
     """
     name, tag = parse_spec(spec)
-    preprocessing_for(Preprocess((1, 1), (0.0,) * 3, (1.0,) * 3), preprocessing, mean, std)  # fail before loading
+    preprocessing_for(Preprocess((1, 1), (0.0,) * 3, (1.0,) * 3), preprocessing, mean, std, interpolation)  # fail before loading
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if tag is not None:
@@ -357,6 +371,7 @@ def load_vlm(
         spec=spec, model_name=model_name_for(spec), pretrained=tag, checkpoint=checkpoint,
         model_config=model_config, quick_gelu=_quick_gelu_tag(name, tag), preprocessing=preprocessing,
         mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+        interpolation=interpolation,
     )
     return _load(source, torch.device(device), image_size=image_size)
 
@@ -503,7 +518,8 @@ def _load(source: VlmSource, device: torch.device, image_size: int | None) -> VL
     return VLM(
         model=model,
         preprocess=preprocessing_for(
-            Preprocess.from_open_clip(model.visual.preprocess_cfg), source.preprocessing, source.mean, source.std
+            Preprocess.from_open_clip(model.visual.preprocess_cfg), source.preprocessing, source.mean, source.std,
+            source.interpolation,
         ),
         tokenizer=tokenizer,
         identity=_identity(source),

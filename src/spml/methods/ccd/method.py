@@ -54,6 +54,7 @@ from spml.pseudolabels.ccd import (
 )
 from spml.methods.ccd.report import label_diagnostics, plot_bias
 from spml.methods.ccd.views import (
+    CAM_BOX_RULES,
     boxes_array,
     cam_box,
     crop_resized,
@@ -126,6 +127,9 @@ class CCDParams:
         view_threshold_step: Its increment after each block outside the window (code: 0.001).
         view_threshold_block: Images per check of the adaptive search (code: 100).
         cam_threshold: Threshold on the min-max normalised CAM (code and supplementary fig. 7: 0.95).
+        cam_box_rule: How the thresholded CAM becomes a box: ``bbox`` (every pixel above the
+            threshold) or ``raster`` (the code's first and last such pixels in raster order as
+            corners, end exclusive; :func:`~spml.methods.ccd.views.cam_box`).
         cam_image_size: Side of the squashed image the classifier sees when it picks the classes of
             the views and computes their CAMs: the code's 640 x 640 frame (its ``infer`` and
             ``thres`` loaders, ``resize (640, 640)``; ``ccd``: 640), one extra pass over the train
@@ -167,6 +171,7 @@ class CCDParams:
     view_threshold_step: float = 0.001
     view_threshold_block: int = 100
     cam_threshold: float = 0.95
+    cam_box_rule: str = "bbox"
     cam_image_size: int | None = None
     box_offset: int = 80
     box_offset_frame: int | None = 640
@@ -184,6 +189,8 @@ class CCDParams:
         for key, choices in (("view_threshold", VIEW_THRESHOLDS), ("vlm_preprocess", PREPROCESSING_MODES)):
             if getattr(self, key) not in choices:
                 raise SpmlError(f"method_params.{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
+        if self.cam_box_rule not in CAM_BOX_RULES:
+            raise SpmlError(f"method_params.cam_box_rule must be one of {', '.join(CAM_BOX_RULES)}; got {self.cam_box_rule!r}")
         if self.crop_resize_mode not in CROP_RESIZE_MODES:
             raise SpmlError(
                 f"method_params.crop_resize_mode must be one of {', '.join(CROP_RESIZE_MODES)}; got {self.crop_resize_mode!r}"
@@ -256,6 +263,7 @@ def select_cam_views(
     batch_size: int,
     device: torch.device,
     offset_frame: int | None = None,
+    box_rule: str = "bbox",
 ) -> tuple[np.ndarray, np.ndarray]:
     """CCD's local views: a CAM box for every (image, class) with classifier probability > ``threshold``.
 
@@ -271,6 +279,7 @@ def select_cam_views(
         device: Where the model lives.
         offset_frame: ``offset`` is in the image squashed to this square side (see
             :func:`~spml.methods.ccd.views.frame_offset`); None = original pixels.
+        box_rule: How a thresholded CAM becomes a box (:func:`~spml.methods.ccd.views.cam_box`).
 
     Returns:
         ``(views, view_class)``: ``M x 5`` int64 ``(image, x0, y0, x1, y1)`` in original pixels and
@@ -297,7 +306,7 @@ def select_cam_views(
                 for k, cam in zip(classes.tolist(), cams):
                     view_image.append(index)
                     view_class.append(k)
-                    boxes.append(cam_box(cam, size, cam_threshold, pixels))
+                    boxes.append(cam_box(cam, size, cam_threshold, pixels, box_rule))
     model.train(was_training)
     return boxes_array(view_image, boxes), np.asarray(view_class, dtype=np.int64)
 
@@ -494,6 +503,7 @@ class CCDHooks(TrainingHooks):
             views, view_class = select_cam_views(
                 model, self.split, transform, train_scores, threshold, p.cam_threshold, p.box_offset,
                 self.ctx.config.eval_batch_size, self.ctx.device, offset_frame=p.box_offset_frame,
+                box_rule=p.cam_box_rule,
             )
             self.facts["class_threshold_used"] = float(threshold)
         else:

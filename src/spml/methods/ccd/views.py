@@ -23,6 +23,9 @@ Box = tuple[int, int, int, int]
 _NORM_EPS = 1e-5
 
 
+CAM_BOX_RULES = ("bbox", "raster")
+
+
 def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
     """Min-max normalise a class activation map (``... x H x W``) to [0, 1] per map."""
     low = cam.amin(dim=(-2, -1), keepdim=True)
@@ -66,26 +69,33 @@ def frame_offset(offset: int, image_size: tuple[int, int], frame: int | None) ->
     return round(offset * width / frame), round(offset * height / frame)
 
 
-def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, offset: int | tuple[int, int]) -> Box:
+def cam_box(
+    cam: torch.Tensor, image_size: tuple[int, int], threshold: float, offset: int | tuple[int, int], rule: str = "bbox"
+) -> Box:
     """Local view of one class from its activation map.
 
     The map (``h x w``, any scale, computed on the resized network input) is upsampled bilinearly
-    to the original image, min-max normalised, thresholded (strictly above ``threshold``), and the
-    bounding box of *all* pixels above the threshold is enlarged by ``offset`` and clipped. The
-    reference implementation boxes the first and last above-threshold pixels in raster order, an
-    approximation of the same box; with the paper's threshold of 0.95 the region is nearly always
-    one blob, so the largest-component variant would give the same box. A flat map has no pixel
-    above the threshold: the view is then the whole image.
+    to the original image, min-max normalised and thresholded (strictly above ``threshold``); the
+    box is enlarged by ``offset`` and clipped. ``rule`` ``bbox``: the bounding box of *all* pixels
+    above the threshold (with the paper's 0.95 the region is nearly always one blob, so the
+    largest-component variant would give the same box). ``raster``: the reference code's
+    (k0u-id/CCD ``train.py``): the first and last above-threshold pixels in raster order are
+    opposite corners and the crop ends at ``last + offset`` exclusive, so the box can miss part of
+    the blob and is one pixel short on the right and bottom. A flat map has no pixel above the
+    threshold: the view is then the whole image.
 
     Args:
         cam: ``h x w`` activation map.
         image_size: ``(height, width)`` of the original image.
         threshold: Threshold on the normalised map, in [0, 1).
         offset: Pixels added on each side of the box, or ``(x, y)`` per axis.
+        rule: ``bbox`` or ``raster`` (above).
 
     Returns:
         ``(x0, y0, x1, y1)`` in original image pixels.
     """
+    if rule not in CAM_BOX_RULES:
+        raise ValueError(f"rule must be one of {', '.join(CAM_BOX_RULES)}, got {rule!r}")
     if cam.ndim != 2:
         raise ValueError(f"cam must be h x w, got shape {tuple(cam.shape)}")
     height, width = image_size
@@ -93,6 +103,11 @@ def cam_box(cam: torch.Tensor, image_size: tuple[int, int], threshold: float, of
     mask = normalise_cam(up) > threshold
     if not bool(mask.any()):
         return 0, 0, width, height
+    if rule == "raster":
+        pixels = torch.nonzero(mask)  # row-major: the first and the last pixel in raster order
+        (ya, xa), (yb, xb) = pixels[0].tolist(), pixels[-1].tolist()
+        box = (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+        return expand_box(box, offset, image_size)
     rows = torch.nonzero(mask.any(dim=1)).flatten()
     cols = torch.nonzero(mask.any(dim=0)).flatten()
     box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)

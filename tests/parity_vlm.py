@@ -1,0 +1,116 @@
+"""Tiny inputs shared by the CCD and CDUL parity runs (their recording scripts and their tests).
+
+Both sides of a parity run (the authors' code from a scratch copy, and spml) must see the same
+images, the same CLIP and the same initial classifier. Everything here is built from a seed, so the
+recording script (``benchmarks/parity_ccd.py``, ``benchmarks/parity_cdul.py``) and the test rebuild
+identical inputs; the fixture records checksums of them so that a change (a timm or open_clip
+release initialising differently) fails loudly instead of comparing different runs.
+
+* Images: ``size`` x ``size`` RGB PNGs, **left-right symmetric** (each coloured square has its
+  mirror image), so that a horizontal flip is the identity: the references flip with Python's
+  ``random`` and spml with its own seeded rule, and neither draw can then change a number.
+* CLIP: spml's micro CLIP (an open_clip ViT) at ``size`` px, so that no resize is needed on either
+  side, trained for a few seeded steps, with its logit scale set to 100 (the references hard-code
+  ``100 x cosine``; spml uses the model's own scale).
+* Classifier: a torchvision-layout ResNet-18 (timm ``resnet18`` has the same keys) from a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from spml.data.layout import write_prepared
+
+COLORS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40), (200, 60, 210), (40, 210, 210))
+NAMES = ("red", "green", "blue", "yellow", "purple", "cyan")
+CLIP_NAME = "parity-clip"
+
+
+def make_images(root: Path, counts: dict[str, int], num_classes: int, size: int = 64, seed: int = 0) -> Path:
+    """A prepared folder ``root/data`` of symmetric images (PNG under ``root/images``); returns it.
+
+    Every image has 1-2 classes; a class is a pair of mirrored squares of its colour on a
+    symmetric noisy background of a random colour (the stand-in CLIP, which knows nothing, then
+    ranks different classes first on different images).
+    """
+    rng = np.random.default_rng(seed)
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True)
+    splits = {}
+    for split, n in counts.items():
+        paths, labels = [], np.zeros((n, num_classes), dtype=np.uint8)
+        for i in range(n):
+            half = rng.integers(0, 256, size=3) + rng.integers(-40, 40, size=(size, size // 2, 3))
+            pixels = np.concatenate([half, half[:, ::-1]], axis=1).clip(0, 255).astype(np.uint8)
+            chosen = rng.choice(num_classes, size=int(rng.integers(1, 3)), replace=False)
+            for c in chosen:
+                side = int(rng.integers(size // 8, size // 4))
+                y = int(rng.integers(0, size - side))
+                x = int(rng.integers(0, size // 2 - side))
+                pixels[y : y + side, x : x + side] = COLORS[c]
+                pixels[y : y + side, size - x - side : size - x] = COLORS[c]
+                labels[i, c] = 1
+            path = images_dir / f"{split}_{i:03d}.png"
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+        splits[split] = (paths, labels)
+    data = root / "data"
+    data.mkdir()
+    write_prepared(data, list(NAMES[:num_classes]), splits, {"source": "parity tiny set"})
+    return data
+
+
+def make_clip(out: Path, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """The weightless stand-in CLIP: ``(checkpoint, model_config)`` for spml's ``open_clip:parity-clip``.
+
+    Random weights from ``seed``, the image tower average-pooling its patch tokens (a randomly
+    initialised class token barely depends on the image: every image would rank the same class
+    first, and classes that are never a CLIP top-1 make the references divide 0 by 0), logit
+    scale 100.
+    """
+    config = {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": size, "layers": 1, "width": 96, "head_width": 32, "patch_size": 16,
+                       "pool_type": "avg", "final_ln_after_pool": True},
+        "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / f"{CLIP_NAME}.json"
+    config_path.write_text(json.dumps(config))
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(CLIP_NAME, load_weights=False)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+    checkpoint = out / f"{CLIP_NAME}.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    return checkpoint, config_path
+
+
+def make_backbone(path: Path, seed: int = 0) -> Path:
+    """Random ResNet-18 weights (torchvision's key names) saved to ``path`` (safetensors)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("resnet18", pretrained=False)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    save_file(state, str(path))
+    return path
+
+
+def checksum(state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Norm and a hash of a state dict's float tensors (what a fixture records of its inputs)."""
+    keys = sorted(k for k, v in state.items() if v.is_floating_point())
+    digest = hashlib.sha256()
+    for k in keys:
+        digest.update(np.round(state[k].double().numpy(), 5).tobytes())
+    norm = math.sqrt(sum(float(state[k].double().pow(2).sum()) for k in keys))
+    return {"norm": norm, "sha256_5dp": digest.hexdigest()}
