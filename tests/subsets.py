@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.losses import Epoch
+from spml.progress import add_epoch_listener, remove_epoch_listener
 from spml.training import TrainingHooks
 from spml.vlm import load_vlm, score_split
 
@@ -66,6 +69,26 @@ def train_interrupted_at(stop_epoch: int, *args: Any, **kwargs: Any) -> None:
     """``spml.train(*args, **kwargs)`` stopped by a Ctrl-C when epoch ``stop_epoch`` starts."""
     with pytest.raises(KeyboardInterrupt):
         train(*args, hooks=[StopAt(stop_epoch)], **kwargs)
+
+
+@contextlib.contextmanager
+def interrupted_at(stop_epoch: int) -> Iterator[None]:
+    """A Ctrl-C while epoch ``stop_epoch`` of any run in the block is recorded: the block must end with it.
+
+    For calls that take no callbacks (grids, reproduce): the public epoch listener raises, so the run
+    keeps the checkpoint of the epoch before and resumes from there.
+    """
+
+    def ctrl_c(run_dir: Path, record: dict[str, Any]) -> None:
+        if record["epoch"] == stop_epoch:
+            raise KeyboardInterrupt
+
+    add_epoch_listener(ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        remove_epoch_listener(ctrl_c)
 
 
 # Settings of the tiny synthetic runs below: 32 px images, CPU.
