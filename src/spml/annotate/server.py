@@ -238,7 +238,7 @@ def serve(app: Any, host: str, port: int, ready: Callable[[str], None]) -> None:
         server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
     except (OSError, SystemExit) as err:  # Werkzeug exits when the port is taken
         raise SpmlError(f"cannot listen on {host}:{port} ({getattr(err, 'strerror', None) or err}); "
-                        "give another --port (0: any free one)") from None
+                        "give another port (0: any free one)") from None
     shown = f"[{host}]" if ":" in host else host
     ready(f"http://{shown}:{server.server_port}/")
     try:

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true",
                    help="discard the saved answers of this name and start over (only a file spml annotate wrote)")
     p.add_argument("--device", default="auto", help="device computing the suggestions (default auto)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"port": "--port", "restart": "--restart"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spml import __version__, readers
+from spml import readers
+from spml._version import __version__
 from spml.data.cache import file_lock
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, UNKNOWN
 from spml.data.layout import PreparedData
@@ -191,14 +192,14 @@ class AnnotationStore:
         if record is None:
             raise SpmlError(
                 f"exists and is not an annotation spml annotate wrote (no {self.sidecar.name} with mode "
-                "annotated); choose another --name or move it away", self.path)
+                "annotated); choose another annotation name or move it away", self.path)
         if restart:
             claim_file(self.path, KIND, what="the annotation")  # only a file spml wrote and nobody changed
             return None
         if record.get("train_fingerprint") != self.fingerprint:
             raise SpmlError(
                 "was annotated for another train split (the data folder was prepared again); choose another "
-                "--name, or --restart to discard its answers", self.path)
+                "annotation name, or restart to discard its answers", self.path)
         self._read()  # a damaged file is named now, not at the first answer
         return record
 
@@ -207,9 +208,9 @@ class AnnotationStore:
         try:
             labels = np.load(self.path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
-            raise SpmlError(f"not a readable .npy file ({err}); move it away or --restart", self.path) from None
+            raise SpmlError(f"not a readable .npy file ({err}); move it away or restart", self.path) from None
         if labels.dtype != OBSERVED_DTYPE or labels.shape != self.shape or not np.isin(labels, (NEGATIVE, UNKNOWN, POSITIVE)).all():
-            raise SpmlError(f"is not int8 -1/0/1 labels of shape {self.shape} (the train split's); move it away or --restart", self.path)
+            raise SpmlError(f"is not int8 -1/0/1 labels of shape {self.shape} (the train split's); move it away or restart", self.path)
         return labels
 
     def _write(self, labels: np.ndarray, record: dict, new: bool = False) -> None:
