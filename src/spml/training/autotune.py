@@ -121,6 +121,8 @@ class Selection:
         seconds: Wall time of the probes.
         epochs: The selected probe's epochs (its rung's budget; 0: not an Adam probe).
         batch_size: The selected probe's batch size (0: not an Adam probe).
+        cpu_seconds: CPU time of the probes in this process (the cost on a shared machine, where
+            wall time depends on the other jobs).
     """
 
     lr: float
@@ -130,9 +132,10 @@ class Selection:
     seconds: float = 0.0
     epochs: int = 0
     batch_size: int = 0
+    cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
+        """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "batch_size", "selected_on": "val_map", "seconds", "cpu_seconds", "candidates": [...]}``."""
         return {
             "optimizer": self.optimizer,
             "lr": self.lr,
@@ -141,6 +144,7 @@ class Selection:
             "batch_size": self.batch_size,
             "selected_on": "val_map",
             "seconds": round(self.seconds, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
         }
 
@@ -337,9 +341,12 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"loss {config.loss!r} changes its objective between epochs"
         rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
         parts.append(
-            f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
-            f"x weight_decay {_values(p.weight_decay for p in adam)} x batch {_values(float(p.batch_size or 0) for p in adam)} "
-            f"({why}), by successive halving: "
+            f"{len(adam)} Adam candidates over "
+            + " and ".join(
+                f"lr {_values(p.lr or 0.0 for p in adam if p.batch_size == b)} at batch {b}"
+                for b in dict.fromkeys(p.batch_size for p in adam)
+            )
+            + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
             + f" of the step budget's {adam[0].epochs}"
             + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
@@ -360,7 +367,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     says how far the selection is (candidate i of at most n, its rung and epochs, its val mAP, the
     seconds so far).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     probes = probe_configs(config, len(data.split("train")))
@@ -412,7 +419,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     best = best_candidate(done)
     adam_best = best.optimizer == "adam"
     return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
-                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0)
+                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0, time.process_time() - cpu_start)
 
 
 def tuned_config(config: TrainConfig, selection: Selection) -> TrainConfig:
