@@ -222,6 +222,18 @@ def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path)
     assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == best["epochs"]
 
 
+@pytest.mark.slow  # seven short runs
+def test_em_apl_default_probes_outlast_its_warm_up(data: Path, tmp_path: Path) -> None:
+    # EM+APL refuses runs of warmup_epoch (5) epochs or fewer; the plan's first rung (3 epochs of
+    # the longest probe's 8) would be one, as at 13k rows (3 of 25): every probe trains 6 or more.
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "longest_probe": 0.08}
+    cfg = spml.load_config(observed="single-positive-seed0.npy", loss="em_apl", autotune=tune_keys, **TINY)
+    spml.train(data, cfg, tmp_path / "run")
+    tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    assert [(c["rung"], c["epochs"]) for c in tune["candidates"]] == [(0, 6)] * 4 + [(1, 8)] * 2
+    assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == tune["epochs"] >= 6
+
+
 def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Three epochs of two steps at a constant rate: the probe is still learning at the end.
     cfg = spml.load_config(lr=1e-2, epochs=3, schedule="constant", **TINY)
