@@ -43,13 +43,16 @@ def test_probe_configs_by_size_and_loss() -> None:
     assert not uses_lbfgs(cfg, 1001)
     # Above the bound: Adam over lrs at the first weight decay and at the run's batch (1,024: 64
     # steps an epoch, 47 epochs) and a 16th of it, every one at the run's epochs, the probes cut to
-    # successive halving's rungs. A set batch size is the only one.
+    # successive halving's rungs. A set batch size is the only one. Each batch its four rates
+    # (autotune.lrs_per_batch; 0: every rate at every batch).
     large = probe_configs(cfg, 65_665)
     assert [(c.optimizer, c.lr, c.weight_decay, c.batch_size) for c in large] == [
-        ("adam", lr, 0.0, b) for b in (1024, 64) for lr in cfg.autotune.lrs
+        ("adam", lr, 0.0, b) for b, lrs in ((1024, cfg.autotune.lrs[2:]), (64, cfg.autotune.lrs[1:5])) for lr in lrs
     ]
     assert {c.epochs for c in large} == {47}
-    assert rung_plan(len(large), 47, cfg.autotune.halving, cfg.autotune.longest_probe) == [(12, 2), (4, 4), (2, 12)]
+    assert rung_plan(len(large), 47, cfg.autotune.halving, cfg.autotune.longest_probe) == [(8, 2), (3, 4), (2, 12)]
+    every = probe_configs(spml.load_config(autotune={"lrs_per_batch": 0}), 65_665)
+    assert [(c.lr, c.batch_size) for c in every] == [(lr, b) for b in (1024, 64) for lr in cfg.autotune.lrs]
     assert {c.batch_size for c in probe_configs(spml.load_config(batch_size=256), 65_665)} == {256}
     # A set epochs is kept; optimizer lbfgs asks for the L-BFGS candidates at any size.
     assert {c.epochs for c in probe_configs(spml.load_config(epochs=4), 50)} == {4}

@@ -19,9 +19,11 @@ from spml.training.autotune import (
     Candidate,
     Selection,
     best_candidate,
+    batch_lrs,
     describe,
     probe_configs,
     rung_plan,
+    shortest_probe,
     should_tune,
     successive_halving,
 )
@@ -85,7 +87,24 @@ def test_rung_plan_grows_budgets_up_to_the_longest_probe() -> None:
     assert rung_plan(12, 100, 3) == [(12, 3), (4, 9), (2, 25)]  # 12 -> 4 -> 2 over 25/9, 25/3, 25 rounded up
     assert rung_plan(6, 47, 3, longest=1 / 3) == [(6, 6), (2, 16)]
     assert rung_plan(3, 10, 3) == [(3, 3)]  # no more than `halving`: one rung
-    assert rung_plan(9, 2, 3) == [(9, 1), (3, 1)]  # at least one epoch
+    # At least one epoch; after the last third, the best two (8 -> 3 -> 2).
+    assert rung_plan(9, 2, 3) == [(9, 1), (3, 1), (2, 1)]
+    assert rung_plan(8, 100, 3) == [(8, 3), (3, 9), (2, 25)]
+    # EM+APL refuses runs no longer than its warm-up (5 epochs): every probe trains at least 6.
+    em = spml.load_config(loss="em_apl")
+    assert shortest_probe(em) == 6 and shortest_probe(spml.load_config(loss="em_apl", loss_params={"warmup_epoch": 2})) == 3
+    assert shortest_probe(spml.load_config(loss="role")) == 1
+    assert rung_plan(8, 100, 3, shortest=shortest_probe(em)) == [(8, 6), (3, 9), (2, 25)]
+
+
+def test_each_batch_tries_the_rates_its_size_scales_to() -> None:
+    lrs = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    assert batch_lrs(lrs, 1, 4) == [1e-3, 3e-3, 1e-2, 3e-2]
+    assert batch_lrs(lrs, 16, 4) == [3e-4, 1e-3, 3e-3, 1e-2]  # 3e-2 / sqrt(16) is nearest 1e-2
+    assert batch_lrs(lrs, 256, 4) == [1e-4, 3e-4, 1e-3, 3e-3]  # never below the smallest rate
+    assert batch_lrs(lrs, 16, 0) == list(lrs) and batch_lrs([1e-2, 1e-3], 16, 4) == [1e-3, 1e-2]
+    large = probe_configs(spml.load_config(), 13_133)
+    assert [(c.batch_size, c.lr) for c in large] == [(1024, lr) for lr in lrs[2:]] + [(64, lr) for lr in lrs[1:5]]
 
 
 def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> None:
@@ -113,6 +132,20 @@ def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> Non
     calls.clear()
     successive_halving(configs, [(6, 2), (2, 6)], lambda c, r: score(c, 0))
     assert [lr for lr, _, _ in calls[6:]] == [3e-3, 1e-3]
+
+
+def test_successive_halving_trains_a_probe_once() -> None:
+    # A short budget gives rungs of equal epochs: a survivor's probe is the one it already has.
+    calls: list[tuple[float, int]] = []
+
+    def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
+        calls.append((config.lr, config.epochs))
+        return Candidate(config.lr, 0.0, config.lr, 1, epochs=config.epochs, rung=rung)
+
+    configs = [spml.load_config(lr=lr, epochs=2) for lr in (1e-3, 3e-3, 1e-2, 3e-2)]
+    probes, last = successive_halving(configs, [(4, 1), (2, 1)], score)
+    assert calls == [(lr, 1) for lr in (1e-3, 3e-3, 1e-2, 3e-2)] and len(probes) == 4
+    assert [c.lr for c in last] == [1e-2, 3e-2]
 
 
 def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
@@ -187,6 +220,18 @@ def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path)
     assert (tune["lr"], tune["epochs"]) == (best["lr"], best["epochs"])
     assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
     assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == best["epochs"]
+
+
+@pytest.mark.slow  # seven short runs
+def test_em_apl_default_probes_outlast_its_warm_up(data: Path, tmp_path: Path) -> None:
+    # EM+APL refuses runs of warmup_epoch (5) epochs or fewer; the plan's first rung (3 epochs of
+    # the longest probe's 8) would be one, as at 13k rows (3 of 25): every probe trains 6 or more.
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "longest_probe": 0.08}
+    cfg = spml.load_config(observed="single-positive-seed0.npy", loss="em_apl", autotune=tune_keys, **TINY)
+    spml.train(data, cfg, tmp_path / "run")
+    tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    assert [(c["rung"], c["epochs"]) for c in tune["candidates"]] == [(0, 6)] * 4 + [(1, 8)] * 2
+    assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == tune["epochs"] >= 6
 
 
 def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ from spml.errors import SpmlError
 from spml.losses import Epoch
 from spml.losses.entropy import EntropyMaximizationAPL
 from spml.training import TrainingHooks
+from spml.training import centering
 from spml.training import engine as engine_module
 from spml.training.evaluation import Evaluator
 from spml.training.centering import HeadCentering, feature_mean
@@ -200,6 +201,24 @@ def test_feature_mean_reads_float16_in_blocks(tmp_path: Path) -> None:
     np.save(tmp_path / "f.npy", rows)
     got = feature_mean(FeatureRows(np.load(tmp_path / "f.npy", mmap_mode="r")))
     np.testing.assert_allclose(got.numpy(), rows.astype(np.float64).mean(0), rtol=1e-6)
+
+
+def test_feature_mean_of_a_cache_file_is_read_once_while_the_file_is_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    real = centering._mean
+    monkeypatch.setattr(centering, "_mean", lambda r: reads.append(len(r)) or real(r))
+    path = tmp_path / "f.npy"
+    np.save(path, np.ones((4, 3), dtype=np.float16))
+    first = feature_mean(FeatureRows(np.load(path, mmap_mode="r")))
+    first += 1  # a caller's change does not reach the remembered mean
+    again = feature_mean(FeatureRows(np.load(path, mmap_mode="r")))
+    assert reads == [4] and again.tolist() == [1.0, 1.0, 1.0]
+    np.save(tmp_path / "g.npy", np.full((5, 3), 2, dtype=np.float16))
+    (tmp_path / "g.npy").replace(path)  # the cache rewritten (atomically: a new file)
+    assert feature_mean(FeatureRows(np.load(path, mmap_mode="r"))).tolist() == [2.0, 2.0, 2.0] and reads == [4, 5]
+    feature_mean(FeatureRows(np.ones((2, 3), dtype=np.float16)))  # in memory: no file, computed each time
+    feature_mean(FeatureRows(np.ones((2, 3), dtype=np.float16)))
+    assert reads == [4, 5, 2, 2]
 
 
 # -- defaults and validation --------------------------------------------------------------------

@@ -363,6 +363,20 @@ def test_non_finite_cached_features_are_named_not_blamed_on_the_learning_rate(tm
         check_finite_features(array, "train", tmp_path, block=4)
 
 
+def test_a_cache_file_is_checked_finite_once_while_unchanged(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spml.training import runmodel
+
+    checked: list[str] = []
+    real = runmodel.check_finite_features
+    monkeypatch.setattr(runmodel, "check_finite_features", lambda a, split, c: checked.append(split) or real(a, split, c))
+    monkeypatch.setattr(runmodel, "_FINITE_FILES", set())
+    config = load_config(SETTINGS, regime="linear")
+    train(data, config, tmp_path / "one")
+    assert sorted(checked) == ["test", "train", "val"]
+    train(data, config, tmp_path / "two")  # the selection's probes: the same caches again
+    assert sorted(checked) == ["test", "train", "val"]
+
+
 def test_a_nan_loss_in_the_first_epoch_says_no_checkpoint_was_kept(data: Path, tmp_path: Path) -> None:
     import torch
 

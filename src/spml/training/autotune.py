@@ -121,6 +121,8 @@ class Selection:
         seconds: Wall time of the probes.
         epochs: The selected probe's epochs (its rung's budget; 0: not an Adam probe).
         batch_size: The selected probe's batch size (0: not an Adam probe).
+        cpu_seconds: CPU time of the probes in this process (the cost on a shared machine, where
+            wall time depends on the other jobs).
     """
 
     lr: float
@@ -130,9 +132,10 @@ class Selection:
     seconds: float = 0.0
     epochs: int = 0
     batch_size: int = 0
+    cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "selected_on": "val_map", "seconds", "candidates": [...]}``."""
+        """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "batch_size", "selected_on": "val_map", "seconds", "cpu_seconds", "candidates": [...]}``."""
         return {
             "optimizer": self.optimizer,
             "lr": self.lr,
@@ -141,6 +144,7 @@ class Selection:
             "batch_size": self.batch_size,
             "selected_on": "val_map",
             "seconds": round(self.seconds, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
         }
 
@@ -198,28 +202,64 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
     adam = [
         dataclasses.replace(config, optimizer="adam", lr=float(lr), weight_decay=float(wd), epochs=epochs, batch_size=b)
         for b in batches
-        for lr in config.autotune.lrs
+        for lr in batch_lrs(config.autotune.lrs, batch_size // b, config.autotune.lrs_per_batch)
         for wd in weight_decays
     ]
     return lbfgs + adam
 
 
-def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25) -> list[tuple[int, int]]:
+def batch_lrs(lrs: Sequence[float], divisor: int, count: int) -> list[float]:
+    """The ``count`` learning rates of ``lrs`` a batch ``divisor`` times smaller than the run's tries, ascending.
+
+    The run's batch (``divisor`` 1) tries the largest ``count``; a smaller batch the ``count``
+    consecutive ones whose largest is the rate of ``lrs`` nearest (in log) to ``max(lrs) /
+    sqrt(divisor)``, Adam's square-root scaling of the rate with the batch. With the default rates
+    {1e-4, 3e-4, ..., 3e-2} and 4 a batch: batch 1,024 tries {1e-3, ..., 3e-2}, batch 64 {3e-4, ...,
+    1e-2}. ``count`` 0 (or as many as ``lrs``): every rate at every batch.
+    """
+    ordered = sorted(set(lrs))
+    if count <= 0 or count >= len(ordered):
+        return ordered
+    target = math.log(ordered[-1] / math.sqrt(divisor))
+    top = min(range(len(ordered)), key=lambda i: (abs(math.log(ordered[i]) - target), -i))
+    top = max(top, count - 1)
+    return ordered[top - count + 1 : top + 1]
+
+
+def shortest_probe(config: TrainConfig) -> int:
+    """Fewest epochs a probe of ``config``'s loss can train: 1, or one more than an epoch-counted warm-up.
+
+    EM+APL starts pseudo-labelling after ``warmup_epoch`` (5) epochs and spreads it over the rest
+    of its ``num_epochs`` (the run's epochs), so a run of ``warmup_epoch`` epochs or fewer is refused
+    by the loss: the selection's shorter rungs failed every EM+APL default above
+    ``autotune.lbfgs_max_rows`` rows.
+    """
+    info = get_loss_info(config.loss)
+    if "num_epochs" not in info.types or "warmup_epoch" not in info.types:
+        return 1
+    return int(config.loss_params.get("warmup_epoch", info.defaults["warmup_epoch"])) + 1
+
+
+def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25, shortest: int = 1) -> list[tuple[int, int]]:
     """Successive halving's rungs for ``candidates`` Adam candidates of a step budget of ``epochs`` epochs.
 
     One ``(candidates, epochs)`` pair per rung: each rung keeps the best ``ceil(n / halving)`` of
-    its ``n`` candidates while more than ``halving`` remain, and trains ``halving`` times longer
-    than the one before; the last rung trains ``longest`` of ``epochs`` (rounded up; every rung at
-    least one epoch). Twelve candidates of a 100-epoch budget with ``halving`` 3: ``[(12, 3), (4,
-    9), (2, 25)]``. Three or fewer: one rung. A probe is a whole (shorter) schedule with its own
+    its ``n`` candidates while more than ``halving`` remain (and then the best two, if more than
+    two are left), and trains ``halving`` times longer than the one before; the last rung trains ``longest`` of ``epochs`` (rounded up; every rung at
+    least ``shortest`` epochs, :func:`shortest_probe`). Twelve candidates of a 100-epoch budget with ``halving`` 3: ``[(12, 3), (4,
+    9), (2, 25)]``; eight: ``[(8, 3), (3, 9), (2, 25)]``. Three or fewer: one rung. A probe is a whole (shorter) schedule with its own
     cosine decay and early stopping, so it ranks what a setting reaches, not how fast it starts:
     one-epoch probes favoured large rates (docs/benchmarks.md, "Selection at scale").
     """
     counts = [candidates]
     while counts[-1] > halving:
         counts.append(math.ceil(counts[-1] / halving))
+    if len(counts) > 1 and counts[-1] > 2:
+        # The last rung two at least: a longer probe favours a smaller lr, so the best of the
+        # previous rung alone missed the grid's best on single positives (docs/benchmarks.md).
+        counts.append(2)
     top = epochs * longest
-    return [(n, max(1, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
+    return [(n, max(1, shortest, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
 
 
 def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
@@ -241,22 +281,29 @@ def successive_halving(
             :class:`Candidate` (called as ``score(config, rung)``; the epochs are set on the config).
 
     Returns:
-        Every probe in the order trained, and the last rung's probes.
+        Every probe in the order trained (a config is trained once for given epochs), and the
+        last rung's probes.
     """
-    alive = list(configs)
+    alive = list(range(len(configs)))  # indices into configs
     probes: list[Candidate] = []
     rung_probes: list[Candidate] = []
+    trained: dict[tuple[int, int], Candidate] = {}  # (config index, epochs) -> its probe
     for rung, (_, epochs) in enumerate(plan):
-        rung_probes = [score(dataclasses.replace(c, epochs=epochs), rung) for c in alive]
-        probes += rung_probes
+        for i in alive:
+            # The same probe again (rungs of equal epochs on a short budget) is not retrained.
+            if (i, epochs) not in trained:
+                trained[i, epochs] = score(dataclasses.replace(configs[i], epochs=epochs), rung)
+                probes.append(trained[i, epochs])
+        rung_probes = [trained[i, epochs] for i in alive]
         if rung + 1 < len(plan):
-            order = sorted(range(len(alive)), key=lambda i: rank_key(rung_probes[i]))
+            order = sorted(range(len(alive)), key=lambda k: rank_key(rung_probes[k]))
             # The best of each batch size survives too: a short probe favours the smaller batch (16x
             # the steps an epoch), which peaked lower than batch 1,024 for ROLE once both ran long
             # enough (docs/benchmarks.md, "Selection at scale").
-            firsts = {next(i for i in order if alive[i].batch_size == b) for b in {c.batch_size for c in alive}}
+            sizes = {configs[i].batch_size for i in alive}
+            firsts = {next(k for k in order if configs[alive[k]].batch_size == b) for b in sizes}
             keep = sorted(set(order[: plan[rung + 1][0]]) | firsts)  # in the order tried
-            alive = [alive[i] for i in keep]
+            alive = [alive[k] for k in keep]
     return probes, rung_probes
 
 
@@ -292,11 +339,14 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
-        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe)
+        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
         parts.append(
-            f"{len(adam)} Adam candidates over lr {_values(p.lr or 0.0 for p in adam)} "
-            f"x weight_decay {_values(p.weight_decay for p in adam)} x batch {_values(float(p.batch_size or 0) for p in adam)} "
-            f"({why}), by successive halving: "
+            f"{len(adam)} Adam candidates over "
+            + " and ".join(
+                f"lr {_values(p.lr or 0.0 for p in adam if p.batch_size == b)} at batch {b}"
+                for b in dict.fromkeys(p.batch_size for p in adam)
+            )
+            + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
             + f" of the step budget's {adam[0].epochs}"
             + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
@@ -317,13 +367,16 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     says how far the selection is (candidate i of at most n, its rung and epochs, its val mAP, the
     seconds so far).
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
     probes = probe_configs(config, len(data.split("train")))
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
-    rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe) if adam else []
+    rungs = (
+        rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
+        if adam else []
+    )
     # At most: a rung after the first may keep one more per batch size than its count.
     batches = len({p.batch_size for p in adam})
     total = len(lbfgs) + sum(n if i == 0 else min(n + batches, rungs[0][0]) for i, (n, _) in enumerate(rungs))
@@ -366,7 +419,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     best = best_candidate(done)
     adam_best = best.optimizer == "adam"
     return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
-                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0)
+                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0, time.process_time() - cpu_start)
 
 
 # The keys the selection sets (the rest of a tuned run's config is the one it was given).

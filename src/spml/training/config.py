@@ -94,6 +94,9 @@ class AutotuneConfig:
         lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
         batch_divisors: Adam batch sizes tried: the run's batch (``batch_size``, or the regime's
             data-sized one) divided by each, at least ``16``; duplicates once.
+        lrs_per_batch: Learning rates tried at each batch size (0: all of ``lrs``): the run's batch
+            tries the largest ones, a batch ``d`` times smaller the ones about ``sqrt(d)`` times
+            smaller (:func:`spml.training.autotune.batch_lrs`).
         halving: Successive halving's rate: each rung keeps the best ``1 / halving`` of its Adam
             candidates (at least one) and the best of each batch size, and trains them ``halving``
             times longer (:func:`spml.training.autotune.rung_plan`).
@@ -109,6 +112,10 @@ class AutotuneConfig:
     # 150-300 s a solve (docs/benchmarks.md, "Selection at scale").
     lbfgs_max_rows: int = 2_000
     batch_divisors: tuple[int, ...] = (1, 16)
+    # Adam's best lr fell about as the square root of the batch: batch 1,024 peaked at 3e-3-1e-2,
+    # batch 64 at 1e-3-3e-3, and the far corners were 0.1-0.35 val mAP below (docs/benchmarks.md,
+    # "Selection at scale"); four rates a batch size cut the probes by a third.
+    lrs_per_batch: int = 4
     halving: int = 3
     longest_probe: float = 0.25
 
@@ -282,8 +289,8 @@ class TrainConfig:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
             if not math.isfinite(value):
                 raise SpmlError(f"{key} must be finite, got {value!r}", source)
-        if self.autotune.lbfgs_max_rows < 0 or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1:
-            raise SpmlError("autotune.lbfgs_max_rows must be >= 0, autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
+        if self.autotune.lbfgs_max_rows < 0 or self.autotune.lrs_per_batch < 0 or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1:
+            raise SpmlError("autotune.lbfgs_max_rows and autotune.lrs_per_batch must be >= 0, autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
         tuned = {
             "autotune.lrs": self.autotune.lrs,
             "autotune.weight_decays": self.autotune.weight_decays,

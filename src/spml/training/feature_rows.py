@@ -54,6 +54,13 @@ class FeatureRows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def file_identity(self) -> tuple[str, int, int, int] | None:
+        """(path, inode, size, modification time in ns) of the file the rows are read from; None in memory."""
+        if self._file is None:
+            return None
+        stat = self._file.stat()
+        return str(self._file), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows ``indices`` (sorted ascending, no repeats) as a new float32 array, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
