@@ -92,24 +92,6 @@ def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch
         ap = (precision * y_sorted).sum(dim=1) / positives.clamp_min(1)
         out[start : start + len(s)] = torch.where(positives > 0, ap, float("nan"))
     return out
-    rank = torch.arange(1, n + 1, device=scores.device, dtype=dtype).unsqueeze(1)
-    for start in range(0, num_classes, _COLUMN_CHUNK):
-        s = scores[:, start : start + _COLUMN_CHUNK].to(dtype)
-        y = (labels[:, start : start + _COLUMN_CHUNK] > 0).to(dtype)
-        s_sorted, order = torch.sort(s, dim=0, descending=True, stable=True)
-        y_sorted = torch.gather(y, 0, order)
-        tp = torch.cumsum(y_sorted, dim=0)
-        # Index of the last row of each row's tie group: a reversed running minimum over group ends.
-        is_end = torch.ones_like(s_sorted, dtype=torch.bool)
-        is_end[:-1] = s_sorted[:-1] != s_sorted[1:]
-        row = torch.arange(n, device=scores.device).unsqueeze(1).expand_as(s_sorted)
-        ends = torch.where(is_end, row, torch.full_like(row, n))
-        group_end = torch.flip(torch.cummin(torch.flip(ends, [0]), dim=0).values, [0])
-        precision = torch.gather(tp, 0, group_end) / torch.gather(rank.expand_as(tp), 0, group_end)
-        positives = y_sorted.sum(dim=0)
-        ap = (y_sorted * precision).sum(dim=0) / positives.clamp_min(1)
-        out[start : start + s.shape[1]] = torch.where(positives > 0, ap, torch.full_like(ap, float("nan")))
-    return out
 
 
 def average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
