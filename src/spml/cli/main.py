@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"spml {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # --quiet ends with its command: main also runs in-process (tests, a notebook's later calls).
+        set_quiet(False)
 
 
 if __name__ == "__main__":
