@@ -220,8 +220,11 @@ def freeze_batchnorm(backbone: nn.Module) -> nn.Module:
 
 
 def thaw_batchnorm(backbone: nn.Module) -> nn.Module:
-    """``backbone`` with frozen BatchNorm layers back as ordinary ones: the same function in eval mode,
-    and the state-dict keys (``num_batches_tracked``) of a backbone built without ``freeze_backbone``."""
+    """``backbone`` with frozen BatchNorm layers back as ordinary ones (the same function in eval mode).
+
+    The result has the state-dict keys (``num_batches_tracked``) of a backbone built without
+    ``freeze_backbone``, which an export's architecture rebuilds.
+    """
     return timm.utils.model.unfreeze_batch_norm_2d(backbone)
 
 
