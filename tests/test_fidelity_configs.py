@@ -18,6 +18,7 @@ from spml.data.layout import PreparedData, ReferenceProtocolData
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.methods.registry import get_method
+from spml.papers.schema import load_paper
 from spml.pseudolabels.cdul import is_update_epoch
 from spml.training.autotune import should_tune
 from spml.training.defaults import resolve_defaults
@@ -146,3 +147,10 @@ def test_cole_linear_run_trains_all_25_epochs_at_a_constant_lr_without_selection
     assert (results["epochs_run"], results["stopped_early"]) == (25, False)
     assert (resolved["lr"], resolved["batch_size"], resolved["schedule"], resolved["warmup_steps"],
             resolved["center_features"], resolved["early_stopping"]["patience"]) == (1e-4, 8, "constant", 0, False, 0)
+
+
+def test_query2label_backbone_freeze_is_the_reference_protocols_one_key() -> None:
+    """Their frozen BatchNorm, stem and layer1: spml's q2l default leaves them trained, --protocol reference freezes them."""
+    rows = [row for table in load_paper("query2label").tables for row in table.rows]
+    assert rows and all(load_config(r.config, r.run_overrides("reference")).freeze_backbone == "bn_stem_layer1" for r in rows)
+    assert all(load_config(r.config, r.run_overrides("honest")).freeze_backbone == "none" for r in rows)

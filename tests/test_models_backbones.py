@@ -14,11 +14,17 @@ from spml.models import (
     backbone_data_config,
     create_backbone,
     create_classifier,
+    freeze_batchnorm,
     map_lite0_state_dict,
     read_state_dict,
     spatial_features,
+    thaw_batchnorm,
+    untrained_parameters,
     weights_identity,
 )
+from spml.training.config import TrainConfig
+from spml.training.phases import Phase
+from spml.training.steps import build_optimizer
 from spml.models.weights import lite0_weights_file
 
 
@@ -156,3 +162,67 @@ def test_cnn_map_passes_through():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(spatial_features(net, x), net.forward_features(x))
+
+
+def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.clone() for n, t in model.state_dict().items() if any(k in n for k in ("bn", "downsample.1"))}
+
+
+@pytest.mark.parametrize("mode", ["bn", "bn_stem_layer1"])
+def test_freeze_backbone_fixes_batchnorm_and_query2labels_stages(mode):
+    """One training step: frozen BatchNorm keeps statistics and affine values; bn_stem_layer1 also the stem and layer1."""
+    config = TrainConfig(regime="finetune", backbone="resnet18", pretrained="none", freeze_backbone=mode)
+    torch.manual_seed(0)
+    model = create_classifier("resnet18", "none", 3)
+    for m in model.backbone.modules():  # statistics a batch would visibly move; no zero-initialised gains
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    model.backbone = freeze_batchnorm(model.backbone)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    optimizer = build_optimizer(config, model, nn.Module(), Phase("finetune", 1, 1, 1e-2, 4), torch.device("cpu"))
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+    model.train()
+    model(torch.randn(4, 3, 32, 32)).square().mean().backward()
+    optimizer.step()
+    after = model.state_dict()
+    bn = _bn_state(model)
+    assert bn and all(torch.equal(before[n], t) for n, t in bn.items())  # running stats, weight, bias
+    stem = [n for n in after if n.startswith("backbone.conv1") or n.startswith("backbone.layer1.") and "conv" in n]
+    later = [n for n in after if n.startswith("backbone.layer") and not n.startswith("backbone.layer1.") and "conv" in n]
+    assert stem and later and all(not torch.equal(before[n], after[n]) for n in later)
+    assert all(torch.equal(before[n], after[n]) == (mode == "bn_stem_layer1") for n in stem)
+
+
+def test_freeze_backbone_refuses_backbones_without_the_layers():
+    vit = create_backbone("vit_tiny_patch16_224", "none", img_size=32)
+    with pytest.raises(SpmlError, match="freeze_backbone needs BatchNorm"):
+        freeze_batchnorm(vit)
+    with pytest.raises(SpmlError, match="bn_stem_layer1 needs a ResNet"):
+        untrained_parameters(create_backbone("tf_efficientnet_lite0", "none"), "bn_stem_layer1")
+    assert untrained_parameters(vit, "bn") == []
+    with pytest.raises(SpmlError, match="freeze_backbone must be one of none, bn, bn_stem_layer1"):
+        TrainConfig(freeze_backbone="stem")
+
+
+def test_frozen_batchnorm_round_trips_and_thaws_to_the_plain_models_keys():
+    """A frozen model's weights load into a frozen twin; thawed, into the plain model (export), same eval outputs."""
+    torch.manual_seed(0)
+    model = create_classifier("resnet18", "none", 3)
+    model.backbone = freeze_batchnorm(model.backbone)
+    twin = create_classifier("resnet18", "none", 3)
+    twin.backbone = freeze_batchnorm(twin.backbone)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    twin.eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(twin(x), expected)
+        model.backbone = thaw_batchnorm(model.backbone)
+        plain = create_classifier("resnet18", "none", 3).eval()
+        plain.load_state_dict(model.state_dict())  # strict: num_batches_tracked back
+        torch.testing.assert_close(plain(x), expected)

@@ -40,7 +40,7 @@ from spml.deploy.images import ImageInput, describe, image_items, image_tensor
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
 from spml.deploy.thresholds import RULE_VERSION, Decision, bounded_labels, check_threshold, choose_decision
 from spml.errors import SpmlError
-from spml.models import Classifier, create_classifier
+from spml.models import Classifier, create_classifier, thaw_batchnorm
 from spml.progress import log, progress
 from spml.training import LoadedRun, load_run
 from spml.training.runmodel import resolve_device
@@ -408,6 +408,9 @@ def _load_run(folder: Path, device: torch.device, data_dir: str | Path | None) -
         "thresholds": {k: v for k, v in record.items() if k != "thresholds"},
     }
     preprocessing = Preprocessing(t.size, tuple(t.mean), tuple(t.std))
+    # Frozen BatchNorm is a training setting: in eval mode the ordinary layers compute the same, and
+    # an export then has the state-dict keys that model.json's architecture rebuilds.
+    rm.model.backbone = thaw_batchnorm(rm.model.backbone)
     return SpmlModel(rm.model, data.classes, preprocessing, decision, arch, provenance, device, folder)
 
 

@@ -1,6 +1,14 @@
 """Backbones (timm), heads (linear, Query2Label), the classifier, weights files and the feature cache."""
 
-from spml.models.backbones import backbone_data_config, create_backbone, spatial_features, unwrap_backbone
+from spml.models.backbones import (
+    backbone_data_config,
+    create_backbone,
+    freeze_batchnorm,
+    spatial_features,
+    thaw_batchnorm,
+    unwrap_backbone,
+    untrained_parameters,
+)
 from spml.models.classifier import Classifier, create_classifier
 from spml.models.features import extract_features
 from spml.models.heads import (
@@ -29,6 +37,7 @@ __all__ = [
     "create_classifier",
     "create_head",
     "extract_features",
+    "freeze_batchnorm",
     "list_heads",
     "load_weights",
     "map_lite0_state_dict",
@@ -36,6 +45,8 @@ __all__ = [
     "register_head",
     "save_weights",
     "spatial_features",
+    "thaw_batchnorm",
+    "untrained_parameters",
     "unwrap_backbone",
     "weights_identity",
 ]

@@ -201,3 +201,43 @@ def check_weights_available(name: str, pretrained: str | Path | None) -> None:
     missing = missing_backbone_weights(name, pretrained)
     if missing is not None:
         raise SpmlError(missing_message([missing]))
+
+
+# The ResNet stages ``freeze_backbone: bn_stem_layer1`` trains, as Query2Label's backbone
+# (lib/models/backbone.py: FrozenBatchNorm2d throughout, only layer2-layer4 train).
+_TRAINED_STAGES = ("layer2", "layer3", "layer4")
+
+
+def freeze_batchnorm(backbone: nn.Module) -> nn.Module:
+    """``backbone`` with every BatchNorm layer replaced by timm's frozen one (buffers, no parameters).
+
+    Raises:
+        SpmlError: The backbone has no BatchNorm layer (a ViT): there is nothing to freeze.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
+        raise SpmlError(f"freeze_backbone needs BatchNorm layers; backbone {type(backbone).__name__} has none")
+    return timm.utils.model.freeze_batch_norm_2d(backbone)
+
+
+def thaw_batchnorm(backbone: nn.Module) -> nn.Module:
+    """``backbone`` with frozen BatchNorm layers back as ordinary ones (the same function in eval mode).
+
+    The result has the state-dict keys (``num_batches_tracked``) of a backbone built without
+    ``freeze_backbone``, which an export's architecture rebuilds.
+    """
+    return timm.utils.model.unfreeze_batch_norm_2d(backbone)
+
+
+def untrained_parameters(backbone: nn.Module, mode: str) -> list[nn.Parameter]:
+    """The backbone parameters that ``freeze_backbone: mode`` keeps fixed (the frozen BatchNorm has none).
+
+    Raises:
+        SpmlError: ``bn_stem_layer1`` on a backbone without a ResNet's ``conv1`` and ``layer1``-``layer4``.
+    """
+    if mode != "bn_stem_layer1":
+        return []
+    stages = ("conv1", "layer1", *_TRAINED_STAGES)
+    if not all(isinstance(getattr(backbone, s, None), nn.Module) for s in stages):
+        raise SpmlError(f"freeze_backbone bn_stem_layer1 needs a ResNet (conv1, layer1-layer4); "
+                        f"backbone {type(backbone).__name__} has no such stages (use bn or none)")
+    return [p for n, p in backbone.named_parameters() if n.split(".")[0] not in _TRAINED_STAGES]

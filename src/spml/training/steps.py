@@ -18,6 +18,7 @@ from torch import nn
 
 from spml.errors import SpmlError
 from spml.losses import SpmlLoss
+from spml.models import untrained_parameters
 from spml.progress import progress
 from spml.training import distributed
 from spml.training.batches import BatchSource
@@ -69,6 +70,8 @@ def build_optimizer(config: TrainConfig, model: nn.Module, loss: nn.Module, phas
     trainable = model.head if phase.name == LINEAR else model
     model.requires_grad_(False)
     trainable.requires_grad_(True)
+    for p in untrained_parameters(model.backbone, config.freeze_backbone):  # Query2Label's stem and layer1
+        p.requires_grad_(False)
     params = [p for p in trainable.parameters() if p.requires_grad]
     groups = [{"params": params, "lr": phase.lr}]
     if phase.name != LINEAR and config.head_lr_mult != 1.0:
