@@ -180,6 +180,24 @@ def flip_like_spml(train_dataset: Any, clock: EpochClock, seed: int) -> str:
     return "train items flipped horizontally where spml flips them ((seed, epoch, index) draws, p = 0.5)"
 
 
+def flip_train_items(datasets_module: Any, clock: EpochClock, seed: int, seen: dict[str, Any]) -> str:
+    """Wrap the release's ``datasets.get_data``: its train items flip as spml's (:func:`flip_like_spml`).
+
+    The train dataset it built is kept in ``seen["train"]`` (for the labels it holds after the run).
+    Returns the shim's description for the header.
+    """
+    get_data = datasets_module.get_data
+
+    def get_data_flipped(P: dict[str, Any]) -> Any:  # noqa: N803  (the release's name)
+        ds = get_data(P)
+        flip_like_spml(ds["train"], clock, seed)
+        seen["train"] = ds["train"]
+        return ds
+
+    datasets_module.get_data = get_data_flipped
+    return flip_like_spml.__doc__.splitlines()[0] + " (datasets.get_data wrapped)"
+
+
 def install_num_classes(datasets_module: Any, num_classes: int = parity.NUM_CLASSES) -> str:
     """Make the release's dataset metadata give ``num_classes`` (their table is per real dataset)."""
     original = datasets_module.get_metadata

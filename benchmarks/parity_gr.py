@@ -89,15 +89,5 @@ def record(checkout: Path, commit: str) -> Path:
     })
 
 
-def main() -> None:
-    """Parse the checkout's path (and its commit when it is not a git checkout) and record."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path, help="a copy of yan4xi1/GRLoss")
-    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(record(args.checkout.resolve(), args.commit or ref.commit_of(args.checkout)))
-
-
 if __name__ == "__main__":
-    main()
+    ref.main(__doc__, "yan4xi1/GRLoss", record)

@@ -24,6 +24,7 @@ every step, named as in ``tests/parity_tiny.py``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import subprocess
@@ -286,3 +287,13 @@ def shim_torch_load() -> None:
         return original(path, *args, **{**kwargs, "weights_only": False})
 
     torch.load = load
+
+
+def main(doc: str, repo: str, record: Callable[[Path, str], Path]) -> None:
+    """A recording script's command line: parse the checkout's path (and its commit when it is not a git checkout), record."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("checkout", type=Path, help=f"a copy of {repo}")
+    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(record(args.checkout.resolve(), args.commit or commit_of(args.checkout)))
