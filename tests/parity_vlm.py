@@ -21,13 +21,14 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from spml.data.layout import write_prepared
 
@@ -114,3 +115,26 @@ def checksum(state: dict[str, torch.Tensor]) -> dict[str, float]:
         digest.update(np.round(state[k].double().numpy(), 5).tobytes())
     norm = math.sqrt(sum(float(state[k].double().pow(2).sum()) for k in keys))
     return {"norm": norm, "sha256_5dp": digest.hexdigest()}
+
+
+def rebuild_inputs(root: Path, inputs: dict[str, Any], clip: bool) -> dict[str, Any]:
+    """A recording's images, stand-in CLIP (when ``clip``) and backbone, rebuilt from their seeds under ``root``.
+
+    ``inputs`` is the fixture header's ``inputs``; the weights are checked against its checksums.
+    Returns ``data`` (the images' folder), ``backbone`` and, with ``clip``, ``clip`` (checkpoint, config).
+    """
+    out: dict[str, Any] = {"data": make_images(root, inputs["counts"], inputs["num_classes"], size=inputs["size"])}
+    if clip:
+        out["clip"] = make_clip(root / "clip", size=inputs["size"])
+    out["backbone"] = make_backbone(root / "backbone.safetensors")
+    # The recordings summed on one torch thread; module-scoped fixtures run before the tests'
+    # one-thread fixture, and another thread count changes the norm's last bit.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for key, path in (("backbone", out["backbone"]), ("clip", out["clip"][0] if clip else None)):
+            if path is not None and checksum(load_file(str(path))) != inputs[key]:
+                raise AssertionError(f"{key}: the rebuilt weights differ from the recording's ({path})")
+    finally:
+        torch.set_num_threads(previous)
+    return out
