@@ -17,8 +17,10 @@ torchvision ResNet-50 (:func:`backbone_state` loads :func:`tests.parity.init_sta
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -223,14 +225,36 @@ def backbone_state(drop: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     return body.state_dict(), head
 
 
-def write_fixture(method: str, header: dict[str, Any], record: dict[str, Any]) -> Path:
-    """Write ``tests/fixtures/parity/<method>.json``: the header, then the recorded numbers."""
-    path = parity.FIXTURES / f"{method}.json"
+def write_json(path: Path, numbers: dict[str, Any]) -> Path:
+    """Write a fixture file (one-space-indented JSON, a final newline) in one step: a ``.tmp`` file renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"header": header, **record}, indent=1) + "\n")
+    tmp.write_text(json.dumps(numbers, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_fixture(method: str, header: dict[str, Any], record: dict[str, Any]) -> Path:
+    """Write ``tests/fixtures/parity/<method>.json``: the header, then the recorded numbers."""
+    return write_json(parity.FIXTURES / f"{method}.json", {"header": header, **record})
+
+
+def vlm_command_line(doc: str, method: str, commit: str) -> argparse.Namespace:
+    """The command line of a recording on ``tests/parity_vlm.py``'s tiny set (CCD, CDUL, Query2Label).
+
+    ``reference`` (the scratch checkout), ``--out`` (default the method's fixture), ``--work`` (a
+    scratch folder, emptied and made here) and ``--commit`` (the checkout's, for the header).
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("reference", type=Path)
+    parser.add_argument("--out", type=Path, default=parity.FIXTURES / f"{method}.json")
+    parser.add_argument("--work", type=Path, default=Path(f"/tmp/parity-{method}"))
+    parser.add_argument("--commit", default=commit, help="the checkout's commit, for the header (default: the one recorded)")
+    args = parser.parse_args()
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    return args
 
 
 def common_header(repo: str, commit: str, command: str, shims: list[str]) -> dict[str, Any]:

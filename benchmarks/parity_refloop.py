@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import subprocess
 import types
 import sys
@@ -42,6 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
+import parity_common as pc  # noqa: E402  (benchmarks/, the fixture writer)
 import parity_tiny  # noqa: E402  (tests/, the spml side)
 from spml.data.layout import PreparedData  # noqa: E402
 from spml.data.observe import load_observed  # noqa: E402
@@ -230,11 +230,8 @@ def commit_of(checkout: Path) -> str:
 
 def write_fixture(method: str, header: dict[str, Any], start: Mapping[str, torch.Tensor], trajectory: dict[str, Any]) -> Path:
     """``tests/fixtures/parity/<method>.json``: the header, the initial weights' stats and the numbers."""
-    path = parity_tiny.FIXTURES / f"{method}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     numbers = {"initial_weights": parity_tiny.weight_stats(start), **trajectory}
-    path.write_text(json.dumps({"header": header, **numbers}, indent=1) + "\n")
-    return path
+    return pc.write_json(parity_tiny.FIXTURES / f"{method}.json", {"header": header, **numbers})
 
 
 def wrap(module: Any, name: str, record: Callable[..., None]) -> None:
