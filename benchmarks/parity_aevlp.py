@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -90,11 +89,7 @@ class GeneratorStandIn(torch.nn.Module):
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-aevlp-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    clip = ref.parity_tiny.clip_overrides(work / "clip")
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, {**OVERRIDES, **clip})
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, clip, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=True)
     vlm = spml.load_vlm(clip["method_params.vlm"], checkpoint=clip["method_params.vlm_checkpoint"],
                         model_config=clip["method_params.vlm_model_config"])
     prompts = [f"a photo of a {name}." for name in PreparedData.open(data_dir).classes]
@@ -115,13 +110,7 @@ def record(checkout: Path, commit: str) -> Path:
     mods["models"].PseudoLabelGeneratorOpenAI = lambda P: GeneratorStandIn(vlm, prompts)  # noqa: N803
     tracker = ref.StepTracker(NAMES)
 
-    def started(model: torch.nn.Module, P: dict) -> None:  # noqa: N803  (the release's name)
-        model.load_state_dict({**ref.tv_resnet_state(start, "feature_extractor."),
-                               "linear_classifier.weight": start["head.fc.weight"],
-                               "linear_classifier.bias": start["head.fc.bias"]})
-        tracker.model = model
-
-    ref.after_init(mods["models"].ImageClassifier, started)
+    ref.start_cole_classifier(mods["models"].ImageClassifier, start, tracker)
     losses: list[float] = []
     ref.wrap(mods["losses"], "GPR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     pseudo: list[list] = []

@@ -27,7 +27,6 @@ test images' scores and their boosted CAMs (with the bias) under the selected we
 from __future__ import annotations
 
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -44,10 +43,7 @@ NAMES = {"head.fc.weight": "onebyone_conv.weight", "backbone.conv1.weight": "fea
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-boostlu-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, OVERRIDES)
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, _, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=False)
 
     ref.shim_munch()
     ref.shim_torch_load()

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
 
 import parity_refloop as ref
 
@@ -41,10 +39,7 @@ NAMES = {"head.fc.weight": "linear_classifier.weight", "backbone.conv1.weight": 
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-gr-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, OVERRIDES)
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, _, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=False)
 
     ref.shim_munch()
     mods = ref.import_release(checkout, ["config", "datasets", "models", "losses", "train"])
@@ -55,13 +50,7 @@ def record(checkout: Path, commit: str) -> Path:
     ref.patch_dataloader(order)
     tracker = ref.StepTracker(NAMES)
 
-    def started(model: torch.nn.Module, P: dict) -> None:  # noqa: N803  (the release's name)
-        model.load_state_dict({**ref.tv_resnet_state(start, "feature_extractor."),
-                               "linear_classifier.weight": start["head.fc.weight"],
-                               "linear_classifier.bias": start["head.fc.bias"]})
-        tracker.model = model
-
-    ref.after_init(mods["models"].ImageClassifier, started)
+    ref.start_cole_classifier(mods["models"].ImageClassifier, start, tracker)
     losses: list[float] = []
     ref.wrap(mods["losses"], "GR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     maps: list[float] = []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import subprocess
+import tempfile
 import types
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -294,3 +295,29 @@ def main(doc: str, repo: str, record: Callable[[Path, str], Path]) -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(record(args.checkout.resolve(), args.commit or commit_of(args.checkout)))
+
+
+def prepare(method: str, config: str, overrides: Mapping[str, Any], clip: bool) -> tuple[Path, Path, dict[str, str], dict[str, torch.Tensor], Path]:
+    """The inputs of one recording, in a fresh scratch folder.
+
+    Returns the folder, spml's tiny data, the stand-in CLIP's overrides (``{}`` without ``clip``),
+    spml's initial weights for ``config`` with ``overrides`` (and those) and the release's data folder
+    (:func:`write_reference_data`).
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"parity-{method}-"))
+    data_dir = parity_tiny.build_data(work)
+    clip_overrides = parity_tiny.clip_overrides(work / "clip") if clip else {}
+    start = parity_tiny.initial_state(data_dir, config, {**overrides, **clip_overrides})
+    return work, data_dir, clip_overrides, start, write_reference_data(data_dir, work / "formatted")
+
+
+def start_cole_classifier(cls: type, start: Mapping[str, torch.Tensor], tracker: StepTracker) -> None:
+    """Load spml's initial weights into every Cole et al.-style ``ImageClassifier`` (``feature_extractor``, ``linear_classifier``) once built; track it."""
+
+    def started(model: torch.nn.Module, P: dict) -> None:  # noqa: N803  (the release's name)
+        model.load_state_dict({**tv_resnet_state(start, "feature_extractor."),
+                               "linear_classifier.weight": start["head.fc.weight"],
+                               "linear_classifier.bias": start["head.fc.bias"]})
+        tracker.model = model
+
+    after_init(cls, started)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -70,11 +69,7 @@ class ClipStandIn(torch.nn.Module):
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-vlpl-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    clip = ref.parity_tiny.clip_overrides(work / "clip")
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, {**OVERRIDES, **clip})
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, clip, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=True)
 
     vlm = spml.load_vlm(clip["method_params.vlm"], checkpoint=clip["method_params.vlm_checkpoint"],
                         model_config=clip["method_params.vlm_model_config"])
