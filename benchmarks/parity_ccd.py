@@ -52,11 +52,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import parity_common as pc  # noqa: E402
-from parity_vlm import NAMES, checksum, make_backbone, make_clip, make_images  # noqa: E402
+from parity_vlm import COUNTS, NAMES, NUM_CLASSES, SIZE, checksum, make_backbone, make_clip, make_images  # noqa: E402
 
-NUM_CLASSES = 5
-SIZE = 64
-COUNTS = {"train": 16, "val": 8, "test": 8}
 EPOCHS = 6
 LR = 1e-3
 OFFSET = 8  # the run script's 80 px in a 640 frame, in the 64 px frame

@@ -54,11 +54,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import parity_common as pc  # noqa: E402
-from parity_vlm import NAMES, checksum, make_backbone, make_clip, make_images  # noqa: E402
+from parity_vlm import COUNTS, NAMES, NUM_CLASSES, SIZE, checksum, make_backbone, make_clip, make_images  # noqa: E402
 
-NUM_CLASSES = 5
-SIZE = 64
-COUNTS = {"train": 16, "val": 8, "test": 8}
 EPOCHS = 4
 WARMUP, FREQUENCY = 1, 2
 LR = 1e-3

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,22 +47,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import parity_common as pc  # noqa: E402
-from parity_vlm import checksum, make_backbone, make_images  # noqa: E402
+from parity_vlm import COUNTS, NUM_CLASSES, SIZE, checksum, images_tensor, make_backbone, make_images  # noqa: E402
 
-NUM_CLASSES = 5
-SIZE = 64
-COUNTS = {"train": 16, "val": 8, "test": 8}
 EPOCHS = 3
 LR = 1e-4
 HEAD = {"style": "reference", "d_model": 512, "dim_feedforward": 1024, "num_heads": 4, "encoder_layers": 1,
         "decoder_layers": 2, "dropout": 0.0}
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def images_tensor(paths: list[str]) -> torch.Tensor:
-    """The 64 px images normalised with ImageNet statistics, N x 3 x 64 x 64 (no resize: they are 64 px)."""
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def main() -> None:

@@ -35,6 +35,10 @@ from spml.data.layout import write_prepared
 COLORS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40), (200, 60, 210), (40, 210, 210))
 NAMES = ("red", "green", "blue", "yellow", "purple", "cyan")
 CLIP_NAME = "parity-clip"
+# The tiny set the recordings (CCD, CDUL, Query2Label) ran on; their headers keep it under "inputs".
+NUM_CLASSES = 5
+SIZE = 64
+COUNTS = {"train": 16, "val": 8, "test": 8}
 
 
 def make_images(root: Path, counts: dict[str, int], num_classes: int, size: int = 64, seed: int = 0) -> Path:
@@ -138,3 +142,10 @@ def rebuild_inputs(root: Path, inputs: dict[str, Any], clip: bool) -> dict[str, 
     finally:
         torch.set_num_threads(previous)
     return out
+
+
+def images_tensor(paths: list[str]) -> torch.Tensor:
+    """The 64 px images normalised with ImageNet statistics, N x 3 x 64 x 64 (no resize: they are 64 px)."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from parity import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from parity_vlm import checksum, rebuild_inputs
+from parity_vlm import checksum, images_tensor, rebuild_inputs
 
 from spml.api import load_config, train
 from spml.data.labels import observed_from_true
@@ -43,7 +42,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "parity" / "q2l.json"
 REF = json.loads(FIXTURE.read_text())
 INPUTS = REF["header"]["inputs"]
 L = INPUTS["num_classes"]
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +50,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     built = rebuild_inputs(root, INPUTS, clip=False)
     data, backbone = built["data"], built["backbone"]
     paths = [p for s in ("train", "val") for p in (data / f"{s}_images.txt").read_text().split()]
-    x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    x = images_tensor(paths)
     labels = np.concatenate([np.load(data / f"{s}_labels.npy") for s in ("train", "val")])
     return {"data": data, "backbone": backbone, "x": x, "labels": torch.from_numpy(labels)}
 
