@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import parity_common as pc
 import parity_refloop as ref
 import spml
 from spml.data.layout import PreparedData
@@ -112,16 +113,16 @@ def record(checkout: Path, commit: str) -> Path:
 
     ref.start_cole_classifier(mods["models"].ImageClassifier, start, tracker)
     losses: list[float] = []
-    ref.wrap(mods["losses"], "GPR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
+    pc.wrap(mods["losses"], "GPR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     pseudo: list[list] = []
     rows: list[list[int]] = []
 
     def on_pseudo(out: tuple, *args: Any) -> None:
         pseudo.append(out[1].numpy().astype(int).tolist())
 
-    ref.wrap(mods["train"], "get_pseudo_labels", on_pseudo)
+    pc.wrap(mods["train"], "get_pseudo_labels", on_pseudo)
     maps: list[float] = []
-    ref.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
+    pc.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
 
     sys.argv = ["main.py", "--dataset", "coco", "--use_config_file", "True"]
     (work / "configs").symlink_to(checkout / "configs")  # read relative to the working folder

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+import parity_common as pc
 import parity_refloop as ref
 
 METHOD, CONFIG, EPOCHS, BATCH = "boostlu", "boostlu", 4, 16
@@ -63,9 +64,9 @@ def record(checkout: Path, commit: str) -> Path:
         })
         tracker.model = model
 
-    ref.after_init(mods["models"].ImageClassifier, started)
+    pc.after_init(mods["models"].ImageClassifier, started)
     losses: list[float] = []
-    ref.wrap(mods["losses"], "compute_batch_loss", lambda out, *a, **k: losses.append(float(out[0].detach())))
+    pc.wrap(mods["losses"], "compute_batch_loss", lambda out, *a, **k: losses.append(float(out[0].detach())))
     maps: list[float] = []
     scores: list[np.ndarray] = []
 
@@ -73,7 +74,7 @@ def record(checkout: Path, commit: str) -> Path:
         maps.append(float(out["map"]))
         scores.append(np.asarray(y_pred, dtype=float))
 
-    ref.wrap(mods["train"], "compute_metrics", on_metrics)
+    pc.wrap(mods["train"], "compute_metrics", on_metrics)
     cams: list[np.ndarray] = []
 
     def pool(cam: torch.Tensor, size: int) -> torch.Tensor:

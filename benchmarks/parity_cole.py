@@ -116,14 +116,7 @@ def main() -> None:
     losses: list[float] = []
     weights: list[dict[str, Any]] = []
     estimates: list[dict[str, Any]] = []
-    compute = ref_train.compute_batch_loss
-
-    def compute_batch_loss(batch: Any, P: Any, Z: Any) -> Any:  # noqa: N803
-        out = compute(batch, P, Z)
-        losses.append(float(out["loss_tensor"].detach()))
-        return out
-
-    ref_train.compute_batch_loss = compute_batch_loss
+    pc.wrap(ref_train, "compute_batch_loss", lambda out, *a, **k: losses.append(float(out["loss_tensor"].detach())))
     run_train_phase = ref_train.run_train_phase
 
     def train_phase(model: Any, P: Any, Z: Any, logger: Any, epoch: int, phase: str) -> Any:  # noqa: N803

@@ -269,3 +269,29 @@ def common_header(repo: str, commit: str, command: str, shims: list[str]) -> dic
         "init": {"builder": "tests/parity.py init_state", "seed": parity.INIT_SEED},
         "torch": torch.__version__,
     }
+
+
+def wrap(module: Any, name: str, record: Callable[..., None]) -> None:
+    """Replace ``module.name`` by a function that calls it, then ``record(result, *args, **kwargs)``."""
+    original = getattr(module, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        record(result, *args, **kwargs)
+        return result
+
+    setattr(module, name, wrapped)
+
+
+def after_init(cls: type, then: Callable[..., None]) -> None:
+    """Run ``then(instance, *args)`` after ``cls.__init__``.
+
+    The class keeps its name: the releases call ``super(ClassName, self)``.
+    """
+    original = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        then(self, *args, **kwargs)
+
+    cls.__init__ = __init__

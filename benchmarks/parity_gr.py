@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 
+import parity_common as pc
 import parity_refloop as ref
 
 METHOD, CONFIG, EPOCHS, BATCH = "gr", "gr", 3, 8
@@ -52,9 +53,9 @@ def record(checkout: Path, commit: str) -> Path:
 
     ref.start_cole_classifier(mods["models"].ImageClassifier, start, tracker)
     losses: list[float] = []
-    ref.wrap(mods["losses"], "GR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
+    pc.wrap(mods["losses"], "GR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     maps: list[float] = []
-    ref.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
+    pc.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
     ref.shim_torch_load()
     argparse.Namespace.delta_rel = 0
     sys.argv = ["main.py", "--dataset", "pascal", "--num_epochs", str(EPOCHS), "--bsize", str(BATCH),

@@ -42,7 +42,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-import parity_common as pc  # noqa: E402  (benchmarks/, the fixture writer)
+import parity_common as pc  # noqa: E402  (benchmarks/: the fixture writer, wrap, after_init)
 import parity_tiny  # noqa: E402  (tests/, the spml side)
 from spml.data.layout import PreparedData  # noqa: E402
 from spml.data.observe import load_observed  # noqa: E402
@@ -235,32 +235,6 @@ def write_fixture(method: str, header: dict[str, Any], start: Mapping[str, torch
     return pc.write_json(parity_tiny.FIXTURES / f"{method}.json", {"header": header, **numbers})
 
 
-def wrap(module: Any, name: str, record: Callable[..., None]) -> None:
-    """Replace ``module.name`` by a function that calls it, then ``record(result, *args, **kwargs)``."""
-    original = getattr(module, name)
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        record(result, *args, **kwargs)
-        return result
-
-    setattr(module, name, wrapped)
-
-
-def after_init(cls: type, then: Callable[..., None]) -> None:
-    """Run ``then(instance, *args)`` after ``cls.__init__``.
-
-    The class keeps its name: the releases call ``super(ClassName, self)``.
-    """
-    original = cls.__init__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        then(self, *args, **kwargs)
-
-    cls.__init__ = __init__
-
-
 def shim_munch() -> None:
     """``munch`` (not installed here): a dict with attribute access, all the releases use of it."""
     module = types.ModuleType("munch")
@@ -320,4 +294,4 @@ def start_cole_classifier(cls: type, start: Mapping[str, torch.Tensor], tracker:
                                "linear_classifier.bias": start["head.fc.bias"]})
         tracker.model = model
 
-    after_init(cls, started)
+    pc.after_init(cls, started)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torchvision
 
+import parity_common as pc
 import parity_refloop as ref
 import spml
 from spml.data.layout import PreparedData
@@ -113,8 +114,8 @@ def record(checkout: Path, commit: str) -> Path:
         if unexpected or any(not k.startswith("feature_extractor.") for k in missing):
             raise RuntimeError(f"initial weights do not fit the release's model: {missing} {unexpected}")
 
-    ref.after_init(mods["models"].ImageClassifier, started)
-    ref.after_init(mods["models"].MultilabelModel, lambda model, *a: setattr(tracker, "model", model))
+    pc.after_init(mods["models"].ImageClassifier, started)
+    pc.after_init(mods["models"].MultilabelModel, lambda model, *a: setattr(tracker, "model", model))
 
     steps: list[dict] = []
 
@@ -125,7 +126,7 @@ def record(checkout: Path, commit: str) -> Path:
             "pseudo": batch["logits_pl"].detach().numpy().astype(int).tolist(),
         })
 
-    ref.wrap(mods["losses"], "compute_batch_loss", on_loss)
+    pc.wrap(mods["losses"], "compute_batch_loss", on_loss)
     loggers: list = []
 
     class Logger(mods["instrumentation"].train_logger):
