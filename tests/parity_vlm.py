@@ -147,5 +147,5 @@ def rebuild_inputs(root: Path, inputs: dict[str, Any], clip: bool) -> dict[str, 
 def images_tensor(paths: list[str]) -> torch.Tensor:
     """The 64 px images normalised with ImageNet statistics, N x 3 x 64 x 64 (no resize: they are 64 px)."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
+    x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
