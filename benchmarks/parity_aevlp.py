@@ -32,10 +32,8 @@ epoch.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import parity_common as pc
 import parity_refloop as ref
 import spml
 from spml.data.layout import PreparedData
@@ -91,11 +90,7 @@ class GeneratorStandIn(torch.nn.Module):
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-aevlp-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    clip = ref.parity_tiny.clip_overrides(work / "clip")
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, {**OVERRIDES, **clip})
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, clip, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=True)
     vlm = spml.load_vlm(clip["method_params.vlm"], checkpoint=clip["method_params.vlm_checkpoint"],
                         model_config=clip["method_params.vlm_model_config"])
     prompts = [f"a photo of a {name}." for name in PreparedData.open(data_dir).classes]
@@ -116,24 +111,18 @@ def record(checkout: Path, commit: str) -> Path:
     mods["models"].PseudoLabelGeneratorOpenAI = lambda P: GeneratorStandIn(vlm, prompts)  # noqa: N803
     tracker = ref.StepTracker(NAMES)
 
-    def started(model: torch.nn.Module, P: dict) -> None:  # noqa: N803  (the release's name)
-        model.load_state_dict({**ref.tv_resnet_state(start, "feature_extractor."),
-                               "linear_classifier.weight": start["head.fc.weight"],
-                               "linear_classifier.bias": start["head.fc.bias"]})
-        tracker.model = model
-
-    ref.after_init(mods["models"].ImageClassifier, started)
+    ref.start_cole_classifier(mods["models"].ImageClassifier, start, tracker)
     losses: list[float] = []
-    ref.wrap(mods["losses"], "GPR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
+    pc.wrap(mods["losses"], "GPR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     pseudo: list[list] = []
     rows: list[list[int]] = []
 
     def on_pseudo(out: tuple, *args: Any) -> None:
         pseudo.append(out[1].numpy().astype(int).tolist())
 
-    ref.wrap(mods["train"], "get_pseudo_labels", on_pseudo)
+    pc.wrap(mods["train"], "get_pseudo_labels", on_pseudo)
     maps: list[float] = []
-    ref.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
+    pc.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
 
     sys.argv = ["main.py", "--dataset", "coco", "--use_config_file", "True"]
     (work / "configs").symlink_to(checkout / "configs")  # read relative to the working folder
@@ -169,15 +158,5 @@ def record(checkout: Path, commit: str) -> Path:
     })
 
 
-def main() -> None:
-    """Parse the checkout's path (and its commit when it is not a git checkout) and record."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path, help="a copy of Fsoft-AIC/AEVLP")
-    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(record(args.checkout.resolve(), args.commit or ref.commit_of(args.checkout)))
-
-
 if __name__ == "__main__":
-    main()
+    ref.main(__doc__, "Fsoft-AIC/AEVLP", record)

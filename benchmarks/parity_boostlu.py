@@ -26,9 +26,7 @@ test images' scores and their boosted CAMs (with the bias) under the selected we
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+import parity_common as pc
 import parity_refloop as ref
 
 METHOD, CONFIG, EPOCHS, BATCH = "boostlu", "boostlu", 4, 16
@@ -45,10 +44,7 @@ NAMES = {"head.fc.weight": "onebyone_conv.weight", "backbone.conv1.weight": "fea
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-boostlu-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, OVERRIDES)
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, _, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=False)
 
     ref.shim_munch()
     ref.shim_torch_load()
@@ -68,9 +64,9 @@ def record(checkout: Path, commit: str) -> Path:
         })
         tracker.model = model
 
-    ref.after_init(mods["models"].ImageClassifier, started)
+    pc.after_init(mods["models"].ImageClassifier, started)
     losses: list[float] = []
-    ref.wrap(mods["losses"], "compute_batch_loss", lambda out, *a, **k: losses.append(float(out[0].detach())))
+    pc.wrap(mods["losses"], "compute_batch_loss", lambda out, *a, **k: losses.append(float(out[0].detach())))
     maps: list[float] = []
     scores: list[np.ndarray] = []
 
@@ -78,7 +74,7 @@ def record(checkout: Path, commit: str) -> Path:
         maps.append(float(out["map"]))
         scores.append(np.asarray(y_pred, dtype=float))
 
-    ref.wrap(mods["train"], "compute_metrics", on_metrics)
+    pc.wrap(mods["train"], "compute_metrics", on_metrics)
     cams: list[np.ndarray] = []
 
     def pool(cam: torch.Tensor, size: int) -> torch.Tensor:
@@ -113,15 +109,5 @@ def record(checkout: Path, commit: str) -> Path:
     })
 
 
-def main() -> None:
-    """Parse the checkout's path (and its commit when it is not a git checkout) and record."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path, help="a copy of youngwk/BridgeGapExplanationPAMC")
-    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(record(args.checkout.resolve(), args.commit or ref.commit_of(args.checkout)))
-
-
 if __name__ == "__main__":
-    main()
+    ref.main(__doc__, "youngwk/BridgeGapExplanationPAMC", record)

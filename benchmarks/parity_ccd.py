@@ -36,7 +36,6 @@ too little in 6 steps to tell a wrong trajectory from a right one), 6 epochs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -52,11 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from parity_vlm import NAMES, checksum, make_backbone, make_clip, make_images  # noqa: E402
+import parity_common as pc  # noqa: E402
+from parity_vlm import COUNTS, NAMES, NUM_CLASSES, SIZE, checksum, make_backbone, make_clip, make_images  # noqa: E402
 
-NUM_CLASSES = 5
-SIZE = 64
-COUNTS = {"train": 16, "val": 8, "test": 8}
 EPOCHS = 6
 LR = 1e-3
 OFFSET = 8  # the run script's 80 px in a 640 frame, in the 64 px frame
@@ -228,16 +225,7 @@ def spml_head(data: Path, backbone: Path, init: Path) -> dict:
 
 def main() -> None:
     """Build the inputs, run the shimmed reference, write the fixture."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reference", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "ccd.json")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/parity-ccd"))
-    parser.add_argument("--commit", default="0b57641189ef9a941bf847c078f0cc1ce908af04",
-                        help="the checkout's commit, for the header (default: the one recorded)")
-    args = parser.parse_args()
-    if args.work.exists():
-        shutil.rmtree(args.work)
-    args.work.mkdir(parents=True)
+    args = pc.vlm_command_line(__doc__, "ccd", "0b57641189ef9a941bf847c078f0cc1ce908af04")
     data = make_images(args.work, COUNTS, NUM_CLASSES, size=SIZE)
     clip = make_clip(args.work / "clip", size=SIZE)
     init = args.work / "init"
@@ -276,9 +264,7 @@ def main() -> None:
         },
         **rec,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {pc.write_json(args.out, out)}")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,6 @@ Shims (names replaced in this process; their files are not edited):
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -56,11 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from parity_vlm import NAMES, checksum, make_backbone, make_clip, make_images  # noqa: E402
+import parity_common as pc  # noqa: E402
+from parity_vlm import COUNTS, NAMES, NUM_CLASSES, SIZE, checksum, make_backbone, make_clip, make_images  # noqa: E402
 
-NUM_CLASSES = 5
-SIZE = 64
-COUNTS = {"train": 16, "val": 8, "test": 8}
 EPOCHS = 4
 WARMUP, FREQUENCY = 1, 2
 LR = 1e-3
@@ -124,17 +119,8 @@ def stub_modules(clip_files: tuple[Path, Path]) -> None:
 
 def main() -> None:
     """Build the inputs, run the reproduction's code paths, write the fixture."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reference", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "cdul.json")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/parity-cdul"))
-    parser.add_argument("--commit", default="cac809f86171f73e0e9c0c48cb6d538143157afb",
-                        help="the checkout's commit, for the header (default: the one recorded)")
-    args = parser.parse_args()
+    args = pc.vlm_command_line(__doc__, "cdul", "cac809f86171f73e0e9c0c48cb6d538143157afb")
     torch.set_num_threads(1)
-    if args.work.exists():
-        shutil.rmtree(args.work)
-    args.work.mkdir(parents=True)
     data = make_images(args.work, COUNTS, NUM_CLASSES, size=SIZE)
     clip_files = make_clip(args.work / "clip", size=SIZE)
     backbone = make_backbone(args.work / "backbone.safetensors")
@@ -289,9 +275,7 @@ def main() -> None:
         },
         **rec,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {pc.write_json(args.out, out)}")
 
 
 if __name__ == "__main__":

@@ -92,16 +92,8 @@ def main() -> None:
         np.save(feats["test"], feats_np["test"])
     shims = [pc.install_num_classes(datasets), pc.install_transforms(datasets)]
     clock = pc.EpochClock(auto=True)
-    get_data = datasets.get_data
-
-    def get_data_flipped(P: dict[str, Any]) -> Any:  # noqa: N803
-        ds = get_data(P)
-        pc.flip_like_spml(ds["train"], clock, SEED)
-        return ds
-
     if args.mode == "finetune":  # the linear regime trains on fixed features, unflipped
-        datasets.get_data = get_data_flipped
-        shims.append(pc.flip_like_spml.__doc__.splitlines()[0] + " (datasets.get_data wrapped)")
+        shims.append(pc.flip_train_items(datasets, clock, SEED, {}))
     shims.append("DataLoader(shuffle=True) -> spml's batches of (seed 1200, epoch) " + ("sorted within each batch (spml's linear regime)" if args.mode == "linear" else ""))
 
     body, head = pc.backbone_state(drop=1)
@@ -124,14 +116,7 @@ def main() -> None:
     losses: list[float] = []
     weights: list[dict[str, Any]] = []
     estimates: list[dict[str, Any]] = []
-    compute = ref_train.compute_batch_loss
-
-    def compute_batch_loss(batch: Any, P: Any, Z: Any) -> Any:  # noqa: N803
-        out = compute(batch, P, Z)
-        losses.append(float(out["loss_tensor"].detach()))
-        return out
-
-    ref_train.compute_batch_loss = compute_batch_loss
+    pc.wrap(ref_train, "compute_batch_loss", lambda out, *a, **k: losses.append(float(out["loss_tensor"].detach())))
     run_train_phase = ref_train.run_train_phase
 
     def train_phase(model: Any, P: Any, Z: Any, logger: Any, epoch: int, phase: str) -> Any:  # noqa: N803

@@ -17,8 +17,10 @@ torchvision ResNet-50 (:func:`backbone_state` loads :func:`tests.parity.init_sta
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -180,6 +182,24 @@ def flip_like_spml(train_dataset: Any, clock: EpochClock, seed: int) -> str:
     return "train items flipped horizontally where spml flips them ((seed, epoch, index) draws, p = 0.5)"
 
 
+def flip_train_items(datasets_module: Any, clock: EpochClock, seed: int, seen: dict[str, Any]) -> str:
+    """Wrap the release's ``datasets.get_data``: its train items flip as spml's (:func:`flip_like_spml`).
+
+    The train dataset it built is kept in ``seen["train"]`` (for the labels it holds after the run).
+    Returns the shim's description for the header.
+    """
+    get_data = datasets_module.get_data
+
+    def get_data_flipped(P: dict[str, Any]) -> Any:  # noqa: N803  (the release's name)
+        ds = get_data(P)
+        flip_like_spml(ds["train"], clock, seed)
+        seen["train"] = ds["train"]
+        return ds
+
+    datasets_module.get_data = get_data_flipped
+    return flip_like_spml.__doc__.splitlines()[0] + " (datasets.get_data wrapped)"
+
+
 def install_num_classes(datasets_module: Any, num_classes: int = parity.NUM_CLASSES) -> str:
     """Make the release's dataset metadata give ``num_classes`` (their table is per real dataset)."""
     original = datasets_module.get_metadata
@@ -205,14 +225,36 @@ def backbone_state(drop: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     return body.state_dict(), head
 
 
-def write_fixture(method: str, header: dict[str, Any], record: dict[str, Any]) -> Path:
-    """Write ``tests/fixtures/parity/<method>.json``: the header, then the recorded numbers."""
-    path = parity.FIXTURES / f"{method}.json"
+def write_json(path: Path, numbers: dict[str, Any]) -> Path:
+    """Write a fixture file (one-space-indented JSON, a final newline) in one step: a ``.tmp`` file renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"header": header, **record}, indent=1) + "\n")
+    tmp.write_text(json.dumps(numbers, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_fixture(method: str, header: dict[str, Any], record: dict[str, Any]) -> Path:
+    """Write ``tests/fixtures/parity/<method>.json``: the header, then the recorded numbers."""
+    return write_json(parity.FIXTURES / f"{method}.json", {"header": header, **record})
+
+
+def vlm_command_line(doc: str, method: str, commit: str) -> argparse.Namespace:
+    """The command line of a recording on ``tests/parity_vlm.py``'s tiny set (CCD, CDUL, Query2Label).
+
+    ``reference`` (the scratch checkout), ``--out`` (default the method's fixture), ``--work`` (a
+    scratch folder, emptied and made here) and ``--commit`` (the checkout's, for the header).
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("reference", type=Path)
+    parser.add_argument("--out", type=Path, default=parity.FIXTURES / f"{method}.json")
+    parser.add_argument("--work", type=Path, default=Path(f"/tmp/parity-{method}"))
+    parser.add_argument("--commit", default=commit, help="the checkout's commit, for the header (default: the one recorded)")
+    args = parser.parse_args()
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    return args
 
 
 def common_header(repo: str, commit: str, command: str, shims: list[str]) -> dict[str, Any]:
@@ -227,3 +269,29 @@ def common_header(repo: str, commit: str, command: str, shims: list[str]) -> dic
         "init": {"builder": "tests/parity.py init_state", "seed": parity.INIT_SEED},
         "torch": torch.__version__,
     }
+
+
+def wrap(module: Any, name: str, record: Callable[..., None]) -> None:
+    """Replace ``module.name`` by a function that calls it, then ``record(result, *args, **kwargs)``."""
+    original = getattr(module, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        record(result, *args, **kwargs)
+        return result
+
+    setattr(module, name, wrapped)
+
+
+def after_init(cls: type, then: Callable[..., None]) -> None:
+    """Run ``then(instance, *args)`` after ``cls.__init__``.
+
+    The class keeps its name: the releases call ``super(ClassName, self)``.
+    """
+    original = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        then(self, *args, **kwargs)
+
+    cls.__init__ = __init__

@@ -60,17 +60,8 @@ def record(code: Path, loss: str, data: Path, flipped_scoring: bool) -> tuple[di
     val_frac = pc.write_formatted(data, code / "data" / "coco", datasets.generate_split, 1200)
     shims = [pc.install_num_classes(datasets), pc.install_transforms(datasets)]
     clock = pc.EpochClock(auto=False)
-    get_data = datasets.get_data
     seen: dict[str, Any] = {}
-
-    def get_data_flipped(P: Any) -> Any:  # noqa: N803
-        ds = get_data(P)
-        pc.flip_like_spml(ds["train"], clock, SEED)
-        seen["train"] = ds["train"]
-        return ds
-
-    datasets.get_data = get_data_flipped
-    shims.append(pc.flip_like_spml.__doc__.splitlines()[0] + " (datasets.get_data wrapped)")
+    shims.append(pc.flip_train_items(datasets, clock, SEED, seen))
     shims.append(f"DataLoader(shuffle=True) -> spml's batches of (seed {SEED}, epoch); run_train_phase wrapped to set the epoch")
 
     body, head = pc.backbone_state(drop=1)
@@ -89,14 +80,7 @@ def record(code: Path, loss: str, data: Path, flipped_scoring: bool) -> tuple[di
     losses: list[float] = []
     weights: list[dict[str, Any]] = []
     pseudo: list[dict[str, Any]] = []
-    compute = ref_main.compute_batch_loss
-
-    def compute_batch_loss(batch: Any, P: Any, Z: Any) -> Any:  # noqa: N803
-        out = compute(batch, P, Z)
-        losses.append(float(out["loss_tensor"].detach()))
-        return out
-
-    ref_main.compute_batch_loss = compute_batch_loss
+    pc.wrap(ref_main, "compute_batch_loss", lambda out, *a, **k: losses.append(float(out["loss_tensor"].detach())))
     run_train_phase = ref_main.run_train_phase
 
     def train_phase(model: Any, P: Any, Z: Any, logger: Any, epoch: int, phase: str) -> Any:  # noqa: N803

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
 
+import parity_common as pc
 import parity_refloop as ref
 
 METHOD, CONFIG, EPOCHS, BATCH = "gr", "gr", 3, 8
@@ -41,10 +40,7 @@ NAMES = {"head.fc.weight": "linear_classifier.weight", "backbone.conv1.weight": 
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-gr-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, OVERRIDES)
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, _, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=False)
 
     ref.shim_munch()
     mods = ref.import_release(checkout, ["config", "datasets", "models", "losses", "train"])
@@ -55,17 +51,11 @@ def record(checkout: Path, commit: str) -> Path:
     ref.patch_dataloader(order)
     tracker = ref.StepTracker(NAMES)
 
-    def started(model: torch.nn.Module, P: dict) -> None:  # noqa: N803  (the release's name)
-        model.load_state_dict({**ref.tv_resnet_state(start, "feature_extractor."),
-                               "linear_classifier.weight": start["head.fc.weight"],
-                               "linear_classifier.bias": start["head.fc.bias"]})
-        tracker.model = model
-
-    ref.after_init(mods["models"].ImageClassifier, started)
+    ref.start_cole_classifier(mods["models"].ImageClassifier, start, tracker)
     losses: list[float] = []
-    ref.wrap(mods["losses"], "GR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
+    pc.wrap(mods["losses"], "GR_loss", lambda out, *a, **k: losses.append(float(out.detach())))
     maps: list[float] = []
-    ref.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
+    pc.wrap(mods["train"], "compute_metrics", lambda out, *a, **k: maps.append(float(out["map"])))
     ref.shim_torch_load()
     argparse.Namespace.delta_rel = 0
     sys.argv = ["main.py", "--dataset", "pascal", "--num_epochs", str(EPOCHS), "--bsize", str(BATCH),
@@ -89,15 +79,5 @@ def record(checkout: Path, commit: str) -> Path:
     })
 
 
-def main() -> None:
-    """Parse the checkout's path (and its commit when it is not a git checkout) and record."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path, help="a copy of yan4xi1/GRLoss")
-    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(record(args.checkout.resolve(), args.commit or ref.commit_of(args.checkout)))
-
-
 if __name__ == "__main__":
-    main()
+    ref.main(__doc__, "yan4xi1/GRLoss", record)

@@ -58,17 +58,8 @@ def record(code: Path, scheme: str, delta_rel: float, work: Path, data: Path) ->
     val_frac = pc.write_formatted(data, code / "data" / "coco", datasets.generate_split, 1200)
     shims = [pc.install_num_classes(datasets), pc.install_transforms(datasets)]
     clock = pc.EpochClock(auto=True)
-    get_data = datasets.get_data
     seen: dict[str, Any] = {}
-
-    def get_data_flipped(P: Any) -> Any:  # noqa: N803
-        ds = get_data(P)
-        pc.flip_like_spml(ds["train"], clock, SEED)
-        seen["train"] = ds["train"]
-        return ds
-
-    datasets.get_data = get_data_flipped
-    shims.append(pc.flip_like_spml.__doc__.splitlines()[0] + " (datasets.get_data wrapped)")
+    shims.append(pc.flip_train_items(datasets, clock, SEED, seen))
     shims.append(f"DataLoader(shuffle=True) -> spml's batches of (seed {SEED}, epoch)")
 
     body, head = pc.backbone_state(drop=2)

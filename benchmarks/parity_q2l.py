@@ -34,53 +34,31 @@ Shims (names replaced in this process; their files are not edited):
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from parity_vlm import checksum, make_backbone, make_images  # noqa: E402
+import parity_common as pc  # noqa: E402
+from parity_vlm import COUNTS, NUM_CLASSES, SIZE, checksum, images_tensor, make_backbone, make_images  # noqa: E402
 
-NUM_CLASSES = 5
-SIZE = 64
-COUNTS = {"train": 16, "val": 8, "test": 8}
 EPOCHS = 3
 LR = 1e-4
 HEAD = {"style": "reference", "d_model": 512, "dim_feedforward": 1024, "num_heads": 4, "encoder_layers": 1,
         "decoder_layers": 2, "dropout": 0.0}
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def images_tensor(paths: list[str]) -> torch.Tensor:
-    """The 64 px images normalised with ImageNet statistics, N x 3 x 64 x 64 (no resize: they are 64 px)."""
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def main() -> None:
     """Build the inputs, run their model and training loop, write the fixture."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reference", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "q2l.json")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/parity-q2l"))
-    parser.add_argument("--commit", default="55eb05064f4badbe03423b79e5c9d143da2dff2e",
-                        help="the checkout's commit, for the header (default: the one recorded)")
-    args = parser.parse_args()
+    args = pc.vlm_command_line(__doc__, "q2l", "55eb05064f4badbe03423b79e5c9d143da2dff2e")
     torch.set_num_threads(1)
-    if args.work.exists():
-        shutil.rmtree(args.work)
-    args.work.mkdir(parents=True)
     data = make_images(args.work, COUNTS, NUM_CLASSES, size=SIZE)
     backbone_file = make_backbone(args.work / "backbone.safetensors")
 
@@ -181,9 +159,7 @@ def main() -> None:
         "initial_logits": initial_logits.double().tolist(),
         "epochs": epochs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {pc.write_json(args.out, out)}")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ every step, named as in ``tests/parity_tiny.py``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import json
 import subprocess
+import tempfile
 import types
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
+import parity_common as pc  # noqa: E402  (benchmarks/: the fixture writer, wrap, after_init)
 import parity_tiny  # noqa: E402  (tests/, the spml side)
 from spml.data.layout import PreparedData  # noqa: E402
 from spml.data.observe import load_observed  # noqa: E402
@@ -229,37 +231,8 @@ def commit_of(checkout: Path) -> str:
 
 def write_fixture(method: str, header: dict[str, Any], start: Mapping[str, torch.Tensor], trajectory: dict[str, Any]) -> Path:
     """``tests/fixtures/parity/<method>.json``: the header, the initial weights' stats and the numbers."""
-    path = parity_tiny.FIXTURES / f"{method}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     numbers = {"initial_weights": parity_tiny.weight_stats(start), **trajectory}
-    path.write_text(json.dumps({"header": header, **numbers}, indent=1) + "\n")
-    return path
-
-
-def wrap(module: Any, name: str, record: Callable[..., None]) -> None:
-    """Replace ``module.name`` by a function that calls it, then ``record(result, *args, **kwargs)``."""
-    original = getattr(module, name)
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        record(result, *args, **kwargs)
-        return result
-
-    setattr(module, name, wrapped)
-
-
-def after_init(cls: type, then: Callable[..., None]) -> None:
-    """Run ``then(instance, *args)`` after ``cls.__init__``.
-
-    The class keeps its name: the releases call ``super(ClassName, self)``.
-    """
-    original = cls.__init__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        then(self, *args, **kwargs)
-
-    cls.__init__ = __init__
+    return pc.write_json(parity_tiny.FIXTURES / f"{method}.json", {"header": header, **numbers})
 
 
 def shim_munch() -> None:
@@ -286,3 +259,39 @@ def shim_torch_load() -> None:
         return original(path, *args, **{**kwargs, "weights_only": False})
 
     torch.load = load
+
+
+def main(doc: str, repo: str, record: Callable[[Path, str], Path]) -> None:
+    """A recording script's command line: parse the checkout's path (and its commit when it is not a git checkout), record."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("checkout", type=Path, help=f"a copy of {repo}")
+    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(record(args.checkout.resolve(), args.commit or commit_of(args.checkout)))
+
+
+def prepare(method: str, config: str, overrides: Mapping[str, Any], clip: bool) -> tuple[Path, Path, dict[str, str], dict[str, torch.Tensor], Path]:
+    """The inputs of one recording, in a fresh scratch folder.
+
+    Returns the folder, spml's tiny data, the stand-in CLIP's overrides (``{}`` without ``clip``),
+    spml's initial weights for ``config`` with ``overrides`` (and those) and the release's data folder
+    (:func:`write_reference_data`).
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"parity-{method}-"))
+    data_dir = parity_tiny.build_data(work)
+    clip_overrides = parity_tiny.clip_overrides(work / "clip") if clip else {}
+    start = parity_tiny.initial_state(data_dir, config, {**overrides, **clip_overrides})
+    return work, data_dir, clip_overrides, start, write_reference_data(data_dir, work / "formatted")
+
+
+def start_cole_classifier(cls: type, start: Mapping[str, torch.Tensor], tracker: StepTracker) -> None:
+    """Load spml's initial weights into every Cole et al.-style ``ImageClassifier`` (``feature_extractor``, ``linear_classifier``) once built; track it."""
+
+    def started(model: torch.nn.Module, P: dict) -> None:  # noqa: N803  (the release's name)
+        model.load_state_dict({**tv_resnet_state(start, "feature_extractor."),
+                               "linear_classifier.weight": start["head.fc.weight"],
+                               "linear_classifier.bias": start["head.fc.bias"]})
+        tracker.model = model
+
+    pc.after_init(cls, started)

@@ -31,11 +31,9 @@ test mAP at it (the logger's ``map_clean``, percent).
 
 from __future__ import annotations
 
-import argparse
 import os
 import runpy
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 import torchvision
 
+import parity_common as pc
 import parity_refloop as ref
 import spml
 from spml.data.layout import PreparedData
@@ -71,11 +70,7 @@ class ClipStandIn(torch.nn.Module):
 
 def record(checkout: Path, commit: str) -> Path:
     """Run the release on the tiny data; write the fixture."""
-    work = Path(tempfile.mkdtemp(prefix="parity-vlpl-"))
-    data_dir = ref.parity_tiny.build_data(work)
-    clip = ref.parity_tiny.clip_overrides(work / "clip")
-    start = ref.parity_tiny.initial_state(data_dir, CONFIG, {**OVERRIDES, **clip})
-    folder = ref.write_reference_data(data_dir, work / "formatted")
+    work, data_dir, clip, start, folder = ref.prepare(METHOD, CONFIG, OVERRIDES, clip=True)
 
     vlm = spml.load_vlm(clip["method_params.vlm"], checkpoint=clip["method_params.vlm_checkpoint"],
                         model_config=clip["method_params.vlm_model_config"])
@@ -119,8 +114,8 @@ def record(checkout: Path, commit: str) -> Path:
         if unexpected or any(not k.startswith("feature_extractor.") for k in missing):
             raise RuntimeError(f"initial weights do not fit the release's model: {missing} {unexpected}")
 
-    ref.after_init(mods["models"].ImageClassifier, started)
-    ref.after_init(mods["models"].MultilabelModel, lambda model, *a: setattr(tracker, "model", model))
+    pc.after_init(mods["models"].ImageClassifier, started)
+    pc.after_init(mods["models"].MultilabelModel, lambda model, *a: setattr(tracker, "model", model))
 
     steps: list[dict] = []
 
@@ -131,7 +126,7 @@ def record(checkout: Path, commit: str) -> Path:
             "pseudo": batch["logits_pl"].detach().numpy().astype(int).tolist(),
         })
 
-    ref.wrap(mods["losses"], "compute_batch_loss", on_loss)
+    pc.wrap(mods["losses"], "compute_batch_loss", on_loss)
     loggers: list = []
 
     class Logger(mods["instrumentation"].train_logger):
@@ -175,15 +170,5 @@ def record(checkout: Path, commit: str) -> Path:
     })
 
 
-def main() -> None:
-    """Parse the checkout's path (and its commit when it is not a git checkout) and record."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path, help="a copy of mvrl/VLPL")
-    parser.add_argument("--commit", default="", help="its commit (read from git when it is a checkout)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(record(args.checkout.resolve(), args.commit or ref.commit_of(args.checkout)))
-
-
 if __name__ == "__main__":
-    main()
+    ref.main(__doc__, "mvrl/VLPL", record)

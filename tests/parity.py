@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -264,3 +265,22 @@ def assert_weights(got: list[dict[str, Any]], ref: list[dict[str, Any]], rtol: f
                 continue
             for part in ("norm", "sum", "first"):
                 assert_close(g[key][part], r[key][part], rtol, atol, f"epoch {epoch} {key} {part}")
+
+
+def assert_run_matches(ref: dict[str, Any], recorder: Any, result: dict[str, Any], rtol: float, atol: float, map_atol: float) -> None:
+    """A :func:`run_spml` run reproduces the fixture ``ref``: losses per step, weights per epoch, val mAP, selected epoch, test mAP."""
+    assert_close(recorder.losses, ref["losses"], rtol, atol, "loss per step")
+    assert_weights(recorder.weights, ref["weights"], rtol, atol)
+    assert_close(result["val_map"], ref["val_map"], 0.0, map_atol, "val mAP per epoch")
+    if result["best_epoch"] != ref["best_epoch"]:
+        raise AssertionError(f"best epoch: spml {result['best_epoch']}, the reference {ref['best_epoch']}")
+    assert_close(result["test_map"], ref["test_map"], 0.0, map_atol, "test mAP of the selected epoch")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread (autouse where imported): on a busy 2-core machine a second one spin-waits, and sums keep one order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

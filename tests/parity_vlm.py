@@ -21,19 +21,24 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from spml.data.layout import write_prepared
 
 COLORS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40), (200, 60, 210), (40, 210, 210))
 NAMES = ("red", "green", "blue", "yellow", "purple", "cyan")
 CLIP_NAME = "parity-clip"
+# The tiny set the recordings (CCD, CDUL, Query2Label) ran on; their headers keep it under "inputs".
+NUM_CLASSES = 5
+SIZE = 64
+COUNTS = {"train": 16, "val": 8, "test": 8}
 
 
 def make_images(root: Path, counts: dict[str, int], num_classes: int, size: int = 64, seed: int = 0) -> Path:
@@ -114,3 +119,33 @@ def checksum(state: dict[str, torch.Tensor]) -> dict[str, float]:
         digest.update(np.round(state[k].double().numpy(), 5).tobytes())
     norm = math.sqrt(sum(float(state[k].double().pow(2).sum()) for k in keys))
     return {"norm": norm, "sha256_5dp": digest.hexdigest()}
+
+
+def rebuild_inputs(root: Path, inputs: dict[str, Any], clip: bool) -> dict[str, Any]:
+    """A recording's images, stand-in CLIP (when ``clip``) and backbone, rebuilt from their seeds under ``root``.
+
+    ``inputs`` is the fixture header's ``inputs``; the weights are checked against its checksums.
+    Returns ``data`` (the images' folder), ``backbone`` and, with ``clip``, ``clip`` (checkpoint, config).
+    """
+    out: dict[str, Any] = {"data": make_images(root, inputs["counts"], inputs["num_classes"], size=inputs["size"])}
+    if clip:
+        out["clip"] = make_clip(root / "clip", size=inputs["size"])
+    out["backbone"] = make_backbone(root / "backbone.safetensors")
+    # The recordings summed on one torch thread; module-scoped fixtures run before the tests'
+    # one-thread fixture, and another thread count changes the norm's last bit.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for key, path in (("backbone", out["backbone"]), ("clip", out["clip"][0] if clip else None)):
+            if path is not None and checksum(load_file(str(path))) != inputs[key]:
+                raise AssertionError(f"{key}: the rebuilt weights differ from the recording's ({path})")
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
+def images_tensor(paths: list[str]) -> torch.Tensor:
+    """The 64 px images normalised with ImageNet statistics, N x 3 x 64 x 64 (no resize: they are 64 px)."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

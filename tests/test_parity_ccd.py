@@ -35,7 +35,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parity_vlm import NAMES, checksum, make_backbone, make_clip, make_images
+from parity import one_torch_thread  # noqa: F401  (autouse: one torch thread)
+from parity_vlm import NAMES, checksum, rebuild_inputs
 
 from spml.api import load_config, train
 from spml.data.dataset import load_image
@@ -61,24 +62,12 @@ L = INPUTS["num_classes"]
 CLASSES = list(NAMES[:L])
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a busy 2-core machine a second one spin-waits, and sums keep one order."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The recording's data, CLIP and backbone, rebuilt from their seeds (checked against the header)."""
     root = tmp_path_factory.mktemp("parity_ccd")
-    data = make_images(root, INPUTS["counts"], L, size=INPUTS["size"])
-    checkpoint, config = make_clip(root / "clip", size=INPUTS["size"])
-    backbone = make_backbone(root / "backbone.safetensors")
-    assert checksum(load_file(str(backbone))) == INPUTS["backbone"]
-    assert checksum(load_file(str(checkpoint))) == INPUTS["clip"]
+    built = rebuild_inputs(root, INPUTS, clip=True)
+    data, backbone, (checkpoint, config) = built["data"], built["backbone"], built["clip"]
     vlm = load_vlm("open_clip:parity-clip", checkpoint=checkpoint, model_config=config, preprocessing="squash")
     return {"root": root, "data": data, "clip": (checkpoint, config), "backbone": backbone, "vlm": vlm}
 

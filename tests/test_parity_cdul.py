@@ -41,7 +41,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parity_vlm import checksum, make_backbone, make_clip, make_images
+from parity import one_torch_thread  # noqa: F401  (autouse: one torch thread)
+from parity_vlm import rebuild_inputs
 
 from spml.api import load_config, train
 from spml.pseudolabels.cdul import (
@@ -57,15 +58,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "parity" / "cdul.json"
 REF = json.loads(FIXTURE.read_text())
 INPUTS = REF["header"]["inputs"]
 TEMP = INPUTS["temperature"]  # ln(100): what the reproduction divides the cosine by
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a busy 2-core machine a second one spin-waits."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def rows(key: str) -> np.ndarray:
@@ -125,11 +117,8 @@ def test_update_schedule_matches_reference() -> None:
 @pytest.mark.slow
 def test_spml_train_initial_labels(tmp_path: Path) -> None:
     """Training with the shipped ``cdul_release`` config and the reproduction's temperature: the same initial labels."""
-    data = make_images(tmp_path, INPUTS["counts"], INPUTS["num_classes"], size=INPUTS["size"])
-    checkpoint, config = make_clip(tmp_path / "clip", size=INPUTS["size"])
-    backbone = make_backbone(tmp_path / "backbone.safetensors")
-    assert checksum(load_file(str(checkpoint))) == INPUTS["clip"]
-    assert checksum(load_file(str(backbone))) == INPUTS["backbone"]
+    built = rebuild_inputs(tmp_path, INPUTS, clip=True)
+    data, backbone, (checkpoint, config) = built["data"], built["backbone"], built["clip"]
     overrides = {
         "backbone": "resnet18", "pretrained": str(backbone), "image_size": INPUTS["size"], "batch_size": 24,
         "epochs": 1, "lr": INPUTS["lr"], "protocol": "reference", "device": "cpu",

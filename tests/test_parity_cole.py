@@ -18,17 +18,9 @@ from __future__ import annotations
 
 import pytest
 
-from parity import assert_close, assert_weights, load_fixture, run_spml, tiny_data
+from parity import assert_close, assert_run_matches, load_fixture, run_spml, tiny_data
 
 RTOL, ATOL, MAP_ATOL = 1e-4, 1e-6, 1e-6
-
-
-def check(ref: dict, recorder, result: dict) -> None:
-    assert_close(recorder.losses, ref["losses"], RTOL, ATOL, "loss per step")
-    assert_weights(recorder.weights, ref["weights"], RTOL, ATOL)
-    assert_close(result["val_map"], ref["val_map"], 0.0, MAP_ATOL, "val mAP per epoch")
-    assert result["best_epoch"] == ref["best_epoch"]
-    assert_close(result["test_map"], ref["test_map"], 0.0, MAP_ATOL, "test mAP of the selected epoch")
 
 
 def test_cole_linear_matches_reference(tmp_path) -> None:
@@ -37,7 +29,7 @@ def test_cole_linear_matches_reference(tmp_path) -> None:
     config, overrides = ref["header"]["spml"]["config"], ref["header"]["spml"]["overrides"]
     recorder, result = run_spml(tiny_data(tmp_path / "data"), tmp_path / "run", config, overrides, finetune=False)
     assert len(recorder.losses) == 25 * 4  # 32 train rows, batch 8, all 25 epochs (no early stop)
-    check(ref, recorder, result)
+    assert_run_matches(ref, recorder, result, RTOL, ATOL, MAP_ATOL)
 
 
 @pytest.mark.parametrize("loss", ["an_ls", "wan", "epr", "role"])
@@ -53,7 +45,7 @@ def test_cole_linear_losses_match_reference(tmp_path, loss: str) -> None:
         tiny_data(tmp_path / "data"), tmp_path / "run", spml["config"], spml["overrides"], finetune=False,
         loss_init=ref.get("loss_init"),
     )
-    check(ref, recorder, result)
+    assert_run_matches(ref, recorder, result, RTOL, ATOL, MAP_ATOL)
     if loss == "role":
         for epoch, (got, want) in enumerate(zip(recorder.state, ref["estimates"], strict=True), start=1):
             for part in ("norm", "sum", "first"):
@@ -66,4 +58,4 @@ def test_cole_finetune_matches_reference(tmp_path) -> None:
     ref = load_fixture("cole_finetune")
     config, overrides = ref["header"]["spml"]["config"], ref["header"]["spml"]["overrides"]
     recorder, result = run_spml(tiny_data(tmp_path / "data"), tmp_path / "run", config, overrides, finetune=True)
-    check(ref, recorder, result)
+    assert_run_matches(ref, recorder, result, RTOL, ATOL, MAP_ATOL)

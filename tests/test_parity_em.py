@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from parity import assert_close, assert_weights, load_fixture, run_spml, tiny_data
+from parity import assert_close, assert_run_matches, load_fixture, run_spml, tiny_data
 
 RTOL, ATOL, MAP_ATOL, TARGET_ATOL = 1e-4, 1e-6, 1e-6, 1e-4
 
@@ -30,11 +30,7 @@ def run(tmp_path, name: str):
     ref = load_fixture(name)
     spml = ref["header"]["spml"]
     recorder, result = run_spml(tiny_data(tmp_path / "data"), tmp_path / "run", spml["config"], spml["overrides"], finetune=True)
-    assert_close(recorder.losses, ref["losses"], RTOL, ATOL, "loss per step")
-    assert_weights(recorder.weights, ref["weights"], RTOL, ATOL)
-    assert_close(result["val_map"], ref["val_map"], 0.0, MAP_ATOL, "val mAP per epoch")
-    assert result["best_epoch"] == ref["best_epoch"]
-    assert_close(result["test_map"], ref["test_map"], 0.0, MAP_ATOL, "test mAP of the selected epoch")
+    assert_run_matches(ref, recorder, result, RTOL, ATOL, MAP_ATOL)
     return ref, recorder
 
 

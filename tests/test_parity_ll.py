@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 
-from parity import assert_close, assert_weights, load_fixture, run_spml, tiny_data
+from parity import assert_close, assert_run_matches, load_fixture, run_spml, tiny_data
 
 RTOL, ATOL, MAP_ATOL = 1e-4, 1e-6, 1e-6
 
@@ -34,21 +34,13 @@ def run(tmp_path, scheme: str):
     return ref, recorder, result
 
 
-def check(ref: dict, recorder, result: dict) -> None:
-    assert_close(recorder.losses, ref["losses"], RTOL, ATOL, "loss per step")
-    assert_weights(recorder.weights, ref["weights"], RTOL, ATOL)
-    assert_close(result["val_map"], ref["val_map"], 0.0, MAP_ATOL, "val mAP per epoch")
-    assert result["best_epoch"] == ref["best_epoch"]
-    assert_close(result["test_map"], ref["test_map"], 0.0, MAP_ATOL, "test mAP of the selected epoch")
-
-
 @pytest.mark.parametrize("scheme", ["ll_r", "ll_ct"])
 def test_large_loss_matches_reference(tmp_path, scheme: str) -> None:
     """LL-R / LL-Ct: the release's batch-wise rejection / temporary correction, step by step."""
     ref, recorder, result = run(tmp_path, scheme)
     assert max(ref["strict_corrections_per_step"]) > 0  # the schedule did select entries
     assert recorder.strict == ref["strict_corrections_per_step"]
-    check(ref, recorder, result)
+    assert_run_matches(ref, recorder, result, RTOL, ATOL, MAP_ATOL)
 
 
 def test_ll_cp_release_runs_as_ll_ct(tmp_path) -> None:
@@ -64,7 +56,7 @@ def test_ll_cp_release_runs_as_ll_ct(tmp_path) -> None:
     data = tiny_data(tmp_path / "data")
     overrides = ref["header"]["spml"]["overrides"]
     as_ct, result = run_spml(data, tmp_path / "ct", "ll_ct", overrides, finetune=True)
-    check(ref, as_ct, result)
+    assert_run_matches(ref, as_ct, result, RTOL, ATOL, MAP_ATOL)
     assert as_ct.strict == ref["strict_corrections_per_step"]
     assert ref["corrected_entries"][-1] == []  # the release keeps no correction
     cp, _ = run_spml(data, tmp_path / "cp", "ll_cp", overrides, finetune=True)

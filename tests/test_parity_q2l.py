@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file
 
-from parity_vlm import checksum, make_backbone, make_images
+from parity import one_torch_thread  # noqa: F401  (autouse: one torch thread)
+from parity_vlm import checksum, images_tensor, rebuild_inputs
+from safetensors.torch import load_file
 
 from spml.api import load_config, train
 from spml.data.labels import observed_from_true
@@ -52,29 +52,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "parity" / "q2l.json"
 REF = json.loads(FIXTURE.read_text())
 INPUTS = REF["header"]["inputs"]
 L = INPUTS["num_classes"]
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TRAJECTORY_RTOL = 1e-4
 TRAJECTORY_ATOL = 1e-4
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a busy 2-core machine a second one spin-waits."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("parity_q2l")
-    data = make_images(root, INPUTS["counts"], L, size=INPUTS["size"])
-    backbone = make_backbone(root / "backbone.safetensors")
-    assert checksum(load_file(str(backbone))) == INPUTS["backbone"]
+    built = rebuild_inputs(root, INPUTS, clip=False)
+    data, backbone = built["data"], built["backbone"]
     paths = [p for s in ("train", "val") for p in (data / f"{s}_images.txt").read_text().split()]
-    x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    x = images_tensor(paths)
     labels = np.concatenate([np.load(data / f"{s}_labels.npy") for s in ("train", "val")])
     return {"data": data, "backbone": backbone, "x": x, "labels": torch.from_numpy(labels)}
 
