@@ -24,7 +24,7 @@ from spml.errors import SpmlError
 from spml.papers import load_paper, paper_names
 from spml.papers.reproduce import build_table, open_out, plan, run_rows, write_outputs
 from spml.papers.schema import PAPERS_DIR
-from tests.subsets import interrupted_at
+from subsets import interrupted_at
 
 PAPERS_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "papers"
 # Shrinks every row to seconds on a CPU: timm's tiny random test network at 32 px, a few epochs.

@@ -27,10 +27,10 @@ from spml.cli.main import main
 from spml.data.atomic import atomic_path
 from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
-from spml.losses import Epoch
 from spml.training import TrainingDiverged, TrainingHooks, engine, run_writer, runfolder
 from spml.training.checkpoint import load_checkpoint
 from spml.training.runmodel import check_finite_features
+from subsets import StopAt
 
 SETTINGS = {
     "image_size": 32, "device": "cpu", "batch_size": 16, "lr": 0.001, "eval_batch_size": 32,
@@ -65,17 +65,6 @@ def one_line(capsys: pytest.CaptureFixture[str], code: int) -> str:
     assert "Traceback" not in err and sum("error:" in line for line in lines) == 1, err
     assert lines[-1].startswith("spml train: error: "), err
     return lines[-1]
-
-
-class StopAt(TrainingHooks):
-    """Interrupts the run (as Ctrl-C would) when epoch ``number`` starts."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-
-    def on_epoch_start(self, epoch: Epoch) -> None:
-        if epoch.number == self.number:
-            raise KeyboardInterrupt
 
 
 def interrupted(data: Path, run_dir: Path, at: int = 3) -> Path:
