@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spml.data.layout import PreparedData, write_prepared
-from spml.data.observe import load_observed, observe, observed_name, simulate_observed
+from spml.data.observe import load_observed, observe, observed_name, parse_observed_name, simulate_observed
 from spml.errors import SpmlError
 
 TRUE = np.array(
@@ -156,3 +156,10 @@ def test_load_observed_validation(data):
     good.with_suffix(".json").write_text(json.dumps({**meta, "train_fingerprint": "x"}))
     with pytest.raises(SpmlError, match="drawn for another train split"):
         load_observed(data, good)
+
+
+def test_observed_names_parse_back_to_their_settings():
+    assert parse_observed_name(observed_name("single-positive", seed=3)) == ("single-positive", None, 3)
+    assert parse_observed_name(observed_name("partial", keep=0.25, seed=1)) == ("partial", "0.25", 1)
+    assert parse_observed_name(observed_name("none")) == ("none", None, None)
+    assert parse_observed_name("annotated-me") is None

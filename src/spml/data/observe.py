@@ -15,6 +15,8 @@ for the mode, so the same settings always give the same file and the same bytes.
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,19 @@ def observed_name(mode: str, keep: float = 0.1, seed: int = 0) -> str:
     if mode == "partial":
         return f"partial-keep{keep:g}-seed{seed}"
     return f"single-positive-seed{seed}"
+
+
+def parse_observed_name(stem: str) -> tuple[str, str | None, int | None] | None:
+    """The inverse of :func:`observed_name`: ``(mode, keep as written, seed)``, None for another stem."""
+    if stem == "none":
+        return "none", None, None
+    match = re.fullmatch(r"single-positive-seed(\d+)", stem)
+    if match:
+        return "single-positive", None, int(match.group(1))
+    match = re.fullmatch(r"partial-keep(.+)-seed(\d+)", stem)
+    if match:
+        return "partial", match.group(1), int(match.group(2))
+    return None
 
 
 def _settings(data: PreparedData, mode: str, keep: float, seed: int) -> dict:

@@ -19,7 +19,6 @@ CCD, CDUL, AEVLP) and the first download of weights.
 from __future__ import annotations
 
 import math
-import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from spml import readers
 from spml.api import grid, load_config
 from spml.data.atomic import write_json, write_text
 from spml.data.layout import MANIFEST_FILE, PreparedData
+from spml.data.observe import parse_observed_name
 from spml.data.output import open_folder, write_folder
 from spml.errors import SpmlError
 from spml.models.classifier import create_classifier
@@ -125,16 +125,11 @@ def _command(*argv: str) -> str:
 
 
 def _observed_command(data_dir: str, observed: str) -> str:
-    name = Path(observed).name.removesuffix(".npy")
-    match = re.fullmatch(r"single-positive-seed(\d+)", name)
-    if match:
-        return _command("observe", data_dir, "--mode", "single-positive", "--seed", match.group(1))
-    match = re.fullmatch(r"partial-keep(.+)-seed(\d+)", name)
-    if match:
-        return _command("observe", data_dir, "--mode", "partial", "--keep", match.group(1), "--seed", match.group(2))
-    if name == "none":
-        return _command("observe", data_dir, "--mode", "none")
-    return f"the observed labels {observed} (not made by `spml observe`)"
+    parsed = parse_observed_name(Path(observed).name.removesuffix(".npy"))
+    if parsed is None:
+        return f"the observed labels {observed} (not made by `spml observe`)"
+    mode, keep, seed = parsed
+    return _command("observe", data_dir, "--mode", mode, *(("--keep", keep) if keep else ()), *(("--seed", str(seed)) if seed is not None else ()))
 
 
 def _prepared(data_dir: Path) -> bool:
