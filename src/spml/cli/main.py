@@ -33,8 +33,8 @@ def in_flags(message: str, flags: Mapping[str, str]) -> str:
     An advised setting ``name=VALUE`` becomes ``--flag VALUE``.
     """
     for name in sorted(flags, key=len, reverse=True):
-        message = re.sub(rf"(?<![\w.]){re.escape(name)}={_VALUE}", lambda m, f=flags[name]: f"{f} {m.group(1)}", message)
-        message = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w.])", flags[name], message)
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}={_VALUE}", lambda m, f=flags[name]: f"{f} {m.group(1)}", message)
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.])", flags[name], message)
     return message
 
 

@@ -12,7 +12,8 @@ from spml.data.dataset import DEFAULT_MAX_PIXELS
 from spml.data.formats import FORMATS
 from spml.data.prepare import DEFAULT_SEED, DEFAULT_VAL_FRACTION, prepare
 
-PARAMS = {"val_fraction": "val_fraction", "seed": "seed", "classes_file": "classes_file", "max_pixels": "max_pixels"}
+PARAMS = {"val_fraction": "val_fraction", "seed": "seed", "classes_file": "classes_file", "max_pixels": "max_pixels",
+          "classes": "classes"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help=SUMMARIES["prepare"],
         description="Read a dataset in its official layout, drop train-pool images without labels, "
-        "split val off the train pool and write the prepared layout atomically.",
+        "split val off the train pool and write the prepared layout atomically. "
+        "`spml prepare folder --raw PHOTOS --classes-file tags.txt --out DATA` takes a folder of photos "
+        "without labels instead: every photo to annotate (spml annotate), no true labels, no test set.",
         epilog="formats: " + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
     )
     p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help=", ".join(FORMATS))
@@ -30,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, help=f"default {DEFAULT_VAL_FRACTION}")
     p.add_argument("--seed", type=int, help=f"train/val split seed (default {DEFAULT_SEED})")
     p.add_argument("--verify", action="store_true", help="decode every image (slow on large sets)")
-    p.add_argument("--classes-file", type=Path, metavar="FILE", help="class names, one per line (csv, nuswide)")
+    p.add_argument("--classes-file", type=Path, metavar="FILE", help="class names, one per line (csv, nuswide, folder)")
+    p.add_argument("--classes", metavar="A,B,C", help="folder: the class names as a comma list (instead of --classes-file)")
     p.add_argument(
         "--allow-outside-raw",
         action="store_true",
@@ -59,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"spml prepare: warning: {warning}", file=sys.stderr)
     c = result.counts
+    if args.format == "folder":
+        print(f"folder: {c['train']} photos to annotate, no true labels (spml annotate {result.path}); "
+              "val is held out of the annotated photos when training, no test set")
+        print(result.path)
+        return 0
     print(
         f"{args.format}: train pool {c['pool']} images, {c['dropped_unlabelled']} without labels dropped; "
         f"train {c['train']}, val {c['val']}, test {c['test']}"

@@ -100,6 +100,13 @@ def print_result(result: RunResult) -> None:
     """
     if not distributed.is_main():
         return
+    results = read_results(result.run_dir)
+    if results.get("true_labels") == "unknown":  # a folder of photos: only val, on the held-out answers
+        print(f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {result.val_map:.4f} "
+              f"-> {result.run_dir / 'results.json'}")
+        print(f"  val mAP: {results.get('val_set', '')}")
+        print(f"  test mAP: none ({results.get('test_map_reason', '')})")
+        return
     print(
         f"best epoch {result.best_epoch} of {result.epochs_run}: val mAP {result.val_map:.4f}, "
         f"test mAP {result.test_map:.4f}, train-label mAP {result.train_label_map:.4f} "
@@ -107,7 +114,6 @@ def print_result(result: RunResult) -> None:
     )
     for name, meaning in explain.RUN_MAPS.items():
         print(f"  {name}: {meaning}")
-    results = read_results(result.run_dir)
     if "test_metrics" in results:
         print("test metrics (fractions in [0, 1]; docs/metrics.md):")
         print("\n".join(explain.metric_lines(results["test_metrics"])))

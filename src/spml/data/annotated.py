@@ -20,6 +20,14 @@ written, and a reader (``spml train``) sees the file before or after an answer, 
 
 An existing annotation is continued (its answers kept), never restarted, unless asked
 (``restart=True``), and then only if spml wrote it and nobody changed it since (the output rule).
+
+A folder of photos (``spml prepare folder``) has no true labels, so its val split can only come
+from the answers: :func:`held_out_view` is the folder as a run on an annotation sees it. Each train
+row is drawn once into the held-out part (``default_rng(seed).random(N) < val_fraction``, the seed
+and fraction recorded at prepare time), so a photo is a val photo or a train photo for good, however
+many answers come later: val = the held-out photos answered so far, with their answers as the only
+labels known (the picked class 1, every other class 0: unknown counted absent, as Cole et al.'s
+single-positive val; "none of these" rows all 0, which is exact), and no run trains on them.
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ from spml import readers
 from spml._version import __version__
 from spml.data.cache import file_lock
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, UNKNOWN
-from spml.data.layout import PreparedData
+from spml.data.layout import PreparedData, Split, unknown_labels_error
+from spml.data.labels import TRUE_DTYPE
 from spml.data.atomic import save_npy, write_text
+from spml.data.observe import load_observed
 from spml.data.output import STAGING_PREFIX, claim_file, record_file, save_array, write_file
 from spml.errors import SpmlError
 
@@ -286,3 +296,71 @@ class AnnotationStore:
                 annotators[self.who] = int(annotators.get(self.who, 0)) + 1
             self._write(labels, {**record, "annotators": annotators})
             return row_answers(labels)
+
+
+def held_out_mask(n: int, seed: int, fraction: float) -> np.ndarray:
+    """A bool mask over N train rows: the rows of a folder of photos that are val rows once answered (a fixed draw per row)."""
+    return np.random.default_rng(seed).random(n) < fraction
+
+
+@dataclass
+class HeldOutData(PreparedData):
+    """A folder of photos as a run on its annotation sees it: val = the held-out answered photos.
+
+    ``train`` and ``test`` are the folder's own (no true labels; test is empty); ``val`` is the
+    :attr:`val_rows` of the train split, labelled by their answers (:func:`held_out_view`).
+    """
+
+    val_split: Split | None = None
+    val_rows: np.ndarray | None = None
+    note: str = ""
+
+    def split(self, name: str) -> Split:
+        """``val``: the held-out answered photos with their answers; else the folder's own split."""
+        if name == "val" and self.val_split is not None:
+            return self.val_split
+        return super().split(name)
+
+
+def held_out_view(data: PreparedData, observed: str | Path | None) -> PreparedData:
+    """``data`` as a run on the observed labels ``observed`` sees it (None: the full labels).
+
+    A folder with true labels is returned as it is. A folder of photos (no true labels) can be
+    trained only on an annotation: its val split becomes the held-out photos answered so far (see
+    the module), labelled by their answers; the run must leave those rows out of training
+    (:attr:`HeldOutData.val_rows`, which :func:`rows_to_train` is given).
+
+    Raises:
+        SpmlError: naming the folder or the file: full labels or a file that is not an annotation
+            on a folder without true labels, or no answered photo among the held-out ones yet.
+    """
+    if data.has_true_labels:
+        return data
+    if observed is None:
+        raise unknown_labels_error(data.root, "full labels are its true labels; train on an annotation: observed=annotated-NAME.npy")
+    path = Path(observed)
+    if not path.is_absolute() and not path.exists() and (data.observed_dir / path).exists():
+        path = data.observed_dir / path
+    if read_record(path) is None:
+        raise unknown_labels_error(data.root, f"{path.name} is not an annotation (spml annotate), and only a person's answers are labels there")
+    labels = load_observed(data, path)
+    seed, fraction = data.manifest.get("seed"), data.manifest.get("val_fraction")
+    if type(seed) is not int or not 0 <= seed < 2**32 or type(fraction) not in (int, float) or not 0 < fraction < 1:
+        raise SpmlError("manifest: seed (an integer) or val_fraction (in (0, 1)) is missing or wrong; prepare the folder again", data.root / "manifest.json")
+    answers = row_answers(labels)
+    answered = answers != UNANSWERED
+    rows = np.flatnonzero(held_out_mask(len(labels), seed, float(fraction)) & answered)
+    if len(rows) == 0:
+        raise SpmlError(
+            f"has {int(answered.sum())} answers but none among the held-out photos (val_fraction {fraction:g} of the photos, "
+            "drawn at prepare time) that val is made of; annotate more photos", path)
+    val_labels = (labels[rows] == POSITIVE).astype(TRUE_DTYPE)
+    if not val_labels.any():
+        raise SpmlError(f"the {len(rows)} held-out answered photos are all 'none of these': val has no positive to rank; annotate more photos", path)
+    val_labels.setflags(write=False)
+    train = data.split("train")
+    val = Split(name="val", images=[train.images[i] for i in rows], labels=val_labels)
+    note = (f"{data.root} has no true labels: val is the {len(rows)} held-out photos of the {int(answered.sum())} answered in "
+            f"{path.name} (never trained on), their answers the only labels known (every other class counted absent); "
+            "val mAP ranks the picked classes, not full label sets; no test set (test_map null)")
+    return HeldOutData(root=data.root, classes=data.classes, manifest=data.manifest, val_split=val, val_rows=rows, note=note)

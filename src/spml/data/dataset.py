@@ -237,6 +237,8 @@ class ImageTransform:
 class SplitDataset(Dataset):
     """Items of a prepared split: ``{"image", "labels", "observed", "index", "flipped"}``.
 
+    A split without true labels (:class:`~spml.data.layout.UnlabelledSplit`) gives no ``labels``.
+
     Args:
         split: The split (image paths and true labels).
         transform: Image transform; its ``flip_prob`` decides the augmentation.
@@ -256,11 +258,11 @@ class SplitDataset(Dataset):
         self.split = split
         self.transform = transform
         if observed is None:
-            observed = np.where(split.labels == 1, 1, -1).astype(OBSERVED_DTYPE)
-        if observed.shape != split.labels.shape:
-            raise SpmlError(
-                f"observed labels have shape {observed.shape} but split {split.name!r} has {split.labels.shape}"
-            )
+            # A split without true labels (a folder of photos, scored to predict): all unknown.
+            observed = np.where(split.labels == 1, 1, -1) if split.has_labels else np.zeros(split.shape)
+            observed = observed.astype(OBSERVED_DTYPE)
+        if observed.shape != split.shape:
+            raise SpmlError(f"observed labels have shape {observed.shape} but split {split.name!r} has {split.shape}")
         check_observed(observed)
         self.observed = np.asarray(observed, dtype=OBSERVED_DTYPE)
         self.seed = seed
@@ -290,10 +292,12 @@ class SplitDataset(Dataset):
         """The decoded, transformed image of item ``index`` with its labels."""
         flip = self.draw_flip(index)
         image = self.image(index, flip)
-        return {
+        item = {
             "image": image,
-            "labels": torch.from_numpy(self.split.labels[index].astype(np.int64)),
             "observed": torch.from_numpy(self.observed[index].astype(np.int64)),
             "index": torch.tensor(index),
             "flipped": torch.tensor(flip),
         }
+        if self.split.has_labels:  # a split without true labels has none to give (never zeros)
+            item["labels"] = torch.from_numpy(self.split.labels[index].astype(np.int64))
+        return item

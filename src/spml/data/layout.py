@@ -6,8 +6,15 @@
     DATA_DIR/{split}_images.txt      one absolute image path per line, split in {train, val, test}
     DATA_DIR/{split}_labels.npy      uint8 N x L true labels (1 present, 0 absent), rows as the images file
     DATA_DIR/manifest.json           source format, raw root, counts, seed, spml version
+                                     (``"true_labels": "unknown"``: no ``*_labels.npy``, see below)
     DATA_DIR/observed/*.npy          int8 N x L observed train labels written by ``spml observe``
     DATA_DIR/cache/                  frozen work (features, VLM scores), keyed by what produced it
+
+A folder of photos prepared with ``spml prepare folder`` has no true labels at all: its manifest
+says ``"true_labels": "unknown"``, no ``{split}_labels.npy`` is written, and its splits are
+:class:`UnlabelledSplit` s, whose ``labels`` raise :class:`~spml.errors.SpmlError` naming the folder
+and why, so no reader can take unknown labels for absent ones. Such a folder is annotated
+(``spml annotate``) and trained on its annotation (``spml.data.annotated.held_out_view``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ SPLITS = ("train", "val", "test")
 STANDARD_PROTOCOL, REFERENCE_PROTOCOL = "standard", "reference"
 PROTOCOLS = (STANDARD_PROTOCOL, REFERENCE_PROTOCOL)
 MANIFEST_FILE = "manifest.json"
+# The manifest key (and value) of a folder without true labels (``spml prepare folder``).
+TRUE_LABELS_KEY, UNKNOWN_LABELS = "true_labels", "unknown"
 
 
 @dataclass
@@ -70,6 +79,59 @@ class Split:
                 h.update(b"missing\n")  # the decode names the file; the key just must not match
         return h.hexdigest()[:16]
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the split's true labels are known (False: :class:`UnlabelledSplit`)."""
+        return True
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(images, classes): the shape of its labels, known or not."""
+        return self.labels.shape
+
+
+class UnlabelledSplit(Split):
+    """A split whose true labels are unknown (a folder of photos): reading ``labels`` is an error.
+
+    Unknown is not absent: a zero matrix here would let every metric, loss or simulation read the
+    photos as images without any class. Asking for the labels raises, naming the data folder.
+    """
+
+    def __init__(self, name: str, images: list[Path], root: Path, num_classes: int) -> None:
+        self.name, self.images, self.root, self.num_classes = name, images, root, num_classes
+
+    def __repr__(self) -> str:
+        return f"UnlabelledSplit(name={self.name!r}, images={len(self.images)}, root={str(self.root)!r})"
+
+    @property
+    def has_labels(self) -> bool:
+        """False: the true labels are unknown."""
+        return False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(images, classes)."""
+        return len(self.images), self.num_classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Never: SpmlError naming the data folder and the reason."""
+        raise unknown_labels_error(self.root, f"the {self.name} split's true labels are needed here")
+
+    @cached_property
+    def label_fingerprint(self) -> str:
+        """Hash of the image list (there are no labels)."""
+        h = hashlib.sha256(b"unlabelled\n")
+        h.update("\n".join(str(p) for p in self.images).encode())
+        return h.hexdigest()[:16]
+
+
+def unknown_labels_error(root: Path, need: str) -> SpmlError:
+    """The one-line refusal of a command that needs true labels a folder of photos does not have."""
+    return SpmlError(
+        f"has no true labels (prepared from a folder of photos with `spml prepare folder`); {need}. "
+        "Annotate it (spml annotate) and train on the annotation", root)
+
 
 @dataclass
 class PreparedData:
@@ -100,6 +162,16 @@ class PreparedData:
         return len(self.classes)
 
     @property
+    def has_true_labels(self) -> bool:
+        """False for a folder of photos (``spml prepare folder``): no split has true labels."""
+        return self.manifest.get(TRUE_LABELS_KEY) != UNKNOWN_LABELS
+
+    def require_true_labels(self, need: str) -> None:
+        """SpmlError naming the folder when it has no true labels; ``need`` says what needs them."""
+        if not self.has_true_labels:
+            raise unknown_labels_error(self.root, need)
+
+    @property
     def observed_dir(self) -> Path:
         """Folder of the observed-label files."""
         return self.root / "observed"
@@ -123,6 +195,13 @@ class PreparedData:
             raise SpmlError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
         images_file = self.root / f"{name}_images.txt"
         labels_file = self.root / f"{name}_labels.npy"
+        if not self.has_true_labels:
+            if not images_file.is_file():
+                raise SpmlError(f"split {name!r} is missing ({images_file.name})", self.root)
+            version = (os.stat(images_file).st_size, os.stat(images_file).st_mtime_ns)
+            if name not in self._splits or self._splits[name][0] != version:
+                self._splits[name] = (version, UnlabelledSplit(name, self._read_images(images_file), self.root, self.num_classes))
+            return self._splits[name][1]
         if not images_file.is_file() or not labels_file.is_file():
             raise SpmlError(f"split {name!r} is missing ({images_file.name} / {labels_file.name})", self.root)
         stats = [os.stat(f) for f in (images_file, labels_file)]
@@ -133,9 +212,13 @@ class PreparedData:
         self._splits[name] = (version, split)
         return split
 
-    def _read_split(self, name: str, images_file: Path, labels_file: Path) -> Split:
+    @staticmethod
+    def _read_images(images_file: Path) -> list[Path]:
         text = readers.read_text(images_file, "image list", readers.MAX_ANNOTATION_BYTES)
-        images = [Path(line) for line in text.splitlines() if line]
+        return [Path(line) for line in text.splitlines() if line]
+
+    def _read_split(self, name: str, images_file: Path, labels_file: Path) -> Split:
+        images = self._read_images(images_file)
         try:
             labels = np.load(labels_file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
@@ -156,10 +239,13 @@ class PreparedData:
 def write_prepared(
     out_dir: Path,
     classes: list[str],
-    splits: dict[str, tuple[list[Path], np.ndarray]],
+    splits: dict[str, tuple[list[Path], np.ndarray | None]],
     manifest: dict,
 ) -> None:
     """Write the layout's files into ``out_dir`` (an empty folder, typically an atomic_dir).
+
+    A split whose labels are None gets no ``{split}_labels.npy`` (the manifest must then say
+    ``"true_labels": "unknown"``).
 
     Raises:
         SpmlError: naming an image whose path holds a line break (it would corrupt the image list).
@@ -172,7 +258,8 @@ def write_prepared(
     (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     for name, (images, labels) in splits.items():
         (out_dir / f"{name}_images.txt").write_text("".join(f"{Path(p)}\n" for p in images))
-        np.save(out_dir / f"{name}_labels.npy", np.asarray(labels, dtype=TRUE_DTYPE))
+        if labels is not None:
+            np.save(out_dir / f"{name}_labels.npy", np.asarray(labels, dtype=TRUE_DTYPE))
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 

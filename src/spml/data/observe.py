@@ -117,6 +117,7 @@ def observe(data: PreparedData, mode: str, keep: float = 0.1, seed: int = 0) -> 
         SpmlError: Bad mode or keep, ``DATA_DIR/observed`` is not a folder, or an existing file made
             with other settings.
     """
+    data.require_true_labels("simulated observed labels are drawn from the train split's true labels")
     path = data.observed_dir / f"{observed_name(mode, keep, seed)}.npy"
     if data.observed_dir.exists() and not data.observed_dir.is_dir():
         raise SpmlError("is not a folder (observed labels are written into it); move it away", data.observed_dir)
@@ -175,8 +176,8 @@ def load_observed(data: PreparedData, path: str | Path) -> np.ndarray:
     if bad.any():
         raise SpmlError(f"observed labels must be -1/0/1, found {np.unique(labels[bad])[:5].tolist()}", path)
     train = data.split("train")
-    if labels.shape != train.labels.shape:
-        raise SpmlError(f"observed labels have shape {labels.shape}, train split has {train.labels.shape}", path)
+    if labels.shape != train.shape:  # not train.labels: a folder of photos has none
+        raise SpmlError(f"observed labels have shape {labels.shape}, train split has {train.shape}", path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         recorded = readers.read_json_object(sidecar, "observed labels' record").get("train_fingerprint")

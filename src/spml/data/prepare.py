@@ -10,6 +10,12 @@ may not be, contain or lie inside the raw folder; a non-empty ``--out`` must be 
 wrote (its ``.spml.json`` marker, or an older folder's ``manifest.json``, says so); preparing it
 again replaces only the files spml wrote there and keeps ``observed/``, ``cache/`` and every other
 file (observed labels and caches of an older split are recognised by their fingerprints).
+
+A format without labels (``folder``: a folder of photos) keeps every photo in the train split
+(which ``spml annotate`` labels), writes empty val and test image lists and no label files, and
+records ``"true_labels": "unknown"`` in the manifest; val is held out of the annotation's answered
+photos when a run trains on it (:func:`spml.data.annotated.held_out_view`), with this folder's
+``seed`` and ``val_fraction``.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import numpy as np
 
 from spml._version import __version__
 from spml.data.dataset import verify_images
-from spml.data.formats import FormatOptions, get_format
+from spml.data.formats import FormatOptions, RawDataset, get_format
 from spml.data.labels import TRUE_DTYPE
-from spml.data.layout import MANIFEST_FILE, write_prepared
+from spml.data.layout import MANIFEST_FILE, TRUE_LABELS_KEY, UNKNOWN_LABELS, write_prepared
 from spml.data.output import claim_folder, write_folder
 from spml.errors import SpmlError
 
@@ -93,6 +99,7 @@ def prepare(
     classes_file: str | Path | None = None,
     allow_outside: bool = False,
     max_pixels: int | None = None,
+    classes: str | None = None,
 ) -> PrepareResult:
     """Prepare ``raw`` (in format ``format_name``) as the DATA_DIR ``out_dir``.
 
@@ -104,7 +111,9 @@ def prepare(
         val_fraction: Fraction of the (labelled) train pool used as val, in [0, 1).
         seed: Seed of the train/val split.
         verify: Decode every image, failing on the first that does not decode.
-        classes_file: One class name per line (csv: the class list; nuswide: the column names).
+        classes_file: One class name per line (csv: the class list; nuswide: the column names;
+            folder: the classes to annotate).
+        classes: folder: the class names as a comma list (instead of ``classes_file``).
         allow_outside: Accept annotation image paths outside the raw folder.
         max_pixels: ``verify``: refuse images with more pixels than this (decompression bombs;
             ``$SPML_MAX_PIXELS`` or PIL's default when None).
@@ -123,13 +132,15 @@ def prepare(
     if not raw.exists():
         raise SpmlError("raw folder does not exist", raw)
     options = FormatOptions(
-        classes_file=None if classes_file is None else Path(classes_file), allow_outside=allow_outside
+        classes_file=None if classes_file is None else Path(classes_file), allow_outside=allow_outside, classes=classes
     )
     if options.classes_file is not None and not options.classes_file.is_file():
         raise SpmlError("classes file does not exist", options.classes_file)
     check_output_dir(out_dir, raw)
 
     data = fmt.read(raw, options)
+    if data.pool.labels is None:
+        return _prepare_unlabelled(fmt.name, data, raw, out_dir, options, val_fraction, seed, verify, max_pixels)
     labelled = np.flatnonzero(data.pool.labels.sum(axis=1) > 0)
     if len(labelled) == 0:
         raise SpmlError(f"the train pool has no image with a label ({len(data.pool.images)} images)", data.root)
@@ -161,7 +172,44 @@ def prepare(
         "warnings": warnings,
         "spml_version": __version__,
     }
+    _write(out_dir, raw, data.classes, splits, manifest)
+    return PrepareResult(path=out_dir, counts=counts, warnings=warnings)
+
+
+def _write(out_dir: Path, raw: Path, classes: list[str], splits: dict, manifest: dict) -> None:
+    """Write the prepared layout into ``out_dir`` atomically, under the output rule."""
     with write_folder(out_dir, "data", [("the raw folder", raw_folder(raw))], last=(MANIFEST_FILE,),
                       what="the data folder") as tmp:
-        write_prepared(tmp, data.classes, splits, manifest)
-    return PrepareResult(path=out_dir, counts=counts, warnings=warnings)
+        write_prepared(tmp, classes, splits, manifest)
+
+
+def _prepare_unlabelled(
+    name: str, data: RawDataset, raw: Path, out_dir: Path, options: FormatOptions,
+    val_fraction: float, seed: int, verify: bool, max_pixels: int | None,
+) -> PrepareResult:
+    """A pool without labels: every image in train, empty val and test, ``"true_labels": "unknown"``.
+
+    Nothing is split here: without labels, val can only come from the answers a person gives, so a
+    run holds out the answered photos that ``seed`` and ``val_fraction`` draw (recorded here).
+    """
+    if val_fraction <= 0:
+        raise SpmlError("val_fraction must be above 0 for a folder of photos: val is held out of the photos a person annotates", raw)
+    if verify:
+        verify_images(data.pool.images, max_pixels=max_pixels)
+    splits = {"train": (data.pool.images, None), "val": ([], None), "test": ([], None)}
+    counts = {"pool": len(data.pool.images), "dropped_unlabelled": 0, "train": len(data.pool.images), "val": 0, "test": 0}
+    manifest = {
+        "format": name,
+        "raw_root": str(data.root),
+        "classes_file": None if options.classes_file is None else str(options.classes_file.resolve()),
+        "num_classes": len(data.classes),
+        "counts": counts,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        TRUE_LABELS_KEY: UNKNOWN_LABELS,
+        "verified": verify,
+        "warnings": data.warnings,
+        "spml_version": __version__,
+    }
+    _write(out_dir, raw, data.classes, splits, manifest)
+    return PrepareResult(path=out_dir, counts=counts, warnings=data.warnings)

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spml.data.labels import OBSERVED_DTYPE, check_observed, observed_from_true
+from spml.data import annotated
+from spml.data.labels import OBSERVED_DTYPE, UNKNOWN, check_observed, observed_from_true
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
 from spml.errors import SpmlError
@@ -66,7 +67,11 @@ def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
     """
     if config.observed == FULL_OBSERVED:
         return observed_from_true(data.split("train").labels)
-    return load_observed(data, config.observed)
+    observed = load_observed(data, config.observed)
+    if isinstance(data, annotated.HeldOutData):  # a folder of photos: its val photos are never trained on
+        observed = np.array(observed)
+        observed[data.val_rows] = UNKNOWN
+    return observed
 
 
 class Trainer:
@@ -103,6 +108,8 @@ class Trainer:
         config = resolve_config(config, method)  # checked once: a resolved config is taken as it is
         data = data.for_protocol(config.protocol)  # `reference`: train = train + val, val = test
         config = resolve_defaults(observed_in(config, data.root), len(data.split("train")))
+        # A folder of photos (no true labels): val = the held-out answered photos of the annotation.
+        data = annotated.held_out_view(data, None if config.observed == FULL_OBSERVED else config.observed)
         self.config, self.data, self.run_dir = config, data, run_dir
         device = distributed.local_device(resolve_device(config.device))
         distributed.init(device)
@@ -125,10 +132,8 @@ class Trainer:
         self.bf16, self.channels_last = precision_settings(config, device)
         if self.channels_last:
             rm.model.to(memory_format=torch.channels_last)
-        if observed.shape != rm.split("train").labels.shape:
-            raise SpmlError(
-                f"method {config.method!r} gave labels of shape {observed.shape}, train split has {rm.split('train').labels.shape}"
-            )
+        if observed.shape != rm.split("train").shape:  # not .labels: a folder of photos has none
+            raise SpmlError(f"method {config.method!r} gave labels of shape {observed.shape}, train split has {rm.split('train').shape}")
         evaluator = Evaluator(config, data, rm, run_dir)
         loss = (self._create_loss() if loss is None else loss).to(device)
         # int8 as stored: an int64 copy would be 8 bytes per train label.
@@ -147,6 +152,8 @@ class Trainer:
         observed_note = diagnostics.observed_warning(config, data.root, method.partial_labels)
         if observed_note:
             log(f"note: {observed_note}")
+        if isinstance(data, annotated.HeldOutData):
+            log(f"note: {data.note}")
 
     def _create_loss(self) -> SpmlLoss:
         c = self.config

@@ -8,6 +8,7 @@ of the rows, gathered on every rank.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,22 @@ from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.runmodel import RunModel
 from spml.training.steps import TrainingDiverged
 
+NO_TEST_REASON = "the data folder has no true labels (a folder of photos): there is no labelled test set"
+
 
 def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarray:
     """Labels the val mAP is computed against.
 
     The clean labels, or (``val_set_variant: observed``) labels observed the way the train labels
     were (mode, keep and seed from their sidecar), as Cole et al. select epochs on a single-positive
-    val set. Unknown entries count as negatives there.
+    val set. Unknown entries count as negatives there. An annotation on a folder with true labels
+    is a person's single positives: its val is observed the same way from val's true labels (drawn
+    with the run's seed). A folder of photos has no true labels: its val split is the held-out
+    answered photos, already labelled by their single answers (:func:`spml.data.annotated.held_out_view`),
+    used as they are whatever the variant.
     """
+    if isinstance(data, annotated.HeldOutData):
+        return val.labels
     if config.val_set_variant == "clean" or config.observed == FULL_OBSERVED:
         return val.labels
     sidecar = Path(config.observed).with_suffix(".json")
@@ -50,18 +59,19 @@ class TestReport:
     """The best weights on the test split: predictions, mAP report (per-class AP, skipped classes), the papers' metrics.
 
     Attributes:
-        scores: float32 N x L test probabilities (``test_predictions.npy``).
+        scores: float32 N x L test probabilities (``test_predictions.npy``); None without test labels.
         sections: ``results.json`` sections of the test split (``test_map``, ``test_chance_map``,
             ``per_class_test_ap``, ``test_metrics``, ``skipped_classes``).
     """
 
-    scores: np.ndarray
+    scores: np.ndarray | None
     sections: dict[str, Any]
 
     @property
     def test_map(self) -> float:
-        """The test mAP."""
-        return float(self.sections["test_map"])
+        """The test mAP (NaN without a labelled test set: ``results.json`` has null)."""
+        value = self.sections["test_map"]
+        return math.nan if value is None else float(value)
 
 
 class Evaluator:
@@ -78,8 +88,20 @@ class Evaluator:
         self.rm = rm
         self.classes = data.classes
         self.run_dir = run_dir
-        self.train_labels = rm.split("train").labels
+        self.data = data
         self.val_target = val_targets(data, config, rm.split("val"))
+
+    @property
+    def train_labels_known(self) -> bool:
+        """Whether the train split has true labels (a folder of photos has none: no train-label mAP)."""
+        return self.rm.split("train").has_labels
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """``results.json`` keys that say what val and test are when the data has no true labels; else none."""
+        if self.data.has_true_labels:
+            return {}
+        return {"true_labels": "unknown", "val_set": getattr(self.data, "note", ""), "test_map_reason": NO_TEST_REASON}
 
     def predict(self, name: str, from_features: bool) -> np.ndarray:
         """float32 N x L probabilities on split ``name``, each rank scoring its share of the rows."""
@@ -101,10 +123,13 @@ class Evaluator:
 
     def train_label_map(self, train_scores: np.ndarray) -> float:
         """Training-label recovery: mAP of train-split predictions against its true labels."""
-        return mean_average_precision(train_scores, self.train_labels)
+        return mean_average_precision(train_scores, self.rm.split("train").labels)
 
     def test_report(self, from_features: bool) -> TestReport:
-        """Score the test split (the weights now loaded: the best ones)."""
+        """Score the test split (the weights now loaded: the best ones); nothing without test labels."""
+        if not self.rm.split("test").has_labels:
+            return TestReport(None, {"test_map": None, "test_chance_map": None, "per_class_test_ap": {},
+                                     "test_metrics": {}, "skipped_classes": []})
         scores = self.predict("test", from_features)
         labels = self.rm.split("test").labels
         report = map_report(scores, labels)

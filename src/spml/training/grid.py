@@ -29,7 +29,7 @@ from spml.training.defaults import resolve_defaults
 from spml.training.engine import TrainingDiverged, resume
 from spml.training.hooks import STANDARD, MethodInfo
 from spml.training.resolve import observed_in, resolve_config
-from spml.training.runfolder import CONFIG_FILE, read_results
+from spml.training.runfolder import CONFIG_FILE, map_or_nan, read_results
 
 # Short forms of common axis keys in run folder names.
 _SHORT = {"lr": "lr", "batch_size": "bs", "method_params.threshold": "t", "linear_init.lr": "lilr"}
@@ -90,7 +90,8 @@ def _row(name: str, values: dict[str, Any], run_dir: Path) -> GridRow:
         for k, v in r.get("method", {}).items()
         if k not in leaves and isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return GridRow(name, values, "done", r["best_epoch"], r["val_map"], r["test_map"], r["train_label_map"], extras)
+    return GridRow(name, values, "done", r["best_epoch"], r["val_map"], map_or_nan(r["test_map"]),
+                   map_or_nan(r["train_label_map"]), extras)
 
 
 def run_grid(

@@ -190,7 +190,7 @@ class EpochLoop:
         c, linear = self.config, phase.name == LINEAR
         due = in_phase % c.eval_every == 0 or epoch == phase.last_epoch
         val_map = self.evaluator.val_map(linear, epoch) if due else None
-        map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0
+        map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0 and self.evaluator.train_labels_known
         train_label_map: float | None = None
         if map_due or callbacks.needs_train_probs:
             train_scores = self.evaluator.score("train", linear, epoch)
@@ -249,10 +249,11 @@ class EpochLoop:
         from_features = best_state["part"] == "head"
         test = self.evaluator.test_report(from_features)
         train_label_map = best["train_label_map"]
-        if train_label_map is None:  # not recorded at that epoch: score the best weights now
+        if train_label_map is None and self.evaluator.train_labels_known:  # not recorded at that epoch: score the best weights now
             train_label_map = self.evaluator.train_label_map(self.evaluator.predict("train", from_features))
         result = RunResult(
-            self.writer.run_dir, int(best["epoch"]), float(best["val_map"]), test.test_map, float(train_label_map), **done
+            self.writer.run_dir, int(best["epoch"]), float(best["val_map"]), test.test_map,
+            math.nan if train_label_map is None else float(train_label_map), **done
         )
         warning = not_done_warning(metrics, state.stopped_early, self.config.optimizer)
         run_warnings = [*([warning] if warning else []), *diagnostics.run_warnings(
@@ -268,7 +269,7 @@ class EpochLoop:
             "protocol": self.config.protocol,  # reference: val_map is the test split's (docs/reproduction.md)
             "test_map": s["test_map"],
             "test_chance_map": s["test_chance_map"],
-            "train_label_map": result.train_label_map,
+            "train_label_map": train_label_map,  # null: the train split has no true labels
             "per_class_test_ap": s["per_class_test_ap"],
             "test_metrics": s["test_metrics"],
             "skipped_classes": s["skipped_classes"],
@@ -276,5 +277,6 @@ class EpochLoop:
             "method": {"name": self.config.method, **self.callbacks.summary()},
             "warnings": run_warnings,
             "world_size": distributed.world_size(),
+            **self.evaluator.notes,  # a folder of photos: what val is, why test_map is null
         }, test.scores)
         return result

@@ -190,13 +190,14 @@ class RunWriter:
         """Write ``results.json`` (and the test predictions) and remove what only an interrupted run needs.
 
         ``last.safetensors`` stays after a full run (the state after its last epoch, from which an
-        extension trains on); a ``val_only`` run (``test_scores`` None) removes it too.
+        extension trains on); a ``val_only`` run removes it too. ``test_scores`` is None for a
+        ``val_only`` run and for data without a labelled test set (no ``test_predictions.npy``).
         """
         if self.main:
             if test_scores is not None:
                 save_npy(self.run_dir / TEST_PREDICTIONS_FILE, test_scores.astype(np.float32))
             write_json(self.run_dir / RESULTS_FILE, results)
-            for name in (LAST_PREV_FILE, LINEAR_BEST_FILE, *((LAST_FILE,) if test_scores is None else ())):
+            for name in (LAST_PREV_FILE, LINEAR_BEST_FILE, *((LAST_FILE,) if results.get("val_only") else ())):
                 (self.run_dir / name).unlink(missing_ok=True)
         distributed.barrier()
 

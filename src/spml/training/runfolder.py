@@ -239,7 +239,8 @@ def check_results(doc: Any, path: Path) -> dict[str, Any]:
 
     Required: ``best_epoch``, ``epochs_run`` (whole numbers >= 0), ``val_map``, ``stopped_early``
     and, unless ``val_only``, ``test_map``, ``train_label_map`` and ``per_class_test_ap`` (class ->
-    AP or null). mAPs are numbers in [0, 1] or NaN; ``method`` and ``test_metrics`` are objects.
+    AP or null). mAPs are numbers in [0, 1] or NaN (``test_map`` and ``train_label_map`` also null:
+    data without true labels, with ``test_map_reason``); ``method`` and ``test_metrics`` are objects.
     """
     if not isinstance(doc, dict):
         raise SpmlError(f"is not a JSON object of run results (got {type(doc).__name__}); the file is damaged", path)
@@ -256,9 +257,12 @@ def check_results(doc: Any, path: Path) -> dict[str, Any]:
     for key in ("best_epoch", "epochs_run"):
         if isinstance(doc[key], bool) or not isinstance(doc[key], int) or doc[key] < 0:
             raise bad(key, "a whole number >= 0")
-    for key in ("val_map", "test_map", "train_label_map"):
-        if key in doc and not _fraction(doc[key]):
-            raise bad(key, "a number in [0, 1] or NaN")
+    if not _fraction(doc["val_map"]):
+        raise bad("val_map", "a number in [0, 1] or NaN")
+    # null: not measurable, the data has no true labels there (a folder of photos, spml prepare folder).
+    for key in ("test_map", "train_label_map"):
+        if key in doc and doc[key] is not None and not _fraction(doc[key]):
+            raise bad(key, "a number in [0, 1], NaN or null")
     for key in ("stopped_early", "val_only"):
         if key in doc and not isinstance(doc[key], bool):
             raise bad(key, "true or false")
@@ -284,10 +288,15 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     return check_results(read_json(path), path)
 
 
+def map_or_nan(value: float | None) -> float:
+    """A results.json mAP as a float: NaN when absent or null."""
+    return math.nan if value is None else float(value)
+
+
 def read_result(run_dir: str | Path) -> RunResult:
     """The :class:`RunResult` of a completed run, from its ``results.json`` (a val-only run's test mAPs are NaN)."""
     r = read_results(run_dir)
     return RunResult(
-        Path(run_dir), r["best_epoch"], float(r["val_map"]), float(r.get("test_map", math.nan)),
-        float(r.get("train_label_map", math.nan)), r["epochs_run"], r["stopped_early"],
+        Path(run_dir), r["best_epoch"], float(r["val_map"]), map_or_nan(r.get("test_map")),
+        map_or_nan(r.get("train_label_map")), r["epochs_run"], r["stopped_early"],
     )  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from spml.data import annotated
 from spml.data.dataset import ImageTransform, SplitDataset
 from spml.data.layout import PreparedData, Split
 from spml.errors import SpmlError
@@ -33,7 +34,7 @@ from spml.models import (
 )
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
 from spml.training import run_config
-from spml.training.config import DEVICES, TrainConfig
+from spml.training.config import DEVICES, FULL_OBSERVED, TrainConfig
 from spml.training.diagnostics import run_warnings
 from spml.training.feature_rows import FeatureRows
 from spml.training.runfolder import BEST_FILE, run_data_dir
@@ -255,7 +256,9 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedR
     if not best.is_file():
         raise SpmlError("run has no best.safetensors (no epoch completed yet)", run_dir)
     config = run_config.read(run_dir)
+    # A folder of photos: val is the held-out answered photos of the run's annotation, as in training.
     data = PreparedData.open(run_data_dir(run_dir, data_dir))
+    data = annotated.held_out_view(data, None if config.observed == FULL_OBSERVED else config.observed)
     _, state = load_checkpoint(best)
     # A whole-model checkpoint replaces the backbone: skip loading (or downloading) pretrained weights.
     rm = RunModel(config, data, resolve_device(config.device), pretrained="none" if state["part"] == "model" else None)
@@ -277,8 +280,8 @@ def evaluate_run(
         the run's :func:`spml.training.diagnostics.run_warnings`.
     """
     run = load_run(run_dir, data_dir)
+    labels = run.run_model.split(split).labels  # first: a split without true labels is refused before scoring
     scores = run.predict(split)
-    labels = run.run_model.split(split).labels
     report = map_report(scores, labels)
     data = run.run_model.data
     return {

@@ -140,7 +140,8 @@ class StepStrategy:
         """Freeze/unfreeze for ``phase`` and build its optimizer (the phase's start norm recorded)."""
         if phase.name == LINEAR:
             for split in ("train", "val", "test"):  # extract (or open) every cache before timing epochs
-                self.rm.features(split)
+                if len(self.rm.split(split)):  # a folder of photos has no test images
+                    self.rm.features(split)
         self.optimizer = build_optimizer(self.config, self.rm.model, self.loss, phase, self.device)
         self.phase_norm = self.trained_norm()
 

@@ -14,6 +14,7 @@ from spml.data.formats.base import FormatOptions, RawDataset, RawSplit
 from spml.data.formats.coco import read_coco2014
 from spml.data.formats.generic_csv import read_csv
 from spml.data.formats.cub import read_cub
+from spml.data.formats.folder import read_folder
 from spml.data.formats.nuswide import read_nuswide
 from spml.data.formats.voc import read_voc2007, read_voc2012
 from spml.data.formats.yolo import read_yolo
@@ -24,7 +25,10 @@ Reader = Callable[[Path, FormatOptions], RawDataset]
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """A registered format: its name, a one-line description and its reader."""
+    """A registered format: its name, a one-line description and its reader.
+
+    A reader whose pool has ``labels=None`` (``folder``) gives a data folder without true labels.
+    """
 
     name: str
     description: str
@@ -41,6 +45,8 @@ FORMATS: dict[str, FormatInfo] = {
         FormatInfo("cub", "CUB-200-2011, 312 attributes, official train/test split", read_cub),
         FormatInfo("yolo", "YOLO detection layout (data.yaml, images/, labels/)", read_yolo),
         FormatInfo("csv", "train.csv / test.csv with 'path,labels' rows", read_csv),
+        FormatInfo("folder", "a folder of photos without labels (any depth) + --classes-file or --classes: "
+                   "every photo to annotate (spml annotate), no true labels, no test set", read_folder),
     )
 }
 

@@ -25,10 +25,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 @dataclass
 class RawSplit:
-    """Images (absolute paths) and their uint8 N x L true labels."""
+    """Images (absolute paths) and their uint8 N x L true labels (None: unknown, a folder of photos)."""
 
     images: list[Path]
-    labels: np.ndarray
+    labels: np.ndarray | None
 
 
 @dataclass
@@ -48,12 +48,14 @@ class FormatOptions:
 
     Args:
         classes_file: A file with one class name per line (csv: the class list and its order).
+        classes: The class names as one comma-separated string (folder, instead of ``classes_file``).
         allow_outside: Accept image paths that lie outside the raw folder (``../`` or absolute
             paths in annotation files); by default they are refused.
     """
 
     classes_file: Path | None = None
     allow_outside: bool = False
+    classes: str | None = None
 
 
 def require_dir(path: Path, what: str = "folder") -> Path:
