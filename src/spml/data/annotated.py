@@ -337,12 +337,12 @@ def held_out_view(data: PreparedData, observed: str | Path | None) -> PreparedDa
     if data.has_true_labels:
         return data
     if observed is None:
-        raise unknown_labels_error(data.root, "full labels are its true labels; train on an annotation: observed=annotated-NAME.npy")
+        raise unknown_labels_error(data.root, "training on full labels needs them")
     path = Path(observed)
     if not path.is_absolute() and not path.exists() and (data.observed_dir / path).exists():
         path = data.observed_dir / path
     if read_record(path) is None:
-        raise unknown_labels_error(data.root, f"{path.name} is not an annotation (spml annotate), and only a person's answers are labels there")
+        raise unknown_labels_error(data.root, f"{path.name} is not an annotation, and a person's answers are its only labels")
     labels = load_observed(data, path)
     seed, fraction = data.manifest.get("seed"), data.manifest.get("val_fraction")
     if type(seed) is not int or not 0 <= seed < 2**32 or type(fraction) not in (int, float) or not 0 < fraction < 1:

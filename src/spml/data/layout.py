@@ -129,8 +129,8 @@ class UnlabelledSplit(Split):
 def unknown_labels_error(root: Path, need: str) -> SpmlError:
     """The one-line refusal of a command that needs true labels a folder of photos does not have."""
     return SpmlError(
-        f"has no true labels (prepared from a folder of photos with `spml prepare folder`); {need}. "
-        "Annotate it (spml annotate) and train on the annotation", root)
+        f"has no true labels (a folder of photos, spml prepare folder): {need}; annotate it (spml annotate) "
+        "and train on the annotation (observed=annotated-NAME.npy)", root)
 
 
 @dataclass

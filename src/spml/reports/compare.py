@@ -22,6 +22,7 @@ import numpy as np
 
 from spml.data.csv_out import csv_text
 from spml.deploy import RunFiles
+from spml.training.runfolder import map_or_nan
 from spml.errors import SpmlError
 
 FORMATS = ("md", "csv", "latex")
@@ -136,7 +137,8 @@ def compare_runs(runs: Sequence[RunFiles]) -> Table:
         cells, numbers = [_row_label([name for name, _ in named]), setting], []
         for dataset, key in columns:
             # A val-only run has no test mAPs; results.json was checked when read (numbers or NaN).
-            vals = [float(m.results.get(key, math.nan)) for m in members if dataset is None or _dataset(m) == dataset]
+            # null (no labelled test set: a folder of photos) counts as not measured, as a missing key.
+            vals = [map_or_nan(m.results.get(key)) for m in members if dataset is None or _dataset(m) == dataset]
             vals = [v for v in vals if not math.isnan(v)]
             numbers.append(vals)
             cells.append(mean_std(vals))

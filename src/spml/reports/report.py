@@ -113,7 +113,7 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
         page.figure("Training curves", figures.training_curves(files.metrics), "mAP as a fraction in [0, 1]; val mAP selects the best epoch.")
     else:
         page.note("Training curves", "no epoch completed yet (metrics.jsonl is empty)")
-    if "per_class_test_ap" in results:
+    if results.get("per_class_test_ap"):
         page.figure("Per-class test AP", figures.per_class_ap_bars(results["per_class_test_ap"]))
     run = _prediction_figures(page, files, data, results, data_dir)
     _method_figures(page, files, results, run)
@@ -133,9 +133,12 @@ def _summary(page: _Page, files: RunFiles, results: dict[str, Any]) -> None:
         rows += [
             ("best epoch (of run)", f"{results['best_epoch']} of {results['epochs_run']}"),
             ("val mAP", results["val_map"]),
-            ("test mAP", results.get("test_map", math.nan)),
+            ("test mAP", results.get("test_map", math.nan) if results.get("test_map", math.nan) is not None
+             else f"none: {results.get('test_map_reason', 'not measured')}"),
             ("train-label mAP", results.get("train_label_map", math.nan)),
         ]
+        if "val_set" in results:  # a folder of photos: what val is without true labels
+            rows.append(("val set", results["val_set"]))
     else:
         rows.append(("status", "not completed"))
     page.table("Summary", rows)
@@ -147,6 +150,10 @@ def _prediction_figures(
     """Precision-recall and label histograms; returns the loaded run (None without data or weights)."""
     if data is None:
         page.note("Precision-recall and label histograms", "the run's data folder is gone: these need its true labels (pass --data)")
+        return None
+    if not data.has_true_labels:
+        page.note("Precision-recall and label histograms", f"not drawn: {data.root} has no true labels (a folder of photos): "
+                  "there is no test split, and the train photos' labels are unknown")
         return None
     if "per_class_test_ap" in results and files.path(TEST_PREDICTIONS_FILE).is_file():
         labels = data.split("test").labels

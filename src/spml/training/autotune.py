@@ -55,13 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from spml import readers
+from spml.data import annotated
 from spml.data.atomic import write_json
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.losses import SpmlLoss, get_loss_info
 from spml.progress import log, progress, quiet
 from spml.training import distributed
-from spml.training.config import TrainConfig
+from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
 from spml.training.engine import TrainingDiverged, check_weights, train
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
@@ -545,6 +546,10 @@ def train_tuned(
         raise SpmlError("already holds a run (config.yaml); resume it, or train into another folder", run_dir)
     check_weights(config, method)  # every missing weights file in one line, before the probes
     data = PreparedData.open(data_dir)  # read once for the probes and the run
+    # A folder of photos trains only on an annotation with held-out answers: refused here, before the probes.
+    view = annotated.held_out_view(data, None if config.observed == FULL_OBSERVED else config.observed)
+    if isinstance(view, annotated.HeldOutData):  # what "val" means here, before the probes select on it
+        log(f"note: {view.note}")
     log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
     selection = _select(data, config, loss=loss)
     log(describe(selection))

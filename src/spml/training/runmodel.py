@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from spml.data import annotated
 from spml.data.dataset import ImageTransform, SplitDataset
-from spml.data.layout import PreparedData, Split
+from spml.data.layout import PreparedData, Split, unknown_labels_error
 from spml.errors import SpmlError
 from spml.metrics import chance_map, map_report, paper_metrics
 from spml.progress import progress
@@ -280,15 +280,19 @@ def evaluate_run(
         the run's :func:`spml.training.diagnostics.run_warnings`.
     """
     run = load_run(run_dir, data_dir)
-    labels = run.run_model.split(split).labels  # first: a split without true labels is refused before scoring
+    data = run.run_model.data
+    if not run.run_model.split(split).has_labels:  # refused before scoring
+        raise unknown_labels_error(data.root, f"evaluating on the {split} split needs its true labels (only val has labels "
+                                   "there: the held-out answered photos)")
+    labels = run.run_model.split(split).labels
     scores = run.predict(split)
     report = map_report(scores, labels)
-    data = run.run_model.data
     return {
         "split": split,
         "best_epoch": run.best_epoch,
         **report.to_dict(data.classes),
         "metrics": paper_metrics(scores, labels),
         "chance_map": chance_map(labels),
-        "warnings": run_warnings(run.config, data.root, run.run_model.split("val").labels, partial_method),
+        "warnings": [*run_warnings(run.config, data.root, run.run_model.split("val").labels, partial_method),
+                     *([data.note] if isinstance(data, annotated.HeldOutData) else [])],
     }
