@@ -230,7 +230,30 @@ def test_nuswide_reader(train_images, train_labels, val_images, val_labels):
     _read("nuswide", build)
 
 
+FILE_NAMES = ["a.jpg", "B.PNG", "sub/c.jpeg", "x.txt", ".hidden.jpg", "a\nb.jpg", "sp ace.jpg", "é.webp", "sub/.d/e.jpg"]
+
+
+@FUZZ
+@given(classes_text=texts, class_names=st.one_of(st.none(), texts), files=st.lists(st.sampled_from(FILE_NAMES), max_size=5))
+def test_folder_reader(classes_text, class_names, files):
+    with tempfile.TemporaryDirectory(prefix="spml-fuzz-") as tmp:
+        raw = Path(tmp) / "raw"
+        for name in files:
+            (raw / name).parent.mkdir(parents=True, exist_ok=True)
+            (raw / name).write_bytes(JPEG)
+        raw.mkdir(exist_ok=True)
+        classes_file = Path(tmp) / "tags.txt"
+        classes_file.write_text(classes_text, errors="surrogatepass")
+        options = FormatOptions(classes_file=classes_file if class_names is None else None, class_names=class_names)
+        try:
+            data = FORMATS["folder"].read(raw, options)
+        except SpmlError as err:
+            assert "\n" not in str(err) and "\r" not in str(err)  # one line on the terminal
+        else:
+            assert data.pool.labels is None and data.pool.images and all(len(c.splitlines()) == 1 for c in data.classes)
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_every_format_is_fuzzed(fmt):
-    fuzzed = {"coco2014", "csv", "cub", "voc2012", "yolo", "nuswide"}
+    fuzzed = {"coco2014", "csv", "cub", "voc2012", "yolo", "nuswide", "folder"}
     assert fmt in fuzzed or fmt == "voc2007"  # voc2007 shares voc2012's reader

@@ -13,7 +13,7 @@ from spml.data.formats import FORMATS
 from spml.data.prepare import DEFAULT_SEED, DEFAULT_VAL_FRACTION, prepare
 
 PARAMS = {"val_fraction": "val_fraction", "seed": "seed", "classes_file": "classes_file", "max_pixels": "max_pixels",
-          "classes": "classes"}
+          "classes": "class_names"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

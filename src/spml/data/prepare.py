@@ -99,7 +99,7 @@ def prepare(
     classes_file: str | Path | None = None,
     allow_outside: bool = False,
     max_pixels: int | None = None,
-    classes: str | None = None,
+    class_names: str | None = None,
 ) -> PrepareResult:
     """Prepare ``raw`` (in format ``format_name``) as the DATA_DIR ``out_dir``.
 
@@ -113,7 +113,7 @@ def prepare(
         verify: Decode every image, failing on the first that does not decode.
         classes_file: One class name per line (csv: the class list; nuswide: the column names;
             folder: the classes to annotate).
-        classes: folder: the class names as a comma list (instead of ``classes_file``).
+        class_names: folder: the class names as a comma list (instead of ``classes_file``).
         allow_outside: Accept annotation image paths outside the raw folder.
         max_pixels: ``verify``: refuse images with more pixels than this (decompression bombs;
             ``$SPML_MAX_PIXELS`` or PIL's default when None).
@@ -132,7 +132,7 @@ def prepare(
     if not raw.exists():
         raise SpmlError("raw folder does not exist", raw)
     options = FormatOptions(
-        classes_file=None if classes_file is None else Path(classes_file), allow_outside=allow_outside, classes=classes
+        classes_file=None if classes_file is None else Path(classes_file), allow_outside=allow_outside, class_names=class_names
     )
     if options.classes_file is not None and not options.classes_file.is_file():
         raise SpmlError("classes file does not exist", options.classes_file)

@@ -48,14 +48,14 @@ class FormatOptions:
 
     Args:
         classes_file: A file with one class name per line (csv: the class list and its order).
-        classes: The class names as one comma-separated string (folder, instead of ``classes_file``).
+        class_names: The class names as one comma-separated string (folder, instead of ``classes_file``).
         allow_outside: Accept image paths that lie outside the raw folder (``../`` or absolute
             paths in annotation files); by default they are refused.
     """
 
     classes_file: Path | None = None
     allow_outside: bool = False
-    classes: str | None = None
+    class_names: str | None = None
 
 
 def require_dir(path: Path, what: str = "folder") -> Path:

@@ -32,21 +32,21 @@ from spml.errors import SpmlError
 
 def class_names(options: FormatOptions) -> list[str]:
     """The class list of ``options``: its file (one name per line) or its comma list, exactly one of them."""
-    if (options.classes_file is None) == (options.classes is None):
-        raise SpmlError("a folder of photos needs its class names: give classes_file (one per line) or classes (a comma list), one of them")
+    if (options.classes_file is None) == (options.class_names is None):
+        raise SpmlError("a folder of photos needs its class names: give classes_file (one per line) or class_names (a comma list), one of them")
     if options.classes_file is not None:
         return check_class_names(read_class_list(options.classes_file), options.classes_file)
-    names = [name.strip() for name in options.classes.split(",")]
+    names = [name.strip() for name in options.class_names.split(",")]
     if not any(names):
-        raise SpmlError(f"classes must list class names separated by commas, got {options.classes!r}")
+        raise SpmlError(f"class_names must list names separated by commas, got {options.class_names!r}")
     seen: set[str] = set()
     for name in names:
         if not name:
-            raise SpmlError(f"classes has an empty name (two commas in a row, or a comma at an end): {options.classes!r}")
+            raise SpmlError(f"class_names has an empty name (two commas in a row, or a comma at an end): {options.class_names!r}")
         if name in seen:
-            raise SpmlError(f"classes lists {name!r} twice")
+            raise SpmlError(f"class_names lists {name!r} twice")
         seen.add(name)
-    return check_class_names(names, Path("classes"))
+    return check_class_names(names, Path("class_names"))
 
 
 def find_images(root: Path, options: FormatOptions) -> tuple[list[Path], list[str]]:
