@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpmlError(f"spml score reads VLPL settings: the config's method is {config.method!r}, not 'vlpl'")
     params: VlplParams = build_dataclass(VlplParams, config.method_params, "method_params.")
     data = PreparedData.open(args.data_dir)
+    # Before minutes of CLIP scoring: the diagnostics measure the pseudo-labels against true labels.
+    data.require_true_labels("spml score measures the pseudo-labels against the split's true labels")
     split = data.split(args.split)
     if args.observed and split.name != "train":
         raise SpmlError(f"--observed labels belong to the train split, not {split.name!r}", args.observed)
