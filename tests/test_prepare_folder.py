@@ -100,6 +100,7 @@ def test_a_folder_of_photos_becomes_a_data_folder_without_true_labels(tmp_path: 
     (["--classes", "a,b", "--val-fraction", "0"], "PHOTOS", "--val-fraction must be above 0 for a folder of photos"),
     (["--classes", "a,b", "--raw", "EMPTY"], "EMPTY", r"has no image file \(.jpg"),
     (["--classes", "a,b", "--raw", "NEWLINE"], "NEWLINE", "contains a line break"),
+    (["--classes", "a,b", "FORMAT", "csv"], "", "--classes is read by the folder format only, not 'csv'"),
 ])
 def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tmp_path: Path, capsys, args, where, message) -> None:
     photos(tmp_path / "photos", 3)
@@ -113,7 +114,9 @@ def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tmp_path: 
              "EMPTY": tmp_path / "empty", "NEWLINE": tmp_path / "newline", "PHOTOS": tmp_path / "photos"}
     args = [str(paths.get(a, a)) for a in args]
     raw = [] if "--raw" in args else ["--raw", str(tmp_path / "photos")]
-    assert main(["prepare", "folder", *raw, *args, "--out", str(tmp_path / "data")]) == 2
+    fmt = args[args.index("FORMAT") + 1] if "FORMAT" in args else "folder"
+    args = args[:args.index("FORMAT")] if "FORMAT" in args else args
+    assert main(["prepare", fmt, *raw, *args, "--out", str(tmp_path / "data")]) == 2
     line = one_error_line(capsys, "prepare")
     assert re.search(message, line), line
     if where:

@@ -28,6 +28,7 @@ import numpy as np
 from spml._version import __version__
 from spml.data.dataset import verify_images
 from spml.data.formats import FormatOptions, RawDataset, get_format
+from spml.data.formats.folder import read_folder
 from spml.data.labels import TRUE_DTYPE
 from spml.data.layout import MANIFEST_FILE, TRUE_LABELS_KEY, UNKNOWN_LABELS, write_prepared
 from spml.data.output import claim_folder, write_folder
@@ -131,6 +132,8 @@ def prepare(
         raise SpmlError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not raw.exists():
         raise SpmlError("raw folder does not exist", raw)
+    if class_names is not None and fmt.read is not read_folder:  # a list no reader would read, silently
+        raise SpmlError(f"class_names is read by the folder format only, not {fmt.name!r} (csv and nuswide read classes_file)")
     options = FormatOptions(
         classes_file=None if classes_file is None else Path(classes_file), allow_outside=allow_outside, class_names=class_names
     )

@@ -39,6 +39,7 @@ from spml.data.output import Inputs, write_folder
 from spml.deploy.images import ImageInput, describe, image_items, image_tensor
 from spml.deploy.runfiles import BEST_FILE, THRESHOLDS_FILE, RunFiles
 from spml.deploy.thresholds import RULE_VERSION, Decision, bounded_labels, check_threshold, choose_decision
+from spml.data.annotated import HeldOutData
 from spml.errors import SpmlError
 from spml.models import Classifier, create_classifier, thaw_batchnorm
 from spml.progress import log, progress
@@ -484,6 +485,8 @@ def _run_decision(files: RunFiles, run: LoadedRun, own_data: bool) -> tuple[Deci
     # it is missing, torn or from before thresholds were keyed.
     own_key = own_record.get("key") if own_record is not None else None
     replaceable = not isinstance(own_key, dict) or own_key.get("val_split") in (None, key["val_split"])
+    # A folder of photos: val is the held-out photos answered so far, so it grows as the annotation does.
+    replaceable = replaceable or isinstance(run.run_model.data, HeldOutData)
     target = own_path if own_data and replaceable else other_path
     if target == other_path:
         log(f"thresholds chosen on {record['data_dir']}'s val split, not the run's own data: kept apart in {target}")
