@@ -236,3 +236,21 @@ def test_prepare_annotate_with_a_restart_train_and_predict(tmp_path: Path, capsy
     assert "labels: threshold" in capsys.readouterr().err  # the decision rule, chosen on the held-out answers
     assert main(["evaluate", str(run), "--split", "test"]) == 2
     assert "evaluating on the test split needs its true labels" in one_error_line(capsys, "evaluate")
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    assert f"map {results['val_map']:.4f}" in capsys.readouterr().out.lower().replace("map:", "map")
+    assert main(["compare", str(run)]) == 0
+    assert "| - |" in capsys.readouterr().out  # test mAP null: not measured, never 0
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "has no true labels" in page and "no labelled test set" in page
+
+
+def test_results_json_may_say_null_for_what_has_no_true_labels(tmp_path: Path) -> None:
+    from spml.training.runfolder import check_results
+
+    doc = {"best_epoch": 1, "epochs_run": 2, "val_map": 0.5, "stopped_early": False, "test_map": None,
+           "train_label_map": None, "per_class_test_ap": {}}
+    assert check_results(doc, tmp_path / "results.json") is doc
+    for key in ("test_map", "val_map"):
+        with pytest.raises(SpmlError, match=f"{key} must be a number in"):
+            check_results({**doc, key: "0.5" if key == "test_map" else None}, tmp_path / "results.json")
