@@ -175,6 +175,8 @@ def test_commands_that_need_true_labels_refuse_in_one_line_naming_the_data_folde
         store.answer(int(row), truth[str(images[row])])
     assert main([*train, "--set", "observed=annotated-few.npy", "--out", str(tmp_path / "few")]) == 2
     assert "has 3 answers but none among the held-out photos" in one_error_line(capsys, "train")
+    assert main(["reproduce", "cole2021", "--table", "1", "--data", f"voc2012={root}", "--plan"]) == 2
+    assert reason + "a paper's voc2012 rows are measured against true labels" in one_error_line(capsys, "reproduce")
     assert not any((tmp_path / name).exists() for name in ("full", "mine", "few"))
     with pytest.raises(SpmlError, match="the test split's true labels are needed"):
         data.for_protocol("reference").split("val").labels  # noqa: B018

@@ -146,6 +146,8 @@ def _check_data(run: RowRun) -> None:
     if not _prepared(run.data_dir):
         run.missing.append(_command("prepare", dataset, "--raw", "RAW_DIR", "--out", str(run.data_dir)))
         return
+    # A folder of photos: the papers' numbers are test mAPs against true labels, which it has none of.
+    PreparedData.open(run.data_dir).require_true_labels(f"a paper's {dataset} rows are measured against true labels")
     observed = run.config.observed
     if observed != FULL_OBSERVED:
         path = Path(observed)
