@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -101,8 +102,11 @@ def test_a_folder_of_photos_becomes_a_data_folder_without_true_labels(tmp_path: 
     (["--classes", "a,b", "--raw", "EMPTY"], "EMPTY", r"has no image file \(.jpg"),
     (["--classes", "a,b", "--raw", "NEWLINE"], "NEWLINE", "contains a line break"),
     (["--classes", "a,b", "FORMAT", "csv"], "", "--classes is read by the folder format only, not 'csv'"),
+    (["--classes", "a,b", "--raw", "NOTDIR"], "NOTDIR", "is not a folder"),
+    (["--classes", "a,b", "--raw", "LOCKED"], "LOCKED", r"cannot be read \(Permission denied\); its photos would be left out"),
 ])
-def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tmp_path: Path, capsys, args, where, message) -> None:
+def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tmp_path: Path, capsys, monkeypatch, args, where,
+                                                                     message) -> None:
     photos(tmp_path / "photos", 3)
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "readme.md").write_text("no photos")
@@ -110,9 +114,22 @@ def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tmp_path: 
     Image.new("RGB", (8, 8)).save(tmp_path / "newline" / "a\nb.jpg")
     (tmp_path / "tags.txt").write_text("cat\ndog\n")
     (tmp_path / "dupes.txt").write_text("cat\ndog\ncat\n")
+    photos(tmp_path / "locked", 2)
+    real_scandir = os.scandir
+
+    def scandir(path: str = ".") -> os.ScandirIterator:  # a subfolder nobody may list (chmod 0 binds no root)
+        if Path(path) == tmp_path / "locked" / "day1":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    if "LOCKED" in args:
+        monkeypatch.setattr(os, "scandir", scandir)
     paths = {"TAGS": tmp_path / "tags.txt", "NOWHERE": tmp_path / "nowhere.txt", "DUPES": tmp_path / "dupes.txt",
-             "EMPTY": tmp_path / "empty", "NEWLINE": tmp_path / "newline", "PHOTOS": tmp_path / "photos"}
-    args = [str(paths.get(a, a)) for a in args]
+             "EMPTY": tmp_path / "empty", "NEWLINE": tmp_path / "newline", "PHOTOS": tmp_path / "photos",
+             "LOCKED": tmp_path / "locked" / "day1", "NOTDIR": tmp_path / "one" / "photo.jpg"}
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (8, 8)).save(paths["NOTDIR"])  # one photo, not a folder of them
+    args = [str(tmp_path / "locked" if a == "LOCKED" else paths.get(a, a)) for a in args]
     raw = [] if "--raw" in args else ["--raw", str(tmp_path / "photos")]
     fmt = args[args.index("FORMAT") + 1] if "FORMAT" in args else "folder"
     args = args[:args.index("FORMAT")] if "FORMAT" in args else args

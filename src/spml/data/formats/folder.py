@@ -25,7 +25,6 @@ from spml.data.formats.base import (
     check_class_names,
     image_path,
     read_class_list,
-    require_dir,
 )
 from spml.errors import SpmlError
 
@@ -53,7 +52,10 @@ def find_images(root: Path, options: FormatOptions) -> tuple[list[Path], list[st
     """Every image file under ``root`` (sorted by relative path) and warnings about what was skipped."""
     found: list[str] = []
     skipped: list[str] = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    def unreadable(err: OSError) -> None:  # os.walk would skip a folder it cannot list, silently
+        raise SpmlError(f"cannot be read ({err.strerror or err}); its photos would be left out", err.filename)
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith("."):
@@ -74,7 +76,9 @@ def find_images(root: Path, options: FormatOptions) -> tuple[list[Path], list[st
 
 def read_folder(raw: Path, options: FormatOptions) -> RawDataset:
     """A folder of photos: every image in the train pool, no labels, no test set."""
-    root = require_dir(raw, "photo folder").resolve()
+    if not raw.is_dir():
+        raise SpmlError("is not a folder (spml prepare folder reads a folder of photos)", raw)
+    root = raw.resolve()
     classes = class_names(options)
     images, warnings = find_images(root, options)
     if not images:
