@@ -28,8 +28,16 @@ Shims (names replaced in this process; their files are not edited):
   their parameter names (the inverse of ``spml.models.heads.query2label_from_reference``).
 * Their ``OneCycleLR`` -> a constant learning rate (spml approximates OneCycle by cosine + warm-up:
   a different schedule, see docs/query2label.md; constant on both sides isolates the rest).
-* No RandAugment, cutout or EMA (``--ema-epoch`` beyond the run): the parts spml does not have.
+* No RandAugment, cutout or EMA (``--ema-epoch`` beyond the run) in the first trajectory.
 * Recording: the model's forward wrapped to keep its logits.
+
+A second trajectory, ``recipe``, runs their optimisation as the README command builds it, from the
+same initial weights: ``main_mlc.py``'s AdamW (``--optim AdamW --weight-decay 1e-2``, every trained
+tensor in one group), their ``OneCycleLR(max_lr=lr, pct_start=0.2)`` stepped after every step (beta1
+cycled), and their ``ModelEma`` made before the first epoch and updated after every step
+(``--ema-epoch 0``), for 6 full-batch epochs; the EMA's decay is 0.5 instead of 0.9997 so that 6
+steps move it measurably. Recorded per epoch: the loss, the EMA's and the trained model's test
+logits. No RandAugment or cutout (their draws cannot be matched; spml's are unit-tested).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from parity_vlm import COUNTS, NUM_CLASSES, SIZE, checksum, images_tensor, make_
 
 EPOCHS = 3
 LR = 1e-4
+RECIPE = {"epochs": 6, "weight_decay": 1e-2, "pct_start": 0.2, "ema_decay": 0.5}
 HEAD = {"style": "reference", "d_model": 512, "dim_feedforward": 1024, "num_heads": 4, "encoder_layers": 1,
         "decoder_layers": 2, "dropout": 0.0}
 
@@ -116,6 +125,7 @@ def main() -> None:
     if copied != len(spml_head):
         raise SystemExit(f"copied {copied} head tensors, spml's head has {len(spml_head)}")
     model.load_state_dict(state)
+    initial_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     names = {s: (data / f"{s}_images.txt").read_text().split() for s in COUNTS}
     labels = {s: np.load(data / f"{s}_labels.npy") for s in COUNTS}
@@ -143,12 +153,31 @@ def main() -> None:
                        "fc_W_first": w.flatten()[:8].tolist(), "fc_b": model.fc.b.detach().double().flatten().tolist(),
                        "query_embed_norm": float(model.query_embed.weight.detach().double().norm()),
                        "test_logits": test_logits.double().tolist()})
+    # Their README optimisation from the same initial weights: AdamW, OneCycleLR, ModelEma.
+    model.load_state_dict(initial_state)
+    r = RECIPE
+    q.ema_epoch = 0
+    param_dicts = [{"params": [p for n, p in model.named_parameters() if p.requires_grad]}]
+    optimizer = torch.optim.AdamW(param_dicts, LR, betas=(0.9, 0.999), eps=1e-08, weight_decay=r["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, steps_per_epoch=1, epochs=r["epochs"],
+                                                    pct_start=r["pct_start"])
+    ema_m = main_mlc.ModelEma(model, r["ema_decay"])
+    recipe = []
+    for epoch in range(r["epochs"]):
+        lr = optimizer.param_groups[0]["lr"]
+        loss = main_mlc.train([(x, y)], model, ema_m, criterion, optimizer, scheduler, epoch, q, logger)
+        model.eval()
+        with torch.no_grad():
+            ema_logits, test_logits = ema_m.module(x_test), model(x_test)
+        recipe.append({"epoch": epoch + 1, "loss": float(loss), "lr": lr, "ema_test_logits": ema_logits.double().tolist(),
+                       "test_logits": test_logits.double().tolist()})
     out = {
         "header": {
             "reference": "https://github.com/SlongLiu/query2labels",
             "commit": args.commit,
             "command": "in-process: build_q2l, models.aslloss.AsymmetricLossOptimized, main_mlc.add_weight_decay "
-                       f"(--optim Adam_twd --wd 0), main_mlc.train for {EPOCHS} epochs",
+                       f"(--optim Adam_twd --wd 0), main_mlc.train for {EPOCHS} epochs; recipe: AdamW, OneCycleLR, "
+                       f"main_mlc.ModelEma, main_mlc.train for {RECIPE['epochs']} epochs",
             "recorded_by": "python3 benchmarks/parity_q2l.py REF_CHECKOUT",
             "shims": [line.strip("* ").replace("\n", " ") for line in __doc__.split("Shims")[1].split("\n* ")[1:]],
             "inputs": {"num_classes": NUM_CLASSES, "size": SIZE, "counts": COUNTS, "epochs": EPOCHS, "lr": LR,
@@ -158,6 +187,7 @@ def main() -> None:
         "trainable": trainable,
         "initial_logits": initial_logits.double().tolist(),
         "epochs": epochs,
+        "recipe": {"settings": {**RECIPE, "lr": LR}, "epochs": recipe},
     }
     print(f"wrote {pc.write_json(args.out, out)}")
 

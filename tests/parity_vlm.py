@@ -149,3 +149,19 @@ def images_tensor(paths: list[str]) -> torch.Tensor:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def gcn_inputs(num_classes: int, dim: int = 512, num_images: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the AEVLP text-GCN parity (``benchmarks/parity_aevlp_gcn.py``), float32.
+
+    ``text``: raw class text features shaped like CLIP's (a shared direction plus a smaller
+    class-specific one, norm about 10, pairwise cosines about 0.8); ``similarity``: their cosine
+    similarities (the form of the release's relation files); ``images``: unit image features.
+    """
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=dim)
+    text = (common + 0.5 * rng.normal(size=(num_classes, dim))) * 0.4
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    images = rng.normal(size=(num_images, dim))
+    return {"text": text.astype(np.float32), "similarity": (unit @ unit.T).astype(np.float32),
+            "images": (images / np.linalg.norm(images, axis=1, keepdims=True)).astype(np.float32)}

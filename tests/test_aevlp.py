@@ -12,6 +12,7 @@ from subsets import micro_clip_params, scored_single_positive_copy
 from spml.api import load_config, train
 from spml.errors import SpmlError
 from spml.methods.aevlp import tile_boxes
+from spml.vlm import load_score_cache
 from spml.pseudolabels.aevlp import (
     DampSettings,
     damp_diagnostics,
@@ -111,3 +112,24 @@ def test_aevlp_end_to_end(micro_clip, data_dir: Path, tmp_path: Path) -> None:
     assert len(tiles) == 1
     train(data_dir, load_config(None, [*LINEAR, *aevlp, *micro_clip_params(micro_clip), "epochs=1"]), tmp_path / "again")
     assert list((data_dir / "cache").glob("aevlp-tiles-train-*")) == tiles
+
+
+def test_aevlp_text_gcn_scores_against_perturbed_prompts(micro_clip, data_dir: Path, tmp_path: Path) -> None:
+    """``text_gcn``: both caches are scored anew against the GCN's prompts and keyed by it; a bad relation file is one line."""
+    aevlp = ["method=aevlp", "method_params.grid_size=2", "method_params.temp=0.03", "method_params.vlm_preprocess=native",
+             "loss_params.linear_init_epochs=0", "epochs=1"]
+    plain_run, gcn_run = tmp_path / "plain", tmp_path / "gcn"
+    train(data_dir, load_config(None, [*LINEAR, *aevlp, *micro_clip_params(micro_clip)]), plain_run)
+    before = {p.name for p in (data_dir / "cache").iterdir()}
+    train(data_dir, load_config(None, [*LINEAR, *aevlp, *micro_clip_params(micro_clip), "method_params.text_gcn=true"]), gcn_run)
+    new = {p.name for p in (data_dir / "cache").iterdir() if not p.name.startswith(".")} - before  # not the build locks
+    assert {n.rsplit("-", 1)[0] for n in new} == {"aevlp-tiles-train", "vlm-scores-train"}
+    plain, gcn = (json.loads((run / "results.json").read_text())["method"] for run in (plain_run, gcn_run))
+    assert gcn["text_gcn"] is True and plain["vlm_cache"] != gcn["vlm_cache"]
+    a, b = (np.asarray(load_score_cache(m["vlm_cache"]).scores, dtype=np.float32) for m in (plain, gcn))
+    assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.2  # a perturbation of the same similarities
+    bad = tmp_path / "relation.npy"
+    np.save(bad, np.eye(3, dtype=np.float32))
+    with pytest.raises(SpmlError, match="text_gcn_relation must be a finite"):
+        train(data_dir, load_config(None, [*LINEAR, *aevlp, *micro_clip_params(micro_clip), "method_params.text_gcn=true",
+                                           f"method_params.text_gcn_relation={bad}"]), tmp_path / "bad")

@@ -81,7 +81,7 @@ def test_load_time_checks_name_the_problem() -> None:
     [
         ({"method": "vlpl", "loss": "an"}, "method 'vlpl' needs a loss that takes pseudo-labels (loss: gpr, vlpl), not loss 'an'"),
         ({"method": "aevlp", "loss": "bce"}, "method 'aevlp' needs a loss that takes pseudo-labels (loss: gpr, vlpl), not loss 'bce'"),
-        ({"method": "cdul", "loss": "an"}, "method 'cdul' needs a loss that takes soft labels (loss: ccd, soft_bce), not loss 'an'"),
+        ({"method": "cdul", "loss": "an"}, "method 'cdul' needs a loss that takes soft labels (loss: ccd, soft_bce, soft_kl), not loss 'an'"),
         ({"method": "ccd", "regime": "linear"}, "method 'ccd' needs regime finetune, not regime 'linear'"),
         ({"method": "boostlu", "head": "query2label"}, "method 'boostlu' needs head linear, not head 'query2label'"),
         ({"method": "boostlu", "regime": "linear-init"}, "method 'boostlu' needs regime finetune, not regime 'linear-init'"),

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from subsets import micro_clip_params, scored_single_positive_copy
 
 from spml.api import load_config, train
 from spml.errors import SpmlError
+from spml.losses import create
 from spml.methods.registry import get_method
 from spml.pseudolabels.cdul import (
     CdulSettings,
     aggregate_local,
     initial_labels,
     is_update_epoch,
+    kl_label_gradient,
     psi,
     soft_bce_label_gradient,
     update_labels,
@@ -117,3 +120,30 @@ def test_cdul_end_to_end(micro_clip, data_dir: Path, tmp_path: Path) -> None:
     assert sp["pseudo_labels_by_epoch"]["0"] == by_epoch["0"]
     # The tiles were scored once, into AEVLP's tile cache.
     assert len(list((data_dir / "cache").glob("aevlp-tiles-train-*"))) == 1
+
+
+def test_kl_loss_and_label_step_by_hand() -> None:
+    """The reproduction's objective (``soft_kl``) and its label step, on numbers worked out by hand."""
+    # logits 0, 0 -> p = (0.5, 0.5); labels (0.25, 0.75) -> q = (0.25, 0.75):
+    # KL(p || q) = 0.5 ln(0.5 / 0.25) + 0.5 ln(0.5 / 0.75) = 0.5 ln(4 / 3) = 0.1438410
+    kl = create("soft_kl", num_classes=2)
+    value = kl(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long), soft=torch.tensor([[0.25, 0.75]]))
+    assert float(value) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-6)
+    # Labels (0.1, 0.3) normalise to the same distribution: the same KL.
+    assert float(kl(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long), soft=torch.tensor([[0.1, 0.3]]))) == pytest.approx(float(value))
+    # d KL(q || p) / dy with sum(y) = 1: ln(q_k / p_k) - KL(q || p), KL(q || p) = 0.25 ln 0.5 + 0.75 ln 1.5 = 0.1308120
+    kl_qp = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    grad = kl_label_gradient(np.array([[0.25, 0.75]]), np.array([[0.5, 0.5]]), batch_size=1)
+    np.testing.assert_allclose(grad, [[math.log(0.5) - kl_qp, math.log(1.5) - kl_qp]], rtol=1e-9)  # -0.8240, 0.2747
+    np.testing.assert_allclose(kl_label_gradient(np.array([[0.25, 0.75]]), np.array([[0.5, 0.5]]), batch_size=4), grad / 4)
+    # The step with psi the normal density: psi(0.25) = exp(-0.0625 / 2) / sqrt(2 pi) = 0.386668
+    y = update_labels(np.array([[0.25, 0.75]]), grad, density=True)
+    density = math.exp(-0.0625 / 2) / math.sqrt(2 * math.pi)
+    expected = 1 / (1 + math.exp(-(math.log(0.25 / 0.75) - density * grad[0, 0])))
+    assert y[0, 0] == pytest.approx(expected, rel=1e-6)
+    assert cdul_release_keys() == ("soft_kl", True, 0.0)
+
+
+def cdul_release_keys() -> tuple:
+    cfg = load_config("cdul_release")
+    return cfg.loss, cfg.method_params["psi_density"], cfg.augment.flip

@@ -92,9 +92,11 @@ def test_prompts_as_the_releases() -> None:
         assert (mp["template"], mp["prompt_names"]) == ("a photo of a {}", "auto")
 
 
-def test_q2l_takes_the_schedule_the_engine_has() -> None:
+def test_q2l_takes_the_releases_recipe() -> None:
     cfg = load_config("q2l")
-    assert (cfg.schedule, cfg.warmup_steps, cfg.lr, cfg.batch_size, cfg.epochs) == ("cosine", 20697, 1e-4, 64, 80)
+    assert (cfg.schedule, cfg.onecycle_pct_start, cfg.warmup_steps, cfg.lr, cfg.batch_size, cfg.epochs) == ("onecycle", 0.2, 0, 1e-4, 64, 80)
+    assert (cfg.optimizer, cfg.weight_decay, cfg.ema_decay) == ("adamw", 1e-2, 0.9997)
+    assert (cfg.augment.flip, cfg.augment.randaugment, cfg.augment.cutout) == (0.0, True, 0.005)
     assert cfg.protocol == "standard"
     assert load_config("q2l", ["protocol=reference"]).protocol == "reference"
 

@@ -47,6 +47,25 @@ def test_cached_items_equal_decoded_items(data: Path, tmp_path: Path) -> None:
     assert any(flips) and not all(flips)
 
 
+def test_cached_items_augment_as_decoded_items(data: Path, tmp_path: Path) -> None:
+    """Cutout and RandAugment act on the 8-bit resized image, which the cache holds: the same items exactly."""
+    split = PreparedData.open(data).split("train")
+    transform = ImageTransform(SIZE, flip_prob=0.5, cutout=0.3, randaugment=True)
+    pixels = decoded_images(split, SIZE, tmp_path / "cache")
+    fly, cached = SplitDataset(split, transform, seed=4), CachedSplitDataset(split, transform, pixels, seed=4)
+    plain = SplitDataset(split, ImageTransform(SIZE, flip_prob=0.5), seed=4)
+    for epoch in (1, 2):
+        for ds in (fly, cached, plain):
+            ds.set_epoch(epoch)
+        for i in range(len(split)):
+            torch.testing.assert_close(fly[i]["image"], cached[i]["image"], rtol=0, atol=1e-6)
+    assert not torch.equal(fly[0]["image"], plain[0]["image"])  # augmented
+    fly.set_epoch(1)
+    first = fly[0]["image"]
+    fly.set_epoch(2)
+    assert not torch.equal(first, fly[0]["image"])  # other draws another epoch
+
+
 def test_cache_is_built_once_and_keyed_by_size(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split = PreparedData.open(data).split("val")
     first = decoded_images(split, SIZE, tmp_path)

@@ -10,7 +10,7 @@ from spml.losses import INPUT_NAMES, Epoch, LossInfo, SpmlLoss, create, get_loss
 
 EXPECTED = [
     "an", "an_ls", "asl", "bce", "bce_ls", "ccd", "em", "em_apl", "epr", "focal", "gpr", "gr",
-    "iu", "iun", "ll_cp", "ll_ct", "ll_r", "pr", "role", "soft_bce", "vlpl", "wan",
+    "iu", "iun", "ll_cp", "ll_ct", "ll_r", "pr", "role", "soft_bce", "soft_kl", "vlpl", "wan",
 ]  # fmt: skip
 N, L = 6, 5
 #: Values for the hyperparameters that have no default.

@@ -241,7 +241,7 @@ def test_linear_defaults_size_the_batch_and_the_warm_up() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("schedule=step", "schedule must be one of constant, cosine; got 'step'"),
+        ("schedule=step", "schedule must be one of constant, cosine, onecycle; got 'step'"),
         ("eval_every=0", "eval_every must be > 0, got 0"),
         ("train_map_every=-1", "train_map_every must be >= 0, got -1"),
         ("warmup_steps=-5", "warmup_steps must be >= 0, got -5"),

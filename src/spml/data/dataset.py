@@ -42,6 +42,7 @@ from PIL import (
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from spml.data.augment import augment
 from spml.data.labels import OBSERVED_DTYPE, check_observed
 from spml.data.layout import Split
 from spml.errors import SpmlError
@@ -207,12 +208,22 @@ class ImageTransform:
         size: Output side in pixels.
         mean, std: Normalisation statistics (ImageNet by default; a backbone's own when it has one).
         flip_prob: Probability of a horizontal flip (0.5 for training, 0 for evaluation).
+        cutout: Side of a cutout hole over the image's, after the flip (0: none; :mod:`spml.data.augment`).
+        randaugment: torchvision's RandAugment after the cutout.
     """
 
     size: int = 448
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     flip_prob: float = 0.0
+    cutout: float = 0.0
+    randaugment: bool = False
+
+    def augment(self, x: torch.Tensor, key: tuple[int, ...]) -> torch.Tensor:
+        """The resized, flipped image ``x`` with the cutout and RandAugment drawn from ``key`` (unchanged without them)."""
+        if self.cutout <= 0 and not self.randaugment:
+            return x
+        return augment(x, self.cutout, self.randaugment, key)
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 3 x H x W -> float 3 x S x S in [0, 1]."""
@@ -226,11 +237,13 @@ class ImageTransform:
         std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, image: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """The model input of a decoded image: resized, flipped if asked, normalised."""
+    def __call__(self, image: torch.Tensor, flip: bool = False, key: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The model input of a decoded image: resized, flipped if asked, augmented with draws from ``key`` if given, normalised."""
         x = self.resize(image)
         if flip:
             x = x.flip(-1)
+        if key is not None:
+            x = self.augment(x, key)
         return self.normalize(x)
 
 
@@ -285,8 +298,12 @@ class SplitDataset(Dataset):
         return bool(rng.random() < self.transform.flip_prob)
 
     def image(self, index: int, flip: bool) -> torch.Tensor:
-        """The model input of item ``index``: decoded, transformed, flipped if ``flip``."""
-        return self.transform(load_image(self.split.images[index], self.max_pixels), flip=flip)
+        """The model input of item ``index``: decoded, transformed, flipped if ``flip``, augmented as the transform says."""
+        return self.transform(load_image(self.split.images[index], self.max_pixels), flip=flip, key=self.augment_key(index))
+
+    def augment_key(self, index: int) -> tuple[int, ...]:
+        """What seeds item ``index``'s augmentation this epoch (the flip's draw has its own stream)."""
+        return (self.seed, self.epoch, index, 1)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """The decoded, transformed image of item ``index`` with its labels."""

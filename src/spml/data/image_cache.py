@@ -94,4 +94,4 @@ class CachedSplitDataset(SplitDataset):
         x = torch.from_numpy(np.array(self.pixels[index])).float().div_(255.0)
         if flip:
             x = x.flip(-1)
-        return self.transform.normalize(x)
+        return self.transform.normalize(self.transform.augment(x, self.augment_key(index)))

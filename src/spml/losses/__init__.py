@@ -13,7 +13,7 @@ from spml.losses.registry import LossInfo, check_hparams, create, get_loss_info,
 # Losses for which fully observed labels (observed: full) are the normal input: the supervised
 # baselines, and the pseudo-label losses that never read the observed labels. Every other loss was
 # written for weak labels, so training it on full labels is usually a forgotten --set observed.
-FULL_LABEL_LOSSES = frozenset({"bce", "bce_ls", "focal", "asl", "soft_bce", "ccd"})
+FULL_LABEL_LOSSES = frozenset({"bce", "bce_ls", "focal", "asl", "soft_bce", "soft_kl", "ccd"})
 
 __all__ = [
     "FULL_LABEL_LOSSES",

@@ -1,4 +1,4 @@
-"""Losses on soft targets: CCD's pseudo-label BCE and its weak/strong consistency term.
+"""Losses on soft targets: CCD's pseudo-label BCE, its weak/strong consistency term, CDUL's release's KL.
 
 Kim and Shim (CCD, eq. 8) train on soft pseudo-labels in [0, 1] (CLIP's calibrated, refined
 probabilities) given by the method as the ``soft=`` input; observed labels are not used (the method
@@ -6,7 +6,9 @@ is annotation-free). ``soft_bce`` is the first term alone; ``ccd`` adds ``consis
 times the BCE of a strongly augmented view's logits (``strong_logits=``) to the weak view's detached
 probabilities (the released ``loss_consist``) whenever the method gives that view (after its warm-up).
 Both reduce like every spml loss: the N x L matrix summed and divided by N x L, which for these
-per-entry terms is the mean of each.
+per-entry terms is the mean of each. ``soft_kl`` is the objective of the CDUL reproduction
+(cs-mshah/CDUL ``src/train.py``: torchmetrics' ``KLDivergence`` of the softmax predictions and the
+labels): per row ``KL(softmax(z) || y / sum(y))``, averaged over the rows.
 """
 
 from __future__ import annotations
@@ -72,3 +74,29 @@ class SoftBCEConsistency(SpmlLoss):
             weak = torch.sigmoid(logits.detach())
             matrix = matrix + self.consistency_weight * _soft_bce_matrix(strong.to(logits.dtype), weak)
         return LossTerms(matrix)
+
+
+@register_loss(
+    "soft_kl",
+    description="KL(softmax(logits) || soft / sum(soft)) per row, averaged over rows (the CDUL reproduction's objective); observed labels unused.",
+    reference="Abdelfattah et al., CDUL (ICCV 2023), as the cs-mshah/CDUL reproduction trains it (torchmetrics KLDivergence)",
+)
+class SoftKL(SpmlLoss):
+    """The KL divergence of the softmax predictions from the row-normalised ``soft`` targets.
+
+    The N x L matrix holds ``L x p log(p / q)`` (``p`` the softmax of the row's logits, ``q`` its
+    normalised targets) so that the reduction (sum / (N x L)) is the rows' mean KL, the
+    reproduction's value.
+    """
+
+    inputs = ("soft",)
+
+    def __init__(self, num_classes: int, *, validate: bool = True) -> None:
+        super().__init__(num_classes, validate=validate)
+
+    def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
+        """Per-entry ``L x p log(p / q)``."""
+        p = torch.softmax(logits, dim=-1)
+        soft = inputs["soft"].to(logits.dtype)
+        q = soft / soft.sum(dim=-1, keepdim=True)
+        return LossTerms(logits.shape[-1] * torch.xlogy(p, p / q))

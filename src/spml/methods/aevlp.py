@@ -9,6 +9,10 @@ and preprocessing (:func:`spml.vlm.split_scores`), the tiles an ``aevlp-tiles`` 
 (seed, epoch), recomputes the pseudo-labels of the whole train split from the caches, and gives each
 batch its rows as the loss's ``pseudo=`` input. The VLM never runs in the training loop.
 
+``method_params.text_gcn`` adds the release's frozen random graph convolution to the class text
+embeddings before scoring (:mod:`spml.vlm.text_gcn`; seeded here by the run's seed): both caches
+are then keyed by it as well.
+
 ``results.json["method"]`` holds the settings, the caches, the pseudo-label precision and recall of
 the last epoch as top-level numbers and per epoch (``pseudo_labels_by_epoch``).
 
@@ -18,7 +22,9 @@ the last epoch as top-level numbers and per epoch (``pseudo_labels_by_epoch``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,11 +44,14 @@ from spml.pseudolabels.aevlp import (
     draw_flips,
 )
 from spml.training import MethodInfo, ReportFigure, Requires, RunContext, TrainingHooks, build_dataclass
+from spml import readers
 from spml.vlm import (
     VLM,
     score_images,
     text_embeddings,
 )
+from spml.vlm.text import fill
+from spml.vlm.text_gcn import gcn_relation, perturbed_text
 
 METHOD = "aevlp"
 TILES = "tiles"
@@ -64,6 +73,15 @@ class AevlpParams(ClipParams):
         threshold: Lowest aggregated score of a pseudo-positive (release: 0.5).
         top_k: Most pseudo-positives per image (release: 3; CUB 32).
         neg_fraction: Share of classes made pseudo-negative (release: computed then discarded: 0).
+        text_gcn: Add the release's frozen, randomly initialised 3-layer graph convolution over the
+            label relation to the raw text features before scoring (seeded by ``seed``; the release's
+            is unseeded). Off: the plain prompts.
+        text_gcn_topk: Relation entries kept per class (release: VOC 20, COCO 62, NUS-WIDE 50, CUB
+            312); 0: all.
+        text_gcn_reweight: Weight of the other classes in the relation (release: 0.2).
+        text_gcn_relation: An ``L x L`` ``.npy`` of label similarities (the release's
+            ``data/relation/relation+<dataset>.npy``); None: the cosine similarities of the text
+            embeddings.
     """
 
     grid_size: int = 4
@@ -72,9 +90,17 @@ class AevlpParams(ClipParams):
     threshold: float = _DAMP.threshold
     top_k: int = _DAMP.top_k
     neg_fraction: float = _DAMP.neg_fraction
+    text_gcn: bool = False
+    text_gcn_topk: int = 0
+    text_gcn_reweight: float = 0.2
+    text_gcn_relation: str | None = None
 
     def __post_init__(self) -> None:
         self.check_clip()
+        if self.text_gcn_topk < 0:
+            raise SpmlError(f"method_params.text_gcn_topk must be >= 0 (0: every class), got {self.text_gcn_topk}")
+        if not 0 <= self.text_gcn_reweight <= 1:
+            raise SpmlError(f"method_params.text_gcn_reweight must be in [0, 1], got {self.text_gcn_reweight}")
         if not 1 <= self.grid_size <= 16:
             raise SpmlError(f"method_params.grid_size must be in 1..16, got {self.grid_size}")
         check_damp(self.damp, "method_params.")
@@ -101,9 +127,13 @@ def tile_boxes(width: int, height: int, grid_size: int) -> list[tuple[int, int, 
 
 
 def tile_scores(vlm: VLM, split: Split, words: list[str], template: str, grid_size: int, cache_root: Any,
-                batch_size: int = 64) -> np.ndarray:
-    """Cosine similarities of every tile of every image, unflipped and flipped: float16 ``N x 2 x T x L``, cached."""
-    text = text_embeddings(vlm, words, [template], cache_root)
+                batch_size: int = 64, text: np.ndarray | None = None, text_key: dict[str, Any] | None = None) -> np.ndarray:
+    """Cosine similarities of every tile of every image, unflipped and flipped: float16 ``N x 2 x T x L``, cached.
+
+    ``text`` (with ``text_key`` naming how it was made): class embeddings in place of the template's.
+    """
+    if text is None:
+        text = text_embeddings(vlm, words, [template], cache_root)
     num_tiles, num_classes = grid_size * grid_size, len(words)
     material = {
         "kind": "aevlp-tiles",
@@ -116,6 +146,8 @@ def tile_scores(vlm: VLM, split: Split, words: list[str], template: str, grid_si
         "num_images": len(split),
         "grid_size": grid_size,
     }
+    if text_key is not None:
+        material["text_transform"] = text_key
     cache = ArrayCache(cache_root, f"aevlp-tiles-{split.name}", material)
     if cache.exists():
         return cache.load()[TILES]
@@ -136,6 +168,33 @@ def tile_scores(vlm: VLM, split: Split, words: list[str], template: str, grid_si
     return cache.build(spec, compute, chunk_size=max(8, batch_size // 2), desc=f"AEVLP tiles {split.name}")[TILES]
 
 
+def gcn_text(vlm: VLM, words: list[str], params: AevlpParams, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The prompts' embeddings through the release's frozen text GCN, and the cache key of what made them.
+
+    The raw (unnormalised) text features of ``template`` filled with each name, as the release's
+    prompt learner and text encoder give them, go through :func:`spml.vlm.text_gcn.perturbed_text`
+    over :func:`~spml.vlm.text_gcn.gcn_relation` of the relation file or of their cosine similarities.
+    """
+    with torch.no_grad():
+        raw = vlm.encode_texts([fill(params.template, w) for w in words], normalize=False).cpu().numpy()
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    if params.text_gcn_relation is None:
+        similarity = unit @ unit.T
+    else:
+        path = Path(params.text_gcn_relation)
+        readers.regular_file(path, "method_params.text_gcn_relation")
+        try:
+            similarity = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise SpmlError(f"method_params.text_gcn_relation: not a readable .npy file ({err})", path) from None
+        if similarity.shape != (len(words), len(words)) or not np.isfinite(similarity).all():
+            raise SpmlError(f"method_params.text_gcn_relation must be a finite {len(words)} x {len(words)} matrix "
+                            f"(one row per class), got shape {similarity.shape}", path)
+    relation = gcn_relation(similarity, params.text_gcn_topk, params.text_gcn_reweight)
+    key = {"kind": "aevlp-text-gcn", "seed": seed, "relation": hashlib.sha256(relation.tobytes()).hexdigest()}
+    return perturbed_text(raw, relation, seed), key
+
+
 class AevlpHooks(TrainingHooks):
     """Recomputes the DAMP pseudo-labels of the train split every epoch and gives them to the loss."""
 
@@ -148,12 +207,13 @@ class AevlpHooks(TrainingHooks):
         self.device = ctx.device
         vlm = p.load_clip(ctx)
         words = p.words(ctx)
-        cache = p.global_scores(vlm, self.split, ctx)
+        text, text_key = gcn_text(vlm, list(words), p, ctx.config.seed) if p.text_gcn else (None, None)
+        cache = p.global_scores(vlm, self.split, ctx, text=text, text_key=text_key)
         self.global_scores = cache.scores
         self.global_cache = cache.path
         model = vlm if p.vlm_image_size is None else vlm.at_size(p.vlm_image_size)
         self.tiles = tile_scores(model, self.split, list(words), p.template, p.grid_size, ctx.data.cache_dir,
-                                 batch_size=p.vlm_batch_size)
+                                 batch_size=p.vlm_batch_size, text=text, text_key=text_key)
         self.pseudo: torch.Tensor | None = None
         self.history: dict[int, dict[str, float | None]] = {}
 
@@ -202,7 +262,7 @@ INFO = MethodInfo(
     provides=("pseudo",),
     requires=Requires(loss_inputs=("pseudo",)),
     params=AevlpParams,
-    path_params=("vlm_checkpoint", "vlm_model_config"),
+    path_params=("vlm_checkpoint", "vlm_model_config", "text_gcn_relation"),
     figures=(
         ReportFigure("AEVLP pseudo-label quality (train split, last epoch)", "quality",
                      caption="DAMP's added pseudo-positives vs the true labels that were not observed"),

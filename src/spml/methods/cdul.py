@@ -3,9 +3,10 @@
 The global views are VLPL's score cache (:func:`spml.vlm.split_scores`), the tiles AEVLP's
 ``aevlp-tiles`` cache (:func:`spml.methods.aevlp.tile_scores`, ``grid_size`` 3): both scored once,
 the unflipped views used. The initial soft labels (:func:`spml.pseudolabels.cdul.initial_labels`)
-are the ``soft=`` input of the loss (``soft_bce``). After ``warmup_epochs`` and then every
-``update_every`` epochs the labels take one gradient-alignment step
-(:func:`spml.pseudolabels.cdul.update_labels`) from the network's train-split predictions.
+are the ``soft=`` input of the loss (``soft_bce``, or ``soft_kl``: the reproduction's softmax KL).
+After ``warmup_epochs`` and then every ``update_every`` epochs the labels take one
+gradient-alignment step (:func:`spml.pseudolabels.cdul.update_labels`) from the network's
+train-split predictions, along the gradient of the run's loss with respect to them.
 
 Annotation-free: the observed labels are ignored. The true train labels are read only for the
 report (pseudo-label precision, recall and label mAP in ``results.json["method"]``), never to train.
@@ -31,6 +32,7 @@ from spml.pseudolabels.cdul import (
     check_cdul,
     initial_labels,
     is_update_epoch,
+    kl_label_gradient,
     soft_bce_label_gradient,
     update_labels,
 )
@@ -40,6 +42,8 @@ from spml.training.config import FULL_OBSERVED
 
 METHOD = "cdul"
 _RULE = CdulSettings()
+# The reproduction's loss; with any other (soft_bce, ccd, ...) the labels step along soft BCE's gradient.
+KL_LOSS = "soft_kl"
 # A soft label at or above this counts as a pseudo-positive in the report.
 REPORT_THRESHOLD = 0.5
 
@@ -59,6 +63,8 @@ class CdulParams(ClipParams):
         update_every: Epochs between label updates after the warm-up (10).
         psi_mu: Centre of the Gaussian step size psi (0.5).
         psi_sigma: Spread of psi (1).
+        psi_density: psi is the normal density, the Gaussian / (psi_sigma sqrt(2 pi)) (the
+            reproduction's, peak 0.40 at sigma 1); false: the unnormalised Gaussian (peak 1).
     """
 
     grid_size: int = 3
@@ -69,6 +75,7 @@ class CdulParams(ClipParams):
     update_every: int = 10
     psi_mu: float = 0.5
     psi_sigma: float = 1.0
+    psi_density: bool = False
 
     def __post_init__(self) -> None:
         """SpmlError naming the first invalid parameter."""
@@ -95,6 +102,9 @@ class CdulHooks(TrainingHooks):
     def __init__(self, ctx: RunContext) -> None:
         """Load CLIP, read (or build) the global and tile caches, and set the initial labels."""
         self.params: CdulParams = build_dataclass(CdulParams, ctx.config.method_params, "method_params.", None)
+        # The labels step along the run's loss's gradient: the reproduction's KL, else a per-entry BCE's.
+        self.kl = ctx.config.loss == KL_LOSS
+        self.batch_size = int(ctx.config.batch_size or 1)
         if ctx.config.observed != FULL_OBSERVED:
             warnings.warn(f"cdul is annotation-free: the observed labels {ctx.config.observed!r} are ignored", stacklevel=2)
         p = self.params
@@ -127,8 +137,10 @@ class CdulHooks(TrainingHooks):
         p = self.params
         if not is_update_epoch(epoch.number, p.warmup_epochs, p.update_every):
             return
-        grad = soft_bce_label_gradient(train_probs.float().cpu().numpy())
-        new = update_labels(self.labels.numpy(), grad, p.psi_mu, p.psi_sigma)
+        probs = train_probs.float().cpu().numpy()
+        labels = self.labels.numpy()
+        grad = kl_label_gradient(labels, probs, self.batch_size) if self.kl else soft_bce_label_gradient(probs)
+        new = update_labels(labels, grad, p.psi_mu, p.psi_sigma, p.psi_density)
         self.labels = torch.from_numpy(new)
         self.updates.append(epoch.number)
         self.history[epoch.number] = self.quality(new)

@@ -8,6 +8,9 @@ cache (:func:`spml.vlm.split_scores`): two methods with equal settings share one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from spml.data.layout import Split
 from spml.errors import SpmlError
@@ -84,8 +87,13 @@ class ClipParams:
         """Return the names that fill the template, one per class (:func:`spml.vlm.prompt_names`)."""
         return prompt_names(ctx.data.classes, self.prompt_names)
 
-    def global_scores(self, vlm: VLM, split: Split, ctx: RunContext) -> ScoreCache:
-        """Return the whole-image score cache of ``split`` for these settings, built first if needed."""
+    def global_scores(
+        self, vlm: VLM, split: Split, ctx: RunContext, text: np.ndarray | None = None, text_key: dict[str, Any] | None = None
+    ) -> ScoreCache:
+        """Return the whole-image score cache of ``split`` for these settings, built first if needed.
+
+        ``text`` (with ``text_key``): class embeddings to score against instead of the template's (AEVLP's text GCN).
+        """
         return split_scores(
             vlm,
             split,
@@ -96,4 +104,6 @@ class ClipParams:
             image_size=self.vlm_image_size,
             num_workers=ctx.config.num_workers,
             prompt_names=self.words(ctx),
+            text=text,
+            text_key=text_key,
         )

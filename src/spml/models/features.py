@@ -106,7 +106,7 @@ def extract_features(
     if cache.exists():
         return cache.load()["features"]
 
-    dataset = SplitDataset(split, dataclasses.replace(transform, flip_prob=0.0))
+    dataset = SplitDataset(split, dataclasses.replace(transform, flip_prob=0.0, cutout=0.0, randaugment=False))
     on_cuda = device.type == "cuda"
     was_training = body.training
     body.eval().to(device)

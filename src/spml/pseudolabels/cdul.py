@@ -12,7 +12,10 @@ Label update (paper eqs. 7-8): the labels move in logit space against the loss's
 respect to them, ``logit(y') = logit(y) - psi(y) * dLoss/dy``, where ``psi`` is a Gaussian of the
 current label centred at ``mu`` (0.5) with spread ``sigma`` (1): labels near 0.5, the uncertain
 ones, move most. For the per-entry BCE of ``soft_bce`` the gradient is ``dLoss/dy = -z`` with ``z``
-the network's logit, so a label moves towards what the network predicts.
+the network's logit, so a label moves towards what the network predicts. For ``soft_kl`` (the
+reproduction's objective) it is the gradient of ``KL(y / sum(y) || softmax(z))`` (its update's
+argument order) averaged over a batch, and the reproduction's ``psi`` is the normal density (the
+Gaussian divided by ``sqrt(2 pi)``).
 """
 
 from __future__ import annotations
@@ -94,7 +97,30 @@ def soft_bce_label_gradient(model_probs: np.ndarray) -> np.ndarray:
     return -logit(model_probs)
 
 
-def update_labels(labels: np.ndarray, label_grad: np.ndarray, mu: float = 0.5, sigma: float = 1.0) -> np.ndarray:
+def kl_label_gradient(labels: np.ndarray, model_probs: np.ndarray, batch_size: int) -> np.ndarray:
+    """``d KL(q || p) / dy`` of a batch's mean, ``q = y / sum(y)``, ``p = softmax(z)``, from ``sigmoid(z)``.
+
+    Per row ``(log(q_k / p_k) - KL(q || p)) / sum(y)``, divided by ``batch_size`` as the reproduction's
+    ``self.loss(pseudo_labels, preds)`` (torchmetrics' mean over the batch's rows) makes it.
+
+    Args:
+        labels: Current soft labels ``N x L`` in (0, 1].
+        model_probs: The network's sigmoid probabilities ``N x L`` (their logits' softmax is its prediction).
+        batch_size: Rows the reproduction averages its KL over.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    z = logit(model_probs)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    total = y.sum(axis=1, keepdims=True)
+    log_ratio = np.log(y / total) - log_p
+    kl = ((y / total) * log_ratio).sum(axis=1, keepdims=True)
+    return (log_ratio - kl) / total / batch_size
+
+
+def update_labels(
+    labels: np.ndarray, label_grad: np.ndarray, mu: float = 0.5, sigma: float = 1.0, density: bool = False
+) -> np.ndarray:
     """One gradient-alignment step: ``sigmoid(logit(y) - psi(y) * grad)``, float32 ``N x L``.
 
     Args:
@@ -102,11 +128,13 @@ def update_labels(labels: np.ndarray, label_grad: np.ndarray, mu: float = 0.5, s
         label_grad: ``dLoss/dy`` per entry (e.g. :func:`soft_bce_label_gradient`).
         mu: Centre of ``psi``.
         sigma: Spread of ``psi`` (> 0).
+        density: ``psi`` is the normal density (the Gaussian / (sigma sqrt(2 pi)), the reproduction's).
     """
     if not (math.isfinite(sigma) and sigma > 0):
         raise SpmlError(f"sigma must be positive, got {sigma}")
     labels = np.asarray(labels, dtype=np.float64)
-    z = logit(labels) - psi(labels, mu, sigma) * np.asarray(label_grad, dtype=np.float64)
+    step = psi(labels, mu, sigma) / (sigma * math.sqrt(2.0 * math.pi) if density else 1.0)
+    z = logit(labels) - step * np.asarray(label_grad, dtype=np.float64)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 

@@ -31,13 +31,13 @@ from spml.coerce import coerce
 from spml.data.limits import MAX_IMAGE_SIZE
 from spml.data.layout import PROTOCOLS, STANDARD_PROTOCOL
 from spml.errors import SpmlError
-from spml.training.schedule import SCHEDULES
+from spml.training.schedule import ONECYCLE, SCHEDULES
 
 REGIMES = ("linear", "finetune", "linear-init")
 VAL_SET_VARIANTS = ("clean", "observed")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-OPTIMIZERS = ("adam", "lbfgs")
+OPTIMIZERS = ("adam", "adamw", "lbfgs")
 # none: every backbone parameter trains with ordinary BatchNorm; bn: BatchNorm frozen (statistics and
 # affine values, in training too); bn_stem_layer1: also the ResNet stem and layer1 (Query2Label's code).
 FREEZE_BACKBONE = ("none", "bn", "bn_stem_layer1")
@@ -77,6 +77,25 @@ class EarlyStoppingConfig:
     patience: int | None = None
     min_delta: float = 0.0
     max_drop: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    """The training transform's augmentation of fine-tuning images (evaluation never augments).
+
+    Every draw is a function of (seed, epoch, row), like the flips, so a resumed run repeats them.
+
+    Attributes:
+        flip: Probability of a horizontal flip (0 for Query2Label's release, which has none).
+        randaugment: torchvision's ``RandAugment`` (2 operations at magnitude 9) on the resized
+            8-bit image (Query2Label's release applies a RandAugment always; docs/query2label.md).
+        cutout: One square hole of this fraction of the side, filled with a random colour, centred
+            anywhere in the image and clipped at its border (Query2Label's ``CutoutPIL``; 0: none).
+    """
+
+    flip: float = 0.5
+    randaugment: bool = False
+    cutout: float = 0.0
 
 
 @dataclass
@@ -153,9 +172,12 @@ class TrainConfig:
             in the ``linear`` regime (:mod:`spml.training.autotune`), else the regime's default.
         head_lr_mult: The head trains at ``lr x head_lr_mult`` while the backbone trains too (Large
             Loss and CCD: 10); a frozen-backbone (linear) phase trains the head at ``lr``.
-        weight_decay: Adam weight decay (selected with ``lr`` when that is auto); for ``lbfgs``, the
-            L2 penalty ``weight_decay / 2 x ||W||^2`` on the head's weight matrix (not its bias).
-        optimizer: ``adam`` (mini-batches of ``batch_size``), or ``lbfgs``: full-batch L-BFGS on the
+        weight_decay: Adam weight decay (coupled: an L2 term in the gradient; selected with ``lr``
+            when that is auto); for ``adamw``, the decoupled decay ``w -= lr x weight_decay x w``;
+            for ``lbfgs``, the L2 penalty ``weight_decay / 2 x ||W||^2`` on the head's weight matrix
+            (not its bias).
+        optimizer: ``adam`` (mini-batches of ``batch_size``), ``adamw`` (Adam with decoupled
+            weight decay, ``torch.optim.AdamW``: Query2Label's), or ``lbfgs``: full-batch L-BFGS on the
             cached features (``linear`` regime only), ``lr`` its step size (1 is the usual) and each
             epoch a fixed number of its iterations (:mod:`spml.training.engine`).
         batch_size: Training batch size; None: the regime's default (linear: sized to the train
@@ -183,8 +205,11 @@ class TrainConfig:
             (:mod:`spml.data.image_cache`) instead of decoding every epoch.
         precision: Forward passes of training under ``bf16`` autocast or in ``fp32``; ``auto`` is
             bf16 on CUDA and fp32 elsewhere. The loss is always computed in float32.
-        schedule: Learning rate over a phase's optimiser steps: ``constant`` or ``cosine`` (decay
-            to 0 at the phase's last step; :mod:`spml.training.schedule`); None: the regime's default.
+        schedule: Learning rate over a phase's optimiser steps: ``constant``, ``cosine`` (decay
+            to 0 at the phase's last step) or ``onecycle`` (``torch.optim.lr_scheduler.OneCycleLR``'s
+            shape with Adam's beta1 cycled; :mod:`spml.training.schedule`); None: the regime's default.
+        onecycle_pct_start: ``onecycle``'s share of the phase's steps spent rising (OneCycleLR's
+            ``pct_start``; Query2Label: 0.2).
         warmup_steps: Optimiser steps of linear warm-up from ``lr / warmup_steps`` to ``lr`` at the
             start of each phase (0: none); None: the regime's default.
         eval_every: Validate every ``eval_every``-th epoch of a phase (and always its last epoch);
@@ -198,6 +223,11 @@ class TrainConfig:
             :mod:`spml.training.centering`); None: the regime's default (on for ``linear``).
         compile: Run the fine-tune training forward pass through ``torch.compile`` (inductor; on a
             CPU it needs a C++ compiler). Off by default: compiling costs minutes per run.
+        ema_decay: Keep an exponential moving average of the trained weights (buffers included),
+            updated after every optimiser step as ``decay x ema + (1 - decay) x weights`` from a
+            copy taken when the phase starts; validation, the best checkpoint (so test, predict
+            and export) use the average (:mod:`spml.training.ema`). 0: off. Query2Label: 0.9997.
+        augment: The fine-tuning images' augmentation.
     """
 
     loss: str = "an"
@@ -237,6 +267,9 @@ class TrainConfig:
     train_map_every: int = 0
     center_features: bool | None = None
     compile: bool = False
+    onecycle_pct_start: float = 0.3
+    ema_decay: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -260,6 +293,18 @@ class TrainConfig:
             raise SpmlError(f"optimizer lbfgs trains only the linear regime (cached features), not regime {self.regime!r}", source)
         if self.schedule is not None:
             _choice(self.schedule, SCHEDULES, "schedule", source)
+        if self.schedule == ONECYCLE and self.warmup_steps:
+            raise SpmlError(f"schedule {ONECYCLE} rises over onecycle_pct_start of the steps itself: warmup_steps must be 0, "
+                            f"got {self.warmup_steps!r}", source)
+        if not 0 < self.onecycle_pct_start < 1:
+            raise SpmlError(f"onecycle_pct_start must be between 0 and 1 (exclusive), got {self.onecycle_pct_start!r}", source)
+        if not 0 <= self.ema_decay < 1:
+            raise SpmlError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay!r}", source)
+        if self.ema_decay > 0 and self.optimizer == "lbfgs":
+            raise SpmlError("ema_decay averages the weights of adam or adamw steps, not of optimizer lbfgs", source)
+        for key, value in {"augment.flip": self.augment.flip, "augment.cutout": self.augment.cutout}.items():
+            if not 0 <= value <= 1:  # NaN too
+                raise SpmlError(f"{key} must be in [0, 1], got {value!r}", source)
         positive = {
             "epochs": self.epochs,
             "lr": self.lr,

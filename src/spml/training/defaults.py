@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spml.training.config import TrainConfig
+from spml.training.schedule import ONECYCLE
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def resolve_defaults(config: TrainConfig, num_train: int | None) -> TrainConfig:
     batch = config.batch_size if config.batch_size is not None else default_batch_size(config.regime, num_train)
     epochs = config.epochs if config.epochs is not None else default_epochs(config.regime, num_train, batch)
     warmup = config.warmup_steps
-    if warmup is None:
-        warmup = default_warmup_steps(config.regime, num_train, batch, epochs)
+    if warmup is None:  # onecycle has its own rise
+        warmup = 0 if config.schedule == ONECYCLE else default_warmup_steps(config.regime, num_train, batch, epochs)
     stopping = config.early_stopping
     if stopping.patience is None:
         stopping = dataclasses.replace(stopping, patience=default_patience(config.regime, epochs))

@@ -189,7 +189,8 @@ class EpochLoop:
         self.steps.check_divergence(phase, epoch)
         c, linear = self.config, phase.name == LINEAR
         due = in_phase % c.eval_every == 0 or epoch == phase.last_epoch
-        val_map = self.evaluator.val_map(linear, epoch) if due else None
+        with self.steps.evaluated_weights():  # the weight average under ema_decay
+            val_map = self.evaluator.val_map(linear, epoch) if due else None
         map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0 and self.evaluator.train_labels_known
         train_label_map: float | None = None
         if map_due or callbacks.needs_train_probs:
@@ -201,13 +202,15 @@ class EpochLoop:
             train_probs = torch.zeros(0, self.data.num_classes, device=self.steps.device)
         callbacks.on_epoch_end(record_epoch, train_probs)
         if val_map is None and callbacks.should_stop(record_epoch):  # the method ends the phase here
-            val_map = self.evaluator.val_map(linear, epoch)
+            with self.steps.evaluated_weights():
+                val_map = self.evaluator.val_map(linear, epoch)
         is_best = val_map is not None and _is_better(val_map, state.best_score)
         if val_map is not None:
             self._update_patience(state, val_map)
         if is_best:
             state.best_epoch, state.best_score = epoch, val_map
-            self.writer.save_best(self.rm, phase.part, self.loss, epoch, val_map)
+            with self.steps.evaluated_weights():
+                self.writer.save_best(self.rm, phase.part, self.loss, epoch, val_map)
         record = {
             "epoch": epoch,
             "phase": phase.name,

@@ -90,7 +90,9 @@ class RunModel:
             self.model.backbone = freeze_batchnorm(self.model.backbone)
         mean, std = backbone_data_config(self.model)
         self.eval_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.0)
-        self.train_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.5)
+        aug = config.augment
+        self.train_transform = ImageTransform(config.image_size, mean, std, flip_prob=aug.flip, cutout=aug.cutout,
+                                              randaugment=aug.randaugment)
         self._features: dict[str, FeatureRows] = {}
         self._splits: dict[str, Split] = {}
 

@@ -10,6 +10,8 @@ divergence checks. :class:`AdamSteps` trains over the epoch's batches; :class:`L
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,12 @@ from spml.training.batches import BatchSource
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_optimizer_state, optimizer_state
 from spml.training.config import TrainConfig
+from spml.training.ema import PREFIX as EMA_PREFIX
+from spml.training.ema import WeightEma
 from spml.training.callbacks import Batch, Callback
 from spml.training.phases import LINEAR, Phase
 from spml.training.runmodel import RunModel
-from spml.training.schedule import lr_factor
+from spml.training.schedule import ONECYCLE, lr_factor, onecycle_beta1
 
 # Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
 # run between them as between Adam epochs.
@@ -93,6 +97,8 @@ def build_optimizer(config: TrainConfig, model: nn.Module, loss: nn.Module, phas
         )
     # The fused kernel updates each tensor in one pass: ROLE's N x L label estimator is updated
     # whole at every step, which dominates a small-batch epoch (about 4x faster on CPU).
+    if config.optimizer == "adamw":  # decoupled decay, every trained tensor (Query2Label's AdamW)
+        return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
     return torch.optim.Adam(groups, lr=phase.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
@@ -134,6 +140,7 @@ class StepStrategy:
         # evaluation keeps the eager model (no second compilation for eval mode).
         self.train_forward = torch.compile(rm.model) if config.compile else rm.model
         self.optimizer: torch.optim.Optimizer | None = None
+        self.ema: WeightEma | None = None  # the phase's weight average (ema_decay)
         self.phase_norm = 0.0  # norm of the trained weights when the phase started (divergence check)
 
     def enter(self, phase: Phase) -> None:
@@ -144,6 +151,17 @@ class StepStrategy:
                     self.rm.features(split)
         self.optimizer = build_optimizer(self.config, self.rm.model, self.loss, phase, self.device)
         self.phase_norm = self.trained_norm()
+        ema_decay = self.config.ema_decay
+        self.ema = WeightEma(self.rm.part_module(phase.part), ema_decay) if ema_decay > 0 else None
+
+    @contextmanager
+    def evaluated_weights(self) -> Iterator[None]:
+        """The weights evaluation and the best checkpoint use, inside the block: the average under ``ema_decay``."""
+        if self.ema is None:
+            yield
+            return
+        with self.ema.swapped_in():
+            yield
 
     def forward(self, batch: Batch, phase_name: str) -> torch.Tensor:
         """Logits of a train batch: the head on ``features`` (linear) or the (compiled) model on ``image``, under autocast."""
@@ -207,12 +225,15 @@ class StepStrategy:
         """The optimizer's tensors and JSON part for a checkpoint."""
         if self.optimizer is None:
             raise RuntimeError("no phase entered")
-        return optimizer_state(self.optimizer)
+        tensors, meta = optimizer_state(self.optimizer)
+        return ({**tensors, **self.ema.state()} if self.ema is not None else tensors), meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: Any) -> None:
         """Restore what :meth:`state` returned (into the optimizer of the phase entered)."""
+        if self.ema is not None:
+            self.ema.load_state(tensors)
         if meta is not None and self.optimizer is not None:
-            load_optimizer_state(self.optimizer, tensors, meta)
+            load_optimizer_state(self.optimizer, {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}, meta)
 
 
 class AdamSteps(StepStrategy):
@@ -271,14 +292,19 @@ class AdamSteps(StepStrategy):
                     f"or check the loss parameters; {kept_message(epoch)}",
                     self.run_dir,
                 )
-            factor = lr_factor(schedule, first_step + b - 1, phase_steps, warmup)
+            step = first_step + b - 1
+            factor = lr_factor(schedule, step, phase_steps, warmup, self.config.onecycle_pct_start)
             for group, base in zip(optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * factor
+                if schedule == ONECYCLE:  # OneCycleLR cycles Adam's beta1 against the rate
+                    group["betas"] = (onecycle_beta1(step, phase_steps, self.config.onecycle_pct_start), group["betas"][1])
             if self.centering is not None:
                 self.centering.before_step()
             optimizer.step()
             if self.centering is not None:
                 self.centering.after_step()
+            if self.ema is not None:
+                self.ema.update()
             total += item
             count += 1
             if b % 10 == 0 or b == n_batches:

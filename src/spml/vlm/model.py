@@ -204,10 +204,10 @@ class VLM:
         return self.model.encode_image(pixels.to(self.device), normalize=True).float()
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Unit-norm text embeddings of raw strings."""
+    def encode_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Unit-norm text embeddings of raw strings (the projection's raw output if not ``normalize``)."""
         tokens = self.tokenizer(texts).to(self.device)
-        return self.model.encode_text(tokens, normalize=True).float()
+        return self.model.encode_text(tokens, normalize=normalize).float()
 
     def at_size(self, size: int) -> VLM:
         """This model taking ``size`` x ``size`` inputs.

@@ -106,8 +106,9 @@ def scores_cache(
     cache_root: str | Path,
     image_size: int | None = None,
     prompt_names: Sequence[str] | None = None,
+    text_key: dict[str, Any] | None = None,
 ) -> ArrayCache:
-    """The (possibly not yet built) score cache of ``split`` for these settings."""
+    """The (possibly not yet built) score cache of ``split`` for these settings (``text_key``: what changed the text embeddings)."""
     _check_size(image_size)
     model = vlm if image_size is None else vlm.at_size(image_size)
     material = {
@@ -125,6 +126,8 @@ def scores_cache(
         raise SpmlError(f"{len(prompt_names)} prompt names for {len(classes)} classes")
     if prompt_names is not None and list(prompt_names) != list(classes):  # raw names keep their old keys
         material["prompt_names"] = check_classes(prompt_names)
+    if text_key is not None:  # e.g. AEVLP's text GCN: other embeddings, another cache
+        material["text_transform"] = text_key
     return ArrayCache(cache_root, f"vlm-scores-{split.name}", material)
 
 
@@ -140,6 +143,8 @@ def score_split(
     num_workers: int = 2,
     chunk_size: int = 512,
     prompt_names: Sequence[str] | None = None,
+    text: np.ndarray | None = None,
+    text_key: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Score every image of ``split`` and its mirror once; return the memory-mapped float16 ``N x 2 x L``.
 
@@ -156,7 +161,12 @@ def score_split(
         chunk_size: Images per resumable chunk.
         prompt_names: Names that fill the templates (:func:`spml.vlm.names.prompt_names`), one per
             class; None uses ``classes``.
+        text: ``L x D`` unit class embeddings to score against instead of the templates' own
+            (with ``text_key``, which names how they were made, for the cache's key).
+        text_key: Required with ``text``.
     """
+    if (text is None) != (text_key is None):
+        raise ValueError("text and text_key go together")
     if batch_size < 1 or chunk_size < 1 or num_workers < 0:
         raise SpmlError(f"batch size, chunk size must be positive and workers >= 0 (got {batch_size}, {chunk_size}, {num_workers})")
     if len(split) == 0:
@@ -164,12 +174,12 @@ def score_split(
     if device is not None and torch.device(device) != vlm.device:
         vlm.model.to(device)
         vlm.device = torch.device(device)
-    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size, prompt_names)
+    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size, prompt_names, text_key)
     if cache.exists():
         return cache.load()[SCORES]
     model = vlm if image_size is None else vlm.at_size(image_size)
     words = classes if prompt_names is None else prompt_names
-    text = _text_tensor(model, text_embeddings(model, words, templates, cache_root))
+    text = _text_tensor(model, text_embeddings(model, words, templates, cache_root) if text is None else text)
     dataset = _ImageFiles(split.images, model.preprocess)
 
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
@@ -203,6 +213,8 @@ def split_scores(
     image_size: int | None = None,
     num_workers: int = 2,
     prompt_names: Sequence[str] | None = None,
+    text: np.ndarray | None = None,
+    text_key: dict[str, Any] | None = None,
 ) -> ScoreCache:
     """The score cache of exactly these settings, built first if it does not exist yet.
 
@@ -211,8 +223,8 @@ def split_scores(
     with other settings (VLPL, CCD) can never pick up each other's cache.
     """
     score_split(vlm, split, classes, templates, cache_root, batch_size=batch_size, image_size=image_size,
-                num_workers=num_workers, prompt_names=prompt_names)
-    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size, prompt_names)
+                num_workers=num_workers, prompt_names=prompt_names, text=text, text_key=text_key)
+    cache = scores_cache(vlm, split, classes, templates, cache_root, image_size, prompt_names, text_key)
     return load_score_cache(cache.path, split, classes)
 
 
