@@ -14,7 +14,6 @@ from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.losses import Epoch
-from spml.progress import add_epoch_listener, remove_epoch_listener
 from spml.training import TrainingHooks
 from spml.vlm import load_vlm, score_split
 
@@ -71,24 +70,26 @@ def train_interrupted_at(stop_epoch: int, *args: Any, **kwargs: Any) -> None:
         train(*args, hooks=[StopAt(stop_epoch)], **kwargs)
 
 
-@contextlib.contextmanager
-def interrupted_at(stop_epoch: int) -> Iterator[None]:
-    """A Ctrl-C while epoch ``stop_epoch`` of any run in the block is recorded: the block must end with it.
+class CtrlCAtRecord(TrainingHooks):
+    """A Ctrl-C while epoch ``number``'s record is written: before its checkpoint, so the run resumes from the epoch before."""
 
-    For calls that take no callbacks (grids, reproduce): the public epoch listener raises, so the run
-    keeps the checkpoint of the epoch before and resumes from there.
-    """
+    def __init__(self, number: int) -> None:
+        self.number = number
 
-    def ctrl_c(run_dir: Path, record: dict[str, Any]) -> None:
-        if record["epoch"] == stop_epoch:
+    def on_epoch_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+        if record["epoch"] == self.number:
             raise KeyboardInterrupt
 
-    add_epoch_listener(ctrl_c)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
-    finally:
-        remove_epoch_listener(ctrl_c)
+
+@contextlib.contextmanager
+def interrupted_at(stop_epoch: int) -> Iterator[tuple[TrainingHooks, ...]]:
+    """The callbacks of a Ctrl-C while epoch ``stop_epoch`` of a run is recorded: the block must end with it.
+
+    For calls that train several runs (grids, reproduce): pass the yielded callbacks to them; the
+    interrupted run keeps the checkpoint of the epoch before and resumes from there.
+    """
+    with pytest.raises(KeyboardInterrupt):
+        yield (CtrlCAtRecord(stop_epoch),)
 
 
 # Settings of the tiny synthetic runs below: 32 px images, CPU.

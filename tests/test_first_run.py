@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import re
 import shlex
@@ -17,14 +18,15 @@ import pytest
 
 import spml
 from spml.cli.main import COMMANDS, build_parser, main
+from spml.cli import train as cli_train
 from spml.cli.train import config_from_args
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
-from spml.progress import add_epoch_listener, remove_epoch_listener
 from spml.training import TrainConfig, autotune
 from spml.training import engine as engine_module
 from spml.vlm import model as vlm_model
+from subsets import CtrlCAtRecord
 
 SRC = Path(spml.__file__).parent
 
@@ -65,17 +67,14 @@ def test_ctrl_c_during_the_selection_does_not_advise_a_resume(
     assert f"interrupted before {out} held a run (nothing to resume); start the same command again" in stdout
 
 
-def test_ctrl_c_during_training_advises_a_resume_that_works(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    def ctrl_c(run_dir: Path, record: dict) -> None:  # while epoch 2 is saved: resumed from epoch 1's checkpoint
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-
+def test_ctrl_c_during_training_advises_a_resume_that_works(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "a run"  # a space: the advice must quote it
-    add_epoch_listener(ctrl_c)
-    try:
-        assert main(["train", str(data), *FIXED, "--set", "epochs=3", "--out", str(out)]) == 130
-    finally:
-        remove_epoch_listener(ctrl_c)
+    # The CLI's run gets one more callback: Ctrl-C while epoch 2 is saved (resumed from epoch 1's checkpoint).
+    monkeypatch.setattr(cli_train, "train", functools.partial(spml.train, hooks=CtrlCAtRecord(2)))
+    assert main(["train", str(data), *FIXED, "--set", "epochs=3", "--out", str(out)]) == 130
+    monkeypatch.undo()
     argv = advised_command(capsys.readouterr().out)
     assert argv == ["train", "--resume", str(out)]
     assert main(argv) == 0 and (out / "results.json").is_file()

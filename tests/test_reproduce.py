@@ -145,8 +145,8 @@ def test_reproduce_runs_resumes_after_an_interruption_and_tabulates(tmp_path, ca
     runs = plan(paper, table, rows, data, out, seeds=2, overrides=TINY)
     assert [r.state() for r in runs] == ["new", "new"]
     open_out(out, runs)
-    with interrupted_at(2):  # Ctrl-C in the first run's second epoch
-        run_rows(runs)
+    with interrupted_at(2) as ctrl_c:  # Ctrl-C in the first run's second epoch
+        run_rows(runs, callbacks=ctrl_c)
     first = runs[0].run_dir(runs[0].seeds[0])
     assert [r.state() for r in runs] == ["resume", "new"]
     assert not (first / "results.json").exists()

@@ -22,6 +22,7 @@ from spml.data.layout import PreparedData
 from spml.data.output import open_folder, write_folder
 from spml.errors import SpmlError
 from spml.progress import log
+from spml.training.callbacks import Callback
 from spml.training import run_config
 from spml.training.autotune import SELECTED_KEYS, should_tune, train_tuned
 from spml.training.config import TrainConfig, config_from_dict, merge
@@ -100,6 +101,7 @@ def run_grid(
     out_dir: str | Path,
     method: MethodInfo = STANDARD,
     select: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> GridResult:
     """Train every combination of ``axes`` over ``base`` and select on validation mAP.
 
@@ -113,6 +115,7 @@ def run_grid(
         method: The method ``base.method`` names.
         select: A run whose config leaves ``lr`` unset (``linear`` regime, standard method) selects
             it on val first, as ``spml.train`` does; False trains it with the regime's default lr.
+        callbacks: Extra callbacks of every run (and of every resumed one).
 
     Returns:
         The rows in axis order and the selected row.
@@ -131,9 +134,9 @@ def run_grid(
         try:
             if (run_dir / CONFIG_FILE).is_file():
                 _check_own_run(run_dir, config, data_dir, tuned=select and should_tune(config, method))
-                resume(run_dir, data_dir, method=method)
+                resume(run_dir, data_dir, method=method, callbacks=callbacks)
             else:
-                train_tuned(data_dir, config, run_dir, method=method, select=select)
+                train_tuned(data_dir, config, run_dir, method=method, callbacks=callbacks, select=select)
             rows.append(_row(name, values, run_dir))
         except TrainingDiverged:
             rows.append(GridRow(name, values, "diverged"))
