@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from subsets import small_copy
 
 import spml.methods.ccd.method as ccd
-import spml.training.engine as engine_module
+import spml.training.inputs as run_inputs
 from spml.cli.main import build_parser
 from spml.cli.train import config_from_args
 from spml.data.layout import PreparedData
@@ -202,7 +202,7 @@ def stub_clip(monkeypatch, num_images: int) -> None:
     monkeypatch.setattr(ccd, "load_vlm", lambda *args, **kwargs: SimpleNamespace(logit_scale=100.0))
     monkeypatch.setattr(ccd, "score_split", lambda vlm, split, *args, **kwargs: sims)
     # The stub needs no weights: no offline refusal of the real CLIP's (not in this machine's cache).
-    monkeypatch.setattr(engine_module, "missing_vlm_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_inputs, "missing_vlm_weights", lambda *args, **kwargs: None)
 
 
 def stub_config(**top) -> TrainConfig:

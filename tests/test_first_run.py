@@ -24,7 +24,7 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 from spml.training import TrainConfig, autotune
-from spml.training import engine as engine_module
+from spml.training import inputs as run_inputs
 from spml.vlm import model as vlm_model
 from subsets import CtrlCAtRecord
 
@@ -263,9 +263,9 @@ def test_an_offline_paper_config_names_every_missing_file_at_once_with_working_s
             "--out", str(out)]
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    assert engine_module.missing_weights(config, spml.get_method("vlpl")) == []
+    assert run_inputs.missing_weights(config, spml.get_method("vlpl")) == []
     lite0 = config_from_args(build_parser().parse_args([*argv[:-2], "--set", sets[1], "--set", sets[2], "--out", str(out)]))
-    assert engine_module.missing_weights(lite0, spml.get_method("vlpl")) == []
+    assert run_inputs.missing_weights(lite0, spml.get_method("vlpl")) == []
 
 
 def test_offline_clip_advice_in_spml_score_uses_its_flags(

@@ -23,7 +23,7 @@ from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
 import spml.methods.ccd.method as ccd
-import spml.training.engine as engine_module
+import spml.training.inputs as run_inputs
 from spml.reports import compare_runs, find_runs, format_table
 from spml.api import load_config, train
 
@@ -145,7 +145,7 @@ def test_teacher_student_and_ccd_figures(runs: Path, data: Path, tmp_path: Path,
     monkeypatch.setattr(ccd, "load_vlm", lambda *args, **kwargs: SimpleNamespace(logit_scale=100.0))
     monkeypatch.setattr(ccd, "score_split", lambda vlm, split, *args, **kwargs: sims)
     # The stub needs no weights: no offline refusal of the real CLIP's (not in this machine's cache).
-    monkeypatch.setattr(engine_module, "missing_vlm_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_inputs, "missing_vlm_weights", lambda *args, **kwargs: None)
     ccd_config = load_config(None, [*TINY, "method=ccd", "loss=soft_bce", "regime=finetune", "epochs=1",
                                     "method_params.update_labels=false"])
     with pytest.warns(UserWarning, match="never a confident"):

@@ -23,7 +23,7 @@ from spml.metrics import chance_map, map_report, mean_average_precision, paper_m
 from spml.training import distributed
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.runmodel import RunModel
-from spml.training.steps import TrainingDiverged
+from spml.training.divergence import TrainingDiverged
 
 
 def val_targets(data: PreparedData, config: TrainConfig, val: Split) -> np.ndarray:

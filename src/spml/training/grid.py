@@ -27,7 +27,8 @@ from spml.training import run_config
 from spml.training.autotune import SELECTED_KEYS, should_tune, train_tuned
 from spml.training.config import TrainConfig, config_from_dict, merge
 from spml.training.defaults import resolve_defaults
-from spml.training.engine import TrainingDiverged, resume
+from spml.training.divergence import TrainingDiverged
+from spml.training.engine import resume
 from spml.training.hooks import STANDARD, MethodInfo
 from spml.training.resolve import observed_in, resolve_config
 from spml.training.runfolder import CONFIG_FILE, read_results
