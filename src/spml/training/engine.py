@@ -24,10 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from spml.data.labels import OBSERVED_DTYPE, check_observed
 from spml.data.layout import PreparedData
 from spml.errors import SpmlError
 from spml.losses import SpmlLoss, get_loss_info
@@ -39,7 +37,7 @@ from spml.training.config import TrainConfig
 from spml.training.defaults import resolve_defaults
 from spml.training.evaluation import Evaluator
 from spml.training.hooks import STANDARD, MethodInfo, RunContext, TrainingHooks, build_hooks
-from spml.training.inputs import check_weights, create_run_loss, load_train_observed
+from spml.training.inputs import check_weights, create_run_loss, labels_to_train_on, load_train_observed
 from spml.training.lbfgs import LbfgsSteps
 from spml.training.loop import EpochLoop
 from spml.training.phases import LINEAR, plan_phases
@@ -98,11 +96,7 @@ class Trainer:
         inputs_needed = get_loss_info(config.loss).inputs if loss is None else tuple(loss.inputs)
         observed = load_train_observed(data, config)
         hooks = build_hooks(RunContext(config=config, data=data, run_dir=run_dir, device=device, observed=observed), method)
-        observed = np.asarray(CallbackList(hooks, callbacks).train_observed(observed), dtype=OBSERVED_DTYPE)
-        try:
-            check_observed(observed, "labels to train on")
-        except ValueError as err:
-            raise SpmlError(f"method {config.method!r}: {err}") from None
+        observed = labels_to_train_on(config, CallbackList(hooks, callbacks), observed)
         self.rm = rm = RunModel(config, data, device)
         rm.model = distributed.prepare_model(rm.model, device)
         self.bf16, self.channels_last = precision_settings(config, device)

@@ -1,7 +1,7 @@
 """What a run is built from besides its config and data: the labels it trains on, its loss, its weights files.
 
 The engine (:class:`~spml.training.engine.Trainer`) reads the observed train labels through
-:func:`load_train_observed`, builds the loss with the run's own values (:func:`create_run_loss`)
+:func:`load_train_observed` (and takes the callbacks' rewrite of them, :func:`labels_to_train_on`), builds the loss with the run's own values (:func:`create_run_loss`)
 and, before a run folder exists, refuses a run whose weights cannot be had (:func:`check_weights`).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spml.data.labels import observed_from_true
+from spml.data.labels import OBSERVED_DTYPE, check_observed, observed_from_true
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
 from spml.errors import SpmlError
@@ -17,6 +17,7 @@ from spml.losses import SpmlLoss, get_loss_info
 from spml.losses import create as create_loss
 from spml.models.backbones import missing_backbone_weights
 from spml.models.hub import MissingWeights, missing_message
+from spml.training.callbacks import Callback
 from spml.training.config import FULL_OBSERVED, TrainConfig, build_dataclass
 from spml.training.hooks import STANDARD, MethodInfo
 from spml.training.resolve import RUN_VALUES
@@ -32,6 +33,20 @@ def load_train_observed(data: PreparedData, config: TrainConfig) -> np.ndarray:
         return observed_from_true(data.split("train").labels)
     return load_observed(data, config.observed)
 
+
+
+def labels_to_train_on(config: TrainConfig, callbacks: Callback, observed: np.ndarray) -> np.ndarray:
+    """int8 N x L labels the run trains on: ``observed`` as the callbacks rewrite them (teacher-student), checked.
+
+    Raises:
+        SpmlError: Values other than -1, 0, 1, naming the method.
+    """
+    observed = np.asarray(callbacks.train_observed(observed), dtype=OBSERVED_DTYPE)
+    try:
+        check_observed(observed, "labels to train on")
+    except ValueError as err:
+        raise SpmlError(f"method {config.method!r}: {err}") from None
+    return observed
 
 
 def create_run_loss(config: TrainConfig, num_examples: int, num_classes: int) -> SpmlLoss:
