@@ -12,23 +12,18 @@ import pytest
 import torch
 
 import spml
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.training import resume
 from spml.training.callbacks import Batch, Callback, CallbackList, Epoch, RunHandle
+from tiny import SINGLE_POSITIVES, synthetic_set, tiny
 
-TINY = {"image_size": 32, "device": "cpu", "batch_size": 16, "lr": 1e-3, "eval_batch_size": 32, "backbone": "test_resnet",
-        "pretrained": "none", "observed": "single-positive-seed0.npy"}
+TINY = tiny(batch_size=16, lr=1e-3, observed=SINGLE_POSITIVES)
 MEMBERS = ("train_observed", "setup", "on_run_start", "on_epoch_start", "loss_inputs", "needs_train_probs", "on_epoch_end",
            "on_epoch_record", "should_stop", "state_dict", "summary")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("callbacks") / "data", num_images=40, image_size=32, num_classes=3, seed=2)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("callbacks") / "data", num_images=40, num_classes=3, seed=2, single_positive=True)
 
 
 class Recording(Callback):

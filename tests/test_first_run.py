@@ -20,26 +20,22 @@ import spml
 from spml.cli.main import COMMANDS, build_parser, main
 from spml.cli import train as cli_train
 from spml.cli.train import config_from_args
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.training import TrainConfig, autotune
 from spml.training import inputs as run_inputs
 from spml.vlm import model as vlm_model
 from subsets import CtrlCAtRecord
+from tiny import cli_sets, synthetic_set, tiny
 
 SRC = Path(spml.__file__).parent
 
-TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "eval_batch_size=32",
-        "--set", "backbone=test_resnet", "--set", "pretrained=none"]
+TINY = cli_sets(tiny())
 # Nothing here depends on the planned length: fixed lr and batch, constant schedule, no early stop.
-FIXED = [*TINY, "--set", "lr=0.01", "--set", "batch_size=8", "--set", "schedule=constant",
-         "--set", "early_stopping.patience=0"]
+FIXED = cli_sets(tiny({"early_stopping.patience": 0}, lr=0.01, batch_size=8, schedule="constant"))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("firstrun") / "data", num_images=40, image_size=32, num_classes=3, seed=4)
+    return synthetic_set(tmp_path_factory.mktemp("firstrun") / "data", num_images=40, num_classes=3, seed=4)
 
 
 def advised_command(stdout: str) -> list[str]:
@@ -228,9 +224,7 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def single_positive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("sp") / "data", num_images=40, image_size=32, num_classes=3, seed=6)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("sp") / "data", num_images=40, num_classes=3, seed=6, single_positive=True)
 
 
 def advised_sets(err: str) -> list[str]:

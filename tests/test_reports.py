@@ -20,22 +20,18 @@ from chromium import CHROMIUM, SKIP_REASON, probe, screenshot
 
 from spml.cli.main import main
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 import spml.methods.ccd.method as ccd
 import spml.training.inputs as run_inputs
 from spml.reports import compare_runs, find_runs, format_table
 from spml.api import load_config, train
+from tiny import SINGLE_POSITIVES, overrides, synthetic_set, tiny
 
-TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-        "epochs=3", "batch_size=16", "observed=single-positive-seed0.npy"]
+TINY = overrides(tiny(lr=0.01, eval_batch_size=64, epochs=3, batch_size=16, observed=SINGLE_POSITIVES))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("reports") / "data", num_images=120, image_size=32, num_classes=4, seed=3)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("reports") / "data", num_images=120, num_classes=4, seed=3, single_positive=True)
 
 
 @pytest.fixture(scope="module")
