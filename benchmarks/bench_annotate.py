@@ -31,7 +31,6 @@ is printed and written to WORK/results.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -52,6 +51,8 @@ from spml.data.annotated import UNANSWERED, AnnotationStore, annotated_path  # n
 from spml.data.layout import PreparedData  # noqa: E402
 from spml.data.observe import load_observed, observe  # noqa: E402
 from spml.data.synth import make_synthetic  # noqa: E402
+
+from harness import Report, parser, write_text
 
 IDLE = "typeof S !== 'undefined' && document.body.dataset.ready === '1' && S.busy === 0 && keys.length === 0"
 
@@ -112,8 +113,7 @@ def common(image_size: int, seed: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sessions and the training rows; print the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_annotate"))
+    p = parser(__doc__, work="/tmp/spml_bench_annotate")
     p.add_argument("--images", type=int, default=600, help="synthetic train pool (default 600)")
     p.add_argument("--classes", type=int, default=12, help="classes (default 12)")
     p.add_argument("--seed-answers", type=int, default=60, help="answers the suggester is trained on (default 60)")
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--screenshot", type=Path, help="write a screenshot of the page with suggestions here")
     args = p.parse_args(argv)
+    report = Report(args.work / "results.md")
     root = args.work / "data"
     if not (root / "classes.txt").is_file():
         make_synthetic(root, num_images=args.images, image_size=64, num_classes=args.classes, seed=0)
@@ -177,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                         ("simulated", "simulated single positives (spml observe, seeds 0-2)")):
         values = maps[name]
         lines.append(f"| {label} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + f"\n\n{report.line()}"
     print(table)
-    (args.work / "results.md").write_text(table + "\n")
+    write_text(args.work / "results.md", table + "\n")
     return 0
 
 

@@ -5,24 +5,23 @@
 Both rows fine-tune the offline EfficientNet-Lite0 weights with LL-R (delta_rel 0.5, the BoostLU
 release's LL-R) at one fixed lr (no grid: both rows get the same), selecting the epoch on clean val
 mAP; the BoostLU row adds ``--method boostlu`` (head_params.boost 5). Seeds set both the observed
-single positives and training. The table (markdown) is printed and written to WORK/results.md.
+single positives and training. The table (markdown) is printed and written to WORK/results.md, the
+records with the machine, date and load to WORK/results.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
-from pathlib import Path
-
-import torch
 
 from spml.api import load_config, train
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
 from spml.data.synth import make_synthetic
+
+from harness import Report, parser, write_text
 
 ROWS = {"ll_r": ("LL-R (delta_rel 0.5)", []), "boostlu": ("BoostLU (alpha 5) + LL-R (delta_rel 0.5)", ["method=boostlu"])}
 
@@ -35,16 +34,14 @@ def mean_std(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both rows over the seeds and print the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_boostlu"))
+    p = parser(__doc__, work="/tmp/spml_bench_boostlu", threads=1)
     p.add_argument("--images", type=int, default=500, help="synthetic train pool (default 500)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1200, 1201, 1202])
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    report = Report(args.work / "results.md", args.work / "results.json")
     root = args.work / "data"
     if not (root / "manifest.json").exists():
         make_synthetic(root, num_images=args.images, image_size=64, num_classes=10, seed=0)
@@ -71,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {mean_std([r['test_map'] for r in rows])} | {mean_std([r['val_map'] for r in rows])} "
                      f"| {mean_std([r['train_label_map'] for r in rows])} | {', '.join(str(r['best_epoch']) for r in rows)} |")
     sizes = {s: len(data.split(s)) for s in ("train", "val", "test")}
-    table = "\n".join(lines) + f"\n\n{root}: {sizes}; total {time.perf_counter() - start:.0f} s.\n"
-    (args.work / "results.md").write_text(table)
-    (args.work / "results.json").write_text(json.dumps(records, indent=1))
+    table = "\n".join(lines) + f"\n\n{root}: {sizes}; total {time.perf_counter() - start:.0f} s; {report.line()}.\n"
+    write_text(args.work / "results.md", table)
+    report.finish({"records": records}, args.work / "results.json", show=False)
     print(table)
     return 0
 

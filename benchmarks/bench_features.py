@@ -10,12 +10,14 @@ Prints one Markdown table row per backbone.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from spml.models import LITE0_PACKAGE, create_backbone, spatial_features
+
+from harness import Report
+from harness import parser as harness_parser
 
 
 def time_backbone(name: str, size: int, batch: int, batches: int) -> float:
@@ -33,12 +35,13 @@ def time_backbone(name: str, size: int, batch: int, batches: int) -> float:
 
 def main() -> None:
     """Time feature extraction per backbone; print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness_parser(__doc__)
     parser.add_argument("--backbones", nargs="+", default=["tf_efficientnet_lite0", "resnet50"])
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=3)
     args = parser.parse_args()
+    report = Report()
 
     start = time.perf_counter()
     create_backbone("tf_efficientnet_lite0", LITE0_PACKAGE)
@@ -48,7 +51,7 @@ def main() -> None:
     random_init = time.perf_counter() - start
     print(f"lite0 from {LITE0_PACKAGE}: {with_weights:.3f} s; random init: {random_init:.3f} s")
 
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(report.line())
     print("| backbone | size | batch | batches | images/s |")
     print("| --- | --- | --- | --- | --- |")
     for name in args.backbones:

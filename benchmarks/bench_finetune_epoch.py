@@ -12,7 +12,6 @@ image cache is built; also times the data loader alone (decode or cache read, fl
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,14 @@ from spml.data.layout import PreparedData
 from spml.data.prepare import prepare
 from spml.training import RunModel, distributed, time_epochs
 
+from harness import Report, parser
+
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 
 
 def main() -> None:
     """Parse the arguments, time the loader and one epoch, print a table row."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--raw", type=Path, default=DEFAULT_RAW)
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image-cache", action="store_true")
     args = p.parse_args()
+    report = Report()
     data_dir = args.work / "data"
     if not (data_dir / "classes.txt").exists() and distributed.is_main() and not distributed.launched():
         prepare("yolo", args.raw, data_dir)
@@ -66,6 +68,7 @@ def main() -> None:
             f"{'yes' if args.image_cache else 'no'} | {loader_rate:.1f} | {images} | {seconds:.1f} | {images / seconds:.2f} |",
             flush=True,
         )
+        print(report.line(), flush=True)
     sys.exit(0)
 
 

@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from spml.api import load_config
 from spml.data.image_cache import decoded_images
 from spml.data.layout import PreparedData
 from spml.data.prepare import prepare
 from spml.training import time_epochs
+
+from harness import Report, parser
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 SPLIT_SEED = 1200  # Cole et al.'s train/val split seed (train.py: P['split_seed'])
@@ -206,7 +207,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     """Prepare the images, time every row in this one process, print the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, threads=1, threads_help="torch intra-op threads")
     p.add_argument("--work", type=Path, required=True, help="scratch folder: new, or one this benchmark made (its raw/, data/ and run-*/ are replaced)")
     p.add_argument("--reference", type=Path, help="a checkout of elijahcole/single-positive-multi-label; omit to skip its row")
     p.add_argument("--raw", type=Path, default=DEFAULT_RAW)
@@ -216,13 +217,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=448)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers, both loops")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--epochs", type=int, default=1, help="spml rows: time the last of this many epochs")
     p.add_argument("--spml-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]")
     p.add_argument("--skip", action="append", default=[], choices=["nocache", "cache"], help="leave out a default spml row")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    report = Report()
     work = args.work.resolve()
     # The harness empties WORK's raw/, data/ and run-*/ on every run: only in a folder it made.
     marker = work / WORK_MARKER
@@ -250,7 +250,7 @@ def main() -> None:
         rows.append((f"spml, image cache, {variant}",
                      lambda keys=keys, i=i: spml_epoch(data_dir, work, f"v{i}", {**base, "image_cache": True, **keys}, args.epochs)))
     print(f"threads {args.threads}, workers {args.workers}, {args.backbone} at {args.size} px, batch {args.batch}, "
-          f"spml keys {parse_sets(args.spml_set)}; load before: {os.getloadavg()}", flush=True)
+          f"spml keys {parse_sets(args.spml_set)}; {report.line()}", flush=True)
     print("| loop | train images | train s | train img/s | scored per epoch | epoch s | epoch img/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for name, run in rows:
@@ -260,7 +260,7 @@ def main() -> None:
               + (f" (cache built in {r['cache_build_s']:.1f} s)" if r.get("cache_build_s") else "")
               + (f" (first epoch's training pass {r['first_train_s']:.1f} s)" if args.epochs > 1 and "first_train_s" in r else ""),
               flush=True)
-    print(f"load after: {os.getloadavg()}", flush=True)
+    print(f"after: {report.line()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ from spml.api import get_method, load_config, register_method
 from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, time_epochs
 from spml.training.feature_rows import FeatureRows
 
+from harness import Report
+from harness import parser as harness_parser
+
 TRAIN_ROWS, VAL_ROWS, CHANNELS, CLASSES = 65_665, 16_416, 2_048, 80
 TEST_ROWS = 1_000  # the test split is only scored once at the end of a run: not timed here
 LOSS_PARAMS = {"ll_ct": {"delta_rel": 0.2}, "ll_cp": {"delta_rel": 0.2}, "ll_r": {"delta_rel": 0.2}}
@@ -137,7 +140,7 @@ def peak_rss_mib() -> float:
 
 def main() -> None:
     """Write the data, time every loss, print the table (and the peak memory of a full epoch)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness_parser(__doc__, full_description=True)
     parser.add_argument("--batch-8", action="store_true", help="also time batch 8 (8,208 steps per epoch)")
     parser.add_argument("--losses", nargs="*", help="subset of losses (default: all but pr)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the peak-memory measurement")
@@ -147,7 +150,7 @@ def main() -> None:
         rss_child(args.rss_child)
         return
     losses = args.losses or [n for n in list_losses() if n != "pr"]
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(Report().line())
     with tempfile.TemporaryDirectory(prefix="spml-bench-") as tmp:
         root = Path(tmp)
         data, features = make_data(root / "coco", TRAIN_ROWS)

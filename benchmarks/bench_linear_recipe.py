@@ -19,7 +19,6 @@ Run by hand from the repository root (``OMP_NUM_THREADS=1`` on a shared CPU):
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -27,6 +26,9 @@ from pathlib import Path
 
 from spml.api import load_config
 from spml.training.engine import train
+
+from harness import Report
+from harness import parser as harness_parser
 
 BASE = ["backbone=resnet50", "pretrained=none", "regime=linear", "device=cpu", "observed=single-positive.npy", "loss=an"]
 SETTINGS = {
@@ -71,7 +73,7 @@ def run(data: Path, name: str, overrides: list[str], target: float | None, out: 
 
 def main() -> None:
     """Parse the options, run every setting, print one JSON line each."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness_parser(__doc__, full_description=True)
     parser.add_argument("data", type=Path, help="coco_scale.py's OUT/spml folder")
     parser.add_argument("--target", type=float, help="val mAP to time (e.g. the reference's best)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these settings")
@@ -82,6 +84,7 @@ def main() -> None:
     for name, *overrides in args.setting:
         settings[name] = overrides
     names = args.only if args.only else list(settings)
+    print(json.dumps(Report().head), flush=True)  # machine, date, command, load at the start
     with tempfile.TemporaryDirectory(prefix="spml-recipe-") as tmp:
         for name in names:
             print(json.dumps(run(args.data, name, settings[name], args.target, Path(tmp))), flush=True)

@@ -50,6 +50,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import coco_scale  # noqa: E402  (the generator beside this file)
+from harness import Report, load, write_json  # noqa: E402
+from harness import parser as harness_parser  # noqa: E402
 
 DEFAULT_REFERENCE_CODE = Path("/tmp/ref-cole")
 
@@ -231,14 +233,9 @@ def compare(ref: dict[str, Any], sp: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_info() -> dict[str, Any]:
-    """Load average and CPU count now (the machine is shared: timings depend on it)."""
-    return {"loadavg": os.getloadavg(), "cpus": os.cpu_count()}
-
-
 def main() -> None:
     """Generate or reuse the data, run the reference (or reuse its timeline) and spml, print and save the table."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness_parser(__doc__, full_description=True)
     p.add_argument("--data", type=Path, required=True, help="coco_scale.py output folder (generated if missing)")
     p.add_argument("--rows-scale", type=float, default=1.0, help="row-count fraction when generating (dev runs)")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -254,7 +251,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="OMP_NUM_THREADS of both sides (1: on a shared 2-core machine, 2 threads of batch-8 steps "
                         "spin against the other processes and run ~8x slower)")
-    p.add_argument("--out", type=Path, help="JSON file of every number")
+    p.add_argument("--out", type=Path, help="JSON file of every number (with the machine, date and load)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -266,7 +263,8 @@ def main() -> None:
             spml_child(Path(rest[0]), json.loads(rest[1]), Path(rest[2]), Path(rest[3]))
         return
 
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "load_start": load_info()}
+    run = Report(args.out)  # machine, date, command, load at the start
+    report: dict[str, Any] = dict(run.head)
     summary_file = args.data / "coco_scale.json"
     if not summary_file.is_file():
         start = time.perf_counter()
@@ -286,7 +284,7 @@ def main() -> None:
                             str(args.reference_workers), str(path)], check=True, env=env)
             timeline = json.loads(path.read_text())
         report["reference"] = {**summarize_reference(timeline), "epochs": timeline["epochs"], "setup_s": timeline.get("setup_s")}
-        report["load_after_reference"] = load_info()
+        report["load_after_reference"] = load()
         if not args.reference_only:
             overrides = [*report["data"]["spml_overrides"], f"loss={args.loss}",
                          f"observed={report['data']['spml_observed']}", *args.spml_set]
@@ -296,10 +294,10 @@ def main() -> None:
             sp = json.loads(result.read_text())
             report["spml"] = sp
             report["comparison"] = compare(report["reference"], sp)
-            report["load_end"] = load_info()
+    report = run.document(report)  # the load at the end
     print_table(report)
     if args.out:
-        write_json_atomic(args.out, report)
+        write_json(args.out, report)
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ machine the CPU time is the cost and the wall time an upper bound).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -33,8 +32,10 @@ import torch
 
 import spml
 from spml.api import load_config
-from spml.data.atomic import write_json
 from spml.training.engine import train
+
+from harness import Report, write_json
+from harness import parser as harness_parser
 
 BASE = ["backbone=resnet50", "pretrained=none", "regime=linear", "device=cpu"]
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -85,7 +86,7 @@ def run_cell(data: Path, setting: str, lr: float, batch: int, tmp: Path) -> dict
 
 def main() -> None:
     """Parse the options, run the default and the grid per setting, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness_parser(__doc__, full_description=True)
     parser.add_argument("data", type=Path, help="coco_scale.py's OUT/spml folder")
     parser.add_argument("--out", type=Path, required=True, help="JSON file written")
     parser.add_argument("--settings", nargs="+", default=["sp:an", "sp:role", "full:an"])
@@ -105,9 +106,8 @@ def main() -> None:
         cells = [(float(c.split(":")[0]), int(c.split(":")[1])) for c in args.cells]
     if args.no_grid:
         cells = []
-    report: dict[str, Any] = {"data": str(args.data), "default_overrides": args.extra, "both_overrides": args.both,
-                              "load_start": os.getloadavg()[0],
-                              "settings": {}}
+    report: dict[str, Any] = {**Report(args.out).head, "data": str(args.data), "default_overrides": args.extra,
+                              "both_overrides": args.both, "settings": {}}
     for setting in args.settings:
         entry: dict[str, Any] = {"grid": []}
         report["settings"][setting] = entry

@@ -13,10 +13,7 @@ Run by hand from the repository root:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -24,6 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import Report
+from harness import parser as harness_parser
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -61,10 +61,10 @@ spml.train(data, dict(backbone="test_resnet", pretrained="none", image_size=32, 
 
 def main() -> None:
     """Time the commands and print one JSON document (and write it to ``--json``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness_parser(__doc__, json_out=True)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    report = Report(args.json)
     with tempfile.TemporaryDirectory() as tmp:
         run = small_run(Path(tmp))
         commands = {
@@ -75,16 +75,7 @@ def main() -> None:
             "spml compare RUN": ["compare", str(run)],
         }
         results = {name: timed(argv, args.repeat) for name, argv in commands.items()}
-    report = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "repeat": args.repeat,
-        "commands": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    report.finish({"repeat": args.repeat, "commands": results}, args.json)
 
 
 if __name__ == "__main__":

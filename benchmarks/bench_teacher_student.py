@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import statistics
 import sys
@@ -36,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
@@ -47,14 +45,15 @@ from spml.api import load_config
 from spml.training import TrainConfig
 from spml.training.grid import GridRow
 
+from harness import Report, parser, write_text
+
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 TEACHER_NAMES = {"an": "AN", "role": "ROLE", "em": "EM", "an_ls": "AN-LS", "wan": "WAN", "epr": "EPR"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_ts"), help="data and runs (default /tmp/spml_bench_ts)")
+    p = parser(__doc__, work="/tmp/spml_bench_ts", threads=1, threads_help="torch threads (default 1: faster on a busy 2-core CPU)")
     p.add_argument("--data", type=Path, default=None, help="an already prepared DATA_DIR (default WORK/data, prepared here)")
     p.add_argument("--raw", type=Path, default=DEFAULT_RAW, help=f"coco128 in the YOLO layout (default {DEFAULT_RAW})")
     p.add_argument("--seeds", type=int, nargs="+", default=[1200, 1201, 1202], help="observation + training seeds")
@@ -66,7 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--expected-num-pos", type=float, default=2.9, help="k for EPR / ROLE teachers (COCO: 2.9)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: faster on a busy 2-core CPU)")
     return p.parse_args(argv)
 
 
@@ -89,7 +87,7 @@ def num(values: list[float], digits: int = 2) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Train teachers and students per seed; print the table."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    report = Report(args.work / "results.md", args.work / "results.json")
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.data or args.work / "data"
     if not (path / "manifest.json").is_file():
@@ -177,12 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{data.num_classes} classes, {true_pos:.2f} true positives per train image; seeds {seeds}; "
         f"lr grid {' '.join(f'{x:g}' for x in args.lr)}; student lr "
         f"{'full BCE selected' if args.student_lr is None else ' '.join(f'{x:g}' for x in args.student_lr)}; "
-        f"batch {args.batch_size}; {args.epochs} epochs; total {total:.0f} s."
+        f"batch {args.batch_size}; {args.epochs} epochs; total {total:.0f} s; {report.line()}."
     )
     table = "\n".join(out) + "\n"
-    (args.work / "results.md").write_text(table)
-    (args.work / "results.json").write_text(json.dumps(
-        {"refs": {f"{k}-seed{s}": v for (k, s), v in refs.items()}, "rows": rows, "seconds": total}, indent=1))
+    write_text(args.work / "results.md", table)
+    report.finish({"refs": {f"{k}-seed{s}": v for (k, s), v in refs.items()}, "rows": rows}, args.work / "results.json", show=False)
     print(table)
     return 0
 

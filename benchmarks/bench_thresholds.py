@@ -17,7 +17,6 @@ Run by hand from the repository root on runs trained as in docs/benchmarks.md::
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ import numpy as np
 from spml.api import load_run
 from spml.deploy.thresholds import best_f1_thresholds, bounded_labels, choose_decision
 from spml.metrics import decision_metrics
+
+from harness import parser as harness_parser
 
 
 def rules(val_scores: np.ndarray, val_labels: np.ndarray, test_scores: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
@@ -42,7 +43,7 @@ def rules(val_scores: np.ndarray, val_labels: np.ndarray, test_scores: np.ndarra
 
 def main() -> None:
     """Print one Markdown table row per run and rule."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = harness_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     print("| run | rule | test CF1 | test OF1 | OP | OR | labels / image |")

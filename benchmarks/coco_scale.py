@@ -57,7 +57,6 @@ Run by hand from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -73,6 +72,8 @@ from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import simulate_observed
 from spml.models.features import FEATURE_DTYPE, feature_cache
 from spml.training.runmodel import RunModel
+
+from harness import parser as harness_parser
 
 COCO_CLASSES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -253,7 +254,7 @@ def generate(out: Path, rows_scale: float = 1.0, seed: int = 0, signal: float = 
 
 def main() -> None:
     """Parse the options, generate, print the summary."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness_parser(__doc__, full_description=True)
     parser.add_argument("out", type=Path, help="output folder (created)")
     parser.add_argument("--rows-scale", type=float, default=1.0, help="fraction of COCO's row counts (dev runs)")
     parser.add_argument("--seed", type=int, default=0)

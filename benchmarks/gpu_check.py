@@ -36,7 +36,6 @@ import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -53,6 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # the checkout's spml, whatever is installed
 
 from spml.data.atomic import write_json, write_text  # noqa: E402
+
+from harness import load, machine  # noqa: E402
+from harness import parser as harness_parser  # noqa: E402
 
 # Seconds a stage may take (real run, dry run) and the least it needs to be worth starting.
 BOXES = {
@@ -232,8 +234,7 @@ def stage_machine(st: Stage) -> None:
     """Python, torch and the device."""
     import torch
 
-    facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-             "device": "CPU only", "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
+    facts = {**machine(), "cuda": torch.version.cuda, "device": "CPU only", "load_average": load()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         facts.update(device=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
@@ -542,7 +543,7 @@ def run_one_stage(args: argparse.Namespace) -> None:
 
 def main() -> None:
     """Parse the options; orchestrate, or (``--stage``) run one stage."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness_parser(__doc__)
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
     p.add_argument("--dry-run", action="store_true", help="the same stages on the CPU with tiny sizes")
     p.add_argument("--wheels", type=Path, default=REPO / "wheels", help="wheels from benchmarks/gpu_wheels.py (default: ./wheels)")

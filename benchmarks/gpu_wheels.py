@@ -17,7 +17,6 @@ The folder is ignored by git (``/wheels/``): never commit wheels.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from harness import parser
 
 REPO = Path(__file__).resolve().parents[1]
 # The versions spml is developed and tested with (pyproject.toml leaves them open).
@@ -61,7 +62,7 @@ def requirements(wheel: Path, python_version: str) -> list[Requirement]:
 
 def main() -> None:
     """Download, build spml's wheel, check the requirements, print the sizes."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--out", type=Path, default=REPO / "wheels", help="folder to fill (emptied first; default ./wheels)")
     p.add_argument("--python-version", default="3.12", help="the GPU machine's Python, major.minor (default 3.12)")
     args = p.parse_args()

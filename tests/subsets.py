@@ -12,11 +12,10 @@ import pytest
 from spml.api import load_config, train
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.losses import Epoch
-from spml.progress import add_epoch_listener, remove_epoch_listener
 from spml.training import TrainingHooks
 from spml.vlm import load_vlm, score_split
+from tiny import SINGLE_POSITIVES, overrides, synthetic_set, tiny
 
 
 def small_copy(data_dir: Path, out: Path, n_train: int, n_eval: int) -> Path:
@@ -71,46 +70,40 @@ def train_interrupted_at(stop_epoch: int, *args: Any, **kwargs: Any) -> None:
         train(*args, hooks=[StopAt(stop_epoch)], **kwargs)
 
 
-@contextlib.contextmanager
-def interrupted_at(stop_epoch: int) -> Iterator[None]:
-    """A Ctrl-C while epoch ``stop_epoch`` of any run in the block is recorded: the block must end with it.
+class CtrlCAtRecord(TrainingHooks):
+    """A Ctrl-C while epoch ``number``'s record is written: before its checkpoint, so the run resumes from the epoch before."""
 
-    For calls that take no callbacks (grids, reproduce): the public epoch listener raises, so the run
-    keeps the checkpoint of the epoch before and resumes from there.
-    """
+    def __init__(self, number: int) -> None:
+        self.number = number
 
-    def ctrl_c(run_dir: Path, record: dict[str, Any]) -> None:
-        if record["epoch"] == stop_epoch:
+    def on_epoch_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+        if record["epoch"] == self.number:
             raise KeyboardInterrupt
 
-    add_epoch_listener(ctrl_c)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
-    finally:
-        remove_epoch_listener(ctrl_c)
 
+@contextlib.contextmanager
+def interrupted_at(stop_epoch: int) -> Iterator[tuple[TrainingHooks, ...]]:
+    """The callbacks of a Ctrl-C while epoch ``stop_epoch`` of a run is recorded: the block must end with it.
 
-# Settings of the tiny synthetic runs below: 32 px images, CPU.
-TINY_SYNTH = {"image_size": 32, "device": "cpu", "eval_batch_size": 32}
+    For calls that train several runs (grids, reproduce): pass the yielded callbacks to them; the
+    interrupted run keeps the checkpoint of the epoch before and resumes from there.
+    """
+    with pytest.raises(KeyboardInterrupt):
+        yield (CtrlCAtRecord(stop_epoch),)
 
 
 def tiny_single_positive_set(out: Path, seed: int) -> Path:
     """A 40-image, 3-class synthetic set at 32 px with single positives (``single-positive-seed0.npy``)."""
-    root = make_synthetic(out, num_images=40, image_size=32, num_classes=3, seed=seed)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(out, num_images=40, num_classes=3, seed=seed, single_positive=True)
 
 
 # A linear probe on timm's tiny random test_resnet: a run takes about a second. An `an` model's
 # probabilities sit far below 0.5 (single positives: every unobserved label is trained as negative).
-TINY_PROBE = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-              "epochs=4", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
+TINY_PROBE = overrides(tiny(lr=0.01, eval_batch_size=64, epochs=4, batch_size=16, observed=SINGLE_POSITIVES, loss="an"))
 
 
 def tiny_probe_run(root: Path, num_images: int, num_classes: int, seed: int, *settings: str) -> Path:
     """``root/run``: a :data:`TINY_PROBE` run (with ``settings`` on top) on a synthetic set with single positives in ``root/data``."""
-    data = make_synthetic(root / "data", num_images=num_images, image_size=32, num_classes=num_classes, seed=seed)
-    observe(PreparedData.open(data), "single-positive", seed=0)
+    data = synthetic_set(root / "data", num_images=num_images, num_classes=num_classes, seed=seed, single_positive=True)
     train(data, load_config(None, [*TINY_PROBE, *settings]), root / "run")
     return root / "run"

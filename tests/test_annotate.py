@@ -24,13 +24,13 @@ from spml.data.annotated import (
 )
 from spml.data.layout import PreparedData
 from spml.data.observe import load_observed
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
+from tiny import synthetic_set
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("annotate") / "data", num_images=60, image_size=32, num_classes=4, seed=5)
+    return synthetic_set(tmp_path_factory.mktemp("annotate") / "data", num_images=60, num_classes=4, seed=5)
 
 
 @pytest.fixture

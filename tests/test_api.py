@@ -13,16 +13,16 @@ import yaml
 
 import spml
 from spml.cli.main import main
-from spml.data.synth import make_synthetic
 from spml.training import TrainConfig
 from spml.training.config import config_to_yaml, default_config_path
+from tiny import synthetic_set, tiny
 
-TINY = {"image_size": 32, "device": "cpu", "lr": 0.001, "eval_batch_size": 32, "epochs": 2}
+TINY = tiny(model=False, lr=0.001, epochs=2)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("api") / "data", num_images=60, image_size=32, num_classes=4, seed=7)
+    root = synthetic_set(tmp_path_factory.mktemp("api") / "data", num_images=60, num_classes=4, seed=7)
     assert main(["observe", str(root), "--mode", "single-positive", "--seed", "0"]) == 0
     return root
 

@@ -16,9 +16,10 @@ from spml.errors import SpmlError
 import spml.training
 from spml.training.checkpoint import load_checkpoint
 from spml.training.autotune import LBFGS_EPOCHS, Selection, probe_configs, rung_plan, tuned_config, uses_lbfgs
-from subsets import TINY_SYNTH, train_interrupted_at, tiny_single_positive_set
+from subsets import train_interrupted_at, tiny_single_positive_set
+from tiny import tiny
 
-TINY = TINY_SYNTH
+TINY = tiny(model=False)
 
 
 @pytest.fixture(scope="module")

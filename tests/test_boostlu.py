@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from spml.api import load_config, train
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.deploy import load
 from spml.errors import SpmlError
 from spml.models.heads.linear import LinearHead
 from spml.training import shipped_config
+from tiny import SINGLE_POSITIVES, overrides, synthetic_set, tiny
 
 
 def head(boost: float) -> LinearHead:
@@ -66,15 +64,12 @@ def test_method_defaults_checks_and_shipped_config() -> None:
     assert (shipped.head_lr_mult, shipped.val_set_variant) == (10.0, "clean")
 
 
-TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32", "epochs=2",
-        "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy", "seed=0"]
+TINY = overrides(tiny(batch_size=16, lr=0.001, epochs=2, observed=SINGLE_POSITIVES, seed=0))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("boostlu") / "data", num_images=60, image_size=32, num_classes=4, seed=3)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("boostlu") / "data", num_images=60, num_classes=4, seed=3, single_positive=True)
 
 
 @pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)

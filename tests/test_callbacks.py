@@ -12,23 +12,18 @@ import pytest
 import torch
 
 import spml
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.training import resume
 from spml.training.callbacks import Batch, Callback, CallbackList, Epoch, RunHandle
+from tiny import SINGLE_POSITIVES, synthetic_set, tiny
 
-TINY = {"image_size": 32, "device": "cpu", "batch_size": 16, "lr": 1e-3, "eval_batch_size": 32, "backbone": "test_resnet",
-        "pretrained": "none", "observed": "single-positive-seed0.npy"}
-MEMBERS = ("train_observed", "setup", "on_run_start", "on_epoch_start", "loss_inputs", "needs_train_probs", "on_epoch_end", "should_stop",
-           "state_dict", "summary")
+TINY = tiny(batch_size=16, lr=1e-3, observed=SINGLE_POSITIVES)
+MEMBERS = ("train_observed", "setup", "on_run_start", "on_epoch_start", "loss_inputs", "needs_train_probs", "on_epoch_end",
+           "on_epoch_record", "should_stop", "state_dict", "summary")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("callbacks") / "data", num_images=40, image_size=32, num_classes=3, seed=2)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("callbacks") / "data", num_images=40, num_classes=3, seed=2, single_positive=True)
 
 
 class Recording(Callback):
@@ -37,6 +32,7 @@ class Recording(Callback):
     def __init__(self, stop_at: int | None = None) -> None:
         self.calls: Counter[str] = Counter()
         self.phases: list[str] = []
+        self.records: list[tuple[Path, dict[str, Any]]] = []
         self.loaded: dict[str, torch.Tensor] | None = None
         self.stop_at = stop_at
 
@@ -75,6 +71,10 @@ class Recording(Callback):
         if epoch.phase == "finetune":  # the same scores as the engine's evaluator gives from the images
             np.testing.assert_allclose(train_probs.numpy(), self.run.predict("train"), atol=1e-6)
 
+    def on_epoch_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+        self.calls["on_epoch_record"] += 1
+        self.records.append((run_dir, record))
+
     def should_stop(self, epoch: Epoch) -> bool:
         self.calls["should_stop"] += 1
         return False
@@ -104,6 +104,8 @@ def test_every_member_is_called_in_every_regime(data: Path, tmp_path: Path, regi
     assert [m for m in MEMBERS if recorder.calls[m] == 0] == []
     assert recorder.phases == phases
     assert json.loads((tmp_path / "run" / "results.json").read_text())["method"]["recorded_epochs"] == len(phases)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert recorder.records == [(tmp_path / "run", record) for record in metrics]  # each epoch's line, as written
 
 
 def test_an_extra_callbacks_state_survives_a_resume(data: Path, tmp_path: Path) -> None:

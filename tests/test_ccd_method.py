@@ -18,16 +18,16 @@ from safetensors.torch import load_file
 from subsets import small_copy
 
 import spml.methods.ccd.method as ccd
-import spml.training.engine as engine_module
+import spml.training.inputs as run_inputs
 from spml.cli.main import build_parser
 from spml.cli.train import config_from_args
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.methods.ccd import CONFIG_DEFAULTS, CCDParams
 from spml.training.config import TrainConfig, config_from_dict, read_yaml, shipped_config
 from spml.api import load_config, read_config_file, train
+from tiny import synthetic_set
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +188,7 @@ def test_figure_six_sweeps_are_grid_sections():
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """32 train images of 4 classes at 32 px."""
-    return make_synthetic(tmp_path / "data", num_images=40, image_size=32, num_classes=4, seed=0, test_images=8)
+    return synthetic_set(tmp_path / "data", num_images=40, num_classes=4, seed=0, test_images=8)
 
 
 def stub_clip(monkeypatch, num_images: int) -> None:
@@ -202,7 +202,7 @@ def stub_clip(monkeypatch, num_images: int) -> None:
     monkeypatch.setattr(ccd, "load_vlm", lambda *args, **kwargs: SimpleNamespace(logit_scale=100.0))
     monkeypatch.setattr(ccd, "score_split", lambda vlm, split, *args, **kwargs: sims)
     # The stub needs no weights: no offline refusal of the real CLIP's (not in this machine's cache).
-    monkeypatch.setattr(engine_module, "missing_vlm_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_inputs, "missing_vlm_weights", lambda *args, **kwargs: None)
 
 
 def stub_config(**top) -> TrainConfig:

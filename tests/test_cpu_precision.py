@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from spml.api import load_config, train
-from spml.data.synth import make_synthetic
 from spml.training.runfolder import read_metrics
+from tiny import synthetic_set, tiny
 
 SIZE = 32
-TINY = {"regime": "finetune", "image_size": SIZE, "device": "cpu", "batch_size": 8, "backbone": "test_resnet",
-        "pretrained": "none", "lr": 1e-3}
+TINY = tiny(regime="finetune", image_size=SIZE, eval_batch_size=None, batch_size=8, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("cpuprec") / "data", num_images=48, image_size=SIZE, num_classes=3, seed=2)
+    return synthetic_set(tmp_path_factory.mktemp("cpuprec") / "data", num_images=48, num_classes=3, seed=2, image_size=SIZE)
 
 
 def _losses(run: Path) -> list[float]:

@@ -26,29 +26,26 @@ from safetensors.torch import load_file
 from spml.api import load_config, resume, train
 from spml.cli.main import main as cli_main
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.deploy import load as load_model
 from spml.losses import Epoch, SpmlLoss, create, get_loss_info, list_losses
 from spml.training import RunModel, Trainer
 from spml.training.runfolder import read_metrics
 from spml.vlm import load_vlm, score_split
 from subsets import train_interrupted_at, small_copy
+from tiny import SINGLE_POSITIVES, synthetic_set, tiny
 from test_losses_registry import REQUIRED, batch, observed_for
 
 pytestmark = pytest.mark.cuda
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = {"image_size": 32, "batch_size": 8, "eval_batch_size": 16, "backbone": "test_resnet", "pretrained": "none",
-        "lr": 1e-3, "observed": "single-positive-seed0.npy", "loss": "an"}
+# No device: each test names its own (the GPU, or the CPU to compare with).
+TINY = tiny(device=None, batch_size=8, eval_batch_size=16, lr=1e-3, observed=SINGLE_POSITIVES, loss="an")
 FEATURES = 256  # width of the head's input in the loss checks: enough products for bf16 rounding to show
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("cuda") / "data", num_images=48, image_size=32, num_classes=4, seed=5)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("cuda") / "data", num_images=48, num_classes=4, seed=5, single_positive=True)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -35,9 +35,10 @@ from spml.training.defaults import (
 )
 from spml.training.diagnostics import run_warnings
 from spml.training.hooks import MethodInfo, TrainingHooks
-from subsets import TINY_SYNTH, tiny_single_positive_set
+from subsets import tiny_single_positive_set
+from tiny import tiny
 
-TINY = TINY_SYNTH
+TINY = tiny(model=False)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from spml.losses import FULL_LABEL_LOSSES, list_losses
 from spml.metrics import METRIC_DESCRIPTIONS, chance_map
 from spml.training.diagnostics import observed_warning, run_warnings, val_split_warning
 from subsets import tiny_single_positive_set
+from tiny import cli_sets, tiny
 
-TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "lr=0.01", "--set", "epochs=2",
-        "--set", "backbone=test_resnet", "--set", "pretrained=none", "--set", "batch_size=8"]
+TINY = cli_sets(tiny(eval_batch_size=None, lr=0.01, epochs=2, batch_size=8))
 
 
 def test_val_split_warning_counts_positives_against_classes() -> None:

@@ -33,25 +33,21 @@ from spml.cli.main import main as cli_main
 from spml.cli.train import process_arguments
 from spml.data.layout import PreparedData
 from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import distributed
 from subsets import train_interrupted_at, micro_clip_params, small_copy
 from conftest import MicroClip
+from tiny import SINGLE_POSITIVES, synthetic_set, tiny
 
-SETTINGS = {
-    "regime": "finetune", "epochs": 2, "image_size": 32, "device": "cpu", "batch_size": 8, "lr": 0.001,
-    "backbone": "test_efficientnet_gn", "pretrained": "none", "observed": "single-positive-seed0.npy",
-}
+SETTINGS = tiny(eval_batch_size=None, regime="finetune", epochs=2, batch_size=8, lr=0.001, backbone="test_efficientnet_gn",
+                observed=SINGLE_POSITIVES)
 SRC = Path(__file__).resolve().parents[1] / "src"
 TOL = 1e-4  # one process against two; derived in the module docstring
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("ddp") / "data", num_images=40, image_size=32, num_classes=4, seed=3)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("ddp") / "data", num_images=40, num_classes=4, seed=3, single_positive=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import torch
 
 from spml.api import load_config, resume, train
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.losses import create as create_loss
 from spml.methods.registry import get_method
@@ -22,16 +20,14 @@ from spml.training.runmodel import RunModel
 from spml.training.steps import build_optimizer
 from spml.training.resolve import check_config
 from subsets import train_interrupted_at
+from tiny import SINGLE_POSITIVES, overrides, synthetic_set, tiny
 
-TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32",
-        "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
+TINY = overrides(tiny(batch_size=16, lr=0.001, observed=SINGLE_POSITIVES))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("options") / "data", num_images=40, image_size=32, num_classes=4, seed=5)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("options") / "data", num_images=40, num_classes=4, seed=5, single_positive=True)
 
 
 def _groups(data: Path, *overrides: str) -> tuple[torch.nn.Module, list[dict]]:

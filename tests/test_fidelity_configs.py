@@ -15,13 +15,13 @@ import yaml
 
 from spml.api import load_config, train
 from spml.data.layout import PreparedData, ReferenceProtocolData
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.methods.registry import get_method
 from spml.papers.schema import load_paper
 from spml.pseudolabels.cdul import is_update_epoch
 from spml.training.autotune import should_tune
 from spml.training.defaults import resolve_defaults
+from tiny import synthetic_set
 
 
 def test_cole_linear_is_the_papers_plain_setting_without_selection() -> None:
@@ -112,7 +112,7 @@ def test_reference_protocol_is_checked() -> None:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("protocol") / "data", num_images=60, image_size=32, num_classes=3, seed=5)
+    return synthetic_set(tmp_path_factory.mktemp("protocol") / "data", num_images=60, num_classes=3, seed=5)
 
 
 def test_reference_protocol_trains_on_train_and_val_and_selects_on_test(synth: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import re
 import shlex
@@ -17,27 +18,24 @@ import pytest
 
 import spml
 from spml.cli.main import COMMANDS, build_parser, main
+from spml.cli import train as cli_train
 from spml.cli.train import config_from_args
-from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
-from spml.progress import add_epoch_listener, remove_epoch_listener
 from spml.training import TrainConfig, autotune
-from spml.training import engine as engine_module
+from spml.training import inputs as run_inputs
 from spml.vlm import model as vlm_model
+from subsets import CtrlCAtRecord
+from tiny import cli_sets, synthetic_set, tiny
 
 SRC = Path(spml.__file__).parent
 
-TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "eval_batch_size=32",
-        "--set", "backbone=test_resnet", "--set", "pretrained=none"]
+TINY = cli_sets(tiny())
 # Nothing here depends on the planned length: fixed lr and batch, constant schedule, no early stop.
-FIXED = [*TINY, "--set", "lr=0.01", "--set", "batch_size=8", "--set", "schedule=constant",
-         "--set", "early_stopping.patience=0"]
+FIXED = cli_sets(tiny({"early_stopping.patience": 0}, lr=0.01, batch_size=8, schedule="constant"))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("firstrun") / "data", num_images=40, image_size=32, num_classes=3, seed=4)
+    return synthetic_set(tmp_path_factory.mktemp("firstrun") / "data", num_images=40, num_classes=3, seed=4)
 
 
 def advised_command(stdout: str) -> list[str]:
@@ -65,17 +63,14 @@ def test_ctrl_c_during_the_selection_does_not_advise_a_resume(
     assert f"interrupted before {out} held a run (nothing to resume); start the same command again" in stdout
 
 
-def test_ctrl_c_during_training_advises_a_resume_that_works(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    def ctrl_c(run_dir: Path, record: dict) -> None:  # while epoch 2 is saved: resumed from epoch 1's checkpoint
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-
+def test_ctrl_c_during_training_advises_a_resume_that_works(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "a run"  # a space: the advice must quote it
-    add_epoch_listener(ctrl_c)
-    try:
-        assert main(["train", str(data), *FIXED, "--set", "epochs=3", "--out", str(out)]) == 130
-    finally:
-        remove_epoch_listener(ctrl_c)
+    # The CLI's run gets one more callback: Ctrl-C while epoch 2 is saved (resumed from epoch 1's checkpoint).
+    monkeypatch.setattr(cli_train, "train", functools.partial(spml.train, hooks=CtrlCAtRecord(2)))
+    assert main(["train", str(data), *FIXED, "--set", "epochs=3", "--out", str(out)]) == 130
+    monkeypatch.undo()
     argv = advised_command(capsys.readouterr().out)
     assert argv == ["train", "--resume", str(out)]
     assert main(argv) == 0 and (out / "results.json").is_file()
@@ -229,9 +224,7 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def single_positive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("sp") / "data", num_images=40, image_size=32, num_classes=3, seed=6)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("sp") / "data", num_images=40, num_classes=3, seed=6, single_positive=True)
 
 
 def advised_sets(err: str) -> list[str]:
@@ -264,9 +257,9 @@ def test_an_offline_paper_config_names_every_missing_file_at_once_with_working_s
             "--out", str(out)]
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    assert engine_module.missing_weights(config, spml.get_method("vlpl")) == []
+    assert run_inputs.missing_weights(config, spml.get_method("vlpl")) == []
     lite0 = config_from_args(build_parser().parse_args([*argv[:-2], "--set", sets[1], "--set", sets[2], "--out", str(out)]))
-    assert engine_module.missing_weights(lite0, spml.get_method("vlpl")) == []
+    assert run_inputs.missing_weights(lite0, spml.get_method("vlpl")) == []
 
 
 def test_offline_clip_advice_in_spml_score_uses_its_flags(

@@ -12,14 +12,14 @@ from spml.api import load_config, train
 from spml.data.dataset import ImageTransform, SplitDataset, load_image
 from spml.data.image_cache import CachedSplitDataset, decoded_images
 from spml.data.layout import PreparedData
-from spml.data.synth import make_synthetic
+from tiny import synthetic_set
 
 SIZE = 24  # not the stored 32 px: the cache must hold the resized pixels
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("imgcache") / "data", num_images=24, image_size=32, num_classes=3, seed=1)
+    return synthetic_set(tmp_path_factory.mktemp("imgcache") / "data", num_images=24, num_classes=3, seed=1)
 
 
 def test_cached_items_equal_decoded_items(data: Path, tmp_path: Path) -> None:

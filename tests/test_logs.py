@@ -15,16 +15,15 @@ from pathlib import Path
 import pytest
 
 from spml.cli.main import main
-from spml.data.synth import make_synthetic
+from tiny import cli_sets, synthetic_set, tiny
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "epochs=2", "--set", "eval_batch_size=32",
-        "--set", "backbone=test_resnet", "--set", "pretrained=none"]
+TINY = cli_sets(tiny(epochs=2))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("logs") / "data", num_images=40, image_size=32, num_classes=3, seed=1)
+    return synthetic_set(tmp_path_factory.mktemp("logs") / "data", num_images=40, num_classes=3, seed=1)
 
 
 def spml_to_file(argv: list[str], log: Path, **env_vars: str) -> str:
@@ -55,7 +54,7 @@ def test_grid_piped_to_a_file_is_plain_lines(data: Path, tmp_path: Path) -> None
 def test_selection_and_feature_extraction_show_progress_in_a_piped_log(tmp_path: Path) -> None:
     # A fresh data folder: the first probe of the selection extracts the feature caches, which
     # used to run silenced with the probes (751 s without a line on coco128).
-    fresh = make_synthetic(tmp_path / "data", num_images=40, image_size=32, num_classes=3, seed=3)  # TINY: lr unset
+    fresh = synthetic_set(tmp_path / "data", num_images=40, num_classes=3, seed=3)  # TINY: lr unset
     text = spml_to_file(["train", str(fresh), *TINY, "--out", str(tmp_path / "run")], tmp_path / "log",
                         SPML_PROGRESS_INTERVAL="0")
     assert "\r" not in text and "\x1b" not in text

@@ -31,13 +31,13 @@ from test_prepare import make_csv
 from spml.api import load_config, train
 from spml.cli.main import main
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
 from spml.data.output import FILES_MARKER, MARKER, write_file
 from spml.data.synth import make_synthetic
+from tiny import SINGLE_POSITIVES, cli_sets, overrides, synthetic_set, tiny
 
-TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-        "epochs=1", "batch_size=16", "observed=single-positive-seed0.npy", "loss=an"]
-SETS = [a for item in TINY for a in ("--set", item)]
+SETTINGS = tiny(lr=0.01, eval_batch_size=64, epochs=1, batch_size=16, observed=SINGLE_POSITIVES, loss="an")
+TINY = overrides(SETTINGS)
+SETS = cli_sets(SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("output_rule")
     raw = make_csv(root / "raw")
     (raw / "classes.txt").write_text("bird\ncat\ndog\n")
-    data = make_synthetic(root / "data", num_images=40, image_size=32, num_classes=4, seed=1)
-    observe(PreparedData.open(data), "single-positive", seed=0)
+    data = synthetic_set(root / "data", num_images=40, num_classes=4, seed=1, single_positive=True)
     train(data, load_config(None, TINY), root / "run")
     assert main(["export", str(root / "run"), "--out", str(root / "export")]) == 0
     image = PreparedData.open(data).split("test").images[0]

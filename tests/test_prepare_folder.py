@@ -161,7 +161,7 @@ def test_val_is_the_held_out_answered_photos_and_a_photo_never_changes_sides(fol
     later = held_out_view(data, "annotated-me.npy")
     assert later.val_rows.tolist() == held.tolist()  # the first val photo stayed val, no train photo became one
     assert later.split("val").labels[[i for i, r in enumerate(held) if r % 7 == 0]].sum() == 0  # "none": all absent
-    from spml.training.engine import load_train_observed
+    from spml.training.inputs import load_train_observed
     from spml.training.resolve import observed_in
     from spml.api import load_config
 

@@ -12,8 +12,6 @@ import torch
 
 from spml.api import load_config, resume, train
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.losses import Epoch
 from spml.losses.entropy import EntropyMaximizationAPL
@@ -26,15 +24,14 @@ from spml.training.defaults import default_batch_size, default_warmup_steps, res
 from spml.training.feature_rows import FeatureRows
 from spml.training.schedule import lr_factor
 from subsets import train_interrupted_at
+from tiny import overrides, synthetic_set, tiny
 
-TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.003", "eval_batch_size=32"]
+TINY = overrides(tiny(model=False, batch_size=16, lr=0.003))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("recipe") / "data", num_images=60, image_size=32, num_classes=4, seed=5)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("recipe") / "data", num_images=60, num_classes=4, seed=5, single_positive=True)
 
 
 def config(*overrides: str):  # noqa: ANN201 - a TrainConfig

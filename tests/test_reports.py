@@ -20,22 +20,18 @@ from chromium import CHROMIUM, SKIP_REASON, probe, screenshot
 
 from spml.cli.main import main
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 import spml.methods.ccd.method as ccd
-import spml.training.engine as engine_module
+import spml.training.inputs as run_inputs
 from spml.reports import compare_runs, find_runs, format_table
 from spml.api import load_config, train
+from tiny import SINGLE_POSITIVES, overrides, synthetic_set, tiny
 
-TINY = ["image_size=32", "device=cpu", "lr=0.01", "eval_batch_size=64", "backbone=test_resnet", "pretrained=none",
-        "epochs=3", "batch_size=16", "observed=single-positive-seed0.npy"]
+TINY = overrides(tiny(lr=0.01, eval_batch_size=64, epochs=3, batch_size=16, observed=SINGLE_POSITIVES))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("reports") / "data", num_images=120, image_size=32, num_classes=4, seed=3)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("reports") / "data", num_images=120, num_classes=4, seed=3, single_positive=True)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +141,7 @@ def test_teacher_student_and_ccd_figures(runs: Path, data: Path, tmp_path: Path,
     monkeypatch.setattr(ccd, "load_vlm", lambda *args, **kwargs: SimpleNamespace(logit_scale=100.0))
     monkeypatch.setattr(ccd, "score_split", lambda vlm, split, *args, **kwargs: sims)
     # The stub needs no weights: no offline refusal of the real CLIP's (not in this machine's cache).
-    monkeypatch.setattr(engine_module, "missing_vlm_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_inputs, "missing_vlm_weights", lambda *args, **kwargs: None)
     ccd_config = load_config(None, [*TINY, "method=ccd", "loss=soft_bce", "regime=finetune", "epochs=1",
                                     "method_params.update_labels=false"])
     with pytest.warns(UserWarning, match="never a confident"):

@@ -19,22 +19,21 @@ from spml.api import load_config, train
 from spml.cli.main import build_parser, main
 from spml.data.layout import PreparedData, write_prepared
 from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.papers import load_paper, paper_names
 from spml.papers.reproduce import build_table, open_out, plan, run_rows, write_outputs
 from spml.papers.schema import PAPERS_DIR
 from subsets import interrupted_at
+from tiny import overrides, synthetic_set, tiny
 
 PAPERS_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "papers"
 # Shrinks every row to seconds on a CPU: timm's tiny random test network at 32 px, a few epochs.
-TINY = ["backbone=test_resnet", "pretrained=none", "image_size=32", "device=cpu", "eval_batch_size=32", "epochs=3"]
+TINY = overrides(tiny(epochs=3))
 
 
 def stand_ins(root: Path) -> dict[str, Path]:
     """The test-only mapping: each dataset a table needs -> a tiny synthetic set with single positives."""
-    data = make_synthetic(root / "synth", num_images=40, image_size=32, num_classes=3, seed=0)
-    observe(PreparedData.open(data), "single-positive", seed=0)
+    data = synthetic_set(root / "synth", num_images=40, num_classes=3, seed=0, single_positive=True)
     return {"coco2014": Path(data)}
 
 
@@ -105,7 +104,7 @@ def test_a_bad_paper_file_is_one_line_naming_it(tmp_path):
 
 def test_plan_lists_runs_data_commands_and_cost(tmp_path, capsys):
     data = stand_ins(tmp_path)
-    bare = make_synthetic(tmp_path / "bare", num_images=20, image_size=32, num_classes=3, seed=1)  # no observed labels
+    bare = synthetic_set(tmp_path / "bare", num_images=20, num_classes=3, seed=1)  # no observed labels
     code = main(["reproduce", "cole2021", "--table", "1", "--plan", "--rows", "linear-an-voc2012", "linear-an-coco2014", "linear-bce-coco2014",
                  "finetuned-an-nuswide", "--data", f"coco2014={data['coco2014']}", "--data", f"nuswide={bare}",
                  "--out", str(tmp_path / "out"), *(a for s in TINY for a in ("--set", s))])
@@ -145,8 +144,8 @@ def test_reproduce_runs_resumes_after_an_interruption_and_tabulates(tmp_path, ca
     runs = plan(paper, table, rows, data, out, seeds=2, overrides=TINY)
     assert [r.state() for r in runs] == ["new", "new"]
     open_out(out, runs)
-    with interrupted_at(2):  # Ctrl-C in the first run's second epoch
-        run_rows(runs)
+    with interrupted_at(2) as ctrl_c:  # Ctrl-C in the first run's second epoch
+        run_rows(runs, callbacks=ctrl_c)
     first = runs[0].run_dir(runs[0].seeds[0])
     assert [r.state() for r in runs] == ["resume", "new"]
     assert not (first / "results.json").exists()

@@ -25,24 +25,21 @@ from safetensors import SafetensorError
 from spml.api import load_config, train
 from spml.cli.main import main
 from spml.data.atomic import atomic_path
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.training import TrainingDiverged, TrainingHooks, engine, run_writer, runfolder
 from spml.training.checkpoint import load_checkpoint
 from spml.training.runmodel import check_finite_features
 from subsets import StopAt
+from tiny import cli_sets, synthetic_set, tiny
 
-SETTINGS = {
-    "image_size": 32, "device": "cpu", "batch_size": 16, "lr": 0.001, "eval_batch_size": 32,
-    "backbone": "test_resnet", "pretrained": "none", "epochs": 3,
-}
-ARGS = [a for key, value in SETTINGS.items() for a in ("--set", f"{key}={value}")]
+SETTINGS = tiny(batch_size=16, lr=0.001, epochs=3)
+ARGS = cli_sets(SETTINGS)
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("runsafe") / "data", num_images=60, image_size=32, num_classes=4, seed=2)
+    return synthetic_set(tmp_path_factory.mktemp("runsafe") / "data", num_images=60, num_classes=4, seed=2)
 
 
 @pytest.fixture(scope="module")

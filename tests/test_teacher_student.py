@@ -11,12 +11,12 @@ import pytest
 
 from spml.cli.main import main
 from spml.data.layout import PreparedData
-from spml.data.synth import make_synthetic
 from spml.methods.teacher_student import threshold_sweep
 from spml.pseudolabels.teacher import pseudo_label_stats, pseudo_multilabels
 from spml.api import load_config, load_run
+from tiny import cli_sets, synthetic_set, tiny
 
-TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "eval_batch_size=32", "--set", "epochs=2"]
+TINY = cli_sets(tiny(model=False, epochs=2))
 
 
 def test_pseudo_multilabels_threshold_and_kept_observations() -> None:
@@ -34,7 +34,7 @@ def test_pseudo_multilabels_threshold_and_kept_observations() -> None:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ts")
-    data = make_synthetic(root / "data", num_images=60, image_size=32, num_classes=4, seed=7)
+    data = synthetic_set(root / "data", num_images=60, num_classes=4, seed=7)
     assert main(["observe", str(data), "--mode", "single-positive", "--seed", "0"]) == 0
     run = root / "teacher"
     code = main(["train", str(data), *TINY, "--set", "loss=an", "--set", "lr=0.01",

@@ -13,8 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from spml.data.layout import PreparedData
-from spml.data.observe import observe
-from spml.data.synth import make_synthetic
 from spml.errors import SpmlError
 from spml.api import evaluate, load_config, load_run, register_method, resume, train
 from spml.losses import Epoch
@@ -25,17 +23,16 @@ from spml.training.defaults import resolve_defaults
 from spml.training.config import config_to_yaml, default_config_path, parse_overrides
 from spml.training.feature_rows import FeatureRows
 from subsets import train_interrupted_at
+from tiny import TINY_MODEL, overrides, synthetic_set, tiny
 
-TINY = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=32"]
+TINY = overrides(tiny(model=False, batch_size=16, lr=0.001))
 # A small random-init backbone keeps the image regimes fast on a shared 2-core CPU.
-TINY_BACKBONE = ["backbone=test_resnet", "pretrained=none"]
+TINY_BACKBONE = overrides(TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("engine") / "data", num_images=60, image_size=32, num_classes=4, seed=3)
-    observe(PreparedData.open(root), "single-positive", seed=0)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("engine") / "data", num_images=60, num_classes=4, seed=3, single_positive=True)
 
 
 def config(*overrides: str) -> TrainConfig:

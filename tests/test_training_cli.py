@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 from spml.cli.main import main
-from spml.data.synth import make_synthetic
 from spml.metrics import mean_average_precision
+from tiny import TINY_MODEL, cli_sets, synthetic_set, tiny
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO128 = SHARED / "datasets" / "coco128"
-TINY = ["--set", "image_size=32", "--set", "device=cpu", "--set", "lr=0.001", "--set", "eval_batch_size=32"]
-TINY_BACKBONE = ["--set", "backbone=test_resnet", "--set", "pretrained=none"]
+TINY = cli_sets(tiny(model=False, lr=0.001))
+TINY_BACKBONE = cli_sets(TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_synthetic(tmp_path_factory.mktemp("cli") / "data", num_images=60, image_size=32, num_classes=4, seed=5)
+    root = synthetic_set(tmp_path_factory.mktemp("cli") / "data", num_images=60, num_classes=4, seed=5)
     assert main(["observe", str(root), "--mode", "single-positive", "--seed", "0"]) == 0
     return root
 

@@ -18,9 +18,9 @@ from spml.api import load_config, train
 from spml.training import RunContext
 from spml.pseudolabels.vlpl import vlpl_pseudo_labels
 from spml.vlm import load_score_cache, load_vlm, score_split
+from tiny import SINGLE_POSITIVES, overrides, tiny
 
-BASE = ["image_size=32", "device=cpu", "batch_size=16", "lr=0.001", "eval_batch_size=64",
-        "backbone=test_resnet", "pretrained=none", "observed=single-positive-seed0.npy"]
+BASE = overrides(tiny(batch_size=16, lr=0.001, eval_batch_size=64, observed=SINGLE_POSITIVES))
 
 
 @pytest.fixture(scope="module")

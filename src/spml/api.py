@@ -223,12 +223,20 @@ def train(
     )
 
 
-def resume(run_dir: str | Path, data_dir: str | Path | None = None, *, epochs: int | None = None) -> RunResult:
+def resume(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    epochs: int | None = None,
+    callbacks: TrainingHooks | Sequence[TrainingHooks] | None = None,
+) -> RunResult:
     """Continue an interrupted run from its last epoch (a finished run returns its result).
 
     ``epochs``: extend the run, finished or not, to this many epochs (see :func:`spml.training.engine.resume`).
+    ``callbacks``: extra callbacks of the resumed epochs, as in :func:`train`.
     """
-    return engine.resume(run_dir, data_dir, method=get_method(run_config.method_name(run_dir)), epochs=epochs)
+    method = get_method(run_config.method_name(run_dir))
+    return engine.resume(run_dir, data_dir, method=method, callbacks=_callbacks(callbacks), epochs=epochs)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
@@ -247,11 +255,17 @@ def _run_method(run_dir: str | Path) -> MethodInfo:
 
 
 def grid(
-    data_dir: str | Path, base: TrainConfig, axes: Mapping[str, Sequence[Any]], out_dir: str | Path, *, select: bool = True
+    data_dir: str | Path,
+    base: TrainConfig,
+    axes: Mapping[str, Sequence[Any]],
+    out_dir: str | Path,
+    *,
+    select: bool = True,
+    callbacks: TrainingHooks | Sequence[TrainingHooks] | None = None,
 ) -> GridResult:
     """Train every combination of ``axes`` over ``base`` and select on validation mAP (:func:`spml.training.grid.run_grid`).
 
-    ``select``: as in :func:`train`, for every run of the grid.
+    ``select`` and ``callbacks``: as in :func:`train`, for every run of the grid.
     """
-    return run_grid(data_dir, base, axes, out_dir, method=get_method(base.method), select=select)
+    return run_grid(data_dir, base, axes, out_dir, method=get_method(base.method), select=select, callbacks=_callbacks(callbacks))
 

@@ -7,16 +7,16 @@ run :data:`LINE_INTERVAL_S` seconds and then every as many seconds, and one line
 ends, so that a long step (feature extraction, CLIP scoring, a long epoch) is never silent while
 a short one adds nothing to the log. :func:`log` writes one plain line (per epoch, per grid run)
 to stderr. :func:`set_quiet` (``--quiet``) silences all of it. mAP is always a fraction in [0, 1],
-as in ``results.json``.
+as in ``results.json``. Listeners of a run's epochs (TensorBoard) are callbacks
+(:meth:`spml.training.callbacks.Callback.on_epoch_record`), not kept here.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -35,9 +35,6 @@ def _interval_from_environment() -> float:
 
 
 _LINE_INTERVAL = _interval_from_environment()
-# Called with (run folder, epoch record) after every epoch: optional loggers such as TensorBoard.
-EpochListener = Callable[[Path, dict[str, Any]], None]
-_listeners: list[EpochListener] = []
 
 
 def set_quiet(quiet: bool) -> None:
@@ -166,21 +163,10 @@ def log(message: str) -> None:
 
 
 
-def add_epoch_listener(listener: EpochListener) -> None:
-    """Call ``listener(run_dir, record)`` after every epoch of every run until removed."""
-    _listeners.append(listener)
-
-
-def remove_epoch_listener(listener: EpochListener) -> None:
-    """Stop calling ``listener``."""
-    _listeners.remove(listener)
-
-
-def epoch_done(run_dir: Path, record: dict[str, Any], total_epochs: int) -> None:
-    """Report a finished epoch: one line (mAP as fractions), then the epoch listeners.
+def epoch_done(record: dict[str, Any], total_epochs: int) -> None:
+    """Log a finished epoch in one line (mAP as fractions).
 
     Args:
-        run_dir: The run folder.
         record: The epoch's ``metrics.jsonl`` record (epoch, phase, train_loss, val_map,
             train_label_map, seconds, best...).
         total_epochs: Epochs of the whole run, for ``epoch 3/10``.
@@ -194,5 +180,3 @@ def epoch_done(run_dir: Path, record: dict[str, Any], total_epochs: int) -> None
         f"epoch {record['epoch']}/{total_epochs} {record['phase']}: loss {record['train_loss']:.4f}{maps}  "
         f"({record['seconds']:.1f} s){'  *best*' if record.get('best') else ''}"
     )
-    for listener in list(_listeners):  # a copy: a listener may remove itself
-        listener(Path(run_dir), record)

@@ -64,8 +64,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     # The first value of every axis completes the base config (e.g. a required threshold).
     base = config_from_args(args, {key: values[0] for key, values in axes.items()})
-    with epoch_logging(args.log):
-        result = grid(args.data_dir, base, axes, args.out)
+    with epoch_logging(args.log) as callbacks:
+        result = grid(args.data_dir, base, axes, args.out, callbacks=callbacks)
     print((args.out / "results.md").read_text(), end="")
     if result.selected is None:
         raise SpmlError("every run of the grid diverged", args.out)

@@ -196,12 +196,12 @@ def _run(args: argparse.Namespace) -> int:
         return _launch(args)
     config = checked_config(args)
     if config is None:
-        with epoch_logging(args.log):
-            print_result(resume(args.resume, args.data_dir, epochs=resume_epochs(args)))
+        with epoch_logging(args.log) as callbacks:
+            print_result(resume(args.resume, args.data_dir, epochs=resume_epochs(args), callbacks=callbacks))
         return 0
     try:
-        with epoch_logging(args.log):
-            print_result(train(args.data_dir, config, args.out))
+        with epoch_logging(args.log) as callbacks:
+            print_result(train(args.data_dir, config, args.out, callbacks=callbacks))
     except KeyboardInterrupt:
         if distributed.is_main():  # once under torchrun
             print(interrupted_advice(args.out))

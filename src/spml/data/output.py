@@ -52,6 +52,7 @@ KINDS = {
     "table": "a comparison table",
     "diagnostics": "a diagnostics",
     "reproduce": "a reproduction",
+    "benchmark": "a benchmark report",
 }
 
 Inputs = Iterable["str | Path | None | tuple[str, str | Path | None]"]

@@ -40,6 +40,7 @@ from spml.models.classifier import create_classifier
 from spml.papers.schema import Paper, PublishedRow, PublishedTable
 from spml.progress import log
 from spml.reports.compare import Table, format_table, mean_std
+from spml.training.callbacks import Callback
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.defaults import resolve_defaults
 from spml.training.runfolder import is_complete, is_run, read_results
@@ -360,12 +361,12 @@ def open_out(out: Path, runs: Sequence[RowRun]) -> Path:
     return open_folder(out, "reproduce", inputs, what="the reproduction folder")
 
 
-def run_rows(runs: Sequence[RowRun]) -> None:
-    """Train (or resume, or just read) every runnable row: one grid over its seeds per row."""
+def run_rows(runs: Sequence[RowRun], callbacks: Sequence[Callback] = ()) -> None:
+    """Train (or resume, or just read) every runnable row: one grid over its seeds per row (``callbacks``: of every run)."""
     todo = [r for r in runs if not r.missing]
     for number, run in enumerate(todo, start=1):
         log(f"reproduce row {number}/{len(todo)}: {run.row.id} ({run.state()})")
-        grid(run.data_dir, run.config, {"seed": run.seeds}, run.folder)
+        grid(run.data_dir, run.config, {"seed": run.seeds}, run.folder, callbacks=callbacks)
 
 
 def row_values(run: RowRun, metric: str) -> tuple[list[float], str]:

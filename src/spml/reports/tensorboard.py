@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from spml.errors import SpmlError
-from spml.progress import add_epoch_listener, remove_epoch_listener
+from spml.training.callbacks import Callback
 
 LOG_DIR = "tensorboard"
 SCALARS = ("train_loss", "val_map", "train_label_map", "lr", "batch_size", "seconds")
 
 
-class TensorBoardLogger:
-    """An epoch listener writing one TensorBoard event file per run folder."""
+class TensorBoardLogger(Callback):
+    """A listener callback writing one TensorBoard event file per run folder (a grid's runs each their own)."""
 
     def __init__(self) -> None:
         try:
@@ -30,7 +30,7 @@ class TensorBoardLogger:
         self._writer_class = SummaryWriter
         self._writers: dict[Path, Any] = {}
 
-    def __call__(self, run_dir: Path, record: dict[str, Any]) -> None:
+    def on_epoch_record(self, run_dir: Path, record: dict[str, Any]) -> None:
         """Write ``record``'s scalars at step ``record["epoch"]``."""
         writer = self._writers.get(run_dir)
         if writer is None:
@@ -48,17 +48,18 @@ class TensorBoardLogger:
 
 
 @contextlib.contextmanager
-def epoch_logging(kind: str | None) -> Iterator[None]:
-    """Within the block, log every epoch to ``kind`` (``tensorboard``; None: nothing extra)."""
+def epoch_logging(kind: str | None) -> Iterator[tuple[Callback, ...]]:
+    """The callbacks that log every epoch to ``kind`` (``tensorboard``; None: none), closed when the block ends.
+
+    Pass them to the runs of the block (``spml.train(..., callbacks=...)``, ``spml.resume``, ``spml.grid``).
+    """
     if kind is None:
-        yield
+        yield ()
         return
     if kind != "tensorboard":
         raise SpmlError(f"unknown epoch log {kind!r}; valid: tensorboard")
     logger = TensorBoardLogger()
-    add_epoch_listener(logger)
     try:
-        yield
+        yield (logger,)
     finally:
-        remove_epoch_listener(logger)
         logger.close()

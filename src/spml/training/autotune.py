@@ -64,7 +64,9 @@ from spml.progress import log, progress, quiet
 from spml.training import distributed
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
-from spml.training.engine import TrainingDiverged, check_weights, train
+from spml.training.divergence import TrainingDiverged
+from spml.training.engine import train
+from spml.training.inputs import check_weights
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
 from spml.training.runmodel import resolve_device

@@ -1,10 +1,11 @@
 """The one callback surface of the engine: :class:`Callback`, the typed :class:`Batch` and the :class:`Epoch` record.
 
 A run's callbacks are the method's hooks, the extra callbacks given to :func:`spml.train` (or
-``engine.train``) and the loss's own epoch hooks; the engine calls them as one
-:class:`CallbackList`, which honours every member of every callback: labels to train on, setup,
-epoch start and end, per-batch loss inputs, stopping, state saved with every checkpoint and the
-summary in ``results.json``. ``Epoch`` is defined with the losses (a lower layer, whose epoch hooks
+``engine.train``, ``spml.resume``, ``spml.grid``) and the loss's own epoch hooks; the engine calls
+them as one :class:`CallbackList`, which honours every member of every callback: labels to train
+on, setup, epoch start and end, per-batch loss inputs, the epoch's written record (listeners such
+as ``--log tensorboard``), stopping, state saved with every checkpoint and the summary in
+``results.json``. ``Epoch`` is defined with the losses (a lower layer, whose epoch hooks
 receive it) and given here with the rest of the surface.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
@@ -119,6 +121,15 @@ class Callback:
                 0 x L when no callback of the run :attr:`needs_train_probs`.
         """
 
+    def on_epoch_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+        """Called on the writing rank after the epoch's record was appended to ``metrics.jsonl``.
+
+        A listener's member (``--log tensorboard``): ``record`` is that line (epoch, phase,
+        train_loss, val_map, train_label_map, seconds, lr, batch_size, best); ``run_dir`` the run
+        folder, so one listener can follow every run of a grid. The epoch's checkpoint is written
+        after it: an exception raised here leaves the previous epoch's to resume from.
+        """
+
     def should_stop(self, epoch: Epoch) -> bool:
         """Whether to stop after ``epoch`` (a method's own early stopping).
 
@@ -220,6 +231,11 @@ class CallbackList(Callback):
         """Each member's ``on_epoch_end`` (the loss first)."""
         for callback in self.members:
             callback.on_epoch_end(epoch, train_probs)
+
+    def on_epoch_record(self, run_dir: Path, record: dict[str, Any]) -> None:
+        """Each callback's ``on_epoch_record``."""
+        for callback in self.own:
+            callback.on_epoch_record(run_dir, record)
 
     def should_stop(self, epoch: Epoch) -> bool:
         """Whether any callback stops the phase (every one is asked)."""

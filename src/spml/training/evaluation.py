@@ -24,7 +24,7 @@ from spml.metrics import chance_map, map_report, mean_average_precision, paper_m
 from spml.training import distributed
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.runmodel import RunModel
-from spml.training.steps import TrainingDiverged
+from spml.training.divergence import TrainingDiverged
 
 NO_TEST_REASON = "the data folder has no true labels (a folder of photos): there is no labelled test set"
 

@@ -22,11 +22,13 @@ from spml.data.layout import PreparedData
 from spml.data.output import open_folder, write_folder
 from spml.errors import SpmlError
 from spml.progress import log
+from spml.training.callbacks import Callback
 from spml.training import run_config
 from spml.training.autotune import SELECTED_KEYS, should_tune, train_tuned
 from spml.training.config import TrainConfig, config_from_dict, merge
 from spml.training.defaults import resolve_defaults
-from spml.training.engine import TrainingDiverged, resume
+from spml.training.divergence import TrainingDiverged
+from spml.training.engine import resume
 from spml.training.hooks import STANDARD, MethodInfo
 from spml.training.resolve import observed_in, resolve_config
 from spml.training.runfolder import CONFIG_FILE, map_or_nan, read_results
@@ -101,6 +103,7 @@ def run_grid(
     out_dir: str | Path,
     method: MethodInfo = STANDARD,
     select: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> GridResult:
     """Train every combination of ``axes`` over ``base`` and select on validation mAP.
 
@@ -114,6 +117,7 @@ def run_grid(
         method: The method ``base.method`` names.
         select: A run whose config leaves ``lr`` unset (``linear`` regime, standard method) selects
             it on val first, as ``spml.train`` does; False trains it with the regime's default lr.
+        callbacks: Extra callbacks of every run (and of every resumed one).
 
     Returns:
         The rows in axis order and the selected row.
@@ -132,9 +136,9 @@ def run_grid(
         try:
             if (run_dir / CONFIG_FILE).is_file():
                 _check_own_run(run_dir, config, data_dir, tuned=select and should_tune(config, method))
-                resume(run_dir, data_dir, method=method)
+                resume(run_dir, data_dir, method=method, callbacks=callbacks)
             else:
-                train_tuned(data_dir, config, run_dir, method=method, select=select)
+                train_tuned(data_dir, config, run_dir, method=method, callbacks=callbacks, select=select)
             rows.append(_row(name, values, run_dir))
         except TrainingDiverged:
             rows.append(GridRow(name, values, "diverged"))

@@ -223,7 +223,7 @@ class EpochLoop:
             "batch_size": phase.batch_size,
             "best": is_best,
         }
-        self.writer.record_epoch(record, c.total_epochs)
+        self.writer.record_epoch(record, c.total_epochs, callbacks)
         return record
 
     def _update_patience(self, state: RunState, val_map: float) -> None:

@@ -29,6 +29,7 @@ from spml.data.atomic import atomic_path, save_npy, write_json, write_text
 from spml.errors import SpmlError
 from spml.progress import epoch_done
 from spml.training import distributed
+from spml.training.callbacks import Callback
 from spml.training.checkpoint import load_checkpoint, save_checkpoint
 from spml.training import run_config
 from spml.training.config import TrainConfig, config_to_yaml
@@ -118,11 +119,12 @@ class RunWriter:
 
     # -- every epoch ------------------------------------------------------------------------------
 
-    def record_epoch(self, record: dict[str, Any], total_epochs: int) -> None:
-        """Append ``record`` to ``metrics.jsonl`` and report the epoch (progress line, listeners)."""
+    def record_epoch(self, record: dict[str, Any], total_epochs: int, callbacks: Callback) -> None:
+        """Append ``record`` to ``metrics.jsonl``, log its line and give it to the callbacks' ``on_epoch_record``."""
         if self.main:
             append_metrics(self.run_dir, record)
-            epoch_done(self.run_dir, record, total_epochs)
+            epoch_done(record, total_epochs)
+            callbacks.on_epoch_record(self.run_dir, record)
 
     def save_best(self, rm: RunModel, part: str, loss: nn.Module, epoch: int, val_map: float) -> None:
         """Keep the weights of the best epoch so far."""

@@ -1,10 +1,11 @@
-"""The optimisation step as a strategy: Adam over batches, or full-batch L-BFGS on a linear head.
+"""The optimisation step as a strategy: Adam over batches here, full-batch L-BFGS in :mod:`~spml.training.lbfgs`.
 
 A :class:`StepStrategy` owns the optimizer of the current phase (its parameter groups, the
 learning-rate schedule, the linear head's centring), the one training forward (:meth:`forward`:
 bf16 autocast, ``torch.compile`` for the fine-tune forward), the loss inputs of a batch and the
-divergence checks. :class:`AdamSteps` trains over the epoch's batches; :class:`LbfgsSteps` runs
-:data:`LBFGS_ITERS_PER_EPOCH` iterations of L-BFGS on the whole train set per "epoch".
+divergence checks (:mod:`~spml.training.divergence`). :class:`AdamSteps` trains over the epoch's
+batches; :class:`~spml.training.lbfgs.LbfgsSteps` runs :data:`LBFGS_ITERS_PER_EPOCH` iterations
+of L-BFGS on the whole train set per "epoch".
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from spml.training import distributed
 from spml.training.batches import BatchSource
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_optimizer_state, optimizer_state
+from spml.training.divergence import TrainingDiverged, check_weights_norm, kept_message, weights_norm
 from spml.training.config import TrainConfig
 from spml.training.ema import PREFIX as EMA_PREFIX
 from spml.training.ema import WeightEma
@@ -37,23 +39,6 @@ from spml.training.schedule import ONECYCLE, lr_factor, onecycle_beta1
 # Iterations of one L-BFGS "epoch" (optimizer lbfgs): evaluation, checkpoints and early stopping
 # run between them as between Adam epochs.
 LBFGS_ITERS_PER_EPOCH = 20
-# A run has diverged when its trained weights' norm grows this many times over the phase's start.
-# Adam's steps are bounded by the learning rate, so a far too high rate does not turn the loss NaN:
-# it inflates the weights (lr=1e10 gave weights near 5e10) while the clamped loss stays finite.
-DIVERGED_GROWTH = 1e4
-
-
-class TrainingDiverged(SpmlError):
-    """The loss or the model's scores became NaN or infinite, or its weights exploded; the last good checkpoint is kept."""
-
-
-def kept_message(epoch: int) -> str:
-    """What a diverged run keeps: the checkpoint of the epoch before ``epoch``, if there was one."""
-    if epoch <= 1:
-        return "no epoch completed, so no checkpoint was written"
-    return f"the last good checkpoint (epoch {epoch - 1}) is kept"
-
-
 def precision_settings(config: TrainConfig, device: torch.device) -> tuple[bool, bool]:
     """``(bf16, channels_last)``: autocast to bf16 (``precision``; ``auto`` on CUDA), and the NHWC layout.
 
@@ -205,21 +190,11 @@ class StepStrategy:
         """The L2 norm of every weight the current phase trains (the loss's own parameters too)."""
         if self.optimizer is None:
             return 0.0
-        params = [p.detach() for group in self.optimizer.param_groups for p in group["params"]]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.float()) for p in params]))) if params else 0.0
+        return weights_norm(p for group in self.optimizer.param_groups for p in group["params"])
 
     def check_divergence(self, phase: Phase, epoch: int) -> None:
-        """TrainingDiverged when the trained weights are not finite or grew :data:`DIVERGED_GROWTH` times."""
-        norm = self.trained_norm()
-        start = self.phase_norm
-        if math.isfinite(norm) and (start <= 0.0 or norm <= DIVERGED_GROWTH * start):
-            return
-        grew = "became non-finite" if not math.isfinite(norm) else f"grew from {start:.3g} to {norm:.3g}"
-        raise TrainingDiverged(
-            f"the run diverged at epoch {epoch} ({phase.name}): the trained weights' norm {grew}; "
-            f"lower lr (now {phase.lr:g}) and train again; {kept_message(epoch)}",
-            self.run_dir,
-        )
+        """TrainingDiverged when the trained weights are not finite or grew since the phase began (:mod:`~spml.training.divergence`)."""
+        check_weights_norm(self.trained_norm(), self.phase_norm, phase, epoch, self.run_dir)
 
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         """The optimizer's tensors and JSON part for a checkpoint."""
@@ -311,49 +286,3 @@ class AdamSteps(StepStrategy):
                 bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
         return distributed.mean_over_ranks(total / max(count, 1))
-
-
-class LbfgsSteps(StepStrategy):
-    """Full-batch L-BFGS on a linear head with sklearn's L2 penalty on its weight matrices (one process)."""
-
-    def _epoch(self, phase: Phase, epoch: int) -> float:
-        """:data:`LBFGS_ITERS_PER_EPOCH` iterations on the whole train set; the last loss evaluated (without the L2 term)."""
-        optimizer = self.optimizer
-        if not isinstance(optimizer, torch.optim.LBFGS):
-            raise TypeError("the L-BFGS epoch needs the L-BFGS optimizer")
-        batch = next(self.batches.batches(phase.name, len(self.batches), epoch))
-        inputs = self.loss_inputs(batch)
-        # The L2 penalty of sklearn's LogisticRegression: weight matrices only, not biases.
-        decayed = [p for p in self.rm.model.head.parameters() if p.ndim > 1]
-        values: list[float] = []
-
-        def objective() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            # Not autocast: the line search compares objective values that bf16 would blur.
-            value = self.loss(self.rm.model.forward_head(batch["features"]).float(), batch["observed"], **inputs)
-            values.append(float(value.detach()))
-            total = value + 0.5 * self.config.weight_decay * sum((p * p).sum() for p in decayed)
-            total.backward()
-            return total
-
-        self.loss.validate = True
-        optimizer.step(objective)
-        if not all(math.isfinite(v) for v in values):
-            raise TrainingDiverged(
-                f"loss is not finite at epoch {epoch} (L-BFGS): lower lr (now {phase.lr:g}) or check the loss parameters; "
-                f"{kept_message(epoch)}",
-                self.run_dir,
-            )
-        return values[-1]
-
-    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
-        """Nothing: L-BFGS's history is lists of tensors that the checkpoint format does not hold.
-
-        A resumed L-BFGS run restarts its curvature estimate (its weights are restored all the same).
-        """
-        return {}, None
-
-
-def make_steps(config: TrainConfig, *args: Any, **kwargs: Any) -> StepStrategy:
-    """The step strategy of ``config.optimizer`` (arguments: :class:`StepStrategy`)."""
-    return (LbfgsSteps if config.optimizer == "lbfgs" else AdamSteps)(config, *args, **kwargs)
