@@ -22,10 +22,8 @@ and written to WORK/results.md.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +36,8 @@ from spml.data.synth import make_synthetic
 from spml.metrics import mean_average_precision
 from spml.training.runfolder import read_result
 
+from harness import Report, parser, write_text
+
 
 def common(image_size: int) -> list[str]:
     """A linear AN probe on the offline Lite0 features, lr and weight decay selected on val (autotune)."""
@@ -46,13 +46,13 @@ def common(image_size: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare both folders, annotate, train both rows per draw and N; print the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/spml_bench_folder"))
+    p = parser(__doc__, work="/tmp/spml_bench_folder")
     p.add_argument("--images", type=int, default=600, help="synthetic train pool (default 600: 480 train, 120 val)")
     p.add_argument("--classes", type=int, default=12)
     p.add_argument("--n", type=int, nargs="+", default=[150, 300], help="answered photos (default 150 300)")
     p.add_argument("--image-size", type=int, default=128)
     args = p.parse_args(argv)
+    report = Report(args.work / "results.md")
     labelled_root = args.work / "labelled"
     if not (labelled_root / "classes.txt").is_file():
         make_synthetic(labelled_root, num_images=args.images, image_size=64, num_classes=args.classes, seed=0)
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for n, r in rows:
         lines.append(f"| {n} | {statistics.mean(r['held']):.0f} | {cell(r['folder_val'])} | {cell(r['folder'])} | "
                      f"{cell(r['same_rows'])} | {cell(r['labelled'])} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + f"\n\n{report.line()}"
     print(table)
-    (args.work / "results.md").write_text(table + "\n")
+    write_text(args.work / "results.md", table + "\n")
     return 0
 
 
