@@ -13,7 +13,6 @@ from pathlib import Path
 
 from spml.cli.commands import SUMMARIES
 from spml.data.output import write_file
-from spml.papers.published import add_published
 from spml.reports import compare_runs, find_runs, format_table
 from spml.reports.compare import FORMATS
 
@@ -22,6 +21,9 @@ def _run(args: argparse.Namespace) -> int:
     runs = find_runs(args.runs)
     table = compare_runs(runs)
     if args.published:
+        # Imported here: the papers' configs load the whole library, which a plain comparison does not need.
+        from spml.papers.published import add_published
+
         table = add_published(table, args.published)
     text = format_table(table, args.format)
     if args.out is None:
