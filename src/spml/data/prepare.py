@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,20 +164,29 @@ def prepare(
         "dropped_unlabelled": len(data.pool.images) - len(labelled),
         **{name: len(images) for name, (images, _) in splits.items()},
     }
-    manifest = {
-        "format": fmt.name,
+    manifest = _manifest(fmt.name, data, options, counts, seed, val_fraction, verify, warnings)
+    _write(out_dir, raw, data.classes, splits, manifest)
+    return PrepareResult(path=out_dir, counts=counts, warnings=warnings)
+
+
+def _manifest(
+    name: str, data: RawDataset, options: FormatOptions, counts: dict, seed: int, val_fraction: float, verify: bool,
+    warnings: list[str], **extra: Any,
+) -> dict[str, Any]:
+    """The manifest.json of a prepared folder: where it came from, its counts and split settings, ``extra`` keys."""
+    return {
+        "format": name,
         "raw_root": str(data.root),
         "classes_file": None if options.classes_file is None else str(options.classes_file.resolve()),
         "num_classes": len(data.classes),
         "counts": counts,
         "seed": seed,
         "val_fraction": val_fraction,
+        **extra,
         "verified": verify,
         "warnings": warnings,
         "spml_version": __version__,
     }
-    _write(out_dir, raw, data.classes, splits, manifest)
-    return PrepareResult(path=out_dir, counts=counts, warnings=warnings)
 
 
 def _write(out_dir: Path, raw: Path, classes: list[str], splits: dict, manifest: dict) -> None:
@@ -201,18 +211,6 @@ def _prepare_unlabelled(
         verify_images(data.pool.images, max_pixels=max_pixels)
     splits = {"train": (data.pool.images, None), "val": ([], None), "test": ([], None)}
     counts = {"pool": len(data.pool.images), "dropped_unlabelled": 0, "train": len(data.pool.images), "val": 0, "test": 0}
-    manifest = {
-        "format": name,
-        "raw_root": str(data.root),
-        "classes_file": None if options.classes_file is None else str(options.classes_file.resolve()),
-        "num_classes": len(data.classes),
-        "counts": counts,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        TRUE_LABELS_KEY: UNKNOWN_LABELS,
-        "verified": verify,
-        "warnings": data.warnings,
-        "spml_version": __version__,
-    }
+    manifest = _manifest(name, data, options, counts, seed, val_fraction, verify, data.warnings, **{TRUE_LABELS_KEY: UNKNOWN_LABELS})
     _write(out_dir, raw, data.classes, splits, manifest)
     return PrepareResult(path=out_dir, counts=counts, warnings=data.warnings)
