@@ -283,7 +283,7 @@ def test_train_on_an_annotation_being_made_uses_the_answered_rows(data: Prepared
     for row in range(0, 40, 2):
         store.answer(row, int(np.argmax(truth[row])))
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0
-    assert "has answers for 20 of 48 train images so far; training on those" in capsys.readouterr().err
+    assert "training on the 20 of 48 train images answered so far (the others have no label yet)" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "results.json").read_text())["best_epoch"] >= 1
 
 

@@ -237,6 +237,8 @@ def test_prepare_annotate_with_a_restart_train_and_predict(tmp_path: Path, capsy
                  "--out", str(run)]) == 0
     out, err = capsys.readouterr()
     assert err.index("has no true labels: val is the") < err.index("epoch 1/4")  # said before training starts
+    held = len(held_out_view(data, "annotated-me.npy").val_rows)
+    assert f"training on the {35 - held} of 40 train images answered so far and {held} held out as val" in err
     results = json.loads((run / "results.json").read_text())
     assert results["best_epoch"] >= 1 and 0 <= results["val_map"] <= 1
     assert results["test_map"] is None and "no labelled test set" in results["test_map_reason"]

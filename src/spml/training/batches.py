@@ -27,8 +27,10 @@ from spml.training.phases import LINEAR
 from spml.training.runmodel import RunModel
 
 
-def train_rows(config: TrainConfig, observed: np.ndarray) -> np.ndarray:
+def train_rows(config: TrainConfig, observed: np.ndarray, held_out: int = 0) -> np.ndarray:
     """The train rows a run learns from: every row, or an annotation's answered rows (said in one line).
+
+    ``held_out`` answered rows are val (a folder of photos): blanked in ``observed``, named in the line.
 
     Raises:
         SpmlError: An annotation without any answer yet.
@@ -39,8 +41,9 @@ def train_rows(config: TrainConfig, observed: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         raise SpmlError("is an annotation without any answer yet; annotate some images first (spml annotate)", config.observed)
     if len(rows) < len(observed):
-        log(f"note: {Path(config.observed).name} has answers for {len(rows)} of {len(observed)} train images so far; "
-            "training on those (the others have no label yet)")
+        val = f" and {held_out} held out as val" if held_out else ""
+        log(f"note: {Path(config.observed).name}: training on the {len(rows)} of {len(observed)} train images answered so far"
+            f"{val} (the others have no label yet)")
     return rows
 
 

@@ -114,7 +114,8 @@ class Trainer:
         run_callbacks = CallbackList(hooks, callbacks, loss=loss)
         run_callbacks.setup(rm.model, loss)
         # An annotation being made (spml annotate) is trained on the rows answered so far.
-        batches = BatchSource(config, rm, observed, device, self.channels_last, train_rows(config, observed))
+        held_out = len(data.val_rows) if isinstance(data, annotated.HeldOutData) and data.val_rows is not None else 0
+        batches = BatchSource(config, rm, observed, device, self.channels_last, train_rows(config, observed, held_out))
         strategy = LbfgsSteps if config.optimizer == "lbfgs" else AdamSteps
         steps = strategy(config, rm, loss, run_callbacks, batches, inputs_needed, self.bf16, run_dir)
         run_callbacks.on_run_start(RunHandle(steps.forward_images, lambda split: evaluator.predict(split, from_features=False)))
