@@ -61,6 +61,7 @@ from spml.errors import SpmlError
 from spml.losses import SpmlLoss, get_loss_info
 from spml.progress import log, progress, quiet
 from spml.training import distributed
+from spml.training.callbacks import Callback
 from spml.training.config import TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
 from spml.training.engine import TrainingDiverged, check_weights, train
@@ -262,6 +263,18 @@ def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25,
     return [(n, max(1, shortest, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
 
 
+def longest_share(config: TrainConfig, num_train: int, epochs: int) -> float:
+    """The last rung's share of a step budget of ``epochs`` epochs on ``num_train`` rows.
+
+    ``autotune.longest_probe``, capped so that a probe learns from at most
+    ``autotune.longest_probe_rows`` rows (epochs x rows): on 65,665 COCO-like rows the best probe
+    trained 4 epochs and the budget's quarter (12) peaked lower at three times the cost.
+    """
+    cap = config.autotune.longest_probe_rows
+    share = config.autotune.longest_probe
+    return share if cap <= 0 else min(share, cap / (max(1, num_train) * max(1, epochs)))
+
+
 def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
     """Sort key, best first: the highest val mAP (NaN last), the smaller lr, the smaller weight decay, the larger batch."""
     val = candidate.val_map if candidate.val_map == candidate.val_map else -math.inf
@@ -339,7 +352,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
-        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
+        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving,
+                          longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
         parts.append(
             f"{len(adam)} Adam candidates over "
             + " and ".join(
@@ -370,11 +384,13 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     start, cpu_start = time.perf_counter(), time.process_time()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
-    probes = probe_configs(config, len(data.split("train")))
+    num_train = len(data.split("train"))
+    probes = probe_configs(config, num_train)
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
     rungs = (
-        rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
+        rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving,
+                  longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
         if adam else []
     )
     # At most: a rung after the first may keep one more per batch size than its count.
@@ -507,6 +523,47 @@ def describe(selection: Selection) -> str:
     )
 
 
+def longer_twin(selection: Selection) -> Candidate | None:
+    """The best of the selection's longer Adam probes of the selected setting (lr, weight decay, batch), if one peaked lower.
+
+    The run repeats the selected probe; when the same setting trained over a longer schedule
+    reached less, a last epoch that is the run's best does not mean the run should train longer.
+    """
+    if selection.optimizer != "adam":
+        return None
+    chosen = (selection.lr, selection.weight_decay, selection.batch_size)
+    twins = [c for c in selection.candidates if c.optimizer == "adam" and (c.lr, c.weight_decay, c.batch_size) == chosen]
+    picked = max((c.val_map for c in twins if c.epochs == selection.epochs), default=math.nan)
+    longer = [c for c in twins if c.epochs > selection.epochs and c.val_map == c.val_map and c.val_map < picked]
+    return min(longer, key=rank_key, default=None)
+
+
+class SelectionEvidence(Callback):
+    """The tuned run's callback that answers the "run not done" warning with the selection's own probes.
+
+    Args:
+        selection: The selection the run's settings come from.
+    """
+
+    def __init__(self, selection: Selection) -> None:
+        self.twin = longer_twin(selection)
+        self.epochs = selection.epochs
+        self.val_map = max((c.val_map for c in selection.candidates if c.epochs == selection.epochs and c.optimizer == "adam"
+                            and (c.lr, c.weight_decay, c.batch_size) == (selection.lr, selection.weight_decay, selection.batch_size)),
+                           default=math.nan)
+
+    def run_length_note(self) -> str | None:
+        """The longer probe of the run's setting that peaked lower (:func:`longer_twin`), or None."""
+        twin = self.twin
+        if twin is None:
+            return None
+        return (
+            f"the best epoch is the last, but the selection's {twin.epochs}-epoch probe of this lr and batch peaked lower "
+            f"({twin.val_map:.4f} val mAP at epoch {twin.best_epoch}, against {self.val_map:.4f} in {self.epochs} epochs): "
+            "a longer schedule is not expected to help (results.json autotune)"
+        )
+
+
 def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None) -> Selection:
     """:func:`select` for :func:`train_tuned`, whose switch of that name hides it there."""
     return select(data, config, loss=loss)
@@ -549,7 +606,9 @@ def train_tuned(
     selection = _select(data, config, loss=loss)
     log(describe(selection))
     tuned = tuned_config(config, selection)
-    result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
+    # The selection's evidence on the run's length applies when the run repeats the selected probe.
+    evidence = [SelectionEvidence(selection)] if tuned.epochs == selection.epochs and selection.epochs else []
+    result = train(data, tuned, run_dir, method=method, callbacks=[*callbacks, *evidence], loss=loss, val_only=val_only)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
         write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})
