@@ -20,12 +20,15 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   :func:`successive_halving`): every candidate trains a probe of a 36th of the step budget's
   epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
   (``autotune.halving``) and the best of each batch size a probe three times longer, and so on
-  up to probes of a quarter of the budget (``autotune.longest_probe``). The best val mAP of every
-  probe wins and the run repeats that probe (its lr, batch and epochs; a set ``epochs`` or
-  ``batch_size`` is kept): on single positives a longer schedule at the same lr peaked lower, so
-  the budget's full length is not the best run.
-  Twelve candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 12 probes of 2 epochs,
-  4 of 4, 2 of 12; at 13,133 rows (a 100-epoch budget) 12 of 3, 4 of 9, 2 of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
+  up to probes of a quarter of the budget (``autotune.longest_probe``), but of at most
+  ``autotune.longest_probe_rows`` rows (epochs x train rows, :func:`longest_share`). The best val
+  mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
+  ``epochs`` or ``batch_size`` is kept): on single positives a longer schedule at the same lr
+  peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
+  last says so only when the selection's longer probe of its setting did not peak lower
+  (:class:`SelectionEvidence`).
+  Eight candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 8 probes of 1 epoch,
+  3 (+1) of 3, 2 (+1) of 7; at 13,133 rows (a 100-epoch budget) 8 of 3, 3 (+1) of 9, 2 (+1) of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
   largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr 1e-4 batch 8 reached
   0.689). Probes end after validation (``val_only``).
 
@@ -363,6 +366,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
             + f" of the step budget's {adam[0].epochs}"
+            + (f" (the last rung capped at autotune.longest_probe_rows {config.autotune.longest_probe_rows} rows)"
+               if longest_share(config, num_train, adam[0].epochs or 1) < config.autotune.longest_probe else "")
             + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
