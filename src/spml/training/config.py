@@ -125,7 +125,7 @@ class AutotuneConfig:
     longest_probe: float = 0.25
     # 25 epochs of 16,384 rows. The best probe learnt from 260-330k rows on every single-positive
     # set measured: 25 epochs at 13,133 rows, 4 at 65,665, where the 12-epoch last rung peaked lower
-    # and was half the selection's cost (docs/benchmarks.md, "A selection several times cheaper").
+    # and was half the selection's cost (docs/benchmarks.md, "The last rung capped in rows").
     longest_probe_rows: int = 409_600
 
 
