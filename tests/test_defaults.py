@@ -261,7 +261,8 @@ def _selection(longer_val: float) -> Selection:
 
 
 def test_longer_twin_is_the_same_setting_trained_longer_that_peaked_lower() -> None:
-    assert longer_twin(_selection(0.55)) == _selection(0.55).candidates[2]
+    probes = _selection(0.55).candidates
+    assert longer_twin(_selection(0.55)) == (probes[0], probes[2])
     assert longer_twin(_selection(0.65)) is None  # the longer probe did better: no evidence against training longer
     other = dataclasses.replace(_selection(0.55), lr=1e-3)  # a longer probe of another lr says nothing on this one
     assert longer_twin(other) is None

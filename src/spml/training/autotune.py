@@ -271,7 +271,7 @@ def longest_share(config: TrainConfig, num_train: int, epochs: int) -> float:
 
     ``autotune.longest_probe``, capped so that a probe learns from at most
     ``autotune.longest_probe_rows`` rows (epochs x rows): on 65,665 COCO-like rows the best probe
-    trained 4 epochs and the budget's quarter (12) peaked lower at three times the cost.
+    trained 4 epochs and the budget's quarter (12) peaked lower at three times the epochs.
     """
     cap = config.autotune.longest_probe_rows
     share = config.autotune.longest_probe
@@ -528,8 +528,8 @@ def describe(selection: Selection) -> str:
     )
 
 
-def longer_twin(selection: Selection) -> Candidate | None:
-    """The best of the selection's longer Adam probes of the selected setting (lr, weight decay, batch), if one peaked lower.
+def longer_twin(selection: Selection) -> tuple[Candidate, Candidate] | None:
+    """The selected Adam probe and the best longer probe of its setting (lr, weight decay, batch), if that one peaked lower.
 
     The run repeats the selected probe; when the same setting trained over a longer schedule
     reached less, a last epoch that is the run's best does not mean the run should train longer.
@@ -538,9 +538,11 @@ def longer_twin(selection: Selection) -> Candidate | None:
         return None
     chosen = (selection.lr, selection.weight_decay, selection.batch_size)
     twins = [c for c in selection.candidates if c.optimizer == "adam" and (c.lr, c.weight_decay, c.batch_size) == chosen]
-    picked = max((c.val_map for c in twins if c.epochs == selection.epochs), default=math.nan)
-    longer = [c for c in twins if c.epochs > selection.epochs and c.val_map == c.val_map and c.val_map < picked]
-    return min(longer, key=rank_key, default=None)
+    picked = min((c for c in twins if c.epochs == selection.epochs), key=rank_key, default=None)
+    if picked is None:
+        return None
+    longer = [c for c in twins if c.epochs > picked.epochs and c.val_map == c.val_map and c.val_map < picked.val_map]
+    return (picked, min(longer, key=rank_key)) if longer else None
 
 
 class SelectionEvidence(Callback):
@@ -551,20 +553,16 @@ class SelectionEvidence(Callback):
     """
 
     def __init__(self, selection: Selection) -> None:
-        self.twin = longer_twin(selection)
-        self.epochs = selection.epochs
-        self.val_map = max((c.val_map for c in selection.candidates if c.epochs == selection.epochs and c.optimizer == "adam"
-                            and (c.lr, c.weight_decay, c.batch_size) == (selection.lr, selection.weight_decay, selection.batch_size)),
-                           default=math.nan)
+        self.twins = longer_twin(selection)
 
     def run_length_note(self) -> str | None:
         """The longer probe of the run's setting that peaked lower (:func:`longer_twin`), or None."""
-        twin = self.twin
-        if twin is None:
+        if self.twins is None:
             return None
+        picked, twin = self.twins
         return (
             f"the best epoch is the last, but the selection's {twin.epochs}-epoch probe of this lr and batch peaked lower "
-            f"({twin.val_map:.4f} val mAP at epoch {twin.best_epoch}, against {self.val_map:.4f} in {self.epochs} epochs): "
+            f"({twin.val_map:.4f} val mAP at epoch {twin.best_epoch}, against {picked.val_map:.4f} in {picked.epochs} epochs): "
             "a longer schedule is not expected to help (results.json autotune)"
         )
 
