@@ -18,9 +18,12 @@ from spml.training import STANDARD, Trainer
 from spml.training.autotune import (
     Candidate,
     Selection,
+    SelectionEvidence,
     best_candidate,
     batch_lrs,
     describe,
+    longer_twin,
+    longest_share,
     probe_configs,
     rung_plan,
     shortest_probe,
@@ -246,6 +249,51 @@ def test_unfinished_run_is_announced(data: Path, tmp_path: Path, capsys: pytest.
     setting = run_warnings(cfg, data, PreparedData.open(data).split("val").labels)
     assert results["warnings"] == ([expected] if expected else []) + setting
     assert expected is not None and expected in capsys.readouterr().err
+
+
+def _selection(longer_val: float) -> Selection:
+    # The run repeats the 3-epoch probe of lr 1e-2 at batch 16; the same setting's 9-epoch probe reached longer_val.
+    probes = (
+        Candidate(1e-2, 0.0, 0.60, 3, epochs=3, rung=0, batch_size=16),
+        Candidate(1e-3, 0.0, 0.40, 3, epochs=3, rung=0, batch_size=16),
+        Candidate(1e-2, 0.0, longer_val, 4, epochs=9, rung=1, batch_size=16),
+    )
+    return Selection(1e-2, 0.0, probes, epochs=3, batch_size=16)
+
+
+def test_longer_twin_is_the_same_setting_trained_longer_that_peaked_lower() -> None:
+    probes = _selection(0.55).candidates
+    assert longer_twin(_selection(0.55)) == (probes[0], probes[2])
+    assert longer_twin(_selection(0.65)) is None  # the longer probe did better: no evidence against training longer
+    other = dataclasses.replace(_selection(0.55), lr=1e-3)  # a longer probe of another lr says nothing on this one
+    assert longer_twin(other) is None
+
+
+def test_unfinished_tuned_run_defers_to_the_selections_longer_probe(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The run of test_unfinished_run_is_announced, as a tuned run repeating a probe whose 9-epoch
+    # twin peaked lower: its last epoch is its best, but the selection says longer does not help.
+    cfg = spml.load_config(lr=1e-2, epochs=3, schedule="constant", **TINY)
+    spml.train(data, cfg, tmp_path / "run", callbacks=[SelectionEvidence(_selection(0.55))])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    err = capsys.readouterr().err
+    assert not [w for w in results["warnings"] if w.startswith("run not done")] and "warning: run not done" not in err
+    assert "note: the best epoch is the last, but the selection's 9-epoch probe of this lr and batch peaked lower (0.5500" in err
+    # Without that evidence (the longer probe did better) the warning stands.
+    spml.train(data, cfg, tmp_path / "run2", callbacks=[SelectionEvidence(_selection(0.65))])
+    results = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert [w for w in results["warnings"] if w.startswith("run not done")] and "note: the best epoch" not in capsys.readouterr().err
+
+
+def test_longest_probe_is_capped_in_rows_on_large_sets() -> None:
+    # 409,600 rows (25 epochs of 16,384): at 65,665 rows (a 47-epoch budget) the last rung trains 7
+    # epochs, not the budget's quarter (12); at 13,133 rows (100 epochs) the quarter (25) is below the cap.
+    cfg = spml.load_config()
+    assert rung_plan(8, 47, 3, longest_share(cfg, 65_665, 47)) == [(8, 1), (3, 3), (2, 7)]
+    assert rung_plan(8, 100, 3, longest_share(cfg, 13_133, 100)) == [(8, 3), (3, 9), (2, 25)]
+    uncapped = spml.load_config(autotune={"longest_probe_rows": 0})
+    assert rung_plan(8, 47, 3, longest_share(uncapped, 65_665, 47)) == [(8, 2), (3, 4), (2, 12)]
 
 
 def test_partial_label_method_on_full_labels_says_so(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,12 +20,15 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   :func:`successive_halving`): every candidate trains a probe of a 36th of the step budget's
   epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
   (``autotune.halving``) and the best of each batch size a probe three times longer, and so on
-  up to probes of a quarter of the budget (``autotune.longest_probe``). The best val mAP of every
-  probe wins and the run repeats that probe (its lr, batch and epochs; a set ``epochs`` or
-  ``batch_size`` is kept): on single positives a longer schedule at the same lr peaked lower, so
-  the budget's full length is not the best run.
-  Twelve candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 12 probes of 2 epochs,
-  4 of 4, 2 of 12; at 13,133 rows (a 100-epoch budget) 12 of 3, 4 of 9, 2 of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
+  up to probes of a quarter of the budget (``autotune.longest_probe``), but of at most
+  ``autotune.longest_probe_rows`` rows (epochs x train rows, :func:`longest_share`). The best val
+  mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
+  ``epochs`` or ``batch_size`` is kept): on single positives a longer schedule at the same lr
+  peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
+  last says so only when the selection's longer probe of its setting did not peak lower
+  (:class:`SelectionEvidence`).
+  Eight candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 8 probes of 1 epoch,
+  3 (+1) of 3, 2 (+1) of 7; at 13,133 rows (a 100-epoch budget) 8 of 3, 3 (+1) of 9, 2 (+1) of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
   largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr 1e-4 batch 8 reached
   0.689). Probes end after validation (``val_only``).
 
@@ -62,6 +65,7 @@ from spml.errors import SpmlError
 from spml.losses import SpmlLoss, get_loss_info
 from spml.progress import log, progress, quiet
 from spml.training import distributed
+from spml.training.callbacks import Callback
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
 from spml.training.divergence import TrainingDiverged
@@ -265,6 +269,18 @@ def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25,
     return [(n, max(1, shortest, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
 
 
+def longest_share(config: TrainConfig, num_train: int, epochs: int) -> float:
+    """The last rung's share of a step budget of ``epochs`` epochs on ``num_train`` rows.
+
+    ``autotune.longest_probe``, capped so that a probe learns from at most
+    ``autotune.longest_probe_rows`` rows (epochs x rows): on 65,665 COCO-like rows the best probe
+    trained 4 epochs and the budget's quarter (12) peaked lower at three times the epochs.
+    """
+    cap = config.autotune.longest_probe_rows
+    share = config.autotune.longest_probe
+    return share if cap <= 0 else min(share, cap / (max(1, num_train) * max(1, epochs)))
+
+
 def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
     """Sort key, best first: the highest val mAP (NaN last), the smaller lr, the smaller weight decay, the larger batch."""
     val = candidate.val_map if candidate.val_map == candidate.val_map else -math.inf
@@ -342,7 +358,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
-        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
+        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving,
+                          longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
         parts.append(
             f"{len(adam)} Adam candidates over "
             + " and ".join(
@@ -352,6 +369,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
             + f" of the step budget's {adam[0].epochs}"
+            + (f" (the last rung capped at autotune.longest_probe_rows {config.autotune.longest_probe_rows} rows)"
+               if longest_share(config, num_train, adam[0].epochs or 1) < config.autotune.longest_probe else "")
             + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
@@ -373,11 +392,13 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     start, cpu_start = time.perf_counter(), time.process_time()
     # One opened dataset for every probe: its splits are read (and fingerprinted) once.
     data = data_dir if isinstance(data_dir, PreparedData) else PreparedData.open(data_dir)
-    probes = probe_configs(config, len(data.split("train")))
+    num_train = len(data.split("train"))
+    probes = probe_configs(config, num_train)
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
     rungs = (
-        rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving, config.autotune.longest_probe, shortest_probe(config))
+        rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving,
+                  longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
         if adam else []
     )
     # At most: a rung after the first may keep one more per batch size than its count.
@@ -510,6 +531,45 @@ def describe(selection: Selection) -> str:
     )
 
 
+def longer_twin(selection: Selection) -> tuple[Candidate, Candidate] | None:
+    """The selected Adam probe and the best longer probe of its setting (lr, weight decay, batch), if that one peaked lower.
+
+    The run repeats the selected probe; when the same setting trained over a longer schedule
+    reached less, a last epoch that is the run's best does not mean the run should train longer.
+    """
+    if selection.optimizer != "adam":
+        return None
+    chosen = (selection.lr, selection.weight_decay, selection.batch_size)
+    twins = [c for c in selection.candidates if c.optimizer == "adam" and (c.lr, c.weight_decay, c.batch_size) == chosen]
+    picked = min((c for c in twins if c.epochs == selection.epochs), key=rank_key, default=None)
+    if picked is None:
+        return None
+    longer = [c for c in twins if c.epochs > picked.epochs and c.val_map == c.val_map and c.val_map < picked.val_map]
+    return (picked, min(longer, key=rank_key)) if longer else None
+
+
+class SelectionEvidence(Callback):
+    """The tuned run's callback that answers the "run not done" warning with the selection's own probes.
+
+    Args:
+        selection: The selection the run's settings come from.
+    """
+
+    def __init__(self, selection: Selection) -> None:
+        self.twins = longer_twin(selection)
+
+    def run_length_note(self) -> str | None:
+        """The longer probe of the run's setting that peaked lower (:func:`longer_twin`), or None."""
+        if self.twins is None:
+            return None
+        picked, twin = self.twins
+        return (
+            f"the best epoch is the last, but the selection's {twin.epochs}-epoch probe of this lr and batch peaked lower "
+            f"({twin.val_map:.4f} val mAP at epoch {twin.best_epoch}, against {picked.val_map:.4f} in {picked.epochs} epochs): "
+            "a longer schedule is not expected to help (results.json autotune)"
+        )
+
+
 def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None) -> Selection:
     """:func:`select` for :func:`train_tuned`, whose switch of that name hides it there."""
     return select(data, config, loss=loss)
@@ -556,7 +616,9 @@ def train_tuned(
     selection = _select(data, config, loss=loss)
     log(describe(selection))
     tuned = tuned_config(config, selection)
-    result = train(data, tuned, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
+    # The selection's evidence on the run's length applies when the run repeats the selected probe.
+    evidence = [SelectionEvidence(selection)] if tuned.epochs == selection.epochs and selection.epochs else []
+    result = train(data, tuned, run_dir, method=method, callbacks=[*callbacks, *evidence], loss=loss, val_only=val_only)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
         write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})

@@ -148,6 +148,15 @@ class Callback:
         """JSON-able facts about the method merged into ``results.json`` under ``method``."""
         return {}
 
+    def run_length_note(self) -> str | None:
+        """Why the run's length is right although its last epoch was its best, or None.
+
+        Said instead of the "run not done" warning (:func:`~spml.training.defaults.not_done_warning`):
+        the lr selection's longer probe of the same setting peaked lower
+        (:class:`~spml.training.autotune.SelectionEvidence`).
+        """
+        return None
+
 
 class LossCallback(Callback):
     """The loss's epoch hooks (:class:`~spml.losses.SpmlLoss`) as a callback: the first one called."""
@@ -254,6 +263,10 @@ class CallbackList(Callback):
         self.method.load_state_dict({k: v for k, v in state.items() if not k.startswith("callback")})
         for prefix, callback in zip(prefixes, self.extras):
             callback.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+
+    def run_length_note(self) -> str | None:
+        """The first callback's note on the run's length (:meth:`Callback.run_length_note`), or None."""
+        return next((note for note in (c.run_length_note() for c in self.own) if note), None)
 
     def summary(self) -> dict[str, Any]:
         """The callbacks' summaries merged (the method's win)."""

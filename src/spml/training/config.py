@@ -124,6 +124,8 @@ class AutotuneConfig:
             times longer (:func:`spml.training.autotune.rung_plan`).
         longest_probe: The last rung's probes' share of the step budget's epochs (the earlier rungs
             ``halving`` times shorter each).
+        longest_probe_rows: Most rows the last rung's probes learn from (epochs x train rows), a
+            cap on ``longest_probe`` on large sets (0: no cap).
     """
 
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -140,6 +142,10 @@ class AutotuneConfig:
     lrs_per_batch: int = 4
     halving: int = 3
     longest_probe: float = 0.25
+    # 25 epochs of 16,384 rows. The best probe learnt from 260-330k rows on every single-positive
+    # set measured: 25 epochs at 13,133 rows, 4 at 65,665, where the 12-epoch last rung peaked lower
+    # and was half the selection's cost (docs/benchmarks.md, "The last rung capped in rows").
+    longest_probe_rows: int = 409_600
 
 
 @dataclass
@@ -343,8 +349,10 @@ class TrainConfig:
                 raise SpmlError(f"{key} must be >= 0, got {value!r}", source)
             if not math.isfinite(value):
                 raise SpmlError(f"{key} must be finite, got {value!r}", source)
-        if self.autotune.lbfgs_max_rows < 0 or self.autotune.lrs_per_batch < 0 or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1:
-            raise SpmlError("autotune.lbfgs_max_rows and autotune.lrs_per_batch must be >= 0, autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
+        if (self.autotune.lbfgs_max_rows < 0 or self.autotune.lrs_per_batch < 0 or self.autotune.longest_probe_rows < 0
+                or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1):
+            raise SpmlError("autotune.lbfgs_max_rows, autotune.lrs_per_batch and autotune.longest_probe_rows must be >= 0, "
+                            "autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
         tuned = {
             "autotune.lrs": self.autotune.lrs,
             "autotune.weight_decays": self.autotune.weight_decays,

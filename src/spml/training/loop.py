@@ -259,6 +259,10 @@ class EpochLoop:
             math.nan if train_label_map is None else float(train_label_map), **done
         )
         warning = not_done_warning(metrics, state.stopped_early, self.config.optimizer)
+        note = self.callbacks.run_length_note() if warning else None
+        if note:  # the selection's longer probe of this setting peaked lower: training longer would not help
+            log(f"note: {note}")
+            warning = None
         run_warnings = [*([warning] if warning else []), *diagnostics.run_warnings(
             self.config, self.data.root, self.rm.split("val").labels, self.partial_labels
         )]
