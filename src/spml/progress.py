@@ -162,7 +162,6 @@ def log(message: str) -> None:
         _write(message)
 
 
-
 def epoch_done(record: dict[str, Any], total_epochs: int) -> None:
     """Log a finished epoch in one line (mAP as fractions).
 
