@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -111,6 +112,11 @@ def test_each_batch_tries_the_rates_its_size_scales_to() -> None:
     assert [(c.batch_size, c.lr) for c in large] == [(1024, lr) for lr in lrs[2:]] + [(64, lr) for lr in lrs[1:5]]
 
 
+def each(score: Callable[[spml.training.TrainConfig, int], Candidate]) -> Callable[[Sequence[spml.training.TrainConfig], int], list[Candidate]]:
+    """A rung's scorer (successive_halving's) from a one-probe scorer."""
+    return lambda configs, rung: [score(c, rung) for c in configs]
+
+
 def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> None:
     # A fake scorer where short probes favour large rates and long ones small rates (as single
     # positives at scale): rung 1 (2 epochs) ranks lr 1e-2 > 3e-3 > 1e-3 > 3e-4 > 1e-4, and lr 3e-2
@@ -125,7 +131,7 @@ def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> Non
         return Candidate(config.lr, 0.0, val, 1, epochs=config.epochs, rung=rung)
 
     configs = [spml.load_config(lr=lr, epochs=6) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)]
-    probes, last = successive_halving(configs, [(6, 2), (2, 6)], score)
+    probes, last = successive_halving(configs, [(6, 2), (2, 6)], each(score))
     assert calls == [(lr, 2, 0) for lr in (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)] + [(1e-2, 6, 1), (3e-3, 6, 1)]
     assert [c.lr for c in last] == [1e-2, 3e-3] and len(probes) == 8
     assert best_candidate(probes).lr == 3e-3  # the long probes decide, not the short ones
@@ -134,7 +140,7 @@ def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> Non
     # A tie on the first rung keeps the smaller lr.
     short.update({1e-2: 0.4, 3e-3: 0.4, 1e-3: 0.4})
     calls.clear()
-    successive_halving(configs, [(6, 2), (2, 6)], lambda c, r: score(c, 0))
+    successive_halving(configs, [(6, 2), (2, 6)], each(lambda c, r: score(c, 0)))
     assert [lr for lr, _, _ in calls[6:]] == [3e-3, 1e-3]
 
 
@@ -147,7 +153,7 @@ def test_successive_halving_trains_a_probe_once() -> None:
         return Candidate(config.lr, 0.0, config.lr, 1, epochs=config.epochs, rung=rung)
 
     configs = [spml.load_config(lr=lr, epochs=2) for lr in (1e-3, 3e-3, 1e-2, 3e-2)]
-    probes, last = successive_halving(configs, [(4, 1), (2, 1)], score)
+    probes, last = successive_halving(configs, [(4, 1), (2, 1)], each(score))
     assert calls == [(lr, 1) for lr in (1e-3, 3e-3, 1e-2, 3e-2)] and len(probes) == 4
     assert [c.lr for c in last] == [1e-2, 3e-2]
 
@@ -165,7 +171,7 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
                          batch_size=config.batch_size)
 
     configs = [spml.load_config(lr=lr, batch_size=b, epochs=6) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
-    successive_halving(configs, [(6, 2), (2, 6)], score)
+    successive_halving(configs, [(6, 2), (2, 6)], each(score))
     assert kept == [(1024, 1e-2), (64, 1e-3), (64, 3e-3)]
 
 

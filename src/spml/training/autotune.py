@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spml import readers
 from spml.data import annotated
 from spml.data.atomic import write_json
@@ -68,11 +70,11 @@ from spml.training import distributed
 from spml.training.callbacks import Callback
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
-from spml.training.divergence import TrainingDiverged
-from spml.training.engine import train
+from spml.training.engine import open_feature_caches, train
 from spml.training.inputs import check_weights
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
+from spml.training.probe_workers import ProbeOutcome, ProbeWorkers, train_probe, worker_count
 from spml.training.runmodel import resolve_device
 
 AUTOTUNE_KEY = "autotune"
@@ -103,6 +105,7 @@ class Candidate:
         epochs: Its planned epochs (its budget; early stopping may end it sooner).
         rung: Its rung of the successive halving (0 for every L-BFGS solve).
         batch_size: Its batch size (0: full batch, L-BFGS).
+        cpu_seconds: CPU time of the process that trained it, during its run.
     """
 
     lr: float
@@ -114,6 +117,7 @@ class Candidate:
     epochs: int = 0
     rung: int = 0
     batch_size: int = 0
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,8 @@ class Selection:
         seconds: Wall time of the probes.
         epochs: The selected probe's epochs (its rung's budget; 0: not an Adam probe).
         batch_size: The selected probe's batch size (0: not an Adam probe).
-        cpu_seconds: CPU time of the probes in this process (the cost on a shared machine, where
-            wall time depends on the other jobs).
+        cpu_seconds: CPU time of the probes, in this process and in the workers (the cost on a
+            shared machine, where wall time depends on the other jobs).
     """
 
     lr: float
@@ -288,7 +292,8 @@ def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
 
 
 def successive_halving(
-    configs: Sequence[TrainConfig], plan: Sequence[tuple[int, int]], score: Callable[[TrainConfig, int], Candidate]
+    configs: Sequence[TrainConfig], plan: Sequence[tuple[int, int]],
+    score: Callable[[Sequence[TrainConfig], int], list[Candidate]],
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Run ``plan`` (:func:`rung_plan`) over ``configs``: every probe, and the last rung's.
 
@@ -296,8 +301,9 @@ def successive_halving(
         configs: The candidates, in the order tried.
         plan: ``(candidates, epochs)`` per rung; the first count must be ``len(configs)``. A rung
             keeps its count's best and the best of each batch size (one more at most per batch size).
-        score: Trains one probe of a config for the given epochs at the given rung and returns its
-            :class:`Candidate` (called as ``score(config, rung)``; the epochs are set on the config).
+        score: Trains a rung's probes still to train (configs with the rung's epochs set) and returns
+            their :class:`Candidate` s in the same order (called as ``score(configs, rung)``, once a
+            rung; the probes of a rung may train side by side).
 
     Returns:
         Every probe in the order trained (a config is trained once for given epochs), and the
@@ -308,11 +314,11 @@ def successive_halving(
     rung_probes: list[Candidate] = []
     trained: dict[tuple[int, int], Candidate] = {}  # (config index, epochs) -> its probe
     for rung, (_, epochs) in enumerate(plan):
-        for i in alive:
-            # The same probe again (rungs of equal epochs on a short budget) is not retrained.
-            if (i, epochs) not in trained:
-                trained[i, epochs] = score(dataclasses.replace(configs[i], epochs=epochs), rung)
-                probes.append(trained[i, epochs])
+        # The same probe again (rungs of equal epochs on a short budget) is not retrained.
+        new = [i for i in alive if (i, epochs) not in trained]
+        for i, candidate in zip(new, score([dataclasses.replace(configs[i], epochs=epochs) for i in new], rung)):
+            trained[i, epochs] = candidate
+            probes.append(candidate)
         rung_probes = [trained[i, epochs] for i in alive]
         if rung + 1 < len(plan):
             order = sorted(range(len(alive)), key=lambda k: rank_key(rung_probes[k]))
@@ -404,25 +410,24 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     # At most: a rung after the first may keep one more per batch size than its count.
     batches = len({p.batch_size for p in adam})
     total = len(lbfgs) + sum(n if i == 0 else min(n + batches, rungs[0][0]) for i, (n, _) in enumerate(rungs))
+    # A ready loss module (it may hold state) stays in this process.
+    workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
-    with probe_folder(data, config) as tmp:
+    worker_cpu = 0.0  # CPU time of the probes trained in worker processes
+    with probe_folder(data, config) as tmp, (
+        ProbeWorkers(data.root, workers, torch.get_num_threads()) if workers > 1 else contextlib.nullcontext()
+    ) as pool:
         bar = progress(total=total, desc="autotune", unit="probe", lines=False)
 
-        def score(probe: TrainConfig, rung: int) -> Candidate:
-            lr, wd = float(probe.lr or 0.0), float(probe.weight_decay)
-            began = time.perf_counter()
-            try:
-                with quiet(keep_steps=True):
-                    result = train(data, probe, Path(tmp) / f"probe{len(done)}", loss=_fresh(loss), val_only=True)
-                val, best_epoch = float(result.val_map), int(result.best_epoch)
-            except TrainingDiverged:
-                val, best_epoch = float("nan"), 0
-            candidate = Candidate(lr, wd, val, best_epoch, probe.optimizer, round(time.perf_counter() - began, 2),
-                                  int(probe.epochs or 0), rung, int(probe.batch_size or 0) if probe.optimizer == "adam" else 0)
-            done.append(candidate)
+        def record(probe: TrainConfig, rung: int, outcome: ProbeOutcome, number: int) -> Candidate:
+            candidate = Candidate(
+                float(probe.lr or 0.0), float(probe.weight_decay), outcome.val_map, outcome.best_epoch, probe.optimizer,
+                round(outcome.seconds, 2), int(probe.epochs or 0), rung,
+                int(probe.batch_size or 0) if probe.optimizer == "adam" else 0, round(outcome.cpu_seconds, 2),
+            )
             bar.update(1)
             log(
-                f"autotune: candidate {len(done)}/{total} {candidate.optimizer} lr {lr:g} weight_decay {wd:g}"
+                f"autotune: candidate {number}/{total} {candidate.optimizer} lr {candidate.lr:g} weight_decay {candidate.weight_decay:g}"
                 + (f" batch {candidate.batch_size} (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)"
                    if probe.optimizer == "adam" else "")
                 + ": "
@@ -432,10 +437,34 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             )
             return candidate
 
-        for p in lbfgs:
-            score(p, 0)
+        def score_rung(configs: Sequence[TrainConfig], rung: int) -> list[Candidate]:
+            folders = [Path(tmp) / f"probe{len(done) + k}" for k in range(len(configs))]
+            scored: dict[int, Candidate] = {}
+            if pool is None:
+                for k, probe in enumerate(configs):
+                    with quiet(keep_steps=True):
+                        outcome = train_probe(data, probe, folders[k], loss=_fresh(loss))
+                    scored[k] = record(probe, rung, outcome, len(done) + k + 1)
+            else:
+
+                def ended(k: int, outcome: ProbeOutcome) -> None:
+                    nonlocal worker_cpu
+                    worker_cpu += outcome.cpu_seconds
+                    scored[k] = record(configs[k], rung, outcome, len(done) + len(scored) + 1)
+
+                pool.run(list(zip(configs, folders)), ended)
+            # In the order given (workers end theirs in any order).
+            rung_done = [scored[k] for k in range(len(configs))]
+            done.extend(rung_done)
+            return rung_done
+
+        if pool is not None:  # here, with progress, before the workers read them
+            with quiet(keep_steps=True):
+                open_feature_caches(data, probes[0])
+        if lbfgs:
+            score_rung(lbfgs, 0)
         if adam:
-            successive_halving(adam, rungs, score)
+            successive_halving(adam, rungs, score_rung)
         bar.close()
     # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
     # every rung competes: a longer schedule at the same lr peaked lower on single positives
@@ -443,7 +472,8 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     best = best_candidate(done)
     adam_best = best.optimizer == "adam"
     return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
-                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0, time.process_time() - cpu_start)
+                     best.epochs if adam_best else 0, best.batch_size if adam_best else 0,
+                     time.process_time() - cpu_start + worker_cpu)
 
 
 # The keys the selection sets (the rest of a tuned run's config is the one it was given).

@@ -126,6 +126,9 @@ class AutotuneConfig:
             ``halving`` times shorter each).
         longest_probe_rows: Most rows the last rung's probes learn from (epochs x train rows), a
             cap on ``longest_probe`` on large sets (0: no cap).
+        workers: Processes that train a rung's probes side by side (0: one per thread the run may
+            use, on a CPU above a few thousand train rows; 1: in the run's process), each with its
+            share of the threads (:mod:`spml.training.probe_workers`).
     """
 
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -146,6 +149,7 @@ class AutotuneConfig:
     # set measured: 25 epochs at 13,133 rows, 4 at 65,665, where the 12-epoch last rung peaked lower
     # and was half the selection's cost (docs/benchmarks.md, "The last rung capped in rows").
     longest_probe_rows: int = 409_600
+    workers: int = 0
 
 
 @dataclass
@@ -350,8 +354,8 @@ class TrainConfig:
             if not math.isfinite(value):
                 raise SpmlError(f"{key} must be finite, got {value!r}", source)
         if (self.autotune.lbfgs_max_rows < 0 or self.autotune.lrs_per_batch < 0 or self.autotune.longest_probe_rows < 0
-                or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1):
-            raise SpmlError("autotune.lbfgs_max_rows, autotune.lrs_per_batch and autotune.longest_probe_rows must be >= 0, "
+                or self.autotune.workers < 0 or self.autotune.halving < 2 or not 0 < self.autotune.longest_probe <= 1):
+            raise SpmlError("autotune.lbfgs_max_rows, autotune.lrs_per_batch, autotune.longest_probe_rows and autotune.workers must be >= 0, "
                             "autotune.halving >= 2 and autotune.longest_probe in (0, 1]", source)
         tuned = {
             "autotune.lrs": self.autotune.lrs,

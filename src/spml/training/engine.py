@@ -48,7 +48,7 @@ from spml.training.runfolder import RunResult, check_new_run_dir, is_complete, r
 from spml.training.runmodel import RunModel, resolve_device
 from spml.training.steps import AdamSteps, precision_settings
 
-__all__ = ["Trainer", "resume", "train"]
+__all__ = ["Trainer", "open_feature_caches", "resume", "train"]
 
 
 class Trainer:
@@ -171,6 +171,17 @@ def train(
         writer.write_config(trainer.config)  # the regime's defaults filled in
         writer.begin(data.root)
         return trainer.fit(resume=False)
+
+
+def open_feature_caches(data: PreparedData, config: TrainConfig) -> None:
+    """Extract (or open) the feature caches a run of ``config`` trains on, training nothing.
+
+    The selection's probe workers read the caches; extracting them first, here, shows its progress
+    and spares the workers extracting the same cache at once. The run is built as :func:`train`
+    builds it (its folder, never written, only named).
+    """
+    config = observed_in(resolve_config(config, STANDARD), data.root)
+    Trainer(config, data, data.cache_dir / "unwritten-run", val_only=True).rm.open_feature_caches()
 
 
 def resume(

@@ -112,6 +112,12 @@ class RunModel:
             **({"params": self.config.backbone_params} if self.config.backbone_params else {}),
         }
 
+    def open_feature_caches(self) -> None:
+        """Extract (or open) the cached features of every split that has images."""
+        for split in ("train", "val", "test"):
+            if len(self.split(split)):  # a folder of photos has no test images
+                self.features(split)
+
     def features(self, name: str) -> FeatureRows:
         """Cached backbone features of split ``name`` (extracted on first use, then memory-mapped)."""
         if name not in self._features:

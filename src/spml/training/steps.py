@@ -131,9 +131,7 @@ class StepStrategy:
     def enter(self, phase: Phase) -> None:
         """Freeze/unfreeze for ``phase`` and build its optimizer (the phase's start norm recorded)."""
         if phase.name == LINEAR:
-            for split in ("train", "val", "test"):  # extract (or open) every cache before timing epochs
-                if len(self.rm.split(split)):  # a folder of photos has no test images
-                    self.rm.features(split)
+            self.rm.open_feature_caches()  # before timing epochs
         self.optimizer = build_optimizer(self.config, self.rm.model, self.loss, phase, self.device)
         self.phase_norm = self.trained_norm()
         ema_decay = self.config.ema_decay
