@@ -24,7 +24,9 @@ from spml.training.autotune import (
     batch_lrs,
     describe,
     longer_twin,
+    last_rung_epochs,
     longest_share,
+    max_probes,
     probe_configs,
     rung_plan,
     shortest_probe,
@@ -137,11 +139,11 @@ def test_successive_halving_keeps_the_best_and_the_longer_probes_decide() -> Non
     assert best_candidate(probes).lr == 3e-3  # the long probes decide, not the short ones
     text = describe(Selection(3e-3, 0.0, tuple(probes)))
     assert "the best val mAP 0.7000 of 8 probes, 0.1000 above the next (adam lr 0.01" in text
-    # A tie on the first rung keeps the smaller lr.
+    # A tie on the first rung goes to the smaller lr (1e-3), and the last rung adds its next smaller rate.
     short.update({1e-2: 0.4, 3e-3: 0.4, 1e-3: 0.4})
     calls.clear()
     successive_halving(configs, [(6, 2), (2, 6)], each(lambda c, r: score(c, 0)))
-    assert [lr for lr, _, _ in calls[6:]] == [3e-3, 1e-3]
+    assert [lr for lr, _, _ in calls[6:]] == [1e-3, 3e-4]
 
 
 def test_successive_halving_trains_a_probe_once() -> None:
@@ -160,19 +162,33 @@ def test_successive_halving_trains_a_probe_once() -> None:
 
 def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
     # Short probes favour batch 64 (more steps an epoch): its three rates beat every batch-1,024
-    # one on the first rung, yet the best batch-1,024 rate survives to the next, beside the best two.
+    # one on the first rung, yet the best batch-1,024 rate survives to the middle rung, beside the
+    # best two. The last rung trains each batch size's best and the rate below it (a longer probe
+    # favours a smaller rate): batch 1,024 at 3e-3, dropped on the first rung, comes back.
     short = {(64, 1e-3): 0.5, (64, 3e-3): 0.45, (64, 1e-2): 0.4, (1024, 1e-3): 0.1, (1024, 3e-3): 0.2, (1024, 1e-2): 0.3}
-    kept: list[tuple[int, float]] = []
+    kept: dict[int, list[tuple[int, float, int]]] = {1: [], 2: []}
 
     def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
         if rung:
-            kept.append((config.batch_size, config.lr))
+            kept[rung].append((config.batch_size, config.lr, config.epochs))
         return Candidate(config.lr, 0.0, short[(config.batch_size, config.lr)], 1, epochs=config.epochs, rung=rung,
                          batch_size=config.batch_size)
 
-    configs = [spml.load_config(lr=lr, batch_size=b, epochs=6) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
-    successive_halving(configs, [(6, 2), (2, 6)], each(score))
-    assert kept == [(1024, 1e-2), (64, 1e-3), (64, 3e-3)]
+    configs = [spml.load_config(lr=lr, batch_size=b, epochs=18) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
+    # The last rung's epochs by batch size (autotune.last_rung_epochs): the large batch's rows cost less.
+    probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score), lambda c: 30 if c.batch_size == 1024 else 18)
+    assert kept[1] == [(1024, 1e-2, 6), (64, 1e-3, 6), (64, 3e-3, 6)]
+    assert kept[2] == [(1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18)]  # 64 at 1e-3 has no smaller rate here
+    assert len(probes) == 12 and [c.epochs for c in last] == [30, 30, 18]
+
+
+def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
+    # 409,600 batch-64 rows: at 65,665 rows 7 epochs at batch 64, 12 at batch 1,024 (the budget's
+    # quarter, 11.75, rounded up, is its bound); at 13,133 rows the quarter (25) for both.
+    cfg = spml.load_config()
+    assert [last_rung_epochs(cfg, 65_665, 47, b) for b in (64, 1024)] == [7, 12]
+    assert [last_rung_epochs(cfg, 13_133, 100, b) for b in (64, 1024)] == [25, 25]
+    assert max_probes(probe_configs(cfg, 65_665), [(8, 1), (3, 3), (2, 7)]) == 8 + 5 + 4
 
 
 def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:

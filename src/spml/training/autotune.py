@@ -74,7 +74,7 @@ from spml.training.engine import open_feature_caches, train
 from spml.training.inputs import check_weights
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
-from spml.training.probe_workers import ProbeOutcome, ProbeWorkers, train_probe, worker_count
+from spml.training.probe_workers import COST_BATCH, ProbeOutcome, ProbeWorkers, row_cost, train_probe, worker_count
 from spml.training.runmodel import resolve_device
 
 AUTOTUNE_KEY = "autotune"
@@ -273,16 +273,28 @@ def rung_plan(candidates: int, epochs: int, halving: int, longest: float = 0.25,
     return [(n, max(1, shortest, math.ceil(top / halving ** (len(counts) - 1 - i) - 1e-9))) for i, n in enumerate(counts)]
 
 
-def longest_share(config: TrainConfig, num_train: int, epochs: int) -> float:
-    """The last rung's share of a step budget of ``epochs`` epochs on ``num_train`` rows.
+def longest_share(config: TrainConfig, num_train: int, epochs: int, batch_size: int = COST_BATCH) -> float:
+    """The last rung's share of a step budget of ``epochs`` epochs on ``num_train`` rows, for probes at ``batch_size``.
 
     ``autotune.longest_probe``, capped so that a probe learns from at most
-    ``autotune.longest_probe_rows`` rows (epochs x rows): on 65,665 COCO-like rows the best probe
-    trained 4 epochs and the budget's quarter (12) peaked lower at three times the epochs.
+    ``autotune.longest_probe_rows`` rows (epochs x train rows) at the cost of a batch-64 row: on
+    65,665 COCO-like rows the best batch-64 probe trained 4-7 epochs and the budget's quarter (12)
+    peaked lower at three times the epochs. A larger batch's row costs less
+    (:func:`~spml.training.probe_workers.row_cost`), and the large batch needs the longer schedule:
+    at that size batch 1,024 reached 0.762 val mAP in 15 epochs at lr 3e-3 and 0.734 in the row
+    cap's 7 (docs/benchmarks.md, "Probes side by side"), so its probes get the epochs of the same cost.
     """
     cap = config.autotune.longest_probe_rows
     share = config.autotune.longest_probe
-    return share if cap <= 0 else min(share, cap / (max(1, num_train) * max(1, epochs)))
+    if cap <= 0:
+        return share
+    rows = cap * row_cost(COST_BATCH) / row_cost(batch_size)
+    return min(share, rows / (max(1, num_train) * max(1, epochs)))
+
+
+def last_rung_epochs(config: TrainConfig, num_train: int, epochs: int, batch_size: int) -> int:
+    """Epochs of the last rung's probes at ``batch_size`` (:func:`longest_share` of the budget, rounded up)."""
+    return max(1, shortest_probe(config), math.ceil(epochs * longest_share(config, num_train, epochs, batch_size) - 1e-9))
 
 
 def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
@@ -294,16 +306,24 @@ def rank_key(candidate: Candidate) -> tuple[float, float, float, int]:
 def successive_halving(
     configs: Sequence[TrainConfig], plan: Sequence[tuple[int, int]],
     score: Callable[[Sequence[TrainConfig], int], list[Candidate]],
+    last_epochs: Callable[[TrainConfig], int] | None = None,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Run ``plan`` (:func:`rung_plan`) over ``configs``: every probe, and the last rung's.
 
     Args:
         configs: The candidates, in the order tried.
         plan: ``(candidates, epochs)`` per rung; the first count must be ``len(configs)``. A rung
-            keeps its count's best and the best of each batch size (one more at most per batch size).
+            before the last keeps its count's best and the best of each batch size (one more at
+            most per batch size); the last rung trains, for each batch size, its best candidate
+            and the candidate of the next smaller rate (the same batch and weight decay), dropped
+            earlier or not: a probe three times longer favours a smaller rate (13,133 rows: batch
+            64 at 3e-3 led at 9 epochs, 1e-3 won at 25; 65,665 rows: batch 1,024 at 1e-2 led at 3-7
+            epochs, 3e-3 won at 12-15; docs/benchmarks.md).
         score: Trains a rung's probes still to train (configs with the rung's epochs set) and returns
             their :class:`Candidate` s in the same order (called as ``score(configs, rung)``, once a
             rung; the probes of a rung may train side by side).
+        last_epochs: The last rung's epochs for a config (its batch size's, :func:`last_rung_epochs`);
+            None: the plan's.
 
     Returns:
         Every probe in the order trained (a config is trained once for given epochs), and the
@@ -313,23 +333,38 @@ def successive_halving(
     probes: list[Candidate] = []
     rung_probes: list[Candidate] = []
     trained: dict[tuple[int, int], Candidate] = {}  # (config index, epochs) -> its probe
-    for rung, (_, epochs) in enumerate(plan):
+
+    def epochs_of(i: int, rung: int) -> int:
+        return last_epochs(configs[i]) if last_epochs is not None and rung == len(plan) - 1 else plan[rung][1]
+
+    for rung in range(len(plan)):
         # The same probe again (rungs of equal epochs on a short budget) is not retrained.
-        new = [i for i in alive if (i, epochs) not in trained]
-        for i, candidate in zip(new, score([dataclasses.replace(configs[i], epochs=epochs) for i in new], rung)):
-            trained[i, epochs] = candidate
+        new = [i for i in alive if (i, epochs_of(i, rung)) not in trained]
+        for i, candidate in zip(new, score([dataclasses.replace(configs[i], epochs=epochs_of(i, rung)) for i in new], rung)):
+            trained[i, epochs_of(i, rung)] = candidate
             probes.append(candidate)
-        rung_probes = [trained[i, epochs] for i in alive]
+        rung_probes = [trained[i, epochs_of(i, rung)] for i in alive]
         if rung + 1 < len(plan):
             order = sorted(range(len(alive)), key=lambda k: rank_key(rung_probes[k]))
             # The best of each batch size survives too: a short probe favours the smaller batch (16x
             # the steps an epoch), which peaked lower than batch 1,024 for ROLE once both ran long
             # enough (docs/benchmarks.md, "Selection at scale").
             sizes = {configs[i].batch_size for i in alive}
-            firsts = {next(k for k in order if configs[alive[k]].batch_size == b) for b in sizes}
-            keep = sorted(set(order[: plan[rung + 1][0]]) | firsts)  # in the order tried
-            alive = [alive[k] for k in keep]
+            bests = [alive[next(k for k in order if configs[alive[k]].batch_size == b)] for b in sizes]
+            if rung + 2 < len(plan):
+                keep = {alive[k] for k in order[: plan[rung + 1][0]]} | set(bests)
+            else:
+                keep = set(bests) | {j for j in (_next_smaller_rate(configs, i) for i in bests) if j is not None}
+            alive = sorted(keep)  # in the order tried
     return probes, rung_probes
+
+
+def _next_smaller_rate(configs: Sequence[TrainConfig], i: int) -> int | None:
+    """The index of the config like ``configs[i]`` (batch, weight decay) with the next smaller lr, if any."""
+    like = [j for j, c in enumerate(configs)
+            if (c.batch_size, c.weight_decay) == (configs[i].batch_size, configs[i].weight_decay)
+            and float(c.lr or 0.0) < float(configs[i].lr or 0.0)]
+    return max(like, key=lambda j: float(configs[j].lr or 0.0), default=None)
 
 
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
@@ -364,22 +399,40 @@ def plan(config: TrainConfig, num_train: int) -> str:
             why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
-        rungs = rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving,
-                          longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
+        budget = adam[0].epochs or 1
+        rungs = rung_plan(len(adam), budget, config.autotune.halving,
+                          longest_share(config, num_train, budget), shortest_probe(config))
+        sizes = list(dict.fromkeys(p.batch_size for p in adam))
+        last = {b: last_rung_epochs(config, num_train, budget, int(b or 0)) for b in sizes}
+        capped = any(longest_share(config, num_train, budget, int(b or 0)) < config.autotune.longest_probe for b in sizes)
         parts.append(
             f"{len(adam)} Adam candidates over "
-            + " and ".join(
-                f"lr {_values(p.lr or 0.0 for p in adam if p.batch_size == b)} at batch {b}"
-                for b in dict.fromkeys(p.batch_size for p in adam)
-            )
+            + " and ".join(f"lr {_values(p.lr or 0.0 for p in adam if p.batch_size == b)} at batch {b}" for b in sizes)
             + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
-            + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs)
-            + f" of the step budget's {adam[0].epochs}"
-            + (f" (the last rung capped at autotune.longest_probe_rows {config.autotune.longest_probe_rows} rows)"
-               if longest_share(config, num_train, adam[0].epochs or 1) < config.autotune.longest_probe else "")
+            + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs[:-1])
+            + (", then " if len(rungs) > 1 else "")
+            + ("each batch size's best and its next smaller lr x "
+               + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
+               else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
+            + f" of the step budget's {budget}"
+            + (f" (the last rung capped at autotune.longest_probe_rows {config.autotune.longest_probe_rows} rows, "
+               "a large batch's rows counted at their lower cost)" if capped else "")
             + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
+
+
+def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) -> int:
+    """Most probes :func:`successive_halving` trains over ``rungs``.
+
+    A middle rung keeps one more a batch size at most; the last trains two a batch size (its best
+    and next smaller rate).
+    """
+    if not adam:
+        return 0
+    sizes = len({p.batch_size for p in adam})
+    middle = sum(min(n + sizes, len(adam)) for n, _ in rungs[1:-1])
+    return len(adam) + middle + (min(2 * sizes, len(adam)) if len(rungs) > 1 else 0)
 
 
 def _values(values: Iterator[float] | Sequence[float]) -> str:
@@ -407,9 +460,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
                   longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
         if adam else []
     )
-    # At most: a rung after the first may keep one more per batch size than its count.
-    batches = len({p.batch_size for p in adam})
-    total = len(lbfgs) + sum(n if i == 0 else min(n + batches, rungs[0][0]) for i, (n, _) in enumerate(rungs))
+    total = len(lbfgs) + max_probes(adam, rungs)
     # A ready loss module (it may hold state) stays in this process.
     workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
@@ -464,7 +515,9 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
         if lbfgs:
             score_rung(lbfgs, 0)
         if adam:
-            successive_halving(adam, rungs, score_rung)
+            budget = adam[0].epochs or 1
+            successive_halving(adam, rungs, score_rung,
+                               lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)))
         bar.close()
     # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
     # every rung competes: a longer schedule at the same lr peaked lower on single positives
