@@ -19,18 +19,23 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   16th of it, ``autotune.batch_divisors``), ranked by successive halving (:func:`rung_plan`,
   :func:`successive_halving`): every candidate trains a probe of a 36th of the step budget's
   epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
-  (``autotune.halving``) and the best of each batch size a probe three times longer, and so on
-  up to probes of a quarter of the budget (``autotune.longest_probe``), but of at most
-  ``autotune.longest_probe_rows`` rows (epochs x train rows, :func:`longest_share`). The best val
-  mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
+  (``autotune.halving``) and the best of each batch size a probe three times longer, and so on;
+  the last rung trains each batch size's best and the candidate of its next smaller rate (a probe
+  three times longer favours a smaller rate), probes of a quarter of the budget
+  (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows`` rows at the cost of
+  a batch-64 row (epochs x train rows, a larger batch's rows cheaper: :func:`longest_share`). The
+  best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
   ``epochs`` or ``batch_size`` is kept): on single positives a longer schedule at the same lr
   peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
   last says so only when the selection's longer probe of its setting did not peak lower
   (:class:`SelectionEvidence`).
   Eight candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 8 probes of 1 epoch,
-  3 (+1) of 3, 2 (+1) of 7; at 13,133 rows (a 100-epoch budget) 8 of 3, 3 (+1) of 9, 2 (+1) of 25. One-epoch probes, used before, ranked how fast a rate starts and picked the
-  largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr 1e-4 batch 8 reached
-  0.689). Probes end after validation (``val_only``).
+  3 (+1) of 3, then 2 of 7 at batch 64 and 2 of 12 at batch 1,024; at 13,133 rows (a 100-epoch
+  budget) 8 of 3, 3 (+1) of 9, 2 + 2 of 25. One-epoch probes, used before, ranked how fast a rate
+  starts and picked the largest (lr 1e-2 on COCO-like single positives: 0.562 val mAP where lr
+  1e-4 batch 8 reached 0.689). Probes end after validation (``val_only``). On a CPU a rung's
+  probes train side by side in worker processes, one per thread the run may use
+  (``autotune.workers``, :mod:`spml.training.probe_workers`).
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
 with every probe's val mAP, best epoch, seconds, epochs and rung, and the selection's seconds. The log says

@@ -124,8 +124,9 @@ class AutotuneConfig:
             times longer (:func:`spml.training.autotune.rung_plan`).
         longest_probe: The last rung's probes' share of the step budget's epochs (the earlier rungs
             ``halving`` times shorter each).
-        longest_probe_rows: Most rows the last rung's probes learn from (epochs x train rows), a
-            cap on ``longest_probe`` on large sets (0: no cap).
+        longest_probe_rows: Most rows the last rung's probes learn from (epochs x train rows,
+            a larger batch's rows counted at their lower cost), a cap on ``longest_probe`` on
+            large sets (0: no cap).
         workers: Processes that train a rung's probes side by side (0: one per thread the run may
             use, on a CPU above a few thousand train rows; 1: in the run's process), each with its
             share of the threads (:mod:`spml.training.probe_workers`).
