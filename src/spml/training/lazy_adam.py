@@ -53,7 +53,9 @@ from torch.optim.adam import adam as functional_adam
 TOLERANCE = 1e-9
 #: Most series terms per row before the term-by-term sum is used instead.
 MAX_TERMS = 24
-# Rows caught up at once by a flush (the term-by-term sum holds rows x L x K float64 values).
+# Rows caught up at once by a flush (the series holds rows x K x terms float64 values), and at once
+# by the term-by-term sum (rows x L x K).
+_FLUSH_ROWS = 512
 _CHUNK = 128
 
 
@@ -147,7 +149,7 @@ class LazyRowAdam:
         steps = self._steps()
         for table in self.tables:
             stale = torch.nonzero(table.last < steps).squeeze(1)
-            for rows in stale.split(_CHUNK):
+            for rows in stale.split(_FLUSH_ROWS):
                 self._catch_up(table, rows)
         self._forget_history()
 
@@ -228,30 +230,31 @@ class LazyRowAdam:
             rho > 0, torch.ceil(torch.log(TOLERANCE * (1 - rho)) / torch.log(rho.clamp(min=1e-300))), 1.0
         ).clamp(min=1)
         sv = torch.sqrt(v0)
-        delta = torch.empty_like(m0)
         series = terms <= MAX_TERMS
-        if bool(series.any()):
-            n = int(terms[series].max())
-            ratio = (centre[series, None] - offset[series]) / centre[series, None]
-            mu = torch.empty(len(ratio), n, dtype=torch.float64, device=device)
-            weighted = coef[series]
-            for k in range(n):  # mu_k = sum_j c_j r_j^k
-                mu[:, k] = weighted.sum(1)
-                weighted = weighted * ratio
-            w = 1.0 / (sv[series] + centre[series, None])
-            z = centre[series, None] * w
-            poly = mu[:, n - 1, None].expand_as(z)
-            for k in range(n - 2, -1, -1):
-                poly = poly * z + mu[:, k, None]
-            delta[series] = m0[series] * w * poly
-        direct = torch.nonzero(~series).squeeze(1)
-        for part in direct.split(_CHUNK):
-            denom = sv[part][:, :, None] + offset[part][:, None, :]
-            delta[part] = m0[part] * (coef[part][:, None, :] / denom).sum(2)
+        if bool(series.all()):  # the usual case: no row split
+            delta = m0 * _series_sum(coef, offset, centre, sv, int(terms.max()))
+        else:
+            delta = torch.empty_like(m0)
+            if bool(series.any()):
+                delta[series] = m0[series] * _series_sum(
+                    coef[series], offset[series], centre[series], sv[series], int(terms[series].max())
+                )
+            for part in torch.nonzero(~series).squeeze(1).split(_CHUNK):
+                delta[part] = m0[part] * (coef[part][:, None, :] / (sv[part][:, :, None] + offset[part][:, None, :])).sum(2)
         param.data[rows] -= delta.to(param.dtype)
         state["exp_avg"][rows] = (m0 * b1 ** missed.double()[:, None]).to(param.dtype)
         state["exp_avg_sq"][rows] = (v0 * b2 ** missed.double()[:, None]).to(param.dtype)
         table.last[rows] = steps
+
+
+def _series_sum(coef: torch.Tensor, offset: torch.Tensor, centre: torch.Tensor, sv: torch.Tensor, terms: int) -> torch.Tensor:
+    """``sum_j coef[r, j] / (sv[r, l] + offset[r, j])`` for every element: ``w sum_n mu_n z^n`` (the module's series)."""
+    ratio = 1.0 - offset / centre[:, None]  # r_j, |r_j| <= rho
+    powers = torch.cumprod(ratio[:, :, None].expand(-1, -1, terms - 1), dim=2)
+    mu = torch.cat([coef.sum(1, keepdim=True), torch.einsum("rj,rjn->rn", coef, powers)], dim=1)
+    w = 1.0 / (sv + centre[:, None])
+    z = torch.cumprod((centre[:, None] * w)[:, :, None].expand(-1, -1, terms - 1), dim=2)
+    return w * (mu[:, :1] + torch.bmm(z, mu[:, 1:, None]).squeeze(2))
 
 
 def horizon(b1: float, b2: float) -> int:
