@@ -181,6 +181,7 @@ def dense_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def assert_runs_close(a: Path, b: Path, tol: float) -> None:
     ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
     assert ra["best_epoch"] == rb["best_epoch"] and ra["val_map"] == pytest.approx(rb["val_map"], abs=tol)
+    assert ra["test_map"] == pytest.approx(rb["test_map"], abs=tol)
     for name in ("best.safetensors", "last.safetensors"):  # weights, the estimator, Adam's state
         wa, wb = load_file(str(a / name)), load_file(str(b / name))
         assert wa.keys() == wb.keys() and any(k.startswith("loss.estimator") for k in wa)
@@ -189,15 +190,24 @@ def assert_runs_close(a: Path, b: Path, tol: float) -> None:
 
 
 def test_role_run_lazy_equals_dense_and_resumes_either_way(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """48 train rows in batches of 4 (rows miss up to 22 steps): the same run to 1e-5 with the lazy path and the dense one."""
+    """48 train rows in batches of 4 (rows miss up to 22 steps): the same run to 1e-5 with the lazy path and the dense one.
+
+    12 steps an epoch: the trainer keeps dense Adam below MIN_STEPS_PER_EPOCH, lowered here.
+    """
     cfg = load_config(None, ROLE)
     used: list[LazyRowAdam | None] = []
     monkeypatch.setattr(steps, "lazy_rows", lambda *args: used.append(lazy_rows(*args)) or used[-1])
+    train(data, cfg, tmp_path / "few_steps")
+    assert not used
+    monkeypatch.setattr(lazy_adam, "MIN_STEPS_PER_EPOCH", 12)
     train(data, cfg, tmp_path / "lazy")
     assert used and all(isinstance(u, LazyRowAdam) for u in used)
-    train_interrupted_at(2, data, cfg, tmp_path / "lazy_cut")  # its checkpoint resumed by the dense path
+    for cut in ("lazy_cut", "lazy_cut_dense"):
+        train_interrupted_at(2, data, cfg, tmp_path / cut)
+    resume(tmp_path / "lazy_cut")
+    assert_runs_close(tmp_path / "lazy_cut", tmp_path / "lazy", 0.0)  # resumed as exactly as the dense path
     dense_only(monkeypatch)
     train(data, cfg, tmp_path / "dense")
-    resume(tmp_path / "lazy_cut")
+    resume(tmp_path / "lazy_cut_dense")  # a lazy run's checkpoint, resumed by the dense path
     assert_runs_close(tmp_path / "lazy", tmp_path / "dense", 1e-5)
-    assert_runs_close(tmp_path / "lazy_cut", tmp_path / "dense", 1e-5)
+    assert_runs_close(tmp_path / "lazy_cut_dense", tmp_path / "dense", 1e-5)

@@ -36,7 +36,8 @@ The catch-up of a row last updated at step ``s0``, ``k`` steps behind, is, per e
 It applies only where the result is that of dense Adam: plain Adam (or AdamW) without weight decay
 on the table's group (decay gives every row a gradient), no amsgrad, no maximize, constant betas (not
 the one-cycle schedule, which moves beta1), one process (under torchrun the rows with gradient are
-the whole global batch's; the trainer keeps dense Adam there). :func:`lazy_rows` decides.
+the whole global batch's; the trainer keeps dense Adam there). :func:`lazy_rows` decides; the trainer
+also keeps dense Adam for epochs of fewer than :data:`MIN_STEPS_PER_EPOCH` steps, where it is as fast.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ from torch.optim.adam import adam as functional_adam
 TOLERANCE = 1e-9
 #: Most series terms per row before the term-by-term sum is used instead.
 MAX_TERMS = 24
+#: Fewest steps an epoch where lazy Adam pays: it brings every row up to date about twice an epoch (when
+#: read, and at the epoch's end) whatever the batch, where dense Adam passes over the table once a step.
+#: At 65,665 x 80 both cost about the same at 64 to 128 steps an epoch (docs/benchmarks.md).
+MIN_STEPS_PER_EPOCH = 128
 # Rows caught up at once by a flush (the series holds rows x K x terms float64 values), and at once
 # by the term-by-term sum (rows x L x K).
 _FLUSH_ROWS = 512

@@ -24,7 +24,7 @@ from spml.errors import SpmlError
 from spml.losses import SpmlLoss
 from spml.models import untrained_parameters
 from spml.progress import progress
-from spml.training import distributed
+from spml.training import distributed, lazy_adam
 from spml.training.batches import BatchSource
 from spml.training.centering import HeadCentering, feature_mean
 from spml.training.checkpoint import load_optimizer_state, optimizer_state
@@ -237,9 +237,10 @@ class AdamSteps(StepStrategy):
         """Build the phase's Adam (lazy on the loss's row-sparse tables where exact); centre a linear head's cached features when ``center_features``."""
         super().enter(phase)
         # Lazy Adam needs the rows with gradient (under torchrun: every rank's, after the all-reduce)
-        # and constant betas (the one-cycle schedule moves beta1); dense Adam otherwise.
+        # and constant betas (the one-cycle schedule moves beta1), and pays with many steps an epoch.
         tables = [getattr(self.loss, name) for name in self.loss.row_sparse_params]
-        lazy_ok = not distributed.active() and self.config.schedule != ONECYCLE
+        many_steps = len(self.batches.order(phase.first_epoch, phase.batch_size)) >= lazy_adam.MIN_STEPS_PER_EPOCH
+        lazy_ok = many_steps and not distributed.active() and self.config.schedule != ONECYCLE
         self.lazy = lazy_rows(self.optimizer, [p for p in tables if p.requires_grad]) if lazy_ok else None  # type: ignore[arg-type]
         self.loss.sparse_grad = self.lazy is not None
         self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]  # type: ignore[union-attr]
