@@ -16,7 +16,7 @@ from spml.api import load_config, resume, train
 from spml.training.checkpoint import load_optimizer_state, optimizer_state
 from spml.training.lazy_adam import TOLERANCE, LazyRowAdam, horizon, lazy_rows
 from subsets import train_interrupted_at
-from tiny import overrides, synthetic_set, tiny
+from tiny import TINY_MODEL, overrides, synthetic_set, tiny
 
 ROWS, CLASSES, BATCH, STEPS = 300, 7, 16, 420
 
@@ -211,3 +211,18 @@ def test_role_run_lazy_equals_dense_and_resumes_either_way(data: Path, tmp_path:
     resume(tmp_path / "lazy_cut_dense")  # a lazy run's checkpoint, resumed by the dense path
     assert_runs_close(tmp_path / "lazy", tmp_path / "dense", 1e-5)
     assert_runs_close(tmp_path / "lazy_cut_dense", tmp_path / "dense", 1e-5)
+
+
+def test_role_linear_init_lazy_equals_dense(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across the phase switch (a new optimizer, the estimator from the linear phase's best) and through fine-tuning's image batches."""
+    cfg = load_config(None, [*ROLE, "regime=linear-init", "linear_init.epochs=1", "epochs=2", *overrides(TINY_MODEL)])
+    monkeypatch.setattr(lazy_adam, "MIN_STEPS_PER_EPOCH", 12)
+    used: list[LazyRowAdam | None] = []
+    monkeypatch.setattr(steps, "lazy_rows", lambda *args: used.append(lazy_rows(*args)) or used[-1])
+    train(data, cfg, tmp_path / "lazy")
+    assert len(used) == 2 and all(isinstance(u, LazyRowAdam) for u in used)  # both phases
+    dense_only(monkeypatch)
+    train(data, cfg, tmp_path / "dense")
+    # Fine-tuning every layer with Adam carries float rounding further (as between one and two
+    # processes, tests/test_distributed.py): 1e-4.
+    assert_runs_close(tmp_path / "lazy", tmp_path / "dense", 1e-4)
