@@ -29,7 +29,7 @@ The catch-up of a row last updated at step ``s0``, ``k`` steps behind, is, per e
   ``z = e / (sqrt(v0) + e)``, ``1 / (sqrt(v0) + e_j) = 1 / (sqrt(v0) + e) * sum_n (r_j z)^n`` with
   ``r_j = (e - e_j) / e``, ``|r_j| <= rho = (e_max - e_min) / (e_max + e_min)`` whatever ``v0``; so the
   sum is ``m0 / (sqrt(v0) + e) * sum_n mu_n z^n`` with ``mu_n = sum_j c_j r_j^n`` computed once per
-  row, and ``n`` runs until ``rho^n`` is below :data:`TOLERANCE`. ``rho`` is about 0.05 once the
+  row, and ``n`` runs until ``rho^n / (1 - rho)`` is below :data:`TOLERANCE`. ``rho`` is about 0.05 once the
   bias correction has settled; a row whose window lies where ``bc2`` still moves fast (the first few
   hundred steps) and needs more than :data:`MAX_TERMS` terms is summed term by term.
 
