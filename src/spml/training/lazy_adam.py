@@ -219,14 +219,16 @@ class LazyRowAdam:
         b1, b2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
         missed = steps - last
-        window = missed.clamp(max=horizon(b1, b2))
+        # Rows last brought up to date at the same step (a past batch's) share their window's factors.
+        starts, of_row = torch.unique(last, return_inverse=True)
+        window = (steps - starts).clamp(max=horizon(b1, b2))
         device = param.device
         j = torch.arange(1, int(window.max()) + 1, device=device)
         valid = j[None, :] <= window[:, None]
-        at = ((last - self._base)[:, None] + j[None, :] - 1).clamp(max=steps - self._base - 1)  # step last + j
+        at = ((starts - self._base)[:, None] + j[None, :] - 1).clamp(max=steps - self._base - 1)  # step start + j
         jd = j.double()
         coef = torch.where(valid, table.history[0][at] * (b1 / math.sqrt(b2)) ** jd, 0.0)
-        offset = table.history[1][at] * (eps * b2 ** (-jd / 2))  # increasing along each row's window
+        offset = table.history[1][at] * (eps * b2 ** (-jd / 2))  # increasing along each window
         low = offset[:, 0]
         high = offset.gather(1, (window - 1)[:, None]).squeeze(1)
         centre = (low + high) / 2
@@ -236,30 +238,32 @@ class LazyRowAdam:
         ).clamp(min=1)
         sv = torch.sqrt(v0)
         series = terms <= MAX_TERMS
-        if bool(series.all()):  # the usual case: no row split
-            delta = m0 * _series_sum(coef, offset, centre, sv, int(terms.max()))
-        else:
-            delta = torch.empty_like(m0)
-            if bool(series.any()):
-                delta[series] = m0[series] * _series_sum(
-                    coef[series], offset[series], centre[series], sv[series], int(terms[series].max())
-                )
-            for part in torch.nonzero(~series).squeeze(1).split(_CHUNK):
-                delta[part] = m0[part] * (coef[part][:, None, :] / (sv[part][:, :, None] + offset[part][:, None, :])).sum(2)
+        delta = torch.zeros_like(m0)
+        if bool(series.any()):  # the usual case; the other rows' values are replaced below
+            moments = _moments(coef, offset, centre, int(terms[series].max()))
+            delta = m0 * _series_sum(moments[of_row], centre[of_row], sv)
+        direct = torch.nonzero(~series[of_row]).squeeze(1)
+        for part in direct.split(_CHUNK):
+            w = of_row[part]
+            delta[part] = m0[part] * (coef[w][:, None, :] / (sv[part][:, :, None] + offset[w][:, None, :])).sum(2)
         param.data[rows] -= delta.to(param.dtype)
         state["exp_avg"][rows] = (m0 * b1 ** missed.double()[:, None]).to(param.dtype)
         state["exp_avg_sq"][rows] = (v0 * b2 ** missed.double()[:, None]).to(param.dtype)
         table.last[rows] = steps
 
 
-def _series_sum(coef: torch.Tensor, offset: torch.Tensor, centre: torch.Tensor, sv: torch.Tensor, terms: int) -> torch.Tensor:
-    """``sum_j coef[r, j] / (sv[r, l] + offset[r, j])`` for every element: ``w sum_n mu_n z^n`` (the module's series)."""
-    ratio = 1.0 - offset / centre[:, None]  # r_j, |r_j| <= rho
+def _moments(coef: torch.Tensor, offset: torch.Tensor, centre: torch.Tensor, terms: int) -> torch.Tensor:
+    """``mu_n = sum_j coef_j r_j^n`` for ``n < terms`` of every window, ``r_j = 1 - offset_j / centre`` (the module's series)."""
+    ratio = 1.0 - offset / centre[:, None]  # |r_j| <= rho
     powers = torch.cumprod(ratio[:, :, None].expand(-1, -1, terms - 1), dim=2)
-    mu = torch.cat([coef.sum(1, keepdim=True), torch.einsum("rj,rjn->rn", coef, powers)], dim=1)
+    return torch.cat([coef.sum(1, keepdim=True), torch.einsum("rj,rjn->rn", coef, powers)], dim=1)
+
+
+def _series_sum(moments: torch.Tensor, centre: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
+    """``sum_j coef_j / (sv + offset_j)`` for every element of every row: ``w sum_n mu_n z^n``."""
     w = 1.0 / (sv + centre[:, None])
-    z = torch.cumprod((centre[:, None] * w)[:, :, None].expand(-1, -1, terms - 1), dim=2)
-    return w * (mu[:, :1] + torch.bmm(z, mu[:, 1:, None]).squeeze(2))
+    z = torch.cumprod((centre[:, None] * w)[:, :, None].expand(-1, -1, moments.shape[1] - 1), dim=2)
+    return w * (moments[:, :1] + torch.bmm(z, moments[:, 1:, None]).squeeze(2))
 
 
 def horizon(b1: float, b2: float) -> int:
