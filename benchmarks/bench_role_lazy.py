@@ -29,6 +29,8 @@ from spml.api import load_config
 from spml.data.layout import PreparedData
 from spml.training.engine import train
 
+ENGINE_MIN_STEPS = lazy_adam.MIN_STEPS_PER_EPOCH  # the engine's own threshold (mode default)
+
 
 def run(data: PreparedData, batch: int, epochs: int, mode: str, root: Path) -> dict:
     """Train ROLE with ``mode`` (``lazy``, ``dense``, or ``default``: the engine's choice); its timings and val mAP."""
@@ -41,7 +43,7 @@ def run(data: PreparedData, batch: int, epochs: int, mode: str, root: Path) -> d
         return chosen
 
     steps.lazy_rows = choose
-    lazy_adam.MIN_STEPS_PER_EPOCH = 1 if mode == "lazy" else 128
+    lazy_adam.MIN_STEPS_PER_EPOCH = 1 if mode == "lazy" else ENGINE_MIN_STEPS
     cfg = load_config(None, [
         "backbone=resnet50", "pretrained=none", "regime=linear", "device=cpu", "loss=role",
         "observed=single-positive.npy", "lr=1e-3", f"batch_size={batch}", f"epochs={epochs}",
