@@ -149,6 +149,9 @@ class SpmlLoss(nn.Module):
     hooks: ClassVar[tuple[str, ...]] = ()
     #: Learning-rate multiplier for the loss's own parameters (ROLE's label estimator).
     param_lr_mult: float = 1.0
+    #: Names of the loss's parameters of which a batch reads only the rows ``index`` names (ROLE's
+    #: label estimator): the trainer updates just those rows, exactly (:mod:`spml.training.lazy_adam`).
+    row_sparse_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__()
@@ -156,6 +159,8 @@ class SpmlLoss(nn.Module):
             raise SpmlError(f"loss {self.name!r}: num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = num_classes
         self.validate = validate
+        #: Give the :attr:`row_sparse_params` a sparse gradient (set by the trainer that updates them lazily).
+        self.sparse_grad = False
 
     # -- hooks (no-ops unless a subclass lists them in ``hooks``) --------------------------------
     def on_train_start(self, observed: torch.Tensor) -> None:

@@ -236,6 +236,10 @@ class ROLE(SpmlLoss):
 
     The estimator's logits are :attr:`estimator_logits`, an ``nn.Parameter`` that the optimizer
     trains with the model at ``param_lr_mult`` (10) times the learning rate, as in Cole et al.
+    A batch reads only its own rows of it (:attr:`row_sparse_params`): with :attr:`sparse_grad` set,
+    their gradient is sparse and the trainer's Adam updates only those rows at each step, deferring
+    the other rows' momentum steps exactly (:mod:`spml.training.lazy_adam`) rather than moving the
+    whole N_train x L table at every step as Cole et al.'s release does (same result to rounding).
     Call :meth:`on_train_start` with the training set's observed labels first (estimator init:
     0.995 at observed positives, 0.005 at observed negatives, U(0.4, 0.6) elsewhere, in logit space);
     inputs: ``index=`` (the batch's training-set row numbers).
@@ -249,6 +253,7 @@ class ROLE(SpmlLoss):
 
     inputs = ("index",)
     hooks = ("on_train_start",)
+    row_sparse_params = ("estimator_logits",)
 
     def __init__(
         self,
@@ -301,8 +306,8 @@ class ROLE(SpmlLoss):
             self._ready = True
 
     def estimated_labels(self, index: torch.Tensor) -> torch.Tensor:
-        """The estimator's probabilities for training rows ``index`` (with gradient)."""
-        return torch.sigmoid(self.estimator_logits[index])
+        """The estimator's probabilities for training rows ``index`` (with gradient; sparse under :attr:`sparse_grad`)."""
+        return torch.sigmoid(torch.nn.functional.embedding(index.long(), self.estimator_logits, sparse=self.sparse_grad))
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
         """Per-entry ROLE terms (classifier and estimator halves) and the regulariser."""
