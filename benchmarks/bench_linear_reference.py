@@ -279,7 +279,8 @@ def main() -> None:
             timeline = json.loads(args.reference_timeline.read_text())
         else:
             path = args.save_reference_timeline or Path(tmp) / "reference.json"
-            subprocess.run([sys.executable, me, "--data", str(args.data), "--child", "reference", str(args.reference_code),
+            # --threads again: the child's own parser would set torch's threads to its default (1).
+            subprocess.run([sys.executable, me, "--data", str(args.data), "--threads", str(args.threads), "--child", "reference", str(args.reference_code),
                             report["data"]["reference_cwd"], args.loss, str(args.reference_epochs),
                             str(args.reference_workers), str(path)], check=True, env=env)
             timeline = json.loads(path.read_text())
@@ -289,7 +290,7 @@ def main() -> None:
             overrides = [*report["data"]["spml_overrides"], f"loss={args.loss}",
                          f"observed={report['data']['spml_observed']}", *args.spml_set]
             result = Path(tmp) / "spml.json"
-            subprocess.run([sys.executable, me, "--data", str(args.data), "--child", "spml", report["data"]["spml_data"],
+            subprocess.run([sys.executable, me, "--data", str(args.data), "--threads", str(args.threads), "--child", "spml", report["data"]["spml_data"],
                             json.dumps(overrides), str(Path(tmp) / "run"), str(result)], check=True, env=env)
             sp = json.loads(result.read_text())
             report["spml"] = sp
