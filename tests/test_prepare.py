@@ -525,3 +525,16 @@ def test_library_errors_are_spml_errors(tmp_path):
     with pytest.raises(SpmlError, match="not a prepared data folder"):
         prepare("yolo", make_yolo(tmp_path / "yolo"), tmp_path / "user")
     assert (tmp_path / "user" / "notes.txt").read_text() == "keep me"
+
+
+def test_image_paths_read_lazily_behave_as_a_list_of_paths(tmp_path: Path) -> None:
+    from spml.data.layout import ImagePaths
+
+    lines = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    images = ImagePaths(lines)
+    as_list = [Path(line) for line in lines]
+    assert images == as_list and as_list == images and images == ImagePaths(list(lines))
+    assert images != as_list[:2] and images != "abc"
+    assert images[1] == as_list[1] and isinstance(images[-1], Path) and images[:2] == as_list[:2]
+    assert list(images) == as_list and len(images) == 3 and images.strings() is lines
+    assert images + images[:1] == as_list + as_list[:1] and as_list[:1] + images == as_list[:1] + as_list
