@@ -213,10 +213,14 @@ def test_role_run_lazy_equals_dense_and_resumes_either_way(data: Path, tmp_path:
     assert_runs_close(tmp_path / "lazy_cut_dense", tmp_path / "dense", 1e-5)
 
 
-def test_role_linear_init_lazy_equals_dense(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_role_linear_init_lazy_equals_dense(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            request: pytest.FixtureRequest) -> None:
     """Across the phase switch (a new optimizer, the estimator from the linear phase's best) and through fine-tuning's image batches."""
     cfg = load_config(None, [*ROLE, "regime=linear-init", "linear_init.epochs=1", "epochs=2", *overrides(TINY_MODEL)])
     monkeypatch.setattr(lazy_adam, "MIN_STEPS_PER_EPOCH", 12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     used: list[LazyRowAdam | None] = []
     monkeypatch.setattr(steps, "lazy_rows", lambda *args: used.append(lazy_rows(*args)) or used[-1])
     train(data, cfg, tmp_path / "lazy")
@@ -224,5 +228,8 @@ def test_role_linear_init_lazy_equals_dense(data: Path, tmp_path: Path, monkeypa
     dense_only(monkeypatch)
     train(data, cfg, tmp_path / "dense")
     # Fine-tuning every layer with Adam carries float rounding further (as between one and two
-    # processes, tests/test_distributed.py): 1e-4.
-    assert_runs_close(tmp_path / "lazy", tmp_path / "dense", 1e-4)
+    # processes, tests/test_distributed.py): Adam turns a rounding-sized difference in a near-zero
+    # gradient into a step of up to lr (3e-3). With one intra-op thread the runs agreed to 1e-4; with
+    # two, whose products round otherwise, BatchNorm running means parted by up to 2.3e-3 (dense
+    # against dense: equal either way). One thread here, and 1e-3, so that no CPU's rounding decides.
+    assert_runs_close(tmp_path / "lazy", tmp_path / "dense", 1e-3)
