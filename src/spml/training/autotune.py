@@ -405,8 +405,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
         else:
             why = f"loss {config.loss!r} changes its objective between epochs"
         budget = adam[0].epochs or 1
-        rungs = rung_plan(len(adam), budget, config.autotune.halving,
-                          longest_share(config, num_train, budget), shortest_probe(config))
+        rungs = adam_rungs(config, num_train, adam)
         sizes = list(dict.fromkeys(p.batch_size for p in adam))
         last = {b: last_rung_epochs(config, num_train, budget, int(b or 0)) for b in sizes}
         capped = any(longest_share(config, num_train, budget, int(b or 0)) < config.autotune.longest_probe for b in sizes)
@@ -425,6 +424,14 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + ("; the run repeats the best probe" if not config.epochs else f"; the run trains epochs {config.epochs}")
         )
     return "; ".join(parts)
+
+
+def adam_rungs(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig]) -> list[tuple[int, int]]:
+    """:func:`rung_plan` of the Adam candidates ``adam`` (:func:`probe_configs`) on ``num_train`` rows ([] without any)."""
+    if not adam:
+        return []
+    budget = adam[0].epochs or 1
+    return rung_plan(len(adam), budget, config.autotune.halving, longest_share(config, num_train, budget), shortest_probe(config))
 
 
 def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) -> int:
@@ -460,16 +467,11 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     probes = probe_configs(config, num_train)
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
-    rungs = (
-        rung_plan(len(adam), adam[0].epochs or 1, config.autotune.halving,
-                  longest_share(config, num_train, adam[0].epochs or 1), shortest_probe(config))
-        if adam else []
-    )
+    rungs = adam_rungs(config, num_train, adam)
     total = len(lbfgs) + max_probes(adam, rungs)
     # A ready loss module (it may hold state) stays in this process.
     workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
-    worker_cpu = 0.0  # CPU time of the probes trained in worker processes
     with probe_folder(data, config) as tmp, (
         ProbeWorkers(data.root, workers, torch.get_num_threads()) if workers > 1 else contextlib.nullcontext()
     ) as pool:
@@ -504,8 +506,6 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             else:
 
                 def ended(k: int, outcome: ProbeOutcome) -> None:
-                    nonlocal worker_cpu
-                    worker_cpu += outcome.cpu_seconds
                     scored[k] = record(configs[k], rung, outcome, len(done) + len(scored) + 1)
 
                 pool.run(list(zip(configs, folders)), ended)
@@ -529,6 +529,8 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     # (docs/benchmarks.md, "Selection at scale"), so the last rung is not always the best.
     best = best_candidate(done)
     adam_best = best.optimizer == "adam"
+    # With workers every probe trained in one, so their CPU time adds to this process's.
+    worker_cpu = sum(c.cpu_seconds for c in done) if workers > 1 else 0.0
     return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
                      best.epochs if adam_best else 0, best.batch_size if adam_best else 0,
                      time.process_time() - cpu_start + worker_cpu)
