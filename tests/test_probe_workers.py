@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,11 @@ import spml
 from spml.errors import SpmlError
 from spml.training.autotune import select
 from spml.training.config import AutotuneConfig
-from spml.training.probe_workers import PARALLEL_MIN_ROWS, ProbeWorkers, probe_cost, usable_cores, worker_count
+from spml.data.layout import PreparedData
+from spml.training.checkpoint import load_checkpoint
+from spml.training.engine import open_feature_caches
+from spml.training.probe_workers import PARALLEL_MIN_ROWS, ProbeWorkers, probe_cost, train_probe, usable_cores, worker_count
+from spml.training.runmodel import RunModel, head_only
 
 from subsets import tiny_single_positive_set
 from tiny import TINY
@@ -85,3 +90,42 @@ def test_a_probe_that_fails_in_a_worker_fails_the_selection_in_one_line(data: Pa
         pool.run([(probe, tmp_path / "fresh")], lambda i, outcome: ended.append(outcome.val_map))
     assert len(ended) == 1 and 0 < ended[0] <= 1
     assert json.loads((tmp_path / "fresh" / "results.json").read_text())["val_map"] == pytest.approx(ended[0])
+
+
+def test_a_head_only_run_model_is_the_one_built_without_its_backbone(tmp_path: Path) -> None:
+    data = PreparedData.open(tiny_single_positive_set(tmp_path / "data", seed=7))
+    config = _config(1)
+    full = RunModel(config, data, torch.device("cpu"))
+    after_build = torch.get_rng_state()
+    start = full.head_start()
+    torch.manual_seed(12345)  # whatever was drawn before, the run draws on from the build's state
+    head = RunModel(config, data, torch.device("cpu"), start=start)
+    assert torch.equal(torch.get_rng_state(), after_build)
+    built = full.model.head.state_dict()
+    assert built.keys() == head.model.head.state_dict().keys()
+    assert all(torch.equal(v, built[k]) for k, v in head.model.head.state_dict().items())
+    assert head.eval_transform == full.eval_transform  # the feature caches' key
+    assert sum(p.numel() for p in head.model.parameters()) == sum(p.numel() for p in full.model.head.parameters())
+    with pytest.raises(SpmlError, match="train features of .* are not cached"):
+        head.features("train")  # it cannot extract them: it has no backbone
+    full.open_feature_caches()  # with the backbone: now the head-only model reads them
+    assert np.array_equal(head.features("val").block(0, 5), full.features("val").block(0, 5))
+    assert head_only(config) and not head_only(dataclasses.replace(config, regime="finetune"))
+    with pytest.raises(ValueError, match="head alone"):
+        RunModel(dataclasses.replace(config, regime="finetune"), data, torch.device("cpu"), start=start)
+
+
+def test_a_probe_from_the_head_start_trains_exactly_what_a_full_build_trains(data: Path, tmp_path: Path) -> None:
+    # ROLE: the loss's own state (its label estimator) is checked too.
+    probe = dataclasses.replace(_config(1), lr=1e-2, epochs=3, batch_size=16, optimizer="adam", loss="role")
+    start = open_feature_caches(PreparedData.open(data), probe)
+    assert start is not None
+    full = train_probe(data, probe, tmp_path / "full")
+    head = train_probe(data, probe, tmp_path / "head", head_start=start)
+    assert (head.val_map, head.best_epoch) == (full.val_map, full.best_epoch)
+    a, _ = load_checkpoint(tmp_path / "full" / "best.safetensors")
+    b, _ = load_checkpoint(tmp_path / "head" / "best.safetensors")
+    assert a.keys() == b.keys() == {"model", "loss"}
+    for group in a:
+        assert a[group].keys() == b[group].keys()
+        assert all(torch.equal(b[group][k], v) for k, v in a[group].items())

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from spml.data.cache import ArrayCache
 from spml.data.dataset import ImageTransform, SplitDataset
 from spml.data.layout import Split
+from spml.errors import SpmlError
 from spml.models.backbones import spatial_features, unwrap_backbone
 from spml.progress import progress
 
@@ -68,6 +69,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     pooled: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cached_only: bool = False,
 ) -> np.ndarray:
     """Backbone features of every image of ``split``, cached and memory-mapped.
 
@@ -96,6 +98,8 @@ def extract_features(
         device: Where the backbone runs; on CUDA with bf16 autocast and channels_last.
         pooled: ``N x C`` global-average-pooled features if True, else ``N x C x H x W`` maps.
         chunk_size: Rows per resumable chunk (part of the partial build's settings).
+        cached_only: Refuse to extract: the caller's backbone has no weights (a selection probe
+            built without it, :class:`~spml.training.runmodel.HeadStart`).
 
     Returns:
         A read-only memory-mapped float16 array, ``N x C`` (pooled) or ``N x C x H x W``.
@@ -105,6 +109,9 @@ def extract_features(
     cache = feature_cache(split, transform, cache_root, backbone_id=backbone_id, pooled=pooled)
     if cache.exists():
         return cache.load()["features"]
+    if cached_only:
+        raise SpmlError(f"the {split.name} features of {backbone_id['name']} are not cached; open the caches "
+                        "with the backbone's weights first (spml.training.engine.open_feature_caches)", Path(cache_root))
 
     dataset = SplitDataset(split, dataclasses.replace(transform, flip_prob=0.0, cutout=0.0, randaugment=False))
     on_cuda = device.type == "cuda"

@@ -45,7 +45,7 @@ from spml.training.phases import LINEAR, plan_phases
 from spml.training.resolve import check_loss, observed_in, resolve_config
 from spml.training.run_writer import RunWriter, locked, new_run
 from spml.training.runfolder import RunResult, check_new_run_dir, is_complete, read_result, run_data_dir
-from spml.training.runmodel import RunModel, resolve_device
+from spml.training.runmodel import HeadStart, RunModel, head_only, resolve_device
 from spml.training.steps import AdamSteps, precision_settings
 
 __all__ = ["Trainer", "open_feature_caches", "resume", "train"]
@@ -69,6 +69,8 @@ class Trainer:
             elsewhere), used instead of building one.
         val_only: End after validation, without scoring test or train (a selection probe, which
             needs only the best val mAP): the result's ``test_map`` and ``train_label_map`` are NaN.
+        head_start: Build the model from this, without its backbone (a selection probe on cached
+            features: :class:`~spml.training.runmodel.HeadStart`, from :func:`open_feature_caches`).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Trainer:
         callbacks: Sequence[TrainingHooks] = (),
         loss: SpmlLoss | None = None,
         val_only: bool = False,
+        head_start: HeadStart | None = None,
     ) -> None:
         config = resolve_config(config, method)  # checked once: a resolved config is taken as it is
         data = data.for_protocol(config.protocol)  # `reference`: train = train + val, val = test
@@ -100,7 +103,7 @@ class Trainer:
         observed = load_train_observed(data, config)
         hooks = build_hooks(RunContext(config=config, data=data, run_dir=run_dir, device=device, observed=observed), method)
         observed = labels_to_train_on(config, CallbackList(hooks, callbacks), observed)
-        self.rm = rm = RunModel(config, data, device)
+        self.rm = rm = RunModel(config, data, device, start=head_start)
         rm.model = distributed.prepare_model(rm.model, device)
         self.bf16, self.channels_last = precision_settings(config, device)
         if self.channels_last:
@@ -144,12 +147,13 @@ def train(
     callbacks: Sequence[TrainingHooks] = (),
     loss: SpmlLoss | None = None,
     val_only: bool = False,
+    head_start: HeadStart | None = None,
 ) -> RunResult:
     """Train ``config`` on the prepared data in ``data_dir`` (a folder, or one already opened), writing ``run_dir``.
 
     The config is checked and its paths resolved (:mod:`spml.training.resolve`) before anything is
-    written; ``config.yaml`` holds the resolved config. ``method``, ``callbacks``, ``loss`` and
-    ``val_only``: see :class:`Trainer`.
+    written; ``config.yaml`` holds the resolved config. ``method``, ``callbacks``, ``loss``,
+    ``val_only`` and ``head_start``: see :class:`Trainer`.
 
     Raises:
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
@@ -167,21 +171,27 @@ def train(
     check_new_run_dir(run_dir, [] if own_cache else [("the data folder", data.root)])
     config = observed_in(config, data.root)
     with new_run(run_dir) as writer:
-        trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
+        trainer = Trainer(config, data, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only,
+                          head_start=head_start)
         writer.write_config(trainer.config)  # the regime's defaults filled in
         writer.begin(data.root)
         return trainer.fit(resume=False)
 
 
-def open_feature_caches(data: PreparedData, config: TrainConfig) -> None:
-    """Extract (or open) the feature caches a run of ``config`` trains on, training nothing.
+def open_feature_caches(data: PreparedData, config: TrainConfig) -> HeadStart | None:
+    """Extract (or open) the feature caches a run of ``config`` trains on, training nothing; return its :class:`HeadStart`.
 
-    The selection's probe workers read the caches; extracting them first, here, shows its progress
-    and spares the workers extracting the same cache at once. The run is built as :func:`train`
-    builds it (its folder, never written, only named).
+    The selection's probes read the caches; extracting them first, here, shows its progress and
+    spares probe workers extracting the same cache at once. The run is built as :func:`train`
+    builds it (its folder, never written, only named), and what it built lets runs of the same
+    model on these caches skip the backbone (``head_start``): None when the run needs it
+    (:func:`~spml.training.runmodel.head_only`).
     """
     config = observed_in(resolve_config(config, STANDARD), data.root)
-    Trainer(config, data, data.cache_dir / "unwritten-run", val_only=True).rm.open_feature_caches()
+    rm = Trainer(config, data, data.cache_dir / "unwritten-run", val_only=True).rm
+    start = rm.head_start() if head_only(rm.config) else None  # as built, before the caches are read
+    rm.open_feature_caches()
+    return start
 
 
 def resume(

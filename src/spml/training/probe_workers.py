@@ -38,6 +38,7 @@ from spml.data.layout import SPLITS, PreparedData
 from spml.errors import SpmlError
 from spml.training.config import TrainConfig
 from spml.training.divergence import TrainingDiverged
+from spml.training.runmodel import HeadStart
 
 # Probes on fewer train rows take about a second each, less than starting a worker process
 # (importing torch: about two seconds), so smaller sets train their probes in the run's process.
@@ -89,7 +90,9 @@ def worker_count(config: TrainConfig, num_train: int, device: torch.device, laun
 def train_probe(data: str | Path | PreparedData, config: TrainConfig, run_dir: Path, **kwargs: Any) -> ProbeOutcome:
     """Train one probe (:func:`spml.training.engine.train`, ``val_only``); a divergence is a NaN outcome.
 
-    ``kwargs`` go to ``train`` (a ready ``loss``).
+    ``kwargs`` go to ``train``: a ready ``loss``; a ``head_start`` (the probe's model as
+    :func:`~spml.training.engine.open_feature_caches` built it), so that the probe does not build a
+    backbone it never runs.
     """
     from spml.training.engine import train  # the engine's module tree imports the selection's
 
@@ -156,8 +159,13 @@ class ProbeWorkers:
                 proc.kill()  # a probe still running is not waited for; a finished worker idles on its input
             proc.wait()
 
-    def run(self, probes: Sequence[tuple[TrainConfig, Path]], done: Callable[[int, ProbeOutcome], None]) -> None:
+    def run(
+        self, probes: Sequence[tuple[TrainConfig, Path]], done: Callable[[int, ProbeOutcome], None],
+        head_start: HeadStart | None = None,
+    ) -> None:
         """Train ``probes`` (config, run folder) side by side; call ``done(i, outcome)`` as probe ``i`` ends.
+
+        ``head_start``: every probe's model, without its backbone (see :func:`train_probe`).
 
         Raises:
             SpmlError: A probe failed (the worker's one-line message), or a worker died.
@@ -178,7 +186,7 @@ class ProbeWorkers:
                     return
                 config, run_dir = probes[i]
                 try:
-                    reply = _exchange(proc, (self.data_dir, config, str(run_dir), threads))
+                    reply = _exchange(proc, (self.data_dir, config, str(run_dir), threads, head_start))
                 except (OSError, EOFError, pickle.UnpicklingError) as error:
                     ended.put((i, SpmlError(f"a probe worker stopped (exit code {proc.poll()}): {error}")))
                     return
@@ -198,7 +206,7 @@ class ProbeWorkers:
             server.join()
 
 
-def _exchange(proc: subprocess.Popen, task: tuple[str, TrainConfig, str, int]) -> ProbeOutcome | BaseException:
+def _exchange(proc: subprocess.Popen, task: tuple[str, TrainConfig, str, int, HeadStart | None]) -> ProbeOutcome | BaseException:
     # One pickled task out, one pickled reply back, each after its 8-byte length. The pipes join
     # this process and its own child, started above: no file a user gave is unpickled.
     _send(proc.stdin, task)
@@ -238,7 +246,7 @@ def _serve() -> None:
                 opened[data_dir].split(name)
     while True:
         try:
-            data_dir, config, run_dir, threads = _receive(sys.stdin.buffer)
+            data_dir, config, run_dir, threads, head_start = _receive(sys.stdin.buffer)
         except EOFError:
             return
         torch.set_num_threads(threads)
@@ -247,7 +255,7 @@ def _serve() -> None:
             if data_dir not in opened:
                 opened[data_dir] = PreparedData.open(data_dir)
             with quiet():
-                reply = train_probe(opened[data_dir], config, Path(run_dir))
+                reply = train_probe(opened[data_dir], config, Path(run_dir), head_start=head_start)
         except SpmlError as error:
             reply = SpmlError(str(error))
         except Exception:  # noqa: BLE001  (any failure reaches the run's process with its traceback)
