@@ -139,6 +139,7 @@ class Selection:
         batch_size: The selected probe's batch size (0: not an Adam probe).
         cpu_seconds: CPU time of the probes, in this process and in the workers (the cost on a
             shared machine, where wall time depends on the other jobs).
+        runs: Each candidate's run folder, in the same order (while the selection's folder lives).
     """
 
     lr: float
@@ -149,6 +150,7 @@ class Selection:
     epochs: int = 0
     batch_size: int = 0
     cpu_seconds: float = 0.0
+    runs: tuple[Path, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "batch_size", "selected_on": "val_map", "seconds", "cpu_seconds", "candidates": [...]}``."""
@@ -451,8 +453,13 @@ def _values(values: Iterator[float] | Sequence[float]) -> str:
     return "{" + ", ".join(f"{v:g}" for v in dict.fromkeys(values)) + "}"
 
 
-def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None) -> Selection:
+def select(
+    data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: SpmlLoss | None = None, folder: str | Path | None = None,
+) -> Selection:
     """Train the L-BFGS candidates and the Adam ones' successive halving (temporary run folders); pick one on val.
+
+    ``folder``: where the probes' run folders go and stay (:func:`probe_folder`); by default a
+    temporary folder removed before returning.
 
     The pick is the best val mAP of every probe (L-BFGS solves and every rung's Adam probes). A probe
     that diverges counts as NaN (never kept). The probes' own epoch lines are silenced; their long
@@ -472,7 +479,8 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     # A ready loss module (it may hold state) stays in this process.
     workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
-    with probe_folder(data, config) as tmp, (
+    runs: list[Path] = []
+    with (contextlib.nullcontext(str(folder)) if folder is not None else probe_folder(data, config)) as tmp, (
         ProbeWorkers(data.root, workers, torch.get_num_threads()) if workers > 1 else contextlib.nullcontext()
     ) as pool:
         # The caches first, here, with progress (before any worker reads them); the model as built
@@ -519,6 +527,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
             # In the order given (workers end theirs in any order).
             rung_done = [scored[k] for k in range(len(configs))]
             done.extend(rung_done)
+            runs.extend(folders)
             return rung_done
 
         if lbfgs:
@@ -537,7 +546,7 @@ def select(data_dir: str | Path | PreparedData, config: TrainConfig, *, loss: Sp
     worker_cpu = sum(c.cpu_seconds for c in done) if workers > 1 else 0.0
     return Selection(best.lr, best.weight_decay, tuple(done), best.optimizer, time.perf_counter() - start,
                      best.epochs if adam_best else 0, best.batch_size if adam_best else 0,
-                     time.process_time() - cpu_start + worker_cpu)
+                     time.process_time() - cpu_start + worker_cpu, tuple(runs) if folder is not None else ())
 
 
 # The keys the selection sets (the rest of a tuned run's config is the one it was given).
@@ -664,9 +673,17 @@ class SelectionEvidence(Callback):
         )
 
 
-def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None) -> Selection:
+def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None, folder: str) -> Selection:
     """:func:`select` for :func:`train_tuned`, whose switch of that name hides it there."""
-    return select(data, config, loss=loss)
+    return select(data, config, loss=loss, folder=folder)
+
+
+def selected_run(selection: Selection) -> Path | None:
+    """The run folder of the selected probe (None when the selection kept no folders)."""
+    if not selection.runs:
+        return None
+    best = best_candidate(selection.candidates)
+    return selection.runs[next(i for i, c in enumerate(selection.candidates) if c is best)]
 
 
 def train_tuned(
@@ -707,12 +724,18 @@ def train_tuned(
     if isinstance(view, annotated.HeldOutData):  # what "val" means here, before the probes select on it
         log(f"note: {view.note}")
     log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
-    selection = _select(data, config, loss=loss)
-    log(describe(selection))
-    tuned = tuned_config(config, selection)
-    # The selection's evidence on the run's length applies when the run repeats the selected probe.
-    evidence = [SelectionEvidence(selection)] if tuned.epochs == selection.epochs and selection.epochs else []
-    result = train(data, tuned, run_dir, method=method, callbacks=[*callbacks, *evidence], loss=loss, val_only=val_only)
+    with probe_folder(data, config) as tmp:
+        selection = _select(data, config, loss=loss, folder=tmp)
+        log(describe(selection))
+        tuned = tuned_config(config, selection)
+        # The selection's evidence on the run's length applies when the run repeats the selected probe.
+        evidence = [SelectionEvidence(selection)] if tuned.epochs == selection.epochs and selection.epochs else []
+        # The run repeats the selected probe, which trained this very run (config, seed, data): it
+        # takes the probe's epochs instead of training them again (engine.train checks the configs
+        # match), unless the caller's callbacks or ready loss module must see them being trained.
+        trained = selected_run(selection) if not callbacks and loss is None else None
+        result = train(data, tuned, run_dir, method=method, callbacks=[*callbacks, *evidence], loss=loss,
+                       val_only=val_only, trained=trained)
     path = Path(run_dir) / RESULTS_FILE
     if distributed.is_main():  # rank 0 alone writes the run folder
         write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})

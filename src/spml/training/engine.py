@@ -133,9 +133,9 @@ class Trainer:
         if isinstance(data, annotated.HeldOutData):
             log(f"note: {data.note}")
 
-    def fit(self, resume: bool) -> RunResult:
-        """Train the remaining epochs (all of them unless ``resume`` finds ``last.safetensors``)."""
-        return self.loop.fit(resume)
+    def fit(self, resume: bool, taken: bool = False) -> RunResult:
+        """Train the remaining epochs (all of them unless ``resume`` finds ``last.safetensors``; ``taken``: see :meth:`EpochLoop.fit`)."""
+        return self.loop.fit(resume, taken)
 
 
 def train(
@@ -148,12 +148,16 @@ def train(
     loss: SpmlLoss | None = None,
     val_only: bool = False,
     head_start: HeadStart | None = None,
+    trained: Path | None = None,
 ) -> RunResult:
     """Train ``config`` on the prepared data in ``data_dir`` (a folder, or one already opened), writing ``run_dir``.
 
     The config is checked and its paths resolved (:mod:`spml.training.resolve`) before anything is
     written; ``config.yaml`` holds the resolved config. ``method``, ``callbacks``, ``loss``,
-    ``val_only`` and ``head_start``: see :class:`Trainer`.
+    ``val_only`` and ``head_start``: see :class:`Trainer`. ``trained``: a finished ``val_only`` run
+    of this same config (the selection's probe of the selected setting) whose epochs the run takes
+    instead of training them again (:meth:`~spml.training.run_writer.RunWriter.take_epochs`; it
+    trains them when the configs differ); the callbacks then see no epoch, only the run's end.
 
     Raises:
         SpmlError: ``run_dir`` already holds a run, bad names or files in the config, labels of the
@@ -175,7 +179,8 @@ def train(
                           head_start=head_start)
         writer.write_config(trainer.config)  # the regime's defaults filled in
         writer.begin(data.root)
-        return trainer.fit(resume=False)
+        taken = trained is not None and writer.take_epochs(Path(trained), trainer.config)
+        return trainer.fit(resume=taken, taken=taken)
 
 
 def open_feature_caches(data: PreparedData, config: TrainConfig) -> HeadStart | None:

@@ -108,8 +108,12 @@ class EpochLoop:
     partial_labels: bool = False
     train_seconds: float = 0.0  # the last epoch's optimisation steps alone (time_epochs)
 
-    def fit(self, resume: bool) -> RunResult:
-        """Train the remaining epochs (all of them unless ``resume`` finds ``last.safetensors``) and finish the run."""
+    def fit(self, resume: bool, taken: bool = False) -> RunResult:
+        """Train the remaining epochs (all of them unless ``resume`` finds ``last.safetensors``) and finish the run.
+
+        ``taken``: the epochs in the folder were trained by the selection's probe of this config
+        (:meth:`~spml.training.run_writer.RunWriter.take_epochs`), so the log says so, not "resumed".
+        """
         state = RunState()
         optim_tensors: dict[str, torch.Tensor] = {}
         optim_meta: Any = None
@@ -128,8 +132,11 @@ class EpochLoop:
             f"val {len(self.rm.split('val'))}, {self.data.num_classes} classes); loss {c.loss}, method {c.method}, "
             f"regime {c.regime}, {c.backbone}; device {self.rm.device}"
             + (f" x {world} processes" if world > 1 else "")
-            + (f"; resumed at epoch {state.next_epoch}" if resumed else "")
+            + (f"; its {len(metrics)} epochs trained by the selection's probe of this setting" if resumed and taken
+               else f"; resumed at epoch {state.next_epoch}" if resumed else "")
         )
+        if resumed and taken:
+            self.writer.show_epochs(metrics, c.total_epochs)
         for index, phase in enumerate(self.phases):
             if state.next_epoch > phase.last_epoch:
                 continue

@@ -111,6 +111,31 @@ class RunWriter:
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         distributed.barrier()
 
+    def take_epochs(self, source: Path, config: TrainConfig) -> bool:
+        """Make this new run's epochs those of ``source``, a finished ``val_only`` run of the same config; whether it did.
+
+        The selection's probe of the selected setting trained exactly the run that repeats it (same
+        config, seed and data), so the run takes that probe's epochs (its metrics, best and last
+        weights) instead of training them again; :meth:`~spml.training.loop.EpochLoop.fit` then
+        finishes it as it finishes a resumed run. Nothing is taken (False) unless ``source``'s
+        ``config.yaml`` is this run's, word for word, and it finished as a ``val_only`` run. One
+        process only: under torchrun every rank trains its run.
+        """
+        if distributed.launched():
+            return False
+        files = (METRICS_FILE, BEST_FILE, LAST_FILE)
+        try:
+            same = (source / CONFIG_FILE).read_text() == config_to_yaml(config)
+            finished = json.loads((source / RESULTS_FILE).read_text()).get("val_only") is True
+        except (OSError, ValueError):
+            return False
+        if not (same and finished and all((source / name).is_file() for name in files)):
+            return False
+        for name in files:
+            with atomic_path(self.run_dir / name) as tmp:
+                shutil.copyfile(source / name, tmp)
+        return True
+
     def metrics_before(self, next_epoch: int) -> list[dict[str, Any]]:
         """The records of the epochs before ``next_epoch`` (rank 0 drops the later ones from the file)."""
         if self.main:
@@ -125,6 +150,12 @@ class RunWriter:
             append_metrics(self.run_dir, record)
             epoch_done(record, total_epochs)
             callbacks.on_epoch_record(self.run_dir, record)
+
+    def show_epochs(self, records: list[dict[str, Any]], total_epochs: int) -> None:
+        """Log the epoch lines of ``records`` (epochs taken from the selection's probe, :meth:`take_epochs`)."""
+        if self.main:
+            for record in records:
+                epoch_done(record, total_epochs)
 
     def save_best(self, rm: RunModel, part: str, loss: nn.Module, epoch: int, val_map: float) -> None:
         """Keep the weights of the best epoch so far."""
@@ -191,15 +222,16 @@ class RunWriter:
     def finish(self, results: dict[str, Any], test_scores: np.ndarray | None) -> None:
         """Write ``results.json`` (and the test predictions) and remove what only an interrupted run needs.
 
-        ``last.safetensors`` stays after a full run (the state after its last epoch, from which an
-        extension trains on); a ``val_only`` run removes it too. ``test_scores`` is None for a
-        ``val_only`` run and for data without a labelled test set (no ``test_predictions.npy``).
+        ``last.safetensors`` stays (the state after the last epoch, from which an extension trains
+        on, and which the run repeating a selection's ``val_only`` probe takes: :meth:`take_epochs`).
+        ``test_scores`` is None for a ``val_only`` run and for data without a labelled test set (no
+        ``test_predictions.npy``).
         """
         if self.main:
             if test_scores is not None:
                 save_npy(self.run_dir / TEST_PREDICTIONS_FILE, test_scores.astype(np.float32))
             write_json(self.run_dir / RESULTS_FILE, results)
-            for name in (LAST_PREV_FILE, LINEAR_BEST_FILE, *((LAST_FILE,) if results.get("val_only") else ())):
+            for name in (LAST_PREV_FILE, LINEAR_BEST_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
         distributed.barrier()
 
