@@ -21,7 +21,8 @@ Reported for each (all in the JSON written to ``--out``): per-epoch wall time (t
 separately), val mAP per epoch, best val mAP and the test mAP of that epoch, and the time to the
 reference's best val mAP: for the reference the cumulative time to the end of its best epoch's val
 phase; for spml the cumulative time until its val mAP first reaches that value (None if it never
-does). Ratio = reference time / spml time. mAPs are fractions.
+does), and with ``lr`` unset the whole run's time (the run takes the selected probe's epochs, so its
+model exists when it ends). Ratio = reference time / spml time. mAPs are fractions.
 
 The reference's timeline (per-epoch times and mAPs) is written after every epoch to
 ``--save-reference-timeline`` so a long run can be watched or cut, and ``--reference-timeline FILE``
@@ -176,18 +177,21 @@ def spml_child(data: Path, overrides: list[str], run_dir: Path, result_path: Pat
 
     StepStrategy.train_epoch = timed_train_epoch  # type: ignore[method-assign]
     config = spml.api.load_config(None, overrides)
+    # With lr unset the run takes the selected probe's epochs, which no hook may watch (autotune):
+    # its model exists when the run ends, so every epoch counts the whole run's time.
+    timed = config.lr is not None
     clock["start"] = time.perf_counter()
-    result = spml.api.train(data, config, run_dir, hooks=Clock())
+    result = spml.api.train(data, config, run_dir, **({"hooks": Clock()} if timed else {}))
     total = time.perf_counter() - clock["start"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     results = json.loads((run_dir / "results.json").read_text())
     epochs = []
-    for rec, mark in zip(records, marks, strict=True):
+    for rec, mark in zip(records, marks if timed else [None] * len(records), strict=True):
         epochs.append({
             "epoch": rec["epoch"], "val_map": rec["val_map"], "train_loss": rec["train_loss"],
-            "train_s": round(mark.get("train_end", mark["start"]) - mark["start"], 3),
-            "eval_s": round(mark["end"] - mark.get("train_end", mark["start"]), 3),
-            "cumulative_s": round(mark["end"], 3),
+            "train_s": round(mark.get("train_end", mark["start"]) - mark["start"], 3) if mark else None,
+            "eval_s": round(mark["end"] - mark.get("train_end", mark["start"]), 3) if mark else None,
+            "cumulative_s": round(mark["end"] if mark else total, 3),
         })
     write_json_atomic(result_path, {
         "side": "spml", "overrides": overrides, "config": {k: str(v) for k, v in spml.api.load_config(run_dir / "config.yaml").to_dict().items()}
@@ -315,9 +319,11 @@ def print_table(report: dict[str, Any]) -> None:
         n = len(sp["epochs"])
         t = cmp["spml_time_to_target_s"]
         reach = "never" if t is None else f"{t:.1f} (epoch {cmp['spml_epoch_reaching']})"
-        print(f"| spml {' '.join(sp['overrides'][6:]) or 'defaults'} | {n} | {sum(e['train_s'] for e in sp['epochs']) / n:.2f} | "
-              f"{sum(e['eval_s'] for e in sp['epochs']) / n:.2f} | {sp['val_map']:.4f} | {sp['test_map']:.4f} | "
-              f"{reach} |")
+        timed = all(e["train_s"] is not None for e in sp["epochs"])  # the selected probe's epochs are not timed
+        train_s = f"{sum(e['train_s'] for e in sp['epochs']) / n:.2f}" if timed else "-"
+        eval_s = f"{sum(e['eval_s'] for e in sp['epochs']) / n:.2f}" if timed else "-"
+        print(f"| spml {' '.join(sp['overrides'][6:]) or 'defaults'} | {n} | {train_s} | {eval_s} | "
+              f"{sp['val_map']:.4f} | {sp['test_map']:.4f} | {reach} |")
         print(f"ratio (reference / spml): {cmp.get('ratio')}  (reference without its per-epoch test phases: "
               f"{cmp.get('ratio_reference_without_test_phases')}); spml total {sp['total_s']:.1f} s, before its first epoch (setup, lr selection) "
               f"{sp['before_first_epoch_s']} s; val delta {cmp['val_map_delta']:+.4f}, test delta {cmp['test_map_delta']:+.4f}")

@@ -25,7 +25,8 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows`` rows at the cost of
   a batch-64 row (epochs x train rows, a larger batch's rows cheaper: :func:`longest_share`). The
   best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
-  ``epochs`` or ``batch_size`` is kept): on single positives a longer schedule at the same lr
+  ``epochs`` or ``batch_size`` is kept), taking the probe's epochs rather than training them again
+  (:func:`train_tuned`): on single positives a longer schedule at the same lr
   peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
   last says so only when the selection's longer probe of its setting did not peak lower
   (:class:`SelectionEvidence`).
