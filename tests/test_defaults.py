@@ -26,6 +26,7 @@ from spml.training.autotune import (
     longer_twin,
     last_rung_epochs,
     longest_share,
+    descend,
     max_probes,
     probe_configs,
     rung_plan,
@@ -182,6 +183,29 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
     assert len(probes) == 12 and [c.epochs for c in last] == [30, 30, 18]
 
 
+def test_the_last_rung_descends_while_the_smallest_rate_wins() -> None:
+    # ASL on 16,416 COCO-like rows: batch 1,024's last-rung pair ranked 3e-3 above 1e-2, and 1e-3
+    # (below the pair) was best; 3e-4 then lost. Batch 64's larger rate won: it stops at once.
+    long = {(1024, 1e-2): 0.38, (1024, 3e-3): 0.46, (1024, 1e-3): 0.52, (1024, 3e-4): 0.28, (64, 1e-3): 0.50, (64, 3e-4): 0.42}
+    calls: list[list[tuple[int, float, int]]] = []
+
+    def score(configs: Sequence[spml.training.TrainConfig]) -> list[Candidate]:
+        calls.append([(c.batch_size, c.lr, c.epochs) for c in configs])
+        return [Candidate(c.lr, 0.0, long[(c.batch_size, c.lr)], 3, epochs=c.epochs, rung=2, batch_size=c.batch_size) for c in configs]
+
+    configs = [spml.load_config(lr=lr, batch_size=b, epochs=25) for b in (1024, 64) for lr in (3e-3, 1e-2)]
+    last = score([dataclasses.replace(configs[i], epochs=25 if i < 2 else 7) for i in range(2)]
+                 + [spml.load_config(lr=lr, batch_size=64, epochs=7) for lr in (3e-4, 1e-3)])
+    rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    added = descend(configs, last, rates, score)
+    assert calls[1:] == [[(1024, 1e-3, 25)], [(1024, 3e-4, 25)]]  # the large batch below its own rates; batch 64 stops
+    assert [c.lr for c in added] == [1e-3, 3e-4] and best_candidate([*last, *added]).lr == 1e-3
+    # Nothing to add below the smallest rate.
+    low = [Candidate(1e-4, 0.0, 0.5, 1, epochs=5, batch_size=64), Candidate(3e-4, 0.0, 0.4, 1, epochs=5, batch_size=64)]
+    calls.clear()
+    assert descend(configs, low, rates, score) == [] and calls == []
+
+
 def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
     # 409,600 batch-64 rows: at 65,665 rows 7 epochs at batch 64, 12 at batch 1,024 (the budget's
     # quarter, 11.75, rounded up, is its bound); at 13,133 rows the quarter (25) for both.
@@ -241,7 +265,10 @@ def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path)
     budget = probe_configs(cfg, len(PreparedData.open(data).split("train")))[0].epochs
     plan = rung_plan(4, budget, 3)
     assert [n for n, _ in plan] == [4, 2] and plan[1][1] > plan[0][1]
-    assert [(c["rung"], c["epochs"]) for c in tune["candidates"]] == [(r, e) for r, (n, e) in enumerate(plan) for _ in range(n)]
+    planned = [(r, e) for r, (n, e) in enumerate(plan) for _ in range(n)]
+    got = [(c["rung"], c["epochs"]) for c in tune["candidates"]]
+    # After the plan, the last rung's descent (where its smaller rate won) at the same epochs.
+    assert got[: len(planned)] == planned and all(g == planned[-1] for g in got[len(planned):])
     best = min(tune["candidates"], key=lambda c: (-c["val_map"], c["lr"]))
     assert (tune["lr"], tune["epochs"]) == (best["lr"], best["epochs"])
     assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe

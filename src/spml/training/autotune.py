@@ -367,6 +367,51 @@ def successive_halving(
     return probes, rung_probes
 
 
+def descend(
+    configs: Sequence[TrainConfig], last: Sequence[Candidate], rates: Sequence[float],
+    score: Callable[[Sequence[TrainConfig]], list[Candidate]],
+) -> list[Candidate]:
+    """Extend the last rung downwards: where a batch size's smallest rate won, its next smaller rate trains too.
+
+    A longer probe favours a smaller rate, and the last rung's pair (a batch size's best of a
+    shorter rung and its next smaller rate) can still sit above the best: on 16,416 COCO-like rows
+    ASL's batch-1,024 pair (1e-2, 3e-3) ranked 3e-3 first, and 1e-3, two rates below the shorter
+    rung's best, was the grid's best cell (docs/benchmarks.md, "Every loss at 16k rows"). So while
+    the smallest rate a batch size (and weight decay) trained in the last rung is its best there,
+    the next smaller of ``rates`` (``autotune.lrs``, below the batch's own candidates too) trains
+    at the same epochs; a batch size whose larger rate won stops. Since every probe competes on
+    val, a descent only adds candidates.
+
+    Args:
+        configs: The Adam candidates (a batch size's config is the template of its new rates).
+        last: The last rung's probes.
+        rates: The rates a descent may go down to.
+        score: Trains probes (configs with their epochs set) and returns their candidates, in order.
+
+    Returns:
+        The descent's probes, in the order trained.
+    """
+    ordered = sorted({float(r) for r in rates})
+    trained = list(last)
+    added: list[Candidate] = []
+    while True:
+        step: list[TrainConfig] = []
+        for key in dict.fromkeys((c.batch_size, c.weight_decay) for c in trained):
+            mine = [c for c in trained if (c.batch_size, c.weight_decay) == key]
+            lowest = min(c.lr for c in mine)
+            below = [r for r in ordered if r < lowest * (1 - 1e-9)]
+            if len(mine) < 2 or min(mine, key=rank_key).lr != lowest or not below:
+                continue
+            template = next((c for c in configs if (c.batch_size, c.weight_decay) == key), None)
+            if template is not None:
+                step.append(dataclasses.replace(template, lr=below[-1], epochs=mine[0].epochs))
+        if not step:
+            return added
+        scored = score(step)
+        trained.extend(scored)
+        added.extend(scored)
+
+
 def _next_smaller_rate(configs: Sequence[TrainConfig], i: int) -> int | None:
     """The index of the config like ``configs[i]`` (batch, weight decay) with the next smaller lr, if any."""
     like = [j for j, c in enumerate(configs)
@@ -418,7 +463,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs[:-1])
             + (", then " if len(rungs) > 1 else "")
-            + ("each batch size's best and its next smaller lr x "
+            + ("each batch size's best and its next smaller lr (and smaller ones while the smallest wins) x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
                else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
             + f" of the step budget's {budget}"
@@ -476,7 +521,7 @@ def select(
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
     rungs = adam_rungs(config, num_train, adam)
-    total = len(lbfgs) + max_probes(adam, rungs)
+    planned = [len(lbfgs) + max_probes(adam, rungs)]  # a descent (of the last rung) may add more
     # A ready loss module (it may hold state) stays in this process.
     workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
@@ -491,7 +536,7 @@ def select(
         if not distributed.launched():
             with quiet(keep_steps=True):
                 head_start = open_feature_caches(data, probes[0])
-        bar = progress(total=total, desc="autotune", unit="probe", lines=False)
+        bar = progress(total=planned[0], desc="autotune", unit="probe", lines=False)
 
         def record(probe: TrainConfig, rung: int, outcome: ProbeOutcome, number: int) -> Candidate:
             candidate = Candidate(
@@ -499,9 +544,12 @@ def select(
                 round(outcome.seconds, 2), int(probe.epochs or 0), rung,
                 int(probe.batch_size or 0) if probe.optimizer == "adam" else 0, round(outcome.cpu_seconds, 2),
             )
+            if number > planned[0]:  # a descent's probe beyond the plan's count
+                planned[0] = number
+                bar.total = number
             bar.update(1)
             log(
-                f"autotune: candidate {number}/{total} {candidate.optimizer} lr {candidate.lr:g} weight_decay {candidate.weight_decay:g}"
+                f"autotune: candidate {number}/{planned[0]} {candidate.optimizer} lr {candidate.lr:g} weight_decay {candidate.weight_decay:g}"
                 + (f" batch {candidate.batch_size} (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)"
                    if probe.optimizer == "adam" else "")
                 + ": "
@@ -535,8 +583,10 @@ def select(
             score_rung(lbfgs, 0)
         if adam:
             budget = adam[0].epochs or 1
-            successive_halving(adam, rungs, score_rung,
-                               lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)))
+            _, last = successive_halving(adam, rungs, score_rung,
+                                         lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)))
+            if len(rungs) > 1:
+                descend(adam, last, config.autotune.lrs, lambda configs: score_rung(configs, len(rungs) - 1))
         bar.close()
     # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
     # every rung competes: a longer schedule at the same lr peaked lower on single positives
