@@ -177,10 +177,29 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
 
     configs = [spml.load_config(lr=lr, batch_size=b, epochs=18) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
     # The last rung's epochs by batch size (autotune.last_rung_epochs): the large batch's rows cost less.
-    probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score), lambda c: 30 if c.batch_size == 1024 else 18)
+    # Rates to descend through: batch 1,024's smallest (1e-3) did not win (0.1 < 0.2), so no descent.
+    probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score), lambda c: 30 if c.batch_size == 1024 else 18,
+                                      rates=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
     assert kept[1] == [(1024, 1e-2, 6), (64, 1e-3, 6), (64, 3e-3, 6)]
-    assert kept[2] == [(1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18)]  # 64 at 1e-3 has no smaller rate here
-    assert len(probes) == 12 and [c.epochs for c in last] == [30, 30, 18]
+    # Batch 1,024 reached the middle rung with one candidate: its last rung reaches 1e-3 as well.
+    assert kept[2] == [(1024, 1e-3, 30), (1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18)]  # 64 at 1e-3 has no smaller rate here
+    assert len(probes) == 13 and [c.epochs for c in last] == [30, 30, 30, 18]
+    # Where batch 1,024's smallest rate of the last rung wins, it descends to 3e-4 (below its own
+    # candidates), which loses: the descent stops. Batch 64 reached the middle rung with two: no descent.
+    long = {(1024, 1e-3): 0.6, (1024, 3e-3): 0.5, (1024, 1e-2): 0.4, (1024, 3e-4): 0.3, (64, 1e-3): 0.55}
+
+    def score_long(config: spml.training.TrainConfig, rung: int) -> Candidate:
+        if rung < 2:
+            return score(config, rung)
+        kept[2].append((config.batch_size, config.lr, config.epochs))
+        return Candidate(config.lr, 0.0, long[(config.batch_size, config.lr)], 1, epochs=config.epochs, rung=rung,
+                         batch_size=config.batch_size)
+
+    kept[2].clear()
+    probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score_long),
+                                      lambda c: 30 if c.batch_size == 1024 else 18, rates=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+    assert kept[2] == [(1024, 1e-3, 30), (1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18), (1024, 3e-4, 30)]
+    assert len(probes) == 14 and best_candidate(probes).lr == 1e-3
 
 
 def test_the_last_rung_descends_while_the_smallest_rate_wins() -> None:
@@ -212,7 +231,7 @@ def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
     cfg = spml.load_config()
     assert [last_rung_epochs(cfg, 65_665, 47, b) for b in (64, 1024)] == [7, 12]
     assert [last_rung_epochs(cfg, 13_133, 100, b) for b in (64, 1024)] == [25, 25]
-    assert max_probes(probe_configs(cfg, 65_665), [(8, 1), (3, 3), (2, 7)]) == 8 + 5 + 4
+    assert max_probes(probe_configs(cfg, 65_665), [(8, 1), (3, 3), (2, 7)]) == 8 + 5 + 5
 
 
 def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:

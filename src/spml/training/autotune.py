@@ -58,7 +58,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,6 +315,7 @@ def successive_halving(
     configs: Sequence[TrainConfig], plan: Sequence[tuple[int, int]],
     score: Callable[[Sequence[TrainConfig], int], list[Candidate]],
     last_epochs: Callable[[TrainConfig], int] | None = None,
+    rates: Sequence[float] = (),
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Run ``plan`` (:func:`rung_plan`) over ``configs``: every probe, and the last rung's.
 
@@ -332,12 +333,16 @@ def successive_halving(
             rung; the probes of a rung may train side by side).
         last_epochs: The last rung's epochs for a config (its batch size's, :func:`last_rung_epochs`);
             None: the plan's.
+        rates: The rates the last rung may descend through (:func:`descend`) for a batch size
+            that reached the rung before it with one candidate (which also gets the rate below its
+            pair in the last rung); empty: no descent.
 
     Returns:
         Every probe in the order trained (a config is trained once for given epochs), and the
         last rung's probes.
     """
     alive = list(range(len(configs)))  # indices into configs
+    thin: set[int] = set()  # batch sizes with one candidate in the rung before the last
     probes: list[Candidate] = []
     rung_probes: list[Candidate] = []
     trained: dict[tuple[int, int], Candidate] = {}  # (config index, epochs) -> its probe
@@ -363,13 +368,27 @@ def successive_halving(
                 keep = {alive[k] for k in order[: plan[rung + 1][0]]} | set(bests)
             else:
                 keep = set(bests) | {j for j in (_next_smaller_rate(configs, i) for i in bests) if j is not None}
+                # A batch size that reached this rung with one candidate has its best from a rung
+                # three times shorter still: its last rung reaches one rate lower (ASL at 16k rows:
+                # batch 1,024's best there, 1e-2, was two rates above its best of 25 epochs).
+                thin = {b for b in sizes if sum(configs[i].batch_size == b for i in alive) == 1}
+                for i in bests:
+                    below = _next_smaller_rate(configs, i)
+                    lower = _next_smaller_rate(configs, below) if below is not None and configs[i].batch_size in thin else None
+                    keep |= {lower} if lower is not None else set()
             alive = sorted(keep)  # in the order tried
+    if rates and thin:
+        last = len(plan) - 1
+        extra = descend(configs, rung_probes, rates, lambda cs: score(cs, last), only=thin)
+        probes.extend(extra)
+        rung_probes.extend(extra)
     return probes, rung_probes
 
 
 def descend(
     configs: Sequence[TrainConfig], last: Sequence[Candidate], rates: Sequence[float],
     score: Callable[[Sequence[TrainConfig]], list[Candidate]],
+    only: Collection[int] | None = None,
 ) -> list[Candidate]:
     """Extend the last rung downwards: where a batch size's smallest rate won, its next smaller rate trains too.
 
@@ -387,6 +406,7 @@ def descend(
         last: The last rung's probes.
         rates: The rates a descent may go down to.
         score: Trains probes (configs with their epochs set) and returns their candidates, in order.
+        only: The batch sizes that may descend (None: all).
 
     Returns:
         The descent's probes, in the order trained.
@@ -396,7 +416,7 @@ def descend(
     added: list[Candidate] = []
     while True:
         step: list[TrainConfig] = []
-        for key in dict.fromkeys((c.batch_size, c.weight_decay) for c in trained):
+        for key in dict.fromkeys((c.batch_size, c.weight_decay) for c in trained if only is None or c.batch_size in only):
             mine = [c for c in trained if (c.batch_size, c.weight_decay) == key]
             lowest = min(c.lr for c in mine)
             below = [r for r in ordered if r < lowest * (1 - 1e-9)]
@@ -463,7 +483,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs[:-1])
             + (", then " if len(rungs) > 1 else "")
-            + ("each batch size's best and its next smaller lr (and smaller ones while the smallest wins) x "
+            + ("each batch size's best and its next smaller lr (one lower for a batch size with one candidate "
+               "before, and lower still while its smallest wins) x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
                else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
             + f" of the step budget's {budget}"
@@ -486,13 +507,15 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
     """Most probes :func:`successive_halving` trains over ``rungs``.
 
     A middle rung keeps one more a batch size at most; the last trains two a batch size (its best
-    and next smaller rate).
+    and next smaller rate), and after a middle rung one more for a batch size that reached it with
+    one candidate (as a rule one of two). A descent (:func:`descend`) may add more.
     """
     if not adam:
         return 0
     sizes = len({p.batch_size for p in adam})
     middle = sum(min(n + sizes, len(adam)) for n, _ in rungs[1:-1])
-    return len(adam) + middle + (min(2 * sizes, len(adam)) if len(rungs) > 1 else 0)
+    last = 2 * sizes + (1 if len(rungs) > 2 and sizes > 1 else 0)
+    return len(adam) + middle + (min(last, len(adam)) if len(rungs) > 1 else 0)
 
 
 def _values(values: Iterator[float] | Sequence[float]) -> str:
@@ -583,10 +606,8 @@ def select(
             score_rung(lbfgs, 0)
         if adam:
             budget = adam[0].epochs or 1
-            _, last = successive_halving(adam, rungs, score_rung,
-                                         lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)))
-            if len(rungs) > 1:
-                descend(adam, last, config.autotune.lrs, lambda configs: score_rung(configs, len(rungs) - 1))
+            successive_halving(adam, rungs, score_rung,
+                               lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)), config.autotune.lrs)
         bar.close()
     # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
     # every rung competes: a longer schedule at the same lr peaked lower on single positives
