@@ -26,6 +26,7 @@ from spml.training.autotune import (
     longer_twin,
     last_rung_epochs,
     longest_share,
+    batch_bound,
     descend,
     max_probes,
     probe_configs,
@@ -403,3 +404,20 @@ def test_a_val_only_probe_scores_neither_test_nor_train(data: Path, tmp_path: Pa
     assert results["val_only"] is True and "test_map" not in results
     assert not (tmp_path / "probe" / "test_predictions.npy").exists()
     assert (tmp_path / "full" / "test_predictions.npy").exists()
+
+
+def test_a_loss_bound_to_its_batch_trains_its_own_setting(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # EPR's regulariser is a statistic of the batch: above autotune.lbfgs_max_rows rows (0 here)
+    # its run trains Cole et al.'s batch 8, lr 1e-4, 25 epochs, not the selection's larger batches.
+    cfg = spml.load_config(observed="single-positive-seed0.npy", loss="epr", autotune={"lbfgs_max_rows": 0}, **TINY)
+    spml.train(data, cfg, tmp_path / "epr")
+    assert "loss 'epr' depends on the batch size" in capsys.readouterr().err
+    run = spml.load_config(tmp_path / "epr" / "config.yaml")
+    assert (run.batch_size, run.lr, run.epochs, run.optimizer) == (8, 1e-4, 25, "adam")
+    section = json.loads((tmp_path / "epr" / "results.json").read_text())["autotune"]
+    assert section["selected_on"] == "the loss's batch_setting" and section["candidates"] == []
+    # A set batch size (or small data, where L-BFGS solves it) goes through the selection as before.
+    spml.train(data, dataclasses.replace(cfg, batch_size=16, epochs=2), tmp_path / "set")
+    assert json.loads((tmp_path / "set" / "results.json").read_text())["autotune"]["candidates"]
+    assert batch_bound(spml.load_config(loss="epr"), 100) is None  # L-BFGS up to 2,000 rows
+    assert batch_bound(spml.load_config(loss="an", autotune={"lbfgs_max_rows": 0}), 100) is None

@@ -23,7 +23,7 @@ parameters and buffers, so it is part of ``loss.state_dict()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -128,6 +128,14 @@ class LossTerms:
         return total if self.reg is None else total + self.reg
 
 
+class BatchSetting(NamedTuple):
+    """An Adam setting of a linear run: its batch size, learning rate and epochs."""
+
+    batch_size: int
+    lr: float
+    epochs: int
+
+
 class SpmlLoss(nn.Module):
     """Base class of the registered losses.
 
@@ -152,6 +160,10 @@ class SpmlLoss(nn.Module):
     #: Names of the loss's parameters of which a batch reads only the rows ``index`` names (ROLE's
     #: label estimator): the trainer updates just those rows, exactly (:mod:`spml.training.lazy_adam`).
     row_sparse_params: ClassVar[tuple[str, ...]] = ()
+    #: For a loss whose objective depends on the batch size (a regulariser on a statistic of the
+    #: batch): the Adam setting a linear run trains when ``lr`` and ``batch_size`` are unset, in
+    #: place of the selection, which probes larger batches only (:mod:`spml.training.autotune`).
+    batch_setting: ClassVar[BatchSetting | None] = None
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__()

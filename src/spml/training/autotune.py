@@ -745,6 +745,21 @@ class SelectionEvidence(Callback):
         )
 
 
+def batch_bound(config: TrainConfig, num_train: int) -> TrainConfig | None:
+    """``config`` with its loss's own Adam setting (:attr:`~spml.losses.SpmlLoss.batch_setting`) in place of a selection, or None.
+
+    For a loss whose objective depends on the batch size (EPR), when ``batch_size`` is unset and
+    the selection would train Adam (above ``autotune.lbfgs_max_rows`` rows): the selection probes
+    batches of 64 and more, where such a loss is another objective (EPR at 16,416 rows: 0.382 val
+    mAP at its best batch-64 setting, 0.537 at Cole et al.'s batch 8). A set ``epochs`` is kept.
+    """
+    setting = get_loss_info(config.loss).loss_class.batch_setting
+    if setting is None or config.batch_size is not None or uses_lbfgs(config, num_train):
+        return None
+    return dataclasses.replace(config, optimizer="adam", lr=setting.lr, batch_size=setting.batch_size,
+                               epochs=config.epochs or setting.epochs)
+
+
 def _select(data: PreparedData, config: TrainConfig, *, loss: SpmlLoss | None, folder: str) -> Selection:
     """:func:`select` for :func:`train_tuned`, whose switch of that name hides it there."""
     return select(data, config, loss=loss, folder=folder)
@@ -795,6 +810,16 @@ def train_tuned(
     view = annotated.held_out_view(data, None if config.observed == FULL_OBSERVED else config.observed)
     if isinstance(view, annotated.HeldOutData):  # what "val" means here, before the probes select on it
         log(f"note: {view.note}")
+    bound = batch_bound(config, len(data.split("train")))
+    if bound is not None:
+        log(f"autotune: loss {config.loss!r} depends on the batch size, so it trains its own setting, not a selection: "
+            f"Adam lr {bound.lr:g}, batch {bound.batch_size}, {bound.epochs} epochs (set lr or batch_size to choose)")
+        result = train(data, bound, run_dir, method=method, callbacks=callbacks, loss=loss, val_only=val_only)
+        _add_autotune_section(run_dir, {
+            "optimizer": "adam", "lr": bound.lr, "weight_decay": bound.weight_decay, "epochs": bound.epochs,
+            "batch_size": bound.batch_size, "selected_on": "the loss's batch_setting", "seconds": 0.0,
+            "cpu_seconds": 0.0, "candidates": []})
+        return result
     log(f"autotune: selecting optimizer, lr and weight_decay on val (lr is unset): {plan(config, len(data.split('train')))}")
     with probe_folder(data, config) as tmp:
         selection = _select(data, config, loss=loss, folder=tmp)
@@ -808,8 +833,13 @@ def train_tuned(
         trained = selected_run(selection) if not callbacks and loss is None else None
         result = train(data, tuned, run_dir, method=method, callbacks=[*callbacks, *evidence], loss=loss,
                        val_only=val_only, trained=trained)
-    path = Path(run_dir) / RESULTS_FILE
-    if distributed.is_main():  # rank 0 alone writes the run folder
-        write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: selection.to_dict()})
-    distributed.barrier()
+    _add_autotune_section(run_dir, selection.to_dict())
     return result
+
+
+def _add_autotune_section(run_dir: str | Path, section: dict[str, Any]) -> None:
+    """Add ``results.json["autotune"]`` to a finished run (rank 0 alone writes the run folder)."""
+    path = Path(run_dir) / RESULTS_FILE
+    if distributed.is_main():
+        write_json(path, {**readers.read_json_object(path, "run results"), AUTOTUNE_KEY: section})
+    distributed.barrier()
