@@ -544,7 +544,7 @@ def select(
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
     rungs = adam_rungs(config, num_train, adam)
-    planned = [len(lbfgs) + max_probes(adam, rungs)]  # a descent (of the last rung) may add more
+    planned = len(lbfgs) + max_probes(adam, rungs)  # a descent (of the last rung) may add more
     # A ready loss module (it may hold state) stays in this process.
     workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
@@ -559,20 +559,20 @@ def select(
         if not distributed.launched():
             with quiet(keep_steps=True):
                 head_start = open_feature_caches(data, probes[0])
-        bar = progress(total=planned[0], desc="autotune", unit="probe", lines=False)
+        bar = progress(total=planned, desc="autotune", unit="probe", lines=False)
 
         def record(probe: TrainConfig, rung: int, outcome: ProbeOutcome, number: int) -> Candidate:
+            nonlocal planned
             candidate = Candidate(
                 float(probe.lr or 0.0), float(probe.weight_decay), outcome.val_map, outcome.best_epoch, probe.optimizer,
                 round(outcome.seconds, 2), int(probe.epochs or 0), rung,
                 int(probe.batch_size or 0) if probe.optimizer == "adam" else 0, round(outcome.cpu_seconds, 2),
             )
-            if number > planned[0]:  # a descent's probe beyond the plan's count
-                planned[0] = number
-                bar.total = number
+            if number > planned:  # a descent's probe beyond the plan's count
+                planned = bar.total = number
             bar.update(1)
             log(
-                f"autotune: candidate {number}/{planned[0]} {candidate.optimizer} lr {candidate.lr:g} weight_decay {candidate.weight_decay:g}"
+                f"autotune: candidate {number}/{planned} {candidate.optimizer} lr {candidate.lr:g} weight_decay {candidate.weight_decay:g}"
                 + (f" batch {candidate.batch_size} (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)"
                    if probe.optimizer == "adam" else "")
                 + ": "

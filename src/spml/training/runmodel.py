@@ -130,7 +130,6 @@ class RunModel:
                 untrained_parameters(self.model.backbone, config.freeze_backbone)  # refuses a backbone without the stages
                 self.model.backbone = freeze_batchnorm(self.model.backbone)
             mean, std = backbone_data_config(self.model)
-        self._mean_std = (mean, std)
         self.eval_transform = ImageTransform(config.image_size, mean, std, flip_prob=0.0)
         aug = config.augment
         self.train_transform = ImageTransform(config.image_size, mean, std, flip_prob=aug.flip, cutout=aug.cutout,
@@ -143,7 +142,7 @@ class RunModel:
         if self.head_only:
             raise ValueError("a head-only RunModel has no build of its own to hand on")
         head = {k: v.detach().cpu().clone() for k, v in _tensors(self.model.head).items()}
-        return HeadStart(head, self._rng_after_build.clone(), self.model.num_features, *self._mean_std)
+        return HeadStart(head, self._rng_after_build.clone(), self.model.num_features, self.eval_transform.mean, self.eval_transform.std)
 
     def split(self, name: str) -> Split:
         """Split ``name`` of the data (opened once)."""
