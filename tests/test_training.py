@@ -110,11 +110,38 @@ def test_feature_rows_read_from_file_equal_fancy_indexing(tmp_path: Path) -> Non
     np.save(tmp_path / "f.npy", array)
     mm = np.load(tmp_path / "f.npy", mmap_mode="r")
     rows = FeatureRows(mm)
-    assert rows._file is not None  # positioned reads, not the mapping
+    assert rows._file is not None  # gathered from the file's own mapping, not numpy's
     idx = np.sort(np.random.default_rng(1).choice(300, 50, replace=False))
     np.testing.assert_array_equal(rows.take(idx), array[idx].astype(np.float32))
     np.testing.assert_array_equal(rows.block(290, 300), array[290:300].astype(np.float32))
     assert FeatureRows(mm[10:20])._file is None  # a view falls back to indexing
+
+
+def _file_backed_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from Linux's /proc")
+def test_gathering_every_row_leaves_the_file_out_of_the_resident_set(tmp_path: Path) -> None:
+    # 32 MB of rows, every one gathered: numpy's memmap indexing would leave all of them resident.
+    np.save(tmp_path / "f.npy", np.ones((4096, 4096), dtype=np.float16))
+    rows = FeatureRows(np.load(tmp_path / "f.npy", mmap_mode="r"))
+    before = _file_backed_rss_kb()
+    for start in range(0, 4096, 256):
+        assert rows.take(np.arange(start, start + 256)).sum() == 256 * 4096
+    assert _file_backed_rss_kb() - before < 8 * 1024
+
+
+def test_a_cache_truncated_after_opening_is_refused_in_one_line(tmp_path: Path) -> None:
+    np.save(tmp_path / "f.npy", np.ones((100, 8), dtype=np.float16))
+    rows = FeatureRows(np.load(tmp_path / "f.npy", mmap_mode="r"))
+    with open(tmp_path / "f.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(OSError, match=r"f\.npy: .*the cache is truncated"):
+        rows.take(np.arange(10))
 
 
 # -- the regimes ----------------------------------------------------------------------------------
