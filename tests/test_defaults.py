@@ -173,8 +173,9 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
     def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
         if rung:
             kept[rung].append((config.batch_size, config.lr, config.epochs))
-        return Candidate(config.lr, 0.0, short[(config.batch_size, config.lr)], 1, epochs=config.epochs, rung=rung,
-                         batch_size=config.batch_size)
+        # Every probe peaks at its last epoch: no rate is too large for its schedule.
+        return Candidate(config.lr, 0.0, short[(config.batch_size, config.lr)], config.epochs, epochs=config.epochs,
+                         rung=rung, batch_size=config.batch_size)
 
     configs = [spml.load_config(lr=lr, batch_size=b, epochs=18) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
     # The last rung's epochs by batch size (autotune.last_rung_epochs): the large batch's rows cost less.
@@ -193,8 +194,8 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
         if rung < 2:
             return score(config, rung)
         kept[2].append((config.batch_size, config.lr, config.epochs))
-        return Candidate(config.lr, 0.0, long[(config.batch_size, config.lr)], 1, epochs=config.epochs, rung=rung,
-                         batch_size=config.batch_size)
+        return Candidate(config.lr, 0.0, long[(config.batch_size, config.lr)], config.epochs, epochs=config.epochs,
+                         rung=rung, batch_size=config.batch_size)
 
     kept[2].clear()
     probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score_long),
@@ -211,7 +212,8 @@ def test_the_last_rung_descends_while_the_smallest_rate_wins() -> None:
 
     def score(configs: Sequence[spml.training.TrainConfig]) -> list[Candidate]:
         calls.append([(c.batch_size, c.lr, c.epochs) for c in configs])
-        return [Candidate(c.lr, 0.0, long[(c.batch_size, c.lr)], 3, epochs=c.epochs, rung=2, batch_size=c.batch_size) for c in configs]
+        return [Candidate(c.lr, 0.0, long[(c.batch_size, c.lr)], c.epochs, epochs=c.epochs, rung=2, batch_size=c.batch_size)
+                for c in configs]
 
     configs = [spml.load_config(lr=lr, batch_size=b, epochs=25) for b in (1024, 64) for lr in (3e-3, 1e-2)]
     last = score([dataclasses.replace(configs[i], epochs=25 if i < 2 else 7) for i in range(2)]
@@ -224,6 +226,32 @@ def test_the_last_rung_descends_while_the_smallest_rate_wins() -> None:
     low = [Candidate(1e-4, 0.0, 0.5, 1, epochs=5, batch_size=64), Candidate(3e-4, 0.0, 0.4, 1, epochs=5, batch_size=64)]
     calls.clear()
     assert descend(configs, low, rates, score) == [] and calls == []
+
+
+def test_the_last_rung_descends_below_a_rate_that_peaked_early() -> None:
+    # EM on 16,416 COCO-like rows: batch 64's pair, 3e-3 (0.623, best at epoch 24 of 25) and 1e-3
+    # (0.594, best at epoch 5: early stopping ended it), then 3e-4 (0.641, at 22) and 1e-4 (at 25).
+    # The larger rate won, yet 1e-3 peaked in its first half: too large for 25 epochs, so 3e-4
+    # trains; 3e-4 peaked late and was not the smallest to win for a batch size outside `only`.
+    long = {3e-3: (0.623, 24), 1e-3: (0.594, 5), 3e-4: (0.641, 22), 1e-4: (0.60, 25)}
+    calls: list[list[float]] = []
+
+    def score(configs: Sequence[spml.training.TrainConfig]) -> list[Candidate]:
+        calls.append([c.lr for c in configs])
+        return [Candidate(c.lr, 0.0, long[c.lr][0], long[c.lr][1], epochs=c.epochs, rung=2, batch_size=64) for c in configs]
+
+    configs = [spml.load_config(lr=lr, batch_size=64, epochs=25) for lr in (1e-3, 3e-3)]
+    last = score(configs)
+    rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert [c.lr for c in descend(configs, last, rates, score, only=set())] == [3e-4]
+    assert calls[1:] == [[3e-4]]
+    # A batch size of `only` goes on while its smallest rate wins: 3e-4 won, so 1e-4 trains too.
+    calls.clear()
+    assert [c.lr for c in descend(configs, last, rates, score, only={64})] == [3e-4, 1e-4]
+    # Where the smallest rate peaked late and lost, nothing trains.
+    long[1e-3] = (0.594, 20)
+    calls.clear()
+    assert descend(configs, score(configs), rates, score, only=set()) == [] and len(calls) == 1
 
 
 def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:

@@ -377,7 +377,7 @@ def successive_halving(
                     lower = _next_smaller_rate(configs, below) if below is not None and configs[i].batch_size in thin else None
                     keep |= {lower} if lower is not None else set()
             alive = sorted(keep)  # in the order tried
-    if rates and thin:
+    if rates:
         last = len(plan) - 1
         extra = descend(configs, rung_probes, rates, lambda cs: score(cs, last), only=thin)
         probes.extend(extra)
@@ -390,23 +390,27 @@ def descend(
     score: Callable[[Sequence[TrainConfig]], list[Candidate]],
     only: Collection[int] | None = None,
 ) -> list[Candidate]:
-    """Extend the last rung downwards: where a batch size's smallest rate won, its next smaller rate trains too.
+    """Extend the last rung downwards while a batch size's smallest rate won, or peaked early.
 
     A longer probe favours a smaller rate, and the last rung's pair (a batch size's best of a
     shorter rung and its next smaller rate) can still sit above the best: on 16,416 COCO-like rows
     ASL's batch-1,024 pair (1e-2, 3e-3) ranked 3e-3 first, and 1e-3, two rates below the shorter
     rung's best, was the grid's best cell (docs/benchmarks.md, "Every loss at 16k rows"). So while
-    the smallest rate a batch size (and weight decay) trained in the last rung is its best there,
-    the next smaller of ``rates`` (``autotune.lrs``, below the batch's own candidates too) trains
-    at the same epochs; a batch size whose larger rate won stops. Since every probe competes on
-    val, a descent only adds candidates.
+    the smallest rate a batch size (and weight decay) trained in the last rung is its best there
+    (a batch size of ``only``), the next smaller of ``rates`` (``autotune.lrs``, below the batch's
+    own candidates too) trains at the same epochs; a batch size whose larger rate won stops.
+    Any batch size also descends while its smallest rate's probe peaked in its first half (or
+    diverged): that rate is too large for a schedule this long, whatever the larger one did (EM at
+    16,416 rows: batch 64 at 1e-3 peaked at epoch 5 of 25 and stopped at 0.594, 3e-3 won at 0.623,
+    and 3e-4, never probed, was 0.641; docs/benchmarks.md, "Selection, seventh pass"). Since every
+    probe competes on val, a descent only adds candidates.
 
     Args:
         configs: The Adam candidates (a batch size's config is the template of its new rates).
         last: The last rung's probes.
         rates: The rates a descent may go down to.
         score: Trains probes (configs with their epochs set) and returns their candidates, in order.
-        only: The batch sizes that may descend (None: all).
+        only: The batch sizes that descend while their smallest rate wins (None: all).
 
     Returns:
         The descent's probes, in the order trained.
@@ -416,11 +420,12 @@ def descend(
     added: list[Candidate] = []
     while True:
         step: list[TrainConfig] = []
-        for key in dict.fromkeys((c.batch_size, c.weight_decay) for c in trained if only is None or c.batch_size in only):
+        for key in dict.fromkeys((c.batch_size, c.weight_decay) for c in trained):
             mine = [c for c in trained if (c.batch_size, c.weight_decay) == key]
-            lowest = min(c.lr for c in mine)
-            below = [r for r in ordered if r < lowest * (1 - 1e-9)]
-            if len(mine) < 2 or min(mine, key=rank_key).lr != lowest or not below:
+            smallest = min(mine, key=lambda c: c.lr)
+            below = [r for r in ordered if r < smallest.lr * (1 - 1e-9)]
+            won = len(mine) >= 2 and min(mine, key=rank_key) is smallest and (only is None or key[0] in only)
+            if not below or not (won or peaked_early(smallest)):
                 continue
             template = next((c for c in configs if (c.batch_size, c.weight_decay) == key), None)
             if template is not None:
@@ -430,6 +435,11 @@ def descend(
         scored = score(step)
         trained.extend(scored)
         added.extend(scored)
+
+
+def peaked_early(candidate: Candidate) -> bool:
+    """Whether ``candidate``'s probe had its best val mAP in the first half of its epochs (or diverged)."""
+    return 2 * candidate.best_epoch <= candidate.epochs
 
 
 def _next_smaller_rate(configs: Sequence[TrainConfig], i: int) -> int | None:
