@@ -167,7 +167,8 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
     # one on the first rung, yet the best batch-1,024 rate survives to the middle rung, beside the
     # best two. The last rung trains each batch size's best and the rate below it (a longer probe
     # favours a smaller rate): batch 1,024 at 3e-3, dropped on the first rung, comes back.
-    short = {(64, 1e-3): 0.5, (64, 3e-3): 0.45, (64, 1e-2): 0.4, (1024, 1e-3): 0.1, (1024, 3e-3): 0.2, (1024, 1e-2): 0.3}
+    short = {(64, 1e-3): 0.5, (64, 3e-3): 0.45, (64, 1e-2): 0.4, (1024, 1e-3): 0.1, (1024, 3e-3): 0.2, (1024, 1e-2): 0.3,
+             (64, 3e-4): 0.35}
     kept: dict[int, list[tuple[int, float, int]]] = {1: [], 2: []}
 
     def score(config: spml.training.TrainConfig, rung: int) -> Candidate:
@@ -179,16 +180,17 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
 
     configs = [spml.load_config(lr=lr, batch_size=b, epochs=18) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
     # The last rung's epochs by batch size (autotune.last_rung_epochs): the large batch's rows cost less.
-    # Rates to descend through: batch 1,024's smallest (1e-3) did not win (0.1 < 0.2), so no descent.
+    # Rates to descend through: batch 1,024's smallest (3e-3) did not win (0.2 < 0.3), so it stops;
+    # batch 64's only rate (1e-3, the smallest of its candidates) wins alone and descends to 3e-4,
+    # which loses: it stops too.
     probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score), lambda c: 30 if c.batch_size == 1024 else 18,
                                       rates=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
     assert kept[1] == [(1024, 1e-2, 6), (64, 1e-3, 6), (64, 3e-3, 6)]
-    # Batch 1,024 reached the middle rung with one candidate: its last rung reaches 1e-3 as well.
-    assert kept[2] == [(1024, 1e-3, 30), (1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18)]  # 64 at 1e-3 has no smaller rate here
-    assert len(probes) == 13 and [c.epochs for c in last] == [30, 30, 30, 18]
-    # Where batch 1,024's smallest rate of the last rung wins, it descends to 3e-4 (below its own
-    # candidates), which loses: the descent stops. Batch 64 reached the middle rung with two: no descent.
-    long = {(1024, 1e-3): 0.6, (1024, 3e-3): 0.5, (1024, 1e-2): 0.4, (1024, 3e-4): 0.3, (64, 1e-3): 0.55}
+    assert kept[2] == [(1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18), (64, 3e-4, 18)]
+    assert len(probes) == 13 and [c.epochs for c in last] == [30, 30, 18, 18]
+    # Where batch 1,024's smaller rate of the pair wins, it descends below its own candidates while
+    # the smallest wins (1e-3, then 3e-4, which loses); batch 64 descends once beside it.
+    long = {(1024, 1e-3): 0.6, (1024, 3e-3): 0.5, (1024, 1e-2): 0.4, (1024, 3e-4): 0.3, (64, 1e-3): 0.55, (64, 3e-4): 0.5}
 
     def score_long(config: spml.training.TrainConfig, rung: int) -> Candidate:
         if rung < 2:
@@ -200,8 +202,8 @@ def test_successive_halving_keeps_the_best_of_each_batch_size() -> None:
     kept[2].clear()
     probes, last = successive_halving(configs, [(6, 2), (2, 6), (2, 18)], each(score_long),
                                       lambda c: 30 if c.batch_size == 1024 else 18, rates=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
-    assert kept[2] == [(1024, 1e-3, 30), (1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18), (1024, 3e-4, 30)]
-    assert len(probes) == 14 and best_candidate(probes).lr == 1e-3
+    assert kept[2] == [(1024, 3e-3, 30), (1024, 1e-2, 30), (64, 1e-3, 18), (1024, 1e-3, 30), (64, 3e-4, 18), (1024, 3e-4, 30)]
+    assert len(probes) == 15 and best_candidate(probes).lr == 1e-3
 
 
 def test_the_last_rung_descends_while_the_smallest_rate_wins() -> None:
@@ -232,7 +234,7 @@ def test_the_last_rung_descends_below_a_rate_that_peaked_early() -> None:
     # EM on 16,416 COCO-like rows: batch 64's pair, 3e-3 (0.623, best at epoch 24 of 25) and 1e-3
     # (0.594, best at epoch 5: early stopping ended it), then 3e-4 (0.641, at 22) and 1e-4 (at 25).
     # The larger rate won, yet 1e-3 peaked in its first half: too large for 25 epochs, so 3e-4
-    # trains; 3e-4 peaked late and was not the smallest to win for a batch size outside `only`.
+    # trains; it wins, so 1e-4 trains as well, and loses.
     long = {3e-3: (0.623, 24), 1e-3: (0.594, 5), 3e-4: (0.641, 22), 1e-4: (0.60, 25)}
     calls: list[list[float]] = []
 
@@ -243,15 +245,12 @@ def test_the_last_rung_descends_below_a_rate_that_peaked_early() -> None:
     configs = [spml.load_config(lr=lr, batch_size=64, epochs=25) for lr in (1e-3, 3e-3)]
     last = score(configs)
     rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-    assert [c.lr for c in descend(configs, last, rates, score, only=set())] == [3e-4]
-    assert calls[1:] == [[3e-4]]
-    # A batch size of `only` goes on while its smallest rate wins: 3e-4 won, so 1e-4 trains too.
-    calls.clear()
-    assert [c.lr for c in descend(configs, last, rates, score, only={64})] == [3e-4, 1e-4]
+    assert [c.lr for c in descend(configs, last, rates, score)] == [3e-4, 1e-4]
+    assert calls[1:] == [[3e-4], [1e-4]]
     # Where the smallest rate peaked late and lost, nothing trains.
     long[1e-3] = (0.594, 20)
     calls.clear()
-    assert descend(configs, score(configs), rates, score, only=set()) == [] and len(calls) == 1
+    assert descend(configs, score(configs), rates, score) == [] and len(calls) == 1
 
 
 def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
@@ -260,7 +259,7 @@ def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
     cfg = spml.load_config()
     assert [last_rung_epochs(cfg, 65_665, 47, b) for b in (64, 1024)] == [7, 12]
     assert [last_rung_epochs(cfg, 13_133, 100, b) for b in (64, 1024)] == [25, 25]
-    assert max_probes(probe_configs(cfg, 65_665), [(8, 1), (3, 3), (2, 7)]) == 8 + 5 + 5
+    assert max_probes(probe_configs(cfg, 65_665), [(8, 1), (3, 3), (2, 7)]) == 8 + 5 + 4  # a descent may add more
 
 
 def _record(epoch: int, val_map: float, loss: float, phase: str = "linear") -> dict:

@@ -23,7 +23,7 @@ from spml.training.runmodel import RunModel, head_only
 from subsets import tiny_single_positive_set
 from tiny import TINY
 
-# Four rates at one batch, two rungs (4 -> 2): six probes, some of a rung side by side.
+# Four rates at one batch, two rungs (4 -> 2), then the last rung's descent: probes side by side.
 TUNE = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
 
 
@@ -66,7 +66,7 @@ def test_probes_in_workers_equal_probes_in_the_run_process(data: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     assert [(c.lr, c.epochs, c.rung) for c in there.candidates] == [(c.lr, c.epochs, c.rung) for c in here.candidates]
-    assert len(here.candidates) == 6
+    assert len(here.candidates) == 8  # 4 + 2, and 2 of the descent (autotune.descend)
     for a, b in zip(here.candidates, there.candidates):
         assert b.val_map == pytest.approx(a.val_map, abs=1e-6) and b.best_epoch == a.best_epoch
         assert b.cpu_seconds > 0

@@ -21,7 +21,9 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   epochs (each probe a whole schedule: warm-up, cosine decay, early stopping), the best third
   (``autotune.halving``) and the best of each batch size a probe three times longer, and so on;
   the last rung trains each batch size's best and the candidate of its next smaller rate (a probe
-  three times longer favours a smaller rate), probes of a quarter of the budget
+  three times longer favours a smaller rate), and goes on down the rates while a batch size's
+  smallest rate wins or peaked in the first half of its probe (:func:`descend`), probes of a
+  quarter of the budget
   (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows`` rows at the cost of
   a batch-64 row (epochs x train rows, a larger batch's rows cheaper: :func:`longest_share`). The
   best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
@@ -58,7 +60,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,16 +335,13 @@ def successive_halving(
             rung; the probes of a rung may train side by side).
         last_epochs: The last rung's epochs for a config (its batch size's, :func:`last_rung_epochs`);
             None: the plan's.
-        rates: The rates the last rung may descend through (:func:`descend`) for a batch size
-            that reached the rung before it with one candidate (which also gets the rate below its
-            pair in the last rung); empty: no descent.
+        rates: The rates the last rung may descend through (:func:`descend`); empty: no descent.
 
     Returns:
         Every probe in the order trained (a config is trained once for given epochs), and the
         last rung's probes.
     """
     alive = list(range(len(configs)))  # indices into configs
-    thin: set[int] = set()  # batch sizes with one candidate in the rung before the last
     probes: list[Candidate] = []
     rung_probes: list[Candidate] = []
     trained: dict[tuple[int, int], Candidate] = {}  # (config index, epochs) -> its probe
@@ -368,18 +367,10 @@ def successive_halving(
                 keep = {alive[k] for k in order[: plan[rung + 1][0]]} | set(bests)
             else:
                 keep = set(bests) | {j for j in (_next_smaller_rate(configs, i) for i in bests) if j is not None}
-                # A batch size that reached this rung with one candidate has its best from a rung
-                # three times shorter still: its last rung reaches one rate lower (ASL at 16k rows:
-                # batch 1,024's best there, 1e-2, was two rates above its best of 25 epochs).
-                thin = {b for b in sizes if sum(configs[i].batch_size == b for i in alive) == 1}
-                for i in bests:
-                    below = _next_smaller_rate(configs, i)
-                    lower = _next_smaller_rate(configs, below) if below is not None and configs[i].batch_size in thin else None
-                    keep |= {lower} if lower is not None else set()
             alive = sorted(keep)  # in the order tried
     if rates:
         last = len(plan) - 1
-        extra = descend(configs, rung_probes, rates, lambda cs: score(cs, last), only=thin)
+        extra = descend(configs, rung_probes, rates, lambda cs: score(cs, last))
         probes.extend(extra)
         rung_probes.extend(extra)
     return probes, rung_probes
@@ -388,29 +379,28 @@ def successive_halving(
 def descend(
     configs: Sequence[TrainConfig], last: Sequence[Candidate], rates: Sequence[float],
     score: Callable[[Sequence[TrainConfig]], list[Candidate]],
-    only: Collection[int] | None = None,
 ) -> list[Candidate]:
     """Extend the last rung downwards while a batch size's smallest rate won, or peaked early.
 
     A longer probe favours a smaller rate, and the last rung's pair (a batch size's best of a
-    shorter rung and its next smaller rate) can still sit above the best: on 16,416 COCO-like rows
-    ASL's batch-1,024 pair (1e-2, 3e-3) ranked 3e-3 first, and 1e-3, two rates below the shorter
-    rung's best, was the grid's best cell (docs/benchmarks.md, "Every loss at 16k rows"). So while
-    the smallest rate a batch size (and weight decay) trained in the last rung is its best there
-    (a batch size of ``only``), the next smaller of ``rates`` (``autotune.lrs``, below the batch's
-    own candidates too) trains at the same epochs; a batch size whose larger rate won stops.
-    Any batch size also descends while its smallest rate's probe peaked in its first half (or
-    diverged): that rate is too large for a schedule this long, whatever the larger one did (EM at
-    16,416 rows: batch 64 at 1e-3 peaked at epoch 5 of 25 and stopped at 0.594, 3e-3 won at 0.623,
-    and 3e-4, never probed, was 0.641; docs/benchmarks.md, "Selection, seventh pass"). Since every
-    probe competes on val, a descent only adds candidates.
+    shorter rung and its next smaller rate) can still sit above the best. So while the smallest
+    rate a batch size (and weight decay) trained in the last rung is its best there, or its probe
+    peaked in its first half (a rate too large for a schedule this long, whatever the larger one
+    did), the next smaller of ``rates`` (``autotune.lrs``, below the batch's own candidates too)
+    trains at the same epochs; a batch size stops once a smaller rate lost and peaked late. Each
+    case was a miss of more than 0.01 val mAP against spml's own grid on COCO-like rows
+    (docs/benchmarks.md, issue 19's fifth and sixth passes): ASL at 16,416 rows, batch 1,024's pair
+    (1e-2, 3e-3) ranked 3e-3 first and 1e-3 was the grid's best cell; EM (seed 83), batch 64 at
+    1e-3 peaked at epoch 5 of 25 below 3e-3, and 3e-4 was 0.018 above both; EM (seed 97), batch
+    64's pair ranked 1e-3 first and 3e-4 was 0.010 higher. Since every probe competes on val, a
+    descent only adds candidates: one probe for a batch size whose pair's smaller rate won and
+    whose next rate down does not.
 
     Args:
         configs: The Adam candidates (a batch size's config is the template of its new rates).
         last: The last rung's probes.
         rates: The rates a descent may go down to.
         score: Trains probes (configs with their epochs set) and returns their candidates, in order.
-        only: The batch sizes that descend while their smallest rate wins (None: all).
 
     Returns:
         The descent's probes, in the order trained.
@@ -424,8 +414,7 @@ def descend(
             mine = [c for c in trained if (c.batch_size, c.weight_decay) == key]
             smallest = min(mine, key=lambda c: c.lr)
             below = [r for r in ordered if r < smallest.lr * (1 - 1e-9)]
-            won = len(mine) >= 2 and min(mine, key=rank_key) is smallest and (only is None or key[0] in only)
-            if not below or not (won or peaked_early(smallest)):
+            if not below or not (min(mine, key=rank_key) is smallest or peaked_early(smallest)):
                 continue
             template = next((c for c in configs if (c.batch_size, c.weight_decay) == key), None)
             if template is not None:
@@ -493,8 +482,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + f" x weight_decay {_values(p.weight_decay for p in adam)} ({why}), by successive halving: "
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs[:-1])
             + (", then " if len(rungs) > 1 else "")
-            + ("each batch size's best and its next smaller lr (one lower for a batch size with one candidate "
-               "before, and lower still while its smallest wins) x "
+            + ("each batch size's best and its next smaller lr (and lower while its smallest wins or peaks "
+               "in the first half of its probe) x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
                else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
             + f" of the step budget's {budget}"
@@ -517,14 +506,13 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
     """Most probes :func:`successive_halving` trains over ``rungs``.
 
     A middle rung keeps one more a batch size at most; the last trains two a batch size (its best
-    and next smaller rate), and after a middle rung one more for a batch size that reached it with
-    one candidate (as a rule one of two). A descent (:func:`descend`) may add more.
+    and next smaller rate). A descent (:func:`descend`) may add more.
     """
     if not adam:
         return 0
     sizes = len({p.batch_size for p in adam})
     middle = sum(min(n + sizes, len(adam)) for n, _ in rungs[1:-1])
-    last = 2 * sizes + (1 if len(rungs) > 2 and sizes > 1 else 0)
+    last = 2 * sizes
     return len(adam) + middle + (min(last, len(adam)) if len(rungs) > 1 else 0)
 
 
