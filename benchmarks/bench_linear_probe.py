@@ -8,8 +8,8 @@ the cache, loss, backward, Adam), then the evaluation the engine runs after it (
 predictions, val mAP, training-label mAP, the record).
 
 Peak memory: a child process runs one full epoch (loss ``an``, batch 1,024) for two cache sizes
-and reports its peak RSS; a batch's rows are copied out of the mapped file and its pages released,
-so the peak should not grow with the number of rows (only the N x 80 label/score matrices do).
+and reports its peak RSS; the feature rows are read with positioned reads, not mapped, so the
+peak should not grow with the number of rows (only the N x 80 label/score matrices do).
 
 Run by hand from the repository root:
 

@@ -392,7 +392,7 @@ def descend(
     (docs/benchmarks.md, issue 19's fifth and sixth passes): ASL at 16,416 rows, batch 1,024's pair
     (1e-2, 3e-3) ranked 3e-3 first and 1e-3 was the grid's best cell; EM (seed 83), batch 64 at
     1e-3 peaked at epoch 5 of 25 below 3e-3, and 3e-4 was 0.018 above both; EM (seed 97), batch
-    64's pair ranked 1e-3 first and 3e-4 was 0.010 higher. Since every probe competes on val, a
+    64's pair ranked 1e-3 first and 3e-4 was 0.0095 higher. Since every probe competes on val, a
     descent only adds candidates: one probe for a batch size whose pair's smaller rate won and
     whose next rate down does not.
 

@@ -1,19 +1,14 @@
-"""Row gathering from a cached feature matrix without keeping the whole file in the process.
+"""Row gathering from a cached feature matrix without mapping the whole file into the process.
 
 Reading a memory-mapped ``.npy`` by fancy indexing maps every touched page into the process, so the
-resident set grows to the file's size over an epoch (65,665 x 2,048 float32 rows: 538 MB). Here a
-batch's rows are gathered from the file's read-only mapping in one vectorised copy and the mapping's
-pages are then released from the process (``madvise(MADV_DONTNEED)``): the file stays in the OS page
-cache (shared, evictable) and the process holds one batch. A row per system call, as before, took 3x
-as long (16,416 rows of 2,048 float16 a batch-1,024 epoch: 31 ms against 10 ms, docs/benchmarks.md).
-Where ``madvise`` is missing (Windows) the rows are read with positioned reads, one call per run of
-consecutive rows.
+resident set grows to the file's size over an epoch (65,665 x 2,048 float32 rows: 538 MB). Here the
+rows of a batch are read with plain positioned reads into a batch-sized buffer: the file stays in the
+OS page cache (shared, evictable) and the process holds one batch. Batch indices are sorted and
+runs of consecutive rows are read with one call each.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +50,6 @@ class FeatureRows:
             if tuple(shape) == self.shape and dtype == self.dtype and not fortran and array.flags.c_contiguous:
                 self._file, self._offset = Path(filename), offset
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._map: mmap.mmap | None = None
-
-    def __getstate__(self) -> dict[str, object]:
-        # A probe worker gets the rows by pickling; it maps the file itself on its first read.
-        return {**self.__dict__, "_map": None}
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -76,8 +66,6 @@ class FeatureRows:
         indices = np.asarray(indices, dtype=np.int64)
         if self._file is None:
             return _to_float32(np.asarray(self.array[indices]))
-        if hasattr(mmap, "MADV_DONTNEED"):
-            return self._gather(indices)
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
         # Split into runs of consecutive rows; each run is one read.
@@ -91,23 +79,6 @@ class FeatureRows:
                 got = f.readinto(view[a * self.row_bytes : b * self.row_bytes])
                 if got != want:
                     raise OSError(f"{self._file}: short read ({got} of {want} bytes); the cache is truncated")
-        return _to_float32(out)
-
-    def _gather(self, indices: np.ndarray) -> np.ndarray:
-        """Rows ``indices`` copied out of the file's mapping, its pages then released from the process."""
-        if self._map is None:
-            with open(self._file, "rb") as f:  # type: ignore[arg-type]
-                need = self._offset + len(self) * self.row_bytes
-                size = os.fstat(f.fileno()).st_size
-                if size < need:
-                    # A mapped read past the end would kill the process (SIGBUS), not raise.
-                    raise OSError(f"{self._file}: short file ({size} of {need} bytes); the cache is truncated")
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        mapped = np.frombuffer(self._map, dtype=self.dtype, count=len(self) * self.row_bytes // self.dtype.itemsize,
-                               offset=self._offset).reshape(self.shape)
-        out = mapped[indices]
-        del mapped  # the buffer's export must end before the pages are released
-        self._map.madvise(mmap.MADV_DONTNEED)
         return _to_float32(out)
 
     def block(self, start: int, stop: int) -> np.ndarray:
