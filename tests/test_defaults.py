@@ -232,10 +232,10 @@ def test_the_last_rung_descends_while_the_smallest_rate_wins() -> None:
 
 def test_the_last_rung_descends_below_a_rate_that_peaked_early() -> None:
     # EM on 16,416 COCO-like rows: batch 64's pair, 3e-3 (0.623, best at epoch 24 of 25) and 1e-3
-    # (0.594, best at epoch 5: early stopping ended it), then 3e-4 (0.641, at 22) and 1e-4 (at 25).
-    # The larger rate won, yet 1e-3 peaked in its first half: too large for 25 epochs, so 3e-4
-    # trains; it wins, so 1e-4 trains as well, and loses.
-    long = {3e-3: (0.623, 24), 1e-3: (0.594, 5), 3e-4: (0.641, 22), 1e-4: (0.60, 25)}
+    # (0.594, best at epoch 5: early stopping ended it), then 3e-4 (0.641, at 23) and 1e-4 (0.582,
+    # at 25). The larger rate won, yet 1e-3 peaked in its first half: too large for 25 epochs, so
+    # 3e-4 trains; it wins, so 1e-4 trains as well, and loses.
+    long = {3e-3: (0.623, 24), 1e-3: (0.594, 5), 3e-4: (0.641, 23), 1e-4: (0.582, 25)}
     calls: list[list[float]] = []
 
     def score(configs: Sequence[spml.training.TrainConfig]) -> list[Candidate]:
@@ -251,6 +251,11 @@ def test_the_last_rung_descends_below_a_rate_that_peaked_early() -> None:
     long[1e-3] = (0.594, 20)
     calls.clear()
     assert descend(configs, score(configs), rates, score) == [] and len(calls) == 1
+    # A smallest rate that diverged (NaN, best epoch 0) is too large as well: the next one trains.
+    diverged = [Candidate(1e-3, 0.0, float("nan"), 0, epochs=25, rung=2, batch_size=64),
+                Candidate(3e-3, 0.0, 0.623, 24, epochs=25, rung=2, batch_size=64)]
+    calls.clear()
+    assert [c.lr for c in descend(configs, diverged, rates, score)][:1] == [3e-4]
 
 
 def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
