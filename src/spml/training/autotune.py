@@ -23,7 +23,8 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   the last rung trains each batch size's best and the candidate of its next smaller rate (a probe
   three times longer favours a smaller rate), and goes on down the rates while a batch size's
   smallest rate wins or peaked in the first half of its probe (:func:`descend`), probes of a
-  quarter of the budget
+  quarter of the budget (and where the best probe peaked at its last epoch, its batch size's next
+  smaller rate at twice its epochs: :func:`stretch`)
   (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows`` rows at the cost of
   a batch-64 row (epochs x train rows, a larger batch's rows cheaper: :func:`longest_share`). The
   best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
@@ -335,7 +336,8 @@ def successive_halving(
             rung; the probes of a rung may train side by side).
         last_epochs: The last rung's epochs for a config (its batch size's, :func:`last_rung_epochs`);
             None: the plan's.
-        rates: The rates the last rung may descend through (:func:`descend`); empty: no descent.
+        rates: The rates the last rung may descend through (:func:`descend`) and stretch to
+            (:func:`stretch`); empty: neither.
 
     Returns:
         Every probe in the order trained (a config is trained once for given epochs), and the
@@ -373,6 +375,9 @@ def successive_halving(
         extra = descend(configs, rung_probes, rates, lambda cs: score(cs, last))
         probes.extend(extra)
         rung_probes.extend(extra)
+        longer = stretch(configs, probes, rates, lambda cs: score(cs, last))
+        probes.extend(longer)
+        rung_probes.extend(longer)
     return probes, rung_probes
 
 
@@ -424,6 +429,43 @@ def descend(
         scored = score(step)
         trained.extend(scored)
         added.extend(scored)
+
+
+def stretch(
+    configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: Sequence[float],
+    score: Callable[[Sequence[TrainConfig]], list[Candidate]],
+) -> list[Candidate]:
+    """One longer probe where the best probe was still rising: its next smaller rate at twice its epochs.
+
+    The last rung's length is a share of the step budget (a quarter, 12 epochs at batch 1,024 on
+    65,665 rows), and a longer schedule favours a smaller rate: Focal at 65,665 COCO-like rows ranked
+    3e-3 (0.690) above 1e-3 (0.658) over 12 epochs, both still rising at their last, while over the
+    grid's 25 epochs 1e-3 reached 0.706 and 3e-3 0.637 (docs/benchmarks.md, issue 19's sixth pass).
+    So where the best probe peaked at its last epoch, the next smaller of ``rates`` at its batch size
+    trains for twice its epochs (at most the budget's, the candidates' ``epochs``); it competes on
+    val like every probe, so it only adds a candidate.
+
+    Args:
+        configs: The Adam candidates (a batch size's config is the template; its epochs the budget).
+        probes: Every probe so far.
+        rates: The rates to take the next smaller one from (``autotune.lrs``).
+        score: Trains probes (configs with their epochs set) and returns their candidates, in order.
+
+    Returns:
+        The stretched probe (none, or one).
+    """
+    finite = [c for c in probes if c.val_map == c.val_map]
+    if not finite:
+        return []
+    best = min(finite, key=rank_key)
+    template = next((c for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), None)
+    smaller = [r for r in sorted({float(r) for r in rates}) if r < best.lr * (1 - 1e-9)]
+    if template is None or not smaller or best.best_epoch < best.epochs:
+        return []
+    epochs = min(2 * best.epochs, int(template.epochs or 0))
+    if epochs <= best.epochs:
+        return []
+    return score([dataclasses.replace(template, lr=smaller[-1], epochs=epochs)])
 
 
 def peaked_early(candidate: Candidate) -> bool:
@@ -483,7 +525,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs[:-1])
             + (", then " if len(rungs) > 1 else "")
             + ("each batch size's best and its next smaller lr (and lower while its smallest wins or peaks "
-               "in the first half of its probe) x "
+               "in the first half of its probe; where the best peaks at its last epoch, its next smaller lr "
+               "at twice its epochs) x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
                else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
             + f" of the step budget's {budget}"
@@ -506,7 +549,7 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
     """Most probes :func:`successive_halving` trains over ``rungs``.
 
     A middle rung keeps one more a batch size at most; the last trains two a batch size (its best
-    and next smaller rate). A descent (:func:`descend`) may add more.
+    and next smaller rate). A descent (:func:`descend`) and a stretch (:func:`stretch`) may add more.
     """
     if not adam:
         return 0
