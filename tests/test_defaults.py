@@ -33,6 +33,7 @@ from spml.training.autotune import (
     rung_plan,
     shortest_probe,
     should_tune,
+    stretch,
     successive_halving,
 )
 from spml.training.defaults import (
@@ -258,6 +259,32 @@ def test_the_last_rung_descends_below_a_rate_that_peaked_early() -> None:
                 Candidate(3e-3, 0.0, 0.623, 24, epochs=25, rung=2, batch_size=64)]
     calls.clear()
     assert [c.lr for c in descend(configs, diverged, rates, score)][:1] == [3e-4]
+
+
+def test_a_best_probe_still_rising_at_its_end_stretches_the_next_smaller_rate() -> None:
+    # Focal on 65,665 COCO-like rows: batch 1,024's last rung (12 epochs of a 47-epoch budget)
+    # ranked 3e-3 (0.690) above 1e-3 (0.658), both best at epoch 12; 1e-3 over 24 epochs is the
+    # probe that stretch adds (25 epochs: 0.706 in the grid).
+    calls: list[list[tuple[int, float, int]]] = []
+
+    def score(configs: Sequence[spml.training.TrainConfig]) -> list[Candidate]:
+        calls.append([(c.batch_size, c.lr, c.epochs) for c in configs])
+        return [Candidate(c.lr, 0.0, 0.70, c.epochs, epochs=c.epochs, rung=2, batch_size=c.batch_size) for c in configs]
+
+    configs = [spml.load_config(lr=lr, batch_size=b, epochs=47) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
+    probes = [Candidate(3e-3, 0.0, 0.690, 12, epochs=12, rung=2, batch_size=1024),
+              Candidate(1e-3, 0.0, 0.658, 12, epochs=12, rung=2, batch_size=1024),
+              Candidate(1e-3, 0.0, 0.642, 7, epochs=7, rung=2, batch_size=64)]
+    rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert [c.lr for c in stretch(configs, probes, rates, score)] == [1e-3]
+    assert calls == [[(1024, 1e-3, 24)]]
+    # Not where the best peaked before its last epoch, nor beyond the budget's epochs, nor below the rates.
+    calls.clear()
+    peaked = [dataclasses.replace(probes[0], best_epoch=9), *probes[1:]]
+    assert stretch(configs, peaked, rates, score) == []
+    short = [dataclasses.replace(c, epochs=47) for c in configs]
+    assert stretch(short, [dataclasses.replace(probes[0], best_epoch=47, epochs=47)], rates, score) == []
+    assert stretch(configs, [dataclasses.replace(probes[0], lr=1e-4)], rates, score) == [] and calls == []
 
 
 def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
