@@ -23,10 +23,10 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   the last rung trains each batch size's best and the candidate of its next smaller rate (a probe
   three times longer favours a smaller rate), and goes on down the rates while a batch size's
   smallest rate wins or peaked in the first half of its probe (:func:`descend`), probes of a
-  quarter of the budget (and where the best probe peaked at its last epoch, its batch size's next
-  smaller rate at twice its epochs: :func:`stretch`)
-  (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows`` rows at the cost of
-  a batch-64 row (epochs x train rows, a larger batch's rows cheaper: :func:`longest_share`). The
+  quarter of the budget (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows``
+  rows at the cost of a batch-64 row (epochs x train rows, a larger batch's rows cheaper:
+  :func:`longest_share`); where the best probe peaked at its last epoch, its batch size's next
+  smaller rate trains for twice its epochs (:func:`stretch`). The
   best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
   ``epochs`` or ``batch_size`` is kept), taking the probe's epochs rather than training them again
   (:func:`train_tuned`): on single positives a longer schedule at the same lr
@@ -410,7 +410,6 @@ def descend(
     Returns:
         The descent's probes, in the order trained.
     """
-    ordered = sorted({float(r) for r in rates})
     trained = list(last)
     added: list[Candidate] = []
     while True:
@@ -418,12 +417,9 @@ def descend(
         for key in dict.fromkeys((c.batch_size, c.weight_decay) for c in trained):
             mine = [c for c in trained if (c.batch_size, c.weight_decay) == key]
             smallest = min(mine, key=lambda c: c.lr)
-            below = [r for r in ordered if r < smallest.lr * (1 - 1e-9)]
-            if not below or not (min(mine, key=rank_key) is smallest or peaked_early(smallest)):
-                continue
-            template = next((c for c in configs if (c.batch_size, c.weight_decay) == key), None)
-            if template is not None:
-                step.append(dataclasses.replace(template, lr=below[-1], epochs=mine[0].epochs))
+            if min(mine, key=rank_key) is smallest or peaked_early(smallest):
+                below = _smaller_rate_probe(configs, smallest, rates, mine[0].epochs)
+                step.extend([below] if below is not None else [])
         if not step:
             return added
         scored = score(step)
@@ -458,14 +454,25 @@ def stretch(
     if not finite:
         return []
     best = min(finite, key=rank_key)
-    template = next((c for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), None)
-    smaller = [r for r in sorted({float(r) for r in rates}) if r < best.lr * (1 - 1e-9)]
-    if template is None or not smaller or best.best_epoch < best.epochs:
+    if best.best_epoch < best.epochs:
         return []
-    epochs = min(2 * best.epochs, int(template.epochs or 0))
-    if epochs <= best.epochs:
-        return []
-    return score([dataclasses.replace(template, lr=smaller[-1], epochs=epochs)])
+    budget = next((int(c.epochs or 0) for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), 0)
+    longer = _smaller_rate_probe(configs, best, rates, min(2 * best.epochs, budget))
+    return score([longer]) if longer is not None and int(longer.epochs or 0) > best.epochs else []
+
+
+def _smaller_rate_probe(configs: Sequence[TrainConfig], candidate: Candidate, rates: Sequence[float],
+                        epochs: int) -> TrainConfig | None:
+    """The probe of ``candidate``'s batch size and weight decay at the next smaller of ``rates``, ``epochs`` long.
+
+    None where ``rates`` has no smaller rate or no Adam candidate has that batch size and weight decay
+    (the template of the new probe).
+    """
+    template = next((c for c in configs if (c.batch_size, c.weight_decay) == (candidate.batch_size, candidate.weight_decay)), None)
+    below = [r for r in sorted({float(r) for r in rates}) if r < candidate.lr * (1 - 1e-9)]
+    if template is None or not below:
+        return None
+    return dataclasses.replace(template, lr=below[-1], epochs=epochs)
 
 
 def peaked_early(candidate: Candidate) -> bool:
