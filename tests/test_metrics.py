@@ -116,6 +116,15 @@ def test_vectorised_ap_equals_sklearn_with_ties_and_empty_classes():
     np.testing.assert_allclose(average_precision(float_scores, labels), ap.numpy(), atol=1e-6)
 
 
+def test_vectorised_ap_of_bfloat16_scores_equals_their_float32_values():
+    # numpy sorts CPU scores, but has no bfloat16: those sort in torch, to the same AP.
+    rng = np.random.default_rng(5)
+    labels = torch.from_numpy((rng.random((200, 6)) < 0.3).astype(np.int64))
+    scores = torch.from_numpy(rng.normal(size=(200, 6))).to(torch.bfloat16)  # 8-bit mantissa: ties
+    expected = [average_precision_score(labels[:, j], scores[:, j].float()) for j in range(6)]
+    np.testing.assert_allclose(average_precision_torch(scores, labels).numpy(), expected, atol=1e-12)
+
+
 def test_vectorised_ap_chunks_columns(monkeypatch):
     from spml import metrics
 

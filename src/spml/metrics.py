@@ -57,6 +57,15 @@ def _check_pair(scores: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError("scores contain NaN or infinite values")
 
 
+def _sort_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (2-D) sorted ascending along its rows, on its device."""
+    if x.device.type == "cpu" and x.dtype != torch.bfloat16:  # numpy has no bfloat16
+        # numpy's vectorised sort is 5x torch's on a CPU (float32, 80 x 4,104: 3.6 ms against 20),
+        # and mAP runs after every epoch: at batch 1,024 a tenth of a linear probe's epoch.
+        return torch.from_numpy(np.sort(x.numpy(), axis=1))
+    return torch.sort(x, dim=1).values
+
+
 @torch.no_grad()
 def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-class AP of ``scores`` (N x L) against ``labels`` (N x L, > 0 is positive), on their device.
@@ -64,6 +73,11 @@ def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch
     Equal to scikit-learn's ``average_precision_score`` per column: tied scores form one threshold,
     so every positive of a tie group gets the precision at the group's end. Returns a length-L tensor
     (float64, float32 on MPS) with NaN for classes without a positive.
+
+    Counted rather than ranked: AP is the mean over a class's positives of the precision at the
+    positive's score, (positives scoring at least as high) / (all scoring at least as high), and
+    both counts are binary searches in sorted scores, so only the scores are sorted (no argsort,
+    no gather) and only the positives are searched.
     """
     scores = _as_tensor(scores, "scores")
     labels = _as_tensor(labels, "labels", scores.device)
@@ -78,19 +92,17 @@ def average_precision_torch(scores: torch.Tensor, labels: torch.Tensor) -> torch
     for start in range(0, num_classes, _COLUMN_CHUNK):
         s = scores[:, start : start + _COLUMN_CHUNK].T.contiguous()
         y = labels[:, start : start + _COLUMN_CHUNK].T > 0
-        s_sorted, order = torch.sort(s, dim=1, descending=True)
-        y_sorted = torch.gather(y, 1, order)
-        tp = torch.cumsum(y_sorted, dim=1, dtype=dtype)
-        # Index of the last entry of each entry's tie group: a reversed running minimum over group ends.
-        is_end = torch.ones_like(y_sorted)
-        is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
-        index = torch.arange(n, device=scores.device).expand_as(order)
-        ends = torch.where(is_end, index, n)
-        group_end = torch.flip(torch.cummin(torch.flip(ends, [1]), dim=1).values, [1])
-        precision = torch.gather(tp, 1, group_end) / (group_end + 1).to(dtype)
-        positives = tp[:, -1]
-        ap = (precision * y_sorted).sum(dim=1) / positives.clamp_min(1)
-        out[start : start + len(s)] = torch.where(positives > 0, ap, float("nan"))
+        num_positives = y.sum(dim=1)
+        widest = max(int(num_positives.max()), 1)
+        everything = _sort_rows(s)
+        # Negatives become -inf (scores are finite) and sort first, so each row's last ``widest``
+        # entries hold all of its positives, -inf to the left of them.
+        positives = _sort_rows(torch.where(y, s, float("-inf")))[:, n - widest :].contiguous()
+        at_or_above = n - torch.searchsorted(everything, positives, side="left")
+        positives_at_or_above = widest - torch.searchsorted(positives, positives, side="left")
+        precision = positives_at_or_above.to(dtype) / at_or_above.to(dtype)
+        ap = torch.where(positives > float("-inf"), precision, 0).sum(dim=1) / num_positives.clamp_min(1)
+        out[start : start + len(s)] = torch.where(num_positives > 0, ap, float("nan"))
     return out
 
 
