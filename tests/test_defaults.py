@@ -27,6 +27,7 @@ from spml.training.autotune import (
     last_rung_epochs,
     longest_share,
     batch_bound,
+    decay_twins,
     descend,
     max_probes,
     probe_configs,
@@ -35,6 +36,7 @@ from spml.training.autotune import (
     should_tune,
     stretch,
     successive_halving,
+    twin_decays,
 )
 from spml.training.defaults import (
     default_epochs,
@@ -265,26 +267,57 @@ def test_a_best_probe_still_rising_at_its_end_stretches_the_next_smaller_rate() 
     # Focal on 65,665 COCO-like rows: batch 1,024's last rung (12 epochs of a 47-epoch budget)
     # ranked 3e-3 (0.690) above 1e-3 (0.658), both best at epoch 12; 1e-3 over 24 epochs is the
     # probe that stretch adds (25 epochs: 0.706 in the grid).
-    calls: list[list[tuple[int, float, int]]] = []
-
-    def score(configs: Sequence[spml.training.TrainConfig]) -> list[Candidate]:
-        calls.append([(c.batch_size, c.lr, c.epochs) for c in configs])
-        return [Candidate(c.lr, 0.0, 0.70, c.epochs, epochs=c.epochs, rung=2, batch_size=c.batch_size) for c in configs]
-
     configs = [spml.load_config(lr=lr, batch_size=b, epochs=47) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
     probes = [Candidate(3e-3, 0.0, 0.690, 12, epochs=12, rung=2, batch_size=1024),
               Candidate(1e-3, 0.0, 0.658, 12, epochs=12, rung=2, batch_size=1024),
               Candidate(1e-3, 0.0, 0.642, 7, epochs=7, rung=2, batch_size=64)]
     rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-    assert [c.lr for c in stretch(configs, probes, rates, score)] == [1e-3]
-    assert calls == [[(1024, 1e-3, 24)]]
+    assert [(c.batch_size, c.lr, c.epochs) for c in stretch(configs, probes, rates)] == [(1024, 1e-3, 24)]
     # Not where the best peaked before its last epoch, nor beyond the budget's epochs, nor below the rates.
-    calls.clear()
     peaked = [dataclasses.replace(probes[0], best_epoch=9), *probes[1:]]
-    assert stretch(configs, peaked, rates, score) == []
+    assert stretch(configs, peaked, rates) == []
     short = [dataclasses.replace(c, epochs=47) for c in configs]
-    assert stretch(short, [dataclasses.replace(probes[0], best_epoch=47, epochs=47)], rates, score) == []
-    assert stretch(configs, [dataclasses.replace(probes[0], lr=1e-4)], rates, score) == [] and calls == []
+    assert stretch(short, [dataclasses.replace(probes[0], best_epoch=47, epochs=47)], rates) == []
+    assert stretch(configs, [dataclasses.replace(probes[0], lr=1e-4)], rates) == []
+    assert stretch(configs, [dataclasses.replace(probes[0], val_map=float("nan"), best_epoch=0)], rates) == []
+
+
+def test_the_best_probe_trains_again_with_the_other_weight_decays() -> None:
+    # AN-LS on 16,416 COCO-like rows (seed 131): the selection's best, batch 1,024 at 3e-3 for 25
+    # epochs, 0.5415 val mAP; with weight decay 1e-3, 0.5874 (the grid's best cell: 0.5535).
+    configs = [spml.load_config(lr=lr, batch_size=b, epochs=100) for b in (1024, 64) for lr in (1e-3, 3e-3, 1e-2)]
+    probes = [Candidate(3e-3, 0.0, 0.5415, 25, epochs=25, rung=2, batch_size=1024),
+              Candidate(1e-3, 0.0, 0.5275, 22, epochs=25, rung=2, batch_size=64),
+              Candidate(1e-2, 0.0, 0.4822, 9, epochs=9, rung=1, batch_size=1024)]
+    twins = decay_twins(configs, probes, [1e-3, 1e-4, 1e-3, 0.0])
+    assert [(c.batch_size, c.lr, c.epochs, c.weight_decay) for c in twins] == [(1024, 3e-3, 25, 1e-3), (1024, 3e-3, 25, 1e-4)]
+    assert all(c.loss == configs[0].loss and c.optimizer == configs[0].optimizer for c in twins)
+    assert decay_twins(configs, probes, []) == []
+    assert decay_twins(configs, [dataclasses.replace(probes[0], val_map=float("nan"), best_epoch=0)], [1e-3]) == []
+    # The rungs try every weight decay up to lbfgs_max_rows rows: no twins there.
+    cfg = spml.load_config()
+    assert twin_decays(cfg, 65_665) == (1e-3,) and twin_decays(cfg, cfg.autotune.lbfgs_max_rows) == ()
+
+
+def test_successive_halving_ends_with_the_stretch_and_the_twins_side_by_side() -> None:
+    rungs: list[list[tuple[int, float, int, float]]] = []
+
+    def score(configs: Sequence[spml.training.TrainConfig], rung: int) -> list[Candidate]:
+        rungs.append([(c.batch_size, c.lr, c.epochs, c.weight_decay) for c in configs])
+        # Larger rates first at 4 epochs, the smaller at 12; every probe best at its last epoch;
+        # weight decay 1e-3 best of all.
+        value = {4: {1e-2: 0.6, 3e-3: 0.5}, 12: {1e-2: 0.55, 3e-3: 0.65, 1e-3: 0.6}}
+        return [Candidate(c.lr, c.weight_decay, value.get(c.epochs, {}).get(c.lr, 0.4) + (0.1 if c.weight_decay else 0.0),
+                          c.epochs, epochs=c.epochs, rung=rung, batch_size=c.batch_size) for c in configs]
+
+    configs = [spml.load_config(lr=lr, batch_size=1024, epochs=48) for lr in (3e-3, 1e-2)]
+    probes, last = successive_halving(configs, [(2, 4), (2, 12)], score, rates=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+                                      weight_decays=[1e-3])
+    # The last rung's best (3e-3, 12 epochs) is still rising: 1e-3 stretched to 24 epochs and the
+    # twin with weight decay 1e-3 train in one call, after the descent (1e-3 at 12, which lost).
+    assert rungs[-1] == [(1024, 1e-3, 24, 0.0), (1024, 3e-3, 12, 1e-3)]
+    assert rungs[-2] == [(1024, 1e-3, 12, 0.0)]
+    assert best_candidate(probes).weight_decay == 1e-3 and last[-1] is probes[-1]
 
 
 def test_last_rung_counts_a_large_batch_row_at_its_cost() -> None:
@@ -357,6 +390,23 @@ def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path)
     assert (tune["lr"], tune["epochs"]) == (best["lr"], best["epochs"])
     assert math.isclose(best["val_map"], result.val_map)  # the final run repeats the selected probe
     assert spml.load_config(tmp_path / "run" / "config.yaml").epochs == best["epochs"]
+
+
+def test_default_adam_run_tries_the_best_probe_with_the_other_weight_decay(data: Path, tmp_path: Path) -> None:
+    # Above lbfgs_max_rows (0 here) the rungs train the first weight decay; the best probe then
+    # trains again with the second (autotune.decay_twins), and the run repeats whichever won.
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0, 0.05], "lbfgs_max_rows": 0}
+    cfg = spml.load_config(observed="single-positive-seed0.npy", autotune=tune_keys, early_stopping={"patience": 2}, **TINY)
+    result = spml.train(data, cfg, tmp_path / "run")
+    tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    *before, twin = tune["candidates"]
+    assert all(c["weight_decay"] == 0.0 for c in before) and twin["weight_decay"] == 0.05
+    first = min(before, key=lambda c: (-c["val_map"], c["lr"]))
+    assert (twin["lr"], twin["epochs"], twin["batch_size"]) == (first["lr"], first["epochs"], first["batch_size"])
+    best = min(tune["candidates"], key=lambda c: (-c["val_map"], c["lr"], c["weight_decay"]))
+    assert (tune["lr"], tune["weight_decay"], tune["epochs"]) == (best["lr"], best["weight_decay"], best["epochs"])
+    assert math.isclose(best["val_map"], result.val_map)
+    assert spml.load_config(tmp_path / "run" / "config.yaml").weight_decay == best["weight_decay"]
 
 
 @pytest.mark.slow  # seven short runs

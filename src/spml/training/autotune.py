@@ -26,7 +26,8 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   quarter of the budget (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows``
   rows at the cost of a batch-64 row (epochs x train rows, a larger batch's rows cheaper:
   :func:`longest_share`); where the best probe peaked at its last epoch, its batch size's next
-  smaller rate trains for twice its epochs (:func:`stretch`). The
+  smaller rate trains for twice its epochs (:func:`stretch`), and beside it the best probe trains
+  again with each other ``autotune.weight_decays`` value (:func:`decay_twins`). The
   best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
   ``epochs`` or ``batch_size`` is kept), taking the probe's epochs rather than training them again
   (:func:`train_tuned`): on single positives a longer schedule at the same lr
@@ -213,7 +214,8 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
             return lbfgs
     batch_size = config.batch_size or default_batch_size(config.regime, num_train)
     epochs = config.epochs or default_epochs(config.regime, num_train, batch_size)
-    # Adam's weight decay was within val noise on every set measured: searched on small data only.
+    # Above lbfgs_max_rows the rungs train the first weight decay only, and the best probe's twins
+    # the others (decay_twins): a weight decay more a candidate would double the rungs.
     weight_decays = config.autotune.weight_decays if num_train <= config.autotune.lbfgs_max_rows else config.autotune.weight_decays[:1]
     # Smaller batches too: at 13,133 rows batch 1,024 is 12 steps an epoch, and batch 64 peaked
     # higher on single positives (docs/benchmarks.md, "Selection at scale"). Every candidate gets the
@@ -228,6 +230,13 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
         for wd in weight_decays
     ]
     return lbfgs + adam
+
+
+def twin_decays(config: TrainConfig, num_train: int) -> tuple[float, ...]:
+    """The weight decays the best Adam probe trains again with (:func:`decay_twins`): those the rungs skip."""
+    if num_train <= config.autotune.lbfgs_max_rows:
+        return ()
+    return tuple(float(w) for w in config.autotune.weight_decays[1:])
 
 
 def batch_lrs(lrs: Sequence[float], divisor: int, count: int) -> list[float]:
@@ -319,6 +328,7 @@ def successive_halving(
     score: Callable[[Sequence[TrainConfig], int], list[Candidate]],
     last_epochs: Callable[[TrainConfig], int] | None = None,
     rates: Sequence[float] = (),
+    weight_decays: Sequence[float] = (),
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Run ``plan`` (:func:`rung_plan`) over ``configs``: every probe, and the last rung's.
 
@@ -338,6 +348,8 @@ def successive_halving(
             None: the plan's.
         rates: The rates the last rung may descend through (:func:`descend`) and stretch to
             (:func:`stretch`); empty: neither.
+        weight_decays: The weight decays the best probe trains again with, at the end, beside the
+            stretch (:func:`decay_twins`); empty: none.
 
     Returns:
         Every probe in the order trained (a config is trained once for given epochs), and the
@@ -370,14 +382,17 @@ def successive_halving(
             else:
                 keep = set(bests) | {j for j in (_next_smaller_rate(configs, i) for i in bests) if j is not None}
             alive = sorted(keep)  # in the order tried
+    last = len(plan) - 1
     if rates:
-        last = len(plan) - 1
         extra = descend(configs, rung_probes, rates, lambda cs: score(cs, last))
         probes.extend(extra)
         rung_probes.extend(extra)
-        longer = stretch(configs, probes, rates, lambda cs: score(cs, last))
-        probes.extend(longer)
-        rung_probes.extend(longer)
+    # Both follow the best probe so far, so they train side by side.
+    final = [*stretch(configs, probes, rates), *decay_twins(configs, probes, weight_decays)]
+    if final:
+        scored = score(final, last)
+        probes.extend(scored)
+        rung_probes.extend(scored)
     return probes, rung_probes
 
 
@@ -427,10 +442,7 @@ def descend(
         added.extend(scored)
 
 
-def stretch(
-    configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: Sequence[float],
-    score: Callable[[Sequence[TrainConfig]], list[Candidate]],
-) -> list[Candidate]:
+def stretch(configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: Sequence[float]) -> list[TrainConfig]:
     """One longer probe where the best probe was still rising: its next smaller rate at twice its epochs.
 
     The last rung's length is a share of the step budget (a quarter, 12 epochs at batch 1,024 on
@@ -445,20 +457,50 @@ def stretch(
         configs: The Adam candidates (a batch size's config is the template; its epochs the budget).
         probes: Every probe so far.
         rates: The rates to take the next smaller one from (``autotune.lrs``).
-        score: Trains probes (configs with their epochs set) and returns their candidates, in order.
 
     Returns:
-        The stretched probe (none, or one).
+        The stretched probe's config (none, or one).
     """
-    finite = [c for c in probes if c.val_map == c.val_map]
-    if not finite:
-        return []
-    best = min(finite, key=rank_key)
-    if best.best_epoch < best.epochs:
+    best = _best_finite(probes)
+    if best is None or best.best_epoch < best.epochs:
         return []
     budget = next((int(c.epochs or 0) for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), 0)
     longer = _smaller_rate_probe(configs, best, rates, min(2 * best.epochs, budget))
-    return score([longer]) if longer is not None and int(longer.epochs or 0) > best.epochs else []
+    return [longer] if longer is not None and int(longer.epochs or 0) > best.epochs else []
+
+
+def decay_twins(configs: Sequence[TrainConfig], probes: Sequence[Candidate], weight_decays: Sequence[float]) -> list[TrainConfig]:
+    """The best probe again (its lr, batch and epochs) with each of ``weight_decays`` it did not train with.
+
+    Above ``autotune.lbfgs_max_rows`` rows the rungs train the first of ``autotune.weight_decays``
+    only (another weight decay a candidate would double them), and weight decay was within val
+    noise on the sets measured first; but on 16,416 COCO-like rows (seed 131, never tuned on) Adam's
+    L2 of 1e-3 lifted the selected setting by 0.039 val mAP for AN, 0.046 for AN-LS (above the
+    grid's best cell, batch 8, which the selection does not probe) and 0.066 for Focal, while it
+    cost EM 0.20 and AN at 65,665 rows 0.059 (docs/benchmarks.md, issue 19's seventh pass). So the
+    best probe's twins compete on val like every probe: they only add candidates.
+
+    Args:
+        configs: The Adam candidates (the best probe's batch size's config is the template).
+        probes: Every probe so far.
+        weight_decays: The weight decays to try (``autotune.weight_decays`` beyond the first).
+
+    Returns:
+        The twins' configs, in the order of ``weight_decays``.
+    """
+    best = _best_finite(probes)
+    template = None if best is None else next(
+        (c for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), None)
+    if best is None or template is None:
+        return []
+    return [dataclasses.replace(template, lr=best.lr, weight_decay=float(wd), epochs=best.epochs)
+            for wd in dict.fromkeys(float(w) for w in weight_decays) if wd != best.weight_decay]
+
+
+def _best_finite(probes: Sequence[Candidate]) -> Candidate | None:
+    """The best of ``probes`` (:func:`rank_key`), None where every one diverged."""
+    finite = [c for c in probes if c.val_map == c.val_map]
+    return min(finite, key=rank_key) if finite else None
 
 
 def _smaller_rate_probe(configs: Sequence[TrainConfig], candidate: Candidate, rates: Sequence[float],
@@ -494,10 +536,10 @@ def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     Raises:
         SpmlError: Every candidate diverged (NaN val mAP).
     """
-    finite = [c for c in candidates if c.val_map == c.val_map]
-    if not finite:
+    best = _best_finite(candidates)
+    if best is None:
         raise SpmlError("every learning rate of the selection diverged; set lr=... (or autotune.lrs) lower")
-    return min(finite, key=rank_key)
+    return best
 
 
 def plan(config: TrainConfig, num_train: int) -> str:
@@ -533,7 +575,9 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + (", then " if len(rungs) > 1 else "")
             + ("each batch size's best and its next smaller lr (and lower while its smallest wins or peaks "
                "in the first half of its probe; where the best peaks at its last epoch, its next smaller lr "
-               "at twice its epochs) x "
+               "at twice its epochs"
+               + (f"; the best again with weight_decay {_values(twin_decays(config, num_train))}" if twin_decays(config, num_train) else "")
+               + ") x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
                else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
             + f" of the step budget's {budget}"
@@ -556,7 +600,8 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
     """Most probes :func:`successive_halving` trains over ``rungs``.
 
     A middle rung keeps one more a batch size at most; the last trains two a batch size (its best
-    and next smaller rate). A descent (:func:`descend`) and a stretch (:func:`stretch`) may add more.
+    and next smaller rate). A descent (:func:`descend`), a stretch (:func:`stretch`) and weight-decay
+    twins (:func:`decay_twins`) may add more.
     """
     if not adam:
         return 0
@@ -655,7 +700,8 @@ def select(
         if adam:
             budget = adam[0].epochs or 1
             successive_halving(adam, rungs, score_rung,
-                               lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)), config.autotune.lrs)
+                               lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)), config.autotune.lrs,
+                               twin_decays(config, num_train))
         bar.close()
     # Every probe is a whole run (its lr, batch and epochs) and the run repeats the one selected, so
     # every rung competes: a longer schedule at the same lr peaked lower on single positives
