@@ -280,6 +280,13 @@ def test_a_best_probe_still_rising_at_its_end_stretches_the_next_smaller_rate() 
     assert stretch(short, [dataclasses.replace(probes[0], best_epoch=47, epochs=47)], rates) == []
     assert stretch(configs, [dataclasses.replace(probes[0], lr=1e-4)], rates) == []
     assert stretch(configs, [dataclasses.replace(probes[0], val_map=float("nan"), best_epoch=0)], rates) == []
+    # Seed 151: 3e-3 peaked at epoch 11 of 12 (0.688), 1e-3 still rose at 12 (0.655); over 25 epochs
+    # 1e-3 reached 0.704. A best in its last tenth stretches only while that next rate still rose.
+    late = [dataclasses.replace(probes[0], val_map=0.688, best_epoch=11), dataclasses.replace(probes[1], val_map=0.655)]
+    assert [(c.batch_size, c.lr, c.epochs) for c in stretch(configs, late, rates)] == [(1024, 1e-3, 24)]
+    assert stretch(configs, [late[0], dataclasses.replace(late[1], best_epoch=10)], rates) == []
+    assert stretch(configs, [dataclasses.replace(late[0], best_epoch=10), late[1]], rates) == []
+    assert stretch(configs, late[:1], rates) == []  # no probe of the next rate at these epochs
 
 
 def test_the_best_probe_trains_again_with_the_other_weight_decays() -> None:

@@ -25,8 +25,9 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   smallest rate wins or peaked in the first half of its probe (:func:`descend`), probes of a
   quarter of the budget (``autotune.longest_probe``), but of at most ``autotune.longest_probe_rows``
   rows at the cost of a batch-64 row (epochs x train rows, a larger batch's rows cheaper:
-  :func:`longest_share`); where the best probe peaked at its last epoch, its batch size's next
-  smaller rate trains for twice its epochs (:func:`stretch`), and beside it the best probe trains
+  :func:`longest_share`); where the best probe peaked at its last epoch (or in its last tenth, its
+  next smaller rate still rising), its batch size's next smaller rate trains for twice its epochs
+  (:func:`stretch`), and beside it the best probe trains
   again with each other ``autotune.weight_decays`` value (:func:`decay_twins`). The
   best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
   ``epochs`` or ``batch_size`` is kept), taking the probe's epochs rather than training them again
@@ -448,10 +449,13 @@ def stretch(configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: 
     The last rung's length is a share of the step budget (a quarter, 12 epochs at batch 1,024 on
     65,665 rows), and a longer schedule favours a smaller rate: Focal at 65,665 COCO-like rows ranked
     3e-3 (0.690) above 1e-3 (0.658) over 12 epochs, both still rising at their last, while over the
-    grid's 25 epochs 1e-3 reached 0.706 and 3e-3 0.637 (docs/benchmarks.md, issue 19's sixth pass).
-    So where the best probe peaked at its last epoch, the next smaller of ``rates`` at its batch size
-    trains for twice its epochs (at most the budget's, the candidates' ``epochs``); it competes on
-    val like every probe, so it only adds a candidate.
+    grid's 25 epochs 1e-3 reached 0.706 and 3e-3 0.637 (docs/benchmarks.md, issue 19's sixth pass);
+    on another setting (seed 151) 3e-3 peaked at epoch 11 of 12 (0.688) and 1e-3 still rose at 12
+    (0.655), and over 25 epochs 1e-3 reached 0.704 (seventh pass). So where the best probe peaked at
+    its last epoch, or in its last tenth while the probe of its next smaller rate (same batch size,
+    weight decay and epochs) still rose at its end, that rate at the best's batch size trains for
+    twice the best's epochs (at most the budget's, the candidates' ``epochs``); it competes on val
+    like every probe, so it only adds a candidate.
 
     Args:
         configs: The Adam candidates (a batch size's config is the template; its epochs the budget).
@@ -462,7 +466,14 @@ def stretch(configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: 
         The stretched probe's config (none, or one).
     """
     best = _best_finite(probes)
-    if best is None or best.best_epoch < best.epochs:
+    if best is None:
+        return []
+    below = _smaller_rate_probe(configs, best, rates, best.epochs)
+    runner_up = next((c for c in probes if below is not None and (c.lr, c.batch_size, c.weight_decay, c.epochs)
+                      == (below.lr, below.batch_size, below.weight_decay, best.epochs)), None)
+    rising = best.best_epoch >= best.epochs or (
+        10 * best.best_epoch >= 9 * best.epochs and runner_up is not None and runner_up.best_epoch >= runner_up.epochs)
+    if not rising:
         return []
     budget = next((int(c.epochs or 0) for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), 0)
     longer = _smaller_rate_probe(configs, best, rates, min(2 * best.epochs, budget))
@@ -574,8 +585,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + ", then ".join(f"{n} x {e} epoch(s)" for n, e in rungs[:-1])
             + (", then " if len(rungs) > 1 else "")
             + ("each batch size's best and its next smaller lr (and lower while its smallest wins or peaks "
-               "in the first half of its probe; where the best peaks at its last epoch, its next smaller lr "
-               "at twice its epochs"
+               "in the first half of its probe; where the best peaks at its last epoch, or in its last tenth "
+               "while its next smaller lr still rises, that lr at twice its epochs"
                + (f"; the best again with weight_decay {_values(twin_decays(config, num_train))}" if twin_decays(config, num_train) else "")
                + ") x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
