@@ -27,12 +27,11 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   rows at the cost of a batch-64 row (epochs x train rows, a larger batch's rows cheaper:
   :func:`longest_share`); where the best probe peaked at its last epoch (or in its last tenth, its
   next smaller rate still rising), its batch size's next smaller rate trains for twice its epochs
-  (:func:`stretch`), and beside it the best probe trains
-  again with each other ``autotune.weight_decays`` value (:func:`decay_twins`). The
-  best val mAP of every probe wins and the run repeats that probe (its lr, batch and epochs; a set
-  ``epochs`` or ``batch_size`` is kept), taking the probe's epochs rather than training them again
-  (:func:`train_tuned`): on single positives a longer schedule at the same lr
-  peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
+  (:func:`stretch`), and beside it the best probe trains again with each other
+  ``autotune.weight_decays`` value (:func:`decay_twins`). The best val mAP of every probe wins
+  and the run repeats that probe (its lr, weight decay, batch and epochs; a set ``epochs`` or
+  ``batch_size`` is kept), taking the probe's epochs rather than training them again
+  (:func:`train_tuned`): on single positives a longer schedule at the same lr peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
   last says so only when the selection's longer probe of its setting did not peak lower
   (:class:`SelectionEvidence`).
   Eight candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 8 probes of 1 epoch,
@@ -578,6 +577,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
         sizes = list(dict.fromkeys(p.batch_size for p in adam))
         last = {b: last_rung_epochs(config, num_train, budget, int(b or 0)) for b in sizes}
         capped = any(longest_share(config, num_train, budget, int(b or 0)) < config.autotune.longest_probe for b in sizes)
+        twins = twin_decays(config, num_train)
         parts.append(
             f"{len(adam)} Adam candidates over "
             + " and ".join(f"lr {_values(p.lr or 0.0 for p in adam if p.batch_size == b)} at batch {b}" for b in sizes)
@@ -587,7 +587,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + ("each batch size's best and its next smaller lr (and lower while its smallest wins or peaks "
                "in the first half of its probe; where the best peaks at its last epoch, or in its last tenth "
                "while its next smaller lr still rises, that lr at twice its epochs"
-               + (f"; the best again with weight_decay {_values(twin_decays(config, num_train))}" if twin_decays(config, num_train) else "")
+               + (f"; the best again with weight_decay {_values(twins)}" if twins else "")
                + ") x "
                + ", ".join(f"{last[b]} epoch(s) at batch {b}" for b in sizes) if len(rungs) > 1
                else f"{rungs[0][0]} x {rungs[0][1]} epoch(s)")
