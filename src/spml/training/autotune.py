@@ -31,8 +31,9 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   ``autotune.weight_decays`` value (:func:`decay_twins`). The best val mAP of every probe wins
   and the run repeats that probe (its lr, weight decay, batch and epochs; a set ``epochs`` or
   ``batch_size`` is kept), taking the probe's epochs rather than training them again
-  (:func:`train_tuned`): on single positives a longer schedule at the same lr peaked lower, so the budget's full length is not the best run, and a run whose best epoch is its
-  last says so only when the selection's longer probe of its setting did not peak lower
+  (:func:`train_tuned`): on single positives a longer schedule at the same lr peaked lower, so
+  the budget's full length is not the best run, and a run whose best epoch is its last says so
+  only when the selection's longer probe of its setting did not peak lower
   (:class:`SelectionEvidence`).
   Eight candidates at COCO's 65,665 rows (batch 1,024, a 47-epoch budget): 8 probes of 1 epoch,
   3 (+1) of 3, then 2 of 7 at batch 64 and 2 of 12 at batch 1,024; at 13,133 rows (a 100-epoch
