@@ -475,7 +475,8 @@ def stretch(configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: 
         10 * best.best_epoch >= 9 * best.epochs and runner_up is not None and runner_up.best_epoch >= runner_up.epochs)
     if not rising:
         return []
-    budget = next((int(c.epochs or 0) for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), 0)
+    template = _template(configs, best)
+    budget = int(template.epochs or 0) if template is not None else 0
     longer = _smaller_rate_probe(configs, best, rates, min(2 * best.epochs, budget))
     return [longer] if longer is not None and int(longer.epochs or 0) > best.epochs else []
 
@@ -500,12 +501,16 @@ def decay_twins(configs: Sequence[TrainConfig], probes: Sequence[Candidate], wei
         The twins' configs, in the order of ``weight_decays``.
     """
     best = _best_finite(probes)
-    template = None if best is None else next(
-        (c for c in configs if (c.batch_size, c.weight_decay) == (best.batch_size, best.weight_decay)), None)
+    template = None if best is None else _template(configs, best)
     if best is None or template is None:
         return []
     return [dataclasses.replace(template, lr=best.lr, weight_decay=float(wd), epochs=best.epochs)
             for wd in dict.fromkeys(float(w) for w in weight_decays) if wd != best.weight_decay]
+
+
+def _template(configs: Sequence[TrainConfig], candidate: Candidate) -> TrainConfig | None:
+    """The Adam candidate config of ``candidate``'s batch size and weight decay (its epochs the budget), if any."""
+    return next((c for c in configs if (c.batch_size, c.weight_decay) == (candidate.batch_size, candidate.weight_decay)), None)
 
 
 def _best_finite(probes: Sequence[Candidate]) -> Candidate | None:
@@ -521,7 +526,7 @@ def _smaller_rate_probe(configs: Sequence[TrainConfig], candidate: Candidate, ra
     None where ``rates`` has no smaller rate or no Adam candidate has that batch size and weight decay
     (the template of the new probe).
     """
-    template = next((c for c in configs if (c.batch_size, c.weight_decay) == (candidate.batch_size, candidate.weight_decay)), None)
+    template = _template(configs, candidate)
     below = [r for r in sorted({float(r) for r in rates}) if r < candidate.lr * (1 - 1e-9)]
     if template is None or not below:
         return None
