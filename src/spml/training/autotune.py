@@ -466,19 +466,17 @@ def stretch(configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: 
         The stretched probe's config (none, or one).
     """
     best = _best_finite(probes)
-    if best is None:
+    template = None if best is None else _template(configs, best)
+    below = None if best is None else _smaller_rate_probe(configs, best, rates, best.epochs)
+    if best is None or template is None or below is None:
         return []
-    below = _smaller_rate_probe(configs, best, rates, best.epochs)
-    runner_up = next((c for c in probes if below is not None and (c.lr, c.batch_size, c.weight_decay, c.epochs)
+    runner_up = next((c for c in probes if (c.lr, c.batch_size, c.weight_decay, c.epochs)
                       == (below.lr, below.batch_size, below.weight_decay, best.epochs)), None)
-    rising = best.best_epoch >= best.epochs or (
-        10 * best.best_epoch >= 9 * best.epochs and runner_up is not None and runner_up.best_epoch >= runner_up.epochs)
-    if not rising:
+    late = 10 * best.best_epoch >= 9 * best.epochs
+    if not (peaked_last(best) or (late and runner_up is not None and peaked_last(runner_up))):
         return []
-    template = _template(configs, best)
-    budget = int(template.epochs or 0) if template is not None else 0
-    longer = _smaller_rate_probe(configs, best, rates, min(2 * best.epochs, budget))
-    return [longer] if longer is not None and int(longer.epochs or 0) > best.epochs else []
+    epochs = min(2 * best.epochs, int(template.epochs or 0))  # at most the budget
+    return [dataclasses.replace(below, epochs=epochs)] if epochs > best.epochs else []
 
 
 def decay_twins(configs: Sequence[TrainConfig], probes: Sequence[Candidate], weight_decays: Sequence[float]) -> list[TrainConfig]:
@@ -531,6 +529,11 @@ def _smaller_rate_probe(configs: Sequence[TrainConfig], candidate: Candidate, ra
     if template is None or not below:
         return None
     return dataclasses.replace(template, lr=below[-1], epochs=epochs)
+
+
+def peaked_last(candidate: Candidate) -> bool:
+    """Whether ``candidate``'s probe had its best val mAP at its last epoch (still rising when it ended)."""
+    return candidate.best_epoch >= candidate.epochs
 
 
 def peaked_early(candidate: Candidate) -> bool:
