@@ -454,3 +454,28 @@ def test_a_marker_that_is_a_fifo_reads_as_not_spmls_without_hanging(tmp_path: Pa
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 2 and "holds no prepared data" in proc.stderr, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [MARKER]
+
+
+def test_processes_writing_into_one_folder_at_once_keep_each_others_records(tmp_path: Path) -> None:
+    """Two writers into one folder: every file stays recorded as spml's, so each may be written again.
+
+    The records file is read, extended and rewritten per file; unlocked, the two processes' rewrites
+    dropped each other's entries (two benchmarks writing their reports into one folder), and the
+    next write of a dropped file was refused as "spml did not write it".
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path / "reports"
+    out.mkdir()
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom spml.data.output import write_file\n"
+        "for i in range(60):\n"
+        "    write_file(Path(sys.argv[1]) / f'{sys.argv[2]}{i}.json', str(i), 'benchmark')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(out), name]) for name in ("a", "b")]
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0]
+    records = json.loads((out / FILES_MARKER).read_text())
+    assert sorted(records) == sorted(f"{name}{i}.json" for name in ("a", "b") for i in range(60))
+    write_file(out / "a0.json", "again", "benchmark")  # spml's own file: replaced, not refused
+    assert (out / "a0.json").read_text() == "again"

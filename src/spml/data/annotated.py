@@ -44,11 +44,10 @@ import numpy as np
 
 from spml import readers
 from spml._version import __version__
-from spml.data.cache import file_lock
 from spml.data.labels import NEGATIVE, OBSERVED_DTYPE, POSITIVE, UNKNOWN
 from spml.data.layout import PreparedData, Split, unknown_labels_error
 from spml.data.labels import TRUE_DTYPE
-from spml.data.atomic import save_npy, write_text
+from spml.data.atomic import file_lock, save_npy, write_text
 from spml.data.observe import load_observed
 from spml.data.output import STAGING_PREFIX, claim_file, record_file, save_array, write_file
 from spml.errors import SpmlError

@@ -1,4 +1,4 @@
-"""Atomic writes: a reader never sees a half-written file or folder.
+"""Atomic writes (a reader never sees a half-written file or folder), and the file lock writers share.
 
 A write that fails because the disk is full (or over quota, or read-only) raises
 :class:`~spml.errors.SpmlError` naming the file and saying so, after removing its temporary file:
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +93,26 @@ def save_npy(target: str | Path, array: np.ndarray) -> None:
     """Save ``array`` as a ``.npy`` file (never pickled) to ``target`` atomically."""
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: str | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); print ``waiting`` (if given) if it is busy.
+
+    The kernel releases the lock when its holder dies, so a crashed builder never blocks the next.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 _OS_ERROR = re.compile(r"os error (\d+)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import numpy as np
 from spml import readers
 from spml.progress import progress
 
-from spml.data.atomic import disk_errors, save_npy, write_json
+from spml.data.atomic import disk_errors, file_lock, save_npy, write_json
 from spml.errors import SpmlError
 
 _VERIFIED: set[tuple[str, tuple]] = set()  # (cache folder, its files' sizes and mtimes) verified here
@@ -69,26 +68,6 @@ def file_crc32(path: Path, offset: int = 0) -> int:
         while block := f.read(_READ_BLOCK):
             crc = zlib.crc32(block, crc)
     return crc
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, waiting: str | None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed); print ``waiting`` (if given) if it is busy.
-
-    The kernel releases the lock when its holder dies, so a crashed builder never blocks the next.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting is not None:
-                print(waiting, file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 class CorruptCache(Exception):

@@ -6,9 +6,11 @@ this module:
 - A target that exists is written only if spml made it for the same purpose: a folder's
   :data:`MARKER` (``.spml.json``) names its kind; a file's kind is recorded in
   :data:`FILES_MARKER` (``.spml.files.json``) beside it, with the hash of what was written, so
-  a file the user has since edited is theirs again. Folders written before markers existed are
-  recognised by the file that always marked them (a run's ``config.yaml``, a data folder's
-  ``manifest.json``, an export's ``model.json``, a grid's ``grid.json``).
+  a file the user has since edited is theirs again; the records are rewritten under a lock
+  (:data:`RECORDS_LOCK`), so spml processes writing into one folder at once keep each other's.
+  Folders written before markers existed are recognised by the file that always marked them (a
+  run's ``config.yaml``, a data folder's ``manifest.json``, an export's ``model.json``, a grid's
+  ``grid.json``).
 - A target is never, never contains and never lies inside an input of the same command (symlinks
   resolved).
 - A folder is replaced only by replacing the files spml wrote there (listed in its marker) and
@@ -31,12 +33,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from spml import readers
-from spml.data.atomic import atomic_dir, disk_errors, save_npy, write_json, write_text
+from spml.data.atomic import atomic_dir, disk_errors, file_lock, save_npy, write_json, write_text
 from spml.errors import SpmlError
 
 MARKER = ".spml.json"
 FILES_MARKER = ".spml.files.json"
 STAGING_PREFIX = ".spml-"  # staging and marker files; never a user's
+RECORDS_LOCK = f"{STAGING_PREFIX}files.lock"  # held while FILES_MARKER is read and rewritten
 
 # kind -> what it is, with its article, as messages say it.
 KINDS = {
@@ -397,6 +400,10 @@ def record_file(target: str | Path, kind: str) -> None:
     every byte it did not mean to change.
     """
     target = Path(target)
-    records = _file_records(target.parent)
-    records[target.name] = {"kind": kind, "sha256": _digest(target)}
-    write_json(target.parent / FILES_MARKER, records)
+    # Two spml processes writing files into one folder each read, extend and rewrite its records:
+    # without the lock the second rewrite dropped the first's file (two benchmarks writing their
+    # reports into one folder), which spml then refused to replace as "not written by spml".
+    with file_lock(target.parent / RECORDS_LOCK, None):
+        records = _file_records(target.parent)
+        records[target.name] = {"kind": kind, "sha256": _digest(target)}
+        write_json(target.parent / FILES_MARKER, records)
