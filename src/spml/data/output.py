@@ -403,7 +403,7 @@ def record_file(target: str | Path, kind: str) -> None:
     # Two spml processes writing files into one folder each read, extend and rewrite its records:
     # without the lock the second rewrite dropped the first's file (two benchmarks writing their
     # reports into one folder), which spml then refused to replace as "not written by spml".
-    with file_lock(target.parent / RECORDS_LOCK, None):
+    with disk_errors(target.parent / FILES_MARKER), file_lock(target.parent / RECORDS_LOCK, None):
         records = _file_records(target.parent)
         records[target.name] = {"kind": kind, "sha256": _digest(target)}
         write_json(target.parent / FILES_MARKER, records)
