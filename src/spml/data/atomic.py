@@ -99,7 +99,7 @@ def save_npy(target: str | Path, array: np.ndarray) -> None:
 def file_lock(path: Path, waiting: str | None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if needed); print ``waiting`` (if given) if it is busy.
 
-    The kernel releases the lock when its holder dies, so a crashed builder never blocks the next.
+    The kernel releases the lock when its holder dies, so a crashed holder never blocks the next.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
