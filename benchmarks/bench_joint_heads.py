@@ -31,6 +31,7 @@ from torch.nn import functional
 from spml.api import load_config
 from spml.data.layout import PreparedData
 from spml.metrics import average_precision_torch
+from spml.training.centering import feature_mean
 from spml.training.feature_rows import FeatureRows
 from spml.training.engine import Trainer
 
@@ -49,7 +50,7 @@ def epoch_seconds(train: FeatureRows, val: FeatureRows, observed: torch.Tensor, 
     """CPU seconds an epoch of ``heads`` heads trained together at ``batch`` (the mean of ``epochs``)."""
     rows, dim = train.shape
     classes = observed.shape[1]
-    mean = torch.from_numpy(train.block(0, min(rows, 8192)).mean(axis=0))
+    mean = feature_mean(train)  # the centring's mean, as the engine computes it
     weight = torch.zeros(heads * classes, dim, requires_grad=True)
     bias = torch.zeros(heads * classes, requires_grad=True)
     optimizer = torch.optim.Adam([{"params": [weight, bias], "lr": 1e-3}], fused=True)

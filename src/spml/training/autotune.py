@@ -466,9 +466,11 @@ def stretch(configs: Sequence[TrainConfig], probes: Sequence[Candidate], rates: 
         The stretched probe's config (none, or one).
     """
     best = _best_finite(probes)
-    template = None if best is None else _template(configs, best)
-    below = None if best is None else _smaller_rate_probe(configs, best, rates, best.epochs)
-    if best is None or template is None or below is None:
+    if best is None:
+        return []
+    template = _template(configs, best)
+    below = _smaller_rate_probe(configs, best, rates, best.epochs)
+    if template is None or below is None:
         return []
     runner_up = next((c for c in probes if (c.lr, c.batch_size, c.weight_decay, c.epochs)
                       == (below.lr, below.batch_size, below.weight_decay, best.epochs)), None)
