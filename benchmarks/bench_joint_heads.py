@@ -9,7 +9,11 @@ feature cache by positioned reads (:class:`spml.training.feature_rows.FeatureRow
 head's gradient and bias correction (:mod:`spml.training.centering`), fused Adam, assume-negative
 BCE against the single positives, and one validation an epoch (a forward and AP by counting for
 every head's classes). It reports CPU seconds an epoch for 1 and K heads, and each head's share of
-a lone probe's cost, in float32 and (``--bf16``) under bf16 autocast. One torch thread. Run by hand
+a lone probe's cost, in float32 and (``--bf16``) under bf16 autocast. ``--classes N`` trains every
+head on N of the classes (a seeded sample): the losses without state are one independent problem
+per class under Adam, so a probe of a class subset trains exactly those columns of the whole
+head, at a fraction of the product's cost (``docs/plans/selection-cost.md``, "Class-subset probes").
+One torch thread. Run by hand
 from the repository root, on a ``benchmarks/coco_scale.py`` set:
 
     OMP_NUM_THREADS=1 python benchmarks/coco_scale.py /tmp/jh --rows-scale 0.25 --seed 83 --signal 0.2
@@ -92,6 +96,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also time the largest K under bf16 autocast")
+    parser.add_argument("--classes", type=int, default=0, help="train every head on this many classes (0: all)")
     args = parser.parse_args()
     report = Report(args.out)
     torch.set_num_threads(1)
@@ -99,6 +104,9 @@ def main() -> None:
     train, val = split_rows(data)
     observed = torch.from_numpy(np.load(args.data / "observed" / "single-positive.npy").astype(np.float32))
     val_labels = torch.from_numpy(data.split("val").labels.astype(np.float32))
+    if args.classes:
+        kept = np.sort(np.random.default_rng(0).permutation(observed.shape[1])[:args.classes])
+        observed, val_labels = observed[:, kept], val_labels[:, kept]
     results: list[dict[str, Any]] = []
     for batch in args.batches:
         alone = epoch_seconds(train, val, observed, val_labels, 1, batch, args.epochs, False)
@@ -111,7 +119,8 @@ def main() -> None:
                             "share_of_alone": round(share, 3)})
             print(f"batch {batch}: {heads} heads{' (bf16)' if bf16 else ''} {seconds:.2f} CPU-s an epoch, "
                   f"one head alone {alone:.2f}: each head {share:.2f} of a lone probe", flush=True)
-    report.finish({"data": str(args.data), "epochs": args.epochs, "results": results}, args.out, show=False)
+    report.finish({"data": str(args.data), "epochs": args.epochs, "classes": observed.shape[1], "results": results},
+                  args.out, show=False)
 
 
 if __name__ == "__main__":

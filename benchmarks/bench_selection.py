@@ -6,7 +6,7 @@ set: the linear regime's defaults and :mod:`spml.training.autotune`'s selection)
 cells asked for (Adam, ``lr`` x ``batch_size``, 25 epochs, everything else the recipe's: cosine,
 warm-up, centring, early stopping), each trained with :func:`spml.training.engine.train`. Writes
 one JSON object (``--out``), rewritten after every run: per setting, every cell's best val mAP,
-test mAP, best epoch, epochs run and seconds, the default's the same plus its ``autotune``
+test mAP, best epoch, epochs run, seconds and each class's test AP, the default's the same (no per-class AP) plus its ``autotune``
 section, the grid's best and the default's distance to it (and, once all 15 cells ran, the default's CPU time
 as a share of the grid's: ``default_cpu_share_of_grid``), and the load average before and after.
 
@@ -80,9 +80,13 @@ def run_cell(data: Path, setting: str, lr: float, batch: int, tmp: Path) -> dict
     """One grid cell: Adam at ``lr`` and ``batch`` for 25 epochs, the recipe otherwise."""
     config = load_config(None, [*_overrides(setting), f"lr={lr}", f"batch_size={batch}", f"epochs={GRID_EPOCHS}"])
     start, cpu = time.perf_counter(), time.process_time()
-    result = train(data, config, tmp / f"cell-{lr:g}-{batch}")
+    run = tmp / f"cell-{lr:g}-{batch}"
+    result = train(data, config, run)
     summary = _summary(result, time.perf_counter() - start, time.process_time() - cpu, Path("/nonexistent"))
-    return {"lr": lr, "batch_size": batch, **summary}
+    # Each class's test AP at the best epoch: what a selection on a class subset would have seen
+    # (benchmarks/estimate_sweep.py --subset-ranking).
+    per_class = json.loads((run / "results.json").read_text())["per_class_test_ap"]
+    return {"lr": lr, "batch_size": batch, **summary, "per_class_test_ap": per_class}
 
 
 def main() -> None:

@@ -43,3 +43,45 @@ def test_estimate_costs_the_heads_and_finds_their_best_cell() -> None:
     assert e["sweep_minus_grid_best"] == pytest.approx(0.69 - 0.70)  # batch 8 is no head of the sweep
     assert e["default_minus_grid_best"] == pytest.approx(0.01)
     assert e["default_share_of_grid"] == pytest.approx(0.2)
+
+
+def test_the_class_subset_sweep_costs_twins_at_the_subset_share_plus_the_winners_whole_run() -> None:
+    """Subset heads cost their pass's CPU per head over the lone whole-class head's; the winner runs again."""
+    joint = {"results": [  # the lone whole-class heads' CPU an epoch
+        {"batch": 64, "heads": 1, "bf16": False, "epoch_cpu_s": 0.4, "share_of_alone": 1.0},
+        {"batch": 1024, "heads": 1, "bf16": False, "epoch_cpu_s": 0.2, "share_of_alone": 1.0},
+    ]}
+    subset = {"results": [
+        {"batch": 64, "heads": 1, "bf16": False, "epoch_cpu_s": 0.2},
+        {"batch": 64, "heads": 8, "bf16": False, "epoch_cpu_s": 0.8},   # 0.1 a head: a quarter of 0.4
+        {"batch": 1024, "heads": 1, "bf16": False, "epoch_cpu_s": 0.1},
+        {"batch": 1024, "heads": 8, "bf16": False, "epoch_cpu_s": 0.4},  # 0.05 a head: a quarter of 0.2
+    ]}
+    assert estimate_sweep.subset_head_share(subset, joint, 64, 8) == pytest.approx(0.25)
+    assert estimate_sweep.subset_head_share(subset, joint, 64, 10) == pytest.approx(0.25)  # past 8: 8's share
+    assert estimate_sweep.subset_head_share(subset, joint, 1024, 1) == pytest.approx(0.5)
+    grid = [_cell(lr, 8, 0.1, 50.0) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
+    grid += [_cell(lr, 64, v, 10.0) for lr, v in zip((1e-4, 3e-4, 1e-3, 3e-3, 1e-2), (0.60, 0.69, 0.65, 0.5, 0.4), strict=True)]
+    grid += [_cell(lr, 1024, 0.3, 4.0) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
+    setting = {"grid": grid, "grid_cpu_seconds": 320.0, "grid_best": {"val_map": 0.69},
+               "default": {"val_map": 0.69, "cpu_seconds": 64.0}}
+    e = estimate_sweep.estimate(setting, joint, subset)
+    # Five batch-64 heads at 0.25 (interpolated 1 -> 8 heads: 0.5 -> 0.25 over 0.2 -> 0.1 CPU-s a head),
+    # four batch-1,024 heads likewise; twins double the heads (past 8: 8's share, 0.25).
+    share64, share1024 = 0.5 - 0.25 * 4 / 7, 0.5 - 0.25 * 3 / 7
+    assert e["subset_sweep_share_of_grid"] == pytest.approx(round((share64 * 50 + share1024 * 16) / 320, 3))
+    assert e["subset_sweep_with_twins_share_of_grid"] == pytest.approx(round((2 * 0.25 * 50 + 2 * 0.25 * 16) / 320, 3))
+    assert e["winner_run_share_of_grid"] == pytest.approx(round(10.0 / 320, 3))  # batch 64, 3e-4: the best cell
+
+
+def test_subset_ranking_counts_the_subsets_that_pick_a_worse_cell() -> None:
+    """Cell A is best on classes a, b only; B (0.1 better on all four) loses only the subset {a, b}: 1 in 6."""
+    cells = [
+        {"per_class_test_ap": {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0, "e": None}},  # e: no AP, left out
+        {"per_class_test_ap": {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.6, "e": 0.5}},
+    ]
+    r = estimate_sweep.subset_ranking(cells, 2, draws=6_000)
+    assert r["classes_used"] == 4
+    assert r["worst_regret"] == pytest.approx(0.1)
+    assert r["within_0.01"] == pytest.approx(5 / 6, abs=0.02)
+    assert r["mean_regret"] == pytest.approx(0.1 / 6, abs=0.002)
