@@ -29,7 +29,11 @@ from spml.data.layout import PreparedData
 from spml.deploy import load as load_model
 from spml.losses import Epoch, SpmlLoss, create, get_loss_info, list_losses
 from spml.training import RunModel, Trainer
+from spml.training.engine import train as engine_train
+from spml.training.hooks import STANDARD
+from spml.training.resolve import observed_in, resolve_config
 from spml.training.runfolder import read_metrics
+from spml.training.sweep import sample_classes, train_heads
 from spml.vlm import load_vlm, score_split
 from subsets import train_interrupted_at, small_copy
 from tiny import SINGLE_POSITIVES, synthetic_set, tiny
@@ -226,3 +230,16 @@ def test_one_process_group_run_equals_the_plain_run(data: Path, tmp_path: Path, 
     np.testing.assert_allclose(np.load(tmp_path / "group" / "test_predictions.npy"),
                                np.load(tmp_path / "plain" / "test_predictions.npy"), atol=2e-3)
     assert facts["test_map"] == pytest.approx(plain.test_map, abs=2e-2)
+
+
+def test_a_sweep_on_the_device_trains_what_the_engine_trains(data: Path, tmp_path: Path, cuda_device: torch.device) -> None:
+    """The selection's sweep (spml.training.sweep) on the device: one head on every class is the engine's probe there."""
+    settings = {**TINY, "regime": "linear", "device": cuda_device.type, "lr": 1e-2, "weight_decay": 0.01, "epochs": 4,
+                "precision": "fp32"}
+    alone = engine_train(data, load_config(settings), tmp_path / "alone", val_only=True)
+    opened = PreparedData.open(data)
+    config = observed_in(resolve_config(load_config(settings), STANDARD), opened.root)
+    trainer = Trainer(config, opened, opened.cache_dir / "unwritten-run", val_only=True)
+    (head,) = train_heads(trainer, [(1e-2, 0.01)], sample_classes(trainer.loop.evaluator.val_target, 0, 0))
+    assert head.val_map == pytest.approx(alone.val_map, abs=1e-3)
+    assert head.best_epoch == alone.best_epoch

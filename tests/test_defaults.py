@@ -358,8 +358,8 @@ def test_not_done_warning() -> None:
 
 @pytest.mark.slow  # over 20 s on a loaded 2-core machine (the quick command skips it)
 def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # lbfgs_max_rows 0: the Adam selection of large train sets (tests/test_autotune_lbfgs.py: the small-data one).
-    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
+    # lbfgs_max_rows 0: the Adam rungs of large train sets (tests/test_autotune_lbfgs.py: the small-data one; tests/test_sweep.py: the sweep).
+    tune_keys = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "sweep_classes": 0}
     cfg = spml.load_config(observed="single-positive-seed0.npy", epochs=2, autotune=tune_keys, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -382,7 +382,7 @@ def test_default_train_selects_lr_and_reports_it(data: Path, tmp_path: Path, cap
 def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path) -> None:
     # epochs unset: four candidates, 4 -> 2 over probes of a ninth then a third of the step
     # budget's epochs; the run trains the best probe's lr and epochs, so it repeats it.
-    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "sweep_classes": 0}  # the rungs
     cfg = spml.load_config(observed="single-positive-seed0.npy", autotune=tune_keys, early_stopping={"patience": 2}, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
     tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
@@ -402,7 +402,7 @@ def test_default_adam_run_repeats_the_selected_probe(data: Path, tmp_path: Path)
 def test_default_adam_run_tries_the_best_probe_with_the_other_weight_decay(data: Path, tmp_path: Path) -> None:
     # Above lbfgs_max_rows (0 here) the rungs train the first weight decay; the best probe then
     # trains again with the second (autotune.decay_twins), and the run repeats whichever won.
-    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0, 0.05], "lbfgs_max_rows": 0}
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0, 0.05], "lbfgs_max_rows": 0, "sweep_classes": 0}
     cfg = spml.load_config(observed="single-positive-seed0.npy", autotune=tune_keys, early_stopping={"patience": 2}, **TINY)
     result = spml.train(data, cfg, tmp_path / "run")
     tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
@@ -420,7 +420,8 @@ def test_default_adam_run_tries_the_best_probe_with_the_other_weight_decay(data:
 def test_em_apl_default_probes_outlast_its_warm_up(data: Path, tmp_path: Path) -> None:
     # EM+APL refuses runs of warmup_epoch (5) epochs or fewer; the plan's first rung (3 epochs of
     # the longest probe's 8) would be one, as at 13k rows (3 of 25): every probe trains 6 or more.
-    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "longest_probe": 0.08}
+    tune_keys = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "longest_probe": 0.08,
+                 "sweep_classes": 0}
     cfg = spml.load_config(observed="single-positive-seed0.npy", loss="em_apl", autotune=tune_keys, **TINY)
     spml.train(data, cfg, tmp_path / "run")
     tune = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]

@@ -217,10 +217,10 @@ def test_large_loss_rejection_on_two_processes_equals_one(data: Path, tmp_path: 
 def test_lr_selection_on_two_processes_equals_one(data: Path, tmp_path: Path) -> None:
     """The linear regime's lr selection: every rank trains the same probes in lock-step, rank 0 writes them."""
     base = {k: v for k, v in SETTINGS.items() if k != "lr"}  # lr unset: selected on val
-    # The Adam grid on both sides: the full-batch L-BFGS candidates are one-process only.
+    # The Adam rungs on both sides: the full-batch L-BFGS candidates and the sweep are one-process only.
     settings = {
         **base, "regime": "linear", "autotune.lrs": [0.001, 0.03], "autotune.weight_decays": [0.0],
-        "autotune.lbfgs_max_rows": 0,
+        "autotune.lbfgs_max_rows": 0, "autotune.sweep_classes": 0,
     }
     one, two = two_equals_one(data, data, settings, tmp_path)
     tune = [json.loads((run / "results.json").read_text())["autotune"] for run in (one, two)]

@@ -24,7 +24,7 @@ from subsets import tiny_single_positive_set
 from tiny import TINY
 
 # Four rates at one batch, two rungs (4 -> 2), then the last rung's descent: probes side by side.
-TUNE = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0}
+TUNE = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "sweep_classes": 0}  # the rungs
 
 
 @pytest.fixture(scope="module")

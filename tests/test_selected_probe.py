@@ -19,7 +19,8 @@ from subsets import tiny_single_positive_set
 from tiny import TINY
 
 # Adam at one batch, four rates, two rungs; early stopping as the recipe's.
-TUNE = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "batch_divisors": [1]}
+TUNE = {"lrs": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "batch_divisors": [1],
+        "sweep_classes": 0}  # the rungs (tests/test_sweep.py: the sweep's probes on every class)
 
 
 @pytest.fixture(scope="module")

@@ -164,6 +164,11 @@ class SpmlLoss(nn.Module):
     #: batch): the Adam setting a linear run trains when ``lr`` and ``batch_size`` are unset, in
     #: place of the selection, which probes larger batches only (:mod:`spml.training.autotune`).
     batch_setting: ClassVar[BatchSetting | None] = None
+    #: Whether each entry of :meth:`terms`' matrix depends on its own logit and label alone (and the
+    #: loss has no regulariser, inputs, hooks or parameters): then a class's column of a linear head
+    #: trains alone, and the selection may train its candidates on a sample of the classes
+    #: (:mod:`spml.training.sweep`). ``tests/test_losses_entrywise.py`` checks every loss that says so.
+    entrywise: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__()

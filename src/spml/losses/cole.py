@@ -81,6 +81,8 @@ class IgnoreUnobservedPositives(SpmlLoss):
 class IgnoreUnobserved(SpmlLoss):
     """IU: -log p at observed positives, -log(1-p) at observed negatives (-1), 0 at unknowns."""
 
+    entrywise = True
+
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
         """Per-entry IU terms (observed entries only)."""
         probs = torch.sigmoid(logits)
@@ -123,6 +125,8 @@ class PairwiseRanking(SpmlLoss):
 class AssumeNegative(SpmlLoss):
     """AN: -log p at observed positives, -log(1-p) everywhere else."""
 
+    entrywise = True
+
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
         """Per-entry AN terms."""
         return LossTerms(_bce_matrix(torch.sigmoid(logits), observed == POSITIVE))
@@ -139,6 +143,8 @@ class AssumeNegativeLabelSmoothing(SpmlLoss):
     Args:
         ls_coef: Weight moved onto the opposite class's term, in [0, 1).
     """
+
+    entrywise = True
 
     def __init__(self, num_classes: int, *, ls_coef: float = 0.1, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)
@@ -185,6 +191,8 @@ class WeakAssumeNegative(SpmlLoss):
 
     L is the dataset's num_classes.
     """
+
+    entrywise = True
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)

@@ -41,6 +41,8 @@ class EntropyMaximization(SpmlLoss):
         alpha: Weight of the entropy term (VOC 0.2, COCO 0.1, NUS-WIDE 0.1, CUB 0.01 in Zhou et al.).
     """
 
+    entrywise = True
+
     def __init__(self, num_classes: int, *, alpha: float = 0.1, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)
         check_range(self.name, "alpha", alpha, 0.0)

@@ -30,6 +30,8 @@ class Focal(SpmlLoss):
         gamma: Focusing parameter (2 in Lin et al.).
     """
 
+    entrywise = True
+
     def __init__(self, num_classes: int, *, gamma: float = 2.0, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)
         check_range(self.name, "gamma", gamma, 0.0)
@@ -61,6 +63,8 @@ class AsymmetricLoss(SpmlLoss):
         gamma_pos: Positive focusing parameter (0 in the authors' train.py; the class default is 1).
         clip: Probability shift of the negatives (0.05); 0 disables it.
     """
+
+    entrywise = True
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class LossInfo:
         types: Type of every hyperparameter (float, int, bool or ``tuple[float, ...]``, a list of numbers).
         defaults: Default of every optional hyperparameter.
         required: Hyperparameters without a default, which :func:`create` must be given.
+        entrywise: Its loss matrix is per entry (:attr:`~spml.losses.SpmlLoss.entrywise`).
     """
 
     name: str
@@ -54,6 +55,7 @@ class LossInfo:
     types: Mapping[str, type]
     defaults: Mapping[str, HParamValue]
     required: tuple[str, ...]
+    entrywise: bool = False
 
 
 _REGISTRY: dict[str, LossInfo] = {}
@@ -109,6 +111,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
             types=MappingProxyType(types),
             defaults=MappingProxyType(defaults),
             required=required,
+            entrywise=cls.entrywise,
         )
         return cls
 

@@ -42,6 +42,16 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   1e-4 batch 8 reached 0.689). Probes end after validation (``val_only``). On a CPU a rung's
   probes train side by side in worker processes, one per thread the run may use
   (``autotune.workers``, :mod:`spml.training.probe_workers`).
+* Instead of the rungs, for a loss computed per entry (:attr:`~spml.losses.SpmlLoss.entrywise`:
+  AN, AN-LS, WAN, EM, Focal, ASL, BCE) in one process, a sweep (:func:`sweep`,
+  :mod:`spml.training.sweep`): each batch size's candidate rates and its next smaller rate (the
+  run's batch with every weight decay too) train together as heads on a seeded sample of
+  ``autotune.sweep_classes`` classes for the last rung's epochs, ranked on the sample; the heads
+  the sample cannot tell from the best (:func:`spml.training.sweep.separable`) train again as
+  probes on every class, the best and the closest (:func:`sweep_verification`), and the run takes
+  the selected probe's epochs, or trains the sample's best on every class. It costs 7-16% of
+  spml's own 15-cell grid where the rungs cost 11-40%, at the rungs' val mAP
+  (docs/benchmarks.md, "The class-subset sweep").
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
 with every probe's val mAP, best epoch, seconds, epochs and rung, and the selection's seconds. The log says
@@ -81,14 +91,19 @@ from spml.training import distributed
 from spml.training.callbacks import Callback
 from spml.training.config import FULL_OBSERVED, TrainConfig
 from spml.training.defaults import default_batch_size, default_epochs
-from spml.training.engine import open_feature_caches, train
+from spml.training.engine import Trainer, open_feature_caches, train
 from spml.training.inputs import check_weights
 from spml.training.hooks import STANDARD, MethodInfo, TrainingHooks
 from spml.training.runfolder import CONFIG_FILE, RESULTS_FILE, RunResult
 from spml.training.probe_workers import COST_BATCH, ProbeOutcome, ProbeWorkers, row_cost, train_probe, worker_count
-from spml.training.runmodel import resolve_device
+from spml.training.resolve import observed_in, resolve_config
+from spml.training.runmodel import HeadStart, resolve_device
+from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
 
 AUTOTUNE_KEY = "autotune"
+# Most sweep heads trained again on every class when the class sample cannot tell them apart (the
+# best and the closest): each is an engine probe on every class, whose epochs the run takes.
+SWEEP_VERIFIED = 2
 # L-BFGS's step size: its line search scales each step, so 1 (the full quasi-Newton step) is right.
 LBFGS_LR = 1.0
 # Epochs of an L-BFGS run when ``epochs`` is unset: 15 x 20 iterations, with early stopping on val
@@ -114,9 +129,13 @@ class Candidate:
         optimizer: ``adam`` or ``lbfgs``.
         seconds: Wall time of its run.
         epochs: Its planned epochs (its budget; early stopping may end it sooner).
-        rung: Its rung of the successive halving (0 for every L-BFGS solve).
+        rung: Its rung of the successive halving (0 for every L-BFGS solve; a sweep's head 0 on the
+            class sample, 1 trained again on every class).
         batch_size: Its batch size (0: full batch, L-BFGS).
-        cpu_seconds: CPU time of the process that trained it, during its run.
+        cpu_seconds: CPU time of the process that trained it, during its run (a sweep's head: its
+            share of the sweep's, by the epochs it trained).
+        classes: The classes its val mAP is over: 0 every class; a sweep's head, its sample's size
+            (:mod:`spml.training.sweep`).
     """
 
     lr: float
@@ -129,6 +148,7 @@ class Candidate:
     rung: int = 0
     batch_size: int = 0
     cpu_seconds: float = 0.0
+    classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,8 @@ class Selection:
         batch_size: The selected probe's batch size (0: not an Adam probe).
         cpu_seconds: CPU time of the probes, in this process and in the workers (the cost on a
             shared machine, where wall time depends on the other jobs).
-        runs: Each candidate's run folder, in the same order (while the selection's folder lives).
+        runs: Each candidate's run folder, in the same order (while the selection's folder lives;
+            None for a sweep's head, which has none).
     """
 
     lr: float
@@ -156,7 +177,7 @@ class Selection:
     epochs: int = 0
     batch_size: int = 0
     cpu_seconds: float = 0.0
-    runs: tuple[Path, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    runs: tuple[Path | None, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``{"optimizer", "lr", "weight_decay", "epochs", "batch_size", "selected_on": "val_map", "seconds", "cpu_seconds", "candidates": [...]}``."""
@@ -551,13 +572,25 @@ def _next_smaller_rate(configs: Sequence[TrainConfig], i: int) -> int | None:
     return max(like, key=lambda j: float(configs[j].lr or 0.0), default=None)
 
 
+def competing(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates the pick is made among: those scored on every class, or (none) a sweep's sampled heads.
+
+    A sweep's heads trained again on every class (:func:`sweep_verification`) replace the sample's
+    scores; a sweep that separated its best keeps the sample's.
+    """
+    every = [c for c in candidates if not c.classes]
+    return every or list(candidates)
+
+
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     """Return the highest val mAP; ties go to the smaller lr, then the smaller weight decay.
+
+    Only :func:`competing` candidates count.
 
     Raises:
         SpmlError: Every candidate diverged (NaN val mAP).
     """
-    best = _best_finite(candidates)
+    best = _best_finite(competing(candidates))
     if best is None:
         raise SpmlError("every learning rate of the selection diverged; set lr=... (or autotune.lrs) lower")
     return best
@@ -576,7 +609,17 @@ def plan(config: TrainConfig, num_train: int) -> str:
             f"and loss {config.loss!r} keeps one objective"
         )
         parts.append(f"{len(lbfgs)} L-BFGS solves over weight_decay {_values(p.weight_decay for p in lbfgs)} ({why})")
-    if adam:
+    if adam and sweeps(config):
+        why = f"{num_train} train rows > autotune.lbfgs_max_rows {config.autotune.lbfgs_max_rows}"
+        passes = sweep_plan(config, num_train, adam)
+        parts.append(
+            f"{sum(len(h) for _, _, h in passes)} Adam candidates ({why}) as one sweep a batch size, each a head on a sample "
+            f"of {config.autotune.sweep_classes} classes (loss {config.loss!r} is computed per entry), trained together: "
+            + "; ".join(f"lr {_values(lr for lr, _ in h)} x weight_decay {_values(wd for _, wd in h)} at batch {b} for {e} epoch(s)"
+                        for b, e, h in passes)
+            + ("; the run trains the best on every class" if not config.epochs else f"; the run trains the best, epochs {config.epochs}")
+        )
+    elif adam:
         if lbfgs:
             why = f"loss {config.loss!r} trains state of its own, so Adam too"
         elif num_train > config.autotune.lbfgs_max_rows:
@@ -633,6 +676,92 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
     return len(adam) + middle + (min(last, len(adam)) if len(rungs) > 1 else 0)
 
 
+def sweeps(config: TrainConfig, loss: SpmlLoss | None = None) -> bool:
+    """Whether the Adam candidates of ``config`` train as one sweep on a sample of the classes (:mod:`spml.training.sweep`).
+
+    Yes for a loss computed per entry (:attr:`~spml.losses.SpmlLoss.entrywise`) on a linear head,
+    with ``autotune.sweep_classes`` set, in one process (under torchrun every rank trains the
+    probes in lock-step, as the engine does).
+    """
+    entrywise = get_loss_info(config.loss).entrywise if loss is None else loss.entrywise
+    return config.autotune.sweep_classes > 0 and entrywise and config.head == "linear" and not distributed.launched()
+
+
+def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig]) -> list[tuple[int, int, list[tuple[float, float]]]]:
+    """The sweep's heads: per batch size of the Adam candidates, ``(batch, epochs, [(lr, weight decay), ...])``.
+
+    Each batch size trains its candidates' rates and the next smaller rate of ``autotune.lrs`` (the
+    first step of the rungs' descent, which gained 0.010-0.014 val mAP for EM at 16k rows) for the
+    rungs' last epochs at that batch (:func:`last_rung_epochs`); the largest batch (the run's) trains
+    its candidates' rates with every ``autotune.weight_decays`` value too (the rungs' twins put AN,
+    AN-LS and Focal 0.02-0.07 above the grid, every time at the run's batch: docs/benchmarks.md).
+    """
+    budget = (adam[0].epochs or 1) if adam else 1
+    rates = sorted(set(config.autotune.lrs))
+    sizes = list(dict.fromkeys(int(p.batch_size or 0) for p in adam))
+    plan: list[tuple[int, int, list[tuple[float, float]]]] = []
+    for batch in sizes:
+        lrs = sorted({float(p.lr or 0.0) for p in adam if p.batch_size == batch})
+        decays = config.autotune.weight_decays if batch == max(sizes) else config.autotune.weight_decays[:1]
+        heads = [(lr, float(wd)) for lr in lrs for wd in decays]
+        smaller = [r for r in rates if r < lrs[0]]
+        if smaller:
+            heads.insert(0, (float(smaller[-1]), float(config.autotune.weight_decays[0])))
+        plan.append((batch, last_rung_epochs(config, num_train, budget, batch), heads))
+    return plan
+
+
+def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequence[TrainConfig], head_start: HeadStart | None,
+          loss: SpmlLoss | None, done: Callable[[Candidate], None]) -> tuple[list[tuple[Candidate, HeadOutcome]], int]:
+    """Train :func:`sweep_plan`'s heads, one pass a batch size (:func:`spml.training.sweep.train_heads`), calling ``done`` on each.
+
+    Every head trains on the same sample of ``autotune.sweep_classes`` classes (seeded by the run's
+    seed), so their val mAPs rank them; each gets its pass's seconds by the epochs it trained.
+    Returns every head with its outcome, and how many classes have val positives (the population
+    the sample was drawn from, :func:`sweep_verification`).
+    """
+    heads_done: list[tuple[Candidate, HeadOutcome]] = []
+    defined = 0
+    for batch, epochs, heads in sweep_plan(config, num_train, adam):
+        template = next(p for p in adam if p.batch_size == batch)
+        probe = observed_in(resolve_config(dataclasses.replace(template, lr=heads[0][0], weight_decay=0.0, epochs=epochs), STANDARD),
+                            data.root)
+        began, cpu = time.perf_counter(), time.process_time()
+        with quiet(keep_steps=True):
+            trainer = Trainer(probe, data, data.cache_dir / "unwritten-run", val_only=True, head_start=head_start, loss=_fresh(loss))
+            target = trainer.loop.evaluator.val_target
+            defined = len(sample_classes(target, 0, config.seed))
+            picked = sample_classes(target, config.autotune.sweep_classes, config.seed)
+            outcomes = train_heads(trainer, heads, picked)
+        seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu
+        epochs_trained = sum(o.epochs_run for o in outcomes) or 1
+        for (lr, wd), outcome in zip(heads, outcomes, strict=True):
+            share = outcome.epochs_run / epochs_trained
+            candidate = Candidate(lr, wd, outcome.val_map, outcome.best_epoch, "adam", round(seconds * share, 2), epochs, 0, batch,
+                                  round(cpu_seconds * share, 2), len(picked))
+            heads_done.append((candidate, outcome))
+            done(candidate)
+    return heads_done, defined
+
+
+def sweep_verification(heads: Sequence[tuple[Candidate, HeadOutcome]], defined: int, adam: Sequence[TrainConfig]) -> list[TrainConfig]:
+    """The probes that train the sweep's best head again on every class, beside the heads the sample cannot tell from it.
+
+    None when the sample separates the best from every other head
+    (:func:`spml.training.sweep.separable`); otherwise the best and the closest others, at most
+    :data:`SWEEP_VERIFIED` in all, as probes of the engine on every class (the run then takes the
+    selected one's epochs). A sample of 20 classes does not see what happens on the others (EM at
+    lr 3e-2, batch 1,024, 32,832 rows: the sample's best, 0.752, and 0.471 on all 80 classes).
+    """
+    leader = best_candidate([c for c, _ in heads])
+    lead = next(o for c, o in heads if c is leader)
+    close = sorted((c for c, o in heads if c is not leader and not separable(lead, o, defined)), key=rank_key)
+    if not close:
+        return []
+    return [dataclasses.replace(next(p for p in adam if p.batch_size == c.batch_size), lr=c.lr, weight_decay=c.weight_decay,
+                                epochs=c.epochs) for c in [leader, *close[: SWEEP_VERIFIED - 1]]]
+
+
 def _values(values: Iterator[float] | Sequence[float]) -> str:
     return "{" + ", ".join(f"{v:g}" for v in dict.fromkeys(values)) + "}"
 
@@ -659,11 +788,13 @@ def select(
     lbfgs = [p for p in probes if p.optimizer == "lbfgs"]
     adam = [p for p in probes if p.optimizer == "adam"]
     rungs = adam_rungs(config, num_train, adam)
-    planned = len(lbfgs) + max_probes(adam, rungs)  # a descent (of the last rung) may add more
+    # A descent (of the last rung) may add more; a sweep trains exactly its heads.
+    swept = sweeps(config, loss) and bool(adam)
+    planned = len(lbfgs) + (sum(len(h) for _, _, h in sweep_plan(config, num_train, adam)) if swept else max_probes(adam, rungs))
     # A ready loss module (it may hold state) stays in this process.
     workers = 1 if loss is not None else worker_count(config, num_train, resolve_device(config.device), distributed.launched())
     done: list[Candidate] = []
-    runs: list[Path] = []
+    runs: list[Path | None] = []
     with (contextlib.nullcontext(str(folder)) if folder is not None else probe_folder(data, config)) as tmp, (
         ProbeWorkers(data.root, workers, torch.get_num_threads()) if workers > 1 else contextlib.nullcontext()
     ) as pool:
@@ -676,7 +807,7 @@ def select(
                 head_start = open_feature_caches(data, probes[0])
         bar = progress(total=planned, desc="autotune", unit="probe", lines=False)
 
-        def record(probe: TrainConfig, rung: int, outcome: ProbeOutcome, number: int) -> Candidate:
+        def record(probe: TrainConfig, rung: int, outcome: ProbeOutcome, number: int, why: str | None = None) -> Candidate:
             nonlocal planned
             candidate = Candidate(
                 float(probe.lr or 0.0), float(probe.weight_decay), outcome.val_map, outcome.best_epoch, probe.optimizer,
@@ -688,7 +819,7 @@ def select(
             bar.update(1)
             log(
                 f"autotune: candidate {number}/{planned} {candidate.optimizer} lr {candidate.lr:g} weight_decay {candidate.weight_decay:g}"
-                + (f" batch {candidate.batch_size} (rung {rung + 1}/{len(rungs)}, {candidate.epochs} epochs)"
+                + (f" batch {candidate.batch_size} (" + (why or f"rung {rung + 1}/{len(rungs)}") + f", {candidate.epochs} epochs)"
                    if probe.optimizer == "adam" else "")
                 + ": "
                 + (f"val mAP {candidate.val_map:.4f} (best epoch {candidate.best_epoch})"
@@ -697,18 +828,18 @@ def select(
             )
             return candidate
 
-        def score_rung(configs: Sequence[TrainConfig], rung: int) -> list[Candidate]:
+        def score_rung(configs: Sequence[TrainConfig], rung: int, why: str | None = None) -> list[Candidate]:
             folders = [Path(tmp) / f"probe{len(done) + k}" for k in range(len(configs))]
             scored: dict[int, Candidate] = {}
             if pool is None:
                 for k, probe in enumerate(configs):
                     with quiet(keep_steps=True):
                         outcome = train_probe(data, probe, folders[k], loss=_fresh(loss), head_start=head_start)
-                    scored[k] = record(probe, rung, outcome, len(done) + k + 1)
+                    scored[k] = record(probe, rung, outcome, len(done) + k + 1, why)
             else:
 
                 def ended(k: int, outcome: ProbeOutcome) -> None:
-                    scored[k] = record(configs[k], rung, outcome, len(done) + len(scored) + 1)
+                    scored[k] = record(configs[k], rung, outcome, len(done) + len(scored) + 1, why)
 
                 pool.run(list(zip(configs, folders)), ended, head_start)
             # In the order given (workers end theirs in any order).
@@ -719,7 +850,23 @@ def select(
 
         if lbfgs:
             score_rung(lbfgs, 0)
-        if adam:
+        if adam and sweeps(config, loss):
+
+            def swept(head: Candidate) -> None:
+                done.append(head)
+                runs.append(None)
+                bar.update(1)
+                log(f"autotune: candidate {len(done)}/{planned} adam lr {head.lr:g} weight_decay {head.weight_decay:g} "
+                    f"batch {head.batch_size} (sweep, {head.epochs} epochs, {head.classes} classes): "
+                    + (f"val mAP {head.val_map:.4f} (best epoch {head.best_epoch})" if head.best_epoch else "diverged")
+                    + f"; {time.perf_counter() - start:.1f} s elapsed")
+
+            heads, defined = sweep(data, config, num_train, adam, head_start, loss, swept)
+            again = sweep_verification(heads, defined, adam)
+            if again:
+                planned = bar.total = len(done) + len(again)
+                score_rung(again, 1, "on every class: the class sample cannot tell them apart")
+        elif adam:
             budget = adam[0].epochs or 1
             successive_halving(adam, rungs, score_rung,
                                lambda c: last_rung_epochs(config, num_train, budget, int(c.batch_size or 0)), config.autotune.lrs,
@@ -800,7 +947,7 @@ def describe(selection: Selection) -> str:
         for c in selection.candidates
     )
     chosen = (selection.optimizer, selection.lr, selection.weight_decay, selection.batch_size)
-    final = selection.candidates
+    final = competing(selection.candidates)
     # The selected probe: the best of those with its settings (a candidate has one probe per rung).
     best = min((c for c in final if (c.optimizer, c.lr, c.weight_decay, c.batch_size) == chosen), key=rank_key, default=None)
     others = [c for c in final if c is not best and c.val_map == c.val_map]
@@ -817,7 +964,9 @@ def describe(selection: Selection) -> str:
         f"autotune: selected {selection.optimizer} lr {selection.lr:g}, weight_decay {selection.weight_decay:g}"
         + (f", batch {selection.batch_size}, {selection.epochs} epochs " if selection.batch_size else " ")
         + f"on val mAP in {selection.seconds:.1f} s: the best val mAP "
-        f"{best.val_map if best is not None else math.nan:.4f} of {len(final)} probes{margin} "
+        f"{best.val_map if best is not None else math.nan:.4f}"
+        + (f" (on a sample of {best.classes} classes; the run trains it on every class)" if best is not None and best.classes else "")
+        + f" of {len(selection.candidates)} probes{margin} "
         f"(optimizer lr/wd [Adam batch x epochs]: {tried})"
     )
 
@@ -886,7 +1035,7 @@ def selected_run(selection: Selection) -> Path | None:
     if not selection.runs:
         return None
     best = best_candidate(selection.candidates)
-    return selection.runs[next(i for i, c in enumerate(selection.candidates) if c is best)]
+    return selection.runs[next(i for i, c in enumerate(selection.candidates) if c is best)]  # None: a sweep's head
 
 
 def train_tuned(

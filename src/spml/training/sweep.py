@@ -1,0 +1,265 @@
+"""The selection's sweep: every Adam candidate of a batch size as one head on a sample of the classes, trained together.
+
+For a loss computed per entry (:attr:`~spml.losses.SpmlLoss.entrywise`: AN, AN-LS, WAN, EM, Focal,
+ASL, BCE) a class's column of a linear head sees only its own logits, and Adam's step is per
+coordinate, so a head trained on a sample of the classes trains exactly those columns of the head
+trained on every class, when the loss is divided by the whole class count (so that a weight decay
+weighs the same). And candidates of one batch size read the same batches in the same order (the
+run's seed), so they train as one wider head: one product per step for all of them, one read of the
+rows, one validation forward. Both cut what the selection's probes cost (docs/plans/selection-cost.md,
+"Class-subset probes"): a head of 16 on 20 of 80 classes cost 0.18-0.19 of a lone probe on every
+class (16,416 rows), and a sample of 20 classes picked a candidate within 0.01 val mAP of the best on
+every class in 93-100% of samples on the settings measured.
+
+:func:`train_heads` trains the heads as :func:`spml.training.engine.train` trains one linear probe,
+from the same run: the same initial weights, batches (the seeded permutation of each epoch, the last
+partial batch dropped), learning-rate schedule (warm-up and cosine over the probe's steps), centred
+features (:mod:`~spml.training.centering`: the head learns ``W (x - mean) + c``, Adam's moments those
+of ``(W, c)``, the weight decay on ``W`` and on the raw bias ``c - W mean``), Adam (``torch.optim.Adam``'s
+update, coupled L2 weight decay) and early stopping on val mAP, each head with its own rate, weight
+decay and stopping, the sample's classes only. A head leaves the product when it stops; a head
+whose loss is not finite is a divergence (NaN), as a probe's is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spml.losses import SpmlLoss
+from spml.metrics import average_precision_torch
+from spml.training.centering import feature_mean
+from spml.training.engine import Trainer
+from spml.training.schedule import lr_factor
+
+# torch.optim.Adam's defaults, which the engine's probes use.
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class HeadOutcome:
+    """What one head of the sweep reached on the sample's classes.
+
+    Attributes:
+        val_map: Its best val mAP over the sample (NaN when it diverged).
+        best_epoch: The epoch of that mAP (0 when it diverged).
+        epochs_run: Epochs it trained before it stopped.
+        class_ap: Each sampled class's val AP at the best epoch (empty when it diverged): what
+            tells two heads apart beyond the sample's noise (:func:`separable`).
+    """
+
+    val_map: float
+    best_epoch: int
+    epochs_run: int
+    class_ap: tuple[float, ...] = ()
+
+
+def sample_classes(val_target: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` classes with a val positive, a seeded sample in ascending order (all of them when fewer).
+
+    A class without a val positive has no AP, so it cannot rank the heads.
+    """
+    defined = np.flatnonzero((val_target > 0).any(axis=0))
+    if count <= 0 or count >= len(defined):
+        return defined
+    return np.sort(np.random.default_rng([seed, count]).choice(defined, size=count, replace=False))
+
+
+def separable(leader: HeadOutcome, other: HeadOutcome, classes: int) -> bool:
+    """Whether ``leader`` is ahead of ``other`` beyond what the class sample can tell.
+
+    The two heads' per-class differences on the sample estimate their difference over all
+    ``classes`` (those with val positives): ahead when the mean difference exceeds twice its
+    standard error (with the finite-population correction of a sample without replacement). A
+    sample misses what happens on the other classes (EM at lr 3e-2, batch 1,024, 32,832 rows: 0.752
+    on 20 classes, the best of the sample, and 0.471 on all 80, where some classes collapse), so
+    the heads it cannot tell apart are trained on every class (:mod:`spml.training.autotune`).
+    """
+    if not other.class_ap or not math.isfinite(other.val_map):
+        return True
+    diff = np.asarray(leader.class_ap) - np.asarray(other.class_ap)
+    n = len(diff)
+    if n < 2 or n >= classes:
+        return bool(diff.mean() > 0)
+    error = diff.std(ddof=1) / math.sqrt(n) * math.sqrt(1 - n / classes)
+    return bool(diff.mean() > 2 * error)
+
+
+def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes: np.ndarray) -> list[HeadOutcome]:
+    """Train ``heads`` (lr, weight decay) of the probe ``trainer`` was built for, together, on ``classes``.
+
+    ``trainer`` is a linear probe's (:class:`~spml.training.engine.Trainer`, ``val_only``) on cached
+    features: its resolved config gives the batch size, epochs, schedule, warm-up, centring,
+    patience and seed every head trains with, its model the initial weights, its loss the per-entry
+    loss matrix (a loss with :attr:`~spml.losses.SpmlLoss.entrywise`), its batch source the train
+    rows and observed labels, its evaluator the val targets. Nothing is written.
+
+    Returns:
+        One :class:`HeadOutcome` per head, in order.
+    """
+    config, rm, loop = trainer.config, trainer.rm, trainer.loop
+    loss, source = loop.loss, loop.steps.batches
+    if not loss.entrywise:
+        raise ValueError(f"loss {loss.name!r} is not computed per entry: its heads cannot train on a sample of the classes")
+    train_rows, val_rows = rm.features("train"), rm.features("val")
+    fc = rm.model.head.fc
+    device = fc.weight.device  # the run's device: its cached rows are read on the CPU and moved there
+    picked = np.asarray(classes, dtype=np.int64)
+    s, dim = len(picked), train_rows.shape[1]
+    batch, epochs, seed = int(config.batch_size or 0), int(config.epochs or 0), config.seed
+    mean = (feature_mean(train_rows) if config.center_features else torch.zeros(dim)).to(device)
+    weight0 = fc.weight.detach().float()[torch.as_tensor(picked, device=device)]
+    bias0 = fc.bias.detach().float()[torch.as_tensor(picked, device=device)] + weight0 @ mean
+    heads_w = _Heads([float(lr) for lr, _ in heads], [float(wd) for _, wd in heads], weight0, bias0)
+    best = [-math.inf] * len(heads)
+    best_epoch, bad, runs = [0] * len(heads), [0] * len(heads), [0] * len(heads)
+    best_ap: list[tuple[float, ...]] = [()] * len(heads)
+    diverged = [False] * len(heads)
+    observed = torch.from_numpy(source.observed[:, picked].astype(np.int64)).to(device)
+    rows = source.rows
+    n_batches = max(1, len(rows) // batch)
+    total_steps, warmup = epochs * n_batches, int(config.warmup_steps or 0)
+    val_x = torch.from_numpy(val_rows.block(0, len(val_rows))).to(device) - mean
+    val_y = torch.from_numpy(np.asarray(loop.evaluator.val_target)[:, picked].astype(np.float32)).to(device)
+    rule = config.early_stopping
+    scale = float(loss.num_classes)  # the loss over the whole class count: Cole's N x L reduction
+    step = 0
+    for epoch in range(1, epochs + 1):
+        order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
+        for b in range(n_batches):
+            index = np.sort(order[b * batch : (b + 1) * batch])
+            x = torch.from_numpy(train_rows.take(index)).to(device) - mean
+            rows_observed = observed[torch.from_numpy(index).to(device)]
+            grad = _logit_grads(loss, heads_w, x, rows_observed, s, scale)
+            if grad is None:  # some head's loss is not finite: those heads end as divergences
+                finite = heads_w.finite_heads(loss, x, rows_observed, s)
+                for h in heads_w.active:
+                    if h not in finite:
+                        diverged[h], runs[h] = True, epoch
+                heads_w.keep(finite)
+                if not heads_w.active:
+                    break
+                grad = _logit_grads(loss, heads_w, x, rows_observed, s, scale)
+                if grad is None:
+                    raise RuntimeError("a head's loss is not finite after its divergence was removed")
+            heads_w.step(grad, x, mean, lr_factor(config.schedule or "cosine", step, total_steps, warmup))
+            step += 1
+        if not heads_w.active:
+            break
+        with torch.no_grad():
+            scores = torch.addmm(heads_w.bias, val_x, heads_w.weight.t())
+            ap = average_precision_torch(scores, val_y.repeat(1, len(heads_w.active))).view(len(heads_w.active), s)
+        going = []
+        for i, h in enumerate(heads_w.active):
+            value = float(ap[i].nanmean())
+            runs[h] = epoch
+            if best[h] == -math.inf or value > best[h] + rule.min_delta:
+                bad[h] = 0
+            else:
+                bad[h] += 1
+            if value > best[h]:
+                best[h], best_epoch[h], best_ap[h] = value, epoch, tuple(float(a) for a in ap[i].tolist())
+            dropped = rule.max_drop > 0 and best[h] - value > rule.max_drop
+            if not (dropped or (rule.patience > 0 and bad[h] >= rule.patience)) and epoch < epochs:
+                going.append(h)
+        heads_w.keep(going)
+        if not heads_w.active:
+            break
+    return [
+        HeadOutcome(math.nan, 0, runs[h]) if diverged[h] else HeadOutcome(best[h], best_epoch[h], runs[h], best_ap[h])
+        for h in range(len(heads))
+    ]
+
+
+def _logit_grads(loss: SpmlLoss, heads: _Heads, x: torch.Tensor, observed: torch.Tensor, s: int, scale: float) -> torch.Tensor | None:
+    """The gradient of the heads' summed losses with respect to their logits (B x K*S), or None if one is not finite."""
+    logits = torch.addmm(heads.bias, x, heads.weight.t()).requires_grad_(True)
+    matrix = loss.terms(logits, observed.repeat(1, len(heads.active))).matrix
+    total = matrix.sum() / (len(x) * scale)
+    if not math.isfinite(float(total.detach())):
+        return None
+    total.backward()
+    return logits.grad
+
+
+class _Heads:
+    """The active heads' ``(W, c)`` in one K*S x C weight and one K*S bias, stepped by fused Adam, one group per head.
+
+    Each head's rows of the two tensors are its parameters (views, updated in place), so the
+    forward is one product for every head, and a finished head's rows leave the tensors (with
+    Adam's moments of the others) so that it costs nothing more.
+    """
+
+    def __init__(self, lrs: list[float], decays: list[float], weight0: torch.Tensor, bias0: torch.Tensor) -> None:
+        self.lrs, self.decays = lrs, decays
+        self.s = len(bias0)
+        self.active = list(range(len(lrs)))
+        self.weight = weight0.repeat(len(lrs), 1).contiguous()
+        self.bias = bias0.repeat(len(lrs)).contiguous()
+        self._build({})
+
+    def _build(self, state: dict[int, dict[str, dict[str, torch.Tensor]]]) -> None:
+        s = self.s
+        self.views = [(self.weight[i * s : (i + 1) * s], self.bias[i * s : (i + 1) * s]) for i in range(len(self.active))]
+        if not self.active:  # every head has ended
+            return
+        groups = [{"params": list(v), "lr": self.lrs[h]} for h, v in zip(self.active, self.views, strict=True)]
+        # Adam's update exactly as the engine's probes (fused on a CPU or CUDA); the decay is added
+        # to the gradients here, on the bias's raw value (:meth:`step`).
+        fused = self.weight.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(groups, lr=self.lrs[0], betas=BETAS, eps=EPS, weight_decay=0.0, fused=fused)
+        for h, (w, c) in zip(self.active, self.views, strict=True):
+            if h in state:
+                self.optimizer.state[w] = state[h]["weight"]
+                self.optimizer.state[c] = state[h]["bias"]
+
+    def keep(self, heads: list[int]) -> None:
+        """Keep only ``heads`` (head numbers, a subset of :attr:`active` in its order) training."""
+        if heads == self.active:
+            return
+        positions = [self.active.index(h) for h in heads]
+        state = {h: {"weight": _cloned(self.optimizer.state.get(self.views[i][0], {})),
+                     "bias": _cloned(self.optimizer.state.get(self.views[i][1], {}))}
+                 for h, i in zip(heads, positions, strict=True)}
+        device = self.weight.device
+        rows = (torch.cat([torch.arange(i * self.s, (i + 1) * self.s, device=device) for i in positions]) if positions
+                else torch.zeros(0, dtype=torch.long, device=device))
+        self.weight, self.bias = self.weight[rows].contiguous(), self.bias[rows].contiguous()
+        self.active = list(heads)
+        self._build(state)
+
+    def finite_heads(self, loss: SpmlLoss, x: torch.Tensor, observed: torch.Tensor, s: int) -> list[int]:
+        """The active heads whose loss on this batch is finite."""
+        with torch.no_grad():
+            logits = torch.addmm(self.bias, x, self.weight.t())
+            per_head = loss.terms(logits, observed.repeat(1, len(self.active))).matrix.view(len(x), len(self.active), s).sum(dim=(0, 2))
+        return [h for h, value in zip(self.active, per_head.tolist(), strict=True) if math.isfinite(value)]
+
+    @torch.no_grad()
+    def step(self, logit_grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, factor: float) -> None:
+        """One Adam step of every head from the gradient of their logits, each head at its rate times ``factor``.
+
+        As the engine's centred head: the gradients are those of ``(W, c)`` (the product of
+        ``x - mean``), and the (coupled) weight decay acts on ``W`` and on the raw bias
+        ``b = c - W mean``, the parameters the engine's optimiser holds.
+        """
+        decay = torch.tensor([self.decays[h] for h in self.active], device=self.weight.device).repeat_interleave(self.s)
+        grad_w = logit_grad.t() @ x
+        grad_c = logit_grad.sum(0)
+        if bool((decay > 0).any()):
+            grad_w.addcmul_(decay[:, None], self.weight)
+            grad_c.add_(decay * (self.bias - self.weight @ mean))
+        for i, ((w, c), group) in enumerate(zip(self.views, self.optimizer.param_groups, strict=True)):
+            w.grad = grad_w[i * self.s : (i + 1) * self.s]
+            c.grad = grad_c[i * self.s : (i + 1) * self.s]
+            group["lr"] = self.lrs[self.active[i]] * factor
+        self.optimizer.step()
+
+
+def _cloned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}

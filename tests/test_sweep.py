@@ -1,0 +1,136 @@
+"""The selection's sweep (spml.training.sweep): heads trained together on a sample of the classes.
+
+Each head must train what the engine trains for its candidate alone: the same best val mAP, best
+epoch and epochs run as ``engine.train`` (val_only) on the classes it is scored on, whether it
+trains alone or beside other heads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import spml
+from spml.data.layout import PreparedData
+from spml.training.engine import Trainer
+from spml.training.engine import train as engine_train
+from spml.training.hooks import STANDARD
+from spml.training.resolve import observed_in, resolve_config
+from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
+
+from tiny import SINGLE_POSITIVES, synthetic_set, tiny
+
+BASE = tiny(observed=SINGLE_POSITIVES, regime="linear", loss="an", batch_size=16, epochs=6, early_stopping={"patience": 2})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_set(tmp_path_factory.mktemp("sweep") / "data", num_images=96, num_classes=5, seed=4, single_positive=True)
+
+
+def _trainer(data: Path, **settings: object) -> Trainer:
+    config = spml.load_config(**{**BASE, **settings})
+    opened = PreparedData.open(data)
+    resolved = observed_in(resolve_config(config, STANDARD), opened.root)
+    return Trainer(resolved, opened, opened.cache_dir / "unwritten-run", val_only=True)
+
+
+def _alone(data: Path, tmp_path: Path, name: str, **settings: object) -> tuple[float, int, int]:
+    result = engine_train(data, spml.load_config(**{**BASE, **settings}), tmp_path / name, val_only=True)
+    return result.val_map, result.best_epoch, result.epochs_run
+
+
+@pytest.mark.parametrize(("lr", "weight_decay", "loss"), [(0.01, 0.0, "an"), (0.03, 0.05, "an"), (0.01, 0.0, "em"), (0.01, 0.05, "wan")])
+def test_a_head_on_every_class_is_the_engines_probe(data: Path, tmp_path: Path, lr: float, weight_decay: float, loss: str) -> None:
+    """Batches, schedule, centring, Adam, weight decay (on W and the raw bias) and early stopping as the engine's."""
+    trainer = _trainer(data, lr=lr, weight_decay=weight_decay, loss=loss)
+    every = sample_classes(trainer.loop.evaluator.val_target, 0, 0)
+    (head,) = train_heads(trainer, [(lr, weight_decay)], every)
+    val_map, best_epoch, epochs_run = _alone(data, tmp_path, "alone", lr=lr, weight_decay=weight_decay, loss=loss)
+    assert head.val_map == pytest.approx(val_map, abs=1e-6)
+    assert (head.best_epoch, head.epochs_run) == (best_epoch, epochs_run)
+
+
+def test_heads_trained_together_are_each_trained_alone(data: Path) -> None:
+    """Five heads of one pass (two weight decays, a rate that stops early) equal five passes of one head."""
+    heads = [(0.003, 0.0), (0.01, 0.0), (0.01, 0.05), (0.1, 0.0), (0.3, 0.05)]
+    trainer = _trainer(data, lr=0.01)
+    classes = sample_classes(trainer.loop.evaluator.val_target, 3, 0)
+    together = train_heads(trainer, heads, classes)
+    alone = [train_heads(_trainer(data, lr=0.01), [head], classes)[0] for head in heads]
+    for joint, single in zip(together, alone, strict=True):
+        assert joint.val_map == pytest.approx(single.val_map, abs=1e-6)
+        assert (joint.best_epoch, joint.epochs_run) == (single.best_epoch, single.epochs_run)
+    assert len({h.epochs_run for h in together}) > 1  # some stopped early, and left the product
+
+
+def test_a_diverging_head_is_nan_and_the_others_train_on(data: Path) -> None:
+    trainer = _trainer(data, lr=0.01)
+    classes = sample_classes(trainer.loop.evaluator.val_target, 0, 0)
+    good, bad = train_heads(trainer, [(0.01, 0.0), (math.inf, 0.0)], classes)  # its first step makes it NaN
+    assert math.isnan(bad.val_map) and bad.best_epoch == 0
+    assert good == train_heads(_trainer(data, lr=0.01), [(0.01, 0.0)], classes)[0]
+
+
+def test_a_loss_not_computed_per_entry_is_refused(data: Path) -> None:
+    trainer = _trainer(data, loss="pr", lr=0.01)
+    with pytest.raises(ValueError, match="not computed per entry"):
+        train_heads(trainer, [(0.01, 0.0)], np.arange(3))
+
+
+def test_the_sample_is_seeded_and_only_of_classes_with_val_positives() -> None:
+    target = np.zeros((6, 5))
+    target[:, [0, 2, 3, 4]] = np.eye(6)[:, :4] > 0  # class 1 has no val positive
+    assert sample_classes(target, 0, 0).tolist() == [0, 2, 3, 4]
+    assert sample_classes(target, 9, 0).tolist() == [0, 2, 3, 4]  # fewer defined classes than asked: all
+    picked = sample_classes(target, 2, 7)
+    assert len(picked) == 2 and set(picked.tolist()) <= {0, 2, 3, 4} and list(picked) == sorted(picked)
+    assert picked.tolist() == sample_classes(target, 2, 7).tolist()
+
+
+def test_a_lead_within_the_samples_noise_is_not_separable() -> None:
+    def head(*ap: float) -> HeadOutcome:
+        return HeadOutcome(sum(ap) / len(ap), 1, 1, ap)
+
+    leader = head(0.9, 0.8, 0.7, 0.6)
+    assert separable(leader, head(0.8, 0.7, 0.6, 0.5), classes=80)  # 0.1 on every class: no noise
+    assert not separable(leader, head(0.95, 0.6, 0.75, 0.55), classes=80)  # mean 0.0375, errors of 0.1
+    assert separable(leader, head(0.95, 0.6, 0.75, 0.55), classes=4)  # the sample is every class: exact
+    assert separable(leader, HeadOutcome(math.nan, 0, 2), classes=80)  # a divergence never competes
+
+
+def test_the_selection_sweeps_an_entrywise_loss_and_the_run_trains_the_pick(data: Path, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    tune = {"lrs": [1e-3, 1e-2, 1e-1], "weight_decays": [0.0, 0.05], "lbfgs_max_rows": 0, "sweep_classes": 3,
+            "lrs_per_batch": 2, "workers": 1}
+    config = spml.load_config(**{**BASE, "batch_size": None, "epochs": None, "lr": None}, autotune=tune)
+    result = spml.train(data, config, tmp_path / "run")
+    err = capsys.readouterr().err
+    section = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    sampled = [c for c in section["candidates"] if c["rung"] == 0]
+    again = [c for c in section["candidates"] if c["rung"] == 1]
+    assert sampled and all(c["classes"] == 3 for c in sampled)
+    assert all(c["classes"] == 0 for c in again) and len(again) == 2  # trained again on every class: the best and the closest
+    # One batch size on 96 images (the smallest probe batch, 16): its two largest rates with each
+    # weight decay, and the next smaller rate with the first.
+    assert sorted((c["lr"], c["weight_decay"]) for c in sampled) == [(1e-3, 0.0), (1e-2, 0.0), (1e-2, 0.05), (1e-1, 0.0), (1e-1, 0.05)]
+    assert "as one sweep a batch size, each a head on a sample of 3 classes" in err
+    run = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    pick = [c for c in (again or sampled) if (c["lr"], c["weight_decay"], c["batch_size"]) == (run["lr"], run["weight_decay"], run["batch_size"])]
+    assert pick and math.isfinite(result.val_map)
+    # A probe on every class has a run folder whose epochs the run takes; a sampled head has none.
+    assert ("trained by the selection's probe" in err) == bool(again)
+    if again:
+        assert result.val_map == pytest.approx(max(c["val_map"] for c in again), abs=1e-6)
+
+
+def test_sweep_classes_zero_keeps_successive_halving(data: Path, tmp_path: Path) -> None:
+    tune = {"lrs": [1e-3, 1e-2], "weight_decays": [0.0], "lbfgs_max_rows": 0, "sweep_classes": 0, "batch_divisors": [1], "workers": 1}
+    spml.train(data, spml.load_config(**{**BASE, "lr": None}, autotune=tune), tmp_path / "run")
+    section = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    assert {c["classes"] for c in section["candidates"]} == {0}
