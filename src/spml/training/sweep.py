@@ -158,7 +158,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         for i, h in enumerate(heads_w.active):
             value = float(ap[i].nanmean())
             runs[h] = epoch
-            if best[h] == -math.inf or value > best[h] + rule.min_delta:
+            if value > best[h] + rule.min_delta:  # as the engine's patience (the first epoch always improves)
                 bad[h] = 0
             else:
                 bad[h] += 1
