@@ -717,8 +717,9 @@ def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequenc
 
     Every head trains on the same sample of ``autotune.sweep_classes`` classes (seeded by the run's
     seed), so their val mAPs rank them; each gets its pass's seconds by the epochs it trained.
-    Where the best was still rising at its end, its next smaller rate trains on the sample for
-    twice its epochs, as the rungs' :func:`stretch` (Focal at 65,665 rows: 0.016 val mAP). Returns
+    Where the best was still rising at its end and its epochs were capped by
+    ``autotune.longest_probe_rows``, its next smaller rate trains on the sample for twice its
+    epochs, as the rungs' :func:`stretch` (Focal at 65,665 rows: 0.016 val mAP). Returns
     every head with its outcome, and how many classes have val positives (the population the sample
     was drawn from, :func:`sweep_verification`).
     """
@@ -748,8 +749,14 @@ def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequenc
 
     for batch, epochs, heads in sweep_plan(config, num_train, adam):
         run_pass(batch, epochs, heads)
+    budget = adam[0].epochs or 1
     for longer in stretch(adam, [c for c, _ in heads_done], config.autotune.lrs):
-        run_pass(int(longer.batch_size or 0), int(longer.epochs or 0), [(float(longer.lr or 0.0), float(longer.weight_decay))])
+        # Only where the row cap shortened the best's batch below the budget's share: what the
+        # stretch makes up for (Focal at 65,665 rows); at 16k rows the heads train the grid's 25
+        # epochs, and a lone head twice as long costs about a probe (its steps' own work) for nothing
+        # measured (docs/benchmarks.md).
+        if longest_share(config, num_train, budget, int(longer.batch_size or 0)) < config.autotune.longest_probe:
+            run_pass(int(longer.batch_size or 0), int(longer.epochs or 0), [(float(longer.lr or 0.0), float(longer.weight_decay))])
     return heads_done, defined
 
 
