@@ -46,11 +46,13 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   AN, AN-LS, WAN, EM, Focal, ASL, BCE) in one process, a sweep (:func:`sweep`,
   :mod:`spml.training.sweep`): each batch size's candidate rates and its next smaller rate (the
   run's batch with every weight decay too) train together as heads on a seeded sample of
-  ``autotune.sweep_classes`` classes for the last rung's epochs, ranked on the sample; the heads
-  the sample cannot tell from the best (:func:`spml.training.sweep.separable`) train again as
-  probes on every class, the best and the closest (:func:`sweep_verification`), and the run takes
-  the selected probe's epochs, or trains the sample's best on every class. It costs 7-16% of
-  spml's own 15-cell grid where the rungs cost 11-40%, at the rungs' val mAP
+  ``autotune.sweep_classes`` classes for the last rung's epochs, ranked on the sample (where the
+  best, at the run's batch, still rose at its end, its next smaller rate trains on the sample for
+  twice its epochs, as the rungs' :func:`stretch`); the heads the sample cannot
+  tell from the best (:func:`spml.training.sweep.separable`) train again as probes on every class,
+  the best and the closest (:func:`sweep_verification`), and the run takes the selected probe's
+  epochs, or trains the sample's best on every class. On the COCO-like sets measured it costs a
+  tenth to a sixth of spml's own 15-cell grid where the rungs cost 11-40%, at the rungs' val mAP
   (docs/benchmarks.md, "The class-subset sweep").
 
 The run's ``config.yaml`` holds the selected values; ``results.json`` gets an ``autotune`` section
@@ -717,9 +719,9 @@ def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequenc
 
     Every head trains on the same sample of ``autotune.sweep_classes`` classes (seeded by the run's
     seed), so their val mAPs rank them; each gets its pass's seconds by the epochs it trained.
-    Where the best was still rising at its end and its epochs were capped by
-    ``autotune.longest_probe_rows``, its next smaller rate trains on the sample for twice its
-    epochs, as the rungs' :func:`stretch` (Focal at 65,665 rows: 0.016 val mAP). Returns
+    Where the best, at the run's batch, was still rising at its end, its next smaller rate trains
+    on the sample for twice its epochs, as the rungs' :func:`stretch` (Focal at 65,665 rows: 0.016
+    val mAP). Returns
     every head with its outcome, and how many classes have val positives (the population the sample
     was drawn from, :func:`sweep_verification`).
     """
@@ -749,14 +751,13 @@ def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequenc
 
     for batch, epochs, heads in sweep_plan(config, num_train, adam):
         run_pass(batch, epochs, heads)
-    budget = adam[0].epochs or 1
+    run_batch = max(int(p.batch_size or 0) for p in adam)
     for longer in stretch(adam, [c for c, _ in heads_done], config.autotune.lrs):
-        # Only where the row cap shortened the best's batch below the budget's share: what the
-        # stretch makes up for (Focal at 65,665 rows); at 16k rows the heads train the grid's 25
-        # epochs, and a lone head twice as long costs about a probe (its steps' own work) for nothing
-        # measured (docs/benchmarks.md).
-        if longest_share(config, num_train, budget, int(longer.batch_size or 0)) < config.autotune.longest_probe:
-            run_pass(int(longer.batch_size or 0), int(longer.epochs or 0), [(float(longer.lr or 0.0), float(longer.weight_decay))])
+        # At the run's batch only, as the twins: every stretch that won was there (Focal at 65,665
+        # rows, ROLE at 16,416), while a lone head at batch 64 costs about a probe in per-step work
+        # (EM at 16,416 rows: 13 CPU-s, and it lost; docs/benchmarks.md).
+        if longer.batch_size == run_batch:
+            run_pass(run_batch, int(longer.epochs or 0), [(float(longer.lr or 0.0), float(longer.weight_decay))])
     return heads_done, defined
 
 
