@@ -867,9 +867,9 @@ def select(
 
         if lbfgs:
             score_rung(lbfgs, 0)
-        if adam and sweeps(config, loss):
+        if swept:
 
-            def swept(head: Candidate) -> None:
+            def on_head(head: Candidate) -> None:
                 nonlocal planned
                 done.append(head)
                 runs.append(None)
@@ -881,7 +881,7 @@ def select(
                     + (f"val mAP {head.val_map:.4f} (best epoch {head.best_epoch})" if head.best_epoch else "diverged")
                     + f"; {time.perf_counter() - start:.1f} s elapsed")
 
-            heads, defined = sweep(data, config, num_train, adam, head_start, loss, swept)
+            heads, defined = sweep(data, config, num_train, adam, head_start, loss, on_head)
             again = sweep_verification(heads, defined, adam)
             if again:
                 planned = bar.total = len(done) + len(again)

@@ -206,6 +206,9 @@ class _Heads:
     def _build(self, state: dict[int, dict[str, dict[str, torch.Tensor]]]) -> None:
         s = self.s
         self.views = [(self.weight[i * s : (i + 1) * s], self.bias[i * s : (i + 1) * s]) for i in range(len(self.active))]
+        # Each active head's weight decay on its rows, derived once a change of the active heads.
+        self.decay = torch.tensor([self.decays[h] for h in self.active], device=self.weight.device).repeat_interleave(s)
+        self.decays_on = bool((self.decay > 0).any())
         if not self.active:  # every head has ended
             return
         groups = [{"params": list(v), "lr": self.lrs[h]} for h, v in zip(self.active, self.views, strict=True)]
@@ -248,12 +251,11 @@ class _Heads:
         ``x - mean``), and the (coupled) weight decay acts on ``W`` and on the raw bias
         ``b = c - W mean``, the parameters the engine's optimiser holds.
         """
-        decay = torch.tensor([self.decays[h] for h in self.active], device=self.weight.device).repeat_interleave(self.s)
         grad_w = logit_grad.t() @ x
         grad_c = logit_grad.sum(0)
-        if bool((decay > 0).any()):
-            grad_w.addcmul_(decay[:, None], self.weight)
-            grad_c.add_(decay * (self.bias - self.weight @ mean))
+        if self.decays_on:
+            grad_w.addcmul_(self.decay[:, None], self.weight)
+            grad_c.add_(self.decay * (self.bias - self.weight @ mean))
         for i, ((w, c), group) in enumerate(zip(self.views, self.optimizer.param_groups, strict=True)):
             w.grad = grad_w[i * self.s : (i + 1) * self.s]
             c.grad = grad_c[i * self.s : (i + 1) * self.s]
