@@ -21,6 +21,7 @@ from spml.training.engine import Trainer
 from spml.training.engine import train as engine_train
 from spml.training.hooks import STANDARD
 from spml.training.resolve import observed_in, resolve_config
+from spml.training.autotune import probe_configs, sweep_plan, sweeps
 from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
 
 from tiny import SINGLE_POSITIVES, synthetic_set, tiny
@@ -77,9 +78,47 @@ def test_a_diverging_head_is_nan_and_the_others_train_on(data: Path) -> None:
     assert good == train_heads(_trainer(data, lr=0.01), [(0.01, 0.0)], classes)[0]
 
 
-def test_a_loss_not_computed_per_entry_is_refused(data: Path) -> None:
+# EM+APL pseudo-labels from epoch 2 of 6, so that its per-head state moves the heads for four epochs.
+APL = {"loss": "em_apl", "loss_params": {"warmup_epoch": 2}, "early_stopping": {"patience": 0}}
+
+
+@pytest.mark.parametrize(("lr", "weight_decay"), [(0.001, 0.0), (0.03, 0.05)])
+def test_a_head_with_per_class_state_on_every_class_is_the_engines_probe(data: Path, tmp_path: Path, lr: float,
+                                                                         weight_decay: float) -> None:
+    """EM+APL's pseudo-negatives from the head's own train probabilities after each epoch, as the engine's loss."""
+    trainer = _trainer(data, lr=lr, weight_decay=weight_decay, **APL)
+    every = sample_classes(trainer.loop.evaluator.val_target, 0, 0)
+    (head,) = train_heads(trainer, [(lr, weight_decay)], every)
+    val_map, best_epoch, epochs_run = _alone(data, tmp_path, "alone", lr=lr, weight_decay=weight_decay, **APL)
+    assert head.val_map == pytest.approx(val_map, abs=1e-6)
+    assert (head.best_epoch, head.epochs_run) == (best_epoch, epochs_run)
+
+
+def test_the_pseudo_negatives_move_the_head(data: Path) -> None:
+    """What the two tests around it compare is EM+APL's, not EM's: the pseudo-negatives change the classes' val AP."""
+    every = sample_classes(_trainer(data, lr=0.03, **APL).loop.evaluator.val_target, 0, 0)
+    (apl,) = train_heads(_trainer(data, lr=0.03, **APL), [(0.03, 0.05)], every)
+    (em,) = train_heads(_trainer(data, lr=0.03, **{**APL, "loss": "em", "loss_params": {}}), [(0.03, 0.05)], every)
+    assert max(abs(a - b) for a, b in zip(apl.class_ap, em.class_ap, strict=True)) > 0.01
+
+
+def test_heads_with_per_class_state_trained_together_are_each_trained_alone(data: Path) -> None:
+    """Each head has its own copy of the loss: its pseudo-negatives come from its own probabilities."""
+    heads = [(0.001, 0.0), (0.01, 0.0), (0.03, 0.05), (0.1, 0.05)]
+    stopping = {**APL, "early_stopping": {"patience": 2}}  # heads end apart: the copy keeps the others' state
+    classes = sample_classes(_trainer(data, lr=0.01, **stopping).loop.evaluator.val_target, 3, 0)
+    together = train_heads(_trainer(data, lr=0.01, **stopping), heads, classes)
+    alone = [train_heads(_trainer(data, lr=0.01, **stopping), [head], classes)[0] for head in heads]
+    for joint, single in zip(together, alone, strict=True):
+        assert joint.val_map == pytest.approx(single.val_map, abs=1e-6)
+        assert joint.class_ap == pytest.approx(single.class_ap, abs=1e-6)
+        assert (joint.best_epoch, joint.epochs_run) == (single.best_epoch, single.epochs_run)
+    assert sorted(h.epochs_run for h in together) == [3, 5, 5, 6]
+
+
+def test_a_loss_that_couples_its_classes_is_refused(data: Path) -> None:
     trainer = _trainer(data, loss="pr", lr=0.01)
-    with pytest.raises(ValueError, match="not computed per entry"):
+    with pytest.raises(ValueError, match="couples its classes"):
         train_heads(trainer, [(0.01, 0.0)], np.arange(3))
 
 
@@ -134,3 +173,21 @@ def test_sweep_classes_zero_keeps_successive_halving(data: Path, tmp_path: Path)
     spml.train(data, spml.load_config(**{**BASE, "lr": None}, autotune=tune), tmp_path / "run")
     section = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
     assert {c["classes"] for c in section["candidates"]} == {0}
+
+
+@pytest.mark.parametrize(("loss", "swept"), [("an", True), ("em", True), ("em_apl", True), ("role", False), ("ll_r", False), ("epr", False)])
+def test_the_selection_sweeps_the_losses_whose_classes_train_apart(loss: str, swept: bool) -> None:
+    params = {"delta_rel": 0.2} if loss == "ll_r" else {}
+    assert sweeps(spml.load_config(**{**BASE, "loss": loss, "loss_params": params, "lr": None})) is swept
+    assert not sweeps(spml.load_config(**{**BASE, "loss": loss, "loss_params": params, "lr": None}, autotune={"sweep_classes": 0}))
+
+
+def test_a_loss_whose_schedule_spans_the_run_sweeps_its_shortest_length_too() -> None:
+    """EM+APL at 16,416 rows: each batch's heads at 6 epochs (warm-up 5, plus one), then at the last rung's 25; EM at 25 only."""
+    def passes(loss: str) -> list[tuple[int, int]]:
+        config = spml.load_config(**{**BASE, "loss": loss, "lr": None, "batch_size": None, "epochs": None})
+        adam = [p for p in probe_configs(config, 16_416) if p.optimizer == "adam"]
+        return [(batch, epochs) for batch, epochs, _ in sweep_plan(config, 16_416, adam)]
+
+    assert passes("em") == [(1024, 25), (64, 25)]
+    assert passes("em_apl") == [(1024, 6), (1024, 25), (64, 6), (64, 25)]

@@ -169,6 +169,12 @@ class SpmlLoss(nn.Module):
     #: trains alone, and the selection may train its candidates on a sample of the classes
     #: (:mod:`spml.training.sweep`). ``tests/test_losses_entrywise.py`` checks every loss that says so.
     entrywise: ClassVar[bool] = False
+    #: Whether each class's column of a linear head trains apart from the others though the loss
+    #: keeps state (EM+APL's pseudo-negatives, chosen per class): a copy for a sample of the classes
+    #: (:meth:`for_classes`) trains exactly those columns of the head on every class, so the
+    #: selection's sweep trains one copy per candidate. ``tests/test_losses_classwise.py`` checks
+    #: every loss that says so. An :attr:`entrywise` loss is classwise without state: one instance serves.
+    classwise: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__()
@@ -274,6 +280,15 @@ class SpmlLoss(nn.Module):
     def num_examples(self) -> int | None:
         """Size of the training set that ``index`` refers to, for losses with per-example state."""
         return None
+
+    def for_classes(self, count: int) -> SpmlLoss:
+        """A fresh copy of this loss (its hyperparameters, no state) for a head on ``count`` of its classes.
+
+        Only a :attr:`classwise` loss has one: its copy, given the sample's columns of everything
+        the loss is given (observed labels, train probabilities), trains those columns as the
+        loss on every class does.
+        """
+        raise NotImplementedError(f"loss {self.name!r} couples its classes: it has no copy for a sample of them")
 
 
 def _check_labels(

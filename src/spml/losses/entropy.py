@@ -81,6 +81,9 @@ class EntropyMaximizationAPL(SpmlLoss):
 
     inputs = ("index",)
     hooks = ("on_train_start", "on_epoch_end")
+    # Each class's pseudo-negatives come from its own column (its quota, its lowest probabilities),
+    # and each entry's term from its own logit, label and pseudo-label.
+    classwise = True
 
     def __init__(
         self,
@@ -117,6 +120,13 @@ class EntropyMaximizationAPL(SpmlLoss):
     def num_examples(self) -> int:
         """Rows of the pseudo-label state."""
         return self.pseudo_mask.shape[0]
+
+    def for_classes(self, count: int) -> EntropyMaximizationAPL:
+        """The same loss for a head on ``count`` of the classes, with no pseudo-labels yet."""
+        return type(self)(
+            count, num_examples=self.num_examples(), alpha=self.alpha, beta=self.beta, warmup_epoch=self.warmup_epoch,
+            num_epochs=self.num_epochs, neg_proportion=self.neg_proportion, validate=self.validate,
+        )
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:

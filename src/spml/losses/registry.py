@@ -43,6 +43,8 @@ class LossInfo:
         defaults: Default of every optional hyperparameter.
         required: Hyperparameters without a default, which :func:`create` must be given.
         entrywise: Its loss matrix is per entry (:attr:`~spml.losses.SpmlLoss.entrywise`).
+        classwise: Each class's column trains apart from the others: every entrywise loss, and a
+            loss with per-class state (:attr:`~spml.losses.SpmlLoss.classwise`).
     """
 
     name: str
@@ -56,6 +58,7 @@ class LossInfo:
     defaults: Mapping[str, HParamValue]
     required: tuple[str, ...]
     entrywise: bool = False
+    classwise: bool = False
 
 
 _REGISTRY: dict[str, LossInfo] = {}
@@ -112,6 +115,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
             defaults=MappingProxyType(defaults),
             required=required,
             entrywise=cls.entrywise,
+            classwise=cls.entrywise or cls.classwise,
         )
         return cls
 

@@ -42,8 +42,9 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   1e-4 batch 8 reached 0.689). Probes end after validation (``val_only``). On a CPU a rung's
   probes train side by side in worker processes, one per thread the run may use
   (``autotune.workers``, :mod:`spml.training.probe_workers`).
-* Instead of the rungs, for a loss computed per entry (:attr:`~spml.losses.SpmlLoss.entrywise`:
-  AN, AN-LS, WAN, EM, Focal, ASL, BCE) in one process, a sweep (:func:`sweep`,
+* Instead of the rungs, for a loss whose classes train apart (computed per entry,
+  :attr:`~spml.losses.SpmlLoss.entrywise`: AN, AN-LS, WAN, EM, Focal, ASL, BCE; or with per-class
+  state, :attr:`~spml.losses.SpmlLoss.classwise`: EM+APL) in one process, a sweep (:func:`sweep`,
   :mod:`spml.training.sweep`): each batch size's candidate rates and its next smaller rate (the
   run's batch with every weight decay too) train together as heads on a seeded sample of
   ``autotune.sweep_classes`` classes for the last rung's epochs, ranked on the sample (where the
@@ -616,7 +617,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
         passes = sweep_plan(config, num_train, adam)
         parts.append(
             f"{sum(len(h) for _, _, h in passes)} Adam candidates ({why}) as one sweep a batch size, each a head on a sample "
-            f"of {config.autotune.sweep_classes} classes (loss {config.loss!r} is computed per entry), trained together: "
+            f"of {config.autotune.sweep_classes} classes (loss {config.loss!r} trains each class apart), trained together: "
             + "; ".join(f"lr {_values(lr for lr, _ in h)} x weight_decay {_values(wd for _, wd in h)} at batch {b} for {e} epoch(s)"
                         for b, e, h in passes)
             + ("; the run trains the best on every class" if not config.epochs else f"; the run trains the best, epochs {config.epochs}")
@@ -681,12 +682,12 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
 def sweeps(config: TrainConfig, loss: SpmlLoss | None = None) -> bool:
     """Whether the Adam candidates of ``config`` train as one sweep on a sample of the classes (:mod:`spml.training.sweep`).
 
-    Yes for a loss computed per entry (:attr:`~spml.losses.SpmlLoss.entrywise`) on a linear head,
-    with ``autotune.sweep_classes`` set, in one process (under torchrun every rank trains the
-    probes in lock-step, as the engine does).
+    Yes for a loss whose classes train apart (:attr:`~spml.losses.SpmlLoss.entrywise` or
+    :attr:`~spml.losses.SpmlLoss.classwise`) on a linear head, with ``autotune.sweep_classes`` set,
+    in one process (under torchrun every rank trains the probes in lock-step, as the engine does).
     """
-    entrywise = get_loss_info(config.loss).entrywise if loss is None else loss.entrywise
-    return config.autotune.sweep_classes > 0 and entrywise and config.head == "linear" and not distributed.launched()
+    classwise = get_loss_info(config.loss).classwise if loss is None else (loss.entrywise or loss.classwise)
+    return config.autotune.sweep_classes > 0 and classwise and config.head == "linear" and not distributed.launched()
 
 
 def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig]) -> list[tuple[int, int, list[tuple[float, float]]]]:
@@ -697,10 +698,17 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
     rungs' last epochs at that batch (:func:`last_rung_epochs`); the largest batch (the run's) trains
     its candidates' rates with every ``autotune.weight_decays`` value too (the rungs' twins put AN,
     AN-LS and Focal 0.02-0.07 above the grid, every time at the run's batch: docs/benchmarks.md).
+
+    A loss whose schedule spans the run (:func:`shortest_probe` above 1: EM+APL pseudo-labels over
+    its ``num_epochs``, so a shorter run labels sooner, another objective rather than a cut one)
+    trains each batch's heads at the shortest length too, first: the rungs' shortest probes (6
+    epochs, batch 64, lr 1e-3) were EM+APL's best on the four settings measured, above every
+    25-epoch cell, where a sweep at the last rung's length alone was 0.007-0.008 below them.
     """
     budget = (adam[0].epochs or 1) if adam else 1
     rates = sorted(set(config.autotune.lrs))
     sizes = list(dict.fromkeys(int(p.batch_size or 0) for p in adam))
+    short = shortest_probe(config)
     plan: list[tuple[int, int, list[tuple[float, float]]]] = []
     for batch in sizes:
         lrs = sorted({float(p.lr or 0.0) for p in adam if p.batch_size == batch})
@@ -709,7 +717,10 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
         smaller = [r for r in rates if r < lrs[0]]
         if smaller:
             heads.insert(0, (float(smaller[-1]), float(config.autotune.weight_decays[0])))
-        plan.append((batch, last_rung_epochs(config, num_train, budget, batch), heads))
+        epochs = last_rung_epochs(config, num_train, budget, batch)
+        if 1 < short < epochs:
+            plan.append((batch, short, heads))
+        plan.append((batch, epochs, heads))
     return plan
 
 

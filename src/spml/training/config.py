@@ -130,8 +130,8 @@ class AutotuneConfig:
         workers: Processes that train a rung's probes side by side (0: one per thread the run may
             use, on a CPU above a few thousand train rows; 1: in the run's process), each with its
             share of the threads (:mod:`spml.training.probe_workers`).
-        sweep_classes: For a loss computed per entry (:attr:`spml.losses.SpmlLoss.entrywise`),
-            the Adam candidates train together as one sweep, each a head on a seeded sample of this
+        sweep_classes: For a loss whose classes train apart (:attr:`spml.losses.SpmlLoss.entrywise`
+            or :attr:`~spml.losses.SpmlLoss.classwise`), the Adam candidates train together as one sweep, each a head on a seeded sample of this
             many classes (those with val positives), ranked there, and the run trains the best on
             every class (:mod:`spml.training.sweep`); 0: no sweep, successive halving for every loss.
     """

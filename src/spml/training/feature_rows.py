@@ -9,6 +9,7 @@ runs of consecutive rows are read with one call each.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +69,21 @@ class FeatureRows:
             return _to_float32(np.asarray(self.array[indices]))
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        # Split into runs of consecutive rows; each run is one read.
+        size = self.row_bytes
+        # Split into runs of consecutive rows; each run is one positioned read (one system call, no
+        # seek: a batch of 64 scattered rows is 64 of them, a third of the gather's time at batch 1,024).
         breaks = np.flatnonzero(np.diff(indices) != 1) + 1
         starts = np.concatenate(([0], breaks))
         stops = np.concatenate((breaks, [len(indices)]))
-        with open(self._file, "rb", buffering=0) as f:
-            for a, b in zip(starts.tolist(), stops.tolist()):
-                f.seek(self._offset + int(indices[a]) * self.row_bytes)
-                want = (b - a) * self.row_bytes
-                got = f.readinto(view[a * self.row_bytes : b * self.row_bytes])
-                if got != want:
-                    raise OSError(f"{self._file}: short read ({got} of {want} bytes); the cache is truncated")
+        positions = (self._offset + indices[starts] * size).tolist()
+        fd = os.open(self._file, os.O_RDONLY)
+        try:
+            for a, b, position in zip(starts.tolist(), stops.tolist(), positions, strict=True):
+                got = os.preadv(fd, [view[a * size : b * size]], position)
+                if got != (b - a) * size:
+                    raise OSError(f"{self._file}: short read ({got} of {(b - a) * size} bytes); the cache is truncated")
+        finally:
+            os.close(fd)
         return _to_float32(out)
 
     def block(self, start: int, stop: int) -> np.ndarray:

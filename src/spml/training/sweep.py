@@ -4,7 +4,11 @@ For a loss computed per entry (:attr:`~spml.losses.SpmlLoss.entrywise`: AN, AN-L
 ASL, BCE) a class's column of a linear head sees only its own logits, and Adam's step is per
 coordinate, so a head trained on a sample of the classes trains exactly those columns of the head
 trained on every class, when the loss is divided by the whole class count (so that a weight decay
-weighs the same). And candidates of one batch size read the same batches in the same order (the
+weighs the same). A loss whose state is per class (:attr:`~spml.losses.SpmlLoss.classwise`: EM+APL,
+whose pseudo-negatives each class chooses in its own column) trains alike with one copy of the loss
+for the heads' columns side by side (:meth:`~spml.losses.SpmlLoss.for_classes`: K heads of S
+classes are K*S independent columns), given the heads' train probabilities after every epoch as
+the engine gives the loss its model's. And candidates of one batch size read the same batches in the same order (the
 run's seed), so they train as one wider head: one product per step for all of them, one read of the
 rows, one validation forward. Both cut what the selection's probes cost (docs/plans/selection-cost.md,
 "Class-subset probes"): a head of 16 on 20 of 80 classes cost 0.18-0.19 of a lone probe on every
@@ -30,15 +34,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spml.losses import SpmlLoss
+from spml.losses import Epoch, SpmlLoss
 from spml.metrics import average_precision_torch
 from spml.training.centering import feature_mean
 from spml.training.engine import Trainer
+from spml.training.feature_rows import FeatureRows
+from spml.training.phases import LINEAR
 from spml.training.schedule import lr_factor
 
 # torch.optim.Adam's defaults, which the engine's probes use.
 BETAS = (0.9, 0.999)
 EPS = 1e-8
+# Train rows scored at once for a loss that reads the heads' train probabilities (EM+APL).
+SCORE_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -95,17 +103,18 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
 
     ``trainer`` is a linear probe's (:class:`~spml.training.engine.Trainer`, ``val_only``) on cached
     features: its resolved config gives the batch size, epochs, schedule, warm-up, centring,
-    patience and seed every head trains with, its model the initial weights, its loss the per-entry
-    loss matrix (a loss with :attr:`~spml.losses.SpmlLoss.entrywise`), its batch source the train
-    rows and observed labels, its evaluator the val targets. Nothing is written.
+    patience and seed every head trains with, its model the initial weights, its loss the loss
+    matrix (a loss with :attr:`~spml.losses.SpmlLoss.entrywise`, or a copy per head of a
+    :attr:`~spml.losses.SpmlLoss.classwise` one), its batch source the train rows and observed
+    labels, its evaluator the val targets. Nothing is written.
 
     Returns:
         One :class:`HeadOutcome` per head, in order.
     """
     config, rm, loop = trainer.config, trainer.rm, trainer.loop
     loss, source = loop.loss, loop.steps.batches
-    if not loss.entrywise:
-        raise ValueError(f"loss {loss.name!r} is not computed per entry: its heads cannot train on a sample of the classes")
+    if not (loss.entrywise or loss.classwise):
+        raise ValueError(f"loss {loss.name!r} couples its classes: its heads cannot train on a sample of them")
     train_rows, val_rows = rm.features("train"), rm.features("val")
     fc = rm.model.head.fc
     device = fc.weight.device  # the run's device: its cached rows are read on the CPU and moved there
@@ -121,6 +130,12 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     best_ap: list[tuple[float, ...]] = [()] * len(heads)
     diverged = [False] * len(heads)
     observed = torch.from_numpy(source.observed[:, picked].astype(np.int64)).to(device)
+    losses = _Losses(loss, len(heads), torch.from_numpy(source.observed[:, picked]).to(device))
+
+    def keep(going: list[int]) -> None:
+        losses.keep([heads_w.active.index(h) for h in going])
+        heads_w.keep(going)
+
     rows = source.rows
     n_batches = max(1, len(rows) // batch)
     total_steps, warmup = epochs * n_batches, int(config.warmup_steps or 0)
@@ -130,21 +145,24 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     scale = float(loss.num_classes)  # the loss over the whole class count: Cole's N x L reduction
     step = 0
     for epoch in range(1, epochs + 1):
+        at = Epoch(number=epoch, phase=LINEAR, in_phase=epoch)
+        losses.epoch_start(at)
         order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
         for b in range(n_batches):
             index = np.sort(order[b * batch : (b + 1) * batch])
             x = torch.from_numpy(train_rows.take(index)).to(device) - mean
-            rows_observed = observed[torch.from_numpy(index).to(device)]
-            grad = _logit_grads(loss, heads_w, x, rows_observed, s, scale)
+            row_index = torch.from_numpy(index).to(device)
+            rows_observed = observed[row_index]
+            grad = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
             if grad is None:  # some head's loss is not finite: those heads end as divergences
-                finite = heads_w.finite_heads(loss, x, rows_observed, s)
+                finite = heads_w.finite_heads(losses, x, rows_observed, row_index)
                 for h in heads_w.active:
                     if h not in finite:
                         diverged[h], runs[h] = True, epoch
-                heads_w.keep(finite)
+                keep(finite)
                 if not heads_w.active:
                     break
-                grad = _logit_grads(loss, heads_w, x, rows_observed, s, scale)
+                grad = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
                 if grad is None:
                     raise RuntimeError("a head's loss is not finite after its divergence was removed")
             heads_w.step(grad, x, mean, lr_factor(config.schedule or "cosine", step, total_steps, warmup))
@@ -167,19 +185,81 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
             dropped = rule.max_drop > 0 and best[h] - value > rule.max_drop
             if not (dropped or (rule.patience > 0 and bad[h] >= rule.patience)) and epoch < epochs:
                 going.append(h)
-        heads_w.keep(going)
+        keep(going)
         if not heads_w.active:
             break
+        if losses.needs_train_probs:  # after the stopping, as the engine: a stopped head's state is never read
+            losses.epoch_end(at, _train_probs(heads_w, train_rows, mean))
     return [
         HeadOutcome(math.nan, 0, runs[h]) if diverged[h] else HeadOutcome(best[h], best_epoch[h], runs[h], best_ap[h])
         for h in range(len(heads))
     ]
 
 
-def _logit_grads(loss: SpmlLoss, heads: _Heads, x: torch.Tensor, observed: torch.Tensor, s: int, scale: float) -> torch.Tensor | None:
+class _Losses:
+    """The heads' loss matrices: the loss itself when it is entrywise, else one copy for every active head's columns.
+
+    A :attr:`~spml.losses.SpmlLoss.classwise` loss trains each column apart, so K heads of S classes
+    are one copy of K*S classes (:meth:`~spml.losses.SpmlLoss.for_classes`), each head's columns
+    given the sample's observed labels; when heads end, a copy of the others' columns takes over
+    their state (the class dimension is the last of every state tensor).
+    """
+
+    def __init__(self, loss: SpmlLoss, heads: int, train_observed: torch.Tensor) -> None:
+        self.loss, self.train_observed = loss, train_observed
+        self.wide = None if loss.entrywise else self._copy(heads, {})
+        self.needs_train_probs = self.wide is not None and self.wide.needs_train_probs
+
+    def _copy(self, heads: int, state: dict[str, torch.Tensor]) -> SpmlLoss:
+        wide = self.loss.for_classes(heads * self.train_observed.shape[1]).to(self.train_observed.device)
+        wide.on_train_start(self.train_observed.repeat(1, heads))
+        if state:
+            wide.load_state_dict(state)
+        return wide
+
+    def keep(self, positions: list[int]) -> None:
+        """Keep the heads at ``positions`` of the active ones, with their state."""
+        if self.wide is None or not positions:  # no copy of no class: the heads have all ended
+            return
+        s = self.train_observed.shape[1]
+        columns = [c for p in positions for c in range(p * s, (p + 1) * s)]
+        index = torch.tensor(columns, dtype=torch.long, device=self.train_observed.device)
+        self.wide = self._copy(len(positions), {k: v.index_select(-1, index) for k, v in self.wide.state_dict().items()})
+
+    def matrix(self, logits: torch.Tensor, observed: torch.Tensor, index: torch.Tensor, active: list[int]) -> torch.Tensor:
+        """The B x K*S loss matrix of the active heads' logits (B x K*S) on a batch's observed labels (B x S)."""
+        if self.wide is None:
+            return self.loss.terms(logits, observed.repeat(1, len(active))).matrix
+        return self.wide.terms(logits, observed.repeat(1, len(active)), index=index).matrix
+
+    def epoch_start(self, epoch: Epoch) -> None:
+        """The engine's ``on_epoch_start``, for the active heads' copy."""
+        if self.wide is not None:
+            self.wide.on_epoch_start(epoch)
+
+    def epoch_end(self, epoch: Epoch, probs: torch.Tensor) -> None:
+        """The engine's ``on_epoch_end`` with the active heads' train probabilities (N_train x K*S)."""
+        if self.wide is not None:
+            self.wide.on_epoch_end(epoch, probs)
+
+
+def _train_probs(heads: _Heads, train_rows: FeatureRows, mean: torch.Tensor) -> torch.Tensor:
+    """The active heads' probabilities on every train row (N_train x K*S, index order), as the engine scores the train split."""
+    device = heads.bias.device
+    out = torch.empty(len(train_rows), len(heads.bias), device=device)
+    with torch.no_grad():
+        for start in range(0, len(train_rows), SCORE_ROWS):
+            stop = min(start + SCORE_ROWS, len(train_rows))
+            x = torch.from_numpy(train_rows.block(start, stop)).to(device) - mean
+            out[start:stop] = torch.sigmoid(torch.addmm(heads.bias, x, heads.weight.t()))
+    return out
+
+
+def _logit_grads(losses: _Losses, heads: _Heads, x: torch.Tensor, observed: torch.Tensor, index: torch.Tensor,
+                 scale: float) -> torch.Tensor | None:
     """The gradient of the heads' summed losses with respect to their logits (B x K*S), or None if one is not finite."""
     logits = torch.addmm(heads.bias, x, heads.weight.t()).requires_grad_(True)
-    matrix = loss.terms(logits, observed.repeat(1, len(heads.active))).matrix
+    matrix = losses.matrix(logits, observed, index, heads.active)
     total = matrix.sum() / (len(x) * scale)
     if not math.isfinite(float(total.detach())):
         return None
@@ -236,11 +316,11 @@ class _Heads:
         self.active = list(heads)
         self._build(state)
 
-    def finite_heads(self, loss: SpmlLoss, x: torch.Tensor, observed: torch.Tensor, s: int) -> list[int]:
+    def finite_heads(self, losses: _Losses, x: torch.Tensor, observed: torch.Tensor, index: torch.Tensor) -> list[int]:
         """The active heads whose loss on this batch is finite."""
         with torch.no_grad():
             logits = torch.addmm(self.bias, x, self.weight.t())
-            per_head = loss.terms(logits, observed.repeat(1, len(self.active))).matrix.view(len(x), len(self.active), s).sum(dim=(0, 2))
+            per_head = losses.matrix(logits, observed, index, self.active).view(len(x), len(self.active), self.s).sum(dim=(0, 2))
         return [h for h, value in zip(self.active, per_head.tolist(), strict=True) if math.isfinite(value)]
 
     @torch.no_grad()
