@@ -137,3 +137,30 @@ def test_callback_list_asks_everyone_and_merges_in_order() -> None:
     assert callbacks.should_stop(Epoch(1, "linear", 1)) and (first.asked, second.asked) == (1, 1)
     batch: Batch = {"index": torch.arange(3)}
     assert sorted(callbacks.loss_inputs(batch)) == ["a", "b"]
+
+
+class EveryOtherEpoch(Callback):
+    """Reads the train probabilities after even epochs only."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def needs_train_probs_at(self, epoch: Epoch) -> bool:
+        return epoch.number % 2 == 0
+
+    def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
+        self.shapes.append(tuple(train_probs.shape))
+
+
+def test_the_train_split_is_scored_only_after_the_epochs_a_callback_reads_it(data: Path, tmp_path: Path) -> None:
+    reader = EveryOtherEpoch()
+    config = spml.load_config(regime="linear", epochs=4, early_stopping={"patience": 0}, train_map_every=0, **TINY)
+    spml.train(data, config, tmp_path / "run", callbacks=[reader])
+    assert reader.shapes == [(0, 3), (32, 3), (0, 3), (32, 3)]
+
+
+def test_em_apl_reads_the_train_probabilities_from_its_warm_up_on() -> None:
+    loss = spml.losses.create("em_apl", num_classes=3, num_examples=5, warmup_epoch=2, num_epochs=4)
+    assert loss.needs_train_probs
+    assert [loss.needs_train_probs_at(Epoch(number=e + 3, phase="finetune", in_phase=e)) for e in (1, 2, 3)] == [False, True, True]
+    assert not spml.losses.create("an", num_classes=3).needs_train_probs_at(Epoch(number=1, phase="linear", in_phase=1))

@@ -200,6 +200,14 @@ class SpmlLoss(nn.Module):
         """
         return "on_epoch_end" in self.hooks or type(self).on_epoch_end is not SpmlLoss.on_epoch_end
 
+    def needs_train_probs_at(self, epoch: Epoch) -> bool:
+        """Whether :meth:`on_epoch_end` reads ``train_probs`` after ``epoch`` (by default :attr:`needs_train_probs`).
+
+        A loss that reads them only in some epochs (EM+APL after its warm-up) says so here, and the
+        trainer skips scoring the train split in the others.
+        """
+        return self.needs_train_probs
+
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
         """Called after every epoch with the model's probabilities on the whole train set (index order; 0 x L when no callback needs them)."""
 

@@ -128,6 +128,10 @@ class EntropyMaximizationAPL(SpmlLoss):
             num_epochs=self.num_epochs, neg_proportion=self.neg_proportion, validate=self.validate,
         )
 
+    def needs_train_probs_at(self, epoch: Epoch) -> bool:
+        """Only from ``warmup_epoch`` on (in its phase): before it, :meth:`on_epoch_end` reads nothing."""
+        return epoch.in_phase >= self.warmup_epoch
+
     @torch.no_grad()
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
         """Asymmetric pseudo-labelling after ``epoch`` (no-op before ``warmup_epoch`` in its phase).

@@ -111,6 +111,10 @@ class Callback:
         """
         return type(self).on_epoch_end is not Callback.on_epoch_end
 
+    def needs_train_probs_at(self, epoch: Epoch) -> bool:
+        """Whether :meth:`on_epoch_end` reads ``train_probs`` after ``epoch``: by default :attr:`needs_train_probs`."""
+        return self.needs_train_probs
+
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
         """Called after ``epoch`` trained and, when due (``eval_every``), was validated (the same call the loss gets).
 
@@ -172,6 +176,10 @@ class LossCallback(Callback):
     def needs_train_probs(self) -> bool:
         """The loss's ``needs_train_probs``."""
         return self.loss.needs_train_probs
+
+    def needs_train_probs_at(self, epoch: Epoch) -> bool:
+        """The loss's ``needs_train_probs_at``."""
+        return self.loss.needs_train_probs_at(epoch)
 
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
         """The loss's ``on_epoch_end``."""
@@ -235,6 +243,10 @@ class CallbackList(Callback):
     def needs_train_probs(self) -> bool:
         """Whether any member reads ``train_probs``."""
         return any(callback.needs_train_probs for callback in self.members)
+
+    def needs_train_probs_at(self, epoch: Epoch) -> bool:
+        """Whether any member reads ``train_probs`` after ``epoch``."""
+        return any(callback.needs_train_probs_at(epoch) for callback in self.members)
 
     def on_epoch_end(self, epoch: Epoch, train_probs: torch.Tensor) -> None:
         """Each member's ``on_epoch_end`` (the loss first)."""

@@ -200,7 +200,7 @@ class EpochLoop:
             val_map = self.evaluator.val_map(linear, epoch) if due else None
         map_due = c.train_map_every > 0 and in_phase % c.train_map_every == 0 and self.evaluator.train_labels_known
         train_label_map: float | None = None
-        if map_due or callbacks.needs_train_probs:
+        if map_due or callbacks.needs_train_probs_at(record_epoch):
             train_scores = self.evaluator.score("train", linear, epoch)
             if map_due:
                 train_label_map = self.evaluator.train_label_map(train_scores)

@@ -28,7 +28,7 @@ whose loss is not finite is a divergence (NaN), as a probe's is.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,8 +188,8 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         keep(going)
         if not heads_w.active:
             break
-        if losses.needs_train_probs:  # after the stopping, as the engine: a stopped head's state is never read
-            losses.epoch_end(at, _train_probs(heads_w, train_rows, mean))
+        # After the stopping, as the engine: a stopped head's state is never read.
+        losses.epoch_end(at, lambda: _train_probs(heads_w, train_rows, mean))
     return [
         HeadOutcome(math.nan, 0, runs[h]) if diverged[h] else HeadOutcome(best[h], best_epoch[h], runs[h], best_ap[h])
         for h in range(len(heads))
@@ -208,7 +208,6 @@ class _Losses:
     def __init__(self, loss: SpmlLoss, heads: int, train_observed: torch.Tensor) -> None:
         self.loss, self.train_observed = loss, train_observed
         self.wide = None if loss.entrywise else self._copy(heads, {})
-        self.needs_train_probs = self.wide is not None and self.wide.needs_train_probs
 
     def _copy(self, heads: int, state: dict[str, torch.Tensor]) -> SpmlLoss:
         wide = self.loss.for_classes(heads * self.train_observed.shape[1]).to(self.train_observed.device)
@@ -237,10 +236,12 @@ class _Losses:
         if self.wide is not None:
             self.wide.on_epoch_start(epoch)
 
-    def epoch_end(self, epoch: Epoch, probs: torch.Tensor) -> None:
-        """The engine's ``on_epoch_end`` with the active heads' train probabilities (N_train x K*S)."""
-        if self.wide is not None:
-            self.wide.on_epoch_end(epoch, probs)
+    def epoch_end(self, epoch: Epoch, score: Callable[[], torch.Tensor]) -> None:
+        """The engine's ``on_epoch_end``: the active heads' train probabilities (N_train x K*S, ``score``) where the copy reads them, else 0 x K*S."""
+        if self.wide is None:
+            return
+        wanted = self.wide.needs_train_probs_at(epoch)
+        self.wide.on_epoch_end(epoch, score() if wanted else torch.zeros(0, self.wide.num_classes, device=self.train_observed.device))
 
 
 def _train_probs(heads: _Heads, train_rows: FeatureRows, mean: torch.Tensor) -> torch.Tensor:
