@@ -64,3 +64,40 @@ def test_a_copy_for_a_column_sample_keeps_those_columns_over_a_run(name: str) ->
 def test_a_loss_that_couples_its_classes_has_no_copy_for_a_sample() -> None:
     with pytest.raises(NotImplementedError, match="couples its classes"):
         create("pr", num_classes=CLASSES).for_classes(3)
+
+
+APPROXIMATE = [name for name in list_losses() if get_loss_info(name).approximately_classwise]
+
+
+def test_the_large_loss_family_is_approximately_classwise() -> None:
+    """They rank a batch's unknown entries over every class: a sample of the classes ranks its own."""
+    assert sorted(APPROXIMATE) == ["ll_cp", "ll_ct", "ll_r"]
+    assert not any(get_loss_info(name).classwise for name in APPROXIMATE)
+
+
+@pytest.mark.parametrize("name", APPROXIMATE)
+def test_a_copy_for_every_class_is_the_loss_and_one_for_a_sample_ranks_the_sample(name: str) -> None:
+    generator = torch.Generator().manual_seed(5)
+    params = {"delta_rel": 10.0, **({"num_examples": ROWS} if name == "ll_cp" else {})}
+    full = create(name, num_classes=CLASSES, **params)
+    every, part = full.for_classes(CLASSES), full.for_classes(len(COLUMNS))
+    observed = torch.randint(0, 2, (ROWS, CLASSES), generator=generator)  # single-positive style: 1 or unknown
+    index = torch.arange(0, ROWS, 3)
+    for epoch in range(1, 5):
+        for loss in (full, every, part):
+            loss.on_epoch_start(Epoch(number=epoch, phase="linear", in_phase=epoch))
+        logits = (torch.randn(len(index), CLASSES, generator=generator) * 3).requires_grad_(True)
+        # Called as the engine calls them in training (LL-Cp's corrections are state).
+        torch.testing.assert_close(every(logits, observed[index], index=index), full(logits, observed[index], index=index),
+                                   rtol=0, atol=0)
+        sample = part.terms(logits[:, COLUMNS], observed[index][:, COLUMNS], index=index).matrix
+        whole = full.terms(logits, observed[index], index=index).matrix[:, COLUMNS]
+        if epoch >= 2:  # k = the same share of the sample's entries as of the whole batch's
+            changed = (sample != torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[:, COLUMNS], (observed[index][:, COLUMNS] == 1).float(), reduction="none")).sum()
+            k = part.num_modified(sample.numel())
+            # LL-Cp also keeps the corrections of earlier batches (its state) as positives.
+            assert k > 0 and (int(changed) >= k if name == "ll_cp" else int(changed) == k)
+        assert sample.shape == whole.shape
+    for key, value in every.state_dict().items():
+        torch.testing.assert_close(value, full.state_dict()[key], rtol=0, atol=0)

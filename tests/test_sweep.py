@@ -175,9 +175,9 @@ def test_sweep_classes_zero_keeps_successive_halving(data: Path, tmp_path: Path)
     assert {c["classes"] for c in section["candidates"]} == {0}
 
 
-@pytest.mark.parametrize(("loss", "swept"), [("an", True), ("em", True), ("em_apl", True), ("role", False), ("ll_r", False), ("epr", False)])
+@pytest.mark.parametrize(("loss", "swept"), [("an", True), ("em", True), ("em_apl", True), ("ll_r", True), ("ll_cp", True), ("role", False), ("epr", False)])
 def test_the_selection_sweeps_the_losses_whose_classes_train_apart(loss: str, swept: bool) -> None:
-    params = {"delta_rel": 0.2} if loss == "ll_r" else {}
+    params = {"delta_rel": 0.2} if loss.startswith("ll_") else {}
     config = spml.load_config(**{**BASE, "loss": loss, "loss_params": params, "lr": None})
     assert sweeps(config, 16_416) is swept
     assert not sweeps(config, 2_000)  # autotune.lbfgs_max_rows: small sets keep the rungs (or L-BFGS)
@@ -193,3 +193,50 @@ def test_a_loss_whose_schedule_spans_the_run_sweeps_its_shortest_length_too() ->
 
     assert passes("em") == [(1024, 25), (64, 25)]
     assert passes("em_apl") == [(1024, 6), (1024, 25), (64, 6), (64, 25)]
+
+
+# The Large Loss family ranks a batch's unknown entries over every class: on a sample its copies
+# rank the sample's (approximately_classwise), and on every class exactly as the engine.
+LARGE = [("ll_r", {"delta_rel": 8.0}), ("ll_cp", {"delta_rel": 3.0})]
+
+
+@pytest.mark.parametrize(("loss", "params"), LARGE)
+def test_a_large_loss_head_on_every_class_is_the_engines_probe(data: Path, tmp_path: Path, loss: str, params: dict) -> None:
+    settings = {"loss": loss, "loss_params": params, "early_stopping": {"patience": 0}}
+    trainer = _trainer(data, lr=0.03, weight_decay=0.05, **settings)
+    every = sample_classes(trainer.loop.evaluator.val_target, 0, 0)
+    (head,) = train_heads(trainer, [(0.03, 0.05)], every)
+    val_map, best_epoch, epochs_run = _alone(data, tmp_path, "alone", lr=0.03, weight_decay=0.05, **settings)
+    assert head.val_map == pytest.approx(val_map, abs=1e-6)
+    assert (head.best_epoch, head.epochs_run) == (best_epoch, epochs_run)
+    # The rule did act: assume-negative alone trains another head.
+    (an,) = train_heads(_trainer(data, lr=0.03, weight_decay=0.05, **{**settings, "loss": "an", "loss_params": {}}), [(0.03, 0.05)], every)
+    assert max(abs(a - b) for a, b in zip(head.class_ap, an.class_ap, strict=True)) > 0.01
+
+
+@pytest.mark.parametrize(("loss", "params"), LARGE)
+def test_large_loss_heads_trained_together_are_each_trained_alone(data: Path, loss: str, params: dict) -> None:
+    """Each head ranks its own entries (and LL-Cp keeps its own corrections)."""
+    settings = {"loss": loss, "loss_params": params, "early_stopping": {"patience": 2}}
+    heads = [(0.001, 0.0), (0.01, 0.0), (0.03, 0.05), (0.1, 0.05)]
+    classes = sample_classes(_trainer(data, lr=0.01, **settings).loop.evaluator.val_target, 3, 0)
+    together = train_heads(_trainer(data, lr=0.01, **settings), heads, classes)
+    alone = [train_heads(_trainer(data, lr=0.01, **settings), [head], classes)[0] for head in heads]
+    for joint, single in zip(together, alone, strict=True):
+        assert joint.class_ap == pytest.approx(single.class_ap, abs=1e-6)
+        assert (joint.best_epoch, joint.epochs_run) == (single.best_epoch, single.epochs_run)
+
+
+def test_the_selection_trains_an_approximate_sweeps_best_two_again_on_every_class(data: Path, tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    tune = {"lrs": [1e-3, 1e-2, 1e-1], "weight_decays": [0.0], "lbfgs_max_rows": 0, "sweep_classes": 3, "lrs_per_batch": 3, "workers": 1}
+    config = spml.load_config(**{**BASE, "batch_size": None, "epochs": None, "lr": None, "loss": "ll_r", "loss_params": {"delta_rel": 8.0}},
+                              autotune=tune)
+    result = spml.train(data, config, tmp_path / "run")
+    section = json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]
+    sampled = [c for c in section["candidates"] if c["classes"] == 3]
+    again = [c for c in section["candidates"] if c["classes"] == 0]
+    ranked = sorted(sampled, key=lambda c: -c["val_map"])
+    assert [(c["lr"], c["batch_size"]) for c in again] == [(c["lr"], c["batch_size"]) for c in ranked[:2]]
+    assert "the class sample approximates loss 'll_r'" in capsys.readouterr().err
+    assert result.val_map == pytest.approx(max(c["val_map"] for c in again), abs=1e-6)

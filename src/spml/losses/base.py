@@ -175,6 +175,12 @@ class SpmlLoss(nn.Module):
     #: selection's sweep trains one copy per candidate. ``tests/test_losses_classwise.py`` checks
     #: every loss that says so. An :attr:`entrywise` loss is classwise without state: one instance serves.
     classwise: ClassVar[bool] = False
+    #: Whether a copy for a sample of the classes (:meth:`for_classes`) applies the loss's rule to
+    #: the sample alone where the rule spans the classes: the Large Loss family ranks a batch's
+    #: entries over every class, its copy over the sample's, with the same share. What such a copy
+    #: trains approximates those columns on every class (exactly, when the sample is every class),
+    #: so the selection's sweep trains its best heads again on every class before one is chosen.
+    approximately_classwise: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__()
@@ -292,9 +298,10 @@ class SpmlLoss(nn.Module):
     def for_classes(self, count: int) -> SpmlLoss:
         """A fresh copy of this loss (its hyperparameters, no state) for a head on ``count`` of its classes.
 
-        Only a :attr:`classwise` loss has one: its copy, given the sample's columns of everything
-        the loss is given (observed labels, train probabilities), trains those columns as the
-        loss on every class does.
+        Only a :attr:`classwise` loss has one (its copy, given the sample's columns of everything
+        the loss is given: observed labels, train probabilities, trains those columns as the loss
+        on every class does), and an :attr:`approximately_classwise` one (its copy applies the
+        loss's rule to the sample alone).
         """
         raise NotImplementedError(f"loss {self.name!r} couples its classes: it has no copy for a sample of them")
 

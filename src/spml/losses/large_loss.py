@@ -58,6 +58,9 @@ class _LargeLoss(SpmlLoss):
 
     hooks = ("on_epoch_start",)
     correct: bool = True
+    # The k largest unknown losses are taken over the batch's every class; a copy for a sample of
+    # the classes takes its k (the same share) over the sample's.
+    approximately_classwise = True
 
     def __init__(self, num_classes: int, *, delta_rel: float, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)
@@ -77,6 +80,10 @@ class _LargeLoss(SpmlLoss):
         for _ in range(number - 1):
             rate -= self.delta_rel / 100
         self.epoch, self.clean_rate = number, rate
+
+    def for_classes(self, count: int) -> _LargeLoss:
+        """The same loss for a head on ``count`` of the classes."""
+        return type(self)(count, delta_rel=self.delta_rel, validate=self.validate)
 
     def num_modified(self, numel: int) -> int:
         """k, the number of unknown entries rejected or corrected in a batch of ``numel`` entries."""
@@ -163,6 +170,10 @@ class LargeLossCorrectionPermanent(_LargeLoss):
     def num_examples(self) -> int:
         """Rows of the correction state."""
         return self.corrected.shape[0]
+
+    def for_classes(self, count: int) -> LargeLossCorrectionPermanent:
+        """The same loss for a head on ``count`` of the classes, with no corrections yet."""
+        return type(self)(count, num_examples=self.num_examples(), delta_rel=self.delta_rel, validate=self.validate)
 
     def num_modified(self, numel: int) -> int:
         """LL-Cp's k: ``ceil(numel * delta_rel / 100)`` from epoch 2, else 0."""

@@ -45,6 +45,8 @@ class LossInfo:
         entrywise: Its loss matrix is per entry (:attr:`~spml.losses.SpmlLoss.entrywise`).
         classwise: Each class's column trains apart from the others: every entrywise loss, and a
             loss with per-class state (:attr:`~spml.losses.SpmlLoss.classwise`).
+        approximately_classwise: A copy for a sample of the classes approximates those columns
+            (:attr:`~spml.losses.SpmlLoss.approximately_classwise`: the Large Loss family).
     """
 
     name: str
@@ -59,6 +61,7 @@ class LossInfo:
     required: tuple[str, ...]
     entrywise: bool = False
     classwise: bool = False
+    approximately_classwise: bool = False
 
 
 _REGISTRY: dict[str, LossInfo] = {}
@@ -116,6 +119,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
             required=required,
             entrywise=cls.entrywise,
             classwise=cls.entrywise or cls.classwise,
+            approximately_classwise=cls.approximately_classwise,
         )
         return cls
 

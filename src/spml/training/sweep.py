@@ -113,7 +113,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     """
     config, rm, loop = trainer.config, trainer.rm, trainer.loop
     loss, source = loop.loss, loop.steps.batches
-    if not (loss.entrywise or loss.classwise):
+    if not (loss.entrywise or loss.classwise or loss.approximately_classwise):
         raise ValueError(f"loss {loss.name!r} couples its classes: its heads cannot train on a sample of them")
     train_rows, val_rows = rm.features("train"), rm.features("val")
     fc = rm.model.head.fc
@@ -146,23 +146,22 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     step = 0
     for epoch in range(1, epochs + 1):
         at = Epoch(number=epoch, phase=LINEAR, in_phase=epoch)
-        losses.epoch_start(at)
+        losses.epoch_start(at, heads_w.active)
         order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
         for b in range(n_batches):
             index = np.sort(order[b * batch : (b + 1) * batch])
             x = torch.from_numpy(train_rows.take(index)).to(device) - mean
             row_index = torch.from_numpy(index).to(device)
             rows_observed = observed[row_index]
-            grad = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
+            grad, finite = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
             if grad is None:  # some head's loss is not finite: those heads end as divergences
-                finite = heads_w.finite_heads(losses, x, rows_observed, row_index)
                 for h in heads_w.active:
                     if h not in finite:
                         diverged[h], runs[h] = True, epoch
                 keep(finite)
                 if not heads_w.active:
                     break
-                grad = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
+                grad, _ = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
                 if grad is None:
                     raise RuntimeError("a head's loss is not finite after its divergence was removed")
             heads_w.step(grad, x, mean, lr_factor(config.schedule or "cosine", step, total_steps, warmup))
@@ -189,7 +188,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         if not heads_w.active:
             break
         # After the stopping, as the engine: a stopped head's state is never read.
-        losses.epoch_end(at, lambda: _train_probs(heads_w, train_rows, mean))
+        losses.epoch_end(at, heads_w.active, lambda: _train_probs(heads_w, train_rows, mean))
     return [
         HeadOutcome(math.nan, 0, runs[h]) if diverged[h] else HeadOutcome(best[h], best_epoch[h], runs[h], best_ap[h])
         for h in range(len(heads))
@@ -197,17 +196,23 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
 
 
 class _Losses:
-    """The heads' loss matrices: the loss itself when it is entrywise, else one copy for every active head's columns.
+    """The heads' losses: the loss itself, one copy for all the heads, or a copy per head.
 
-    A :attr:`~spml.losses.SpmlLoss.classwise` loss trains each column apart, so K heads of S classes
-    are one copy of K*S classes (:meth:`~spml.losses.SpmlLoss.for_classes`), each head's columns
-    given the sample's observed labels; when heads end, a copy of the others' columns takes over
-    their state (the class dimension is the last of every state tensor).
+    The loss itself when it is entrywise, one copy for every active head's
+    columns when it is :attr:`~spml.losses.SpmlLoss.classwise` (K heads of S classes are K*S
+    independent columns; when heads end, a copy of the others' columns takes over their state, the
+    class dimension being the last of every state tensor), and a copy per head when it is
+    :attr:`~spml.losses.SpmlLoss.approximately_classwise` (each ranks its own head's entries).
     """
 
     def __init__(self, loss: SpmlLoss, heads: int, train_observed: torch.Tensor) -> None:
         self.loss, self.train_observed = loss, train_observed
-        self.wide = None if loss.entrywise else self._copy(heads, {})
+        self.wide = self._copy(heads, {}) if loss.classwise and not loss.entrywise else None
+        self.apart: dict[int, SpmlLoss] = {}
+        if loss.approximately_classwise:
+            for h in range(heads):
+                self.apart[h] = loss.for_classes(train_observed.shape[1]).to(train_observed.device)
+                self.apart[h].on_train_start(train_observed)
 
     def _copy(self, heads: int, state: dict[str, torch.Tensor]) -> SpmlLoss:
         wide = self.loss.for_classes(heads * self.train_observed.shape[1]).to(self.train_observed.device)
@@ -225,23 +230,39 @@ class _Losses:
         index = torch.tensor(columns, dtype=torch.long, device=self.train_observed.device)
         self.wide = self._copy(len(positions), {k: v.index_select(-1, index) for k, v in self.wide.state_dict().items()})
 
-    def matrix(self, logits: torch.Tensor, observed: torch.Tensor, index: torch.Tensor, active: list[int]) -> torch.Tensor:
-        """The B x K*S loss matrix of the active heads' logits (B x K*S) on a batch's observed labels (B x S)."""
-        if self.wide is None:
-            return self.loss.terms(logits, observed.repeat(1, len(active))).matrix
-        return self.wide.terms(logits, observed.repeat(1, len(active)), index=index).matrix
+    def totals(self, logits: torch.Tensor, observed: torch.Tensor, index: torch.Tensor, active: list[int], scale: float) -> torch.Tensor:
+        """Each active head's loss on a batch (K), its matrix's sum over the batch size times ``scale``.
 
-    def epoch_start(self, epoch: Epoch) -> None:
-        """The engine's ``on_epoch_start``, for the active heads' copy."""
+        ``logits`` B x K*S, ``observed`` the batch's labels (B x S). A copy per head is called as
+        the engine calls its loss (in training, with autograd on: LL-Cp's corrections are its state).
+        """
+        b, s = observed.shape
+        if self.apart:
+            # The copy's mean over its B x S entries, as a share of the whole class count's.
+            return torch.stack([self.apart[h](logits[:, i * s : (i + 1) * s], observed, index=index) * (s / scale)
+                                for i, h in enumerate(active)])
+        repeated = observed.repeat(1, len(active))
+        matrix = (self.loss.terms(logits, repeated) if self.wide is None else self.wide.terms(logits, repeated, index=index)).matrix
+        return matrix.view(b, len(active), s).sum(dim=(0, 2)) / (b * scale)
+
+    def epoch_start(self, epoch: Epoch, active: list[int]) -> None:
+        """The engine's ``on_epoch_start``, for the active heads' copies."""
         if self.wide is not None:
             self.wide.on_epoch_start(epoch)
+        for h in active if self.apart else ():
+            self.apart[h].on_epoch_start(epoch)
 
-    def epoch_end(self, epoch: Epoch, score: Callable[[], torch.Tensor]) -> None:
-        """The engine's ``on_epoch_end``: the active heads' train probabilities (N_train x K*S, ``score``) where the copy reads them, else 0 x K*S."""
-        if self.wide is None:
+    def epoch_end(self, epoch: Epoch, active: list[int], score: Callable[[], torch.Tensor]) -> None:
+        """The engine's ``on_epoch_end``: the active heads' train probabilities (N_train x K*S, ``score``) where a copy reads them, else 0 x K*S."""
+        copies = [self.wide] if self.wide is not None else [self.apart[h] for h in active] if self.apart else []
+        if not any(copy.needs_train_probs_at(epoch) for copy in copies):
+            for copy in copies:
+                copy.on_epoch_end(epoch, torch.zeros(0, copy.num_classes, device=self.train_observed.device))
             return
-        wanted = self.wide.needs_train_probs_at(epoch)
-        self.wide.on_epoch_end(epoch, score() if wanted else torch.zeros(0, self.wide.num_classes, device=self.train_observed.device))
+        probs = score()
+        s = probs.shape[1] // len(copies)
+        for i, copy in enumerate(copies):
+            copy.on_epoch_end(epoch, probs[:, i * s : (i + 1) * s] if len(copies) > 1 else probs)
 
 
 def _train_probs(heads: _Heads, train_rows: FeatureRows, mean: torch.Tensor) -> torch.Tensor:
@@ -257,15 +278,19 @@ def _train_probs(heads: _Heads, train_rows: FeatureRows, mean: torch.Tensor) -> 
 
 
 def _logit_grads(losses: _Losses, heads: _Heads, x: torch.Tensor, observed: torch.Tensor, index: torch.Tensor,
-                 scale: float) -> torch.Tensor | None:
-    """The gradient of the heads' summed losses with respect to their logits (B x K*S), or None if one is not finite."""
+                 scale: float) -> tuple[torch.Tensor | None, list[int]]:
+    """The gradient of the heads' summed losses with respect to their logits (B x K*S), and the heads whose loss is finite.
+
+    The gradient is None when some head's loss is not finite.
+    """
     logits = torch.addmm(heads.bias, x, heads.weight.t()).requires_grad_(True)
-    matrix = losses.matrix(logits, observed, index, heads.active)
-    total = matrix.sum() / (len(x) * scale)
-    if not math.isfinite(float(total.detach())):
-        return None
-    total.backward()
-    return logits.grad
+    totals = losses.totals(logits, observed, index, heads.active, scale)
+    values = totals.detach().tolist()
+    finite = [h for h, value in zip(heads.active, values, strict=True) if math.isfinite(value)]
+    if len(finite) < len(heads.active):
+        return None, finite
+    totals.sum().backward()
+    return logits.grad, finite
 
 
 class _Heads:
@@ -316,13 +341,6 @@ class _Heads:
         self.weight, self.bias = self.weight[rows].contiguous(), self.bias[rows].contiguous()
         self.active = list(heads)
         self._build(state)
-
-    def finite_heads(self, losses: _Losses, x: torch.Tensor, observed: torch.Tensor, index: torch.Tensor) -> list[int]:
-        """The active heads whose loss on this batch is finite."""
-        with torch.no_grad():
-            logits = torch.addmm(self.bias, x, self.weight.t())
-            per_head = losses.matrix(logits, observed, index, self.active).view(len(x), len(self.active), self.s).sum(dim=(0, 2))
-        return [h for h, value in zip(self.active, per_head.tolist(), strict=True) if math.isfinite(value)]
 
     @torch.no_grad()
     def step(self, logit_grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, factor: float) -> None:
