@@ -239,8 +239,11 @@ class _Losses:
         b, s = observed.shape
         if self.apart:
             # The copy's mean over its B x S entries, as a share of the whole class count's.
-            return torch.stack([self.apart[h](logits[:, i * s : (i + 1) * s], observed, index=index) * (s / scale)
-                                for i, h in enumerate(active)])
+            totals = torch.stack([self.apart[h](logits[:, i * s : (i + 1) * s], observed, index=index) * (s / scale)
+                                  for i, h in enumerate(active)])
+            for copy in self.apart.values():  # checked on the first batch only, as the engine checks its loss
+                copy.validate = False
+            return totals
         repeated = observed.repeat(1, len(active))
         matrix = (self.loss.terms(logits, repeated) if self.wide is None else self.wide.terms(logits, repeated, index=index)).matrix
         return matrix.view(b, len(active), s).sum(dim=(0, 2)) / (b * scale)
