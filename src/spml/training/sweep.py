@@ -8,7 +8,10 @@ weighs the same). A loss whose state is per class (:attr:`~spml.losses.SpmlLoss.
 whose pseudo-negatives each class chooses in its own column) trains alike with one copy of the loss
 for the heads' columns side by side (:meth:`~spml.losses.SpmlLoss.for_classes`: K heads of S
 classes are K*S independent columns), given the heads' train probabilities after every epoch as
-the engine gives the loss its model's. And candidates of one batch size read the same batches in the same order (the
+the engine gives the loss its model's. The Large Loss family ranks a batch's entries over every
+class (:attr:`~spml.losses.SpmlLoss.approximately_classwise`): each head gets its own copy, which
+ranks the sample's entries, so a head on a sample approximates those columns (and is exact on
+every class); the selection trains the best of such heads again on every class. And candidates of one batch size read the same batches in the same order (the
 run's seed), so they train as one wider head: one product per step for all of them, one read of the
 rows, one validation forward. Both cut what the selection's probes cost (docs/plans/selection-cost.md,
 "Class-subset probes"): a head of 16 on 20 of 80 classes cost 0.18-0.19 of a lone probe on every
