@@ -619,7 +619,10 @@ def plan(config: TrainConfig, num_train: int) -> str:
         passes = sweep_plan(config, num_train, adam)
         parts.append(
             f"{sum(len(h) for _, _, h in passes)} Adam candidates ({why}) as one sweep a batch size, each a head on a sample "
-            f"of {config.autotune.sweep_classes} classes (loss {config.loss!r} trains each class apart), trained together: "
+            f"of {config.autotune.sweep_classes} classes ("
+            + (f"loss {config.loss!r} ranks a batch over every class: the sample approximates it, its best two train again on every class"
+               if get_loss_info(config.loss).approximately_classwise else f"loss {config.loss!r} trains each class apart")
+            + "), trained together: "
             + "; ".join(f"lr {_values(lr for lr, _ in h)} x weight_decay {_values(wd for _, wd in h)} at batch {b} for {e} epoch(s)"
                         for b, e, h in passes)
             + ("; the run trains the best on every class" if not config.epochs else f"; the run trains the best, epochs {config.epochs}")
@@ -685,7 +688,8 @@ def sweeps(config: TrainConfig, num_train: int, loss: SpmlLoss | None = None) ->
     """Whether the Adam candidates of ``config`` on ``num_train`` train rows train as one sweep on a sample of the classes (:mod:`spml.training.sweep`).
 
     Yes for a loss whose classes train apart (:attr:`~spml.losses.SpmlLoss.entrywise` or
-    :attr:`~spml.losses.SpmlLoss.classwise`) on a linear head, with ``autotune.sweep_classes`` set,
+    :attr:`~spml.losses.SpmlLoss.classwise`), or approximately so
+    (:attr:`~spml.losses.SpmlLoss.approximately_classwise`), on a linear head, with ``autotune.sweep_classes`` set,
     above ``autotune.lbfgs_max_rows`` rows (below, the rungs cost seconds, and a small val split
     holds too few positives for a sample of its classes to rank: EM+APL on coco128 swept to 0.402
     val mAP where the rungs reach 0.421), in one process (under torchrun every rank trains the
