@@ -11,7 +11,9 @@ classes are K*S independent columns), given the heads' train probabilities after
 the engine gives the loss its model's. The Large Loss family ranks a batch's entries over every
 class (:attr:`~spml.losses.SpmlLoss.approximately_classwise`): each head gets its own copy, which
 ranks the sample's entries, so a head on a sample approximates those columns (and is exact on
-every class); the selection trains the best of such heads again on every class. And candidates of one batch size read the same batches in the same order (the
+every class); the selection trains the best of such heads again on every class.
+
+And candidates of one batch size read the same batches in the same order (the
 run's seed), so they train as one wider head: one product per step for all of them, one read of the
 rows, one validation forward. Both cut what the selection's probes cost (docs/plans/selection-cost.md,
 "Class-subset probes"): a head of 16 on 20 of 80 classes cost 0.18-0.19 of a lone probe on every
@@ -107,9 +109,10 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     ``trainer`` is a linear probe's (:class:`~spml.training.engine.Trainer`, ``val_only``) on cached
     features: its resolved config gives the batch size, epochs, schedule, warm-up, centring,
     patience and seed every head trains with, its model the initial weights, its loss the loss
-    matrix (a loss with :attr:`~spml.losses.SpmlLoss.entrywise`, or a copy per head of a
-    :attr:`~spml.losses.SpmlLoss.classwise` one), its batch source the train rows and observed
-    labels, its evaluator the val targets. Nothing is written.
+    matrix (a loss with :attr:`~spml.losses.SpmlLoss.entrywise`; one copy for every head's columns
+    of a :attr:`~spml.losses.SpmlLoss.classwise` one; a copy per head of an
+    :attr:`~spml.losses.SpmlLoss.approximately_classwise` one), its batch source the train rows and
+    observed labels, its evaluator the val targets. Nothing is written.
 
     Returns:
         One :class:`HeadOutcome` per head, in order.
