@@ -135,10 +135,13 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     best_epoch, bad, runs = [0] * len(heads), [0] * len(heads), [0] * len(heads)
     best_ap: list[tuple[float, ...]] = [()] * len(heads)
     diverged = [False] * len(heads)
-    observed = torch.from_numpy(source.observed[:, picked].astype(np.int64)).to(device)
-    losses = _Losses(loss, len(heads), torch.from_numpy(source.observed[:, picked]).to(device))
+    sample_observed = source.observed[:, picked]
+    observed = torch.from_numpy(sample_observed.astype(np.int64)).to(device)
+    losses = _Losses(loss, len(heads), torch.from_numpy(sample_observed).to(device))
 
     def keep(going: list[int]) -> None:
+        if going == heads_w.active:  # no head ended: the copy of the loss keeps its columns as they are
+            return
         losses.keep([heads_w.active.index(h) for h in going])
         heads_w.keep(going)
 
