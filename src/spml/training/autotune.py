@@ -621,7 +621,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
             f"{sum(len(h) for _, _, h in passes)} Adam candidates ({why}) as one sweep a batch size, each a head on a sample "
             f"of {config.autotune.sweep_classes} classes ("
             + (f"loss {config.loss!r} ranks a batch over every class: the sample approximates it, its best two train again on every class"
-               if get_loss_info(config.loss).approximately_classwise else f"loss {config.loss!r} trains each class apart")
+               if class_sample(config)[1] else f"loss {config.loss!r} trains each class apart")
             + "), trained together: "
             + "; ".join(f"lr {_values(lr for lr, _ in h)} x weight_decay {_values(wd for _, wd in h)} at batch {b} for {e} epoch(s)"
                         for b, e, h in passes)
@@ -684,6 +684,19 @@ def max_probes(adam: Sequence[TrainConfig], rungs: Sequence[tuple[int, int]]) ->
     return len(adam) + middle + (min(last, len(adam)) if len(rungs) > 1 else 0)
 
 
+def class_sample(config: TrainConfig, loss: SpmlLoss | None = None) -> tuple[bool, bool]:
+    """Whether a head of ``config``'s loss (``loss`` when given, else the registry's) can train on a sample of the classes, and whether only approximately.
+
+    The registry's ``classwise`` counts the entrywise losses in; a loss's class attributes name
+    each kind apart (:attr:`~spml.losses.SpmlLoss.entrywise`, :attr:`~spml.losses.SpmlLoss.classwise`,
+    :attr:`~spml.losses.SpmlLoss.approximately_classwise`).
+    """
+    if loss is None:
+        info = get_loss_info(config.loss)
+        return info.classwise or info.approximately_classwise, info.approximately_classwise
+    return loss.entrywise or loss.classwise or loss.approximately_classwise, loss.approximately_classwise
+
+
 def sweeps(config: TrainConfig, num_train: int, loss: SpmlLoss | None = None) -> bool:
     """Whether the Adam candidates of ``config`` on ``num_train`` train rows train as one sweep on a sample of the classes (:mod:`spml.training.sweep`).
 
@@ -695,10 +708,7 @@ def sweeps(config: TrainConfig, num_train: int, loss: SpmlLoss | None = None) ->
     val mAP where the rungs reach 0.421), in one process (under torchrun every rank trains the
     probes in lock-step, as the engine does).
     """
-    info = get_loss_info(config.loss)
-    classwise = (info.classwise or info.approximately_classwise if loss is None
-                 else loss.entrywise or loss.classwise or loss.approximately_classwise)
-    return (config.autotune.sweep_classes > 0 and classwise and config.head == "linear" and not distributed.launched()
+    return (config.autotune.sweep_classes > 0 and class_sample(config, loss)[0] and config.head == "linear" and not distributed.launched()
             and num_train > config.autotune.lbfgs_max_rows)
 
 
@@ -908,7 +918,7 @@ def select(
                     + f"; {time.perf_counter() - start:.1f} s elapsed")
 
             heads, defined = sweep(data, config, num_train, adam, head_start, loss, on_head)
-            approximate = get_loss_info(config.loss).approximately_classwise if loss is None else loss.approximately_classwise
+            approximate = class_sample(config, loss)[1]
             again = sweep_verification(heads, defined, adam, exact=not approximate)
             if again:
                 planned = bar.total = len(done) + len(again)
