@@ -14,7 +14,7 @@ same :class:`Epoch` record and are called one after the other by the trainer.
 * ``on_epoch_start(epoch)``: at the start of every training epoch (the Large Loss schedule).
 * ``on_epoch_end(epoch, train_probs)``: after every epoch trained, with the model's probabilities
   on the whole train set in index order (EM+APL pseudo-labelling); the trainer computes them only
-  when some callback :attr:`~SpmlLoss.needs_train_probs` (otherwise 0 x L).
+  when some callback needs them after that epoch (:meth:`~SpmlLoss.needs_train_probs_at`; otherwise 0 x L).
 
 State that must survive a resume (ROLE's estimator, APL pseudo-labels, LL-Cp corrections) lives in
 parameters and buffers, so it is part of ``loss.state_dict()``.
