@@ -67,15 +67,34 @@ def test_a_loss_that_couples_its_classes_has_no_copy_for_a_sample() -> None:
 
 
 APPROXIMATE = [name for name in list_losses() if get_loss_info(name).approximately_classwise]
+LARGE = [name for name in APPROXIMATE if name.startswith("ll_")]
 
 
-def test_the_large_loss_family_is_approximately_classwise() -> None:
-    """They rank a batch's unknown entries over every class: a sample of the classes ranks its own."""
-    assert sorted(APPROXIMATE) == ["ll_cp", "ll_ct", "ll_r"]
+def test_the_large_loss_family_and_role_are_approximately_classwise() -> None:
+    """They rank a batch's unknown entries over every class, or regularise a row's sum over them: a sample of the classes its own."""
+    assert sorted(APPROXIMATE) == ["ll_cp", "ll_ct", "ll_r", "role"]
     assert not any(get_loss_info(name).classwise for name in APPROXIMATE)
 
 
-@pytest.mark.parametrize("name", APPROXIMATE)
+def test_a_role_copy_for_every_class_is_the_loss_and_one_for_a_sample_expects_its_share() -> None:
+    generator = torch.Generator().manual_seed(6)
+    observed = torch.randint(0, 2, (ROWS, CLASSES), generator=generator)
+    full = create("role", num_classes=CLASSES, num_examples=ROWS, expected_num_pos=1.8, seed=2)
+    every, part = full.for_classes(CLASSES), full.for_classes(len(COLUMNS))
+    for loss, labels in ((full, observed), (every, observed), (part, observed[:, COLUMNS])):
+        loss.on_train_start(labels)
+    index = torch.arange(0, ROWS, 2)
+    logits = torch.randn(len(index), CLASSES, generator=generator) * 2
+    torch.testing.assert_close(every(logits, observed[index], index=index), full(logits, observed[index], index=index), rtol=0, atol=0)
+    torch.testing.assert_close(every.estimator_logits, full.estimator_logits, rtol=0, atol=0)
+    assert part.expected_num_pos == pytest.approx(1.8 * len(COLUMNS) / CLASSES) and part.param_lr_mult == full.param_lr_mult
+    assert tuple(part.estimator_logits.shape) == (ROWS, len(COLUMNS))
+    # Its estimator starts from the sample's observed labels: 0.995 at each observed positive.
+    at_positives = torch.sigmoid(part.estimator_logits.detach())[observed[:, COLUMNS] == 1]
+    assert at_positives.numel() > 0 and torch.allclose(at_positives, torch.tensor(0.995))
+
+
+@pytest.mark.parametrize("name", LARGE)
 def test_a_copy_for_every_class_is_the_loss_and_one_for_a_sample_ranks_the_sample(name: str) -> None:
     generator = torch.Generator().manual_seed(5)
     params = {"delta_rel": 10.0, **({"num_examples": ROWS} if name == "ll_cp" else {})}

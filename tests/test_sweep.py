@@ -17,6 +17,7 @@ import yaml
 
 import spml
 from spml.data.layout import PreparedData
+from spml.training import lazy_adam
 from spml.training.engine import Trainer
 from spml.training.engine import train as engine_train
 from spml.training.hooks import STANDARD
@@ -175,7 +176,7 @@ def test_sweep_classes_zero_keeps_successive_halving(data: Path, tmp_path: Path)
     assert {c["classes"] for c in section["candidates"]} == {0}
 
 
-@pytest.mark.parametrize(("loss", "swept"), [("an", True), ("em", True), ("em_apl", True), ("ll_r", True), ("ll_cp", True), ("role", False), ("epr", False)])
+@pytest.mark.parametrize(("loss", "swept"), [("an", True), ("em", True), ("em_apl", True), ("ll_r", True), ("ll_cp", True), ("role", True), ("epr", False)])
 def test_the_selection_sweeps_the_losses_whose_classes_train_apart(loss: str, swept: bool) -> None:
     params = {"delta_rel": 0.2} if loss.startswith("ll_") else {}
     config = spml.load_config(**{**BASE, "loss": loss, "loss_params": params, "lr": None})
@@ -195,13 +196,15 @@ def test_a_loss_whose_schedule_spans_the_run_sweeps_its_shortest_length_too() ->
     assert passes("em_apl") == [(1024, 6), (1024, 25), (64, 6), (64, 25)]
 
 
-# The Large Loss family ranks a batch's unknown entries over every class: on a sample its copies
-# rank the sample's (approximately_classwise), and on every class exactly as the engine.
-LARGE = [("ll_r", {"delta_rel": 8.0}), ("ll_cp", {"delta_rel": 3.0})]
+# The Large Loss family ranks a batch's unknown entries over every class, ROLE's regulariser sums a
+# row over every class: on a sample their copies rank the sample's, expect its share
+# (approximately_classwise), and on every class train exactly as the engine (ROLE's label estimator
+# with its own Adam, at 10x the head's rate).
+APPROXIMATE = [("ll_r", {"delta_rel": 8.0}), ("ll_cp", {"delta_rel": 3.0}), ("role", {})]
 
 
-@pytest.mark.parametrize(("loss", "params"), LARGE)
-def test_a_large_loss_head_on_every_class_is_the_engines_probe(data: Path, tmp_path: Path, loss: str, params: dict) -> None:
+@pytest.mark.parametrize(("loss", "params"), APPROXIMATE)
+def test_an_approximate_loss_head_on_every_class_is_the_engines_probe(data: Path, tmp_path: Path, loss: str, params: dict) -> None:
     settings = {"loss": loss, "loss_params": params, "early_stopping": {"patience": 0}}
     trainer = _trainer(data, lr=0.03, weight_decay=0.05, **settings)
     every = sample_classes(trainer.loop.evaluator.val_target, 0, 0)
@@ -214,9 +217,28 @@ def test_a_large_loss_head_on_every_class_is_the_engines_probe(data: Path, tmp_p
     assert max(abs(a - b) for a, b in zip(head.class_ap, an.class_ap, strict=True)) > 0.01
 
 
-@pytest.mark.parametrize(("loss", "params"), LARGE)
-def test_large_loss_heads_trained_together_are_each_trained_alone(data: Path, loss: str, params: dict) -> None:
-    """Each head ranks its own entries (and LL-Cp keeps its own corrections)."""
+@pytest.mark.parametrize("by_rows", [True, False])
+def test_a_role_head_with_lazy_adam_is_the_engines_probe(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_rows: bool) -> None:
+    """Where the engine updates ROLE's estimator by rows (many steps an epoch), the head's copy does too, or densely where its table is small: the same weights."""
+    monkeypatch.setattr(lazy_adam, "MIN_STEPS_PER_EPOCH", 1)
+    if by_rows:
+        monkeypatch.setattr(lazy_adam, "MAX_DENSE_ENTRIES", 0)
+    calls = []
+    step = lazy_adam.LazyRowAdam.step
+    monkeypatch.setattr(lazy_adam.LazyRowAdam, "step", lambda self: calls.append(1) or step(self))
+    settings = {"loss": "role", "early_stopping": {"patience": 0}}
+    trainer = _trainer(data, lr=0.03, **settings)
+    (head,) = train_heads(trainer, [(0.03, 0.0)], sample_classes(trainer.loop.evaluator.val_target, 0, 0))
+    swept = len(calls)
+    val_map, best_epoch, epochs_run = _alone(data, tmp_path, "alone", lr=0.03, **settings)
+    assert len(calls) > 0 and len(calls) == 2 * swept if by_rows else swept == 0  # by rows: a step a batch each
+    assert head.val_map == pytest.approx(val_map, abs=1e-6)
+    assert (head.best_epoch, head.epochs_run) == (best_epoch, epochs_run)
+
+
+@pytest.mark.parametrize(("loss", "params"), APPROXIMATE)
+def test_approximate_loss_heads_trained_together_are_each_trained_alone(data: Path, loss: str, params: dict) -> None:
+    """Each head ranks its own entries (LL-Cp keeps its own corrections, ROLE trains its own estimator)."""
     settings = {"loss": loss, "loss_params": params, "early_stopping": {"patience": 2}}
     heads = [(0.001, 0.0), (0.01, 0.0), (0.03, 0.05), (0.1, 0.05)]
     classes = sample_classes(_trainer(data, lr=0.01, **settings).loop.evaluator.val_target, 3, 0)

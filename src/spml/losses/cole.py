@@ -268,6 +268,9 @@ class ROLE(SpmlLoss):
     inputs = ("index",)
     hooks = ("on_train_start",)
     row_sparse_params = ("estimator_logits",)
+    # Its regulariser sums a row's probabilities over every class: a copy for a sample of the
+    # classes expects the sample's share of k, which the sample's columns approximate.
+    approximately_classwise = True
 
     def __init__(
         self,
@@ -292,6 +295,11 @@ class ROLE(SpmlLoss):
     def num_examples(self) -> int:
         """Rows of the label estimator."""
         return self.estimator_logits.shape[0]
+
+    def for_classes(self, count: int) -> ROLE:
+        """The same loss for a head on ``count`` of the classes: its own estimator (call :meth:`on_train_start`), ``k`` their share."""
+        return type(self)(count, num_examples=self.num_examples(), expected_num_pos=self.expected_num_pos * count / self.num_classes,
+                          lr_mult=self.param_lr_mult, seed=self.seed, validate=self.validate)
 
     def _random_init(self, num_examples: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)

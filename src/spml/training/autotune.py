@@ -44,8 +44,8 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   (``autotune.workers``, :mod:`spml.training.probe_workers`).
 * Instead of the rungs, for a loss whose classes train apart (computed per entry,
   :attr:`~spml.losses.SpmlLoss.entrywise`: AN, AN-LS, WAN, EM, Focal, ASL, BCE; or with per-class
-  state, :attr:`~spml.losses.SpmlLoss.classwise`: EM+APL; or approximately, the Large Loss family,
-  :attr:`~spml.losses.SpmlLoss.approximately_classwise`, whose best two heads always train again
+  state, :attr:`~spml.losses.SpmlLoss.classwise`: EM+APL; or approximately, the Large Loss family
+  and ROLE, :attr:`~spml.losses.SpmlLoss.approximately_classwise`, whose best two heads always train again
   on every class) in one process, a sweep (:func:`sweep`,
   :mod:`spml.training.sweep`): each batch size's candidate rates and its next smaller rate (the
   run's batch with every weight decay too) train together as heads on a seeded sample of

@@ -58,6 +58,11 @@ MAX_TERMS = 24
 #: read, and at the epoch's end) whatever the batch, where dense Adam passes over the table once a step.
 #: At 65,665 x 80 both cost about the same at 64 to 128 steps an epoch (docs/benchmarks.md).
 MIN_STEPS_PER_EPOCH = 128
+#: Most entries of a table that dense Adam updates faster than lazy Adam at many steps an epoch: a
+#: dense step passes over the table (its cost grows with it), a lazy one over the batch's rows and
+#: their catch-up (about constant). Five tables of N x 20 at batch 64 (the selection's sweep), dense
+#: against lazy: 16,416 rows 0.66x the time, 32,832 rows 0.84x, 65,665 rows 1.09x (docs/benchmarks.md).
+MAX_DENSE_ENTRIES = 1 << 20
 # Rows caught up at once by a flush (the series holds rows x K x terms float64 values), and at once
 # by the term-by-term sum (rows x L x K).
 _FLUSH_ROWS = 512

@@ -11,7 +11,9 @@ classes are K*S independent columns), given the heads' train probabilities after
 the engine gives the loss its model's. The Large Loss family ranks a batch's entries over every
 class (:attr:`~spml.losses.SpmlLoss.approximately_classwise`): each head gets its own copy, which
 ranks the sample's entries, so a head on a sample approximates those columns (and is exact on
-every class); the selection trains the best of such heads again on every class.
+every class); the selection trains the best of such heads again on every class. ROLE's copy is
+one too (its regulariser expects the sample's share of a row's positives), with its own label
+estimator, trained beside its head as the engine trains the loss's parameters.
 
 And candidates of one batch size read the same batches in the same order (the
 run's seed), so they train as one wider head: one product per step for all of them, one read of the
@@ -44,8 +46,9 @@ from spml.metrics import average_precision_torch
 from spml.training.centering import feature_mean
 from spml.training.engine import Trainer
 from spml.training.feature_rows import FeatureRows
+from spml.training import lazy_adam
 from spml.training.phases import LINEAR
-from spml.training.schedule import lr_factor
+from spml.training.schedule import ONECYCLE, lr_factor
 
 # torch.optim.Adam's defaults, which the engine's probes use.
 BETAS = (0.9, 0.999)
@@ -137,7 +140,9 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     diverged = [False] * len(heads)
     sample_observed = source.observed[:, picked]
     observed = torch.from_numpy(sample_observed.astype(np.int64)).to(device)
-    losses = _Losses(loss, len(heads), torch.from_numpy(sample_observed).to(device))
+    rows = source.rows
+    n_batches = max(1, len(rows) // batch)
+    losses = _Losses(loss, heads, torch.from_numpy(sample_observed).to(device), n_batches, config.schedule or "cosine")
 
     def keep(going: list[int]) -> None:
         if going == heads_w.active:  # no head ended: the copy of the loss keeps its columns as they are
@@ -145,8 +150,6 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         losses.keep([heads_w.active.index(h) for h in going])
         heads_w.keep(going)
 
-    rows = source.rows
-    n_batches = max(1, len(rows) // batch)
     total_steps, warmup = epochs * n_batches, int(config.warmup_steps or 0)
     val_x = torch.from_numpy(val_rows.block(0, len(val_rows))).to(device) - mean
     val_y = torch.from_numpy(np.asarray(loop.evaluator.val_target)[:, picked].astype(np.float32)).to(device)
@@ -162,6 +165,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
             x = torch.from_numpy(train_rows.take(index)).to(device) - mean
             row_index = torch.from_numpy(index).to(device)
             rows_observed = observed[row_index]
+            losses.batch_start(row_index, heads_w.active)
             grad, finite = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
             if grad is None:  # some head's loss is not finite: those heads end as divergences
                 for h in heads_w.active:
@@ -173,7 +177,9 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
                 grad, _ = _logit_grads(losses, heads_w, x, rows_observed, row_index, scale)
                 if grad is None:
                     raise RuntimeError("a head's loss is not finite after its divergence was removed")
-            heads_w.step(grad, x, mean, lr_factor(config.schedule or "cosine", step, total_steps, warmup))
+            factor = lr_factor(config.schedule or "cosine", step, total_steps, warmup)
+            losses.step(factor, heads_w.active)
+            heads_w.step(grad, x, mean, factor)
             step += 1
         if not heads_w.active:
             break
@@ -211,17 +217,37 @@ class _Losses:
     columns when it is :attr:`~spml.losses.SpmlLoss.classwise` (K heads of S classes are K*S
     independent columns; when heads end, a copy of the others' columns takes over their state, the
     class dimension being the last of every state tensor), and a copy per head when it is
-    :attr:`~spml.losses.SpmlLoss.approximately_classwise` (each ranks its own head's entries).
+    :attr:`~spml.losses.SpmlLoss.approximately_classwise` (each ranks its own head's entries, or
+    trains its own label estimator).
     """
 
-    def __init__(self, loss: SpmlLoss, heads: int, train_observed: torch.Tensor) -> None:
+    def __init__(self, loss: SpmlLoss, heads: Sequence[tuple[float, float]], train_observed: torch.Tensor, steps_per_epoch: int,
+                 schedule: str) -> None:
         self.loss, self.train_observed = loss, train_observed
-        self.wide = self._copy(heads, {}) if loss.classwise and not loss.entrywise else None
+        self.wide = self._copy(len(heads), {}) if loss.classwise and not loss.entrywise else None
         self.apart: dict[int, SpmlLoss] = {}
+        # A copy's own parameters (ROLE's label estimator), each with its Adam as the engine builds
+        # the loss's group: the head's rate times the loss's multiplier, its weight decay; by rows
+        # where the engine's is, unless the copy's table is small enough for dense Adam to be faster
+        # (the same update to float rounding: lazy_adam).
+        self.trained: dict[int, tuple[torch.optim.Optimizer, lazy_adam.LazyRowAdam | None, float]] = {}
         if loss.approximately_classwise:
-            for h in range(heads):
-                self.apart[h] = loss.for_classes(train_observed.shape[1]).to(train_observed.device)
-                self.apart[h].on_train_start(train_observed)
+            device = train_observed.device
+            for h, (lr, weight_decay) in enumerate(heads):
+                copy = self.apart[h] = loss.for_classes(train_observed.shape[1]).to(device)
+                copy.on_train_start(train_observed)
+                params = [p for p in copy.parameters() if p.requires_grad]
+                if not params:
+                    continue
+                rate = lr * float(getattr(copy, "param_lr_mult", 1.0))
+                optimizer = torch.optim.Adam([{"params": params, "lr": rate}], lr=rate, betas=BETAS, eps=EPS, weight_decay=weight_decay,
+                                             fused=device.type in ("cpu", "cuda"))
+                tables = [p for p in (getattr(copy, name) for name in copy.row_sparse_params) if p.requires_grad]
+                by_rows = (steps_per_epoch >= lazy_adam.MIN_STEPS_PER_EPOCH
+                           and sum(p.numel() for p in tables) > lazy_adam.MAX_DENSE_ENTRIES)
+                lazy = lazy_adam.lazy_rows(optimizer, tables) if by_rows and schedule != ONECYCLE else None
+                copy.sparse_grad = lazy is not None
+                self.trained[h] = (optimizer, lazy, rate)
 
     def _copy(self, heads: int, state: dict[str, torch.Tensor]) -> SpmlLoss:
         wide = self.loss.for_classes(heads * self.train_observed.shape[1]).to(self.train_observed.device)
@@ -257,6 +283,26 @@ class _Losses:
         matrix = (self.loss.terms(logits, repeated) if self.wide is None else self.wide.terms(logits, repeated, index=index)).matrix
         return matrix.view(b, len(active), s).sum(dim=(0, 2)) / (b * scale)
 
+    def batch_start(self, index: torch.Tensor, active: list[int]) -> None:
+        """Before a batch's forward, as the engine: the copies' parameters without gradient, the rows ``index`` of their lazy tables up to date."""
+        for h in active:
+            if h in self.trained:
+                optimizer, lazy, _ = self.trained[h]
+                optimizer.zero_grad(set_to_none=True)
+                if lazy is not None:
+                    lazy.catch_up(index)
+
+    def step(self, factor: float, active: list[int]) -> None:
+        """The copies' parameters' Adam step at their rate times the schedule's ``factor``, after the batch's backward."""
+        for h in active:
+            if h in self.trained:
+                optimizer, lazy, rate = self.trained[h]
+                for group in optimizer.param_groups:
+                    group["lr"] = rate * factor
+                if lazy is not None:
+                    lazy.step()
+                optimizer.step()
+
     def epoch_start(self, epoch: Epoch, active: list[int]) -> None:
         """The engine's ``on_epoch_start``, for the active heads' copies."""
         if self.wide is not None:
@@ -266,6 +312,9 @@ class _Losses:
 
     def epoch_end(self, epoch: Epoch, active: list[int], score: Callable[[], torch.Tensor]) -> None:
         """The engine's ``on_epoch_end``: the active heads' train probabilities (N_train x K*S, ``score``) where a copy reads them, else 0 x K*S."""
+        for h in active:  # every row up to date at the epoch's end, as the engine's
+            if h in self.trained and self.trained[h][1] is not None:
+                self.trained[h][1].flush()
         copies = [self.wide] if self.wide is not None else [self.apart[h] for h in active] if self.apart else []
         if not any(copy.needs_train_probs_at(epoch) for copy in copies):
             for copy in copies:
