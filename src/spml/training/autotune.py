@@ -620,7 +620,7 @@ def plan(config: TrainConfig, num_train: int) -> str:
         parts.append(
             f"{sum(len(h) for _, _, h in passes)} Adam candidates ({why}) as one sweep a batch size, each a head on a sample "
             f"of {config.autotune.sweep_classes} classes ("
-            + (f"loss {config.loss!r} ranks a batch over every class: the sample approximates it, its best two train again on every class"
+            + (f"loss {config.loss!r} ranks a batch or sums a row over every class: the sample approximates it, its best two train again on every class"
                if class_sample(config)[1] else f"loss {config.loss!r} trains each class apart")
             + "), trained together: "
             + "; ".join(f"lr {_values(lr for lr, _ in h)} x weight_decay {_values(wd for _, wd in h)} at batch {b} for {e} epoch(s)"
