@@ -233,12 +233,13 @@ def test_one_process_group_run_equals_the_plain_run(data: Path, tmp_path: Path, 
 
 
 @pytest.mark.parametrize("loss", [{"loss": "an"}, {"loss": "em_apl", "loss_params": {"warmup_epoch": 2}},
-                                  {"loss": "ll_cp", "loss_params": {"delta_rel": 3.0}}])
+                                  {"loss": "ll_cp", "loss_params": {"delta_rel": 3.0}}, {"loss": "role"}])
 def test_a_sweep_on_the_device_trains_what_the_engine_trains(data: Path, tmp_path: Path, cuda_device: torch.device, loss: dict) -> None:
     """The selection's sweep (spml.training.sweep) on the device: one head on every class is the engine's probe there.
 
     For a loss computed per entry, one with per-class state (its copy given the device's train
-    probabilities) and one whose copy per head keeps state on the device (LL-Cp's corrections).
+    probabilities) and those whose copy per head keeps state on the device (LL-Cp's corrections,
+    ROLE's label estimator with its own Adam).
     """
     settings = {**TINY, **loss, "regime": "linear", "device": cuda_device.type, "lr": 1e-2, "weight_decay": 0.01, "epochs": 4,
                 "precision": "fp32"}

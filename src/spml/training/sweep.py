@@ -43,10 +43,10 @@ import torch
 
 from spml.losses import Epoch, SpmlLoss
 from spml.metrics import average_precision_torch
+from spml.training import lazy_adam
 from spml.training.centering import feature_mean
 from spml.training.engine import Trainer
 from spml.training.feature_rows import FeatureRows
-from spml.training import lazy_adam
 from spml.training.phases import LINEAR
 from spml.training.schedule import ONECYCLE, lr_factor
 
