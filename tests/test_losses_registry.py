@@ -204,3 +204,8 @@ def test_wrong_logit_width_and_validate_false() -> None:
         create("an", num_classes=4)(logits, observed)
     # validate=False skips the value checks (no host synchronisation): garbage in, number out.
     assert torch.isfinite(create("an", num_classes=L, validate=False)(logits, observed * 2))
+
+
+def test_the_losses_that_assume_negatives_take_every_unknown_as_one_at_full_weight() -> None:
+    """Their flag reaches the registry; the selection tries weight decay for them alone (tests/test_sweep.py)."""
+    assert {name for name in list_losses() if get_loss_info(name).assumes_negatives} == {"an", "an_ls", "bce", "bce_ls", "focal"}

@@ -22,7 +22,8 @@ from spml.training.engine import Trainer
 from spml.training.engine import train as engine_train
 from spml.training.hooks import STANDARD
 from spml.training.resolve import observed_in, resolve_config
-from spml.training.autotune import probe_configs, sweep_plan, sweeps
+from spml.losses.registry import get_loss_info
+from spml.training.autotune import probe_configs, sweep_plan, sweeps, twin_decays
 from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
 
 from tiny import SINGLE_POSITIVES, synthetic_set, tiny
@@ -194,6 +195,22 @@ def test_a_loss_whose_schedule_spans_the_run_sweeps_its_shortest_length_too() ->
 
     assert passes("em") == [(1024, 25), (64, 25)]
     assert passes("em_apl") == [(1024, 6), (1024, 25), (64, 6), (64, 25)]
+
+
+@pytest.mark.parametrize(("loss", "twins"), [("an", True), ("an_ls", True), ("focal", True), ("em", False), ("em_apl", False),
+                                             ("wan", False), ("asl", False), ("ll_r", False), ("role", False)])
+def test_the_runs_batch_tries_weight_decay_for_a_loss_that_assumes_negatives(loss: str, twins: bool) -> None:
+    """Above lbfgs_max_rows rows: AN, AN-LS and Focal gained from weight decay, the others lost on every setting measured."""
+    params = {"delta_rel": 0.2} if loss.startswith("ll_") else {}
+    config = spml.load_config(**{**BASE, "loss": loss, "loss_params": params, "lr": None, "batch_size": None, "epochs": None})
+    adam = [p for p in probe_configs(config, 16_416) if p.optimizer == "adam"]
+    decays = {batch: {wd for _, wd in heads} for batch, _, heads in sweep_plan(config, 16_416, adam)}
+    run_batch = max(decays)
+    assert decays[run_batch] == ({0.0, 1e-3} if twins else {0.0})
+    assert all(d == {0.0} for batch, d in decays.items() if batch != run_batch)
+    assert twin_decays(config, 16_416) == ((1e-3,) if twins else ())
+    assert twin_decays(config, 2_000) == ()  # small sets: every candidate tries every weight decay
+    assert get_loss_info(loss).assumes_negatives is twins
 
 
 # The Large Loss family ranks a batch's unknown entries over every class, ROLE's regulariser sums a

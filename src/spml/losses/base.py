@@ -181,6 +181,11 @@ class SpmlLoss(nn.Module):
     #: trains approximates those columns on every class (exactly, when the sample is every class),
     #: so the selection's sweep trains its best heads again on every class before one is chosen.
     approximately_classwise: ClassVar[bool] = False
+    #: Whether it takes every unknown label as a negative at full weight: not down-weighted (WAN),
+    #: shifted (ASL), rejected (the Large Loss family), pseudo-labelled (EM, EM+APL) or estimated
+    #: (ROLE). Such a loss fits the assumed negatives, which an L2 penalty counters: the linear
+    #: regime's selection tries weight decay for it (:func:`spml.training.autotune.weight_decays`).
+    assumes_negatives: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:
         super().__init__()

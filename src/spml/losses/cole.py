@@ -126,6 +126,7 @@ class AssumeNegative(SpmlLoss):
     """AN: -log p at observed positives, -log(1-p) everywhere else."""
 
     entrywise = True
+    assumes_negatives = True
 
     def terms(self, logits: torch.Tensor, observed: torch.Tensor, **inputs: torch.Tensor) -> LossTerms:
         """Per-entry AN terms."""
@@ -145,6 +146,7 @@ class AssumeNegativeLabelSmoothing(SpmlLoss):
     """
 
     entrywise = True
+    assumes_negatives = True
 
     def __init__(self, num_classes: int, *, ls_coef: float = 0.1, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)

@@ -31,6 +31,7 @@ class Focal(SpmlLoss):
     """
 
     entrywise = True
+    assumes_negatives = True
 
     def __init__(self, num_classes: int, *, gamma: float = 2.0, validate: bool = True) -> None:
         super().__init__(num_classes, validate=validate)

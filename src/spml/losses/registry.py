@@ -46,7 +46,9 @@ class LossInfo:
         classwise: Each class's column trains apart from the others: every entrywise loss, and a
             loss with per-class state (:attr:`~spml.losses.SpmlLoss.classwise`).
         approximately_classwise: A copy for a sample of the classes approximates those columns
-            (:attr:`~spml.losses.SpmlLoss.approximately_classwise`: the Large Loss family).
+            (:attr:`~spml.losses.SpmlLoss.approximately_classwise`: the Large Loss family, ROLE).
+        assumes_negatives: Every unknown is a negative at full weight
+            (:attr:`~spml.losses.SpmlLoss.assumes_negatives`: AN, AN-LS, BCE, BCE-LS, Focal).
     """
 
     name: str
@@ -62,6 +64,7 @@ class LossInfo:
     entrywise: bool = False
     classwise: bool = False
     approximately_classwise: bool = False
+    assumes_negatives: bool = False
 
 
 _REGISTRY: dict[str, LossInfo] = {}
@@ -120,6 +123,7 @@ def register_loss(name: str, *, description: str, reference: str) -> Callable[[L
             entrywise=cls.entrywise,
             classwise=cls.entrywise or cls.classwise,
             approximately_classwise=cls.approximately_classwise,
+            assumes_negatives=cls.assumes_negatives,
         )
         return cls
 

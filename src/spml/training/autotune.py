@@ -260,8 +260,17 @@ def probe_configs(config: TrainConfig, num_train: int) -> list[TrainConfig]:
 
 
 def twin_decays(config: TrainConfig, num_train: int) -> tuple[float, ...]:
-    """The weight decays the best Adam probe trains again with (:func:`decay_twins`): those the rungs skip."""
-    if num_train <= config.autotune.lbfgs_max_rows:
+    """The weight decays the run's batch tries beyond the first above ``autotune.lbfgs_max_rows`` rows: the rest of ``autotune.weight_decays`` for a loss that assumes negatives.
+
+    The rungs train the best Adam probe again with them (:func:`decay_twins`), the sweep trains
+    them as heads at the run's batch (:func:`sweep_plan`). Weight decay counters the fit to the
+    assumed negatives (:attr:`~spml.losses.SpmlLoss.assumes_negatives`: AN, AN-LS and Focal gained
+    0.02-0.07 val mAP); for every other loss swept at 16k-66k rows (EM, EM+APL, WAN, ASL, LL-R,
+    LL-Cp, ROLE) the weight-decay heads were 0.04-0.36 below the best on the class sample on every
+    setting measured (docs/benchmarks.md). Up to ``lbfgs_max_rows`` rows every candidate tries every
+    weight decay instead (EM+APL on coco128 picked 1e-3).
+    """
+    if num_train <= config.autotune.lbfgs_max_rows or not get_loss_info(config.loss).assumes_negatives:
         return ()
     return tuple(float(w) for w in config.autotune.weight_decays[1:])
 
@@ -718,8 +727,9 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
     Each batch size trains its candidates' rates and the next smaller rate of ``autotune.lrs`` (the
     first step of the rungs' descent, which gained 0.010-0.014 val mAP for EM at 16k rows) for the
     rungs' last epochs at that batch (:func:`last_rung_epochs`); the largest batch (the run's) trains
-    its candidates' rates with every ``autotune.weight_decays`` value too (the rungs' twins put AN,
-    AN-LS and Focal 0.02-0.07 above the grid, every time at the run's batch: docs/benchmarks.md).
+    its candidates' rates with :func:`twin_decays` too, for a loss that assumes negatives (the rungs'
+    twins put AN, AN-LS and Focal 0.02-0.07 above the grid, every time at the run's batch:
+    docs/benchmarks.md).
 
     A loss whose schedule spans the run (:func:`shortest_probe` above 1: EM+APL pseudo-labels over
     its ``num_epochs``, so a shorter run labels sooner, another objective rather than a cut one)
@@ -734,7 +744,7 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
     plan: list[tuple[int, int, list[tuple[float, float]]]] = []
     for batch in sizes:
         lrs = sorted({float(p.lr or 0.0) for p in adam if p.batch_size == batch})
-        decays = config.autotune.weight_decays if batch == max(sizes) else config.autotune.weight_decays[:1]
+        decays = (config.autotune.weight_decays[0], *(twin_decays(config, num_train) if batch == max(sizes) else ()))
         heads = [(lr, float(wd)) for lr in lrs for wd in decays]
         smaller = [r for r in rates if r < lrs[0]]
         if smaller:

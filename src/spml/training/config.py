@@ -111,7 +111,9 @@ class AutotuneConfig:
 
     Attributes:
         lrs: Adam learning rates tried.
-        weight_decays: Adam weight decays tried.
+        weight_decays: Adam weight decays tried (above ``lbfgs_max_rows`` rows the first, and the
+            others at the run's batch for a loss that assumes negatives:
+            :func:`spml.training.autotune.twin_decays`).
         lbfgs_weight_decays: L2 strengths of the L-BFGS solves tried.
         lbfgs_max_rows: Most train rows selected with L-BFGS (0: always Adam).
         batch_divisors: Adam batch sizes tried: the run's batch (``batch_size``, or the regime's
