@@ -239,7 +239,7 @@ class _Losses:
                 params = [p for p in copy.parameters() if p.requires_grad]
                 if not params:
                     continue
-                rate = lr * float(getattr(copy, "param_lr_mult", 1.0))
+                rate = lr * copy.param_lr_mult
                 optimizer = torch.optim.Adam([{"params": params, "lr": rate}], lr=rate, betas=BETAS, eps=EPS, weight_decay=weight_decay,
                                              fused=device.type in ("cpu", "cuda"))
                 tables = [p for p in (getattr(copy, name) for name in copy.row_sparse_params) if p.requires_grad]
