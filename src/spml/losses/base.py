@@ -177,14 +177,15 @@ class SpmlLoss(nn.Module):
     classwise: ClassVar[bool] = False
     #: Whether a copy for a sample of the classes (:meth:`for_classes`) applies the loss's rule to
     #: the sample alone where the rule spans the classes: the Large Loss family ranks a batch's
-    #: entries over every class, its copy over the sample's, with the same share. What such a copy
+    #: entries over every class, its copy over the sample's, with the same share; ROLE's regulariser
+    #: sums a row over every class, its copy expects the sample's share of k. What such a copy
     #: trains approximates those columns on every class (exactly, when the sample is every class),
     #: so the selection's sweep trains its best heads again on every class before one is chosen.
     approximately_classwise: ClassVar[bool] = False
     #: Whether it takes every unknown label as a negative at full weight: not down-weighted (WAN),
     #: shifted (ASL), rejected (the Large Loss family), pseudo-labelled (EM, EM+APL) or estimated
     #: (ROLE). Such a loss fits the assumed negatives, which an L2 penalty counters: the linear
-    #: regime's selection tries weight decay for it (:func:`spml.training.autotune.weight_decays`).
+    #: regime's selection tries weight decay for it (:func:`spml.training.autotune.twin_decays`).
     assumes_negatives: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, *, validate: bool = True) -> None:

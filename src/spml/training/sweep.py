@@ -184,7 +184,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         if not heads_w.active:
             break
         with torch.no_grad():
-            scores = torch.addmm(heads_w.bias, val_x, heads_w.weight.t())
+            scores = heads_w.logits(val_x)
             ap = average_precision_torch(scores, val_y.repeat(1, len(heads_w.active))).view(len(heads_w.active), s)
         going = []
         for i, h in enumerate(heads_w.active):
@@ -334,7 +334,7 @@ def _train_probs(heads: _Heads, train_rows: FeatureRows, mean: torch.Tensor) -> 
         for start in range(0, len(train_rows), SCORE_ROWS):
             stop = min(start + SCORE_ROWS, len(train_rows))
             x = torch.from_numpy(train_rows.block(start, stop)).to(device) - mean
-            out[start:stop] = torch.sigmoid(torch.addmm(heads.bias, x, heads.weight.t()))
+            out[start:stop] = torch.sigmoid(heads.logits(x))
     return out
 
 
@@ -344,7 +344,7 @@ def _logit_grads(losses: _Losses, heads: _Heads, x: torch.Tensor, observed: torc
 
     The gradient is None when some head's loss is not finite.
     """
-    logits = torch.addmm(heads.bias, x, heads.weight.t()).requires_grad_(True)
+    logits = heads.logits(x).requires_grad_(True)
     totals = losses.totals(logits, observed, index, heads.active, scale)
     values = totals.detach().tolist()
     finite = [h for h, value in zip(heads.active, values, strict=True) if math.isfinite(value)]
@@ -402,6 +402,10 @@ class _Heads:
         self.weight, self.bias = self.weight[rows].contiguous(), self.bias[rows].contiguous()
         self.active = list(heads)
         self._build(state)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The active heads' logits on centred rows ``x`` (B x K*S)."""
+        return torch.addmm(self.bias, x, self.weight.t())
 
     @torch.no_grad()
     def step(self, logit_grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, factor: float) -> None:
