@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from torch.optim.adam import adam
+
 from spml.losses import Epoch, SpmlLoss
 from spml.metrics import average_precision_torch
 from spml.training import lazy_adam
@@ -355,11 +357,14 @@ def _logit_grads(losses: _Losses, heads: _Heads, x: torch.Tensor, observed: torc
 
 
 class _Heads:
-    """The active heads' ``(W, c)`` in one K*S x C weight and one K*S bias, stepped by fused Adam, one group per head.
+    """The active heads' ``(W, c)`` in one K*S x C weight and one K*S bias, with Adam's moments alike, each head stepped by torch's Adam.
 
-    Each head's rows of the two tensors are its parameters (views, updated in place), so the
-    forward is one product for every head, and a finished head's rows leave the tensors (with
-    Adam's moments of the others) so that it costs nothing more.
+    Each head's rows of the tensors are its parameters and moments (views, updated in place), so
+    the forward is one product for every head, and a finished head's rows leave the tensors so that
+    it costs nothing more. Each head's step is ``torch.optim.adam.adam`` on its views, the function
+    ``torch.optim.Adam.step`` calls (fused on a CPU or CUDA), so the update is the engine's probe's
+    to the bit, without the optimiser's per-group bookkeeping (a sixth of a batch-64 pass's time
+    with five heads; docs/benchmarks.md).
     """
 
     def __init__(self, lrs: list[float], decays: list[float], weight0: torch.Tensor, bias0: torch.Tensor) -> None:
@@ -368,40 +373,36 @@ class _Heads:
         self.active = list(range(len(lrs)))
         self.weight = weight0.repeat(len(lrs), 1).contiguous()
         self.bias = bias0.repeat(len(lrs)).contiguous()
-        self._build({})
+        self.moments = [torch.zeros_like(t) for t in (self.weight, self.bias, self.weight, self.bias)]
+        # As torch's Adam keeps them for its fused path: a float32 count per parameter (the weight's and the bias's).
+        self.steps = {h: [torch.zeros((), dtype=torch.float32, device=self.weight.device) for _ in range(2)] for h in self.active}
+        self.fused = True if self.weight.device.type in ("cpu", "cuda") else None
+        self._build()
 
-    def _build(self, state: dict[int, dict[str, dict[str, torch.Tensor]]]) -> None:
+    def _build(self) -> None:
         s = self.s
-        self.views = [(self.weight[i * s : (i + 1) * s], self.bias[i * s : (i + 1) * s]) for i in range(len(self.active))]
+
+        def rows(t: torch.Tensor, i: int) -> torch.Tensor:
+            return t[i * s : (i + 1) * s]
+
+        self.views = [[[rows(t, i) for t in group] for group in ((self.weight, self.bias), self.moments[:2], self.moments[2:])]
+                      for i in range(len(self.active))]
         # Each active head's weight decay on its rows, derived once a change of the active heads.
         self.decay = torch.tensor([self.decays[h] for h in self.active], device=self.weight.device).repeat_interleave(s)
         self.decays_on = bool((self.decay > 0).any())
-        if not self.active:  # every head has ended
-            return
-        groups = [{"params": list(v), "lr": self.lrs[h]} for h, v in zip(self.active, self.views, strict=True)]
-        # Adam's update exactly as the engine's probes (fused on a CPU or CUDA); the decay is added
-        # to the gradients here, on the bias's raw value (:meth:`step`).
-        fused = self.weight.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(groups, lr=self.lrs[0], betas=BETAS, eps=EPS, weight_decay=0.0, fused=fused)
-        for h, (w, c) in zip(self.active, self.views, strict=True):
-            if h in state:
-                self.optimizer.state[w] = state[h]["weight"]
-                self.optimizer.state[c] = state[h]["bias"]
 
     def keep(self, heads: list[int]) -> None:
-        """Keep only ``heads`` (head numbers, a subset of :attr:`active` in its order) training."""
+        """Keep only ``heads`` (head numbers, a subset of :attr:`active` in its order) training, with their Adam state."""
         if heads == self.active:
             return
         positions = [self.active.index(h) for h in heads]
-        state = {h: {"weight": _cloned(self.optimizer.state.get(self.views[i][0], {})),
-                     "bias": _cloned(self.optimizer.state.get(self.views[i][1], {}))}
-                 for h, i in zip(heads, positions, strict=True)}
         device = self.weight.device
         rows = (torch.cat([torch.arange(i * self.s, (i + 1) * self.s, device=device) for i in positions]) if positions
                 else torch.zeros(0, dtype=torch.long, device=device))
         self.weight, self.bias = self.weight[rows].contiguous(), self.bias[rows].contiguous()
+        self.moments = [t[rows].contiguous() for t in self.moments]
         self.active = list(heads)
-        self._build(state)
+        self._build()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The active heads' logits on centred rows ``x`` (B x K*S)."""
@@ -420,12 +421,8 @@ class _Heads:
         if self.decays_on:
             grad_w.addcmul_(self.decay[:, None], self.weight)
             grad_c.add_(self.decay * (self.bias - self.weight @ mean))
-        for i, ((w, c), group) in enumerate(zip(self.views, self.optimizer.param_groups, strict=True)):
-            w.grad = grad_w[i * self.s : (i + 1) * self.s]
-            c.grad = grad_c[i * self.s : (i + 1) * self.s]
-            group["lr"] = self.lrs[self.active[i]] * factor
-        self.optimizer.step()
-
-
-def _cloned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in state.items()}
+        s = self.s
+        for i, (h, (params, exp_avgs, exp_avg_sqs)) in enumerate(zip(self.active, self.views, strict=True)):
+            grads = [grad_w[i * s : (i + 1) * s], grad_c[i * s : (i + 1) * s]]
+            adam(params, grads, exp_avgs, exp_avg_sqs, [], self.steps[h], fused=self.fused, lr=self.lrs[h] * factor,
+                 beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS, maximize=False, amsgrad=False)
