@@ -72,6 +72,17 @@ def test_heads_trained_together_are_each_trained_alone(data: Path) -> None:
     assert len({h.epochs_run for h in together}) > 1  # some stopped early, and left the product
 
 
+def test_a_head_keeps_each_epochs_class_aps(data: Path) -> None:
+    """One row of class APs per epoch trained, in the sample's order; the best epoch's row is ``class_ap``, its mean ``val_map``."""
+    trainer = _trainer(data, lr=0.01, early_stopping={"patience": 2})
+    classes = sample_classes(trainer.loop.evaluator.val_target, 3, 0)
+    for head in train_heads(trainer, [(0.01, 0.0), (0.3, 0.05)], classes):
+        assert len(head.epoch_ap) == head.epochs_run and all(len(row) == len(classes) for row in head.epoch_ap)
+        assert head.epoch_ap[head.best_epoch - 1] == head.class_ap
+        assert head.val_map == pytest.approx(float(np.mean(head.class_ap)))
+        assert head.val_map == pytest.approx(max(float(np.mean(row)) for row in head.epoch_ap))
+
+
 def test_a_diverging_head_is_nan_and_the_others_train_on(data: Path) -> None:
     trainer = _trainer(data, lr=0.01)
     classes = sample_classes(trainer.loop.evaluator.val_target, 0, 0)

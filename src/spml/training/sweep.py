@@ -69,12 +69,15 @@ class HeadOutcome:
         epochs_run: Epochs it trained before it stopped.
         class_ap: Each sampled class's val AP at the best epoch (empty when it diverged): what
             tells two heads apart beyond the sample's noise (:func:`separable`).
+        epoch_ap: Each epoch's class APs, for the epochs it trained (empty when it diverged): what
+            ``benchmarks/bench_runner_up_check.py`` draws samples of classes from.
     """
 
     val_map: float
     best_epoch: int
     epochs_run: int
     class_ap: tuple[float, ...] = ()
+    epoch_ap: tuple[tuple[float, ...], ...] = ()
 
 
 def sample_classes(val_target: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -139,6 +142,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     best = [-math.inf] * len(heads)
     best_epoch, bad, runs = [0] * len(heads), [0] * len(heads), [0] * len(heads)
     best_ap: list[tuple[float, ...]] = [()] * len(heads)
+    epoch_ap: list[list[tuple[float, ...]]] = [[] for _ in heads]
     diverged = [False] * len(heads)
     sample_observed = source.observed[:, picked]
     observed = torch.from_numpy(sample_observed.astype(np.int64)).to(device)
@@ -192,12 +196,13 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         for i, h in enumerate(heads_w.active):
             value = float(ap[i].nanmean())
             runs[h] = epoch
+            epoch_ap[h].append(tuple(float(a) for a in ap[i].tolist()))
             if value > best[h] + rule.min_delta:  # as the engine's patience (the first epoch always improves)
                 bad[h] = 0
             else:
                 bad[h] += 1
             if value > best[h]:
-                best[h], best_epoch[h], best_ap[h] = value, epoch, tuple(float(a) for a in ap[i].tolist())
+                best[h], best_epoch[h], best_ap[h] = value, epoch, epoch_ap[h][-1]
             dropped = rule.max_drop > 0 and best[h] - value > rule.max_drop
             if not (dropped or (rule.patience > 0 and bad[h] >= rule.patience)) and epoch < epochs:
                 going.append(h)
@@ -207,7 +212,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
         # After the stopping, as the engine: a stopped head's state is never read.
         losses.epoch_end(at, heads_w.active, lambda: _train_probs(heads_w, train_rows, mean))
     return [
-        HeadOutcome(math.nan, 0, runs[h]) if diverged[h] else HeadOutcome(best[h], best_epoch[h], runs[h], best_ap[h])
+        HeadOutcome(math.nan, 0, runs[h]) if diverged[h] else HeadOutcome(best[h], best_epoch[h], runs[h], best_ap[h], tuple(epoch_ap[h]))
         for h in range(len(heads))
     ]
 
