@@ -41,13 +41,13 @@ from spml.training.autotune import probe_configs, sweep_plan
 from spml.training.engine import Trainer
 from spml.training.hooks import STANDARD
 from spml.training.resolve import observed_in, resolve_config
-from spml.training.sweep import HeadOutcome, sample_classes, train_heads
+from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
 
 from harness import Report
 from harness import parser as harness_parser
 
 SAMPLE = 20  # autotune.sweep_classes' default: the drawn samples' size
-Z = 2.0  # the selection's two standard errors
+Z = 2.0  # standard errors, as sweep.separable's
 
 
 def train_every_class(data: Path, loss: str) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -83,12 +83,6 @@ def _on_sample(epoch_ap: np.ndarray, sample: np.ndarray) -> HeadOutcome:
     return HeadOutcome(float(means[best]), best + 1, len(means), tuple(epoch_ap[best, sample].tolist()))
 
 
-def _paired_separable(leader: HeadOutcome, other: HeadOutcome, classes: int) -> bool:
-    diff = np.asarray(leader.class_ap) - np.asarray(other.class_ap)
-    n = len(diff)
-    return bool(diff.mean() > Z * diff.std(ddof=1) / math.sqrt(n) * math.sqrt(1 - n / classes))
-
-
 def _regression_separable(leader_ap: np.ndarray, sample: np.ndarray, other: HeadOutcome) -> bool:
     """The best's mAP on every class beyond ``other``'s regression estimate (on the best's per-class AP) by Z standard errors."""
     x, y = leader_ap[sample], np.asarray(other.class_ap)
@@ -115,7 +109,7 @@ def replay(heads: list[dict[str, Any]], samples: int, seed: int, own: np.ndarray
         on = [_on_sample(c, sample) for c in curves]
         leader = max(range(len(on)), key=lambda i: on[i].val_map)
         others = sorted((i for i in range(len(on)) if i != leader), key=lambda i: -on[i].val_map)
-        close = [i for i in others if not _paired_separable(on[leader], on[i], classes)]
+        close = [i for i in others if not separable(on[leader], on[i], classes)]
         for rule, kept in (("paired", close), ("then_regression", [i for i in close
                                                                     if not _regression_separable(full_ap[leader], sample, on[i])])):
             verified = [leader, *kept[:1]] if close else [leader]
