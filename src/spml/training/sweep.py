@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from torch.optim.adam import adam
 
 from spml.losses import Epoch, SpmlLoss
@@ -368,8 +367,8 @@ class _Heads:
     the forward is one product for every head, and a finished head's rows leave the tensors so that
     it costs nothing more. Each head's step is ``torch.optim.adam.adam`` on its views, the function
     ``torch.optim.Adam.step`` calls (fused on a CPU or CUDA), so the update is the engine's probe's
-    to the bit, without the optimiser's per-group bookkeeping (a sixth of a batch-64 pass's time
-    with five heads; docs/benchmarks.md).
+    to the bit, without an optimiser's per-group bookkeeping (Adam was a sixth of a batch-64 pass's
+    time with five groups; docs/benchmarks.md).
     """
 
     def __init__(self, lrs: list[float], decays: list[float], weight0: torch.Tensor, bias0: torch.Tensor) -> None:
@@ -381,7 +380,7 @@ class _Heads:
         self.moments = [torch.zeros_like(t) for t in (self.weight, self.bias, self.weight, self.bias)]
         # As torch's Adam keeps them for its fused path: a float32 count per parameter (the weight's and the bias's).
         self.steps = {h: [torch.zeros((), dtype=torch.float32, device=self.weight.device) for _ in range(2)] for h in self.active}
-        self.fused = True if self.weight.device.type in ("cpu", "cuda") else None
+        self.fused = self.weight.device.type in ("cpu", "cuda")  # as the engine builds its Adam
         self._build()
 
     def _build(self) -> None:
