@@ -44,6 +44,7 @@ from spml.training.resolve import observed_in, resolve_config
 from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
 
 from harness import Report
+from harness import _one_line as one_line
 from harness import parser as harness_parser
 
 SAMPLE = 20  # autotune.sweep_classes' default: the drawn samples' size
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON report written")
     args = parser.parse_args()
     report = Report(args.out)
-    heads, own = train_every_class(args.data, args.loss)
+    heads, own = one_line(train_every_class, args.data, args.loss)  # bad data: one line, no traceback
     report.finish({"data": str(args.data), "loss": args.loss, **replay(heads, args.samples, 0, own)}, args.out)
 
 
