@@ -113,9 +113,9 @@ def replay(heads: list[dict[str, Any]], samples: int, seed: int, own: np.ndarray
         close = [i for i in others if not separable(on[leader], on[i], classes)]
         for rule, kept in (("paired", close), ("then_regression", [i for i in close
                                                                     if not _regression_separable(full_ap[leader], sample, on[i])])):
-            verified = [leader, *kept[:1]] if close else [leader]
-            pick = max(verified, key=lambda i: full[i]) if close else leader
-            if k == 0:
+            verified = [leader, *kept[:1]]
+            pick = max(verified, key=lambda i: full[i])
+            if k == 0:  # with nothing close, nothing trains again: the run trains the sample's best
                 own_sample[rule] = {"trained_again": [_name(heads[i]) for i in verified] if close else [], "pick": _name(heads[pick])}
             else:
                 rules[rule]["runner_up"].append(float(len(verified) > 1))
