@@ -43,11 +43,9 @@ from spml.training.hooks import STANDARD
 from spml.training.resolve import observed_in, resolve_config
 from spml.training.sweep import HeadOutcome, sample_classes, separable, train_heads
 
-from harness import Report
-from harness import _one_line as one_line
+from harness import Report, one_line
 from harness import parser as harness_parser
 
-SAMPLE = 20  # autotune.sweep_classes' default: the drawn samples' size
 Z = 2.0  # standard errors, as sweep.separable's
 
 
@@ -104,7 +102,8 @@ def replay(heads: list[dict[str, Any]], samples: int, seed: int, own: np.ndarray
     best_full = max(full)
     rules: dict[str, dict[str, list[float]]] = {r: {"runner_up": [], "regret": []} for r in ("paired", "then_regression")}
     rng = np.random.default_rng(seed)
-    draws = [own, *(np.sort(rng.choice(classes, SAMPLE, replace=False)) for _ in range(samples))]
+    # Samples of the run's own sample's size (autotune.sweep_classes).
+    draws = [own, *(np.sort(rng.choice(classes, len(own), replace=False)) for _ in range(samples))]
     own_sample: dict[str, Any] = {}
     for k, sample in enumerate(draws):
         on = [_on_sample(c, sample) for c in curves]

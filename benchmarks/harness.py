@@ -128,7 +128,7 @@ class Report:
     def __init__(self, *outputs: Path | None) -> None:
         for path in outputs:
             if path is not None:
-                _one_line(claim_file, path, KIND, what="the benchmark report")
+                one_line(claim_file, path, KIND, what="the benchmark report")
         self.head: dict[str, Any] = {"machine": machine(), "date": now(), "command": command(), "load_start": load()}
         self.start = time.perf_counter()
 
@@ -154,16 +154,16 @@ class Report:
 
 def write_json(path: str | Path, doc: Any) -> Path:
     """Write ``doc`` as indented JSON to ``path`` under the output rule (atomic; never over a file spml did not write)."""
-    return _one_line(write_file, path, json.dumps(doc, indent=2, default=str) + "\n", KIND, what="the benchmark report")
+    return one_line(write_file, path, json.dumps(doc, indent=2, default=str) + "\n", KIND, what="the benchmark report")
 
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write a benchmark's text (a Markdown table) to ``path`` under the output rule."""
-    return _one_line(write_file, path, text, KIND, what="the benchmark table")
+    return one_line(write_file, path, text, KIND, what="the benchmark table")
 
 
-def _one_line(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``function(*args, **kwargs)``; a refusal of the output rule ends the script with its one line."""
+def one_line(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``; an :class:`SpmlError` (a refusal of the output rule, bad data) ends the script with its one line."""
     try:
         return function(*args, **kwargs)
     except SpmlError as err:
