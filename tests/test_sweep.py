@@ -168,9 +168,9 @@ def test_the_selection_sweeps_an_entrywise_loss_and_the_run_trains_the_pick(data
     again = [c for c in section["candidates"] if c["rung"] == 1]
     assert sampled and all(c["classes"] == 3 for c in sampled)
     assert all(c["classes"] == 0 for c in again) and len(again) == 2  # trained again on every class: the best and the closest
-    # One batch size on 96 images (the smallest probe batch, 16): its two largest rates with each
-    # weight decay, and the next smaller rate with the first.
-    assert sorted((c["lr"], c["weight_decay"]) for c in sampled) == [(1e-3, 0.0), (1e-2, 0.0), (1e-2, 0.05), (1e-1, 0.0), (1e-1, 0.05)]
+    # One batch size on 96 images (the smallest probe batch, 16): its two largest rates, the smaller
+    # with each weight decay (AN assumes negatives: no descent, no twin of the largest rate).
+    assert sorted((c["lr"], c["weight_decay"]) for c in sampled) == [(1e-2, 0.0), (1e-2, 0.05), (1e-1, 0.0)]
     assert "as one sweep a batch size, each a head on a sample of 3 classes" in err
     run = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     pick = [c for c in (again or sampled) if (c["lr"], c["weight_decay"], c["batch_size"]) == (run["lr"], run["weight_decay"], run["batch_size"])]
@@ -222,6 +222,24 @@ def test_the_runs_batch_tries_weight_decay_for_a_loss_that_assumes_negatives(los
     assert twin_decays(config, 16_416) == ((1e-3,) if twins else ())
     assert twin_decays(config, 2_000) == ()  # small sets: every candidate tries every weight decay
     assert get_loss_info(loss).assumes_negatives is twins
+
+
+@pytest.mark.parametrize("rows", [16_416, 65_665])
+def test_a_loss_that_assumes_negatives_trades_the_descent_and_the_extremes_for_its_twins(rows: int) -> None:
+    """AN: no descent; twins at the run's batch's rates but its two largest; batch 64 without its largest. EM keeps them all."""
+    def heads(loss: str) -> dict[int, list[tuple[float, float]]]:
+        config = spml.load_config(**{**BASE, "loss": loss, "lr": None, "batch_size": None, "epochs": None})
+        adam = [p for p in probe_configs(config, rows) if p.optimizer == "adam"]
+        return {batch: planned for batch, _, planned in sweep_plan(config, rows, adam)}
+
+    assert heads("an") == {
+        1024: [(1e-3, 0.0), (1e-3, 1e-3), (3e-3, 0.0), (3e-3, 1e-3), (1e-2, 0.0), (3e-2, 0.0)],
+        64: [(3e-4, 0.0), (1e-3, 0.0), (3e-3, 0.0)],
+    }
+    assert heads("em") == {
+        1024: [(3e-4, 0.0), (1e-3, 0.0), (3e-3, 0.0), (1e-2, 0.0), (3e-2, 0.0)],
+        64: [(1e-4, 0.0), (3e-4, 0.0), (1e-3, 0.0), (3e-3, 0.0), (1e-2, 0.0)],
+    }
 
 
 # The Large Loss family ranks a batch's unknown entries over every class, ROLE's regulariser sums a

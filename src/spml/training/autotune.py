@@ -632,8 +632,8 @@ def plan(config: TrainConfig, num_train: int) -> str:
             + (f"loss {config.loss!r} ranks a batch or sums a row over every class: the sample approximates it, its best two train again on every class"
                if class_sample(config)[1] else f"loss {config.loss!r} trains each class apart")
             + "), trained together: "
-            + "; ".join(f"lr {_values(lr for lr, _ in h)} x weight_decay {_values(wd for _, wd in h)} at batch {b} for {e} epoch(s)"
-                        for b, e, h in passes)
+            + "; ".join(" and ".join(f"lr {_values(lr for lr, w in h if w == wd)} at weight_decay {wd:g}" for wd in dict.fromkeys(w for _, w in h))
+                        + f" at batch {b} for {e} epoch(s)" for b, e, h in passes)
             + ("; the run trains the best on every class" if not config.epochs else f"; the run trains the best, epochs {config.epochs}")
         )
     elif adam:
@@ -726,10 +726,18 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
 
     Each batch size trains its candidates' rates and the next smaller rate of ``autotune.lrs`` (the
     first step of the rungs' descent, which gained 0.010-0.014 val mAP for EM at 16k rows) for the
-    rungs' last epochs at that batch (:func:`last_rung_epochs`); the largest batch (the run's) trains
-    its candidates' rates with :func:`twin_decays` too, for a loss that assumes negatives (the rungs'
-    twins put AN, AN-LS and Focal 0.02-0.07 above the grid, every time at the run's batch:
-    docs/benchmarks.md).
+    rungs' last epochs at that batch (:func:`last_rung_epochs`).
+
+    A loss that assumes negatives (:func:`twin_decays` not empty) is regularised by weight decay
+    instead of slower steps (the rungs' twins put AN, AN-LS and Focal 0.02-0.07 above the grid,
+    every time at the run's batch): no batch trains the descent's rate, the run's batch trains its
+    rates but the two largest with the twins' weight decays too, and a smaller batch trains its
+    rates but the largest. On every setting where every head trained on every class (AN at three
+    16k settings, AN-LS at one; docs/benchmarks.md) the dropped heads ended 0.02-0.06 (the largest
+    rates' twins), 0.26-0.37 (batch 64's extremes) and 0.35-0.43 (batch 1,024's descent) below the
+    best (at 65,665 rows the grid's batch-1,024 lr-3e-4 cell 0.22 below), and no default run's pick
+    or check was one of them (eight settings, 16k-66k rows); a twin's best was at one of the two
+    smaller rates every time.
 
     A loss whose schedule spans the run (:func:`shortest_probe` above 1: EM+APL pseudo-labels over
     its ``num_epochs``, so a shorter run labels sooner, another objective rather than a cut one)
@@ -742,13 +750,17 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
     sizes = list(dict.fromkeys(int(p.batch_size or 0) for p in adam))
     short = shortest_probe(config)
     plan: list[tuple[int, int, list[tuple[float, float]]]] = []
+    twins = twin_decays(config, num_train)
+    first = float(config.autotune.weight_decays[0])
     for batch in sizes:
         lrs = sorted({float(p.lr or 0.0) for p in adam if p.batch_size == batch})
-        decays = (config.autotune.weight_decays[0], *(twin_decays(config, num_train) if batch == max(sizes) else ()))
-        heads = [(lr, float(wd)) for lr in lrs for wd in decays]
-        smaller = [r for r in rates if r < lrs[0]]
+        smaller = [] if twins else [r for r in rates if r < lrs[0]]
+        if twins and batch != max(sizes):
+            lrs = lrs[: max(1, len(lrs) - 1)]
+        twinned = set(lrs[: max(1, len(lrs) - 2)]) if twins and batch == max(sizes) else set()
+        heads = [(lr, float(wd)) for lr in lrs for wd in ((first, *twins) if lr in twinned else (first,))]
         if smaller:
-            heads.insert(0, (float(smaller[-1]), float(config.autotune.weight_decays[0])))
+            heads.insert(0, (float(smaller[-1]), first))
         epochs = last_rung_epochs(config, num_train, budget, batch)
         if 1 < short < epochs:
             plan.append((batch, short, heads))
