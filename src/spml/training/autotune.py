@@ -734,7 +734,7 @@ def sweep_plan(config: TrainConfig, num_train: int, adam: Sequence[TrainConfig])
     rates but the two largest with the twins' weight decays too, and a smaller batch trains its
     rates but the largest. On every setting where every head trained on every class (AN at three
     16k settings, AN-LS at one; docs/benchmarks.md) the dropped heads ended 0.02-0.06 (the largest
-    rates' twins), 0.26-0.37 (batch 64's extremes) and 0.35-0.43 (batch 1,024's descent) below the
+    rates' twins), 0.26-0.37 (batch 64's extremes) and 0.31-0.40 (batch 1,024's descent) below the
     best (at 65,665 rows the grid's batch-1,024 lr-3e-4 cell 0.22 below), and no default run's pick
     or check was one of them (eight settings, 16k-66k rows); a twin's best was at one of the two
     smaller rates every time.
