@@ -59,6 +59,23 @@ def test_a_head_on_every_class_is_the_engines_probe(data: Path, tmp_path: Path, 
     assert (head.best_epoch, head.epochs_run) == (best_epoch, epochs_run)
 
 
+@pytest.mark.parametrize(("lr", "weight_decay", "loss"), [(0.01, 0.0, "an"), (0.3, 0.05, "an"), (0.01, 0.0, "em")])
+def test_a_head_on_the_rest_with_its_samples_aps_is_the_engines_probe(data: Path, tmp_path: Path, lr: float, weight_decay: float,
+                                                                      loss: str) -> None:
+    """A sample head's every epoch, then the other classes scored with its APs: the probe on every class, stopping included."""
+    settings = {"lr": lr, "weight_decay": weight_decay, "loss": loss}
+    sample_trainer = _trainer(data, **settings, early_stopping={"patience": 0})  # its APs for every epoch
+    target = sample_trainer.loop.evaluator.val_target
+    every, sample = sample_classes(target, 0, 0), sample_classes(target, 2, 0)
+    (on_sample,) = train_heads(sample_trainer, [(lr, weight_decay)], sample)
+    assert on_sample.epochs_run == 6 and len(on_sample.epoch_ap) == 6
+    (rest,) = train_heads(_trainer(data, **settings), [(lr, weight_decay)], np.setdiff1d(every, sample), [np.asarray(on_sample.epoch_ap)])
+    val_map, best_epoch, epochs_run = _alone(data, tmp_path, "alone", **settings)
+    assert rest.val_map == pytest.approx(val_map, abs=1e-6)
+    assert (rest.best_epoch, rest.epochs_run) == (best_epoch, epochs_run)
+    assert len(rest.class_ap) == len(every) - 2  # its own classes' APs
+
+
 def test_heads_trained_together_are_each_trained_alone(data: Path) -> None:
     """Five heads of one pass (two weight decays, a rate that stops early) equal five passes of one head."""
     heads = [(0.003, 0.0), (0.01, 0.0), (0.01, 0.05), (0.1, 0.0), (0.3, 0.05)]
@@ -179,6 +196,25 @@ def test_the_selection_sweeps_an_entrywise_loss_and_the_run_trains_the_pick(data
     assert ("trained by the selection's probe" in err) == bool(again)
     if again:
         assert result.val_map == pytest.approx(max(c["val_map"] for c in again), abs=1e-6)
+
+
+def test_in_one_process_the_closest_head_trains_on_the_rest_of_the_classes(data: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """No early stopping, so every sample head has its APs for every epoch: the runner-up's check trains the other classes only."""
+    settings = {**BASE, "early_stopping": {"patience": 0}}
+    tune = {"lrs": [1e-3, 1e-2, 1e-1], "weight_decays": [0.0, 0.05], "lbfgs_max_rows": 0, "sweep_classes": 3,
+            "lrs_per_batch": 2, "workers": 1}
+    result = spml.train(data, spml.load_config(**{**settings, "batch_size": None, "epochs": None, "lr": None}, autotune=tune),
+                        tmp_path / "run")
+    err = capsys.readouterr().err
+    again = [c for c in json.loads((tmp_path / "run" / "results.json").read_text())["autotune"]["candidates"] if c["rung"] == 1]
+    assert len(again) == 2 and all(c["classes"] == 0 for c in again)
+    assert err.count("the rest of the classes") == 1  # the best trains on every class (the run takes its epochs), the other on the rest
+    for check in again:  # each is the engine's probe of its setting on every class
+        probe = {k: check[k] for k in ("lr", "weight_decay", "batch_size", "epochs")}
+        val_map, best_epoch, _ = _alone(data, tmp_path, f"alone{check['lr']}-{check['weight_decay']}", **{**settings, **probe})
+        assert (check["val_map"], check["best_epoch"]) == (pytest.approx(val_map, abs=1e-6), best_epoch)
+    assert result.val_map == pytest.approx(max(c["val_map"] for c in again), abs=1e-6)
 
 
 def test_sweep_classes_zero_keeps_successive_halving(data: Path, tmp_path: Path) -> None:

@@ -110,7 +110,8 @@ def separable(leader: HeadOutcome, other: HeadOutcome, classes: int) -> bool:
     return bool(diff.mean() > 2 * error)
 
 
-def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes: np.ndarray) -> list[HeadOutcome]:
+def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes: np.ndarray,
+                known: Sequence[np.ndarray] | None = None) -> list[HeadOutcome]:
     """Train ``heads`` (lr, weight decay) of the probe ``trainer`` was built for, together, on ``classes``.
 
     ``trainer`` is a linear probe's (:class:`~spml.training.engine.Trainer`, ``val_only``) on cached
@@ -120,6 +121,13 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     of a :attr:`~spml.losses.SpmlLoss.classwise` one; a copy per head of an
     :attr:`~spml.losses.SpmlLoss.approximately_classwise` one), its batch source the train rows and
     observed labels, its evaluator the val targets. Nothing is written.
+
+    ``known``, one per head: an epochs x K array of the head's val APs, epoch by epoch, on K other
+    classes it trained on before (a sweep head's :attr:`HeadOutcome.epoch_ap` on the sample). Each
+    head's val mAP, early stopping and best epoch are then those of ``classes`` and those K
+    together, so a head trained on the rest of the classes with its sample's APs is the engine's
+    probe on every class (its columns train apart) at the cost of the rest; a head stops where its
+    known APs end. Its ``class_ap`` and ``epoch_ap`` stay those of ``classes``.
 
     Returns:
         One :class:`HeadOutcome` per head, in order.
@@ -159,6 +167,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
     val_x = torch.from_numpy(val_rows.block(0, len(val_rows))).to(device) - mean
     val_y = torch.from_numpy(np.asarray(loop.evaluator.val_target)[:, picked].astype(np.float32)).to(device)
     rule = config.early_stopping
+    before = None if known is None else [torch.from_numpy(np.asarray(k, dtype=np.float64)).to(device) for k in known]
     scale = float(loss.num_classes)  # the loss over the whole class count: Cole's N x L reduction
     step = 0
     for epoch in range(1, epochs + 1):
@@ -193,7 +202,7 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
             ap = average_precision_torch(scores, val_y.repeat(1, len(heads_w.active))).view(len(heads_w.active), s)
         going = []
         for i, h in enumerate(heads_w.active):
-            value = float(ap[i].nanmean())
+            value = float(ap[i].nanmean() if before is None else torch.cat([before[h][epoch - 1].to(ap.dtype), ap[i]]).nanmean())
             runs[h] = epoch
             epoch_ap[h].append(tuple(float(a) for a in ap[i].tolist()))
             if value > best[h] + rule.min_delta:  # as the engine's patience (the first epoch always improves)
@@ -203,7 +212,8 @@ def train_heads(trainer: Trainer, heads: Sequence[tuple[float, float]], classes:
             if value > best[h]:
                 best[h], best_epoch[h], best_ap[h] = value, epoch, epoch_ap[h][-1]
             dropped = rule.max_drop > 0 and best[h] - value > rule.max_drop
-            if not (dropped or (rule.patience > 0 and bad[h] >= rule.patience)) and epoch < epochs:
+            known_on = before is None or epoch < len(before[h])
+            if not (dropped or (rule.patience > 0 and bad[h] >= rule.patience)) and epoch < epochs and known_on:
                 going.append(h)
         keep(going)
         if not heads_w.active:
