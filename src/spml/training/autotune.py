@@ -47,14 +47,15 @@ decay), and trains the run with it. The candidates depend on the train set's siz
   state, :attr:`~spml.losses.SpmlLoss.classwise`: EM+APL; or approximately, the Large Loss family
   and ROLE, :attr:`~spml.losses.SpmlLoss.approximately_classwise`, whose best two heads always train again
   on every class) in one process, a sweep (:func:`sweep`,
-  :mod:`spml.training.sweep`): each batch size's candidate rates and its next smaller rate (the
-  run's batch with every weight decay too) train together as heads on a seeded sample of
-  ``autotune.sweep_classes`` classes for the last rung's epochs, ranked on the sample (where the
-  best, at the run's batch, still rose at its end, its next smaller rate trains on the sample for
-  twice its epochs, as the rungs' :func:`stretch`); the heads the sample cannot
-  tell from the best (:func:`spml.training.sweep.separable`) train again as probes on every class,
-  the best and the closest (:func:`sweep_verification`), and the run takes the selected probe's
-  epochs, or trains the sample's best on every class. On the COCO-like sets measured it costs a
+  :mod:`spml.training.sweep`): each batch size's candidate rates and its next smaller rate (for a
+  loss that assumes negatives, weight-decay twins instead: :func:`sweep_plan`) train together as
+  heads on a seeded sample of ``autotune.sweep_classes`` classes for the last rung's epochs, ranked
+  on the sample (where the best, at the run's batch, still rose at its end, its next smaller rate
+  trains on the sample for twice its epochs, as the rungs' :func:`stretch`); the heads the sample
+  cannot tell from the best (:func:`spml.training.sweep.separable`) train again on every class,
+  the best and the closest (:func:`sweep_verification`): the best as a probe, the closest (in one
+  process, for an exact loss) on the classes outside the sample only (:func:`on_the_rest`); the run
+  takes the selected probe's epochs, or trains the selected head on every class. On the COCO-like sets measured it costs a
   tenth to a sixth of spml's own 15-cell grid where the rungs cost 11-40%, at the rungs' val mAP
   (docs/benchmarks.md, "The class-subset sweep").
 
