@@ -109,7 +109,8 @@ from spml.training.sweep import HeadOutcome, sample_classes, separable, train_he
 
 AUTOTUNE_KEY = "autotune"
 # Most sweep heads trained again on every class when the class sample cannot tell them apart (the
-# best and the closest): each is an engine probe on every class, whose epochs the run takes.
+# best and the closest): the best an engine probe on every class, whose epochs the run takes; the
+# closest one too, or (on_the_rest) a head on the classes outside the sample.
 SWEEP_VERIFIED = 2
 # L-BFGS's step size: its line search scales each step, so 1 (the full quasi-Newton step) is right.
 LBFGS_LR = 1.0
@@ -872,7 +873,8 @@ def sweep_verification(heads: Sequence[tuple[Candidate, HeadOutcome]], defined: 
     None when the sample separates the best from every other head
     (:func:`spml.training.sweep.separable`); otherwise the best and the closest others, at most
     :data:`SWEEP_VERIFIED` in all, as probes of the engine on every class (the run then takes the
-    selected one's epochs). A sample of 20 classes does not see what happens on the others (EM at
+    selected one's epochs; :func:`on_the_rest` says which of the others may train on the classes
+    outside the sample instead). A sample of 20 classes does not see what happens on the others (EM at
     lr 3e-2, batch 1,024, 32,832 rows: the sample's best, 0.752, and 0.471 on all 80 classes).
     Where the heads only approximate their columns on every class (``exact`` False: an
     :attr:`~spml.losses.SpmlLoss.approximately_classwise` loss), the best and the next always.
