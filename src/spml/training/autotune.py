@@ -1006,13 +1006,9 @@ def select(
                 passed = _sweep_pass(data, config, adam, head_start, loss, int(probe.batch_size or 0), int(probe.epochs or 0),
                                      [(float(probe.lr or 0.0), float(probe.weight_decay))], [np.asarray(outcome.epoch_ap)])
                 head = passed.heads[0][0]
-                done.append(head)
+                done.append(record(probe, 1, ProbeOutcome(head.val_map, head.best_epoch, head.seconds, head.cpu_seconds), len(done) + 1,
+                                   "on every class: the class sample cannot tell them apart; the rest of the classes"))
                 runs.append(None)  # no run folder: should it win, the run trains it on every class
-                bar.update(1)
-                log(f"autotune: candidate {len(done)}/{planned} adam lr {head.lr:g} weight_decay {head.weight_decay:g} "
-                    f"batch {head.batch_size} (on every class: the class sample cannot tell them apart; the rest of the classes, "
-                    f"{head.epochs} epochs): " + (f"val mAP {head.val_map:.4f} (best epoch {head.best_epoch})" if head.best_epoch else "diverged")
-                    + f" in {head.seconds:.1f} s; {time.perf_counter() - start:.1f} s elapsed")
         elif adam:
             budget = adam[0].epochs or 1
             successive_halving(adam, rungs, score_rung,
