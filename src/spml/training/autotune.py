@@ -790,7 +790,11 @@ def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequenc
         nonlocal defined
         passed = _sweep_pass(data, config, adam, head_start, loss, batch, epochs, heads)
         defined = passed.defined
-        for candidate, outcome in passed.heads:
+        epochs_trained = sum(o.epochs_run for o in passed.outcomes) or 1
+        for (lr, wd), outcome in zip(heads, passed.outcomes, strict=True):
+            share = outcome.epochs_run / epochs_trained
+            candidate = Candidate(lr, wd, outcome.val_map, outcome.best_epoch, "adam", round(passed.seconds * share, 2), epochs, 0, batch,
+                                  round(passed.cpu_seconds * share, 2), passed.sampled)
             heads_done.append((candidate, outcome))
             done(candidate)
 
@@ -808,9 +812,12 @@ def sweep(data: PreparedData, config: TrainConfig, num_train: int, adam: Sequenc
 
 @dataclass(frozen=True)
 class _Pass:
-    """A sweep pass's heads as candidates, with their outcomes, and how many classes have val positives."""
+    """A sweep pass: its heads' outcomes, its seconds (wall and CPU), the sample's size and how many classes have val positives."""
 
-    heads: list[tuple[Candidate, HeadOutcome]]
+    outcomes: list[HeadOutcome]
+    seconds: float
+    cpu_seconds: float
+    sampled: int
     defined: int
 
 
@@ -821,8 +828,7 @@ def _sweep_pass(data: PreparedData, config: TrainConfig, adam: Sequence[TrainCon
 
     ``known``: each head's per-epoch APs on the sample (:attr:`HeadOutcome.epoch_ap`); the heads then
     train on the other classes with val positives and are scored on every class
-    (:func:`spml.training.sweep.train_heads`): candidates of every class (``classes`` 0). Each head
-    gets the pass's seconds by the epochs it trained.
+    (:func:`spml.training.sweep.train_heads`).
     """
     template = next(p for p in adam if p.batch_size == batch)
     probe = observed_in(resolve_config(dataclasses.replace(template, lr=heads[0][0], weight_decay=0.0, epochs=epochs), STANDARD),
@@ -834,15 +840,7 @@ def _sweep_pass(data: PreparedData, config: TrainConfig, adam: Sequence[TrainCon
         every = sample_classes(target, 0, config.seed)
         picked = sample_classes(target, config.autotune.sweep_classes, config.seed)
         outcomes = train_heads(trainer, heads, picked if known is None else np.setdiff1d(every, picked), known)
-    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu
-    epochs_trained = sum(o.epochs_run for o in outcomes) or 1
-    done = []
-    for (lr, wd), outcome in zip(heads, outcomes, strict=True):
-        share = outcome.epochs_run / epochs_trained
-        done.append((Candidate(lr, wd, outcome.val_map, outcome.best_epoch, "adam", round(seconds * share, 2), epochs,
-                               0 if known is None else 1, batch, round(cpu_seconds * share, 2), len(picked) if known is None else 0),
-                     outcome))
-    return _Pass(done, len(every))
+    return _Pass(outcomes, time.perf_counter() - began, time.process_time() - cpu, len(picked), len(every))
 
 
 def on_the_rest(probes: Sequence[TrainConfig], heads: Sequence[tuple[Candidate, HeadOutcome]], sampled: int,
@@ -1005,8 +1003,8 @@ def select(
             for probe, outcome in rest:
                 passed = _sweep_pass(data, config, adam, head_start, loss, int(probe.batch_size or 0), int(probe.epochs or 0),
                                      [(float(probe.lr or 0.0), float(probe.weight_decay))], [np.asarray(outcome.epoch_ap)])
-                head = passed.heads[0][0]
-                done.append(record(probe, 1, ProbeOutcome(head.val_map, head.best_epoch, head.seconds, head.cpu_seconds), len(done) + 1,
+                (head,) = passed.outcomes
+                done.append(record(probe, 1, ProbeOutcome(head.val_map, head.best_epoch, passed.seconds, passed.cpu_seconds), len(done) + 1,
                                    "on every class: the class sample cannot tell them apart; the rest of the classes"))
                 runs.append(None)  # no run folder: should it win, the run trains it on every class
         elif adam:
